@@ -1,0 +1,3 @@
+"""Declarative recipes turned into real distributed training runs."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+"""`python -m orchestrator` is the same as the `orch` command."""
+
+from orchestrator.cli import app
+
+app()

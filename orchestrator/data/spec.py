@@ -1,0 +1,50 @@
+"""The `data` section: where text comes from, how it is tokenized, and how it is cut into sequences."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import Field, model_validator
+
+from orchestrator.spec import RuleViolation, Spec
+
+BUILTIN_CORPORA = ("python-stdlib",)
+
+
+class TokenizerSpec(Spec):
+    """`kind: bpe` trains a byte-level BPE on the training text; `byte` needs no training; `path` loads one."""
+
+    kind: Literal["bpe", "byte", "pretrained"] = "bpe"
+    vocab_size: int = Field(4096, ge=260)
+    path: Optional[Path] = None
+
+    @model_validator(mode="after")
+    def _path_iff_pretrained(self) -> "TokenizerSpec":
+        if (self.kind == "pretrained") != (self.path is not None):
+            raise RuleViolation("path", "`kind: pretrained` needs `path` (a local tokenizer directory), and only it takes one")
+        return self
+
+    @property
+    def effective_vocab_size(self) -> int:
+        """Byte tokenizers have 256 byte ids plus the end-of-text id."""
+        return 257 if self.kind == "byte" else self.vocab_size
+
+
+class DataSpec(Spec):
+    """Exactly one of `builtin` (a corpus every Python install has) or `path` (files or a directory)."""
+
+    builtin: Optional[Literal[BUILTIN_CORPORA]] = None  # type: ignore[valid-type]
+    path: Optional[Path] = None
+    format: Literal["auto", "jsonl", "parquet", "text"] = "auto"
+    text_field: str = "text"
+    max_bytes: Optional[int] = Field(None, gt=0, description="cap on the text read, for quick runs")
+    seq_len: int = Field(256, gt=1)
+    val_fraction: float = Field(0.05, ge=0.0, lt=0.5)
+    tokenizer: TokenizerSpec = TokenizerSpec()
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataSpec":
+        if (self.builtin is None) == (self.path is None):
+            raise RuleViolation("path", "set exactly one of `data.builtin` (" + ", ".join(BUILTIN_CORPORA) + ") or `data.path`")
+        return self

@@ -1,0 +1,72 @@
+"""The DeepSpeed backend: its JSON config, rendered from the recipe, and its per-node launch.
+
+One torchrun per node starts the ranks; each rank builds the engine from the JSON written into
+the run directory, so the config `orch plan` prints is exactly the one training uses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from orchestrator.plan.arithmetic import Batch, Topology
+from orchestrator.recipe.schema import Recipe
+
+CONFIG_FILE = "ds_config.json"
+
+
+def deepspeed_config(recipe: Recipe, batch: Batch) -> dict:
+    train, dist = recipe.train, recipe.distributed
+    zero: dict = {"stage": dist.zero_stage}
+    if dist.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    if dist.offload_params:
+        zero["offload_param"] = {"device": "cpu"}
+    config: dict = {
+        "train_batch_size": batch.global_batch_size,
+        "train_micro_batch_size_per_gpu": batch.micro_batch_size,
+        "gradient_accumulation_steps": batch.gradient_accumulation_steps,
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": train.optimizer.lr,
+                "betas": list(train.optimizer.betas),
+                "eps": train.optimizer.eps,
+                "weight_decay": train.optimizer.weight_decay,
+                # torch's AdamW needs no compiled extension, on CPU or GPU.
+                "torch_adam": True,
+            },
+        },
+        "zero_optimization": zero,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if dist.offload_optimizer:
+        config["zero_force_ds_cpu_optimizer"] = False
+    if train.grad_clip is not None:
+        config["gradient_clipping"] = train.grad_clip
+    if train.precision == "bf16":
+        config["bf16"] = {"enabled": True}
+    elif train.precision == "fp16":
+        config["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}
+    return config
+
+
+class DeepSpeedLauncher:
+    backend = "deepspeed"
+
+    def config_files(self, recipe: Recipe, batch: Batch) -> dict[str, dict]:
+        return {CONFIG_FILE: deepspeed_config(recipe, batch)}
+
+    def node_command(
+        self, python: str, topology: Topology, run_dir: Path, node_rank: int | str, master_addr: str, master_port: int | str
+    ) -> list[str]:
+        return [
+            python, "-m", "torch.distributed.run",
+            "--nnodes", str(topology.nodes),
+            "--node_rank", str(node_rank),
+            "--nproc_per_node", str(topology.procs_per_node),
+            "--master_addr", str(master_addr),
+            "--master_port", str(master_port),
+            "-m", "orchestrator.runtime",
+            "--run-dir", str(run_dir),
+        ]

@@ -1,0 +1,114 @@
+"""What the machine offers, probed once at the CLI edge and handed to the planners as plain data.
+
+Planners never read `os.environ` or probe hardware themselves, so a test can plan for a GPU
+cluster on a laptop by building an `EnvSnapshot` by hand.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+# Dense bf16 tensor-core peaks (FLOP/s) by product name, for time estimates on GPUs.
+GPU_BF16_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "V100": 125e12}
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    name: str
+    memory_bytes: int
+    compute_capability: float
+
+    @property
+    def peak_flops(self) -> float | None:
+        return next((peak for key, peak in GPU_BF16_PEAK_FLOPS.items() if key in self.name), None)
+
+
+@dataclass(frozen=True)
+class EnvSnapshot:
+    hostname: str
+    cpu_count: int
+    memory_bytes: int
+    python: str
+    cwd: Path
+    cache_dir: Path
+    free_port: int
+    timestamp: str
+    gpus: tuple[GpuInfo, ...] = ()
+    cpu_fp16: bool = False
+    cpu_matmul_flops: float = 0.0
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.gpus else "cpu"
+
+
+def probe(measure_cpu: bool = True) -> EnvSnapshot:
+    """Look at this machine once. Cheap: no torch import, one nvidia-smi call where it exists."""
+    page = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    gpus = _probe_gpus()
+    cache = Path(os.environ.get("ORCH_CACHE_DIR") or Path.home() / ".cache" / "orchestrator")
+    return EnvSnapshot(
+        hostname=socket.gethostname(),
+        cpu_count=os.cpu_count() or 1,
+        memory_bytes=page,
+        python=sys.executable,
+        cwd=Path.cwd(),
+        cache_dir=cache,
+        free_port=free_port(),
+        timestamp=datetime.now().strftime("%Y%m%d-%H%M%S"),
+        gpus=gpus,
+        cpu_fp16=_cpu_has_fp16(),
+        cpu_matmul_flops=_measure_cpu_matmul() if measure_cpu and not gpus else 0.0,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _probe_gpus() -> tuple[GpuInfo, ...]:
+    if os.environ.get("CUDA_VISIBLE_DEVICES") == "" or not shutil.which("nvidia-smi"):
+        return ()
+    query = ["nvidia-smi", "--query-gpu=name,memory.total,compute_cap", "--format=csv,noheader,nounits"]
+    try:
+        out = subprocess.run(query, capture_output=True, text=True, timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    gpus = []
+    for line in out.strip().splitlines():
+        name, memory_mib, capability = (part.strip() for part in line.split(","))
+        gpus.append(GpuInfo(name, int(float(memory_mib)) * 2**20, float(capability)))
+    return tuple(gpus)
+
+
+def _cpu_has_fp16() -> bool:
+    """fp16 matmuls on CPU need AVX512-FP16 or AMX-FP16; without them DeepSpeed refuses fp16."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_fp16" in flags or "amx_fp16" in flags
+
+
+def _measure_cpu_matmul(size: int = 512, seconds: float = 0.05) -> float:
+    """fp32 matmul FLOP/s of this machine, for time estimates; a fraction of a second with numpy."""
+    import numpy as np
+
+    a = np.random.default_rng(0).random((size, size), dtype=np.float32)
+    a @ a
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ a
+        count += 1
+    return 2 * size**3 * count / (time.perf_counter() - start)

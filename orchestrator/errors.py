@@ -1,0 +1,61 @@
+"""The project's own error classes: the CLI turns each into one readable line and an exit code.
+
+Anything else that escapes is a bug in the orchestrator and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a recipe value came from: a file and line, or the command line."""
+
+    source: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.line}" if self.line is not None else self.source
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a recipe, tied to the dotted key it concerns."""
+
+    path: str
+    message: str
+    location: Location | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.location}: " if self.location else ""
+        key = f"{self.path}: " if self.path else ""
+        return f"{where}{key}{self.message}"
+
+
+class OrchestratorError(Exception):
+    """A user-facing failure; `exit_code` is what the CLI returns."""
+
+    exit_code = 1
+
+    def lines(self) -> list[str]:
+        return [str(self)]
+
+
+class RecipeError(OrchestratorError):
+    """The recipe (or its overrides) is invalid; carries every problem found, not just the first."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+    def lines(self) -> list[str]:
+        return [str(p) for p in self.problems]
+
+
+class LaunchError(OrchestratorError):
+    """Training processes could not be started or ended in failure."""
+
+
+class DataError(OrchestratorError):
+    """The recipe's data cannot be read or tokenized as asked."""

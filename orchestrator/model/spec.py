@@ -1,0 +1,55 @@
+"""The `model` section: an architecture built from sizes with random init, or a local model directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import model_validator
+
+from orchestrator.model.architectures import ARCHITECTURES, Sizes
+from orchestrator.spec import RuleViolation, Spec
+
+ArchName = Literal[tuple(ARCHITECTURES)]  # type: ignore[valid-type]
+
+
+class ModelSpec(Spec):
+    """Sizes are the Llama names; each architecture maps them onto its own config keys."""
+
+    arch: Optional[ArchName] = None
+    path: Optional[Path] = None
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: Optional[int] = None
+    intermediate_size: Optional[int] = None
+    max_position_embeddings: int = 1024
+    vocab_size: Optional[int] = None
+    tie_embeddings: bool = True
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ModelSpec":
+        if self.arch is None and self.path is None:
+            raise RuleViolation("arch", "set `model.arch` (one of " + ", ".join(ARCHITECTURES) + ") or `model.path` (a local model directory)")
+        if self.hidden_size % self.num_heads:
+            raise RuleViolation("num_heads", f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}")
+        if self.num_heads % self.kv_heads:
+            raise RuleViolation("num_kv_heads", f"num_heads {self.num_heads} must be a multiple of num_kv_heads {self.kv_heads}")
+        return self
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+    def sizes(self, vocab_size: int) -> Sizes:
+        """The concrete sizes, with the vocabulary taken from the tokenizer unless the recipe pins it."""
+        return Sizes(
+            vocab_size=self.vocab_size or vocab_size,
+            hidden_size=self.hidden_size,
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            num_kv_heads=self.kv_heads,
+            intermediate_size=self.intermediate_size or 4 * self.hidden_size,
+            max_position_embeddings=self.max_position_embeddings,
+            tie_embeddings=self.tie_embeddings,
+        )

@@ -1,0 +1,81 @@
+"""Memory per device for model states at a ZeRO stage, plus activations.
+
+Model states follow the ZeRO paper's accounting (Rajbhandari et al., 2020): with Adam and
+mixed precision, 2 bytes of 16-bit parameters, 2 of gradients and 12 of optimizer state (fp32
+master copy, momentum, variance) per parameter, stage 1 partitioning the optimizer state over
+the data-parallel ranks, stage 2 the gradients too, stage 3 the parameters too. DeepSpeed's own
+`estimate_zero{2,3}_model_states_mem_needs` add buffers on top; the unit tests compare.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from orchestrator.model.architectures import Sizes
+from orchestrator.plan.arithmetic import Batch
+
+GiB = 2**30
+FIT_HEADROOM = 0.9
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    params_bytes: int
+    grads_bytes: int
+    optimizer_bytes: int
+    gather_buffer_bytes: int
+    activations_bytes: int
+    host_offload_bytes: int
+    capacity_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.params_bytes + self.grads_bytes + self.optimizer_bytes + self.gather_buffer_bytes + self.activations_bytes
+
+    @property
+    def fits(self) -> bool:
+        return self.total_bytes <= FIT_HEADROOM * self.capacity_bytes
+
+
+def model_state_bytes(
+    num_params: int, largest_layer_params: int, zero_stage: int, world_size: int, precision: str,
+    offload_optimizer: bool = False, offload_params: bool = False,
+) -> tuple[int, int, int, int, int]:
+    """(params, grads, optimizer, stage-3 gather buffer, offloaded-to-host) bytes on one device."""
+    mixed = precision != "fp32"
+    param_b, grad_b = (2, 2) if mixed else (4, 4)
+    optim_b = 12 if mixed else 8
+    n = world_size
+    params = num_params * param_b / (n if zero_stage >= 3 else 1)
+    grads = num_params * grad_b / (n if zero_stage >= 2 else 1)
+    optimizer = num_params * optim_b / (n if zero_stage >= 1 else 1)
+    gather = largest_layer_params * 4 if zero_stage >= 3 else 0
+    host = 0.0
+    if offload_optimizer:
+        host += optimizer
+        optimizer = 0
+    if offload_params:
+        host += params
+        params = 0
+    return int(params), int(grads), int(optimizer), int(gather), int(host)
+
+
+def activation_bytes(sizes: Sizes, batch: Batch, precision: str, checkpointing: bool = False) -> int:
+    """Korthikanti et al. (2022): s*b*h*(34 + 5*a*s/h) bytes per layer in 16-bit, plus the logits."""
+    s, b, h, a = batch.seq_len, batch.micro_batch_size, sizes.hidden_size, sizes.num_heads
+    per_layer = s * b * h * (34 + 5 * a * s / h)
+    if precision == "fp32":
+        per_layer *= 2
+    layers = sizes.num_layers * (2 * s * b * h if checkpointing else per_layer)
+    logits = 2 * s * b * sizes.vocab_size * 4
+    return int(layers + logits)
+
+
+def estimate_memory(
+    sizes: Sizes, num_params: int, largest_layer: int, batch: Batch, zero_stage: int, precision: str,
+    offload_optimizer: bool, offload_params: bool, capacity_bytes: int,
+) -> MemoryEstimate:
+    params, grads, optimizer, gather, host = model_state_bytes(
+        num_params, largest_layer, zero_stage, batch.data_parallel, precision, offload_optimizer, offload_params
+    )
+    return MemoryEstimate(params, grads, optimizer, gather, activation_bytes(sizes, batch, precision), host, capacity_bytes)

@@ -1,0 +1,159 @@
+"""`make_plan(recipe, env) -> LaunchPlan`: pure planning, no side effects.
+
+The plan is data: the files to write into the run directory and the processes to start.
+Executing it is `orchestrator.execute`'s job; tests assert on plans.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from orchestrator.distributed.launchers import LAUNCHERS
+from orchestrator.env import EnvSnapshot
+from orchestrator.errors import Problem, RecipeError
+from orchestrator.model.architectures import ARCHITECTURES, Sizes
+from orchestrator.plan.arithmetic import Batch, Topology, check_precision, resolve_batch, resolve_topology
+from orchestrator.plan.estimate import TimeEstimate, estimate_time
+from orchestrator.plan.memory import MemoryEstimate, estimate_memory
+from orchestrator.recipe.loader import LoadedRecipe, recipe_hash
+from orchestrator.recipe.schema import Recipe
+
+DRY_RUN_STEPS = 5
+PLAN_FILE = "plan.json"
+RECIPE_FILE = "recipe.yaml"
+LAUNCH_LOG = "logs/launcher.log"
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Path
+    log: str
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    run_dir: Path
+    recipe: Recipe
+    recipe_hash: str
+    dry_run: bool
+    topology: Topology
+    batch: Batch
+    sizes: Sizes
+    num_params: int
+    memory: MemoryEstimate
+    time: TimeEstimate
+    backend_files: dict[str, dict]
+    processes: list[ProcessSpec]
+    data_cache_dir: Path
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.recipe.checkpoint.dir or self.run_dir / "checkpoints"
+
+    def summary(self) -> dict:
+        """The plan as JSON-able data: `plan --json`, and `plan.json`, which every rank reads."""
+        return {
+            "run_dir": str(self.run_dir),
+            "recipe_hash": self.recipe_hash,
+            "dry_run": self.dry_run,
+            "backend": self.recipe.distributed.backend,
+            "topology": {**vars(self.topology), "world_size": self.topology.world_size},
+            "batch": {**vars(self.batch), "global_batch_size": self.batch.global_batch_size, "tokens_per_step": self.batch.tokens_per_step},
+            "model": {"arch": self.recipe.model.arch, "num_params": self.num_params, "sizes": vars(self.sizes)},
+            "memory_per_device": {**vars(self.memory), "total_bytes": self.memory.total_bytes, "fits": self.memory.fits},
+            "estimate": vars(self.time),
+            "backend_files": self.backend_files,
+            "checkpoint_dir": str(self.checkpoint_dir),
+            "data_cache_dir": str(self.data_cache_dir),
+            "commands": [{"argv": p.argv, "env": p.env, "cwd": str(p.cwd), "log": p.log} for p in self.processes],
+            "warnings": self.warnings,
+        }
+
+    def files(self) -> dict[str, str]:
+        """Relative path -> content, written into the run directory before any process starts."""
+        files = {
+            RECIPE_FILE: yaml.safe_dump(self.recipe.model_dump(mode="json"), sort_keys=False),
+            PLAN_FILE: json.dumps(self.summary(), indent=2),
+        }
+        files.update({name: json.dumps(content, indent=2) for name, content in self.backend_files.items()})
+        return files
+
+
+def make_plan(loaded: LoadedRecipe, env: EnvSnapshot, run_dir: Path | None = None, dry_run: bool = False) -> LaunchPlan:
+    problems: list[Problem] = []
+    topology = resolve_topology(loaded, env, problems)
+    batch = resolve_batch(loaded, topology, problems)
+    check_precision(loaded, env, topology, problems)
+    if problems:
+        raise RecipeError(problems)
+    recipe = loaded.recipe
+    if dry_run:
+        recipe = _dry_run_recipe(recipe, batch)
+        topology = Topology(1, 1, topology.device, topology.comm_backend)
+        batch = Batch(batch.micro_batch_size, batch.gradient_accumulation_steps, 1, batch.seq_len)
+    run_dir = (run_dir or env.cwd / "runs" / f"{recipe.name}-{env.timestamp}").absolute()
+
+    arch = ARCHITECTURES[recipe.model.arch]
+    sizes = recipe.model.sizes(recipe.data.tokenizer.effective_vocab_size)
+    num_params = arch.count_params(sizes)
+    dist = recipe.distributed
+    capacity = env.gpus[0].memory_bytes if env.gpus else env.memory_bytes // topology.procs_per_node
+    memory = estimate_memory(
+        sizes, num_params, arch.largest_layer_params(sizes), batch, dist.zero_stage,
+        recipe.train.precision, dist.offload_optimizer, dist.offload_params, capacity,
+    )
+    time = estimate_time(sizes, num_params, batch, topology, env, recipe.train.precision, recipe.train.steps)
+    launcher = LAUNCHERS[dist.backend]
+    warnings = []
+    if not memory.fits:
+        warnings.append(
+            f"estimated {memory.total_bytes / 2**30:.1f} GiB per device exceeds {memory.capacity_bytes / 2**30:.1f} GiB available: "
+            "raise distributed.zero_stage, enable offload, or lower train.micro_batch_size"
+        )
+    return LaunchPlan(
+        run_dir=run_dir,
+        recipe=recipe,
+        recipe_hash=recipe_hash(recipe),
+        dry_run=dry_run,
+        topology=topology,
+        batch=batch,
+        sizes=sizes,
+        num_params=num_params,
+        memory=memory,
+        time=time,
+        backend_files=launcher.config_files(recipe, batch),
+        processes=[_local_process(launcher, env, topology, run_dir)],
+        data_cache_dir=env.cache_dir / "data",
+        warnings=warnings,
+    )
+
+
+def _local_process(launcher, env: EnvSnapshot, topology: Topology, run_dir: Path) -> ProcessSpec:
+    """All ranks of this one node, started by the backend's launcher on a free local port."""
+    argv = launcher.node_command(env.python, topology, run_dir, 0, "127.0.0.1", env.free_port)
+    added = {"OMP_NUM_THREADS": str(max(1, env.cpu_count // topology.procs_per_node))}
+    if topology.device == "cpu":
+        added["DS_ACCELERATOR"] = "cpu"
+    return ProcessSpec(argv, added, env.cwd, LAUNCH_LOG)
+
+
+def _dry_run_recipe(recipe: Recipe, batch: Batch) -> Recipe:
+    """The same recipe as one process for a few steps, keeping micro batch and accumulation."""
+    data = recipe.model_dump()
+    steps = min(recipe.train.steps, DRY_RUN_STEPS)
+    data["train"].update(
+        steps=steps,
+        global_batch_size=None,
+        gradient_accumulation_steps=batch.gradient_accumulation_steps,
+        eval_interval=steps,
+    )
+    data["train"]["schedule"]["warmup_steps"] = min(recipe.train.schedule.warmup_steps, steps - 1)
+    data["distributed"].update(nodes=1, procs_per_node=1)
+    return Recipe.model_validate(data)

@@ -1,0 +1,59 @@
+"""The plan as text a person reads: the arithmetic, the memory, the commands, the config."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import yaml
+
+from orchestrator.plan.planner import LaunchPlan
+
+GiB = 2**30
+
+
+def _gib(n: float) -> str:
+    return f"{n / GiB:.2f} GiB" if n >= GiB / 100 else f"{n / 2**20:.1f} MiB"
+
+
+def _duration(seconds: float) -> str:
+    if not seconds:
+        return "unknown (no peak FLOP/s known for this device)"
+    hours, rest = divmod(int(seconds), 3600)
+    return f"{hours}h{rest // 60:02d}m{rest % 60:02d}s"
+
+
+def render_plan(plan: LaunchPlan) -> str:
+    t, b, m, e = plan.topology, plan.batch, plan.memory, plan.time
+    recipe = plan.recipe
+    dist = recipe.distributed
+    lines = [
+        f"run            {recipe.name}{' (dry run)' if plan.dry_run else ''}  ->  {plan.run_dir}",
+        f"recipe hash    {plan.recipe_hash}",
+        f"backend        {dist.backend}, ZeRO stage {dist.zero_stage}"
+        + (", optimizer offload" if dist.offload_optimizer else "") + (", parameter offload" if dist.offload_params else ""),
+        f"topology       {t.nodes} node(s) x {t.procs_per_node} process(es) = world size {t.world_size} on {t.device} ({t.comm_backend})",
+        f"batch          micro {b.micro_batch_size} x accumulation {b.gradient_accumulation_steps} x data-parallel {b.data_parallel}"
+        f" = global {b.global_batch_size} sequences",
+        f"tokens         {b.global_batch_size} x {b.seq_len} = {b.tokens_per_step:,} per step; {b.tokens_per_step * recipe.train.steps:,} over {recipe.train.steps} steps",
+        f"model          {recipe.model.arch}, {plan.num_params / 1e6:.2f}M parameters, {e.flops_per_token / 1e6:.1f} MFLOP/token (training)",
+        f"precision      {recipe.train.precision}",
+        "memory/device  "
+        f"params {_gib(m.params_bytes)} + grads {_gib(m.grads_bytes)} + optimizer {_gib(m.optimizer_bytes)}"
+        + (f" + ZeRO-3 gather {_gib(m.gather_buffer_bytes)}" if m.gather_buffer_bytes else "")
+        + f" + activations {_gib(m.activations_bytes)} = {_gib(m.total_bytes)} of {_gib(m.capacity_bytes)}"
+        + (f"; host offload {_gib(m.host_offload_bytes)}" if m.host_offload_bytes else "")
+        + ("" if m.fits else "  WILL NOT FIT"),
+        f"estimate       {e.tokens_per_s:,.0f} tokens/s at an assumed {e.assumed_mfu:.0%} MFU of {e.peak_flops_per_device / 1e12:.3f} TFLOP/s per device"
+        f" -> wall {_duration(e.wall_s)}, {e.device_hours:.3f} {t.device.replace('cuda', 'GPU')}-hours",
+    ]
+    lines += [f"warning        {w}" for w in plan.warnings]
+    lines.append("")
+    lines.append("launch")
+    for process in plan.processes:
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in process.env.items())
+        lines.append(f"  {env} {shlex.join(process.argv)}")
+    for name, content in plan.backend_files.items():
+        lines += ["", name, json.dumps(content, indent=2)]
+    lines += ["", "resolved recipe", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False).rstrip()]
+    return "\n".join(lines)

@@ -1,0 +1,53 @@
+"""The live view of a run: a progress bar on a terminal, a line per logged step elsewhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class ProgressView:
+    def __init__(self, total_steps: int, interactive: bool):
+        self.total = total_steps
+        self.console = Console(stderr=True)
+        self.interactive = interactive
+        self.progress = Progress(
+            TextColumn("step {task.completed}/{task.total}"),
+            BarColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=not interactive,
+        )
+        self.task = self.progress.add_task("train", total=total_steps, stats="starting")
+
+    def __enter__(self) -> "ProgressView":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def update(self, rows: list[dict]) -> None:
+        for row in rows:
+            stats = f"loss {row['loss']:.4f}  {row['tokens_per_s']:,.0f} tok/s"
+            if "val_loss" in row:
+                stats += f"  val {row['val_loss']:.4f}"
+            self.progress.update(self.task, completed=row["step"], stats=stats)
+            if not self.interactive:
+                self.console.print(f"step {row['step']}/{self.total}  {stats}", highlight=False)
+
+    @staticmethod
+    def describe_summary(summary: dict, run_dir: Path) -> str:
+        if not summary:
+            return f"finished; see {run_dir}"
+        val = f", val loss {summary['final_val_loss']:.4f}" if summary.get("final_val_loss") is not None else ""
+        return (
+            f"done: {summary['steps']} steps, loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f}{val}, "
+            f"{summary['tokens_per_s']:,.0f} tokens/s, MFU {summary['mfu']:.1%}, {summary['wall_s']:.0f}s\n"
+            f"run directory {run_dir}\ncheckpoint    {summary['checkpoint']}"
+        )

@@ -1,0 +1,268 @@
+"""Load a recipe: YAML with line numbers, one level or more of `base:`, dotted overrides, one validation.
+
+Every problem is reported together, each with the file and line of the value (or the override)
+that caused it and, for a mistyped key, the nearest valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from orchestrator.errors import Location, Problem, RecipeError
+from orchestrator.recipe.schema import Recipe
+from orchestrator.spec import RuleViolation
+
+COMMAND_LINE = "command line"
+
+
+@dataclass(frozen=True)
+class LoadedRecipe:
+    """A validated recipe plus where each of its keys was written, for errors raised later (planning)."""
+
+    recipe: Recipe
+    locations: dict[str, Location] = field(default_factory=dict)
+    sources: tuple[Path, ...] = ()
+
+    def locate(self, path: str) -> Location | None:
+        return locate(self.locations, path)
+
+    def problem(self, path: str, message: str) -> Problem:
+        return Problem(path, message, self.locate(path))
+
+    @property
+    def hash(self) -> str:
+        return recipe_hash(self.recipe)
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    canonical = json.dumps(recipe.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def load_recipe(path: Path | str, overrides: list[str] | tuple[str, ...] = ()) -> LoadedRecipe:
+    path = Path(path)
+    data, locations, sources = _read_with_bases(path, ())
+    problems: list[Problem] = []
+    for override in overrides:
+        problem = _apply_override(data, locations, override)
+        if problem:
+            problems.append(problem)
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(_problems_from(exc, locations))
+        raise RecipeError(problems) from None
+    if problems:
+        raise RecipeError(problems)
+    loaded = LoadedRecipe(recipe, locations, sources)
+    missing = _missing_paths(loaded)
+    if missing:
+        raise RecipeError(missing)
+    return loaded
+
+
+def locate(locations: dict[str, Location], path: str) -> Location | None:
+    """Where `path` was written; else where a key below it was (an override that added it); else its
+    nearest written ancestor (a missing key is reported at its section)."""
+    if path in locations:
+        return locations[path]
+    below = next((loc for key, loc in locations.items() if key.startswith(path + ".")), None) if path else None
+    if below:
+        return below
+    parts = path.split(".") if path else []
+    while parts:
+        parts.pop()
+        found = locations.get(".".join(parts))
+        if found:
+            return found
+    return None
+
+
+def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict[str, Location], tuple[Path, ...]]:
+    resolved = path.resolve()
+    if resolved in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, resolved))
+        raise RecipeError([Problem("base", f"recipes extend each other in a cycle: {cycle}", Location(str(path)))])
+    if not path.is_file():
+        where = Location(str(chain[-1])) if chain else None
+        raise RecipeError([Problem("base" if chain else "", f"recipe file not found: {path}", where)])
+    data, locations = _parse_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data, locations, (path,)
+    if not isinstance(base, str):
+        raise RecipeError([Problem("base", "`base` must be a path to another recipe", locations.get("base"))])
+    base_data, base_locations, base_sources = _read_with_bases(path.parent / base, (*chain, resolved))
+    locations.pop("base", None)
+    return _deep_merge(base_data, data), {**base_locations, **locations}, (*base_sources, path)
+
+
+def _parse_yaml(path: Path) -> tuple[dict, dict[str, Location]]:
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text)
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError([Problem("", f"not valid YAML: {reason}", Location(str(path), line))]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError([Problem("", "a recipe must be a mapping of sections", Location(str(path), 1))])
+    locations: dict[str, Location] = {}
+    _collect_lines(root, "", str(path), locations)
+    return data, locations
+
+
+def _collect_lines(node: yaml.Node | None, prefix: str, source: str, out: dict[str, Location]) -> None:
+    if not isinstance(node, yaml.MappingNode):
+        return
+    for key_node, value_node in node.value:
+        key = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
+        out[key] = Location(source, key_node.start_mark.line + 1)
+        _collect_lines(value_node, key, source, out)
+
+
+def _deep_merge(base: dict, child: dict) -> dict:
+    merged = dict(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _apply_override(data: dict, locations: dict[str, Location], override: str) -> Problem | None:
+    where = Location(f"{COMMAND_LINE} `{override}`")
+    key, sep, raw = override.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        return Problem("", "an override is written `section.key=value`", where)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            return Problem(key, f"`{part}` is a value, not a section, so `{key}` cannot be set", where)
+        node = child
+    node[parts[-1]] = value
+    for known in [k for k in locations if k == key or k.startswith(key + ".")]:
+        del locations[known]
+    locations[key] = where
+    return None
+
+
+def _problems_from(exc: ValidationError, locations: dict[str, Location]) -> list[Problem]:
+    """One problem per offending key: the members of a union that all rejected a value become one."""
+    by_path: dict[str, list[str]] = {}
+    for error in exc.errors():
+        path, message = _describe(error)
+        by_path.setdefault(path, []).append(message)
+    return [Problem(path, "; or ".join(dict.fromkeys(messages)), locate(locations, path)) for path, messages in by_path.items()]
+
+
+def _describe(error: dict) -> tuple[str, str]:
+    loc = _field_path(Recipe, [str(part) for part in error["loc"]])
+    violation = (error.get("ctx") or {}).get("error")
+    if isinstance(violation, RuleViolation):
+        return ".".join([*loc, violation.key]), str(violation)
+    path = ".".join(loc)
+    if error["type"] == "extra_forbidden":
+        return path, "unknown key" + _did_you_mean(loc[-1], _field_names(Recipe, loc[:-1]))
+    if error["type"] == "literal_error":
+        allowed = [str(a) for a in _literal_values(Recipe, loc)]
+        return path, f"{error['input']!r} is not one of {', '.join(allowed)}" + _did_you_mean(str(error["input"]), allowed)
+    if error["type"] == "missing":
+        return path, "required key is missing"
+    message = error["msg"].removeprefix("Value error, ")
+    return path, message[:1].lower() + message[1:]
+
+
+def _field_path(model: type[BaseModel], loc: list[str]) -> list[str]:
+    """The recipe keys in a pydantic error location, without the union-member tags pydantic adds."""
+    path: list[str] = []
+    current: type[BaseModel] | None = model
+    for part in loc:
+        if current is None:
+            if part.isdigit():
+                path.append(part)
+            continue
+        if part not in current.model_fields:
+            if current.model_config.get("extra") == "forbid" and not path[-1:] == [part]:
+                path.append(part)
+            current = None
+            continue
+        path.append(part)
+        current = _model_at(current, [part])
+    return path
+
+
+def _did_you_mean(word: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.5)
+    return f"; did you mean `{close[0]}`?" if close else ""
+
+
+def _model_at(model: type[BaseModel], parts: list[str]) -> type[BaseModel] | None:
+    for part in parts:
+        info = model.model_fields.get(part)
+        if info is None:
+            return None
+        sub = next((t for t in _flatten(info.annotation) if isinstance(t, type) and issubclass(t, BaseModel)), None)
+        if sub is None:
+            return None
+        model = sub
+    return model
+
+
+def _field_names(model: type[BaseModel], parts: list[str]) -> list[str]:
+    found = _model_at(model, parts)
+    return list(found.model_fields) if found else []
+
+
+def _literal_values(model: type[BaseModel], parts: list[str]) -> list[Any]:
+    found = _model_at(model, parts[:-1])
+    info = found.model_fields.get(parts[-1]) if found else None
+    if info is None:
+        return []
+    return [arg for t in _flatten(info.annotation) if typing.get_origin(t) is typing.Literal for arg in typing.get_args(t)]
+
+
+def _flatten(annotation: Any) -> list[Any]:
+    """Unwrap Optional/Union into their members; everything else is itself."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return [member for arg in typing.get_args(annotation) for member in _flatten(arg)]
+    return [annotation]
+
+
+def _missing_paths(loaded: LoadedRecipe) -> list[Problem]:
+    """Files the recipe points at must exist before anything is planned or launched."""
+    recipe = loaded.recipe
+    wanted = {
+        "data.path": recipe.data.path,
+        "data.tokenizer.path": recipe.data.tokenizer.path,
+        "model.path": recipe.model.path,
+    }
+    return [
+        loaded.problem(key, f"path does not exist: {value}")
+        for key, value in wanted.items()
+        if value is not None and not Path(value).exists()
+    ]

@@ -1,0 +1,45 @@
+"""The whole recipe: composes the sections each component owns."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, model_validator
+
+from orchestrator.checkpoint.spec import CheckpointSpec
+from orchestrator.data.spec import DataSpec
+from orchestrator.distributed.spec import DeepSpeedSpec
+from orchestrator.energy.spec import EnergySpec
+from orchestrator.gates.spec import GatesSpec
+from orchestrator.model.spec import ModelSpec
+from orchestrator.slurm.spec import SlurmSpec
+from orchestrator.spec import RuleViolation, Spec
+from orchestrator.tracking.spec import TrackingSpec
+from orchestrator.train.spec import TrainSpec
+
+
+class Recipe(Spec):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: Optional[str] = None
+    task: Literal["pretrain", "finetune"] = "pretrain"
+    model: ModelSpec
+    data: DataSpec
+    train: TrainSpec = TrainSpec()
+    distributed: DeepSpeedSpec = DeepSpeedSpec()
+    checkpoint: CheckpointSpec = CheckpointSpec()
+    tracking: TrackingSpec = TrackingSpec()
+    energy: EnergySpec = EnergySpec()
+    gates: GatesSpec = GatesSpec()
+    slurm: SlurmSpec = SlurmSpec()
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> "Recipe":
+        if self.data.seq_len > self.model.max_position_embeddings:
+            raise RuleViolation(
+                "data.seq_len",
+                f"data.seq_len ({self.data.seq_len}) is longer than model.max_position_embeddings "
+                f"({self.model.max_position_embeddings}): shorten the sequences or raise the model's positions"
+            )
+        if self.task == "finetune" and self.model.path is None:
+            raise RuleViolation("model.path", "task `finetune` starts from weights: set `model.path` to a local model directory")
+        return self

@@ -1,0 +1,99 @@
+"""The DeepSpeed side of a rank: engine set-up, one optimizer step, evaluation, checkpoint.
+
+Implements the `Engine` protocol of `orchestrator.runtime.loop`, which is all the training loop
+knows about the backend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from orchestrator.distributed.deepspeed import CONFIG_FILE
+from orchestrator.model.architectures import Sizes
+from orchestrator.model.build import build_model
+from orchestrator.recipe.schema import Recipe
+from orchestrator.train.schedule import lr_multiplier
+
+
+class DeepSpeedEngine:
+    def __init__(self, recipe: Recipe, sizes: Sizes, run_dir: Path, comm_backend: str, local_rank: int):
+        import deepspeed
+        from deepspeed.accelerator import get_accelerator
+
+        if comm_backend == "nccl":
+            torch.cuda.set_device(local_rank)
+        deepspeed.init_distributed(dist_backend=comm_backend)
+        torch.manual_seed(recipe.train.seed)
+        model = build_model(recipe.model, sizes)
+        config = json.loads((run_dir / CONFIG_FILE).read_text())
+        schedule = partial(lr_multiplier, recipe.train)
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model,
+            model_parameters=model.parameters(),
+            config=config,
+            lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
+        )
+        self.device = get_accelerator().current_device_name()
+        self.zero_stage = recipe.distributed.zero_stage
+
+    @property
+    def rank(self) -> int:
+        return self.engine.global_rank
+
+    @property
+    def lr(self) -> float:
+        return float(self.engine.get_lr()[0])
+
+    @property
+    def grad_norm(self) -> float | None:
+        norm = self.engine.get_global_grad_norm()
+        return None if norm is None else float(norm)
+
+    def train_step(self, micro_batches: list[np.ndarray]) -> float:
+        """One optimizer step over the accumulation micro-batches; returns this rank's mean loss."""
+        total = torch.zeros((), device=self.device)
+        for rows in micro_batches:
+            ids = torch.from_numpy(rows).to(self.device)
+            loss = self.engine(input_ids=ids, labels=ids).loss
+            self.engine.backward(loss)
+            self.engine.step()
+            total += loss.detach().float()
+        return float(total) / len(micro_batches)
+
+    @torch.no_grad()
+    def eval_loss(self, rows: np.ndarray) -> float:
+        self.engine.eval()
+        ids = torch.from_numpy(rows).to(self.device)
+        loss = float(self.engine(input_ids=ids, labels=ids).loss)
+        self.engine.train()
+        return loss
+
+    def mean_across_ranks(self, values: list[float]) -> list[float]:
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(tensor)
+        return (tensor / torch.distributed.get_world_size()).tolist()
+
+    def gather(self, value) -> list:
+        gathered = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, value)
+        return gathered
+
+    def save(self, directory: Path, tag: str, client_state: dict) -> None:
+        self.engine.save_checkpoint(str(directory), tag=tag, client_state=client_state)
+
+    def fingerprint(self) -> str:
+        """A hash of the full parameters, bit for bit: equal on every rank when replicas agree."""
+        import deepspeed
+
+        params = list(self.engine.module.parameters())
+        digest = hashlib.sha256()
+        with deepspeed.zero.GatheredParameters(params, enabled=self.zero_stage == 3):
+            for param in params:
+                digest.update(param.detach().float().cpu().numpy().tobytes())
+        return digest.hexdigest()[:16]
