@@ -52,7 +52,9 @@ def model_state_bytes(
     gather = largest_layer_params * 4 if zero_stage >= 3 else 0
     host = 0.0
     if offload_optimizer:
-        host += optimizer
+        # The optimizer step runs on the host, so the partitioned gradients it reads move there too.
+        host += optimizer + (grads if zero_stage >= 2 else 0)
+        grads = 0 if zero_stage >= 2 else grads
         optimizer = 0
     if offload_params:
         host += params

@@ -40,6 +40,13 @@ class Recipe(Spec):
                 f"data.seq_len ({self.data.seq_len}) is longer than model.max_position_embeddings "
                 f"({self.model.max_position_embeddings}): shorten the sequences or raise the model's positions"
             )
+        tokenizer = self.data.tokenizer
+        if self.model.vocab_size and tokenizer.kind != "pretrained" and self.model.vocab_size < tokenizer.effective_vocab_size:
+            raise RuleViolation(
+                "model.vocab_size",
+                f"model.vocab_size ({self.model.vocab_size}) is smaller than the tokenizer's {tokenizer.effective_vocab_size} ids: "
+                "raise it or leave it unset to follow the tokenizer",
+            )
         if self.task == "finetune" and self.model.path is None:
             raise RuleViolation("model.path", "task `finetune` starts from weights: set `model.path` to a local model directory")
         return self

@@ -48,5 +48,5 @@ class TrainSpec(Spec):
         if self.global_batch_size is not None and self.gradient_accumulation_steps is not None:
             raise RuleViolation("gradient_accumulation_steps", "give `global_batch_size` or `gradient_accumulation_steps`, not both: each determines the other")
         if self.schedule.warmup_steps >= self.steps:
-            raise RuleViolation("schedule.warmup_steps", f"schedule.warmup_steps ({self.schedule.warmup_steps}) must be below steps ({self.steps})")
+            raise RuleViolation("schedule.warmup_steps", f"schedule.warmup_steps ({self.schedule.warmup_steps}) must be below steps ({self.steps}): lower the warmup or raise the steps")
         return self

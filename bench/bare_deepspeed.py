@@ -1,0 +1,108 @@
+"""A bare, hand-written DeepSpeed training loop: the baseline the orchestrator is measured against.
+
+It trains the same model, with the same DeepSpeed JSON, micro batch, sequence length and token
+data as an `orch run` that already ran, read from that run's directory (plan.json, ds_config.json,
+data.json), and nothing else: no recipe schema, no sharded sampler, no metrics rows, no
+evaluation. Differences kept on purpose, because they are not throughput: no lr scheduler (the
+orchestrator passes a LambdaLR), and data read sequentially (each rank its own slice of each
+global batch) instead of through the seeded permutation. Rank 0 writes the wall time of every
+optimizer step to --out.
+
+`bench/throughput.py` starts it; by hand, after an `orch run ... --run-dir RUN`:
+
+    DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 python -m torch.distributed.run --nproc_per_node 2 \\
+        --master_port 29511 bench/bare_deepspeed.py --run-dir RUN --steps 40 --out bare.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", type=Path, required=True, help="directory of a finished `orch run`")
+    parser.add_argument("--steps", type=int, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="JSON file for the per-step times (rank 0)")
+    args = parser.parse_args()
+
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    plan = json.loads((args.run_dir / "plan.json").read_text())
+    ds_config = json.loads((args.run_dir / "ds_config.json").read_text())
+    data_dir = Path(json.loads((args.run_dir / "data.json").read_text())["dir"])
+    seed = yaml.safe_load((args.run_dir / "recipe.yaml").read_text())["train"]["seed"]
+    assert plan["model"]["arch"] == "llama", "the bare loop builds a Llama model only"
+
+    comm_backend = plan["topology"]["comm_backend"]
+    if comm_backend == "nccl":
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    deepspeed.init_distributed(dist_backend=comm_backend)
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+    torch.manual_seed(seed)
+    sizes = plan["model"]["sizes"]
+    config = LlamaConfig(
+        vocab_size=sizes["vocab_size"],
+        hidden_size=sizes["hidden_size"],
+        intermediate_size=sizes["intermediate_size"],
+        num_hidden_layers=sizes["num_layers"],
+        num_attention_heads=sizes["num_heads"],
+        num_key_value_heads=sizes["num_kv_heads"],
+        max_position_embeddings=sizes["max_position_embeddings"],
+        tie_word_embeddings=sizes["tie_embeddings"],
+    )
+    model = LlamaForCausalLM(config)
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
+    device = get_accelerator().current_device_name()
+
+    batch = plan["batch"]
+    micro, accumulation, seq_len = batch["micro_batch_size"], batch["gradient_accumulation_steps"], batch["seq_len"]
+    dtype = json.loads((data_dir / "manifest.json").read_text())["token_dtype"]
+    tokens = np.memmap(data_dir / "train.bin", dtype=dtype, mode="r")
+    num_sequences = len(tokens) // seq_len
+
+    def micro_batch(index: int) -> torch.Tensor:
+        """Micro-batch `index` of this rank: `micro` consecutive sequences, ranks side by side."""
+        first = (index * world + rank) * micro
+        rows = [(first + i) % num_sequences for i in range(micro)]
+        ids = np.stack([np.asarray(tokens[r * seq_len : (r + 1) * seq_len], dtype=np.int64) for r in rows])
+        return torch.from_numpy(ids).to(device)
+
+    step_s, losses = [], []
+    for step in range(args.steps):
+        tic = time.perf_counter()
+        for k in range(accumulation):
+            ids = micro_batch(step * accumulation + k)
+            loss = engine(input_ids=ids, labels=ids).loss
+            engine.backward(loss)
+            engine.step()
+        losses.append(float(loss))
+        step_s.append(time.perf_counter() - tic)
+
+    if rank == 0:
+        result = {
+            "step_s": step_s,
+            "loss": losses,
+            "tokens_per_step": batch["tokens_per_step"],
+            "world_size": world,
+            "attn_implementation": model.config._attn_implementation,
+            "lr_scheduler": None,
+        }
+        args.out.write_text(json.dumps(result, indent=1))
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

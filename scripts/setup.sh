@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Set up everything this project needs on a fresh Debian machine, idempotently:
+# a virtualenv in .venv with the CPU build of PyTorch and the package with its test extras.
+# A second run only reinstalls what changed (stamp files keyed by the files that define it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+# CPU build by default; on a GPU machine set TORCH_SPEC to the CUDA build you want.
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+PYTHON=${PYTHON:-python3}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+stamp="$VENV/.orchestrator-setup"
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  # torch first and pinned: an open range would pull a multi-GB CUDA build.
+  "$VENV/bin/python" -m pip install -q "$TORCH_SPEC"
+  "$VENV/bin/python" -m pip install -q -e ".[dev]"
+  echo "$want" > "$stamp"
+fi
+echo "setup: $("$VENV/bin/python" -c 'import torch, deepspeed, transformers; print("torch", torch.__version__, "deepspeed", deepspeed.__version__, "transformers", transformers.__version__)' 2>/dev/null)"

@@ -1,0 +1,54 @@
+"""Shared fixtures: a persistent data cache for the whole session, an env snapshot for planning, and a
+helper that drives the real `orch` command in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator.env import EnvSnapshot, GpuInfo
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPES = ROOT / "recipes"
+TINY = RECIPES / "tiny-pretrain.yaml"
+# Small corpus and short runs keep the distributed tier to a few minutes on 2 cores.
+FAST = ["data.max_bytes=1500000", "train.schedule.warmup_steps=2", "train.eval_interval=1000"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_cache() -> Path:
+    """Token files are prepared once per machine and shared by every test that trains."""
+    cache = ROOT / ".cache" / "tests"
+    os.environ["ORCH_CACHE_DIR"] = str(cache)
+    return cache
+
+
+def make_env(tmp_path: Path, gpus: tuple[GpuInfo, ...] = (), cpu_count: int = 2, cpu_fp16: bool = False) -> EnvSnapshot:
+    return EnvSnapshot(
+        hostname="testhost",
+        cpu_count=cpu_count,
+        memory_bytes=24 * 2**30,
+        python="/usr/bin/python3",
+        cwd=tmp_path,
+        cache_dir=tmp_path / "cache",
+        free_port=29999,
+        timestamp="20260101-000000",
+        gpus=gpus,
+        cpu_fp16=cpu_fp16,
+        cpu_matmul_flops=100e9,
+    )
+
+
+H100 = GpuInfo("NVIDIA H100 80GB HBM3", 80 * 2**30, 9.0)
+V100 = GpuInfo("Tesla V100-SXM2-32GB", 32 * 2**30, 7.0)
+
+
+def orch(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """The real CLI in a fresh interpreter, as a user would run it."""
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )

@@ -1,0 +1,109 @@
+"""Recipe loading: inheritance, overrides, and errors that name the file, the line and the fix."""
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.errors import RecipeError
+from orchestrator.recipe.loader import load_recipe
+from tests.conftest import RECIPES, TINY
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def problems(path, overrides=()) -> list[str]:
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path, overrides)
+    return info.value.lines()
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_is_valid(recipe):
+    assert load_recipe(recipe).recipe.name
+
+
+def test_overrides_are_typed_and_recorded_as_command_line():
+    loaded = load_recipe(TINY, ["train.steps=70", "distributed.zero_stage=3", "train.optimizer.betas=[0.8, 0.9]"])
+    assert loaded.recipe.train.steps == 70
+    assert loaded.recipe.distributed.zero_stage == 3
+    assert loaded.recipe.train.optimizer.betas == (0.8, 0.9)
+    assert "command line" in str(loaded.locate("train.steps"))
+    assert str(loaded.locate("model.hidden_size")).endswith("tiny-pretrain.yaml:9")
+
+
+def test_typo_names_file_line_and_nearest_key(tmp_path):
+    path = write(tmp_path, "r.yaml", f"base: {TINY}\nname: t\ntrain:\n  setps: 3\n")
+    (line,) = problems(path)
+    assert line == f"{path}:4: train.setps: unknown key; did you mean `steps`?"
+
+
+def test_all_problems_are_reported_together(tmp_path):
+    path = write(tmp_path, "r.yaml", f"base: {TINY}\nname: t\nmodel:\n  arch: lama\ndistributed:\n  zero_stage: 5\ntrain:\n  precision: fp8\n")
+    lines = problems(path)
+    assert len(lines) == 3
+    assert any(f"{path}:4: model.arch: 'lama' is not one of" in l and "did you mean `llama`" in l for l in lines)
+    assert any(f"{path}:6: distributed.zero_stage" in l and "less than or equal to 3" in l for l in lines)
+    assert any(f"{path}:8: train.precision" in l for l in lines)
+
+
+def test_base_inheritance_merges_sections_and_keeps_child_lines(tmp_path):
+    path = write(tmp_path, "child.yaml", f"base: {TINY}\nname: child\ntrain:\n  steps: 20\n")
+    loaded = load_recipe(path)
+    assert loaded.recipe.name == "child"
+    assert loaded.recipe.train.steps == 20
+    assert loaded.recipe.train.micro_batch_size == 8  # inherited
+    assert str(loaded.locate("train.steps")) == f"{path}:4"
+    assert loaded.sources == (TINY, path)
+
+
+def test_base_cycle_is_an_error(tmp_path):
+    write(tmp_path, "a.yaml", "base: b.yaml\nname: a\n")
+    write(tmp_path, "b.yaml", "base: a.yaml\nname: b\n")
+    (line,) = problems(tmp_path / "a.yaml")
+    assert "cycle" in line
+
+
+def test_unknown_override_key_points_at_command_line():
+    (line,) = problems(TINY, ["train.stpes=3"])
+    assert line.startswith("command line `train.stpes=3`: train.stpes: unknown key; did you mean `steps`?")
+
+
+def test_override_without_equals_sign():
+    (line,) = problems(TINY, ["train.steps"])
+    assert "section.key=value" in line
+
+
+def test_seq_len_longer_than_positions_is_caught():
+    (line,) = problems(TINY, ["data.seq_len=1024"])
+    assert "data.seq_len" in line and "max_position_embeddings (256)" in line
+
+
+def test_missing_data_path_is_caught(tmp_path):
+    (line,) = problems(TINY, ["data.builtin=null", f"data.path={tmp_path / 'nope.jsonl'}"])
+    assert "data.path: path does not exist" in line
+
+
+def test_invalid_yaml_gives_the_line(tmp_path):
+    path = write(tmp_path, "r.yaml", "name: x\ntrain:\n  steps: [1,\n")
+    (line,) = problems(path)
+    assert line.startswith(f"{path}:") and "not valid YAML" in line
+
+
+def test_missing_recipe_file(tmp_path):
+    (line,) = problems(tmp_path / "missing.yaml")
+    assert "recipe file not found" in line
+
+
+def test_cross_field_rule_points_at_the_key(tmp_path):
+    path = write(tmp_path, "r.yaml", f"base: {TINY}\nname: t\ndistributed:\n  zero_stage: 0\n  offload_optimizer: true\n")
+    (line,) = problems(path)
+    assert line.startswith(f"{path}:5: distributed.offload_optimizer:")
+
+
+def test_placeholder_sections_are_closed():
+    (line,) = problems(TINY, ["slurm.partition=gpu"])
+    assert "slurm.partition: unknown key" in line
