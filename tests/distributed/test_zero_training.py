@@ -64,7 +64,7 @@ def test_dry_run_is_a_single_process(tmp_path):
 
 
 def test_bad_recipe_launches_nothing(tmp_path):
-    result = orch("run", "recipes/tiny-pretrain.yaml", "train.steps=3", "--run-dir", str(tmp_path / "r"), "model.vocab_size=1000")
+    result = orch("run", "recipes/tiny-pretrain.yaml", *FAST, "train.steps=3", "--run-dir", str(tmp_path / "r"), "model.vocab_size=1000")
     assert result.returncode == 1
     assert result.stderr.startswith("error: ") and "model.vocab_size" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "r").exists()
