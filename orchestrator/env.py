@@ -101,12 +101,13 @@ def _cpu_has_fp16() -> bool:
     return "avx512_fp16" in flags or "amx_fp16" in flags
 
 
-def _measure_cpu_matmul(size: int = 512, seconds: float = 0.05) -> float:
+def _measure_cpu_matmul(size: int = 512, seconds: float = 0.1) -> float:
     """fp32 matmul FLOP/s of this machine, for time estimates; a fraction of a second with numpy."""
     import numpy as np
 
     a = np.random.default_rng(0).random((size, size), dtype=np.float32)
-    a @ a
+    for _ in range(5):  # let the BLAS threads spin up before timing
+        a @ a
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         a @ a

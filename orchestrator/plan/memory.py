@@ -63,9 +63,11 @@ def model_state_bytes(
 
 
 def activation_bytes(sizes: Sizes, batch: Batch, precision: str, checkpointing: bool = False) -> int:
-    """Korthikanti et al. (2022): s*b*h*(34 + 5*a*s/h) bytes per layer in 16-bit, plus the logits."""
-    s, b, h, a = batch.seq_len, batch.micro_batch_size, sizes.hidden_size, sizes.num_heads
-    per_layer = s * b * h * (34 + 5 * a * s / h)
+    """Korthikanti et al. (2022): s*b*h*34 bytes per layer in 16-bit, plus the logits. Their extra
+    5*a*s/h term is the materialised attention scores, which PyTorch's SDPA kernels (the
+    `transformers` default) never store."""
+    s, b, h = batch.seq_len, batch.micro_batch_size, sizes.hidden_size
+    per_layer = s * b * h * 34
     if precision == "fp32":
         per_layer *= 2
     layers = sizes.num_layers * (2 * s * b * h if checkpointing else per_layer)
