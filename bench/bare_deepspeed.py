@@ -87,7 +87,7 @@ def main() -> None:
             loss = engine(input_ids=ids, labels=ids).loss
             engine.backward(loss)
             engine.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         step_s.append(time.perf_counter() - tic)
 
     if rank == 0:
