@@ -11,7 +11,7 @@ numbers; the goal for orchestrator / bare is >= 0.97.
 
 Run it from the repository root (about 2 minutes on a 2-core CPU machine):
 
-    python bench/throughput.py [--steps 40] [--warmup-steps 5] [--repeats 1] [--out bench/results/throughput.json]
+    python bench/throughput.py [--steps 40] [--warmup-steps 5] [--repeats 3] [--out bench/results/throughput.json]
 """
 
 from __future__ import annotations

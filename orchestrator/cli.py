@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import OrchestratorError, ResumeError
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "tiny-pretrain.yaml"
 
@@ -26,7 +26,7 @@ app = typer.Typer(
 RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)]
 OverridesArg = Annotated[Optional[list[str]], typer.Argument(help="Overrides in dotted form, e.g. train.steps=50 distributed.zero_stage=3.", show_default=False)]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="One process, a few steps: the smoke test before a big job.")]
-RunDirOpt = Annotated[Optional[Path], typer.Option("--run-dir", help="Run directory (default runs/<name>-<timestamp>).")]
+RunDirOpt = Annotated[Optional[Path], typer.Option("--run-dir", help="Run directory (default runs/<name>).")]
 
 
 def _fail(exc: OrchestratorError) -> typer.Exit:
@@ -76,9 +76,13 @@ def run(
     recipe: Annotated[Optional[str], typer.Argument(help="Recipe YAML file (default: the built-in tiny recipe).", show_default=False)] = None,
     overrides: OverridesArg = None,
     run_dir: RunDirOpt = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this directory from its newest verified checkpoint.")] = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Set an existing run directory aside and start over.")] = False,
     dry_run: DryRunOpt = False,
 ) -> None:
-    """Train locally: all processes of this node, with a live progress bar."""
+    """Train locally: all processes of this node, with a live progress bar. Re-running the same
+    command continues from the newest verified checkpoint."""
+    from orchestrator.checkpoint.resume import check_resume, set_run_aside
     from orchestrator.execute import SubprocessRunner, launch, prepare_run
     from orchestrator.progress import ProgressView
 
@@ -87,9 +91,18 @@ def run(
         overrides = ([recipe] if recipe else []) + overrides
         recipe = str(DEFAULT_RECIPE)
     try:
-        loaded, launch_plan = _load_and_plan(Path(recipe), overrides, run_dir=run_dir, dry_run=dry_run)
+        if resume is not None and not resume.is_dir():
+            raise ResumeError(f"--resume {resume}: no such run directory")
+        loaded, launch_plan = _load_and_plan(Path(recipe), overrides, run_dir=resume or run_dir, dry_run=dry_run)
+        if fresh and launch_plan.run_dir.exists():
+            typer.echo(f"set aside the previous run as {set_run_aside(launch_plan.run_dir)}")
+        manifest, safe = check_resume(launch_plan.checkpoint_dir, launch_plan.recipe.model_dump(mode="json"), launch_plan.topology.world_size)
+        if resume is not None and manifest is None:
+            raise ResumeError(f"--resume {resume}: it has no committed checkpoint to continue from")
         t = launch_plan.topology
         typer.echo(f"{launch_plan.recipe.name}: {t.world_size} process(es) on {t.device}, run directory {launch_plan.run_dir}")
+        if manifest:
+            typer.echo(f"resuming after step {manifest['step']}" + (f" with changes: {'; '.join(safe)}" if safe else ""))
         run_directory = prepare_run(launch_plan, list(loaded.sources))
         with ProgressView(launch_plan.recipe.train.steps, sys.stderr.isatty()) as view:
             outcome = launch(launch_plan, run_directory, SubprocessRunner(), view.update)

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 # Dense bf16 tensor-core peaks (FLOP/s) by product name, for time estimates on GPUs.
@@ -40,7 +39,6 @@ class EnvSnapshot:
     cwd: Path
     cache_dir: Path
     free_port: int
-    timestamp: str
     gpus: tuple[GpuInfo, ...] = ()
     cpu_fp16: bool = False
     cpu_matmul_flops: float = 0.0
@@ -64,7 +62,6 @@ def probe(measure_cpu: bool = True) -> EnvSnapshot:
         cwd=Path.cwd(),
         cache_dir=cache,
         free_port=free_port(),
-        timestamp=datetime.now().strftime("%Y%m%d-%H%M%S"),
         gpus=gpus,
         cpu_fp16=_cpu_has_fp16(),
         cpu_matmul_flops=_measure_cpu_matmul() if measure_cpu and not gpus else 0.0,

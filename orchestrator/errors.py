@@ -59,3 +59,13 @@ class LaunchError(OrchestratorError):
 
 class DataError(OrchestratorError):
     """The recipe's data cannot be read or tokenized as asked."""
+
+
+class Preempted(OrchestratorError):
+    """Training stopped on a signal after a checkpoint; running again resumes it."""
+
+    exit_code = 75  # orchestrator.runtime.signals.REQUEUE_EXIT
+
+
+class ResumeError(OrchestratorError):
+    """The run directory's checkpoints cannot continue under this recipe."""

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from orchestrator.data.prepare import prepare_data
-from orchestrator.errors import LaunchError
+from orchestrator.errors import LaunchError, Preempted
 from orchestrator.plan.planner import LaunchPlan, ProcessSpec
 from orchestrator.provenance import provenance
 from orchestrator.rundir import RunDir
+from orchestrator.runtime import events
+from orchestrator.runtime.signals import REQUEUE_EXIT
 
 POLL_S = 0.5
 
@@ -31,7 +33,7 @@ class Process(Protocol):
 
 class CommandRunner(Protocol):
     def start(self, spec: ProcessSpec, log: Path) -> Process: ...
-    def stop(self, process: Process) -> None: ...
+    def signal(self, process: Process, signum: int) -> None: ...
 
 
 class SubprocessRunner:
@@ -45,13 +47,10 @@ class SubprocessRunner:
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )
 
-    def stop(self, process: subprocess.Popen) -> None:
+    def signal(self, process: subprocess.Popen, signum: int) -> None:
+        """To the launcher alone: it forwards to its ranks, which must not get the signal twice."""
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+            process.send_signal(signum)
 
 
 @dataclass(frozen=True)
@@ -75,33 +74,44 @@ def prepare_run(plan: LaunchPlan, sources: list[Path]) -> RunDir:
 
 
 def launch(
-    plan: LaunchPlan, run: RunDir, runner: CommandRunner, on_progress: Callable[[list[dict]], None] = lambda rows: None
+    plan: LaunchPlan, run: RunDir, runner: CommandRunner, on_progress: Callable[[list[dict], list[dict]], None] = lambda rows, events: None
 ) -> RunOutcome:
-    """Start the plan's processes and wait for them, reporting new metric rows as they appear."""
+    """Start the plan's processes and wait for them, reporting new metric rows and events as they appear.
+
+    Ctrl-C or SIGTERM is forwarded once to the launchers, whose ranks checkpoint and stop with the
+    requeue code; a second one makes them stop at once.
+    """
     processes = [runner.start(spec, run.path / spec.log) for spec in plan.processes]
-    seen = 0
+    seen = (len(run.metric_rows()), len(events.read(run.events)))
+
+    def forward(signum, _frame):
+        for process in processes:
+            runner.signal(process, signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         while any(p.poll() is None for p in processes):
             seen = _report(run, seen, on_progress)
             time.sleep(POLL_S)
-    except KeyboardInterrupt:
-        for process in processes:
-            runner.stop(process)
-        raise LaunchError(f"interrupted; the run directory is {run.path}") from None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     _report(run, seen, on_progress)
     codes = [p.wait() for p in processes]
     code = next((c for c in codes if c != 0), 0)
-    summary = json.loads(run.summary.read_text()) if run.summary.exists() else None
+    if code == REQUEUE_EXIT:
+        raise Preempted(f"stopped on a signal after checkpointing; run the same command again to resume ({run.path})")
     if code != 0:
         raise LaunchError(f"training failed (exit code {code}){_failure_hint(run)}; logs are in {run.path / 'logs'}")
+    summary = json.loads(run.summary.read_text()) if run.summary.exists() else None
     return RunOutcome(run.path, code, summary)
 
 
-def _report(run: RunDir, seen: int, on_progress: Callable[[list[dict]], None]) -> int:
-    rows = run.metric_rows()
-    if len(rows) > seen:
-        on_progress(rows[seen:])
-    return len(rows)
+def _report(run: RunDir, seen: tuple[int, int], on_progress: Callable[[list[dict], list[dict]], None]) -> tuple[int, int]:
+    rows, history = run.metric_rows(), events.read(run.events)
+    if len(rows) > seen[0] or len(history) > seen[1]:
+        on_progress(rows[seen[0]:], history[seen[1]:])
+    return len(rows), len(history)
 
 
 def _failure_hint(run: RunDir) -> str:

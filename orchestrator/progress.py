@@ -32,7 +32,11 @@ class ProgressView:
     def __exit__(self, *exc) -> None:
         self.progress.stop()
 
-    def update(self, rows: list[dict]) -> None:
+    def update(self, rows: list[dict], events: list[dict]) -> None:
+        for event in events:
+            line = describe_event(event)
+            if line:
+                self.console.print(line, highlight=False)
         for row in rows:
             stats = f"loss {row['loss']:.4f}  {row['tokens_per_s']:,.0f} tok/s"
             if "val_loss" in row:
@@ -51,3 +55,18 @@ class ProgressView:
             f"{summary['tokens_per_s']:,.0f} tokens/s, MFU {summary['mfu']:.1%}, {summary['wall_s']:.0f}s\n"
             f"run directory {run_dir}\ncheckpoint    {summary['checkpoint']}"
         )
+
+
+def describe_event(event: dict) -> str | None:
+    """The run-history events a person should see as they happen."""
+    kind = event["event"]
+    if kind == "resumed":
+        recomputed = event.get("recomputed_steps") or 0
+        return f"resumed from {event['checkpoint']} (step {event['step']})" + (f"; {recomputed} later steps are recomputed" if recomputed else "")
+    if kind == "checkpoint_set_aside":
+        return f"set aside {event['path']}: {event['reason']}"
+    if kind == "recipe_changed_on_resume":
+        return "recipe changes accepted on resume: " + "; ".join(event["changes"])
+    if kind == "preempted":
+        return f"signal received: checkpointed step {event['step']}, stopping"
+    return None

@@ -39,6 +39,10 @@ class RunDir:
         return self.path / "metrics.jsonl"
 
     @property
+    def events(self) -> Path:
+        return self.path / "events.jsonl"
+
+    @property
     def summary(self) -> Path:
         return self.path / "summary.json"
 

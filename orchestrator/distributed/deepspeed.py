@@ -1,6 +1,6 @@
 """The DeepSpeed backend: its JSON config, rendered from the recipe, and its per-node launch.
 
-One torchrun per node starts the ranks; each rank builds the engine from the JSON written into
+One `orchestrator.runtime.node` launcher per node starts the ranks; each rank builds the engine from the JSON written into
 the run directory, so the config `orch plan` prints is exactly the one training uses.
 """
 
@@ -61,12 +61,11 @@ class DeepSpeedLauncher:
         self, python: str, topology: Topology, run_dir: Path, node_rank: int | str, master_addr: str, master_port: int | str
     ) -> list[str]:
         return [
-            python, "-m", "torch.distributed.run",
+            python, "-m", "orchestrator.runtime.node",
             "--nnodes", str(topology.nodes),
-            "--node_rank", str(node_rank),
-            "--nproc_per_node", str(topology.procs_per_node),
-            "--master_addr", str(master_addr),
-            "--master_port", str(master_port),
-            "-m", "orchestrator.runtime",
+            "--node-rank", str(node_rank),
+            "--nproc", str(topology.procs_per_node),
+            "--master-addr", str(master_addr),
+            "--master-port", str(master_port),
             "--run-dir", str(run_dir),
         ]

@@ -98,7 +98,7 @@ def make_plan(loaded: LoadedRecipe, env: EnvSnapshot, run_dir: Path | None = Non
         recipe = _dry_run_recipe(recipe, batch)
         topology = Topology(1, 1, topology.device, topology.comm_backend)
         batch = Batch(batch.micro_batch_size, batch.gradient_accumulation_steps, 1, batch.seq_len)
-    run_dir = (run_dir or env.cwd / "runs" / f"{recipe.name}-{env.timestamp}").absolute()
+    run_dir = (run_dir or env.cwd / "runs" / recipe.name).absolute()
 
     arch = ARCHITECTURES[recipe.model.arch]
     sizes = recipe.model.sizes(recipe.data.tokenizer.effective_vocab_size)

@@ -84,8 +84,28 @@ class DeepSpeedEngine:
         torch.distributed.all_gather_object(gathered, value)
         return gathered
 
-    def save(self, directory: Path, tag: str, client_state: dict) -> None:
-        self.engine.save_checkpoint(str(directory), tag=tag, client_state=client_state)
+    def any_across_ranks(self, flags: list[bool]) -> list[bool]:
+        """Element-wise OR over ranks: one small collective that keeps every rank's decision equal."""
+        tensor = torch.tensor([float(f) for f in flags], device=self.device)
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+        return [bool(v) for v in tensor.tolist()]
+
+    def broadcast(self, value):
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        torch.distributed.barrier()
+
+    def save_shards(self, base: Path, tag: str) -> None:
+        """DeepSpeed's sharded files for every stage; its own `latest` is not written (ours is, after commit)."""
+        self.engine.save_checkpoint(str(base), tag=tag, client_state={}, save_latest=False)
+
+    def load_shards(self, root: Path, tag: str) -> None:
+        path, _ = self.engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True)
+        if path is None:
+            raise RuntimeError(f"DeepSpeed could not load checkpoint {root / tag}")
 
     def fingerprint(self) -> str:
         """A hash of the full parameters, bit for bit: equal on every rank when replicas agree."""

@@ -1,8 +1,9 @@
-"""The training loop every backend shares: data, steps, evaluation, metrics, final checkpoint."""
+"""The training loop every backend shares: data, steps, evaluation, metrics, checkpoints, resume."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import sys
@@ -13,11 +14,18 @@ from typing import Protocol
 import numpy as np
 import yaml
 
+from orchestrator.checkpoint import store
+from orchestrator.checkpoint.compat import recipe_changes, world_change
+from orchestrator.checkpoint.saver import CheckpointSaver, SaveReport
 from orchestrator.data.prepare import PreparedData
 from orchestrator.data.stream import PackedSequences, ShardedStream, validation_indices
 from orchestrator.model.architectures import Sizes
 from orchestrator.recipe.schema import Recipe
 from orchestrator.rundir import RunDir
+from orchestrator.runtime import events, rank_state
+from orchestrator.runtime.signals import REQUEUE_EXIT, StopFlag
+
+MEMORY_STAGE_ROOT = Path("/dev/shm")
 
 
 class Engine(Protocol):
@@ -28,8 +36,12 @@ class Engine(Protocol):
     def train_step(self, micro_batches: list[np.ndarray]) -> float: ...
     def eval_loss(self, rows: np.ndarray) -> float: ...
     def mean_across_ranks(self, values: list[float]) -> list[float]: ...
+    def any_across_ranks(self, flags: list[bool]) -> list[bool]: ...
     def gather(self, value) -> list: ...
-    def save(self, directory: Path, tag: str, client_state: dict) -> None: ...
+    def broadcast(self, value): ...
+    def barrier(self) -> None: ...
+    def save_shards(self, base: Path, tag: str) -> None: ...
+    def load_shards(self, root: Path, tag: str) -> None: ...
     def fingerprint(self) -> str: ...
 
 
@@ -37,6 +49,7 @@ def run_rank(path: Path) -> None:
     run = RunDir(path)
     rank, local_rank, world = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)))
     _redirect_output(run.rank_log(rank))
+    stop = StopFlag().install()
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     plan = json.loads(run.plan.read_text())
@@ -45,9 +58,9 @@ def run_rank(path: Path) -> None:
         raise SystemExit(f"launched with WORLD_SIZE={world} but the plan is for {plan['topology']['world_size']} ranks")
     _seed_everything(recipe.train.seed)
     data = PreparedData.load(Path(json.loads(run.data.read_text())["dir"]))
-    sizes = Sizes(**plan["model"]["sizes"])
-    engine = _make_engine(recipe, sizes, run, plan, local_rank)
-    Trainer(recipe, plan, run, data, engine, world).train()
+    engine = _make_engine(recipe, Sizes(**plan["model"]["sizes"]), run, plan, local_rank)
+    trainer = Trainer(recipe, plan, run, data, engine, world, stop)
+    sys.exit(trainer.train())
 
 
 def _make_engine(recipe: Recipe, sizes: Sizes, run: RunDir, plan: dict, local_rank: int) -> Engine:
@@ -58,8 +71,8 @@ def _make_engine(recipe: Recipe, sizes: Sizes, run: RunDir, plan: dict, local_ra
 
 
 class Trainer:
-    def __init__(self, recipe: Recipe, plan: dict, run: RunDir, data: PreparedData, engine: Engine, world: int):
-        self.recipe, self.plan, self.run, self.engine = recipe, plan, run, engine
+    def __init__(self, recipe: Recipe, plan: dict, run: RunDir, data: PreparedData, engine: Engine, world: int, stop: StopFlag):
+        self.recipe, self.plan, self.run, self.engine, self.world, self.stop = recipe, plan, run, engine, world, stop
         train, batch = recipe.train, plan["batch"]
         seq_len = recipe.data.seq_len
         self.train_data = PackedSequences(data.tokens("train"), seq_len)
@@ -74,40 +87,65 @@ class Trainer:
         estimate = plan["estimate"]
         self.flops_per_step = estimate["flops_per_token"] * self.tokens_per_step
         self.peak_flops = estimate["peak_flops_per_device"] * world
-        self.checkpoint_dir = Path(plan["checkpoint_dir"])
         self.is_logger = engine.rank == 0
+        spec = recipe.checkpoint
+        self.root = Path(plan["checkpoint_dir"])
+        memory_stage = MEMORY_STAGE_ROOT / f"orchestrator-{plan['recipe_hash']}-{abs(hash(str(run.path))) % 10**8}"
+        self.saver = CheckpointSaver(
+            self.root, engine.rank, world, spec.keep_last, spec.keep_every, spec.commit_timeout_s,
+            memory_stage if spec.async_save and MEMORY_STAGE_ROOT.is_dir() else None, self._committed,
+        )
+        self.step_interval = spec.interval_steps if isinstance(spec.interval_steps, int) else None
+        self.last_save_time = time.monotonic()
+        self.mean_step_s = 0.0
 
-    def train(self) -> None:
-        train = self.recipe.train
-        started = time.perf_counter()
-        last: dict = {}
-        for step in range(1, train.steps + 1):
-            lr = self.engine.lr
-            tic = time.perf_counter()
-            local_loss = self.engine.train_step([self.train_data.rows(i) for i in self.stream.step_indices()])
-            (loss,) = self.engine.mean_across_ranks([local_loss])
-            step_s = time.perf_counter() - tic
-            row = {
-                "step": step,
-                "loss": loss,
-                "lr": lr,
-                "grad_norm": self.engine.grad_norm,
-                "tokens": step * self.tokens_per_step,
-                "tokens_per_s": self.tokens_per_step / step_s,
-                "mfu": self.flops_per_step / step_s / self.peak_flops if self.peak_flops else None,
-                "step_s": step_s,
-                "elapsed_s": time.perf_counter() - started,
-            }
-            if step % train.eval_interval == 0 or step == train.steps:
-                row["val_loss"] = self.evaluate()
-            if step % train.log_interval == 0 or step == train.steps or "val_loss" in row:
-                self.log(row)
-            interval = self.recipe.checkpoint.interval_steps
-            if interval and step % interval == 0 and step != train.steps:
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def train(self) -> int:
+        start = self.resume()
+        steps = self.recipe.train.steps
+        self.event("start", step=start, world_size=self.world)
+        saved = start == steps
+        for step in range(start + 1, steps + 1):
+            row = self.step(step)
+            stop, due = self.engine.any_across_ranks([self.stop.requested, self.is_logger and self.time_due()])
+            saved = False
+            if stop or due or (self.step_interval and step % self.step_interval == 0 and step != steps):
                 self.save(step)
-            last = row
-        self.save(train.steps)
-        self.finish(last, time.perf_counter() - started)
+                saved = True
+            if stop:
+                self.saver.wait()
+                self.event("preempted", step=step, signal=self.stop.signum)
+                return REQUEUE_EXIT
+            self.mean_step_s += (row["step_s"] - self.mean_step_s) / max(1, step - start)
+        if not saved:
+            self.save(steps)
+        self.saver.wait()
+        self.finish()
+        return 0
+
+    def step(self, step: int) -> dict:
+        lr = self.engine.lr
+        tic = time.perf_counter()
+        local_loss = self.engine.train_step([self.train_data.rows(i) for i in self.stream.step_indices()])
+        (loss,) = self.engine.mean_across_ranks([local_loss])
+        step_s = time.perf_counter() - tic
+        row = {
+            "step": step,
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": self.engine.grad_norm,
+            "tokens": step * self.tokens_per_step,
+            "tokens_per_s": self.tokens_per_step / step_s,
+            "mfu": self.flops_per_step / step_s / self.peak_flops if self.peak_flops else None,
+            "step_s": step_s,
+        }
+        train = self.recipe.train
+        if step % train.eval_interval == 0 or step == train.steps:
+            row["val_loss"] = self.evaluate()
+        if step % train.log_interval == 0 or step == train.steps or "val_loss" in row:
+            self.log(row)
+        return row
 
     def evaluate(self) -> float:
         micro = self.plan["batch"]["micro_batch_size"]
@@ -115,35 +153,131 @@ class Trainer:
         (mean,) = self.engine.mean_across_ranks([float(np.mean(losses))])
         return mean
 
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def time_due(self) -> bool:
+        """Rank 0 decides time-based saves (its clock alone), shared through the per-step collective."""
+        spec = self.recipe.checkpoint
+        elapsed = time.monotonic() - self.last_save_time
+        if spec.interval_minutes and elapsed >= spec.interval_minutes * 60:
+            return True
+        if spec.interval_steps == "auto" and self.auto_interval_s is not None:
+            return elapsed >= self.auto_interval_s
+        return False
+
+    @property
+    def auto_interval_s(self) -> float | None:
+        """Young/Daly: the interval that minimises lost work plus checkpoint overhead, sqrt(2 x stall x MTBF)."""
+        stall = getattr(self, "last_stall_s", None)
+        if stall is None:
+            return 60.0  # measure a first stall early
+        return math.sqrt(2 * stall * self.recipe.checkpoint.mtbf_hours * 3600)
+
     def save(self, step: int) -> None:
-        state = {"step": step, "data": self.stream.state_dict(), "recipe_hash": self.plan["recipe_hash"]}
-        self.engine.save(self.checkpoint_dir, f"step-{step:08d}", state)
+        state = rank_state.capture(step, self.stream.state_dict())
+        meta = {"recipe": self.recipe.model_dump(mode="json"), "recipe_hash": self.plan["recipe_hash"], "world_size": self.world,
+                "zero_stage": self.recipe.distributed.zero_stage, "tokens": step * self.tokens_per_step,
+                "libraries": json.loads(self.run.provenance.read_text())["libraries"] if self.run.provenance.exists() else {}}
+
+        def write_shards(base: Path, tag: str) -> None:
+            self.engine.save_shards(base, tag)
+            rank_state.write(base / tag, self.engine.rank, state)
+            if self.is_logger and self.run.metrics.exists():
+                (base / tag / "metrics.jsonl").write_bytes(self.run.metrics.read_bytes())
+            self.engine.barrier()
+
+        self.last_stall_s = self.saver.save(step, write_shards, meta)
+        self.last_save_time = time.monotonic()
+
+    def _committed(self, report: SaveReport) -> None:
+        self.event("checkpoint", step=report.step, stall_s=report.stall_s, bytes=report.bytes, write_s=report.write_s,
+                   write_gb_per_s=report.bytes / report.write_s / 1e9 if report.write_s else None, path=report.path)
+
+    def resume(self) -> int:
+        """Continue from the newest verified checkpoint, if any; returns the step it holds (0 for a fresh start)."""
+        found = None
+        if self.is_logger:
+            decisions: list[dict] = []
+            found = store.find_resumable(self.root, decisions)
+            for decision in decisions:
+                self.event(decision.pop("event"), **decision)
+            found = found.name if found else None
+            problem = self._incompatibility(self.root / found) if found else None
+            found = {"tag": found, "problem": problem}
+        found = self.engine.broadcast(found)
+        if found["problem"]:
+            raise SystemExit(f"cannot resume from {found['tag']}: {found['problem']}")
+        if not found["tag"]:
+            return 0
+        checkpoint = self.root / found["tag"]
+        state = rank_state.read(checkpoint, self.engine.rank)
+        self.engine.load_shards(self.root, found["tag"])
+        rank_state.restore_rng(state)
+        self.stream.load_state_dict(state["data"])
+        if self.is_logger:
+            self._restore_metrics(checkpoint, state["step"])
+        self.engine.barrier()
+        return state["step"]
+
+    def _incompatibility(self, checkpoint: Path) -> str | None:
+        manifest = store.read_manifest(checkpoint)
+        unsafe, safe = recipe_changes(manifest["recipe"], self.recipe.model_dump(mode="json"))
+        moved = world_change(manifest["world_size"], self.world)
+        if unsafe or moved:
+            return "; ".join(unsafe + ([moved] if moved else []))
+        if safe:
+            self.event("recipe_changed_on_resume", checkpoint=checkpoint.name, changes=safe)
+        return None
+
+    def _restore_metrics(self, checkpoint: Path, step: int) -> None:
+        """Metrics become those of the checkpoint: rows logged after it are recomputed, not duplicated."""
+        before = len(self.run.metric_rows())
+        saved = checkpoint / "metrics.jsonl"
+        self.run.write_file(self.run.metrics.name, saved.read_text() if saved.exists() else "")
+        recomputed = before - len(self.run.metric_rows())
+        self.event("resumed", checkpoint=checkpoint.name, step=step, recomputed_steps=max(0, recomputed))
+
+    # -- reporting ------------------------------------------------------------------------
+
+    def event(self, name: str, **fields) -> None:
+        if self.is_logger:
+            events.append(self.run.events, name, **fields)
 
     def log(self, row: dict) -> None:
         if self.is_logger:
             with self.run.metrics.open("a") as out:
                 out.write(json.dumps(row) + "\n")
 
-    def finish(self, last: dict, wall_s: float) -> None:
+    def finish(self) -> None:
         fingerprints = self.engine.gather(self.engine.fingerprint())
         if not self.is_logger:
             return
         rows = self.run.metric_rows()
+        history = events.read(self.run.events)
+        first_start = min(e["time"] for e in history if e["event"] == "start")
+        wall_s = time.time() - first_start
+        productive_s = sum(r["step_s"] for r in rows)
+        last = rows[-1]
         steady = [r["tokens_per_s"] for r in rows[1:]] or [last["tokens_per_s"]]
+        checkpoints = [e for e in history if e["event"] == "checkpoint"]
         summary = {
             "status": "completed",
             "steps": last["step"],
-            "first_loss": rows[0]["loss"] if rows else None,
+            "first_loss": rows[0]["loss"],
             "final_loss": last["loss"],
             "final_val_loss": last.get("val_loss"),
             "tokens": last["tokens"],
             "wall_s": wall_s,
+            "goodput": productive_s / wall_s if wall_s else None,
+            "restarts": sum(e["event"] == "start" for e in history) - 1,
             "tokens_per_s": float(np.median(steady)),
             "mfu": float(np.median([r["mfu"] for r in rows[1:] if r["mfu"]] or [0.0])),
+            "checkpoint_stall_s": [e["stall_s"] for e in checkpoints],
             "param_fingerprints": fingerprints,
-            "checkpoint": str(self.checkpoint_dir / f"step-{last['step']:08d}"),
+            "checkpoint": str(self.root / store.tag_for(last["step"])),
         }
         self.run.write_file(self.run.summary.name, json.dumps(summary, indent=2))
+        self.event("completed", step=last["step"])
 
 
 def _seed_everything(seed: int) -> None:

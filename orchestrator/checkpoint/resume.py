@@ -1,0 +1,49 @@
+"""The CLI's look at a run directory before launching into it: resume, refuse, or start fresh.
+
+The ranks verify content hashes themselves when they resume; this check only reads manifests, so
+an unsafe recipe change is refused before any process starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from orchestrator.checkpoint import store
+from orchestrator.checkpoint.compat import recipe_changes, world_change
+from orchestrator.errors import ResumeError
+
+
+def newest_manifest(checkpoint_dir: Path) -> dict | None:
+    for checkpoint in store.committed(checkpoint_dir):
+        try:
+            return store.read_manifest(checkpoint)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def check_resume(checkpoint_dir: Path, recipe: dict, world_size: int) -> tuple[dict | None, list[str]]:
+    """(newest checkpoint's manifest or None, safe changes); raises ResumeError for unsafe ones."""
+    manifest = newest_manifest(checkpoint_dir)
+    if manifest is None:
+        return None, []
+    unsafe, safe = recipe_changes(manifest["recipe"], recipe)
+    moved = world_change(manifest["world_size"], world_size)
+    if moved:
+        unsafe.append(moved)
+    if unsafe:
+        raise ResumeError(
+            f"cannot resume step {manifest['step']} in {checkpoint_dir.parent}: {'; '.join(unsafe)}. "
+            "Undo the change, use another --run-dir, or pass --fresh to set this run aside and start over"
+        )
+    return manifest, safe
+
+
+def set_run_aside(run_dir: Path) -> Path:
+    """`--fresh`: the old run is renamed, never deleted."""
+    target = run_dir.with_name(f"{run_dir.name}.set-aside-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.rename(run_dir, target)
+    return target

@@ -1,0 +1,108 @@
+"""The rank side of a checkpoint save: stage, describe, commit, optionally in the background.
+
+Every rank writes its shards into a staging directory, fsyncs and hashes the files it wrote and
+reports them in a per-rank file list; rank 0 gathers the lists (with a timeout), commits the
+manifest and renames the directory into place. With `async_save` the engine writes to host
+memory (`/dev/shm`) and only that blocks training; copying to the checkpoint directory, hashing
+and the commit happen on a background thread, with at most one save in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from orchestrator.checkpoint.store import (
+    RANK_MANIFEST, STAGING_PREFIX, commit, describe_files, prune, tag_for, wait_for_rank_manifests, write_durably,
+)
+
+OWNER = re.compile(r"(?:zero_pp_rank_|^rank-)(\d+)[_.]")
+
+
+def owner_of(name: str) -> int:
+    """Which rank wrote a file: DeepSpeed and this project name per-rank files by rank; the rest is rank 0's."""
+    match = OWNER.search(Path(name).name)
+    return int(match.group(1)) if match else 0
+
+
+@dataclass(frozen=True)
+class SaveReport:
+    step: int
+    stall_s: float
+    bytes: int = 0
+    write_s: float = 0.0
+    path: str = ""
+
+
+class CheckpointSaver:
+    def __init__(self, root: Path, rank: int, world_size: int, keep_last: int, keep_every: int | None,
+                 commit_timeout_s: float, memory_stage: Path | None, on_committed: Callable[[SaveReport], None]):
+        self.root, self.rank, self.world = root, rank, world_size
+        self.keep_last, self.keep_every, self.timeout = keep_last, keep_every, commit_timeout_s
+        self.memory_stage = memory_stage
+        self.on_committed = on_committed
+        self._inflight: threading.Thread | None = None
+        self._error: BaseException | None = None
+        root.mkdir(parents=True, exist_ok=True)
+
+    def save(self, step: int, write_shards: Callable[[Path, str], None], meta: dict, stalled_extra: float = 0.0) -> float:
+        """Stage and start committing a checkpoint of `step`; returns the stall (seconds training was blocked)."""
+        self.wait()
+        name = STAGING_PREFIX + tag_for(step)
+        base = self.memory_stage or self.root
+        tic = time.perf_counter()
+        write_shards(base, name)
+        stall = time.perf_counter() - tic + stalled_extra
+        args = (step, base / name, self.root / name, meta, stall)
+        if self.memory_stage is None:
+            self._finish(*args)
+        else:
+            self._inflight = threading.Thread(target=self._run, args=args, name=f"checkpoint-{step}", daemon=True)
+            self._inflight.start()
+        return stall
+
+    def wait(self) -> None:
+        """Block until the save in flight (if any) has committed; re-raise its failure here."""
+        if self._inflight is not None:
+            self._inflight.join()
+            self._inflight = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _run(self, *args) -> None:
+        try:
+            self._finish(*args)
+        except BaseException as exc:  # surfaced to the training thread by wait()
+            self._error = exc
+
+    def _finish(self, step: int, source: Path, staging: Path, meta: dict, stall: float) -> None:
+        tic = time.perf_counter()
+        mine = sorted(
+            str(p.relative_to(source)) for p in source.rglob("*")
+            if p.is_file() and owner_of(str(p.relative_to(source))) == self.rank and not p.name.endswith(".files.json")
+        )
+        if source != staging:
+            for name in mine:
+                (staging / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source / name, staging / name)
+        entries = describe_files(staging, mine)
+        write_durably(staging / RANK_MANIFEST.format(rank=self.rank), json.dumps(entries))
+        if source != staging:
+            for name in mine:
+                (source / name).unlink()
+        if self.rank != 0:
+            return
+        files = wait_for_rank_manifests(staging, self.world, self.timeout)
+        final = commit(self.root, staging, step, files, meta)
+        if source != staging:
+            shutil.rmtree(source, ignore_errors=True)
+        prune(self.root, self.keep_last, self.keep_every, protect=final)
+        size = sum(entry["bytes"] for entry in files.values())
+        self.on_committed(SaveReport(step, stall, size, time.perf_counter() - tic, str(final)))

@@ -1,0 +1,175 @@
+"""Checkpoints on disk: atomic commit, verification, resume scan, retention.
+
+A checkpoint exists only once its `manifest.json` (every file with size and content hash) is in
+place and the directory carries its final name; both are made durable with fsync before the
+`latest` pointer moves. `latest` is only a hint: resume scans newest to oldest for the first
+checkpoint whose files match their manifest, and sets aside (never deletes) anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import xxhash
+
+MANIFEST = "manifest.json"
+LATEST = "latest"
+STAGING_PREFIX = ".staging-"
+SET_ASIDE = "set-aside"
+RANK_MANIFEST = "rank-{rank}.files.json"
+TAG = re.compile(r"^step-(\d{8})$")
+
+
+def tag_for(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def step_of(tag: str) -> int:
+    return int(TAG.match(tag).group(1))
+
+
+def file_hash(path: Path, chunk: int = 8 << 20) -> str:
+    digest = xxhash.xxh3_128()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(path: Path, text: str) -> None:
+    """Write-temp, fsync, rename, fsync the directory: after a crash the file is old or new, never torn."""
+    temp = path.with_name(f".{path.name}.tmp")
+    with temp.open("w") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temp, path)
+    fsync_path(path.parent)
+
+
+def describe_files(directory: Path, names: list[str]) -> dict[str, dict]:
+    """Size and content hash of each file, fsynced first so the hash is of what is on disk."""
+    entries = {}
+    for name in names:
+        path = directory / name
+        fsync_path(path)
+        entries[name] = {"bytes": path.stat().st_size, "xxh3_128": file_hash(path)}
+    return entries
+
+
+def wait_for_rank_manifests(staging: Path, world_size: int, timeout_s: float) -> dict[str, dict]:
+    """The coordinator gathers every rank's file list; a missing rank past the timeout fails the save."""
+    deadline = time.monotonic() + timeout_s
+    files: dict[str, dict] = {}
+    for rank in range(world_size):
+        path = staging / RANK_MANIFEST.format(rank=rank)
+        while not path.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"rank {rank} did not report its checkpoint files within {timeout_s:.0f}s")
+            time.sleep(0.05)
+        files.update(json.loads(path.read_text()))
+    return files
+
+
+def commit(root: Path, staging: Path, step: int, files: dict[str, dict], meta: dict) -> Path:
+    manifest = {"step": step, "committed_at": time.time(), **meta, "files": files}
+    write_durably(staging / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+    fsync_path(staging)
+    final = root / tag_for(step)
+    if final.exists():
+        set_aside(root, final, "replaced by a newer save of the same step")
+    os.rename(staging, final)
+    fsync_path(root)
+    write_durably(root / LATEST, final.name)
+    return final
+
+
+@dataclass(frozen=True)
+class Verdict:
+    path: Path
+    ok: bool
+    reason: str = ""
+
+
+def verify(checkpoint: Path) -> Verdict:
+    manifest_path = checkpoint / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except FileNotFoundError:
+        return Verdict(checkpoint, False, "no manifest (the save never committed)")
+    except (OSError, ValueError) as exc:
+        return Verdict(checkpoint, False, f"unreadable manifest: {exc}")
+    for name, expected in manifest.get("files", {}).items():
+        path = checkpoint / name
+        if not path.is_file():
+            return Verdict(checkpoint, False, f"{name} is missing")
+        if path.stat().st_size != expected["bytes"]:
+            return Verdict(checkpoint, False, f"{name} has {path.stat().st_size} bytes, the manifest says {expected['bytes']}")
+        if file_hash(path) != expected["xxh3_128"]:
+            return Verdict(checkpoint, False, f"{name} does not match its content hash")
+    return Verdict(checkpoint, True)
+
+
+def read_manifest(checkpoint: Path) -> dict:
+    return json.loads((checkpoint / MANIFEST).read_text())
+
+
+def committed(root: Path) -> list[Path]:
+    """Checkpoint directories by step, newest first (verified or not)."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and TAG.match(p.name)]
+    return sorted(found, key=lambda p: step_of(p.name), reverse=True)
+
+
+def set_aside(root: Path, path: Path, reason: str) -> Path:
+    target_dir = root / SET_ASIDE
+    target_dir.mkdir(exist_ok=True)
+    target = target_dir / f"{path.name.lstrip('.')}-{int(time.time() * 1000)}"
+    os.rename(path, target)
+    (target / "SET_ASIDE_REASON").write_text(reason + "\n")
+    return target
+
+
+def find_resumable(root: Path, events: list[dict]) -> Path | None:
+    """Newest checkpoint that verifies. Partial saves and failed checkpoints are set aside, and each
+    decision is appended to `events` so the run can say what it did."""
+    if not root.is_dir():
+        return None
+    for staging in sorted(p for p in root.iterdir() if p.name.startswith(STAGING_PREFIX)):
+        moved = set_aside(root, staging, "partial save (interrupted before commit)")
+        events.append({"event": "checkpoint_set_aside", "path": str(moved), "reason": "partial save (interrupted before commit)"})
+    for checkpoint in committed(root):
+        verdict = verify(checkpoint)
+        if verdict.ok:
+            return checkpoint
+        moved = set_aside(root, checkpoint, verdict.reason)
+        events.append({"event": "checkpoint_set_aside", "path": str(moved), "reason": verdict.reason})
+    return None
+
+
+def prune(root: Path, keep_last: int, keep_every: int | None, protect: Path) -> list[Path]:
+    """Delete committed checkpoints beyond the newest `keep_last`, keeping every `keep_every`-th step.
+    Called only after `protect` (the checkpoint just committed and so verified) is in place, so the
+    only verified checkpoint is never deleted."""
+    removed = []
+    for checkpoint in committed(root)[keep_last:]:
+        if checkpoint == protect or (keep_every and step_of(checkpoint.name) % keep_every == 0):
+            continue
+        shutil.rmtree(checkpoint)
+        removed.append(checkpoint)
+    return removed

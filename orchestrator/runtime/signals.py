@@ -1,0 +1,34 @@
+"""Preemption signals: a handler only sets a flag; the training loop acts on it at a step boundary.
+
+Saving inside a signal handler can deadlock (locks held by the interrupted code) or tear files,
+so the first SIGTERM, SIGINT, SIGUSR1 or SIGUSR2 only records the request. The ranks agree on it
+collectively at the next optimizer-step boundary, checkpoint together and exit with REQUEUE_EXIT.
+A second signal exits at once: commits are atomic, so nothing committed is harmed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+REQUEUE_EXIT = 75  # EX_TEMPFAIL: "try again later"; the Slurm script requeues on it
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+
+
+class StopFlag:
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def install(self) -> "StopFlag":
+        for signum in FORWARDED_SIGNALS:
+            signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame) -> None:
+        if self.signum is not None:
+            os._exit(128 + signum)
+        self.signum = signum
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
