@@ -51,3 +51,24 @@ def orch(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "orchestrator", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
     )
+
+
+def start_orch(*args: str) -> subprocess.Popen:
+    """`orch` in the background, in its own session, for tests that signal or kill it mid-run."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,
+    )
+
+
+def kill_run(run_dir: Path) -> None:
+    """SIGKILL every process of a run (CLI, node launcher, ranks): a crash at an arbitrary moment."""
+    import psutil
+
+    victims = [p for p in psutil.process_iter(["cmdline"]) if str(run_dir) in " ".join(p.info["cmdline"] or [])]
+    for process in victims:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(victims, timeout=30)

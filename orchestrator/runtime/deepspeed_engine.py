@@ -98,6 +98,11 @@ class DeepSpeedEngine:
     def barrier(self) -> None:
         torch.distributed.barrier()
 
+    def close(self) -> None:
+        """Tear the process group down in order: left to interpreter exit, its threads can abort the rank."""
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
     def save_shards(self, base: Path, tag: str) -> None:
         """DeepSpeed's sharded files for every stage; its own `latest` is not written (ours is, after commit)."""
         self.engine.save_checkpoint(str(base), tag=tag, client_state={}, save_latest=False)

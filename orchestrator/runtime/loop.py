@@ -43,6 +43,7 @@ class Engine(Protocol):
     def save_shards(self, base: Path, tag: str) -> None: ...
     def load_shards(self, root: Path, tag: str) -> None: ...
     def fingerprint(self) -> str: ...
+    def close(self) -> None: ...
 
 
 def run_rank(path: Path) -> None:
@@ -59,8 +60,9 @@ def run_rank(path: Path) -> None:
     _seed_everything(recipe.train.seed)
     data = PreparedData.load(Path(json.loads(run.data.read_text())["dir"]))
     engine = _make_engine(recipe, Sizes(**plan["model"]["sizes"]), run, plan, local_rank)
-    trainer = Trainer(recipe, plan, run, data, engine, world, stop)
-    sys.exit(trainer.train())
+    code = Trainer(recipe, plan, run, data, engine, world, stop).train()
+    engine.close()
+    sys.exit(code)
 
 
 def _make_engine(recipe: Recipe, sizes: Sizes, run: RunDir, plan: dict, local_rank: int) -> Engine:
