@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from orchestrator.errors import OrchestratorError, ResumeError
+from orchestrator.errors import OrchestratorError, ResumeError, SlurmError
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "tiny-pretrain.yaml"
 
@@ -60,15 +60,130 @@ def plan(
     overrides: OverridesArg = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     dry_run: DryRunOpt = False,
+    for_slurm: Annotated[bool, typer.Option("--slurm", help="Plan for the Slurm nodes the recipe asks for and print the sbatch script.")] = False,
 ) -> None:
     """Show what a run would do: topology, batch arithmetic, memory per device, estimates, commands, DeepSpeed config."""
+    from orchestrator.env import probe
+    from orchestrator.plan.planner import make_plan
     from orchestrator.plan.render import render_plan
+    from orchestrator.recipe.loader import load_recipe
+    from orchestrator.slurm.submit import cluster_env, render
 
     try:
-        _, launch_plan = _load_and_plan(recipe, overrides, dry_run=dry_run)
+        loaded = load_recipe(recipe, overrides or [])
+        env = probe(measure_cpu=not for_slurm)
+        launch_plan = make_plan(loaded, cluster_env(env, loaded.recipe.slurm) if for_slurm else env, dry_run=dry_run)
     except OrchestratorError as exc:
         raise _fail(exc)
     typer.echo(json.dumps(launch_plan.summary(), indent=2) if as_json else render_plan(launch_plan))
+    if for_slurm:
+        typer.echo("\n" + render(launch_plan, env.python), nl=False)
+
+
+@app.command()
+def submit(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    run_dir: RunDirOpt = None,
+    emit_only: Annotated[bool, typer.Option("--emit-only", help="Print the sbatch script; submit nothing.")] = False,
+    skip_doctor: Annotated[bool, typer.Option("--skip-doctor", help="Skip the pre-flight checks.")] = False,
+) -> None:
+    """Submit the recipe as a Slurm job (one launcher per node via srun); records the job id in the run directory."""
+    from orchestrator.env import probe
+    from orchestrator.plan.planner import make_plan
+    from orchestrator.recipe.loader import load_recipe
+    from orchestrator.slurm.doctor import render_checks, run_checks
+    from orchestrator.slurm.submit import cluster_env, render, submit as submit_job
+
+    try:
+        loaded = load_recipe(recipe, overrides or [])
+        env = probe(measure_cpu=False)
+        launch_plan = make_plan(loaded, cluster_env(env, loaded.recipe.slurm), run_dir=run_dir)
+        if emit_only:
+            typer.echo(render(launch_plan, env.python), nl=False)
+            return
+        if not skip_doctor:
+            checks = run_checks(launch_plan)
+            if not all(c.ok for c in checks):
+                typer.echo(render_checks(checks), err=True)
+                raise SlurmError("pre-flight checks failed (see the table above); nothing was submitted")
+        job_id = submit_job(launch_plan, env.python, list(loaded.sources))
+    except OrchestratorError as exc:
+        raise _fail(exc)
+    typer.echo(f"submitted job {job_id}; run directory {launch_plan.run_dir}; follow with: orch status {launch_plan.run_dir}")
+
+
+@app.command()
+def doctor(recipe: RecipeArg, overrides: OverridesArg = None, run_dir: RunDirOpt = None) -> None:
+    """Pre-flight checks: Slurm controller and partition, writable directories, free space for checkpoints, write speed."""
+    from orchestrator.env import probe
+    from orchestrator.plan.planner import make_plan
+    from orchestrator.recipe.loader import load_recipe
+    from orchestrator.slurm.doctor import render_checks, run_checks
+    from orchestrator.slurm.submit import cluster_env
+
+    try:
+        loaded = load_recipe(recipe, overrides or [])
+        checks = run_checks(make_plan(loaded, cluster_env(probe(measure_cpu=False), loaded.recipe.slurm), run_dir=run_dir))
+    except OrchestratorError as exc:
+        raise _fail(exc)
+    typer.echo(render_checks(checks))
+    if not all(c.ok for c in checks):
+        raise typer.Exit(1)
+
+
+RunDirArg = Annotated[Path, typer.Argument(help="Run directory.", show_default=False)]
+
+
+@app.command()
+def status(run_dir: RunDirArg) -> None:
+    """State (from Slurm for submitted runs), current step and loss, restarts."""
+    from orchestrator.status import run_status
+
+    try:
+        typer.echo(run_status(run_dir).line())
+    except OrchestratorError as exc:
+        raise _fail(exc)
+
+
+@app.command()
+def logs(
+    run_dir: RunDirArg,
+    rank: Annotated[int, typer.Option("--rank", help="Which rank's log.")] = 0,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing as the log grows.")] = False,
+) -> None:
+    """Print a rank's log."""
+    import time
+
+    path = run_dir / "logs" / f"rank-{rank}.log"
+    if not path.exists():
+        raise _fail(OrchestratorError(f"no log for rank {rank} in {run_dir / 'logs'}"))
+    with path.open(errors="replace") as log:
+        while True:
+            chunk = log.read()
+            if chunk:
+                typer.echo(chunk, nl=False)
+            elif not follow:
+                return
+            else:
+                time.sleep(0.5)
+
+
+@app.command()
+def cancel(run_dir: RunDirArg) -> None:
+    """Cancel the run's Slurm job."""
+    from orchestrator.rundir import RunDir
+    from orchestrator.slurm.client import slurm
+    from orchestrator.slurm.submit import job_ids
+
+    jobs = job_ids(RunDir(run_dir))
+    try:
+        if not jobs:
+            raise SlurmError(f"{run_dir} has no Slurm job (slurm.json missing)")
+        slurm("scancel", jobs[-1])
+    except OrchestratorError as exc:
+        raise _fail(exc)
+    typer.echo(f"cancelled job {jobs[-1]}")
 
 
 @app.command()
@@ -80,8 +195,7 @@ def run(
     fresh: Annotated[bool, typer.Option("--fresh", help="Set an existing run directory aside and start over.")] = False,
     dry_run: DryRunOpt = False,
 ) -> None:
-    """Train locally: all processes of this node, with a live progress bar. Re-running the same
-    command continues from the newest verified checkpoint."""
+    """Train locally: all processes of this node, with a live progress bar; re-running continues from the newest verified checkpoint."""
     from orchestrator.checkpoint.resume import check_resume, set_run_aside
     from orchestrator.execute import SubprocessRunner, launch, prepare_run
     from orchestrator.progress import ProgressView

@@ -69,3 +69,7 @@ class Preempted(OrchestratorError):
 
 class ResumeError(OrchestratorError):
     """The run directory's checkpoints cannot continue under this recipe."""
+
+
+class SlurmError(OrchestratorError):
+    """Slurm is missing, unreachable, or refused the request."""

@@ -63,6 +63,7 @@ class RunOutcome:
 def prepare_run(plan: LaunchPlan, sources: list[Path]) -> RunDir:
     """Everything before the first process: files, data, provenance."""
     run = RunDir(plan.run_dir)
+    (run.path / "logs").mkdir(parents=True, exist_ok=True)
     for relative, content in plan.files().items():
         run.write_file(relative, content)
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

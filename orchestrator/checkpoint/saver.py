@@ -51,14 +51,14 @@ class CheckpointSaver:
         self._error: BaseException | None = None
         root.mkdir(parents=True, exist_ok=True)
 
-    def save(self, step: int, write_shards: Callable[[Path, str], None], meta: dict, stalled_extra: float = 0.0) -> float:
+    def save(self, step: int, write_shards: Callable[[Path, str], None], meta: dict) -> float:
         """Stage and start committing a checkpoint of `step`; returns the stall (seconds training was blocked)."""
         self.wait()
         name = STAGING_PREFIX + tag_for(step)
         base = self.memory_stage or self.root
         tic = time.perf_counter()
         write_shards(base, name)
-        stall = time.perf_counter() - tic + stalled_extra
+        stall = time.perf_counter() - tic
         args = (step, base / name, self.root / name, meta, stall)
         if self.memory_stage is None:
             self._finish(*args)

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import random
+import socket
 import sys
 import time
 from pathlib import Path
@@ -50,6 +51,7 @@ def run_rank(path: Path) -> None:
     run = RunDir(path)
     rank, local_rank, world = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)))
     _redirect_output(run.rank_log(rank))
+    print(f"rank {rank}/{world} on host {socket.gethostname()} node {os.environ.get('SLURMD_NODENAME', socket.gethostname())}", flush=True)
     stop = StopFlag().install()
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -99,7 +101,7 @@ class Trainer:
         )
         self.step_interval = spec.interval_steps if isinstance(spec.interval_steps, int) else None
         self.last_save_time = time.monotonic()
-        self.mean_step_s = 0.0
+        self.last_stall_s: float | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -109,7 +111,7 @@ class Trainer:
         self.event("start", step=start, world_size=self.world)
         saved = start == steps
         for step in range(start + 1, steps + 1):
-            row = self.step(step)
+            self.step(step)
             stop, due = self.engine.any_across_ranks([self.stop.requested, self.is_logger and self.time_due()])
             saved = False
             if stop or due or (self.step_interval and step % self.step_interval == 0 and step != steps):
@@ -119,7 +121,6 @@ class Trainer:
                 self.saver.wait()
                 self.event("preempted", step=step, signal=self.stop.signum)
                 return REQUEUE_EXIT
-            self.mean_step_s += (row["step_s"] - self.mean_step_s) / max(1, step - start)
         if not saved:
             self.save(steps)
         self.saver.wait()
@@ -170,10 +171,9 @@ class Trainer:
     @property
     def auto_interval_s(self) -> float | None:
         """Young/Daly: the interval that minimises lost work plus checkpoint overhead, sqrt(2 x stall x MTBF)."""
-        stall = getattr(self, "last_stall_s", None)
-        if stall is None:
-            return 60.0  # measure a first stall early
-        return math.sqrt(2 * stall * self.recipe.checkpoint.mtbf_hours * 3600)
+        if self.last_stall_s is None:
+            return 60.0  # take a first checkpoint early, to measure the stall
+        return math.sqrt(2 * self.last_stall_s * self.recipe.checkpoint.mtbf_hours * 3600)
 
     def save(self, step: int) -> None:
         state = rank_state.capture(step, self.stream.state_dict())

@@ -24,7 +24,8 @@ from orchestrator.runtime.signals import FORWARDED_SIGNALS, REQUEUE_EXIT
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--nnodes", type=int, required=True)
-    parser.add_argument("--node-rank", type=int, required=True)
+    parser.add_argument("--node-rank", type=int, default=int(os.environ.get("SLURM_NODEID", 0)),
+                        help="this node's index (default: Slurm's SLURM_NODEID, else 0)")
     parser.add_argument("--nproc", type=int, required=True)
     parser.add_argument("--master-addr", required=True)
     parser.add_argument("--master-port", type=int, required=True)

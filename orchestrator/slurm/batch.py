@@ -1,0 +1,72 @@
+"""The job's batch step: `python -m orchestrator.slurm.batch --run-dir DIR`, exec'd by job.sbatch.
+
+Starts one node launcher per node with srun, the rendezvous on the first node of the allocation
+at a port derived from the job id; forwards the preemption signal (Slurm sends it to this batch
+step only) to srun, which passes it to every node; and when the ranks stop with the requeue
+code, requeues the job itself up to `slurm.max_requeues` times. Every start and requeue is
+appended to the run's `events.jsonl`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from orchestrator.rundir import RunDir
+from orchestrator.runtime import events
+from orchestrator.runtime.signals import FORWARDED_SIGNALS, REQUEUE_EXIT
+
+
+def node_command(plan: dict, python: str, master_addr: str, master_port: int) -> list[str]:
+    topology = plan["topology"]
+    return [
+        "srun", "--kill-on-bad-exit=1", f"--nodes={topology['nodes']}", "--ntasks-per-node=1",
+        f"--output={plan['run_dir']}/logs/node-%N.out",
+        python, "-m", "orchestrator.runtime.node",
+        "--nnodes", str(topology["nodes"]), "--nproc", str(topology["procs_per_node"]),
+        "--master-addr", master_addr, "--master-port", str(master_port), "--run-dir", plan["run_dir"],
+    ]
+
+
+def rendezvous(job_id: int, nodelist: str) -> tuple[str, int]:
+    """The first host of the allocation, and a port every node derives alike from the job id."""
+    hosts = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True).stdout.split()
+    return hosts[0], 20000 + job_id % 20000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--run-dir", type=Path, required=True)
+    run = RunDir(parser.parse_args().run_dir)
+    plan = json.loads(run.plan.read_text())
+    max_requeues = yaml.safe_load(run.recipe.read_text())["slurm"]["max_requeues"]
+    job_id = int(os.environ["SLURM_JOB_ID"])
+    restart = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+    master_addr, master_port = rendezvous(job_id, os.environ["SLURM_JOB_NODELIST"])
+    events.append(run.events, "slurm_start", job_id=job_id, restart=restart, nodes=os.environ["SLURM_JOB_NODELIST"])
+    step = subprocess.Popen(node_command(plan, sys.executable, master_addr, master_port))
+
+    def forward(signum, _frame):
+        events.append(run.events, "slurm_signal", job_id=job_id, signal=signum)
+        step.send_signal(signum)
+
+    for signum in FORWARDED_SIGNALS:
+        signal.signal(signum, forward)
+    code = step.wait()
+    if code == REQUEUE_EXIT and restart < max_requeues:
+        subprocess.run(["scontrol", "requeue", str(job_id)], check=True)
+        events.append(run.events, "slurm_requeued", job_id=job_id, restart=restart + 1)
+        sys.exit(0)
+    events.append(run.events, "slurm_end", job_id=job_id, exit_code=code)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

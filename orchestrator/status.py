@@ -1,0 +1,65 @@
+"""The state of a run, from its directory and (for Slurm runs) the scheduler."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from orchestrator.errors import OrchestratorError, SlurmError
+from orchestrator.rundir import RunDir
+from orchestrator.runtime import events
+from orchestrator.slurm.client import job_fields
+from orchestrator.slurm.submit import job_ids
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    run_dir: Path
+    name: str
+    state: str
+    step: int
+    steps: int
+    loss: float | None
+    restarts: int
+    job_id: str | None = None
+
+    def line(self) -> str:
+        loss = f"{self.loss:.4f}" if self.loss is not None else "-"
+        job = f"  slurm job {self.job_id}" if self.job_id else ""
+        return f"{self.name}: {self.state}, step {self.step}/{self.steps}, loss {loss}, restarts {self.restarts}{job}  ({self.run_dir})"
+
+
+def run_status(path: Path) -> RunStatus:
+    run = RunDir(path)
+    if not run.recipe.exists():
+        raise OrchestratorError(f"{path} is not a run directory (no recipe.yaml)")
+    recipe = yaml.safe_load(run.recipe.read_text())
+    rows = run.metric_rows()
+    history = events.read(run.events)
+    jobs = job_ids(run)
+    state = _local_state(run, history)
+    if jobs:
+        try:
+            state = job_fields(jobs[-1]).get("JobState", state)
+        except SlurmError:
+            state = f"{state} (scheduler unreachable)"
+    return RunStatus(
+        run_dir=path,
+        name=recipe["name"],
+        state=state,
+        step=rows[-1]["step"] if rows else 0,
+        steps=recipe["train"]["steps"],
+        loss=rows[-1]["loss"] if rows else None,
+        restarts=max(0, sum(e["event"] == "start" for e in history) - 1),
+        job_id=jobs[-1] if jobs else None,
+    )
+
+
+def _local_state(run: RunDir, history: list[dict]) -> str:
+    if run.summary.exists() and json.loads(run.summary.read_text()).get("status") == "completed":
+        return "COMPLETED"
+    last = next((e["event"] for e in reversed(history) if e["event"] in ("start", "preempted", "completed")), None)
+    return {"start": "STARTED", "preempted": "PREEMPTED"}.get(last, "PREPARED")
