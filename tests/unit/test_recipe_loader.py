@@ -105,5 +105,10 @@ def test_cross_field_rule_points_at_the_key(tmp_path):
 
 
 def test_placeholder_sections_are_closed():
-    (line,) = problems(TINY, ["slurm.partition=gpu"])
-    assert "slurm.partition: unknown key" in line
+    (line,) = problems(TINY, ["energy.meter=nvml"])
+    assert "energy.meter: unknown key" in line
+
+
+def test_nested_typo_in_slurm_section():
+    (line,) = problems(TINY, ["slurm.partiton=gpu"])
+    assert "slurm.partiton: unknown key; did you mean `partition`?" in line
