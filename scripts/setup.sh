@@ -22,4 +22,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$VENV/bin/python" -m pip install -q -e ".[dev]"
   echo "$want" > "$stamp"
 fi
+# DeepSpeed compiles its shared-memory collective op on the first CPU process group. Build it
+# here, once and alone: otherwise every rank races to compile it at start, and a rank killed
+# mid-build (the fault-tolerance tests kill ranks) leaves a lock that hangs the next start.
+DS_ACCELERATOR=cpu "$VENV/bin/python" -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" >/dev/null 2>&1 || true
 echo "setup: $("$VENV/bin/python" -c 'import torch, deepspeed, transformers; print("torch", torch.__version__, "deepspeed", deepspeed.__version__, "transformers", transformers.__version__)' 2>/dev/null)"
