@@ -73,3 +73,7 @@ class ResumeError(OrchestratorError):
 
 class SlurmError(OrchestratorError):
     """Slurm is missing, unreachable, or refused the request."""
+
+
+class CheckpointError(OrchestratorError):
+    """A run's checkpoints cannot be listed or exported as asked (none there, none verified, no such step)."""

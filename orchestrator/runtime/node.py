@@ -48,6 +48,9 @@ def run_node(args: argparse.Namespace) -> int:
             "NODE_RANK": str(args.node_rank),
             "MASTER_ADDR": args.master_addr,
             "MASTER_PORT": str(args.master_port),
+            # Extensions DeepSpeed compiles belong to this interpreter's environment: two virtualenvs
+            # sharing ~/.cache/torch_extensions would rebuild over each other at every start.
+            "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch-extensions")),
         }
         command = [sys.executable, "-m", "orchestrator.runtime", "--run-dir", str(args.run_dir)]
         ranks.append(subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL))
