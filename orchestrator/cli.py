@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from orchestrator.checkpoint.export import ExportDtype
 from orchestrator.errors import OrchestratorError, ResumeError, SlurmError
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "tiny-pretrain.yaml"
@@ -223,3 +224,47 @@ def run(
     except OrchestratorError as exc:
         raise _fail(exc)
     typer.echo(ProgressView.describe_summary(outcome.summary or {}, outcome.run_dir))
+
+
+RunDirArg = Annotated[Path, typer.Argument(help="Run directory (as given to or printed by `orch run`).", show_default=False)]
+
+
+@app.command()
+def checkpoints(
+    run_dir: RunDirArg,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check every file against its content hash (reads them all).")] = True,
+) -> None:
+    """List a run's checkpoints, newest first, and whether each verifies.
+
+    Step, tokens, size, world size, ZeRO stage, commit time, which one `latest` points to; then the
+    checkpoints set aside, with the reason."""
+    from orchestrator.checkpoint.listing import list_checkpoints, render_listing
+
+    try:
+        listing = list_checkpoints(run_dir, verify=verify)
+    except OrchestratorError as exc:
+        raise _fail(exc)
+    typer.echo(render_listing(listing))
+
+
+@app.command()
+def export(
+    run_dir: RunDirArg,
+    step: Annotated[Optional[int], typer.Option("--step", help="Export this step's checkpoint (default: the newest that verifies).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output directory (default <run>/export/step-NNNNNNNN).")] = None,
+    dtype: Annotated[ExportDtype, typer.Option("--dtype", help="Weight precision of the exported model.")] = ExportDtype.fp32,
+) -> None:
+    """Write a verified checkpoint as a Hugging Face model directory.
+
+    safetensors weights, config and the run's tokenizer, loadable with
+    AutoModelForCausalLM.from_pretrained(OUT) and AutoTokenizer.from_pretrained(OUT)."""
+    from orchestrator.checkpoint.export import export_checkpoint
+    from orchestrator.checkpoint.listing import human_bytes
+
+    try:
+        result = export_checkpoint(run_dir, step=step, out=out, dtype=dtype)
+    except OrchestratorError as exc:
+        raise _fail(exc)
+    size = sum(p.stat().st_size for p in result.out.glob("*.safetensors"))
+    typer.echo(f"exported {result.checkpoint.name} (step {result.step}, verified) -> {result.out}")
+    typer.echo(f"  {result.num_params:,} parameters, {result.dtype}, {human_bytes(size)} of safetensors; weights from {result.weights_from}")
