@@ -90,7 +90,7 @@ class Trainer:
         self.tokens_per_step = batch["tokens_per_step"]
         estimate = plan["estimate"]
         self.flops_per_step = estimate["flops_per_token"] * self.tokens_per_step
-        self.peak_flops = estimate["peak_flops_per_device"] * world
+        self.peak_flops = self._peak_flops(estimate["peak_flops_per_device"], plan["topology"]["device"], world)
         self.is_logger = engine.rank == 0
         spec = recipe.checkpoint
         self.root = Path(plan["checkpoint_dir"])
@@ -102,6 +102,14 @@ class Trainer:
         self.step_interval = spec.interval_steps if isinstance(spec.interval_steps, int) else None
         self.last_save_time = time.monotonic()
         self.last_stall_s: float | None = None
+
+    def _peak_flops(self, planned_per_device: float, device: str, world: int) -> float:
+        """MFU's denominator. GPUs: the datasheet peak the plan used. CPUs: measured here, by every rank
+        at once with its own threads, since the planner's quick probe on a busy machine can be far off."""
+        if device != "cpu":
+            return planned_per_device * world
+        (mean,) = self.engine.mean_across_ranks([measure_matmul_flops()])
+        return mean * world
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -280,6 +288,20 @@ class Trainer:
         }
         self.run.write_file(self.run.summary.name, json.dumps(summary, indent=2))
         self.event("completed", step=last["step"])
+
+
+def measure_matmul_flops(size: int = 1024, seconds: float = 0.5) -> float:
+    """fp32 matmul FLOP/s this process achieves with its thread budget."""
+    import torch
+
+    a = torch.randn(size, size, generator=torch.Generator().manual_seed(0))
+    for _ in range(3):
+        a @ a
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ a
+        count += 1
+    return 2 * size**3 * count / (time.perf_counter() - start)
 
 
 def _seed_everything(seed: int) -> None:
