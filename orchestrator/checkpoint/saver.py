@@ -58,14 +58,29 @@ class CheckpointSaver:
         base = self.memory_stage or self.root
         tic = time.perf_counter()
         write_shards(base, name)
-        stall = time.perf_counter() - tic
-        args = (step, base / name, self.root / name, meta, stall)
+        args = (step, base / name, self.root / name, meta, time.perf_counter() - tic)
         if self.memory_stage is None:
             self._finish(*args)
         else:
             self._inflight = threading.Thread(target=self._run, args=args, name=f"checkpoint-{step}", daemon=True)
             self._inflight.start()
-        return stall
+        return time.perf_counter() - tic
+
+    def close(self) -> None:
+        """Wait for the last save and remove this run's host-memory staging area."""
+        self.wait()
+        if self.memory_stage is None or not self.memory_stage.exists():
+            return
+        # Each rank already deleted the files it staged; what lies at the top is DeepSpeed's copy of
+        # its recovery scripts. Ranks of this node share the directory, so only empty directories
+        # are removed, whichever rank gets here last.
+        for script in self.memory_stage.glob("*.py"):
+            script.unlink(missing_ok=True)
+        for directory in sorted((p for p in self.memory_stage.rglob("*") if p.is_dir()), reverse=True) + [self.memory_stage]:
+            try:
+                directory.rmdir()
+            except OSError:
+                pass
 
     def wait(self) -> None:
         """Block until the save in flight (if any) has committed; re-raise its failure here."""
@@ -101,8 +116,8 @@ class CheckpointSaver:
             return
         files = wait_for_rank_manifests(staging, self.world, self.timeout)
         final = commit(self.root, staging, step, files, meta)
-        if source != staging:
-            shutil.rmtree(source, ignore_errors=True)
         prune(self.root, self.keep_last, self.keep_every, protect=final)
         size = sum(entry["bytes"] for entry in files.values())
-        self.on_committed(SaveReport(step, stall, size, time.perf_counter() - tic, str(final)))
+        write_s = time.perf_counter() - tic
+        blocked = stall + (write_s if source == staging else 0.0)  # a synchronous commit blocks training too
+        self.on_committed(SaveReport(step, blocked, size, write_s, str(final)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -94,7 +95,7 @@ class Trainer:
         self.is_logger = engine.rank == 0
         spec = recipe.checkpoint
         self.root = Path(plan["checkpoint_dir"])
-        memory_stage = MEMORY_STAGE_ROOT / f"orchestrator-{plan['recipe_hash']}-{abs(hash(str(run.path))) % 10**8}"
+        memory_stage = MEMORY_STAGE_ROOT / f"orchestrator-{hashlib.sha256(str(run.path).encode()).hexdigest()[:16]}"
         self.saver = CheckpointSaver(
             self.root, engine.rank, world, spec.keep_last, spec.keep_every, spec.commit_timeout_s,
             memory_stage if spec.async_save and MEMORY_STAGE_ROOT.is_dir() else None, self._committed,
@@ -126,12 +127,12 @@ class Trainer:
                 self.save(step)
                 saved = True
             if stop:
-                self.saver.wait()
+                self.saver.close()
                 self.event("preempted", step=step, signal=self.stop.signum)
                 return REQUEUE_EXIT
         if not saved:
             self.save(steps)
-        self.saver.wait()
+        self.saver.close()
         self.finish()
         return 0
 

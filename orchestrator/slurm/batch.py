@@ -27,7 +27,10 @@ from orchestrator.runtime.signals import FORWARDED_SIGNALS, REQUEUE_EXIT
 def node_command(plan: dict, python: str, master_addr: str, master_port: int) -> list[str]:
     topology = plan["topology"]
     return [
-        "srun", "--kill-on-bad-exit=1", f"--nodes={topology['nodes']}", "--ntasks-per-node=1",
+        # Not --kill-on-bad-exit: the requeue code 75 counts as a bad exit, and the first node to stop
+        # with it would have srun kill the others mid-save. --wait ends the other nodes a minute after
+        # the first one exits, so a crashed node cannot leave its peers hanging in a collective.
+        "srun", "--wait=60", f"--nodes={topology['nodes']}", "--ntasks-per-node=1",
         f"--output={plan['run_dir']}/logs/node-%N.out",
         python, "-m", "orchestrator.runtime.node",
         "--nnodes", str(topology["nodes"]), "--nproc", str(topology["procs_per_node"]),

@@ -58,6 +58,6 @@ def test_grace_grows_with_measured_checkpoint_time(tmp_path):
 def test_node_command_starts_one_launcher_per_node():
     plan = {"run_dir": "/r", "topology": {"nodes": 2, "procs_per_node": 4}}
     argv = node_command(plan, "/py", "n1", 21234)
-    assert argv[:4] == ["srun", "--kill-on-bad-exit=1", "--nodes=2", "--ntasks-per-node=1"]
+    assert argv[:4] == ["srun", "--wait=60", "--nodes=2", "--ntasks-per-node=1"]
     assert argv[argv.index("--nproc") + 1] == "4" and argv[argv.index("--master-addr") + 1] == "n1"
     assert "--node-rank" not in argv  # each node takes SLURM_NODEID

@@ -1,0 +1,119 @@
+"""`orch submit` on a real Slurm cluster: two slurmd daemons acting as two nodes on this machine,
+started by `slurm/dev-cluster.sh up` (which installs Debian's slurm-wlm and munge if missing)."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FAST, ROOT, orch
+
+pytestmark = pytest.mark.integration
+
+TWO_NODES = [
+    "recipes/tiny-pretrain.yaml", *FAST, "train.steps=12", "distributed.nodes=2", "distributed.procs_per_node=1",
+    "distributed.zero_stage=2", "checkpoint.interval_steps=4", "slurm.partition=debug", "slurm.time_limit=00:15:00",
+    "slurm.cpus_per_task=1",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    up = subprocess.run(["bash", str(ROOT / "slurm" / "dev-cluster.sh"), "up"], capture_output=True, text=True, timeout=900)
+    assert up.returncode == 0, up.stdout + up.stderr
+
+
+def job_state(job_id: str) -> str:
+    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, check=True).stdout
+    return dict(part.split("=", 1) for part in out.split() if "=" in part)["JobState"]
+
+
+def wait_for_state(job_id: str, states: set[str], timeout_s: float = 600) -> str:
+    deadline = time.monotonic() + timeout_s
+    while (state := job_state(job_id)) not in states:
+        assert state not in {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"}, state
+        assert time.monotonic() < deadline, f"job {job_id} still {state}"
+        time.sleep(1)
+    return state
+
+
+def submit(run_dir: Path, *extra: str) -> str:
+    result = orch("submit", *TWO_NODES, *extra, "--run-dir", str(run_dir))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads((run_dir / "slurm.json").read_text())["job_ids"][-1]
+
+
+def losses(run_dir: Path) -> list[tuple[int, float]]:
+    return [(r["step"], r["loss"]) for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())]
+
+
+@pytest.fixture(scope="module")
+def completed(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("slurm") / "run"
+    job_id = submit(run_dir)
+    assert wait_for_state(job_id, {"COMPLETED"}) == "COMPLETED"
+    return run_dir
+
+
+def test_two_node_job_completes_with_both_nodes(completed):
+    run_dir = completed
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 12 and summary["final_loss"] < summary["first_loss"]
+    assert len(set(summary["param_fingerprints"])) == 1 and len(summary["param_fingerprints"]) == 2
+    checkpoints = orch("checkpoints", str(run_dir))
+    assert checkpoints.returncode == 0 and "step-00000012" in checkpoints.stdout
+    assert "node n1" in (run_dir / "logs" / "rank-0.log").read_text()
+    assert "node n2" in (run_dir / "logs" / "rank-1.log").read_text()
+    status = orch("status", str(run_dir))
+    assert "COMPLETED" in status.stdout and "step 12/12" in status.stdout
+
+
+def test_preemption_signal_requeues_and_resumes_to_the_same_losses(tmp_path, completed):
+    run_dir = tmp_path / "run"
+    job_id = submit(run_dir, "slurm.signal=USR1")
+    deadline = time.monotonic() + 600
+    while not ((run_dir / "metrics.jsonl").exists() and len((run_dir / "metrics.jsonl").read_text().splitlines()) >= 5):
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True)
+    wait_for_state(job_id, {"COMPLETED"}, timeout_s=900)
+    history = [json.loads(l)["event"] for l in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert "preempted" in history and "slurm_requeued" in history and "resumed" in history
+    assert history.count("slurm_start") == 2
+    assert losses(run_dir) == losses(completed)
+
+
+@pytest.mark.parametrize(
+    "override, flags, message",
+    [
+        ("slurm.partition=nope", (), "`nope` does not exist"),
+        ("distributed.nodes=4 train.global_batch_size=32", (), "ask for at most 2 nodes"),
+        # Past the pre-flight checks, `sbatch --test-only` refuses before anything is written.
+        ("slurm.partition=nope", ("--skip-doctor",), "invalid partition"),
+        ("distributed.nodes=4 train.global_batch_size=32", ("--skip-doctor",), "node count specification invalid"),
+        ("slurm.time_limit=02:00:00", ("--skip-doctor",), "time limit"),
+    ],
+)
+def test_impossible_requests_submit_nothing(tmp_path, override, flags, message):
+    run_dir = tmp_path / "run"
+    result = orch("submit", *TWO_NODES, *override.split(), *flags, "--run-dir", str(run_dir))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert message in result.stderr.lower()
+    assert not run_dir.exists()
+
+
+def test_unreachable_controller_is_one_line(tmp_path):
+    conf = tmp_path / "slurm.conf"
+    # The same cluster with the controller's port changed to one nobody listens on.
+    conf.write_text(Path("/etc/slurm/slurm.conf").read_text().replace("SlurmctldPort=", "SlurmctldPort=1"))
+    result = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "submit", *TWO_NODES, "--skip-doctor", "--run-dir", str(tmp_path / "run")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "SLURM_CONF": str(conf)},
+    )
+    assert result.returncode == 1 and result.stderr.startswith("error: sbatch failed")
+    assert not (tmp_path / "run").exists()
