@@ -148,6 +148,24 @@ def status(run_dir: RunDirArg) -> None:
 
 
 @app.command()
+def runs(
+    root: Annotated[Path, typer.Argument(help="Directory holding run directories.")] = Path("runs"),
+    state: Annotated[Optional[str], typer.Option("--state", help="Only runs in this state (e.g. COMPLETED, RUNNING).")] = None,
+) -> None:
+    """A table of the runs under a directory: name, state, step, loss, restarts, Slurm job."""
+    from orchestrator.status import find_runs
+
+    rows = [r for r in find_runs(root) if state is None or r.state.upper().startswith(state.upper())]
+    if not rows:
+        typer.echo(f"no runs under {root}")
+        return
+    typer.echo(f"{'name':<28} {'state':<12} {'step':>11} {'loss':>8} {'restarts':>8} {'job':>6}  run directory")
+    for r in rows:
+        loss = f"{r.loss:.4f}" if r.loss is not None else "-"
+        typer.echo(f"{r.name[:28]:<28} {r.state[:12]:<12} {f'{r.step}/{r.steps}':>11} {loss:>8} {r.restarts:>8} {r.job_id or '-':>6}  {r.run_dir}")
+
+
+@app.command()
 def logs(
     run_dir: RunDirArg,
     rank: Annotated[int, typer.Option("--rank", help="Which rank's log.")] = 0,

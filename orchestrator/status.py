@@ -63,3 +63,14 @@ def _local_state(run: RunDir, history: list[dict]) -> str:
         return "COMPLETED"
     last = next((e["event"] for e in reversed(history) if e["event"] in ("start", "preempted", "completed")), None)
     return {"start": "STARTED", "preempted": "PREEMPTED"}.get(last, "PREPARED")
+
+
+def find_runs(root: Path) -> list[RunStatus]:
+    """Every run directory below `root` (one level), newest first; unreadable ones are skipped."""
+    found = []
+    for path in sorted(root.glob("*/recipe.yaml"), key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            found.append(run_status(path.parent))
+        except (OrchestratorError, OSError, ValueError, KeyError):
+            continue
+    return found
