@@ -7,6 +7,7 @@ Heavy libraries (torch, deepspeed, transformers) are never imported here, so `or
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -116,7 +117,7 @@ def submit(
 
 @app.command()
 def doctor(recipe: RecipeArg, overrides: OverridesArg = None, run_dir: RunDirOpt = None) -> None:
-    """Pre-flight checks: Slurm controller and partition, writable directories, free space for checkpoints, write speed."""
+    """Pre-flight checks: Slurm controller and partition, writable directories, free space for checkpoints, write speed; inside an allocation also all-reduce bandwidth and GPU health."""
     from orchestrator.env import probe
     from orchestrator.plan.planner import make_plan
     from orchestrator.recipe.loader import load_recipe
@@ -125,7 +126,8 @@ def doctor(recipe: RecipeArg, overrides: OverridesArg = None, run_dir: RunDirOpt
 
     try:
         loaded = load_recipe(recipe, overrides or [])
-        checks = run_checks(make_plan(loaded, cluster_env(probe(measure_cpu=False), loaded.recipe.slurm), run_dir=run_dir))
+        plan_ = make_plan(loaded, cluster_env(probe(measure_cpu=False), loaded.recipe.slurm), run_dir=run_dir)
+        checks = run_checks(plan_, allocation={k: v for k, v in os.environ.items() if k.startswith("SLURM_")})
     except OrchestratorError as exc:
         raise _fail(exc)
     typer.echo(render_checks(checks))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -30,10 +31,14 @@ def checkpoint_bytes(plan: LaunchPlan) -> int:
     return plan.num_params * (param + optimizer)
 
 
-def run_checks(plan: LaunchPlan, slurm_checks: bool = True) -> list[Check]:
+def run_checks(plan: LaunchPlan, slurm_checks: bool = True, allocation: dict[str, str] | None = None) -> list[Check]:
+    """`allocation` (the SLURM_* variables of the environment, when inside one) adds the interconnect
+    and GPU checks, which need the nodes themselves."""
     checks = []
     if slurm_checks:
         checks += _slurm_checks(plan)
+    if allocation and "SLURM_JOB_ID" in allocation:
+        checks += _allocation_checks(plan, allocation)
     checks.append(_writable(plan.run_dir.parent, "run directory"))
     checks.append(_space(plan))
     checks.append(_write_speed(plan.run_dir.parent))
@@ -58,6 +63,24 @@ def _slurm_checks(plan: LaunchPlan) -> list[Check]:
                         "" if count >= nodes else f"ask for at most {count} nodes (distributed.nodes) or use a bigger partition"))
     if spec.time_limit is None and limit == "infinite":
         checks.append(Check("time limit", False, "no slurm.time_limit and the partition has none", "set slurm.time_limit"))
+    return checks
+
+
+def _allocation_checks(plan: LaunchPlan, allocation: dict[str, str]) -> list[Check]:
+    from orchestrator.slurm.batch import rendezvous
+
+    nodes = int(allocation.get("SLURM_JOB_NUM_NODES", "1"))
+    master, port = rendezvous(int(allocation["SLURM_JOB_ID"]), allocation["SLURM_JOB_NODELIST"])
+    try:
+        out = slurm("srun", f"--nodes={nodes}", "--ntasks-per-node=1", plan.processes[0].argv[0], "-m", "orchestrator.slurm.probe",
+                    "--master-addr", master, "--master-port", str(port + 1))
+    except SlurmError as exc:
+        return [Check("all-reduce", False, str(exc), "check the nodes' network (NCCL_SOCKET_IFNAME, GLOO_SOCKET_IFNAME)")]
+    result = json.loads(out.strip().splitlines()[-1])
+    checks = [Check("all-reduce", True, f"{result['bus_gbps']:.2f} GB/s bus bandwidth across {result['world_size']} nodes")]
+    problems = result["gpu_problems"]
+    checks.append(Check("GPU health", not problems, "; ".join(problems) or "no ECC errors or overheating reported",
+                        "exclude the node (--exclude) and report it" if problems else ""))
     return checks
 
 

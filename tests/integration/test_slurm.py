@@ -117,3 +117,12 @@ def test_unreachable_controller_is_one_line(tmp_path):
     )
     assert result.returncode == 1 and result.stderr.startswith("error: sbatch failed")
     assert not (tmp_path / "run").exists()
+
+
+def test_doctor_inside_an_allocation_measures_the_interconnect(tmp_path):
+    out = tmp_path / "doctor.out"
+    command = f"cd {ROOT} && {sys.executable} -m orchestrator doctor recipes/tiny-zero3-two-nodes.yaml slurm.partition=debug slurm.time_limit=00:05:00"
+    subprocess.run(["sbatch", "-N2", "-p", "debug", "-t", "5", "--wait", f"--output={out}", "--wrap", command], check=True, timeout=600)
+    table = out.read_text()
+    assert "ok   all-reduce" in table and "across 2 nodes" in table
+    assert "ok   GPU health" in table and "FAIL" not in table
