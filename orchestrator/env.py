@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 # Dense bf16 tensor-core peaks (FLOP/s) by product name, for time estimates on GPUs.
 GPU_BF16_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "V100": 125e12}
@@ -98,15 +99,20 @@ def _cpu_has_fp16() -> bool:
     return "avx512_fp16" in flags or "amx_fp16" in flags
 
 
-def _measure_cpu_matmul(size: int = 512, seconds: float = 0.1) -> float:
+def _measure_cpu_matmul(size: int = 512) -> float:
     """fp32 matmul FLOP/s of this machine, for time estimates; a fraction of a second with numpy."""
     import numpy as np
 
     a = np.random.default_rng(0).random((size, size), dtype=np.float32)
-    for _ in range(5):  # let the BLAS threads spin up before timing
-        a @ a
+    return matmul_rate(lambda: a @ a, size, seconds=0.1)
+
+
+def matmul_rate(multiply: Callable[[], object], size: int, seconds: float, warmup: int = 5) -> float:
+    """FLOP/s of a square `size` matmul, timed for `seconds` after a few calls that let threads spin up."""
+    for _ in range(warmup):
+        multiply()
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        a @ a
+        multiply()
         count += 1
     return 2 * size**3 * count / (time.perf_counter() - start)

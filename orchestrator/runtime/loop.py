@@ -20,6 +20,7 @@ from orchestrator.checkpoint import store
 from orchestrator.checkpoint.compat import recipe_changes, world_change
 from orchestrator.checkpoint.saver import CheckpointSaver, SaveReport
 from orchestrator.data.prepare import PreparedData
+from orchestrator.env import matmul_rate
 from orchestrator.data.stream import PackedSequences, ShardedStream, validation_indices
 from orchestrator.model.architectures import Sizes
 from orchestrator.recipe.schema import Recipe
@@ -291,18 +292,12 @@ class Trainer:
         self.event("completed", step=last["step"])
 
 
-def measure_matmul_flops(size: int = 1024, seconds: float = 0.5) -> float:
+def measure_matmul_flops(size: int = 1024) -> float:
     """fp32 matmul FLOP/s this process achieves with its thread budget."""
     import torch
 
     a = torch.randn(size, size, generator=torch.Generator().manual_seed(0))
-    for _ in range(3):
-        a @ a
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ a
-        count += 1
-    return 2 * size**3 * count / (time.perf_counter() - start)
+    return matmul_rate(lambda: a @ a, size, seconds=0.5)
 
 
 def _seed_everything(seed: int) -> None:
