@@ -37,13 +37,16 @@ def _fail(exc: OrchestratorError) -> typer.Exit:
     return typer.Exit(exc.exit_code)
 
 
-def _load_and_plan(recipe: Path, overrides: list[str] | None, run_dir: Path | None = None, dry_run: bool = False, measure_cpu: bool = True):
+def _load_and_plan(
+    recipe: Path, overrides: list[str] | None, run_dir: Path | None = None, dry_run: bool = False, measure_cpu: bool = True,
+    load_universal: bool = False,
+):
     from orchestrator.env import probe
     from orchestrator.plan.planner import make_plan
     from orchestrator.recipe.loader import load_recipe
 
     loaded = load_recipe(recipe, overrides or [])
-    return loaded, make_plan(loaded, probe(measure_cpu=measure_cpu), run_dir=run_dir, dry_run=dry_run)
+    return loaded, make_plan(loaded, probe(measure_cpu=measure_cpu), run_dir=run_dir, dry_run=dry_run, load_universal=load_universal)
 
 
 @app.command()
@@ -234,6 +237,12 @@ def run(
         manifest, safe = check_resume(launch_plan.checkpoint_dir, launch_plan.recipe.model_dump(mode="json"), launch_plan.topology.world_size)
         if resume is not None and manifest is None:
             raise ResumeError(f"--resume {resume}: it has no committed checkpoint to continue from")
+        if manifest and manifest["world_size"] != launch_plan.topology.world_size:
+            from orchestrator.checkpoint.elastic import prepare_elastic_resume
+
+            record = prepare_elastic_resume(launch_plan.run_dir, launch_plan.checkpoint_dir, launch_plan.topology.world_size)
+            typer.echo(f"converted {record['tag']} (world size {record['from_world_size']}) to a universal checkpoint")
+            loaded, launch_plan = _load_and_plan(Path(recipe), overrides, run_dir=launch_plan.run_dir, dry_run=dry_run, load_universal=True)
         t = launch_plan.topology
         typer.echo(f"{launch_plan.recipe.name}: {t.world_size} process(es) on {t.device}, run directory {launch_plan.run_dir}")
         if manifest:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 UNSAFE = ("model", "data", "task", "distributed", "train.micro_batch_size", "train.global_batch_size",
           "train.gradient_accumulation_steps", "train.seed", "train.precision")
+# How many processes, and how they are spread over nodes: an elastic resume may change these (the
+# resulting world size is checked on its own), as long as the global batch stays the same.
+WORLD_LAYOUT = ("distributed.nodes", "distributed.procs_per_node", "train.gradient_accumulation_steps")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
@@ -22,15 +25,17 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
-def recipe_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
-    """(unsafe, safe) changes, each as `key: old -> new`."""
+def recipe_changes(saved: dict, current: dict, ignore_world_layout: bool = False) -> tuple[list[str], list[str]]:
+    """(unsafe, safe) changes, each as `key: old -> new`; with `ignore_world_layout` the process
+    layout may change (elastic resume) and is listed as safe."""
     before, after = _flatten(saved), _flatten(current)
     unsafe, safe = [], []
     for key in sorted(set(before) | set(after)):
         if key == "name" or before.get(key) == after.get(key):
             continue
         change = f"{key}: {before.get(key)!r} -> {after.get(key)!r}"
-        (unsafe if any(key == u or key.startswith(u + ".") for u in UNSAFE) else safe).append(change)
+        layout = ignore_world_layout and key in WORLD_LAYOUT
+        (unsafe if not layout and any(key == u or key.startswith(u + ".") for u in UNSAFE) else safe).append(change)
     return unsafe, safe
 
 

@@ -26,14 +26,15 @@ def newest_manifest(checkpoint_dir: Path) -> dict | None:
 
 
 def check_resume(checkpoint_dir: Path, recipe: dict, world_size: int) -> tuple[dict | None, list[str]]:
-    """(newest checkpoint's manifest or None, safe changes); raises ResumeError for unsafe ones."""
+    """(newest checkpoint's manifest or None, safe changes); raises ResumeError for unsafe ones.
+    A different world size alone is safe: it is resumed through a universal checkpoint (elastic)."""
     manifest = newest_manifest(checkpoint_dir)
     if manifest is None:
         return None, []
-    unsafe, safe = recipe_changes(manifest["recipe"], recipe)
+    unsafe, safe = recipe_changes(manifest["recipe"], recipe, ignore_world_layout=True)
     moved = world_change(manifest["world_size"], world_size)
     if moved:
-        unsafe.append(moved)
+        safe.append(moved + " (elastic resume)")
     if unsafe:
         raise ResumeError(
             f"cannot resume step {manifest['step']} in {checkpoint_dir.parent}: {'; '.join(unsafe)}. "

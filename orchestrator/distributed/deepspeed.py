@@ -14,7 +14,7 @@ from orchestrator.recipe.schema import Recipe
 CONFIG_FILE = "ds_config.json"
 
 
-def deepspeed_config(recipe: Recipe, batch: Batch) -> dict:
+def deepspeed_config(recipe: Recipe, batch: Batch, load_universal: bool = False) -> dict:
     train, dist = recipe.train, recipe.distributed
     zero: dict = {"stage": dist.zero_stage}
     if dist.offload_optimizer:
@@ -42,6 +42,9 @@ def deepspeed_config(recipe: Recipe, batch: Batch) -> dict:
     }
     if dist.offload_optimizer:
         config["zero_force_ds_cpu_optimizer"] = False
+    if load_universal:
+        # Resuming at another world size: the checkpoint was converted to DeepSpeed's universal format.
+        config["checkpoint"] = {"load_universal": True}
     if train.grad_clip is not None:
         config["gradient_clipping"] = train.grad_clip
     if train.precision == "bf16":
@@ -54,8 +57,8 @@ def deepspeed_config(recipe: Recipe, batch: Batch) -> dict:
 class DeepSpeedLauncher:
     backend = "deepspeed"
 
-    def config_files(self, recipe: Recipe, batch: Batch) -> dict[str, dict]:
-        return {CONFIG_FILE: deepspeed_config(recipe, batch)}
+    def config_files(self, recipe: Recipe, batch: Batch, load_universal: bool = False) -> dict[str, dict]:
+        return {CONFIG_FILE: deepspeed_config(recipe, batch, load_universal)}
 
     def node_command(
         self, python: str, topology: Topology, run_dir: Path, node_rank: int | str, master_addr: str, master_port: int | str

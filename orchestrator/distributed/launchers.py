@@ -14,8 +14,9 @@ from orchestrator.recipe.schema import Recipe
 class Launcher(Protocol):
     backend: str
 
-    def config_files(self, recipe: Recipe, batch: Batch) -> dict[str, dict]:
-        """Backend config files (name -> JSON content) the ranks read from the run directory."""
+    def config_files(self, recipe: Recipe, batch: Batch, load_universal: bool = False) -> dict[str, dict]:
+        """Backend config files (name -> JSON content) the ranks read from the run directory;
+        `load_universal` when resuming a checkpoint converted for another world size."""
 
     def node_command(
         self, python: str, topology: Topology, run_dir: Path, node_rank: int | str, master_addr: str, master_port: int | str

@@ -86,7 +86,9 @@ class LaunchPlan:
         return files
 
 
-def make_plan(loaded: LoadedRecipe, env: EnvSnapshot, run_dir: Path | None = None, dry_run: bool = False) -> LaunchPlan:
+def make_plan(
+    loaded: LoadedRecipe, env: EnvSnapshot, run_dir: Path | None = None, dry_run: bool = False, load_universal: bool = False
+) -> LaunchPlan:
     problems: list[Problem] = []
     topology = resolve_topology(loaded, env, problems)
     batch = resolve_batch(loaded, topology, problems)
@@ -128,7 +130,7 @@ def make_plan(loaded: LoadedRecipe, env: EnvSnapshot, run_dir: Path | None = Non
         num_params=num_params,
         memory=memory,
         time=time,
-        backend_files=launcher.config_files(recipe, batch),
+        backend_files=launcher.config_files(recipe, batch, load_universal),
         processes=[_local_process(launcher, env, topology, run_dir)],
         data_cache_dir=env.cache_dir / "data",
         warnings=warnings,

@@ -18,6 +18,7 @@ import yaml
 
 from orchestrator.checkpoint import store
 from orchestrator.checkpoint.compat import recipe_changes, world_change
+from orchestrator.checkpoint.elastic import ELASTIC_FILE
 from orchestrator.checkpoint.saver import CheckpointSaver, SaveReport
 from orchestrator.data.prepare import PreparedData
 from orchestrator.env import matmul_rate
@@ -210,36 +211,52 @@ class Trainer:
         found = None
         if self.is_logger:
             decisions: list[dict] = []
-            found = store.find_resumable(self.root, decisions)
+            checkpoint = store.find_resumable(self.root, decisions)
             for decision in decisions:
                 self.event(decision.pop("event"), **decision)
-            found = found.name if found else None
-            problem = self._incompatibility(self.root / found) if found else None
-            found = {"tag": found, "problem": problem}
+            found = {"tag": None, "problem": None, "elastic": None}
+            if checkpoint:
+                found.update(tag=checkpoint.name, **self._compatibility(checkpoint))
         found = self.engine.broadcast(found)
         if found["problem"]:
             raise SystemExit(f"cannot resume from {found['tag']}: {found['problem']}")
         if not found["tag"]:
             return 0
         checkpoint = self.root / found["tag"]
-        state = rank_state.read(checkpoint, self.engine.rank)
-        self.engine.load_shards(self.root, found["tag"])
-        rank_state.restore_rng(state)
+        elastic = found["elastic"]
+        if elastic:
+            # Another world size: shards from the universal conversion, the global data position from
+            # rank 0's state, and RNG states reseeded (per-rank streams cannot be carried over).
+            state = rank_state.read(checkpoint, 0)
+            self.engine.load_shards(Path(elastic["universal_root"]), found["tag"])
+            _seed_everything(self.recipe.train.seed + state["step"] + self.engine.rank)
+        else:
+            state = rank_state.read(checkpoint, self.engine.rank)
+            self.engine.load_shards(self.root, found["tag"])
+            rank_state.restore_rng(state)
         self.stream.load_state_dict(state["data"])
         if self.is_logger:
             self._restore_metrics(checkpoint, state["step"])
+            if elastic:
+                self.event("elastic_resume", checkpoint=found["tag"], from_world_size=elastic["from_world_size"],
+                           to_world_size=self.world, consumed_samples=state["data"]["consumed_samples"])
         self.engine.barrier()
         return state["step"]
 
-    def _incompatibility(self, checkpoint: Path) -> str | None:
+    def _compatibility(self, checkpoint: Path) -> dict:
         manifest = store.read_manifest(checkpoint)
-        unsafe, safe = recipe_changes(manifest["recipe"], self.recipe.model_dump(mode="json"))
-        moved = world_change(manifest["world_size"], self.world)
-        if unsafe or moved:
-            return "; ".join(unsafe + ([moved] if moved else []))
+        unsafe, safe = recipe_changes(manifest["recipe"], self.recipe.model_dump(mode="json"), ignore_world_layout=True)
+        elastic = None
+        if manifest["world_size"] != self.world:
+            record = self.run.path / ELASTIC_FILE
+            elastic = json.loads(record.read_text()) if record.exists() else None
+            if not elastic or elastic["tag"] != checkpoint.name:
+                unsafe.append(world_change(manifest["world_size"], self.world) + "; start it with `orch run`, which converts the checkpoint")
+        if unsafe:
+            return {"problem": "; ".join(unsafe)}
         if safe:
             self.event("recipe_changed_on_resume", checkpoint=checkpoint.name, changes=safe)
-        return None
+        return {"elastic": elastic}
 
     def _restore_metrics(self, checkpoint: Path, step: int) -> None:
         """Metrics become those of the checkpoint: rows logged after it are recomputed, not duplicated."""

@@ -145,3 +145,25 @@ def test_unsafe_recipe_change_is_refused_before_launch(tmp_path):
     result = orch("run", "recipes/tiny-pretrain.yaml", *BASE, "train.steps=4", "model.hidden_size=64", "--run-dir", str(run_dir))
     assert result.returncode == 1
     assert "cannot resume step 4" in result.stderr and "model.hidden_size: 128 -> 64" in result.stderr and "--fresh" in result.stderr
+
+
+def test_elastic_resume_at_another_world_size(tmp_path, reference):
+    """Saved by 2 ranks, resumed by 1 through DeepSpeed's universal checkpoint: the data position
+    carries over (the same samples per step, none repeated or skipped) and training continues from
+    the same weights, so the losses follow the uninterrupted run's (to reduction-order rounding)."""
+    run_dir = tmp_path / "run"
+    process = start_orch("run", "recipes/tiny-pretrain.yaml", *BASE, "distributed.zero_stage=2", "--run-dir", str(run_dir))
+    wait_for_step(run_dir, 9)
+    kill_run(run_dir)
+    process.wait()
+    result = orch("run", "recipes/tiny-pretrain.yaml", *BASE, "distributed.zero_stage=2", "distributed.procs_per_node=1", "--run-dir", str(run_dir))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "converted step-00000008 (world size 2) to a universal checkpoint" in result.stdout
+
+    (elastic,) = [e for e in events(run_dir) if e["event"] == "elastic_resume"]
+    assert (elastic["from_world_size"], elastic["to_world_size"]) == (2, 1)
+    assert elastic["consumed_samples"] == 8 * 16  # exactly the samples of steps 1-8, at any world size
+    ours, theirs = losses(run_dir), losses(reference[2])
+    assert ours[:8] == theirs[:8]
+    assert [s for s, _ in ours] == list(range(1, STEPS + 1))
+    assert all(abs(a - b) < 1e-3 for (_, a), (_, b) in zip(ours[8:], theirs[8:])), (ours[8:], theirs[8:])

@@ -105,3 +105,12 @@ def test_recipe_changes_split_safe_and_unsafe():
     current["model"]["hidden_size"] = 256
     unsafe, _ = recipe_changes(saved, current)
     assert unsafe == ["model.hidden_size: 128 -> 256"]
+
+
+def test_world_layout_may_change_for_an_elastic_resume():
+    saved = {"distributed": {"procs_per_node": 2, "zero_stage": 2}, "train": {"global_batch_size": 16}}
+    current = {"distributed": {"procs_per_node": 1, "zero_stage": 2}, "train": {"global_batch_size": 16}}
+    assert recipe_changes(saved, current)[0] == ["distributed.procs_per_node: 2 -> 1"]
+    assert recipe_changes(saved, current, ignore_world_layout=True) == ([], ["distributed.procs_per_node: 2 -> 1"])
+    current["distributed"]["zero_stage"] = 3
+    assert recipe_changes(saved, current, ignore_world_layout=True)[0] == ["distributed.zero_stage: 2 -> 3"]
