@@ -105,6 +105,8 @@ class Trainer:
         self.step_interval = spec.interval_steps if isinstance(spec.interval_steps, int) else None
         self.last_save_time = time.monotonic()
         self.last_stall_s: float | None = None
+        self.last_commit_s: float | None = None
+        self.deadline = _job_deadline(events.read(run.events))
 
     def _peak_flops(self, planned_per_device: float, device: str, world: int) -> float:
         """MFU's denominator. GPUs: the datasheet peak the plan used. CPUs: measured here, by every rank
@@ -123,14 +125,15 @@ class Trainer:
         saved = start == steps
         for step in range(start + 1, steps + 1):
             self.step(step)
-            stop, due = self.engine.any_across_ranks([self.stop.requested, self.is_logger and self.time_due()])
+            no_time = self.is_logger and self.stop.requested and not self.save_fits()
+            stop, due, no_time = self.engine.any_across_ranks([self.stop.requested, self.is_logger and self.time_due(), no_time])
             saved = False
-            if stop or due or (self.step_interval and step % self.step_interval == 0 and step != steps):
+            if (stop and not no_time) or due or (self.step_interval and step % self.step_interval == 0 and step != steps):
                 self.save(step)
                 saved = True
             if stop:
                 self.saver.close()
-                self.event("preempted", step=step, signal=self.stop.signum)
+                self.event("preempted", step=step, signal=self.stop.signum, saved=not no_time)
                 return REQUEUE_EXIT
         if not saved:
             self.save(steps)
@@ -169,6 +172,13 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------
 
+    def save_fits(self) -> bool:
+        """Whether a save can still commit before the scheduler ends the job. When it cannot, the
+        last committed checkpoint stands and no partial save is started."""
+        if self.deadline is None or self.last_commit_s is None:
+            return True
+        return time.time() + 2 * self.last_commit_s < self.deadline
+
     def time_due(self) -> bool:
         """Rank 0 decides time-based saves (its clock alone), shared through the per-step collective."""
         spec = self.recipe.checkpoint
@@ -203,6 +213,7 @@ class Trainer:
         self.last_save_time = time.monotonic()
 
     def _committed(self, report: SaveReport) -> None:
+        self.last_commit_s = report.stall_s + report.write_s
         self.event("checkpoint", step=report.step, stall_s=report.stall_s, bytes=report.bytes, write_s=report.write_s,
                    write_gb_per_s=report.bytes / report.write_s / 1e9 if report.write_s else None, path=report.path)
 
@@ -315,6 +326,13 @@ def measure_matmul_flops(size: int = 1024) -> float:
 
     a = torch.randn(size, size, generator=torch.Generator().manual_seed(0))
     return matmul_rate(lambda: a @ a, size, seconds=0.5)
+
+
+def _job_deadline(history: list[dict]) -> float | None:
+    """The end time Slurm gave this job (recorded by the batch step), if this rank runs under it."""
+    job = os.environ.get("SLURM_JOB_ID")
+    starts = [e for e in history if e["event"] == "slurm_start" and str(e.get("job_id")) == job]
+    return starts[-1].get("end_time") if job and starts else None
 
 
 def _seed_everything(seed: int) -> None:

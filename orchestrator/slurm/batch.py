@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import yaml
@@ -44,6 +45,16 @@ def rendezvous(job_id: int, nodelist: str) -> tuple[str, int]:
     return hosts[0], 20000 + job_id % 20000
 
 
+def job_end_time(job_id: int) -> float | None:
+    """When Slurm will end this job (unix time), so the ranks can tell whether a save still fits."""
+    fields = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True).stdout.split()
+    end = dict(f.split("=", 1) for f in fields if "=" in f).get("EndTime", "Unknown")
+    try:
+        return datetime.fromisoformat(end).timestamp()
+    except ValueError:
+        return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--run-dir", type=Path, required=True)
@@ -53,7 +64,8 @@ def main() -> None:
     job_id = int(os.environ["SLURM_JOB_ID"])
     restart = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
     master_addr, master_port = rendezvous(job_id, os.environ["SLURM_JOB_NODELIST"])
-    events.append(run.events, "slurm_start", job_id=job_id, restart=restart, nodes=os.environ["SLURM_JOB_NODELIST"])
+    events.append(run.events, "slurm_start", job_id=job_id, restart=restart, nodes=os.environ["SLURM_JOB_NODELIST"],
+                  end_time=job_end_time(job_id))
     step = subprocess.Popen(node_command(plan, sys.executable, master_addr, master_port))
 
     def forward(signum, _frame):
