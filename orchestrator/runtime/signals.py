@@ -3,21 +3,26 @@
 Saving inside a signal handler can deadlock (locks held by the interrupted code) or tear files,
 so the first SIGTERM, SIGINT, SIGUSR1 or SIGUSR2 only records the request. The ranks agree on it
 collectively at the next optimizer-step boundary, checkpoint together and exit with REQUEUE_EXIT.
-A second signal exits at once: commits are atomic, so nothing committed is harmed.
+A second signal exits at once: commits are atomic, so nothing committed is harmed. The same
+signal can reach a rank twice within milliseconds along two paths (Slurm signals every process of
+a step, and the node launcher forwards too), so repeats within DUPLICATE_WINDOW_S count as one.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 
 REQUEUE_EXIT = 75  # EX_TEMPFAIL: "try again later"; the Slurm script requeues on it
+DUPLICATE_WINDOW_S = 1.0
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class StopFlag:
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.first_at = 0.0
 
     def install(self) -> "StopFlag":
         for signum in FORWARDED_SIGNALS:
@@ -25,9 +30,10 @@ class StopFlag:
         return self
 
     def _handle(self, signum: int, _frame) -> None:
-        if self.signum is not None:
+        if self.signum is None:
+            self.signum, self.first_at = signum, time.monotonic()
+        elif time.monotonic() - self.first_at > DUPLICATE_WINDOW_S:
             os._exit(128 + signum)
-        self.signum = signum
 
     @property
     def requested(self) -> bool:
