@@ -6,6 +6,7 @@ cluster on a laptop by building an `EnvSnapshot` by hand.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
@@ -43,11 +44,16 @@ class EnvSnapshot:
     gpus: tuple[GpuInfo, ...] = ()
     cpu_fp16: bool = False
     cpu_matmul_flops: float = 0.0
+    libraries: frozenset[str] = frozenset()
+    """The training libraries importable here (found, not imported: importing DeepSpeed takes seconds)."""
     extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def device(self) -> str:
         return "cuda" if self.gpus else "cpu"
+
+
+TRAINING_LIBRARIES = ("deepspeed", "horovod")
 
 
 def probe(measure_cpu: bool = True) -> EnvSnapshot:
@@ -66,6 +72,7 @@ def probe(measure_cpu: bool = True) -> EnvSnapshot:
         gpus=gpus,
         cpu_fp16=_cpu_has_fp16(),
         cpu_matmul_flops=_measure_cpu_matmul() if measure_cpu and not gpus else 0.0,
+        libraries=frozenset(name for name in TRAINING_LIBRARIES if importlib.util.find_spec(name) is not None),
     )
 
 

@@ -39,6 +39,7 @@ def make_env(tmp_path: Path, gpus: tuple[GpuInfo, ...] = (), cpu_count: int = 2,
         gpus=gpus,
         cpu_fp16=cpu_fp16,
         cpu_matmul_flops=100e9,
+        libraries=frozenset({"deepspeed", "horovod"}),
     )
 
 

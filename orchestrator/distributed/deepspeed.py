@@ -1,6 +1,6 @@
 """The DeepSpeed backend: its JSON config, rendered from the recipe, and its per-node launch.
 
-One `orchestrator.runtime.node` launcher per node starts the ranks; each rank builds the engine from the JSON written into
+One `orchestrator.runtime.node` launcher per node starts the ranks (locally and under Slurm); each rank builds the engine from the JSON written into
 the run directory, so the config `orch plan` prints is exactly the one training uses.
 """
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 from orchestrator.plan.arithmetic import Batch, Topology
 from orchestrator.recipe.schema import Recipe
+from orchestrator.runtime.node import node_argv
 
 CONFIG_FILE = "ds_config.json"
 
@@ -56,19 +57,10 @@ def deepspeed_config(recipe: Recipe, batch: Batch, load_universal: bool = False)
 
 class DeepSpeedLauncher:
     backend = "deepspeed"
+    install_hint = "DeepSpeed is not installed: run `make setup` (or `pip install -e .`)"
 
     def config_files(self, recipe: Recipe, batch: Batch, load_universal: bool = False) -> dict[str, dict]:
         return {CONFIG_FILE: deepspeed_config(recipe, batch, load_universal)}
 
-    def node_command(
-        self, python: str, topology: Topology, run_dir: Path, node_rank: int | str, master_addr: str, master_port: int | str
-    ) -> list[str]:
-        return [
-            python, "-m", "orchestrator.runtime.node",
-            "--nnodes", str(topology.nodes),
-            "--node-rank", str(node_rank),
-            "--nproc", str(topology.procs_per_node),
-            "--master-addr", str(master_addr),
-            "--master-port", str(master_port),
-            "--run-dir", str(run_dir),
-        ]
+    def local_command(self, python: str, topology: Topology, run_dir: Path, port: int) -> list[str]:
+        return node_argv(python, self.backend, 1, topology.procs_per_node, run_dir, "127.0.0.1", port, node_rank=0)

@@ -7,21 +7,23 @@ from pathlib import Path
 from typing import Protocol
 
 from orchestrator.distributed.deepspeed import DeepSpeedLauncher
+from orchestrator.distributed.horovod import HorovodLauncher
 from orchestrator.plan.arithmetic import Batch, Topology
 from orchestrator.recipe.schema import Recipe
 
 
 class Launcher(Protocol):
     backend: str
+    install_hint: str
+    """What to tell a user whose machine lacks the backend's library."""
 
     def config_files(self, recipe: Recipe, batch: Batch, load_universal: bool = False) -> dict[str, dict]:
         """Backend config files (name -> JSON content) the ranks read from the run directory;
         `load_universal` when resuming a checkpoint converted for another world size."""
 
-    def node_command(
-        self, python: str, topology: Topology, run_dir: Path, node_rank: int | str, master_addr: str, master_port: int | str
-    ) -> list[str]:
-        """The argv that starts every rank of one node."""
+    def local_command(self, python: str, topology: Topology, run_dir: Path, port: int) -> list[str]:
+        """The argv that starts every rank on this one machine, on a free local `port`. (Across Slurm
+        nodes every backend is started by `orchestrator.runtime.node`, one per node.)"""
 
 
-LAUNCHERS: dict[str, Launcher] = {launcher.backend: launcher for launcher in (DeepSpeedLauncher(),)}
+LAUNCHERS: dict[str, Launcher] = {launcher.backend: launcher for launcher in (DeepSpeedLauncher(), HorovodLauncher())}

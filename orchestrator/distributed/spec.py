@@ -1,18 +1,21 @@
-"""The `distributed` section: which backend, how many nodes and processes, and its own options."""
+"""The `distributed` section: which backend, how many nodes and processes, and the backend's own options.
+
+The backend is the discriminator: `backend: deepspeed` (the default) or `backend: horovod` selects
+the section's model, so each backend's options are checked against that backend alone.
+"""
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import Discriminator, Field, Tag, model_validator
 
 from orchestrator.spec import RuleViolation, Spec
 
+DEFAULT_BACKEND = "deepspeed"
 
-class DeepSpeedSpec(Spec):
-    """ZeRO stage 0 is plain data parallelism; 1 shards optimizer states, 2 also gradients, 3 also parameters."""
 
-    backend: Literal["deepspeed"] = "deepspeed"
+class ParallelSpec(Spec):
     nodes: int = Field(1, gt=0)
     procs_per_node: Union[int, Literal["auto"]] = "auto"
     zero_stage: int = Field(2, ge=0, le=3)
@@ -20,11 +23,58 @@ class DeepSpeedSpec(Spec):
     offload_params: bool = False
 
     @model_validator(mode="after")
+    def _procs_positive(self) -> "ParallelSpec":
+        if isinstance(self.procs_per_node, int) and self.procs_per_node < 1:
+            raise RuleViolation("procs_per_node", "procs_per_node must be at least 1, or `auto` (one per GPU, else 1)")
+        return self
+
+
+class DeepSpeedSpec(ParallelSpec):
+    """ZeRO stage 0 is plain data parallelism; 1 shards optimizer states, 2 also gradients, 3 also parameters."""
+
+    backend: Literal["deepspeed"] = "deepspeed"
+
+    @model_validator(mode="after")
     def _offload_needs_zero(self) -> "DeepSpeedSpec":
         if self.offload_optimizer and self.zero_stage == 0:
             raise RuleViolation("offload_optimizer", "offload_optimizer needs zero_stage 1, 2 or 3")
         if self.offload_params and self.zero_stage != 3:
             raise RuleViolation("offload_params", "offload_params needs zero_stage 3 (only ZeRO-3 partitions parameters)")
-        if isinstance(self.procs_per_node, int) and self.procs_per_node < 1:
-            raise RuleViolation("procs_per_node", "procs_per_node must be at least 1, or `auto` (one per GPU, else 1)")
         return self
+
+
+class HorovodSpec(ParallelSpec):
+    """Plain data parallelism with an all-reduce of the gradients: every rank holds the whole model and
+    optimizer (what DeepSpeed calls ZeRO stage 0, the only stage Horovod has)."""
+
+    backend: Literal["horovod"]
+    zero_stage: int = 0
+    compression: Literal["none", "fp16"] = "none"
+    """`fp16` halves the bytes of each gradient all-reduce, at some precision."""
+    reduction: Literal["average", "adasum"] = "average"
+    """`adasum` combines gradients adaptively instead of averaging them (Horovod's Adasum)."""
+
+    @model_validator(mode="after")
+    def _no_deepspeed_options(self) -> "HorovodSpec":
+        if self.zero_stage != 0:
+            raise RuleViolation(
+                "zero_stage",
+                f"ZeRO stage {self.zero_stage} exists only on DeepSpeed: Horovod keeps the whole model and optimizer on every "
+                "rank; set distributed.zero_stage=0 (or remove it), or use backend: deepspeed",
+            )
+        for key in ("offload_optimizer", "offload_params"):
+            if getattr(self, key):
+                raise RuleViolation(key, f"{key} exists only on DeepSpeed (ZeRO offload): remove it, or use backend: deepspeed")
+        return self
+
+
+def _backend_of(value: Any) -> str:
+    if isinstance(value, dict):
+        return value.get("backend", DEFAULT_BACKEND)
+    return getattr(value, "backend", DEFAULT_BACKEND)
+
+
+DistributedSpec = Annotated[
+    Union[Annotated[DeepSpeedSpec, Tag("deepspeed")], Annotated[HorovodSpec, Tag("horovod")]],
+    Discriminator(_backend_of),
+]

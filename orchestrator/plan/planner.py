@@ -93,6 +93,9 @@ def make_plan(
     topology = resolve_topology(loaded, env, problems)
     batch = resolve_batch(loaded, topology, problems)
     check_precision(loaded, env, topology, problems)
+    launcher = LAUNCHERS[loaded.recipe.distributed.backend]
+    if launcher.backend not in env.libraries:
+        problems.append(loaded.problem("distributed.backend", launcher.install_hint))
     if problems:
         raise RecipeError(problems)
     recipe = loaded.recipe
@@ -112,7 +115,6 @@ def make_plan(
         recipe.train.precision, dist.offload_optimizer, dist.offload_params, capacity,
     )
     time = estimate_time(sizes, num_params, batch, topology, env, recipe.train.precision, recipe.train.steps)
-    launcher = LAUNCHERS[dist.backend]
     warnings = []
     if not memory.fits:
         warnings.append(
@@ -139,7 +141,7 @@ def make_plan(
 
 def _local_process(launcher, env: EnvSnapshot, topology: Topology, run_dir: Path) -> ProcessSpec:
     """All ranks of this one node, started by the backend's launcher on a free local port."""
-    argv = launcher.node_command(env.python, topology, run_dir, 0, "127.0.0.1", env.free_port)
+    argv = launcher.local_command(env.python, topology, run_dir, env.free_port)
     added = {"OMP_NUM_THREADS": str(max(1, env.cpu_count // topology.procs_per_node))}
     if topology.device == "cpu":
         added["DS_ACCELERATOR"] = "cpu"

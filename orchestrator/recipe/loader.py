@@ -181,39 +181,52 @@ def _problems_from(exc: ValidationError, locations: dict[str, Location]) -> list
 
 
 def _describe(error: dict) -> tuple[str, str]:
-    loc = _field_path(Recipe, [str(part) for part in error["loc"]])
+    loc, model = _field_path(Recipe, [str(part) for part in error["loc"]])
     violation = (error.get("ctx") or {}).get("error")
     if isinstance(violation, RuleViolation):
         return ".".join([*loc, violation.key]), str(violation)
     path = ".".join(loc)
     if error["type"] == "extra_forbidden":
-        return path, "unknown key" + _did_you_mean(loc[-1], _field_names(Recipe, loc[:-1]))
+        return path, "unknown key" + _did_you_mean(loc[-1], list(model.model_fields) if model else [])
     if error["type"] == "literal_error":
-        allowed = [str(a) for a in _literal_values(Recipe, loc)]
+        allowed = [str(a) for a in _literal_values(model, loc[-1])]
         return path, f"{error['input']!r} is not one of {', '.join(allowed)}" + _did_you_mean(str(error["input"]), allowed)
+    if error["type"] == "union_tag_invalid":
+        # A discriminated section (`distributed`): the tag is a key of its own, e.g. `backend`.
+        tag, allowed = error["ctx"]["tag"], [_tag_of(member)[1] for member in _members(model, loc[-1])]
+        return f"{path}.{_tag_of(_members(model, loc[-1])[0])[0]}", f"{tag!r} is not one of {', '.join(allowed)}" + _did_you_mean(tag, allowed)
     if error["type"] == "missing":
         return path, "required key is missing"
     message = error["msg"].removeprefix("Value error, ")
     return path, message[:1].lower() + message[1:]
 
 
-def _field_path(model: type[BaseModel], loc: list[str]) -> list[str]:
-    """The recipe keys in a pydantic error location, without the union-member tags pydantic adds."""
+def _field_path(model: type[BaseModel], loc: list[str]) -> tuple[list[str], type[BaseModel] | None]:
+    """The recipe keys in a pydantic error location, without the union-member tags pydantic adds, and
+    the section model the last key belongs to (the tagged member, for a discriminated union)."""
     path: list[str] = []
     current: type[BaseModel] | None = model
+    owner: type[BaseModel] | None = model
+    members: list[type[BaseModel]] = []
     for part in loc:
         if current is None:
             if part.isdigit():
                 path.append(part)
             continue
+        tagged = next((m for m in members if _tag_of(m)[1] == part), None)
+        if tagged is not None:
+            current, members = tagged, []
+            continue
         if part not in current.model_fields:
             if current.model_config.get("extra") == "forbid" and not path[-1:] == [part]:
                 path.append(part)
+                owner = current
             current = None
             continue
         path.append(part)
-        current = _model_at(current, [part])
-    return path
+        owner, members = current, _members(current, part)
+        current = members[0] if members else None
+    return path, owner
 
 
 def _did_you_mean(word: str, candidates: list[str]) -> str:
@@ -221,33 +234,34 @@ def _did_you_mean(word: str, candidates: list[str]) -> str:
     return f"; did you mean `{close[0]}`?" if close else ""
 
 
-def _model_at(model: type[BaseModel], parts: list[str]) -> type[BaseModel] | None:
-    for part in parts:
-        info = model.model_fields.get(part)
-        if info is None:
-            return None
-        sub = next((t for t in _flatten(info.annotation) if isinstance(t, type) and issubclass(t, BaseModel)), None)
-        if sub is None:
-            return None
-        model = sub
-    return model
+def _members(model: type[BaseModel] | None, key: str) -> list[type[BaseModel]]:
+    """The section models a key may hold: one, or the members of a union."""
+    info = model.model_fields.get(key) if model else None
+    if info is None:
+        return []
+    return [t for t in _flatten(info.annotation) if isinstance(t, type) and issubclass(t, BaseModel)]
 
 
-def _field_names(model: type[BaseModel], parts: list[str]) -> list[str]:
-    found = _model_at(model, parts)
-    return list(found.model_fields) if found else []
+def _tag_of(member: type[BaseModel]) -> tuple[str, str]:
+    """The (key, value) that selects a member of a discriminated union: its one single-valued Literal field."""
+    for name, info in member.model_fields.items():
+        values = typing.get_args(info.annotation) if typing.get_origin(info.annotation) is typing.Literal else ()
+        if len(values) == 1:
+            return name, str(values[0])
+    return "", ""
 
 
-def _literal_values(model: type[BaseModel], parts: list[str]) -> list[Any]:
-    found = _model_at(model, parts[:-1])
-    info = found.model_fields.get(parts[-1]) if found else None
+def _literal_values(model: type[BaseModel] | None, key: str) -> list[Any]:
+    info = model.model_fields.get(key) if model else None
     if info is None:
         return []
     return [arg for t in _flatten(info.annotation) if typing.get_origin(t) is typing.Literal for arg in typing.get_args(t)]
 
 
 def _flatten(annotation: Any) -> list[Any]:
-    """Unwrap Optional/Union into their members; everything else is itself."""
+    """Unwrap Optional/Union/Annotated into their members; everything else is itself."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _flatten(typing.get_args(annotation)[0])
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         return [member for arg in typing.get_args(annotation) for member in _flatten(arg)]
     return [annotation]

@@ -6,7 +6,6 @@ knows about the backend.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from functools import partial
 from pathlib import Path
@@ -18,6 +17,7 @@ from orchestrator.distributed.deepspeed import CONFIG_FILE
 from orchestrator.model.architectures import Sizes
 from orchestrator.model.build import build_model
 from orchestrator.recipe.schema import Recipe
+from orchestrator.runtime.replica import parameter_digest
 from orchestrator.train.schedule import lr_multiplier
 
 
@@ -117,8 +117,5 @@ class DeepSpeedEngine:
         import deepspeed
 
         params = list(self.engine.module.parameters())
-        digest = hashlib.sha256()
         with deepspeed.zero.GatheredParameters(params, enabled=self.zero_stage == 3):
-            for param in params:
-                digest.update(param.detach().float().cpu().numpy().tobytes())
-        return digest.hexdigest()[:16]
+            return parameter_digest(params)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import math
 import os
@@ -52,7 +53,7 @@ class Engine(Protocol):
 
 def run_rank(path: Path) -> None:
     run = RunDir(path)
-    rank, local_rank, world = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)))
+    rank, local_rank, world = _identity()
     _redirect_output(run.rank_log(rank))
     print(f"rank {rank}/{world} on host {socket.gethostname()} node {os.environ.get('SLURMD_NODENAME', socket.gethostname())}", flush=True)
     stop = StopFlag().install()
@@ -70,11 +71,30 @@ def run_rank(path: Path) -> None:
     sys.exit(code)
 
 
-def _make_engine(recipe: Recipe, sizes: Sizes, run: RunDir, plan: dict, local_rank: int) -> Engine:
-    from orchestrator.runtime.deepspeed_engine import DeepSpeedEngine
+IDENTITY_VARIABLES = (("RANK", "LOCAL_RANK", "WORLD_SIZE"), ("HOROVOD_RANK", "HOROVOD_LOCAL_RANK", "HOROVOD_SIZE"))
 
-    engines = {"deepspeed": DeepSpeedEngine}
-    return engines[recipe.distributed.backend](recipe, sizes, run.path, plan["topology"]["comm_backend"], local_rank)
+
+def _identity() -> tuple[int, int, int]:
+    """(rank, local rank, world size) from the standard variables of whichever launcher started this
+    rank: torch's (our node launcher), or horovodrun's."""
+    for names in IDENTITY_VARIABLES:
+        if names[0] in os.environ:
+            rank, local, world = (int(os.environ[name]) for name in names)
+            return rank, local, world
+    return 0, 0, 1
+
+
+ENGINES = {
+    "deepspeed": ("orchestrator.runtime.deepspeed_engine", "DeepSpeedEngine"),
+    "horovod": ("orchestrator.runtime.horovod_engine", "HorovodEngine"),
+}
+"""Imported by name: a rank loads its own backend's library only."""
+
+
+def _make_engine(recipe: Recipe, sizes: Sizes, run: RunDir, plan: dict, local_rank: int) -> Engine:
+    module, name = ENGINES[recipe.distributed.backend]
+    engine_class = getattr(importlib.import_module(module), name)
+    return engine_class(recipe, sizes, run.path, plan["topology"]["comm_backend"], local_rank)
 
 
 class Trainer:

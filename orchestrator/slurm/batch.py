@@ -22,6 +22,7 @@ import yaml
 
 from orchestrator.rundir import RunDir
 from orchestrator.runtime import events
+from orchestrator.runtime.node import node_argv
 from orchestrator.runtime.signals import FORWARDED_SIGNALS, REQUEUE_EXIT
 
 
@@ -33,9 +34,7 @@ def node_command(plan: dict, python: str, master_addr: str, master_port: int) ->
         # the first one exits, so a crashed node cannot leave its peers hanging in a collective.
         "srun", "--wait=60", f"--nodes={topology['nodes']}", "--ntasks-per-node=1",
         f"--output={plan['run_dir']}/logs/node-%N.out",
-        python, "-m", "orchestrator.runtime.node",
-        "--nnodes", str(topology["nodes"]), "--nproc", str(topology["procs_per_node"]),
-        "--master-addr", master_addr, "--master-port", str(master_port), "--run-dir", plan["run_dir"],
+        *node_argv(python, plan["backend"], topology["nodes"], topology["procs_per_node"], plan["run_dir"], master_addr, master_port),
     ]
 
 

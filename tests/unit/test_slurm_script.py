@@ -55,9 +55,12 @@ def test_grace_grows_with_measured_checkpoint_time(tmp_path):
     assert signal_grace_s(tmp_path, spec) == 201
 
 
-def test_node_command_starts_one_launcher_per_node():
-    plan = {"run_dir": "/r", "topology": {"nodes": 2, "procs_per_node": 4}}
+@pytest.mark.parametrize("backend", ["deepspeed", "horovod"])
+def test_node_command_starts_one_launcher_per_node(backend):
+    """Both backends go through the same node launcher under Slurm: no ssh, no horovodrun."""
+    plan = {"run_dir": "/r", "backend": backend, "topology": {"nodes": 2, "procs_per_node": 4}}
     argv = node_command(plan, "/py", "n1", 21234)
     assert argv[:4] == ["srun", "--wait=60", "--nodes=2", "--ntasks-per-node=1"]
+    assert argv[argv.index("-m") + 1] == "orchestrator.runtime.node" and argv[argv.index("--backend") + 1] == backend
     assert argv[argv.index("--nproc") + 1] == "4" and argv[argv.index("--master-addr") + 1] == "n1"
     assert "--node-rank" not in argv  # each node takes SLURM_NODEID
