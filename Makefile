@@ -1,16 +1,21 @@
 # The two commands a fresh machine needs (see README):
 #   make demo   set up, then train the default recipe end to end
-#   make test   set up, then run every test tier
-.PHONY: setup demo test bench
+#   make test   set up (Horovod included), then run every test tier
+.PHONY: setup horovod demo test bench
 
 setup:
 	bash scripts/setup.sh
 
+# Optional for users (backend: horovod), always built for the tests; cached after the first build.
+horovod: setup
+	bash scripts/build-horovod.sh
+
 demo: setup
 	.venv/bin/orch run
 
-test: setup
+test: setup horovod
 	.venv/bin/python -m pytest -q -p no:cacheprovider tests
 
-bench: setup
+bench: setup horovod
 	.venv/bin/python bench/throughput.py
+	.venv/bin/python bench/backends.py

@@ -84,6 +84,7 @@ def launch(
     """
     processes = [runner.start(spec, run.path / spec.log) for spec in plan.processes]
     seen = (len(run.metric_rows()), len(events.read(run.events)))
+    first_event = seen[1]
 
     def forward(signum, _frame):
         for process in processes:
@@ -100,7 +101,7 @@ def launch(
     _report(run, seen, on_progress)
     codes = [p.wait() for p in processes]
     code = next((c for c in codes if c != 0), 0)
-    if code == REQUEUE_EXIT:
+    if code == REQUEUE_EXIT or (code != 0 and _stopped_on_signal(run, first_event)):
         raise Preempted(f"stopped on a signal after checkpointing; run the same command again to resume ({run.path})")
     if code != 0:
         raise LaunchError(f"training failed (exit code {code}){_failure_hint(run)}; logs are in {run.path / 'logs'}")
@@ -113,6 +114,12 @@ def _report(run: RunDir, seen: tuple[int, int], on_progress: Callable[[list[dict
     if len(rows) > seen[0] or len(history) > seen[1]:
         on_progress(rows[seen[0]:], history[seen[1]:])
     return len(rows), len(history)
+
+
+def _stopped_on_signal(run: RunDir, first_event: int) -> bool:
+    """Whether this attempt's ranks checkpointed and stopped on a signal. The run directory says so even
+    when a launcher folds the requeue code into a plain failure (horovodrun reports any non-zero rank as 1)."""
+    return any(e["event"] == "preempted" for e in events.read(run.events)[first_event:])
 
 
 def _failure_hint(run: RunDir) -> str:

@@ -25,7 +25,6 @@ def horovod_config(recipe: Recipe, batch: Batch) -> dict:
     return {
         "backward_passes_per_step": batch.gradient_accumulation_steps,
         "compression": dist.compression,
-        "reduction": dist.reduction,
         "optimizer": {
             "type": "AdamW",
             "lr": train.optimizer.lr,

@@ -52,7 +52,8 @@ class HorovodSpec(ParallelSpec):
     compression: Literal["none", "fp16"] = "none"
     """`fp16` halves the bytes of each gradient all-reduce, at some precision."""
     reduction: Literal["average", "adasum"] = "average"
-    """`adasum` combines gradients adaptively instead of averaging them (Horovod's Adasum)."""
+    """How gradients combine across ranks. Horovod's `adasum` exists only with its MPI controller; the
+    orchestrator launches Horovod over Gloo (no MPI or ssh needed across Slurm nodes), so it is refused."""
 
     @model_validator(mode="after")
     def _no_deepspeed_options(self) -> "HorovodSpec":
@@ -61,6 +62,12 @@ class HorovodSpec(ParallelSpec):
                 "zero_stage",
                 f"ZeRO stage {self.zero_stage} exists only on DeepSpeed: Horovod keeps the whole model and optimizer on every "
                 "rank; set distributed.zero_stage=0 (or remove it), or use backend: deepspeed",
+            )
+        if self.reduction == "adasum":
+            raise RuleViolation(
+                "reduction",
+                "Adasum needs Horovod's MPI controller, and the orchestrator runs Horovod over Gloo, which has no Adasum "
+                "(Horovod: 'No Adasum operation enabled'): use reduction: average",
             )
         for key in ("offload_optimizer", "offload_params"):
             if getattr(self, key):

@@ -54,7 +54,7 @@ class HorovodEngine:
             optimizer,
             named_parameters=self.model.named_parameters(),
             compression=hvd.Compression.fp16 if config["compression"] == "fp16" else hvd.Compression.none,
-            op=hvd.Adasum if config["reduction"] == "adasum" else hvd.Average,
+            op=hvd.Average,
             backward_passes_per_step=config["backward_passes_per_step"],
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, partial(lr_multiplier, recipe.train))

@@ -178,11 +178,20 @@ class Trainer:
             "step_s": step_s,
         }
         train = self.recipe.train
+        if train.replica_check_interval and step % train.replica_check_interval == 0:
+            row["param_digest"] = self.check_replicas(step)
         if step % train.eval_interval == 0 or step == train.steps:
             row["val_loss"] = self.evaluate()
         if step % train.log_interval == 0 or step == train.steps or "val_loss" in row:
             self.log(row)
         return row
+
+    def check_replicas(self, step: int) -> str:
+        digests = self.engine.gather(self.engine.fingerprint())
+        if len(set(digests)) > 1:
+            self.event("replicas_diverged", step=step, digests=digests)
+            raise SystemExit(f"step {step}: the ranks' parameters differ (digests {digests}); the last checkpoint is intact")
+        return digests[0]
 
     def evaluate(self) -> float:
         micro = self.plan["batch"]["micro_batch_size"]
@@ -223,6 +232,7 @@ class Trainer:
                 "libraries": json.loads(self.run.provenance.read_text())["libraries"] if self.run.provenance.exists() else {}}
 
         def write_shards(base: Path, tag: str) -> None:
+            (base / tag).mkdir(parents=True, exist_ok=True)  # on every rank: some engines write from rank 0 alone
             self.engine.save_shards(base, tag)
             rank_state.write(base / tag, self.engine.rank, state)
             if self.is_logger and self.run.metrics.exists():

@@ -42,6 +42,9 @@ class TrainSpec(Spec):
     eval_interval: int = Field(50, gt=0)
     eval_batches: int = Field(4, gt=0)
     log_interval: int = Field(1, gt=0)
+    replica_check_interval: Optional[int] = Field(None, gt=0)
+    """Every N steps, compare a digest of every rank's full parameters; replicas that drifted apart
+    (a non-deterministic reduction, a bad node) stop the run. Off by default: it gathers the model."""
 
     @model_validator(mode="after")
     def _batch_given_once(self) -> "TrainSpec":
