@@ -27,7 +27,10 @@ def data_cache() -> Path:
     return cache
 
 
-def make_env(tmp_path: Path, gpus: tuple[GpuInfo, ...] = (), cpu_count: int = 2, cpu_fp16: bool = False) -> EnvSnapshot:
+def make_env(
+    tmp_path: Path, gpus: tuple[GpuInfo, ...] = (), cpu_count: int = 2, cpu_fp16: bool = False,
+    libraries: frozenset[str] = frozenset({"deepspeed", "horovod"}),
+) -> EnvSnapshot:
     return EnvSnapshot(
         hostname="testhost",
         cpu_count=cpu_count,
@@ -39,7 +42,7 @@ def make_env(tmp_path: Path, gpus: tuple[GpuInfo, ...] = (), cpu_count: int = 2,
         gpus=gpus,
         cpu_fp16=cpu_fp16,
         cpu_matmul_flops=100e9,
-        libraries=frozenset({"deepspeed", "horovod"}),
+        libraries=libraries,
     )
 
 

@@ -72,6 +72,22 @@ def test_two_node_job_completes_with_both_nodes(completed):
     assert "COMPLETED" in status.stdout and "step 12/12" in status.stdout
 
 
+def test_two_node_horovod_job_completes_without_ssh(tmp_path, completed):
+    """Horovod across the two nodes: srun starts one node launcher per node, the first one serves
+    Horovod's Gloo rendezvous; the ranks' parameters agree after every step."""
+    run_dir = tmp_path / "run"
+    job_id = submit(run_dir, "distributed.backend=horovod", "distributed.zero_stage=0", "train.replica_check_interval=1")
+    assert wait_for_state(job_id, {"COMPLETED"}) == "COMPLETED"
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 13)) and all(r.get("param_digest") for r in rows)
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert "node n1" in (run_dir / "logs" / "rank-0.log").read_text()
+    assert "node n2" in (run_dir / "logs" / "rank-1.log").read_text()
+    assert orch("checkpoints", str(run_dir)).returncode == 0
+    # Same data, weights and optimizer as the DeepSpeed job: only ZeRO-2's reduction order differs.
+    assert all(abs(a - b) < 2e-3 * b for (_, a), (_, b) in zip(losses(run_dir), losses(completed)))
+
+
 def test_preemption_signal_requeues_and_resumes_to_the_same_losses(tmp_path, completed):
     run_dir = tmp_path / "run"
     job_id = submit(run_dir, "slurm.signal=USR1")
