@@ -82,15 +82,15 @@ def _alternate(args: argparse.Namespace, scratch: Path) -> dict:
     return {"plan": plan, "orch": orch_runs, "bare": bare_runs}
 
 
-def run_orchestrator(recipe: Path, steps: int, run_dir: Path) -> dict:
-    """`orch run` with evaluation pushed past the last step; returns its per-step metrics."""
+def run_orchestrator(recipe: Path, steps: int, run_dir: Path, extra: tuple[str, ...] = ()) -> dict:
+    """`orch run` (with `extra` overrides) with evaluation pushed past the last step; returns its per-step metrics."""
     from orchestrator.recipe.loader import load_recipe
 
     warmup = load_recipe(recipe).recipe.train.schedule.warmup_steps
     overrides = [f"train.steps={steps}", f"train.eval_interval={steps + 1}", "train.log_interval=1"]
     if warmup >= steps:  # the recipe schema requires lr warmup below the step count
         overrides.append(f"train.schedule.warmup_steps={steps - 1}")
-    argv = [sys.executable, "-m", "orchestrator", "run", str(recipe), *overrides, "--run-dir", str(run_dir)]
+    argv = [sys.executable, "-m", "orchestrator", "run", str(recipe), *overrides, *extra, "--run-dir", str(run_dir)]
     _run_logged(argv, run_dir.with_suffix(".log"), os.environ.copy())
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     if len(rows) != steps:

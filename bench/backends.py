@@ -1,0 +1,66 @@
+"""Horovod against DeepSpeed ZeRO-0, 1 and 2: tokens/s of the same recipe through `orch run`.
+
+Each round runs the four back to back (Horovod, ZeRO-0, ZeRO-1, ZeRO-2) on the same ranks, data,
+model and batch, and rounds repeat (--repeats), because shared machines drift. Per-step tokens/s
+after the warmup steps are pooled per backend; the medians are compared with ZeRO-0, the DeepSpeed
+configuration that does what Horovod does (a full replica per rank, one all-reduce of the
+gradients). Nothing is asserted on the numbers.
+
+Run it from the repository root (about 3 minutes on a 2-core CPU machine; needs `make horovod`):
+
+    python bench/backends.py [--steps 30] [--warmup-steps 5] [--repeats 2] [--out bench/results/backends.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+from throughput import DEFAULT_RECIPE, REPO, run_orchestrator
+
+BACKENDS = {
+    "horovod": ("distributed.backend=horovod", "distributed.zero_stage=0"),
+    "zero0": ("distributed.zero_stage=0",),
+    "zero1": ("distributed.zero_stage=1",),
+    "zero2": ("distributed.zero_stage=2",),
+}
+BASELINE = "zero0"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup-steps", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "backends.json")
+    args = parser.parse_args()
+    pooled: dict[str, list[float]] = {name: [] for name in BACKENDS}
+    losses: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="orch-bench-") as scratch:
+        for repeat in range(args.repeats):
+            for name, overrides in BACKENDS.items():
+                run = run_orchestrator(args.recipe.resolve(), args.steps, Path(scratch) / f"{name}-{repeat}", overrides)
+                pooled[name] += run["tokens_per_s"][args.warmup_steps:]
+                losses[name] = run["final_loss"]
+            print(f"round {repeat + 1}/{args.repeats} done", flush=True)
+    medians = {name: statistics.median(values) for name, values in pooled.items()}
+    result = {
+        "recipe": str(args.recipe), "steps": args.steps, "warmup_steps": args.warmup_steps, "repeats": args.repeats,
+        "tokens_per_s": medians,
+        "ratio_to_zero0": {name: medians[name] / medians[BASELINE] for name in BACKENDS},
+        "final_loss": losses,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{'backend':<10}{'tokens/s':>12}{'vs ZeRO-0':>12}{'final loss':>12}")
+    for name in BACKENDS:
+        print(f"{name:<10}{medians[name]:>12,.0f}{result['ratio_to_zero0'][name]:>12.3f}{losses[name]:>12.4f}")
+    print(f"\nwritten to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
