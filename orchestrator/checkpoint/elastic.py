@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from orchestrator.checkpoint import store
+from orchestrator.distributed.horovod import STATE_DIR
 from orchestrator.errors import ResumeError
 
 ELASTIC_FILE = "elastic.json"
@@ -31,7 +32,9 @@ def prepare_elastic_resume(run_dir: Path, checkpoint_dir: Path, world_size: int)
         raise ResumeError(f"no verified checkpoint in {checkpoint_dir} to resume at world size {world_size}")
     universal_root = run_dir / "universal"
     target = universal_root / checkpoint.name
-    if not (target / "zero").is_dir():
+    if (checkpoint / STATE_DIR).is_dir():
+        universal_root = checkpoint_dir  # Horovod's state is whole in every checkpoint: nothing to convert
+    elif not (target / "zero").is_dir():
         command = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(checkpoint),
                    "--output_folder", str(target), "--inject_missing_state"]
         result = subprocess.run(command, capture_output=True, text=True, env={"DS_ACCELERATOR": "cpu", **os.environ})
