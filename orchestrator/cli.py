@@ -241,9 +241,10 @@ def run(
             from orchestrator.checkpoint.elastic import prepare_elastic_resume
 
             record = prepare_elastic_resume(launch_plan.run_dir, launch_plan.checkpoint_dir, launch_plan.topology.world_size)
-            typer.echo(f"resuming {record['tag']} (saved at world size {record['from_world_size']}) at world size {record['to_world_size']}"
-                       if record["universal_root"] == str(launch_plan.checkpoint_dir) else
-                       f"converted {record['tag']} (world size {record['from_world_size']}) to a universal checkpoint")
+            if record["converted"]:
+                typer.echo(f"converted {record['tag']} (world size {record['from_world_size']}) to a universal checkpoint")
+            else:
+                typer.echo(f"resuming {record['tag']} (saved at world size {record['from_world_size']}) at world size {record['to_world_size']}")
             loaded, launch_plan = _load_and_plan(Path(recipe), overrides, run_dir=launch_plan.run_dir, dry_run=dry_run, load_universal=True)
         t = launch_plan.topology
         typer.echo(f"{launch_plan.recipe.name}: {t.world_size} process(es) on {t.device}, run directory {launch_plan.run_dir}")

@@ -32,8 +32,9 @@ def prepare_elastic_resume(run_dir: Path, checkpoint_dir: Path, world_size: int)
         raise ResumeError(f"no verified checkpoint in {checkpoint_dir} to resume at world size {world_size}")
     universal_root = run_dir / "universal"
     target = universal_root / checkpoint.name
-    if (checkpoint / STATE_DIR).is_dir():
-        universal_root = checkpoint_dir  # Horovod's state is whole in every checkpoint: nothing to convert
+    converted = not (checkpoint / STATE_DIR).is_dir()  # Horovod's state is whole in every checkpoint
+    if not converted:
+        universal_root = checkpoint_dir
     elif not (target / "zero").is_dir():
         command = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(checkpoint),
                    "--output_folder", str(target), "--inject_missing_state"]
@@ -42,6 +43,6 @@ def prepare_elastic_resume(run_dir: Path, checkpoint_dir: Path, world_size: int)
             lines = (result.stderr or result.stdout).strip().splitlines() or ["no output"]
             raise ResumeError(f"converting {checkpoint.name} for world size {world_size} failed: {lines[-1]}")
     record = {"tag": checkpoint.name, "universal_root": str(universal_root),
-              "from_world_size": store.read_manifest(checkpoint)["world_size"], "to_world_size": world_size}
+              "from_world_size": store.read_manifest(checkpoint)["world_size"], "to_world_size": world_size, "converted": converted}
     (run_dir / ELASTIC_FILE).write_text(json.dumps(record, indent=1))
     return record

@@ -193,8 +193,9 @@ def _describe(error: dict) -> tuple[str, str]:
         return path, f"{error['input']!r} is not one of {', '.join(allowed)}" + _did_you_mean(str(error["input"]), allowed)
     if error["type"] == "union_tag_invalid":
         # A discriminated section (`distributed`): the tag is a key of its own, e.g. `backend`.
-        tag, allowed = error["ctx"]["tag"], [_tag_of(member)[1] for member in _members(model, loc[-1])]
-        return f"{path}.{_tag_of(_members(model, loc[-1])[0])[0]}", f"{tag!r} is not one of {', '.join(allowed)}" + _did_you_mean(tag, allowed)
+        tags = [_tag_of(member) for member in _members(model, loc[-1])]
+        tag, allowed = error["ctx"]["tag"], [value for _, value in tags]
+        return f"{path}.{tags[0][0]}", f"{tag!r} is not one of {', '.join(allowed)}" + _did_you_mean(tag, allowed)
     if error["type"] == "missing":
         return path, "required key is missing"
     message = error["msg"].removeprefix("Value error, ")
