@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from orchestrator.checkpoint.export import ExportDtype
-from orchestrator.errors import OrchestratorError, ResumeError, SlurmError
+from orchestrator.errors import EnergyError, OrchestratorError, ResumeError, SlurmError
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "tiny-pretrain.yaml"
 
@@ -300,3 +300,21 @@ def export(
     size = sum(p.stat().st_size for p in result.out.glob("*.safetensors"))
     typer.echo(f"exported {result.checkpoint.name} (step {result.step}, verified) -> {result.out}")
     typer.echo(f"  {result.num_params:,} parameters, {result.dtype}, {human_bytes(size)} of safetensors; weights from {result.weights_from}")
+
+
+@app.command()
+def energy(
+    run_dir: RunDirArg,
+    as_json: Annotated[bool, typer.Option("--json", help="The bill as JSON (the content of energy.json).")] = False,
+) -> None:
+    """A run's energy and carbon bill: per node and device with each figure's method, totals, phases,
+    energy lost to failures, and the plan's forecast beside it. Works during a run too."""
+    from orchestrator.energy.account import bill_for
+    from orchestrator.energy.report import render_bill
+
+    if not (run_dir / "plan.json").is_file():
+        raise _fail(EnergyError(f"{run_dir}: not a run directory (no plan.json)"))
+    bill = bill_for(run_dir)
+    if not bill["nodes"]:
+        raise _fail(EnergyError(f"{run_dir}: no energy records (was energy.enabled false, or has the run not started?)"))
+    typer.echo(json.dumps(bill, indent=2) if as_json else render_bill(bill))

@@ -44,6 +44,7 @@ class EnvSnapshot:
     gpus: tuple[GpuInfo, ...] = ()
     cpu_fp16: bool = False
     cpu_matmul_flops: float = 0.0
+    cpu_model: str = "unknown"
     libraries: frozenset[str] = frozenset()
     """The training libraries importable here (found, not imported: importing DeepSpeed takes seconds)."""
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -71,6 +72,7 @@ def probe(measure_cpu: bool = True) -> EnvSnapshot:
         free_port=free_port(),
         gpus=gpus,
         cpu_fp16=_cpu_has_fp16(),
+        cpu_model=_cpu_model(),
         cpu_matmul_flops=_measure_cpu_matmul() if measure_cpu and not gpus else 0.0,
         libraries=frozenset(name for name in TRAINING_LIBRARIES if importlib.util.find_spec(name) is not None),
     )
@@ -95,6 +97,14 @@ def _probe_gpus() -> tuple[GpuInfo, ...]:
         name, memory_mib, capability = (part.strip() for part in line.split(","))
         gpus.append(GpuInfo(name, int(float(memory_mib)) * 2**20, float(capability)))
     return tuple(gpus)
+
+
+def _cpu_model() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return "unknown"
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
 
 
 def _cpu_has_fp16() -> bool:

@@ -67,6 +67,12 @@ class Preempted(OrchestratorError):
     exit_code = 75  # orchestrator.runtime.signals.REQUEUE_EXIT
 
 
+class BudgetExceeded(OrchestratorError):
+    """Training stopped cleanly, with a checkpoint, because the run spent its energy or carbon budget."""
+
+    exit_code = 3  # orchestrator.energy.account.BUDGET_EXIT
+
+
 class ResumeError(OrchestratorError):
     """The run directory's checkpoints cannot continue under this recipe."""
 
@@ -77,3 +83,7 @@ class SlurmError(OrchestratorError):
 
 class CheckpointError(OrchestratorError):
     """A run's checkpoints cannot be listed or exported as asked (none there, none verified, no such step)."""
+
+
+class EnergyError(OrchestratorError):
+    """A run's energy bill cannot be shown (not a run directory, no records)."""

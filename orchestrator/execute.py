@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from orchestrator.data.prepare import prepare_data
-from orchestrator.errors import LaunchError, Preempted
+from orchestrator.errors import BudgetExceeded, LaunchError, Preempted
 from orchestrator.plan.planner import LaunchPlan, ProcessSpec
 from orchestrator.provenance import provenance
 from orchestrator.rundir import RunDir
@@ -101,8 +101,17 @@ def launch(
     _report(run, seen, on_progress)
     codes = [p.wait() for p in processes]
     code = next((c for c in codes if c != 0), 0)
-    if code == REQUEUE_EXIT or (code != 0 and _stopped_on_signal(run, first_event)):
+    # The run directory says how this attempt ended even when a launcher folds the ranks' exit codes
+    # into one (horovodrun reports any non-zero rank as 1).
+    this_attempt = events.read(run.events)[first_event:]
+    if code == REQUEUE_EXIT or (code != 0 and any(e["event"] == "preempted" for e in this_attempt)):
         raise Preempted(f"stopped on a signal after checkpointing; run the same command again to resume ({run.path})")
+    over = [e for e in this_attempt if e["event"] == "stopped_over_budget"]
+    if code != 0 and over:
+        raise BudgetExceeded(
+            f"stopped at step {over[-1]['step']}: energy budget spent ({over[-1]['kwh']:.4g} kWh, {over[-1]['kgco2e']:.4g} kgCO2e)"
+            f"{', checkpoint saved' if over[-1]['saved'] else ''}; raise energy.budget_kwh / budget_kgco2e and run again to continue"
+        )
     if code != 0:
         raise LaunchError(f"training failed (exit code {code}){_failure_hint(run)}; logs are in {run.path / 'logs'}")
     summary = json.loads(run.summary.read_text()) if run.summary.exists() else None
@@ -114,12 +123,6 @@ def _report(run: RunDir, seen: tuple[int, int], on_progress: Callable[[list[dict
     if len(rows) > seen[0] or len(history) > seen[1]:
         on_progress(rows[seen[0]:], history[seen[1]:])
     return len(rows), len(history)
-
-
-def _stopped_on_signal(run: RunDir, first_event: int) -> bool:
-    """Whether this attempt's ranks checkpointed and stopped on a signal. The run directory says so even
-    when a launcher folds the requeue code into a plain failure (horovodrun reports any non-zero rank as 1)."""
-    return any(e["event"] == "preempted" for e in events.read(run.events)[first_event:])
 
 
 def _failure_hint(run: RunDir) -> str:

@@ -13,6 +13,9 @@ from pathlib import Path
 import yaml
 
 from orchestrator.distributed.launchers import LAUNCHERS
+from orchestrator.energy.forecast import EnergyPlan, plan_forecast
+from orchestrator.energy.grid import Intensity, IntensityError, resolve_intensity
+from orchestrator.energy.hardware import cpu_power
 from orchestrator.env import EnvSnapshot
 from orchestrator.errors import Problem, RecipeError
 from orchestrator.model.architectures import ARCHITECTURES, Sizes
@@ -49,6 +52,7 @@ class LaunchPlan:
     memory: MemoryEstimate
     time: TimeEstimate
     backend_files: dict[str, dict]
+    energy: EnergyPlan
     processes: list[ProcessSpec]
     data_cache_dir: Path
     warnings: list[str] = field(default_factory=list)
@@ -69,6 +73,7 @@ class LaunchPlan:
             "model": {"arch": self.recipe.model.arch, "num_params": self.num_params, "sizes": vars(self.sizes)},
             "memory_per_device": {**vars(self.memory), "total_bytes": self.memory.total_bytes, "fits": self.memory.fits},
             "estimate": vars(self.time),
+            "energy": self.energy.summary(),
             "backend_files": self.backend_files,
             "checkpoint_dir": str(self.checkpoint_dir),
             "data_cache_dir": str(self.data_cache_dir),
@@ -96,6 +101,7 @@ def make_plan(
     launcher = LAUNCHERS[loaded.recipe.distributed.backend]
     if launcher.backend not in env.libraries:
         problems.append(loaded.problem("distributed.backend", launcher.install_hint))
+    intensity = _intensity(loaded, env, problems)
     if problems:
         raise RecipeError(problems)
     recipe = loaded.recipe
@@ -115,6 +121,11 @@ def make_plan(
         recipe.train.precision, dist.offload_optimizer, dist.offload_params, capacity,
     )
     time = estimate_time(sizes, num_params, batch, topology, env, recipe.train.precision, recipe.train.steps)
+    spec = recipe.energy
+    gpu_name = env.gpus[0].name if env.gpus else None
+    cpu = cpu_power(env.cpu_model, env.cpu_count, spec.cpu_tdp_w)
+    forecast = plan_forecast(spec, topology.device, gpu_name, cpu, topology.nodes, topology.procs_per_node, time.wall_s,
+                             memory.total_bytes, intensity.g_per_kwh)
     warnings = []
     if not memory.fits:
         warnings.append(
@@ -133,10 +144,21 @@ def make_plan(
         memory=memory,
         time=time,
         backend_files=launcher.config_files(recipe, batch, load_universal),
+        energy=EnergyPlan(spec.pue_value, intensity, cpu, forecast),
         processes=[_local_process(launcher, env, topology, run_dir)],
         data_cache_dir=env.cache_dir / "data",
         warnings=warnings,
     )
+
+
+def _intensity(loaded: LoadedRecipe, env: EnvSnapshot, problems: list[Problem]) -> Intensity | None:
+    """The grid intensity the recipe asks for; a relative time-series path is read beside the recipe."""
+    base = loaded.sources[-1].parent if loaded.sources else env.cwd
+    try:
+        return resolve_intensity(loaded.recipe.energy.carbon, base)
+    except IntensityError as exc:
+        problems.append(loaded.problem(f"energy.{exc.key}", str(exc)))
+        return None
 
 
 def _local_process(launcher, env: EnvSnapshot, topology: Topology, run_dir: Path) -> ProcessSpec:

@@ -23,6 +23,25 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{rest // 60:02d}m{rest % 60:02d}s"
 
 
+def _energy_lines(plan: LaunchPlan) -> list[str]:
+    energy = plan.energy
+    f, spec = energy.forecast, plan.recipe.energy
+    intensity = f"{energy.intensity.g_per_kwh:.0f} gCO2e/kWh ({energy.intensity.basis}: {energy.intensity.source})"
+    if f.kwh is None:
+        forecast = f"unknown ({f.basis}); {f.device_hours:.3f} device-hours"
+    else:
+        unit = "GPU-hours" if plan.topology.device == "cuda" else "node-hours"
+        forecast = (f"{f.kwh:.4g} kWh IT x PUE {energy.pue:g} = {f.facility_kwh:.4g} kWh -> {f.kgco2e:.4g} kgCO2e"
+                    f" ({f.device_hours:.4g} {unit} x {f.power_per_device_w:.4g} W; {f.basis})")
+    lines = [f"energy         {forecast}", f"grid           {intensity}"]
+    if not spec.enabled:
+        lines.append("energy         monitor off (energy.enabled: false): no bill will be written")
+    budgets = [f"{spec.budget_kwh:g} kWh" if spec.budget_kwh else "", f"{spec.budget_kgco2e:g} kgCO2e" if spec.budget_kgco2e else ""]
+    if any(budgets):
+        lines.append(f"budget         {' and '.join(b for b in budgets if b)}: warn at {spec.budget_warn_fraction:.0%}, stop with a checkpoint when exceeded")
+    return lines
+
+
 def render_plan(plan: LaunchPlan) -> str:
     t, b, m, e = plan.topology, plan.batch, plan.memory, plan.time
     recipe = plan.recipe
@@ -47,6 +66,7 @@ def render_plan(plan: LaunchPlan) -> str:
         f"estimate       {e.tokens_per_s:,.0f} tokens/s at an assumed {e.assumed_mfu:.0%} MFU of {e.peak_flops_per_device / 1e12:.3f} TFLOP/s per device"
         f" -> wall {_duration(e.wall_s)}, {e.device_hours:.3f} {t.device.replace('cuda', 'GPU')}-hours",
     ]
+    lines += _energy_lines(plan)
     lines += [f"warning        {w}" for w in plan.warnings]
     lines.append("")
     lines.append("launch")

@@ -24,6 +24,8 @@ from orchestrator.checkpoint.saver import CheckpointSaver, SaveReport
 from orchestrator.data.prepare import PreparedData
 from orchestrator.env import matmul_rate
 from orchestrator.data.stream import PackedSequences, ShardedStream, validation_indices
+from orchestrator.energy.account import BUDGET_EXIT, EnergyAccount, NullAccount, start_energy
+from orchestrator.energy.monitor import Monitor
 from orchestrator.model.architectures import Sizes
 from orchestrator.recipe.schema import Recipe
 from orchestrator.rundir import RunDir
@@ -63,11 +65,13 @@ def run_rank(path: Path) -> None:
     recipe = Recipe.model_validate(yaml.safe_load(run.recipe.read_text()))
     if world != plan["topology"]["world_size"]:
         raise SystemExit(f"launched with WORLD_SIZE={world} but the plan is for {plan['topology']['world_size']} ranks")
+    monitor, account = start_energy(recipe.energy, plan, run, rank, local_rank)  # before start-up, which costs energy too
     _seed_everything(recipe.train.seed)
     data = PreparedData.load(Path(json.loads(run.data.read_text())["dir"]))
     engine = _make_engine(recipe, Sizes(**plan["model"]["sizes"]), run, plan, local_rank)
-    code = Trainer(recipe, plan, run, data, engine, world, stop).train()
+    code = Trainer(recipe, plan, run, data, engine, world, stop, monitor, account).train()
     engine.close()
+    monitor.close()
     sys.exit(code)
 
 
@@ -98,8 +102,10 @@ def _make_engine(recipe: Recipe, sizes: Sizes, run: RunDir, plan: dict, local_ra
 
 
 class Trainer:
-    def __init__(self, recipe: Recipe, plan: dict, run: RunDir, data: PreparedData, engine: Engine, world: int, stop: StopFlag):
+    def __init__(self, recipe: Recipe, plan: dict, run: RunDir, data: PreparedData, engine: Engine, world: int, stop: StopFlag,
+                 monitor: Monitor, account: EnergyAccount | NullAccount):
         self.recipe, self.plan, self.run, self.engine, self.world, self.stop = recipe, plan, run, engine, world, stop
+        self.monitor, self.account = monitor, account
         train, batch = recipe.train, plan["batch"]
         seq_len = recipe.data.seq_len
         self.train_data = PackedSequences(data.tokens("train"), seq_len)
@@ -142,26 +148,42 @@ class Trainer:
         start = self.resume()
         steps = self.recipe.train.steps
         self.event("start", step=start, world_size=self.world)
+        self.account.settle(start)  # earlier attempts count against the budget too
+        if self.engine.any_across_ranks([self.account.over_budget])[0]:
+            return self.stop_over_budget(start, saved=start > 0)
         saved = start == steps
         for step in range(start + 1, steps + 1):
             self.step(step)
             no_time = self.is_logger and self.stop.requested and not self.save_fits()
-            stop, due, no_time = self.engine.any_across_ranks([self.stop.requested, self.is_logger and self.time_due(), no_time])
+            stop, due, no_time, over_budget = self.engine.any_across_ranks(
+                [self.stop.requested, self.is_logger and self.time_due(), no_time, self.account.over_budget]
+            )
             saved = False
-            if (stop and not no_time) or due or (self.step_interval and step % self.step_interval == 0 and step != steps):
+            if (stop and not no_time) or due or over_budget or (self.step_interval and step % self.step_interval == 0 and step != steps):
                 self.save(step)
                 saved = True
             if stop:
                 self.saver.close()
                 self.event("preempted", step=step, signal=self.stop.signum, saved=not no_time)
                 return REQUEUE_EXIT
+            if over_budget:
+                return self.stop_over_budget(step, saved=True)
         if not saved:
             self.save(steps)
         self.saver.close()
         self.finish()
         return 0
 
+    def stop_over_budget(self, step: int, saved: bool) -> int:
+        """A clean stop: the checkpoint is committed, the bill settled, and the run says why it ended."""
+        self.saver.close()
+        bill = self.account.settle(step)
+        if bill:
+            self.event("stopped_over_budget", step=step, kwh=bill["totals"]["facility_kwh"], kgco2e=bill["totals"]["kgco2e"], saved=saved)
+        return BUDGET_EXIT
+
     def step(self, step: int) -> dict:
+        self.monitor.phase("train", step)
         lr = self.engine.lr
         tic = time.perf_counter()
         local_loss = self.engine.train_step([self.train_data.rows(i) for i in self.stream.step_indices()])
@@ -177,11 +199,13 @@ class Trainer:
             "mfu": self.flops_per_step / step_s / self.peak_flops if self.peak_flops else None,
             "step_s": step_s,
         }
+        if self.account.latest_kwh is not None:
+            row["energy_kwh"] = self.account.latest_kwh  # the whole run's, as of the rank 0 monitor's last aggregation
         train = self.recipe.train
         if train.replica_check_interval and step % train.replica_check_interval == 0:
             row["param_digest"] = self.check_replicas(step)
         if step % train.eval_interval == 0 or step == train.steps:
-            row["val_loss"] = self.evaluate()
+            row["val_loss"] = self.evaluate(step)
         if step % train.log_interval == 0 or step == train.steps or "val_loss" in row:
             self.log(row)
         return row
@@ -193,10 +217,12 @@ class Trainer:
             raise SystemExit(f"step {step}: the ranks' parameters differ (digests {digests}); the last checkpoint is intact")
         return digests[0]
 
-    def evaluate(self) -> float:
+    def evaluate(self, step: int) -> float:
+        self.monitor.phase("eval")
         micro = self.plan["batch"]["micro_batch_size"]
         losses = [self.engine.eval_loss(self.val_rows[i : i + micro]) for i in range(0, len(self.val_rows), micro)]
         (mean,) = self.engine.mean_across_ranks([float(np.mean(losses))])
+        self.monitor.phase("train", step)
         return mean
 
     # -- checkpoints -------------------------------------------------------------------------
@@ -226,6 +252,7 @@ class Trainer:
         return math.sqrt(2 * self.last_stall_s * self.recipe.checkpoint.mtbf_hours * 3600)
 
     def save(self, step: int) -> None:
+        self.monitor.phase("checkpoint", step)
         state = rank_state.capture(step, self.stream.state_dict())
         meta = {"recipe": self.recipe.model_dump(mode="json"), "recipe_hash": self.plan["recipe_hash"], "world_size": self.world,
                 "zero_stage": self.recipe.distributed.zero_stage, "tokens": step * self.tokens_per_step,
@@ -237,10 +264,12 @@ class Trainer:
             rank_state.write(base / tag, self.engine.rank, state)
             if self.is_logger and self.run.metrics.exists():
                 (base / tag / "metrics.jsonl").write_bytes(self.run.metrics.read_bytes())
+            self.monitor.flush()  # every rank's record is current before rank 0 settles the bill
             self.engine.barrier()
 
         self.last_stall_s = self.saver.save(step, write_shards, meta)
         self.last_save_time = time.monotonic()
+        self.account.settle(step)
 
     def _committed(self, report: SaveReport) -> None:
         self.last_commit_s = report.stall_s + report.write_s
@@ -319,7 +348,10 @@ class Trainer:
                 out.write(json.dumps(row) + "\n")
 
     def finish(self) -> None:
+        self.monitor.phase("idle")
+        self.monitor.flush()
         fingerprints = self.engine.gather(self.engine.fingerprint())
+        bill = self.account.settle()
         if not self.is_logger:
             return
         rows = self.run.metric_rows()
@@ -345,9 +377,17 @@ class Trainer:
             "checkpoint_stall_s": [e["stall_s"] for e in checkpoints],
             "param_fingerprints": fingerprints,
             "checkpoint": str(self.root / store.tag_for(last["step"])),
+            "energy": _energy_summary(bill),
         }
         self.run.write_file(self.run.summary.name, json.dumps(summary, indent=2))
         self.event("completed", step=last["step"])
+
+
+def _energy_summary(bill: dict | None) -> dict | None:
+    if not bill:
+        return None
+    totals = bill["totals"]
+    return {key: totals[key] for key in ("kwh", "facility_kwh", "kgco2e", "coverage", "j_per_token")}
 
 
 def measure_matmul_flops(size: int = 1024) -> float:

@@ -1,0 +1,119 @@
+"""A rank's energy session: its monitor, and on rank 0 the run's bill and budget.
+
+Rank 0 aggregates every rank's records (those of earlier attempts included) into `energy.json`
+at each checkpoint and at the end, and every few seconds from its sampler thread, to keep the
+budget check current without touching the training thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+from orchestrator.energy.bill import ENERGY_FILE, make_bill, read_records
+from orchestrator.energy.grid import Intensity
+from orchestrator.energy.hardware import CpuPower
+from orchestrator.energy.meters import rank_meters
+from orchestrator.energy.monitor import EnergyMonitor, Monitor, NullMonitor
+from orchestrator.energy.spec import EnergySpec
+from orchestrator.rundir import RunDir
+from orchestrator.runtime import events
+
+BUDGET_EXIT = 3
+WATCH_INTERVAL_S = 5.0
+
+
+def node_name() -> str:
+    """Slurm's name for this node where there is one: emulated nodes can share a host name."""
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+
+
+class EnergyAccount:
+    """Rank 0's bill: aggregation into energy.json and the budget."""
+
+    def __init__(self, run: RunDir, spec: EnergySpec, energy_plan: dict, tokens_per_step: int):
+        self.run, self.spec, self.energy_plan, self.tokens_per_step = run, spec, energy_plan, tokens_per_step
+        self.step = 0
+        self._lock = threading.Lock()  # the sampler thread and the training thread both settle
+        self.latest: dict | None = None
+        self.over_budget = False
+        self._warned = False
+        self._last_watch = 0.0
+
+    def settle(self, step: int | None = None) -> dict:
+        """Aggregate now, write energy.json, check the budget; `step` is the last step trained."""
+        with self._lock:
+            if step is not None:
+                self.step = step
+            bill = compute_bill(self.run.path, self.energy_plan, self.tokens_per_step, self.step)
+            self.run.write_file(ENERGY_FILE, json.dumps(bill, indent=2))
+            self.latest = bill
+            self._check_budget(bill["totals"])
+            return bill
+
+    def watch(self) -> None:
+        """Called from rank 0's sampler thread after each sample."""
+        if time.monotonic() - self._last_watch >= max(WATCH_INTERVAL_S, self.spec.interval_s):
+            self._last_watch = time.monotonic()
+            self.settle()
+
+    def _check_budget(self, totals: dict) -> None:
+        used = [(totals["facility_kwh"], self.spec.budget_kwh, "kWh"), (totals["kgco2e"], self.spec.budget_kgco2e, "kgCO2e")]
+        for value, budget, unit in used:
+            if budget is None:
+                continue
+            if value > budget and not self.over_budget:
+                self.over_budget = True
+                events.append(self.run.events, "energy_budget_exceeded", used=value, budget=budget, unit=unit, step=self.step)
+            elif value > budget * self.spec.budget_warn_fraction and not self._warned:
+                self._warned = True
+                events.append(self.run.events, "energy_budget_warning", used=value, budget=budget, unit=unit, step=self.step)
+                print(f"energy budget: {value:.4g} of {budget:g} {unit} used at step {self.step}", flush=True)
+
+    @property
+    def latest_kwh(self) -> float | None:
+        return self.latest["totals"]["kwh"] if self.latest else None
+
+
+class NullAccount:
+    """Ranks other than 0, and runs without a monitor."""
+
+    over_budget = False
+    latest_kwh = None
+    latest = None
+
+    def settle(self, step: int | None = None) -> None:
+        return None
+
+    def watch(self) -> None:
+        pass
+
+
+def start_energy(spec: EnergySpec, plan: dict, run: RunDir, rank: int, local_rank: int) -> tuple[Monitor, EnergyAccount | NullAccount]:
+    """This rank's monitor (sampling the devices it owns) and, on rank 0, the account it feeds."""
+    if not spec.enabled:
+        return NullMonitor(), NullAccount()
+    account = EnergyAccount(run, spec, plan["energy"], plan["batch"]["tokens_per_step"]) if rank == 0 else NullAccount()
+    meters = rank_meters(local_rank, plan["topology"]["device"] == "cuda", CpuPower(**plan["energy"]["cpu"]), spec.memory_w_per_gib)
+    if not meters:
+        return NullMonitor(), account  # a CPU run's other local ranks own no device
+    monitor = EnergyMonitor(meters, run.path, node_name(), rank, spec.interval_s, account.watch)
+    return monitor.start(), account
+
+
+def compute_bill(run_dir: Path, energy_plan: dict, tokens_per_step: int, step: int) -> dict:
+    """The bill from every record in the run directory, with the plan's intensity, PUE and forecast."""
+    intensity = Intensity.from_summary(energy_plan["intensity"])
+    return make_bill(read_records(run_dir), intensity, energy_plan["pue"], step * tokens_per_step, step, energy_plan["forecast"])
+
+
+def bill_for(run_dir: Path) -> dict:
+    """The bill as it stands (for `orch energy`, during or after a run)."""
+    run = RunDir(run_dir)
+    plan = json.loads(run.plan.read_text())
+    rows = run.metric_rows()
+    return compute_bill(run.path, plan["energy"], plan["batch"]["tokens_per_step"], rows[-1]["step"] if rows else 0)
