@@ -19,3 +19,4 @@ test: setup horovod
 bench: setup horovod
 	.venv/bin/python bench/throughput.py
 	.venv/bin/python bench/backends.py
+	.venv/bin/python bench/energy.py

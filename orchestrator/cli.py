@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from orchestrator.checkpoint.export import ExportDtype
-from orchestrator.errors import EnergyError, OrchestratorError, ResumeError, SlurmError
+from orchestrator.errors import OrchestratorError, ResumeError, SlurmError
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "tiny-pretrain.yaml"
 
@@ -312,9 +312,8 @@ def energy(
     from orchestrator.energy.account import bill_for
     from orchestrator.energy.report import render_bill
 
-    if not (run_dir / "plan.json").is_file():
-        raise _fail(EnergyError(f"{run_dir}: not a run directory (no plan.json)"))
-    bill = bill_for(run_dir)
-    if not bill["nodes"]:
-        raise _fail(EnergyError(f"{run_dir}: no energy records (was energy.enabled false, or has the run not started?)"))
+    try:
+        bill = bill_for(run_dir)
+    except OrchestratorError as exc:
+        raise _fail(exc)
     typer.echo(json.dumps(bill, indent=2) if as_json else render_bill(bill))

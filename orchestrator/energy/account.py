@@ -20,6 +20,7 @@ from orchestrator.energy.hardware import CpuPower
 from orchestrator.energy.meters import rank_meters
 from orchestrator.energy.monitor import EnergyMonitor, Monitor, NullMonitor
 from orchestrator.energy.spec import EnergySpec
+from orchestrator.errors import EnergyError
 from orchestrator.rundir import RunDir
 from orchestrator.runtime import events
 
@@ -114,6 +115,12 @@ def compute_bill(run_dir: Path, energy_plan: dict, tokens_per_step: int, step: i
 def bill_for(run_dir: Path) -> dict:
     """The bill as it stands (for `orch energy`, during or after a run)."""
     run = RunDir(run_dir)
+    if not run.plan.is_file():
+        raise EnergyError(f"{run_dir}: not a run directory (no plan.json)")
+    if not read_records(run.path):
+        raise EnergyError(f"{run_dir}: no energy records (was energy.enabled false, or has the run not started?)")
     plan = json.loads(run.plan.read_text())
+    if "energy" not in plan:
+        raise EnergyError(f"{run_dir}: planned by a version without energy accounting")
     rows = run.metric_rows()
     return compute_bill(run.path, plan["energy"], plan["batch"]["tokens_per_step"], rows[-1]["step"] if rows else 0)

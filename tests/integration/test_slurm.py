@@ -70,6 +70,11 @@ def test_two_node_job_completes_with_both_nodes(completed):
     assert "node n2" in (run_dir / "logs" / "rank-1.log").read_text()
     status = orch("status", str(run_dir))
     assert "COMPLETED" in status.stdout and "step 12/12" in status.stdout
+    bill = json.loads((run_dir / "energy.json").read_text())
+    assert set(bill["nodes"]) == {"n1", "n2"}  # each node's leader billed its own CPU and memory
+    for node in bill["nodes"].values():
+        assert {d["device"] for d in node["devices"]} == {"cpu", "memory"} and node["kwh"] > 0
+    assert bill["totals"]["kwh"] == pytest.approx(sum(node["kwh"] for node in bill["nodes"].values()))
 
 
 def test_two_node_horovod_job_completes_without_ssh(tmp_path, completed):

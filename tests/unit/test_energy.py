@@ -354,3 +354,31 @@ def test_the_budget_warns_then_stops(tmp_path):
     names = [json.loads(line)["event"] for line in run.events.read_text().splitlines()]
     assert names == ["energy_budget_warning", "energy_budget_exceeded"]
     assert json.loads((tmp_path / "energy.json").read_text())["totals"]["kwh"] == pytest.approx(1.2)
+
+
+# -- the command ------------------------------------------------------------------------------------
+
+
+def test_orch_energy_refuses_what_is_not_a_run_with_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    result = CliRunner().invoke(app, ["energy", str(tmp_path)])
+    assert result.exit_code == 1 and "not a run directory" in result.output and "Traceback" not in result.output
+    (tmp_path / "plan.json").write_text("{}")
+    result = CliRunner().invoke(app, ["energy", str(tmp_path)])
+    assert result.exit_code == 1 and "no energy records" in result.output
+
+
+def test_a_misspelt_country_is_a_recipe_error_with_its_line(tmp_path):
+    from orchestrator.errors import RecipeError
+    from orchestrator.plan.planner import make_plan
+    from orchestrator.recipe.loader import load_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"base: {RECIPES / 'tiny-pretrain.yaml'}\nenergy:\n  carbon:\n    country: France\n")
+    with pytest.raises(RecipeError) as error:
+        make_plan(load_recipe(recipe), make_env(tmp_path))
+    assert str(error.value).startswith(f"{recipe}:4: energy.carbon.country: 'France' is not in CodeCarbon's country table")
+    assert "did you mean `FRA`" in str(error.value)
