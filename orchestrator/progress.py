@@ -50,10 +50,13 @@ class ProgressView:
         if not summary:
             return f"finished; see {run_dir}"
         val = f", val loss {summary['final_val_loss']:.4f}" if summary.get("final_val_loss") is not None else ""
+        energy = summary.get("energy")
+        bill = (f"\nenergy        {energy['facility_kwh'] * 1000:.4g} Wh, {energy['kgco2e'] * 1000:.4g} gCO2e "
+                f"(counter coverage {energy['coverage']:.0%}; `orch energy {run_dir}` for the bill)") if energy else ""
         return (
             f"done: {summary['steps']} steps, loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f}{val}, "
             f"{summary['tokens_per_s']:,.0f} tokens/s, MFU {summary['mfu']:.1%}, {summary['wall_s']:.0f}s\n"
-            f"run directory {run_dir}\ncheckpoint    {summary['checkpoint']}"
+            f"run directory {run_dir}\ncheckpoint    {summary['checkpoint']}{bill}"
         )
 
 
@@ -69,4 +72,8 @@ def describe_event(event: dict) -> str | None:
         return "recipe changes accepted on resume: " + "; ".join(event["changes"])
     if kind == "preempted":
         return f"signal received: checkpointed step {event['step']}, stopping"
+    if kind == "energy_budget_warning":
+        return f"energy budget: {event['used']:.4g} of {event['budget']:g} {event['unit']} spent"
+    if kind == "energy_budget_exceeded":
+        return f"energy budget exceeded: {event['used']:.4g} of {event['budget']:g} {event['unit']}; checkpointing and stopping"
     return None

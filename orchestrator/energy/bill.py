@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.energy.grid import Intensity
@@ -67,62 +68,82 @@ def _recomputed_j(earlier: dict, later: dict) -> float:
     return train_j - (saves[max(saves)] if saves else 0.0)
 
 
-def make_bill(records: list[dict], intensity: Intensity, pue: float, tokens: int, steps: int, forecast: dict | None = None) -> dict:
-    by_device, dropped = deduplicate(records)
-    nodes: dict[str, dict] = defaultdict(lambda: {"energy_j": 0.0, "devices": []})
-    phases: dict[str, float] = defaultdict(float)
-    totals = {"energy_j": 0.0, "measured_j": 0.0, "estimated_j": 0.0, "grams": 0.0, "device_s": 0.0, "counter_s": 0.0, "gpu_s": 0.0}
-    recomputed_j = restart_j = 0.0
-    missing = []
-    for (node, device), items in sorted(by_device.items()):
-        method, kind = items[-1]["method"], items[-1]["kind"]
-        energy = None if method == "missing" else sum(r["energy_j"] or 0.0 for r in items)
+@dataclass
+class _Tally:
+    """Running sums over the devices of a bill."""
+
+    energy_j: float = 0.0
+    measured_j: float = 0.0
+    estimated_j: float = 0.0
+    grams: float = 0.0
+    device_s: float = 0.0
+    counter_s: float = 0.0
+    gpu_s: float = 0.0
+    recomputed_j: float = 0.0
+    restart_j: float = 0.0
+    phases: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    missing: list[dict] = field(default_factory=list)
+
+    def add_device(self, node: str, device: str, items: list[dict], intensity: Intensity) -> dict:
+        """One device's records (its attempts, in order) into the sums; returns its line of the bill."""
+        last = items[-1]
+        energy = None if last["method"] == "missing" else sum(r["energy_j"] or 0.0 for r in items)
         seconds = sum(r["seconds"] for r in items)
         for index, record in enumerate(items):
             for phase, joules in record["by_phase"].items():
-                phases["restart" if phase == "startup" and index else phase] += joules
+                self.phases["restart" if phase == "startup" and index else phase] += joules
             for hour, joules in record["by_hour"].items():
-                totals["grams"] += joules / J_PER_KWH * intensity.at(float(hour) + 1800)
+                self.grams += joules / J_PER_KWH * intensity.at(float(hour) + 1800)
             if index:
-                recomputed_j += _recomputed_j(items[index - 1], record)
-                restart_j += record["by_phase"].get("startup", 0.0)
-        nodes[node]["devices"].append({"device": device, "kind": kind, "method": method, "detail": items[-1]["detail"],
-                                       "seconds": seconds, "energy_j": energy, "kwh": None if energy is None else energy / J_PER_KWH,
-                                       "attempts": len(items)})
-        totals["device_s"] += seconds
-        totals["gpu_s"] += seconds if kind == "gpu" else 0.0
+                self.recomputed_j += _recomputed_j(items[index - 1], record)
+                self.restart_j += record["by_phase"].get("startup", 0.0)
+        self.device_s += seconds
+        self.gpu_s += seconds if last["kind"] == "gpu" else 0.0
         if energy is None:
-            missing.append({"node": node, "device": device, "reason": items[-1]["detail"]})
-            continue
-        nodes[node]["energy_j"] += energy
-        totals["energy_j"] += energy
-        totals["measured_j" if method in MEASURED_METHODS else "estimated_j"] += energy
-        totals["counter_s"] += seconds if method in COUNTER_METHODS else 0.0
-    kwh = totals["energy_j"] / J_PER_KWH
-    kg = totals["grams"] * pue / 1000
+            self.missing.append({"node": node, "device": device, "reason": last["detail"]})
+        else:
+            self.energy_j += energy
+            if last["method"] in MEASURED_METHODS:
+                self.measured_j += energy
+            else:
+                self.estimated_j += energy
+            self.counter_s += seconds if last["method"] in COUNTER_METHODS else 0.0
+        return {"device": device, "kind": last["kind"], "method": last["method"], "detail": last["detail"], "seconds": seconds,
+                "energy_j": energy, "kwh": None if energy is None else energy / J_PER_KWH, "attempts": len(items)}
+
+
+def make_bill(records: list[dict], intensity: Intensity, pue: float, tokens: int, steps: int, forecast: dict | None = None) -> dict:
+    by_device, dropped = deduplicate(records)
+    tally = _Tally()
+    nodes: dict[str, list[dict]] = defaultdict(list)
+    for (node, device), items in sorted(by_device.items()):
+        nodes[node].append(tally.add_device(node, device, items, intensity))
+    kwh = tally.energy_j / J_PER_KWH
+    market = intensity.market_based_g_per_kwh
     return {
         "version": 1,
-        "nodes": {node: {**value, "kwh": value["energy_j"] / J_PER_KWH} for node, value in sorted(nodes.items())},
+        "nodes": {node: {"devices": devices, "energy_j": sum(d["energy_j"] or 0.0 for d in devices),
+                         "kwh": sum(d["kwh"] or 0.0 for d in devices)} for node, devices in nodes.items()},
         "totals": {
             "kwh": kwh,
-            "measured_kwh": totals["measured_j"] / J_PER_KWH,
-            "estimated_kwh": totals["estimated_j"] / J_PER_KWH,
-            "coverage": totals["counter_s"] / totals["device_s"] if totals["device_s"] else 0.0,
-            "missing": missing,
+            "measured_kwh": tally.measured_j / J_PER_KWH,
+            "estimated_kwh": tally.estimated_j / J_PER_KWH,
+            "coverage": tally.counter_s / tally.device_s if tally.device_s else 0.0,
+            "missing": tally.missing,
             "pue": pue,
             "facility_kwh": kwh * pue,
-            "kgco2e": kg,
-            "market_kgco2e": kwh * pue * intensity.market_based_g_per_kwh / 1000 if intensity.market_based_g_per_kwh is not None else None,
+            "kgco2e": tally.grams * pue / 1000,
+            "market_kgco2e": kwh * pue * market / 1000 if market is not None else None,
             "intensity": intensity.summary(),
-            "gpu_hours": totals["gpu_s"] / 3600,
+            "gpu_hours": tally.gpu_s / 3600,
             "tokens": tokens,
             "steps": steps,
-            "j_per_token": totals["energy_j"] / tokens if tokens else None,
-            "j_per_step": totals["energy_j"] / steps if steps else None,
+            "j_per_token": tally.energy_j / tokens if tokens else None,
+            "j_per_step": tally.energy_j / steps if steps else None,
         },
-        "phases_kwh": {phase: joules / J_PER_KWH for phase, joules in sorted(phases.items())},
-        "failures_kwh": {"recomputed": recomputed_j / J_PER_KWH, "restart": restart_j / J_PER_KWH,
-                         "lost": (recomputed_j + restart_j) / J_PER_KWH},
+        "phases_kwh": {phase: joules / J_PER_KWH for phase, joules in sorted(tally.phases.items())},
+        "failures_kwh": {"recomputed": tally.recomputed_j / J_PER_KWH, "restart": tally.restart_j / J_PER_KWH,
+                         "lost": (tally.recomputed_j + tally.restart_j) / J_PER_KWH},
         "attempts": max((len(items) for items in by_device.values()), default=0),
         "duplicates_dropped": dropped,
         "forecast": forecast,

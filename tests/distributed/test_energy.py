@@ -35,6 +35,7 @@ def test_a_two_process_run_bills_estimated_cpu_and_memory_consistent_with_its_ru
     run_dir = tmp_path / "run"
     result = orch("run", *RUN, "train.steps=16", "checkpoint.interval_steps=8", "--run-dir", str(run_dir))
     assert result.returncode == 0, result.stderr
+    assert "gCO2e" in result.stdout  # the run's summary line
     bill = read(run_dir, "energy.json")
     assert bill["totals"]["kwh"] > 0
     (node,) = bill["nodes"].values()
