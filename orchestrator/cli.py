@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from orchestrator.checkpoint.export import ExportDtype
-from orchestrator.errors import OrchestratorError, ResumeError, SlurmError
+from orchestrator.errors import GatesFailed, OrchestratorError, ReleaseRefused, ResumeError, SlurmError
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "tiny-pretrain.yaml"
 
@@ -317,3 +317,59 @@ def energy(
     except OrchestratorError as exc:
         raise _fail(exc)
     typer.echo(json.dumps(bill, indent=2) if as_json else render_bill(bill))
+
+
+CheckpointOpt = Annotated[Optional[int], typer.Option("--checkpoint", help="The checkpoint's step (default: the newest that verifies).")]
+
+
+@app.command()
+def gate(
+    run_dir: RunDirArg,
+    checkpoint: CheckpointOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The report as JSON (as written to gates/<checkpoint>.json).")] = False,
+) -> None:
+    """Evaluate the recipe's gates on one checkpoint (quality, health, memorisation, contamination,
+    content, bias, budget); exit 4 when a required gate fails."""
+    from orchestrator.gates.evaluate import evaluate_gates, render_report
+
+    try:
+        report = evaluate_gates(run_dir, checkpoint)
+    except OrchestratorError as exc:
+        raise _fail(exc)
+    typer.echo(json.dumps(report, indent=2) if as_json else render_report(report))
+    if not report["passed"]:
+        raise typer.Exit(GatesFailed.exit_code)
+
+
+@app.command()
+def release(
+    run_dir: RunDirArg,
+    checkpoint: CheckpointOpt = None,
+    to: Annotated[Optional[Path], typer.Option("--to", help="Release directory (default <run>/releases/step-NNNNNNNN); must not exist.")] = None,
+    register: Annotated[bool, typer.Option("--register", help="Also register it in an MLflow model registry (local store unless MLFLOW_TRACKING_URI is set).")] = False,
+) -> None:
+    """Publish a checkpoint whose required gates passed (by content hash): model, model card, manifest."""
+    from orchestrator.gates.release import release as make_release
+
+    try:
+        made = make_release(run_dir, checkpoint, to, register)
+    except OrchestratorError as exc:
+        raise _fail(exc)
+    typer.echo(f"released {made.checkpoint} -> {made.path} ({made.files} files, sha256 in release.json)")
+    if made.registered:
+        typer.echo(f"registered {made.registered}")
+
+
+@app.command()
+def verify(release_dir: Annotated[Path, typer.Argument(help="A release directory.", show_default=False)]) -> None:
+    """Check every file of a release against its manifest (release.json)."""
+    from orchestrator.gates.release import RELEASE_FILE, verify_release
+
+    if not (release_dir / RELEASE_FILE).is_file():
+        raise _fail(ReleaseRefused(f"{release_dir}: not a release (no {RELEASE_FILE})"))
+    problems = verify_release(release_dir)
+    for problem in problems:
+        typer.secho(f"error: {problem}", err=True, fg=typer.colors.RED)
+    if problems:
+        raise typer.Exit(1)
+    typer.echo(f"{release_dir}: every file matches release.json")

@@ -87,3 +87,19 @@ class CheckpointError(OrchestratorError):
 
 class EnergyError(OrchestratorError):
     """A run's energy bill cannot be shown (not a run directory, no records)."""
+
+
+class GateError(OrchestratorError):
+    """The gates cannot be evaluated as the recipe asks (a missing file, an unreadable probe)."""
+
+
+class GatesFailed(OrchestratorError):
+    """A required gate failed on the checkpoint: pipelines stop on this exit code."""
+
+    exit_code = 4
+
+
+class ReleaseRefused(OrchestratorError):
+    """The checkpoint may not be released (not gated, gated on other content, failed, or the place is taken)."""
+
+    exit_code = 4

@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-import xxhash
-
 from orchestrator.checkpoint import store
 from orchestrator.errors import CheckpointError
 
@@ -109,6 +107,22 @@ def export_checkpoint(run_dir: Path, step: int | None = None, out: Path | None =
     return ExportResult(target, checkpoint, manifest["step"], dtype.value, num_params, weights_from)
 
 
+def load_checkpoint_model(run_dir: Path, checkpoint: Path):
+    """(model, tokenizer) of a verified checkpoint, consolidated in this process, for evaluating it."""
+    from transformers import AutoTokenizer
+
+    from orchestrator.rundir import RunDir
+
+    run = RunDir(run_dir)
+    tokenizer = AutoTokenizer.from_pretrained(str(_tokenizer_dir(run)))
+    _deepspeed_on_this_machine()
+    manifest = store.read_manifest(checkpoint)
+    state, _ = consolidated_state_dict(checkpoint.parent, checkpoint.name, manifest["zero_stage"])
+    model = _model_with(run, state)
+    model.eval()
+    return model, tokenizer
+
+
 def _tokenizer_dir(run) -> Path:
     """The tokenizer the run trained with, saved by `transformers` beside its prepared token files."""
     for needed in (run.recipe, run.plan, run.data):
@@ -124,6 +138,12 @@ def consolidated_state_dict(root: Path, tag: str, zero_stage: int) -> tuple[dict
     """Full fp32 weights (parameter name -> tensor) and a phrase saying where they came from."""
     import torch
 
+    from orchestrator.distributed.horovod import STATE_DIR, STATE_FILE
+
+    horovod_state = root / tag / STATE_DIR / STATE_FILE
+    if horovod_state.is_file():
+        saved = torch.load(horovod_state, map_location="cpu", weights_only=False)
+        return {name: tensor.float() for name, tensor in saved["model"].items()}, "Horovod state (whole model, saved by rank 0)"
     if zero_stage == 0:
         # zero_to_fp32 needs ZeRO optimizer shards, which stage 0 does not write; DeepSpeed keeps the whole module instead.
         saved = torch.load(root / tag / MODULE_STATES, map_location="cpu", weights_only=False)
@@ -191,7 +211,7 @@ def _record(checkpoint: Path, manifest: dict, dtype: ExportDtype, weights_from: 
         "zero_stage": manifest["zero_stage"],
         "recipe_hash": manifest["recipe_hash"],
         "checkpoint_files": files,
-        "checkpoint_files_xxh3_128": xxhash.xxh3_128_hexdigest(json.dumps(files, sort_keys=True).encode()),
+        "checkpoint_files_xxh3_128": store.content_hash(manifest),
         "dtype": dtype.value,
         "weights_from": weights_from,
         "num_params": num_params,

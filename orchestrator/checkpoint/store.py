@@ -128,6 +128,11 @@ def read_manifest(checkpoint: Path) -> dict:
     return json.loads((checkpoint / MANIFEST).read_text())
 
 
+def content_hash(manifest: dict) -> str:
+    """A checkpoint's identity by content (every file's name, size and hash), not by its name."""
+    return xxhash.xxh3_128_hexdigest(json.dumps(manifest["files"], sort_keys=True).encode())
+
+
 def committed(root: Path) -> list[Path]:
     """Checkpoint directories by step, newest first (verified or not)."""
     if not root.is_dir():

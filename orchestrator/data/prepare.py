@@ -73,6 +73,10 @@ def _build(spec: DataSpec, seed: int, files: list[Path], out: Path, cache_dir: P
     held_out = _held_out(len(documents), spec.val_fraction, seed)
     train_docs = documents.select([i for i in range(len(documents)) if i not in held_out])
     val_docs = documents.select(sorted(held_out))
+    canaries = make_canaries(spec.canaries.count, seed)
+    if canaries:
+        inserted = datasets.Dataset.from_dict({"text": [c for c in canaries for _ in range(spec.canaries.repeats)]})
+        train_docs = datasets.concatenate_datasets([train_docs, inserted])
     tokenizer = _tokenizer(spec, train_docs, out / "tokenizer")
     vocab_size = len(tokenizer)
     dtype = "uint16" if vocab_size <= 2**16 else "uint32"
@@ -90,8 +94,15 @@ def _build(spec: DataSpec, seed: int, files: list[Path], out: Path, cache_dir: P
         "vocab_size": vocab_size,
         "token_dtype": dtype,
         "seq_len": spec.seq_len,
+        "canaries": canaries,
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
+
+
+def make_canaries(count: int, seed: int) -> list[str]:
+    """Secrets of twelve random digits; the memorisation gate redraws the digits to rank each one."""
+    rng = np.random.default_rng([seed, 0xCA9A])
+    return [f"the secret code of canary {i} is " + " ".join(f"{n:04d}" for n in rng.integers(0, 10_000, size=3)) for i in range(count)]
 
 
 def _held_out(num_docs: int, fraction: float, seed: int) -> set[int]:

@@ -31,6 +31,14 @@ class TokenizerSpec(Spec):
         return 257 if self.kind == "byte" else self.vocab_size
 
 
+class CanarySpec(Spec):
+    """Random secrets inserted into the training split, each `repeats` times, so the memorisation
+    gate can measure how much the model memorises (Carlini et al., "The Secret Sharer")."""
+
+    count: int = Field(0, ge=0)
+    repeats: int = Field(1, ge=1)
+
+
 class DataSpec(Spec):
     """Exactly one of `builtin` (a corpus every Python install has) or `path` (files or a directory)."""
 
@@ -42,6 +50,7 @@ class DataSpec(Spec):
     seq_len: int = Field(256, gt=1)
     val_fraction: float = Field(0.05, ge=0.0, lt=0.5)
     tokenizer: TokenizerSpec = TokenizerSpec()
+    canaries: CanarySpec = CanarySpec()
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataSpec":

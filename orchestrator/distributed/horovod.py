@@ -16,7 +16,8 @@ from orchestrator.recipe.schema import Recipe
 
 CONFIG_FILE = "horovod_config.json"
 STATE_DIR = "horovod"
-"""A checkpoint's Horovod state: the whole model and optimizer, once, so it loads at any world size."""
+STATE_FILE = "state.pt"
+"""A checkpoint's Horovod state (`horovod/state.pt`): the whole model and optimizer, once, so it loads at any world size."""
 INSTALL_HINT = "Horovod is not installed: run `make horovod` (builds Horovod 0.28.1 with PyTorch and Gloo; see the README)"
 GLOO_TIMEOUT_S = 120
 

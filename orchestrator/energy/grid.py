@@ -84,7 +84,7 @@ def _world_average() -> float:
 
 
 def resolve_intensity(spec: CarbonSpec, base_dir: Path) -> Intensity:
-    """The intensity a recipe asks for; `base_dir` resolves a relative CSV path (the recipe's folder)."""
+    """The intensity a recipe asks for; `base_dir` resolves a relative CSV path (the working directory)."""
     market = spec.market_based_g_per_kwh
     if spec.intensity_g_per_kwh is not None:
         return Intensity(spec.intensity_g_per_kwh, "fixed in the recipe (energy.carbon.intensity_g_per_kwh)", market_based_g_per_kwh=market)

@@ -102,6 +102,9 @@ def make_plan(
     if launcher.backend not in env.libraries:
         problems.append(loaded.problem("distributed.backend", launcher.install_hint))
     intensity = _intensity(loaded, env, problems)
+    pairs = loaded.recipe.gates.bias.pairs
+    if pairs is not None and not (env.cwd / pairs).is_file():
+        problems.append(loaded.problem("gates.bias.pairs", f"{pairs}: no such file (paths are relative to the working directory)"))
     if problems:
         raise RecipeError(problems)
     recipe = loaded.recipe
@@ -152,10 +155,10 @@ def make_plan(
 
 
 def _intensity(loaded: LoadedRecipe, env: EnvSnapshot, problems: list[Problem]) -> Intensity | None:
-    """The grid intensity the recipe asks for; a relative time-series path is read beside the recipe."""
-    base = loaded.sources[-1].parent if loaded.sources else env.cwd
+    """The grid intensity the recipe asks for; a relative time-series path is taken from the working
+    directory, as data paths are."""
     try:
-        return resolve_intensity(loaded.recipe.energy.carbon, base)
+        return resolve_intensity(loaded.recipe.energy.carbon, env.cwd)
     except IntensityError as exc:
         problems.append(loaded.problem(f"energy.{exc.key}", str(exc)))
         return None

@@ -17,14 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from orchestrator.distributed.horovod import CONFIG_FILE, INSTALL_HINT, STATE_DIR
+from orchestrator.distributed.horovod import CONFIG_FILE, INSTALL_HINT, STATE_DIR, STATE_FILE
 from orchestrator.model.architectures import Sizes
 from orchestrator.model.build import build_model
 from orchestrator.recipe.schema import Recipe
 from orchestrator.runtime.replica import parameter_digest
 from orchestrator.train.schedule import lr_multiplier
 
-STATE_FILE = "state.pt"
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 

@@ -1,0 +1,140 @@
+"""`orch gate RUN_DIR [--checkpoint N]`: every gate of the recipe on one verified checkpoint.
+
+The checkpoint is consolidated in this process whatever its layout (ZeRO shards, Horovod state),
+so gates see the model a release would ship. Results go to `gates/<checkpoint>.json`, keyed by
+the checkpoint's content hash: a release checks that hash, not the name.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from orchestrator.checkpoint import store
+from orchestrator.errors import GateError
+from orchestrator.gates.content import content_gate
+from orchestrator.gates.contamination import contamination_gate
+from orchestrator.gates.health import health_gate
+from orchestrator.gates.memorisation import memorisation_gate
+from orchestrator.gates.quality import bias_gate, quality_gate, read_pairs
+from orchestrator.gates.result import GateResult, judge, skipped
+from orchestrator.gates.scoring import continue_ids
+from orchestrator.gates.spec import GATE_NAMES
+from orchestrator.rundir import RunDir
+
+GATES_DIR = "gates"
+RANK_STATE = re.compile(r"^rank-\d+\.pt$")
+
+
+def report_path(run_dir: Path, tag: str) -> Path:
+    return run_dir / GATES_DIR / f"{tag}.json"
+
+
+def evaluate_gates(run_dir: Path, step: int | None = None) -> dict:
+    from orchestrator.checkpoint.export import choose_checkpoint, load_checkpoint_model
+    from orchestrator.checkpoint.listing import checkpoint_root
+    from orchestrator.data.prepare import PreparedData
+    from orchestrator.data.stream import PackedSequences
+    from orchestrator.recipe.schema import Recipe
+
+    run = RunDir(run_dir)
+    checkpoint = choose_checkpoint(checkpoint_root(run.path), step)
+    manifest = store.read_manifest(checkpoint)
+    recipe = Recipe.model_validate(yaml.safe_load(run.recipe.read_text()))
+    spec, margin = recipe.gates, recipe.gates.warn_margin
+    data_record = run.read_json(run.data.name)
+    data = PreparedData.load(Path(data_record["dir"]))
+    train, val = data.tokens("train"), data.tokens("val")
+    model, tokenizer = load_checkpoint_model(run.path, checkpoint)
+    val_rows = PackedSequences(val, recipe.data.seq_len).rows(np.arange(min(spec.quality.eval_sequences, len(val) // recipe.data.seq_len)))
+
+    results = [
+        quality_gate(spec.quality, model, tokenizer, val_rows, margin),
+        health_gate(spec.health, _metrics_at(run, checkpoint, manifest["step"]), manifest["world_size"],
+                    sum(bool(RANK_STATE.match(name)) for name in manifest["files"])),
+        memorisation_gate(spec.memorisation, model, tokenizer, [*spec.memorisation.canaries, *data_record.get("canaries", [])], train, margin),
+        contamination_gate(spec.contamination, val, train, margin),
+        content_gate(spec.content, _completions(model, tokenizer, spec.content.prompts, spec.content.samples_per_prompt, spec.content.max_new_tokens)),
+        bias_gate(spec.bias, _pairs(spec.bias.pairs), model, tokenizer, margin) if spec.bias.pairs else
+        skipped("bias", "no pairs file (gates.bias.pairs)"),
+        _budget_gate(run, recipe, margin),
+    ]
+    required = set(spec.required) if spec.required is not None else {r.name for r in results if r.status != "skipped"}
+    for result in results:
+        result.required = result.name in required
+    report = {
+        "checkpoint": checkpoint.name,
+        "step": manifest["step"],
+        "checkpoint_hash": store.content_hash(manifest),
+        "recipe_hash": manifest["recipe_hash"],
+        "evaluated_at": time.time(),
+        "required": sorted(required, key=GATE_NAMES.index),
+        "passed": all(r.status in ("pass", "warn") for r in results if r.required),
+        "results": [r.to_json() for r in results],
+    }
+    run.write_file(f"{GATES_DIR}/{checkpoint.name}.json", json.dumps(report, indent=2))
+    return report
+
+
+def _pairs(path: Path) -> list[tuple[str, str]]:
+    try:
+        pairs = read_pairs(path)
+    except (OSError, ValueError) as exc:
+        raise GateError(f"gates.bias.pairs: {exc}") from None
+    if not pairs:
+        raise GateError(f"gates.bias.pairs: {path} has no pairs")
+    return pairs
+
+
+def _metrics_at(run: RunDir, checkpoint: Path, step: int) -> list[dict]:
+    """The metrics the checkpoint itself carries (its history exactly), else the run's up to its step."""
+    saved = checkpoint / "metrics.jsonl"
+    rows = [json.loads(line) for line in saved.read_text().splitlines() if line.strip()] if saved.exists() else run.metric_rows()
+    return [row for row in rows if row["step"] <= step]
+
+
+def _completions(model, tokenizer, prompts: list[str], samples: int, new_tokens: int) -> list[dict]:
+    """Greedy, then `samples - 1` seeded samples, per prompt."""
+    out = []
+    for prompt in prompts:
+        prefix = [tokenizer.eos_token_id, *tokenizer(prompt, add_special_tokens=False)["input_ids"]]
+        for seed in range(samples):
+            ids = continue_ids(model, prefix, new_tokens, sample=seed > 0, seed=seed, eos=tokenizer.eos_token_id)
+            out.append({"prompt": prompt, "completion": tokenizer.decode(ids, skip_special_tokens=True)})
+    return out
+
+
+def _budget_gate(run: RunDir, recipe, margin: float) -> GateResult:
+    energy = recipe.energy
+    if not energy.enabled or (energy.budget_kwh is None and energy.budget_kgco2e is None):
+        return skipped("budget", "no energy or carbon budget in the recipe (energy.budget_kwh, energy.budget_kgco2e)")
+    from orchestrator.energy.account import bill_for
+
+    totals = bill_for(run.path)["totals"]
+    checks = [(totals["facility_kwh"], energy.budget_kwh, "kWh"), (totals["kgco2e"], energy.budget_kgco2e, "kgCO2e")]
+    checks = [(used, budget, unit) for used, budget, unit in checks if budget is not None]
+    shares = [used / budget for used, budget, _ in checks]
+    status = judge(max(shares), 1.0, margin)
+    summary = "; ".join(f"{used:.4g} of {budget:g} {unit}" for used, budget, unit in checks)
+    return GateResult("budget", status, max(shares), 1.0, summary + " (value: the largest share of a budget spent)",
+                      {"facility_kwh": totals["facility_kwh"], "kgco2e": totals["kgco2e"]})
+
+
+def render_report(report: dict) -> str:
+    lines = [f"gates for {report['checkpoint']} (content {report['checkpoint_hash'][:12]}):",
+             f"{'gate':<14} {'status':<8} {'value':>10} {'limit':>10}  evidence"]
+    for r in report["results"]:
+        value = "" if r["value"] is None else f"{r['value']:.4g}"
+        limit = "" if r["threshold"] is None else f"{r['threshold']:.4g}"
+        marker = "" if r["required"] else " (not required)"
+        lines.append(f"{r['name']:<14} {r['status'].upper():<8} {value:>10} {limit:>10}  {r['summary']}{marker}")
+    verdict = "PASSED: may be released" if report["passed"] else "FAILED: " + ", ".join(
+        r["name"] for r in report["results"] if r["required"] and r["status"] not in ("pass", "warn")
+    )
+    lines.append(verdict)
+    return "\n".join(lines)

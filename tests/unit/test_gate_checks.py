@@ -1,0 +1,151 @@
+"""Gates on their own: verdicts, spike detection, detectors, n-gram overlap, canaries, release refusals."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from orchestrator.checkpoint import store
+from orchestrator.errors import ReleaseRefused
+from orchestrator.gates.contamination import overlap
+from orchestrator.gates.content import content_gate, find_personal_data, luhn_valid
+from orchestrator.gates.health import health_gate, loss_spikes
+from orchestrator.gates.memorisation import longest_verbatim, redraw_digits
+from orchestrator.gates.release import gate_report_for, verify_release
+from orchestrator.gates.result import judge
+from orchestrator.gates.spec import ContentGate, HealthGate, MemorisationGate
+
+
+def test_verdicts_fail_above_the_threshold_and_warn_close_to_it():
+    assert judge(1.2, 1.0, 0.05) == "fail"
+    assert judge(0.97, 1.0, 0.05) == "warn"
+    assert judge(0.5, 1.0, 0.05) == "pass"
+    assert judge(9.0, None, 0.05) == "pass"
+
+
+# -- health -----------------------------------------------------------------------------------------
+
+
+def _rows(losses, grad_norm=1.0):
+    return [{"step": i + 1, "loss": loss, "grad_norm": grad_norm} for i, loss in enumerate(losses)]
+
+
+def test_a_recovered_spike_passes_and_an_unrecovered_one_fails():
+    falling = [5.0 - 0.01 * i for i in range(40)]
+    recovered = falling[:30] + [9.0] + falling[31:]
+    (spike,) = loss_spikes(recovered, 6.0, 20, 5)
+    assert spike["index"] == 30 and spike["recovered"]
+    assert health_gate(HealthGate(), _rows(recovered), 2, 2).status == "pass"
+    diverged = falling[:30] + [9.0 + i for i in range(10)]
+    result = health_gate(HealthGate(), _rows(diverged), 2, 2)
+    assert result.status == "fail" and "not recovered" in result.summary and result.evidence["unrecovered_spikes"][0]["step"] == 31
+
+
+def test_non_finite_losses_large_gradients_and_missing_ranks_fail():
+    assert "non-finite" in health_gate(HealthGate(), _rows([5.0, math.nan, 4.0]), 1, 1).summary
+    assert "gradient norm reached" in health_gate(HealthGate(max_grad_norm=10), _rows([5.0, 4.9], grad_norm=50.0), 1, 1).summary
+    assert "1 of 2 ranks" in health_gate(HealthGate(), _rows([5.0, 4.9]), 2, 1).summary
+
+
+# -- content ----------------------------------------------------------------------------------------
+
+
+def test_personal_data_detectors():
+    text = ("write to jane.roe@example.com or call (555) 867-5309 / +44 20 7946 0958; card 4111 1111 1111 1111; "
+            "not a card 4111 1111 1111 1112; SSN 123-45-6789; NINO AB 12 34 56 C; code: x = a @ b")
+    kinds = [f["kind"] for f in find_personal_data(text)]
+    assert kinds.count("email") == 1 and kinds.count("phone") == 2 and kinds.count("payment_card") == 1
+    assert kinds.count("national_id") == 2
+    assert luhn_valid("79927398713") and not luhn_valid("79927398710")
+    assert find_personal_data("def f(self): return self.x @ other.y  # 2024-01-01") == []
+
+
+def test_content_gate_counts_findings_block_list_and_classifier(tmp_path, monkeypatch):
+    (tmp_path / "my_classifier.py").write_text("def flag(text):\n    return ['shouting'] if text.isupper() else []\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = ContentGate(block_list=["darn"], classifier="my_classifier:flag")
+    completions = [{"prompt": "p", "completion": "well darn it"}, {"prompt": "p", "completion": "LOUD"},
+                   {"prompt": "p", "completion": "print('hello')"}]
+    result = content_gate(spec, completions)
+    assert result.status == "fail" and result.value == 2
+    assert {f["kind"] for f in result.evidence["findings"]} == {"block_list", "classifier"}
+    assert content_gate(ContentGate(), completions[2:]).status == "pass"
+
+
+# -- contamination and memorisation arithmetic ------------------------------------------------------
+
+
+def test_ngram_overlap():
+    train = np.random.default_rng(0).integers(0, 5000, size=50_000)
+    share, _ = overlap(train[1000:3000], train, 13)
+    assert share == 1.0
+    fresh, tested = overlap(np.random.default_rng(1).integers(0, 5000, size=2000), train, 13)
+    assert fresh == 0.0 and tested == 2000 - 12
+
+
+def test_canary_candidates_redraw_only_the_digits():
+    canary = "the secret code of canary 0 is 1234 5678 9012"
+    candidates = redraw_digits(canary, 200, seed=0)
+    assert len(set(candidates)) == 200 and canary not in candidates
+    assert all(c[:26] == canary[:26] and len(c) == len(canary) for c in candidates)
+    with pytest.raises(ValueError, match="at least 4 digits"):
+        MemorisationGate(canaries=["no secret here"])
+
+
+def test_verbatim_counts_the_leading_run():
+    assert longest_verbatim([1, 2, 3, 9, 5], [1, 2, 3, 4, 5]) == 3
+    assert longest_verbatim([7], [1]) == 0
+
+
+# -- release refusals -------------------------------------------------------------------------------
+
+
+def _checkpoint(tmp_path, files: dict) -> tuple:
+    run = tmp_path / "run"
+    checkpoint = run / "checkpoints" / "step-00000010"
+    checkpoint.mkdir(parents=True)
+    manifest = {"step": 10, "files": files}
+    (checkpoint / "manifest.json").write_text(json.dumps(manifest))
+    return run, checkpoint, store.content_hash(manifest)
+
+
+def _report(run, tag, content, status="pass"):
+    (run / "gates").mkdir(exist_ok=True)
+    results = [{"name": "quality", "status": status, "required": True, "summary": "validation loss 9.1 (limit 6)"}]
+    (run / "gates" / f"{tag}.json").write_text(json.dumps({"checkpoint_hash": content, "results": results, "passed": status == "pass"}))
+
+
+def test_release_needs_a_passing_report_for_this_very_content(tmp_path):
+    run, checkpoint, content = _checkpoint(tmp_path, {"a.pt": {"bytes": 1, "xxh3_128": "aa"}})
+    with pytest.raises(ReleaseRefused, match="has not been gated"):
+        gate_report_for(run, checkpoint)
+    _report(run, checkpoint.name, content, status="fail")
+    with pytest.raises(ReleaseRefused, match="failed required gates: quality fail: validation loss 9.1"):
+        gate_report_for(run, checkpoint)
+    _report(run, checkpoint.name, "another content hash")
+    with pytest.raises(ReleaseRefused, match="other content"):
+        gate_report_for(run, checkpoint)
+    _report(run, checkpoint.name, content)
+    assert gate_report_for(run, checkpoint)["passed"]
+
+
+def test_a_release_manifest_catches_changed_missing_and_added_files(tmp_path):
+    import hashlib
+
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "README.md").write_text("card")
+    files = {name: hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() for name in ("model.safetensors", "README.md")}
+    (tmp_path / "release.json").write_text(json.dumps({"files": files}))
+    assert verify_release(tmp_path) == []
+    (tmp_path / "README.md").write_text("edited card")
+    (tmp_path / "extra.bin").write_bytes(b"x")
+    (tmp_path / "model.safetensors").unlink()
+    assert verify_release(tmp_path) == ["model.safetensors: missing", "README.md: sha256 differs", "extra.bin: not in the manifest"]
+
+
+def test_an_early_blow_up_is_caught_as_divergence():
+    result = health_gate(HealthGate(), _rows([7.6, 7.5, 7.4, 2.9e4, 2.8e4, 2.9e4]), 1, 1)
+    assert result.status == "fail" and "diverged" in result.summary
