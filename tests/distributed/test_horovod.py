@@ -49,6 +49,16 @@ def test_horovod_trains_with_identical_replicas_and_verified_checkpoints(referen
         assert (checkpoint / "horovod" / "state.pt").exists()
 
 
+def test_a_horovod_checkpoint_is_gated_on_its_whole_state(reference):
+    result = orch("gate", str(reference), "--json")
+    report = json.loads(result.stdout)
+    health = next(r for r in report["results"] if r["name"] == "health")
+    assert health["status"] == "pass" and health["evidence"]["ranks_in_checkpoint"] == 2
+    quality = next(r for r in report["results"] if r["name"] == "quality")
+    # the consolidated model scores the held-out split about as the run's last evaluation did
+    assert quality["value"] == pytest.approx(summary(reference)["final_val_loss"], rel=0.1)
+
+
 def test_horovod_sigkill_and_resume_is_bit_exact(tmp_path, reference):
     run_dir = tmp_path / "run"
     process = start_orch("run", "recipes/tiny-pretrain.yaml", *BASE, *HOROVOD, "--run-dir", str(run_dir))

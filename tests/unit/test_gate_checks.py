@@ -149,3 +149,26 @@ def test_a_release_manifest_catches_changed_missing_and_added_files(tmp_path):
 def test_an_early_blow_up_is_caught_as_divergence():
     result = health_gate(HealthGate(), _rows([7.6, 7.5, 7.4, 2.9e4, 2.8e4, 2.9e4]), 1, 1)
     assert result.status == "fail" and "diverged" in result.summary
+
+
+def test_the_budget_gate_holds_the_bill_to_the_recipes_budget(tmp_path):
+    from orchestrator.energy.bill import J_PER_KWH
+    from orchestrator.energy.grid import Intensity
+    from orchestrator.gates.evaluate import _budget_gate
+    from orchestrator.recipe.loader import load_recipe
+    from orchestrator.rundir import RunDir
+    from tests.conftest import TINY
+
+    run = RunDir(tmp_path)
+    energy = {"pue": 1.0, "intensity": Intensity(100.0, "test").summary(with_series=True), "forecast": None}
+    (tmp_path / "plan.json").write_text(json.dumps({"energy": energy, "batch": {"tokens_per_step": 1}}))
+    record = {"node": "n", "device": "cpu", "kind": "cpu", "method": "estimated", "detail": "", "rank": 0, "pid": 1, "start": 0, "end": 1,
+              "seconds": 1, "energy_j": 0.5 * J_PER_KWH, "by_phase": {"train": 0.5 * J_PER_KWH}, "by_hour": {"0": 0.5 * J_PER_KWH},
+              "train_j_at_save": {}, "first_step": 1, "last_step": 1}
+    (tmp_path / "energy/parts/n").mkdir(parents=True)
+    (tmp_path / "energy/parts/n/rank0.json").write_text(json.dumps([record]))
+    assert _budget_gate(run, load_recipe(TINY).recipe, 0.05).status == "skipped"
+    within = _budget_gate(run, load_recipe(TINY, ["energy.budget_kwh=1"]).recipe, 0.05)
+    assert within.status == "pass" and within.value == pytest.approx(0.5)
+    over = _budget_gate(run, load_recipe(TINY, ["energy.budget_kwh=1", "energy.budget_kgco2e=0.01"]).recipe, 0.05)
+    assert over.status == "fail" and over.value == pytest.approx(5.0)  # 0.05 kg of a 0.01 kg budget
