@@ -72,6 +72,8 @@ def describe_event(event: dict) -> str | None:
         return "recipe changes accepted on resume: " + "; ".join(event["changes"])
     if kind == "preempted":
         return f"signal received: checkpointed step {event['step']}, stopping"
+    if kind == "tracking_failed":
+        return f"tracking: {event['sink']} failed ({event['error']}); dropped, the run goes on (metrics stay in the run directory)"
     if kind == "energy_budget_warning":
         return f"energy budget: {event['used']:.4g} of {event['budget']:g} {event['unit']} spent"
     if kind == "energy_budget_exceeded":

@@ -25,6 +25,7 @@ from orchestrator.rundir import RunDir
 from orchestrator.runtime import events
 
 BUDGET_EXIT = 3
+SERIES_FILE = "energy/series.jsonl"
 WATCH_INTERVAL_S = 5.0
 
 
@@ -44,6 +45,7 @@ class EnergyAccount:
         self.over_budget = False
         self._warned = False
         self._last_watch = 0.0
+        self._previous: tuple[float, dict[str, float]] | None = None
 
     def settle(self, step: int | None = None) -> dict:
         """Aggregate now, write energy.json, check the budget; `step` is the last step trained."""
@@ -52,9 +54,25 @@ class EnergyAccount:
                 self.step = step
             bill = compute_bill(self.run.path, self.energy_plan, self.tokens_per_step, self.step)
             self.run.write_file(ENERGY_FILE, json.dumps(bill, indent=2))
+            self._append_series(bill)
             self.latest = bill
             self._check_budget(bill["totals"])
             return bill
+
+    def _append_series(self, bill: dict) -> None:
+        """Each node's energy over time (`energy/series.jsonl`), for dashboards and the run report;
+        power is the node's mean since the previous point."""
+        now = time.time()
+        nodes = {}
+        for node, entry in bill["nodes"].items():
+            before = self._previous[1].get(node) if self._previous else None
+            power = (entry["energy_j"] - before) / (now - self._previous[0]) if before is not None and now > self._previous[0] else None
+            nodes[node] = {"kwh": entry["kwh"], **({"power_w": power} if power is not None else {})}
+        self._previous = (now, {node: entry["energy_j"] for node, entry in bill["nodes"].items()})
+        series = self.run.path / SERIES_FILE
+        series.parent.mkdir(parents=True, exist_ok=True)
+        with series.open("a") as out:
+            out.write(json.dumps({"time": now, "step": self.step, "kwh": bill["totals"]["kwh"], "nodes": nodes}) + "\n")
 
     def watch(self) -> None:
         """Called from rank 0's sampler thread after each sample."""

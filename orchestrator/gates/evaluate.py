@@ -8,6 +8,7 @@ the checkpoint's content hash: a release checks that hash, not the name.
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from pathlib import Path
@@ -78,7 +79,19 @@ def evaluate_gates(run_dir: Path, step: int | None = None) -> dict:
         "results": [r.to_json() for r in results],
     }
     run.write_file(f"{GATES_DIR}/{checkpoint.name}.json", json.dumps(report, indent=2))
+    _mirror(run, recipe, report)
     return report
+
+
+def _mirror(run: RunDir, recipe, report: dict) -> None:
+    """Gate values to the run's dashboards, at the checkpoint's step."""
+    from orchestrator.tracking.mirror import mirror_once, run_config
+
+    metrics = {f"gates/{r['name']}/passed": float(r["status"] in ("pass", "warn")) for r in report["results"] if r["status"] != "skipped"}
+    metrics.update({f"gates/{r['name']}/value": r["value"] for r in report["results"] if r["value"] is not None and math.isfinite(r["value"])})
+    metrics["gates/passed"] = float(report["passed"])
+    config = run_config(recipe.model_dump(mode="json"), run.read_json(run.plan.name))
+    mirror_once(run.path, recipe.tracking, recipe.name, config, metrics, report["step"])
 
 
 def _pairs(path: Path) -> list[tuple[str, str]]:

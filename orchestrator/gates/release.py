@@ -70,7 +70,21 @@ def release(run_dir: Path, step: int | None = None, to: Path | None = None, regi
         shutil.rmtree(staging, ignore_errors=True)
     _make_read_only(target)
     registered = register_release(target, run.path.name) if register else None
+    _mirror(run, target, report)
     return Release(target, checkpoint.name, files, registered)
+
+
+def _mirror(run: RunDir, target: Path, report: dict) -> None:
+    """The release, as an artifact of the run's dashboard runs."""
+    import yaml
+
+    from orchestrator.recipe.schema import Recipe
+    from orchestrator.tracking.mirror import mirror_once, run_config
+
+    recipe = Recipe.model_validate(yaml.safe_load(run.recipe.read_text()))
+    config = run_config(recipe.model_dump(mode="json"), run.read_json(run.plan.name))
+    mirror_once(run.path, recipe.tracking, recipe.name, config, {"release/step": float(report["step"])}, report["step"],
+                artifact=(target, f"release-{report['checkpoint']}"))
 
 
 def _add_records(run: RunDir, out: Path, report: dict) -> None:

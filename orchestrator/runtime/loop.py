@@ -31,6 +31,7 @@ from orchestrator.recipe.schema import Recipe
 from orchestrator.rundir import RunDir
 from orchestrator.runtime import events, rank_state
 from orchestrator.runtime.signals import REQUEUE_EXIT, StopFlag
+from orchestrator.tracking.mirror import NullMirror, run_config, start_mirror
 
 MEMORY_STAGE_ROOT = Path("/dev/shm")
 
@@ -66,12 +67,15 @@ def run_rank(path: Path) -> None:
     if world != plan["topology"]["world_size"]:
         raise SystemExit(f"launched with WORLD_SIZE={world} but the plan is for {plan['topology']['world_size']} ranks")
     monitor, account = start_energy(recipe.energy, plan, run, rank, local_rank)  # before start-up, which costs energy too
+    config = run_config(recipe.model_dump(mode="json"), plan)
+    mirror = start_mirror(recipe.tracking, run, recipe.name, config) if rank == 0 else NullMirror()
     _seed_everything(recipe.train.seed)
     data = PreparedData.load(Path(json.loads(run.data.read_text())["dir"]))
     engine = _make_engine(recipe, Sizes(**plan["model"]["sizes"]), run, plan, local_rank)
     code = Trainer(recipe, plan, run, data, engine, world, stop, monitor, account).train()
     engine.close()
     monitor.close()
+    mirror.close()
     sys.exit(code)
 
 

@@ -1,0 +1,189 @@
+"""The mirror: copies what the run directory records into the dashboards, from rank 0's thread.
+
+It reads the run directory (new metric rows, new events, the energy series, gate reports) every
+`tracking.interval_s` and sends what is new to each sink. Where it got to is kept in
+`tracking.json` with the ids the sinks gave (wandb run id, MLflow run id), so a requeued or
+resumed run continues the same dashboard runs and never logs a step twice (steps recomputed after
+a resume were already logged, with the same values when resume is exact).
+
+A sink that raises is reported once (rank 0's log, a `tracking_failed` event) and dropped; the
+others go on, and the run directory keeps everything. Training never waits for a sink: they are
+only called from this thread, and closing waits at most `CLOSE_TIMEOUT_S`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from pathlib import Path
+
+from orchestrator.energy.account import SERIES_FILE
+from orchestrator.rundir import RunDir
+from orchestrator.runtime import events
+from orchestrator.tracking.sinks import RunIdentity, Sink, make_sinks
+from orchestrator.tracking.spec import TrackingSpec
+
+TRACKING_FILE = "tracking.json"
+CLOSE_TIMEOUT_S = 60.0
+ROW_KEYS = ("loss", "val_loss", "lr", "grad_norm", "tokens_per_s", "mfu", "step_s", "energy_kwh")
+
+
+class GuardedSink:
+    """Calls a sink until it fails once; then reports it and stops calling it."""
+
+    def __init__(self, sink: Sink, report):
+        self.sink, self.report = sink, report
+        self.name = getattr(sink, "name", type(sink).__name__)
+        self.failed: str | None = None
+
+    def call(self, method: str, *args):
+        if self.failed:
+            return None
+        try:
+            return getattr(self.sink, method)(*args)
+        except Exception as exc:  # any library's error: the run must go on
+            self.failed = f"{type(exc).__name__}: {exc}"[:300]
+            self.report(self.name, method, self.failed)
+            return None
+
+
+def event_metrics(event: dict) -> dict[str, float]:
+    """The scalars an event contributes, by name."""
+    kind = event["event"]
+    if kind == "checkpoint":
+        return {"checkpoint/stall_s": event["stall_s"], "checkpoint/bytes": event["bytes"], "checkpoint/write_s": event["write_s"]}
+    if kind == "resumed":
+        return {"restarts/resumed_from_step": event["step"], "restarts/recomputed_steps": event.get("recomputed_steps") or 0}
+    if kind == "preempted":
+        return {"restarts/preempted": 1.0}
+    if kind in ("stopped_over_budget", "energy_budget_exceeded"):
+        return {"energy/budget_exceeded": 1.0}
+    return {}
+
+
+class Mirror:
+    def __init__(self, run: RunDir, spec: TrackingSpec, sinks: list[Sink]):
+        self.run, self.spec = run, spec
+        self.sinks = [GuardedSink(s, self._report) for s in sinks]
+        path = run.path / TRACKING_FILE
+        self.state = json.loads(path.read_text()) if path.exists() else {"ids": {}, "last_step": 0, "events": 0, "series": 0}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def open(self, name: str, config: dict) -> "Mirror":
+        identity = RunIdentity(self.run.path, name, config, dict(self.state["ids"]))
+        for sink in self.sinks:
+            self.state["ids"].update(sink.call("open", identity) or {})
+        self._save()
+        return self
+
+    def start(self, name: str, config: dict) -> "Mirror":
+        """Open the sinks and mirror every interval, all in the mirror's thread (opening a dashboard
+        can take seconds: wandb starts its service process)."""
+        self._thread = threading.Thread(target=self._loop, args=(name, config), name="tracking-mirror", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """A last sync, then the sinks close; bounded, so a hung dashboard cannot hold the job."""
+        self._stop.set()
+        if self._thread:
+            self._thread.join(CLOSE_TIMEOUT_S)
+        finisher = threading.Thread(target=self._finish, daemon=True)
+        finisher.start()
+        finisher.join(CLOSE_TIMEOUT_S)
+        if finisher.is_alive():
+            self._report("tracking", "close", f"the sinks did not finish within {CLOSE_TIMEOUT_S:.0f} s")
+
+    def _loop(self, name: str, config: dict) -> None:
+        self.open(name, config)
+        while not self._stop.wait(self.spec.interval_s):
+            self.sync()
+
+    def _finish(self) -> None:
+        self.sync()
+        for sink in self.sinks:
+            sink.call("close")
+
+    # -- what is mirrored -----------------------------------------------------------------------
+
+    def sync(self) -> None:
+        try:
+            rows, history = self.run.metric_rows(), events.read(self.run.events)
+        except ValueError:
+            return  # a line being appended this instant: the next sync reads it whole
+        for row in rows:
+            if row["step"] > self.state["last_step"]:
+                self.log({k: row[k] for k in ROW_KEYS if _is_number(row.get(k))}, row["step"])
+                self.state["last_step"] = row["step"]
+        for event in history[self.state["events"]:]:
+            metrics = event_metrics(event)
+            if metrics:
+                self.log(metrics, event.get("step") or self.state["last_step"])
+        self.state["events"] = len(history)
+        series = self.run.path / SERIES_FILE
+        lines = series.read_text().splitlines() if series.exists() else []
+        for line in lines[self.state["series"]:]:
+            point = json.loads(line)
+            metrics = {f"energy/{node}/{key}": value for node, figures in point["nodes"].items() for key, value in figures.items()}
+            self.log({**metrics, "energy/total_kwh": point["kwh"]}, point["step"])
+        self.state["series"] = len(lines)
+        self._save()
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if metrics:
+            for sink in self.sinks:
+                sink.call("log", metrics, step)
+
+    def artifact(self, path: Path, name: str) -> None:
+        for sink in self.sinks:
+            sink.call("artifact", path, name)
+
+    def _save(self) -> None:
+        self.run.write_file(TRACKING_FILE, json.dumps(self.state, indent=1))
+
+    def _report(self, sink: str, method: str, error: str) -> None:
+        print(f"tracking: {sink} failed in {method} ({error}); it is dropped, the run goes on and its metrics stay in the run directory",
+              flush=True)
+        events.append(self.run.events, "tracking_failed", sink=sink, method=method, error=error)
+
+
+class NullMirror:
+    def sync(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def run_config(recipe: dict, plan: dict) -> dict:
+    """What a dashboard shows as the run's configuration: the resolved recipe and the plan's numbers."""
+    keep = ("backend", "topology", "batch", "model", "estimate", "recipe_hash")
+    return {"recipe": recipe, "plan": {k: plan[k] for k in keep if k in plan}}
+
+
+def start_mirror(spec: TrackingSpec, run: RunDir, name: str, config: dict) -> Mirror | NullMirror:
+    """Rank 0's mirror, opened and syncing in its own thread; a null one when no sink is chosen."""
+    if not spec.any:
+        return NullMirror()
+    return Mirror(run, spec, make_sinks(spec)).start(name, config)
+
+
+def mirror_once(run_dir: Path, spec: TrackingSpec, name: str, config: dict, metrics: dict[str, float], step: int,
+                artifact: tuple[Path, str] | None = None) -> None:
+    """For commands after training (gate, release): open the same dashboard runs, log, close."""
+    if not spec.any:
+        return
+    mirror = Mirror(RunDir(run_dir), spec, make_sinks(spec)).open(name, config)
+    mirror.log(metrics, step)
+    if artifact:
+        mirror.artifact(*artifact)
+    for sink in mirror.sinks:
+        sink.call("close")

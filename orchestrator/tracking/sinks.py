@@ -1,0 +1,178 @@
+"""Dashboards behind one small protocol: wandb, TensorBoard, MLflow, or a user's own class.
+
+Each sink is opened with the run's identity and the ids it gave on an earlier attempt (so a
+requeued job continues the same wandb run and MLflow run), then receives scalars by step and
+artifacts. The libraries are imported when a sink opens, in the mirror's thread.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from orchestrator.tracking.spec import MlflowSpec, TensorBoardSpec, TrackingSpec, WandbSpec
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    run_dir: Path
+    name: str
+    config: dict
+    ids: dict = field(default_factory=dict)  # what sinks returned from `open` on earlier attempts
+
+
+class Sink(Protocol):
+    name: str
+
+    def open(self, identity: RunIdentity) -> dict: ...
+    def log(self, metrics: dict[str, float], step: int) -> None: ...
+    def artifact(self, path: Path, name: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class WandbSink:
+    name = "wandb"
+
+    def __init__(self, spec: WandbSpec):
+        self.spec = spec
+
+    def open(self, identity: RunIdentity) -> dict:
+        import wandb
+
+        run_id = identity.ids.get("wandb_id") or wandb.util.generate_id()
+        online = self.spec.mode == "online"
+        self.run = wandb.init(
+            project=self.spec.project, entity=self.spec.entity, id=run_id, name=identity.name, mode=self.spec.mode,
+            dir=str(identity.run_dir), config=identity.config, resume="allow" if online else None,
+            settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
+        )
+        return {"wandb_id": run_id}
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self.run.log(metrics, step=step)
+
+    def artifact(self, path: Path, name: str) -> None:
+        import wandb
+
+        artifact = wandb.Artifact(name, type="model")
+        artifact.add_dir(str(path))
+        self.run.log_artifact(artifact)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class TensorBoardSink:
+    name = "tensorboard"
+
+    def __init__(self, spec: TensorBoardSpec):
+        self.spec = spec
+
+    def open(self, identity: RunIdentity) -> dict:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(self.spec.dir or identity.run_dir / "tensorboard"))
+        self.writer.add_text("config", f"```\n{json.dumps(identity.config, indent=1, default=str)}\n```")
+        return {}
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        for key, value in metrics.items():
+            self.writer.add_scalar(key, value, step)
+
+    def artifact(self, path: Path, name: str) -> None:
+        self.writer.add_text("artifacts", f"{name}: {path}")
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class MlflowSink:
+    name = "mlflow"
+    MAX_PARAM = 500
+
+    def __init__(self, spec: MlflowSpec):
+        self.spec = spec
+
+    def open(self, identity: RunIdentity) -> dict:
+        import logging
+
+        import mlflow
+
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        uri = self.spec.tracking_uri or f"sqlite:///{identity.run_dir / 'mlflow.db'}"
+        self.client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+        experiment = self.client.get_experiment_by_name(self.spec.experiment)
+        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(
+            self.spec.experiment, artifact_location=(identity.run_dir / "mlartifacts").as_uri()
+        )
+        run_id = identity.ids.get("mlflow_run_id")
+        if run_id:
+            self.client.update_run(run_id, status="RUNNING")
+        else:
+            run_id = self.client.create_run(experiment_id, run_name=identity.name).info.run_id
+            params = [mlflow.entities.Param(k, str(v)[: self.MAX_PARAM]) for k, v in _flatten(identity.config).items()]
+            for start in range(0, len(params), 100):
+                self.client.log_batch(run_id, params=params[start : start + 100])
+        self.run_id = run_id
+        return {"mlflow_run_id": run_id, "mlflow_tracking_uri": uri}
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def artifact(self, path: Path, name: str) -> None:
+        self.client.log_artifacts(self.run_id, str(path), artifact_path=name)
+
+    def close(self) -> None:
+        self.client.set_terminated(self.run_id)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def make_sinks(spec: TrackingSpec) -> list[Sink]:
+    sinks: list[Sink] = []
+    if spec.wandb.enabled:
+        sinks.append(WandbSink(spec.wandb))
+    if spec.tensorboard.enabled:
+        sinks.append(TensorBoardSink(spec.tensorboard))
+    if spec.mlflow.enabled:
+        sinks.append(MlflowSink(spec.mlflow))
+    for reference in spec.custom:
+        sinks.append(_custom(reference))
+    return sinks
+
+
+class UnloadableSink:
+    """A custom sink that could not be created: it fails on open, so the failure is reported like any other."""
+
+    def __init__(self, name: str, error: Exception):
+        self.name, self.error = name, error
+
+    def open(self, identity: RunIdentity) -> dict:
+        raise self.error
+
+    def log(self, metrics: dict[str, float], step: int) -> None: ...
+    def artifact(self, path: Path, name: str) -> None: ...
+    def close(self) -> None: ...
+
+
+def _custom(reference: str) -> Sink:
+    module, _, name = reference.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)()
+    except Exception as exc:  # a user's class: whatever it raises is reported, not fatal
+        return UnloadableSink(reference, exc)
