@@ -138,15 +138,20 @@ def doctor(recipe: RecipeArg, overrides: OverridesArg = None, run_dir: RunDirOpt
         raise typer.Exit(1)
 
 
-RunDirArg = Annotated[Path, typer.Argument(help="Run directory.", show_default=False)]
-
 
 @app.command()
-def status(run_dir: RunDirArg) -> None:
+def status(
+    run_dir: RunDirArg,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep showing progress (bar with ETA, loss, tokens/s) until the run ends; Ctrl-C to stop watching.")] = False,
+) -> None:
     """State (from Slurm for submitted runs), current step and loss, restarts."""
     from orchestrator.status import run_status
 
     try:
+        if follow:
+            from orchestrator.progress import follow_run
+
+            follow_run(run_dir, sys.stderr.isatty())
         typer.echo(run_status(run_dir).line())
     except OrchestratorError as exc:
         raise _fail(exc)
@@ -156,18 +161,52 @@ def status(run_dir: RunDirArg) -> None:
 def runs(
     root: Annotated[Path, typer.Argument(help="Directory holding run directories.")] = Path("runs"),
     state: Annotated[Optional[str], typer.Option("--state", help="Only runs in this state (e.g. COMPLETED, RUNNING).")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Only runs whose name contains this.")] = None,
+    task: Annotated[Optional[str], typer.Option("--task", help="Only pretrain or finetune runs.")] = None,
+    backend: Annotated[Optional[str], typer.Option("--backend", help="Only deepspeed or horovod runs.")] = None,
 ) -> None:
-    """A table of the runs under a directory: name, state, step, loss, restarts, Slurm job."""
-    from orchestrator.status import find_runs
+    """A table of the runs under a directory: name, task, backend, nodes, state, step, loss, energy, gates, Slurm job."""
+    from orchestrator.status import find_runs, matches
 
-    rows = [r for r in find_runs(root) if state is None or r.state.upper().startswith(state.upper())]
+    filters = {"state": state, "name": name, "task": task, "backend": backend}
+    rows = [r for r in find_runs(root) if matches(r, filters)]
     if not rows:
-        typer.echo(f"no runs under {root}")
+        typer.echo(f"no runs under {root}" + (" match" if any(filters.values()) else ""))
         return
-    typer.echo(f"{'name':<28} {'state':<12} {'step':>11} {'loss':>8} {'restarts':>8} {'job':>6}  run directory")
+    typer.echo(f"{'name':<24} {'task':<8} {'backend':<9} {'nodes':>5} {'state':<12} {'step':>11} {'loss':>8} {'energy':>11} {'gates':<14} {'job':>6}  run directory")
     for r in rows:
         loss = f"{r.loss:.4f}" if r.loss is not None else "-"
-        typer.echo(f"{r.name[:28]:<28} {r.state[:12]:<12} {f'{r.step}/{r.steps}':>11} {loss:>8} {r.restarts:>8} {r.job_id or '-':>6}  {r.run_dir}")
+        energy = f"{r.energy_kwh * 1000:.3g} Wh" if r.energy_kwh is not None else "-"
+        typer.echo(f"{r.name[:24]:<24} {r.task:<8} {r.backend:<9} {r.nodes:>5} {r.state[:12]:<12} {f'{r.step}/{r.steps}':>11} {loss:>8} "
+                   f"{energy:>11} {r.gates:<14} {r.job_id or '-':>6}  {r.run_dir}")
+
+
+@app.command()
+def show(run_dir: RunDirArg) -> None:
+    """One run in detail: state, plan, latest metrics, checkpoints, energy, gates, releases, dashboards."""
+    from orchestrator.show import describe_run
+
+    try:
+        typer.echo(describe_run(run_dir))
+    except OrchestratorError as exc:
+        raise _fail(exc)
+
+
+@app.command()
+def report(
+    run_dir: RunDirArg,
+    out: Annotated[Optional[Path], typer.Option("--out", help="HTML file to write (default <run>/report.html).")] = None,
+) -> None:
+    """A self-contained HTML report: loss, validation loss, LR, throughput, energy per node, checkpoint stalls, gates."""
+    from orchestrator.report import render_report
+
+    try:
+        page = render_report(run_dir)
+    except OrchestratorError as exc:
+        raise _fail(exc)
+    target = out or run_dir / "report.html"
+    target.write_text(page)
+    typer.echo(f"wrote {target}")
 
 
 @app.command()

@@ -79,3 +79,25 @@ def describe_event(event: dict) -> str | None:
     if kind == "energy_budget_exceeded":
         return f"energy budget exceeded: {event['used']:.4g} of {event['budget']:g} {event['unit']}; checkpointing and stopping"
     return None
+
+
+def follow_run(run_dir: Path, interactive: bool, poll_s: float = 1.0) -> None:
+    """`orch status --follow`: the same live view `orch run` shows, fed from the run directory, until
+    the run reaches a state where nothing more happens without a new start."""
+    import time
+
+    from orchestrator.rundir import RunDir
+    from orchestrator.runtime import events
+    from orchestrator.status import run_status
+
+    run = RunDir(run_dir)
+    status = run_status(run.path)
+    seen = (0, 0)
+    with ProgressView(status.steps, interactive) as view:
+        while True:
+            rows, history = run.metric_rows(), events.read(run.events)
+            view.update(rows[seen[0]:], history[seen[1]:])
+            seen = (len(rows), len(history))
+            if run_status(run.path).finished:
+                return
+            time.sleep(poll_s)

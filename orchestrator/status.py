@@ -25,6 +25,16 @@ class RunStatus:
     loss: float | None
     restarts: int
     job_id: str | None = None
+    task: str = "pretrain"
+    backend: str = "deepspeed"
+    nodes: int = 1
+    energy_kwh: float | None = None
+    gates: str = "-"
+
+    @property
+    def finished(self) -> bool:
+        """Nothing more will happen without someone starting it again."""
+        return self.state.split()[0] in TERMINAL_STATES
 
     def line(self) -> str:
         loss = f"{self.loss:.4f}" if self.loss is not None else "-"
@@ -46,6 +56,7 @@ def run_status(path: Path) -> RunStatus:
             state = job_fields(jobs[-1]).get("JobState", state)
         except SlurmError:
             state = f"{state} (scheduler unreachable)"
+    energy = run.path / "energy.json"
     return RunStatus(
         run_dir=path,
         name=recipe["name"],
@@ -55,14 +66,42 @@ def run_status(path: Path) -> RunStatus:
         loss=rows[-1]["loss"] if rows else None,
         restarts=max(0, sum(e["event"] == "start" for e in history) - 1),
         job_id=jobs[-1] if jobs else None,
+        task=recipe.get("task", "pretrain"),
+        backend=recipe.get("distributed", {}).get("backend", "deepspeed"),
+        nodes=recipe.get("distributed", {}).get("nodes", 1),
+        energy_kwh=json.loads(energy.read_text())["totals"]["facility_kwh"] if energy.exists() else None,
+        gates=_gates(run),
     )
+
+
+def _gates(run: RunDir) -> str:
+    """The newest gate report in a word: `passed@step` or `failed@step`."""
+    reports = sorted((run.path / "gates").glob("step-*.json"))
+    if not reports:
+        return "-"
+    report = json.loads(reports[-1].read_text())
+    return f"{'passed' if report['passed'] else 'failed'}@{report['step']}"
+
+
+TERMINAL_STATES = ("COMPLETED", "PREEMPTED", "STOPPED_OVER_BUDGET", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL")
 
 
 def _local_state(run: RunDir, history: list[dict]) -> str:
     if run.summary.exists() and json.loads(run.summary.read_text()).get("status") == "completed":
         return "COMPLETED"
-    last = next((e["event"] for e in reversed(history) if e["event"] in ("start", "preempted", "completed")), None)
-    return {"start": "STARTED", "preempted": "PREEMPTED"}.get(last, "PREPARED")
+    last = next((e["event"] for e in reversed(history) if e["event"] in ("start", "preempted", "completed", "stopped_over_budget")), None)
+    return {"start": "STARTED", "preempted": "PREEMPTED", "stopped_over_budget": "STOPPED_OVER_BUDGET"}.get(last, "PREPARED")
+
+
+def matches(status: RunStatus, filters: dict[str, str | None]) -> bool:
+    """Filters on state (prefix, any case), name (substring), task, backend; None matches all."""
+    checks = {
+        "state": lambda v: status.state.upper().startswith(v.upper()),
+        "name": lambda v: v.lower() in status.name.lower(),
+        "task": lambda v: status.task == v,
+        "backend": lambda v: status.backend == v,
+    }
+    return all(checks[key](value) for key, value in filters.items() if value is not None)
 
 
 def find_runs(root: Path) -> list[RunStatus]:

@@ -7,7 +7,7 @@ run directory, and its rank from the launcher's standard variables (RANK, LOCAL_
 import argparse
 from pathlib import Path
 
-from orchestrator.runtime.loop import run_rank
+from orchestrator.runtime.rank import run_rank
 
 
 def main() -> None:

@@ -1,0 +1,92 @@
+"""The mirror on a run directory written by hand: what reaches a sink, once, and a failing sink."""
+
+from __future__ import annotations
+
+import json
+
+from pathlib import Path
+
+from orchestrator.report import svg_chart
+from orchestrator.rundir import RunDir
+from orchestrator.runtime import events
+from orchestrator.status import RunStatus, matches
+from orchestrator.tracking.mirror import TRACKING_FILE, Mirror, event_metrics
+from orchestrator.tracking.spec import TrackingSpec
+from tests.helpers.sinks import Exploding, Recording
+
+
+def _calls(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _append_rows(run: RunDir, steps):
+    with run.metrics.open("a") as out:
+        for step in steps:
+            out.write(json.dumps({"step": step, "loss": 10.0 / step, "lr": 0.1, "grad_norm": None, "tokens_per_s": 100.0}) + "\n")
+
+
+def test_rows_events_and_energy_reach_the_sink_once_and_a_resume_continues(tmp_path, monkeypatch):
+    record = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("RECORDING_SINK_FILE", str(record))
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    _append_rows(run, range(1, 6))
+    events.append(run.events, "checkpoint", step=5, stall_s=0.1, bytes=100, write_s=0.2, path="x")
+    (run.path / "energy").mkdir()
+    (run.path / "energy/series.jsonl").write_text(json.dumps({"time": 1.0, "step": 5, "kwh": 0.5, "nodes": {"n1": {"kwh": 0.3}, "n2": {"kwh": 0.2}}}) + "\n")
+    spec = TrackingSpec(custom=["tests.helpers.sinks:Recording"])
+
+    mirror = Mirror(run, spec, [Recording()]).open("tiny", {"a": 1})
+    mirror.sync()
+    mirror.sync()  # nothing new: nothing sent twice
+    logged = [c for c in _calls(record) if c["call"] == "log"]
+    assert [c["step"] for c in logged if "loss" in c["metrics"]] == [1, 2, 3, 4, 5]
+    assert "grad_norm" not in logged[0]["metrics"]  # None is not a number to plot
+    assert any(c["metrics"].get("checkpoint/stall_s") == 0.1 for c in logged)
+    assert any(c["metrics"].get("energy/n2/kwh") == 0.2 and c["step"] == 5 for c in logged)
+
+    # a resumed attempt: metrics rewritten to the checkpoint (step 3), steps 4-7 trained again
+    run.write_file(run.metrics.name, "\n".join(run.metrics.read_text().splitlines()[:3]) + "\n")
+    _append_rows(run, range(4, 8))
+    again = Mirror(run, spec, [Recording()]).open("tiny", {"a": 1})
+    again.sync()
+    calls = _calls(record)
+    assert calls[-1]["call"] == "log" and [c for c in calls if c["call"] == "open"][-1]["ids"] == {"recording_id": "rec-1"}
+    steps = [c["step"] for c in calls if c["call"] == "log" and "loss" in c["metrics"]]
+    assert steps == [1, 2, 3, 4, 5, 6, 7]  # no step twice
+    assert json.loads((run.path / TRACKING_FILE).read_text())["last_step"] == 7
+
+
+def test_a_failing_sink_is_reported_once_and_the_others_go_on(tmp_path, monkeypatch, capsys):
+    record = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("RECORDING_SINK_FILE", str(record))
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    _append_rows(run, range(1, 4))
+    mirror = Mirror(run, TrackingSpec(), [Exploding(), Recording()]).open("tiny", {})
+    mirror.sync()
+    _append_rows(run, range(4, 6))
+    mirror.sync()
+    mirror.close()
+    failures = [e for e in events.read(run.events) if e["event"] == "tracking_failed"]
+    assert len(failures) == 1 and failures[0]["sink"] == "exploding" and "unreachable" in failures[0]["error"]
+    assert capsys.readouterr().out.count("tracking: exploding failed") == 1
+    assert [c["step"] for c in _calls(record) if c["call"] == "log"] == [1, 2, 3, 4, 5]
+
+
+def test_event_metrics():
+    assert event_metrics({"event": "resumed", "step": 20, "recomputed_steps": 3}) == {"restarts/resumed_from_step": 20, "restarts/recomputed_steps": 3}
+    assert event_metrics({"event": "start", "step": 0}) == {}
+
+
+def test_run_filters():
+    status = RunStatus(Path("/r"), "tiny-pretrain", "COMPLETED", 5, 5, 1.0, 0, task="pretrain", backend="horovod")
+    assert matches(status, {"state": "comp", "name": "TINY", "task": "pretrain", "backend": "horovod"})
+    assert not matches(status, {"backend": "deepspeed"}) and not matches(status, {"state": "running"})
+    assert matches(status, {"state": None, "name": None})
+
+
+def test_a_chart_with_nothing_says_so_and_one_with_data_draws_it():
+    assert "nothing recorded" in svg_chart("Loss", {"loss": []}, "step", "loss")
+    svg = svg_chart("Loss", {"loss": [(1, 3.0), (2, 2.0), (3, 1.5)]}, "step", "loss")
+    assert 'data-points="3"' in svg and "<polyline" in svg
