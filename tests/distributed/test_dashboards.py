@@ -37,7 +37,7 @@ def wandb_steps(run_dir: Path) -> dict[str, list[int]]:
             if kind == "run":
                 run_id = message.run.run_id
             elif kind == "history":
-                items = {i.key: json.loads(i.value_json) for i in message.history.item}
+                items = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in message.history.item}
                 if "loss" in items:
                     steps.append(items["_step"])
         found[f"{run_id}:{path.parent.name}"] = steps
@@ -72,7 +72,8 @@ def test_wandb_tensorboard_and_mlflow_each_hold_the_loss_series(tracked):
 
     client = mlflow.MlflowClient(tracking_uri=ids["mlflow_tracking_uri"])
     history = client.get_metric_history(ids["mlflow_run_id"], "loss")
-    assert [(m.step, m.value) for m in history] == pytest.approx(losses)
+    assert [m.step for m in history] == [s for s, _ in losses]
+    assert [m.value for m in history] == pytest.approx([v for _, v in losses])
     run = client.get_run(ids["mlflow_run_id"])
     assert run.data.params["recipe.train.steps"] == str(STEPS) and run.info.status == "FINISHED"
 
