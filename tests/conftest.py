@@ -27,6 +27,30 @@ def data_cache() -> Path:
     return cache
 
 
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    """A small Llama saved with `save_pretrained`, with a byte-level BPE tokenizer: a base model for
+    planning and validating fine-tuning recipes without training one first."""
+    import sysconfig
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    out = tmp_path_factory.mktemp("tiny-base")
+    text = [p.read_text(errors="replace") for p in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:20]]
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    raw.train_from_iterator(text, trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"], show_progress=False,
+                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+    tokenizer.save_pretrained(str(out))
+    config = AutoConfig.for_model("llama", vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256)
+    AutoModelForCausalLM.from_config(config).save_pretrained(str(out))
+    return out
+
+
 def make_env(
     tmp_path: Path, gpus: tuple[GpuInfo, ...] = (), cpu_count: int = 2, cpu_fp16: bool = False,
     libraries: frozenset[str] = frozenset({"deepspeed", "horovod"}),

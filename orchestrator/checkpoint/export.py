@@ -27,6 +27,7 @@ from orchestrator.checkpoint import store
 from orchestrator.errors import CheckpointError
 
 EXPORT_FILE = "export.json"
+ADAPTER_DIR = "adapter"
 MODULE_STATES = "mp_rank_00_model_states.pt"
 
 
@@ -188,8 +189,11 @@ def _save(model, dtype: ExportDtype, tokenizer_dir: Path, out: Path) -> None:
     for config in (model.config, getattr(model, "generation_config", None)):
         if config is not None:
             config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
-    model = model.to({ExportDtype.fp32: torch.float32, ExportDtype.bf16: torch.bfloat16}[dtype])
     logging.disable_progress_bar()
+    if hasattr(model, "merge_and_unload"):  # LoRA: the adapter on its own, then the model with it merged in
+        model.save_pretrained(str(out / ADAPTER_DIR))
+        model = model.merge_and_unload()
+    model = model.to({ExportDtype.fp32: torch.float32, ExportDtype.bf16: torch.bfloat16}[dtype])
     model.save_pretrained(str(out))  # safetensors is the only (transformers 5) or default (4.35+) format
     if not any(out.glob("*.safetensors")):
         raise CheckpointError(f"transformers wrote no safetensors file into {out}: upgrade transformers")

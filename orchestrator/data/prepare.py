@@ -32,6 +32,7 @@ class PreparedData:
     train_tokens: int
     val_tokens: int
     token_dtype: str
+    kind: str = "text"
 
     @property
     def tokenizer_dir(self) -> Path:
@@ -43,7 +44,12 @@ class PreparedData:
     @classmethod
     def load(cls, directory: Path) -> "PreparedData":
         manifest = json.loads((directory / MANIFEST).read_text())
-        return cls(directory, manifest["vocab_size"], manifest["train_tokens"], manifest["val_tokens"], manifest["token_dtype"])
+        return cls(directory, manifest["vocab_size"], manifest["train_tokens"], manifest["val_tokens"], manifest["token_dtype"],
+                   manifest.get("kind", "text"))
+
+    def instruction_rows(self, split: str) -> dict[str, np.ndarray]:
+        """Packed instruction rows (input_ids, labels, segments), memory-mapped."""
+        return {name: np.load(self.dir / f"{split}.{name}.npy", mmap_mode="r") for name in ("input_ids", "labels", "segments")}
 
 
 def prepare_data(spec: DataSpec, seed: int, cache_dir: Path) -> tuple[PreparedData, dict]:
@@ -69,6 +75,9 @@ def _build(spec: DataSpec, seed: int, files: list[Path], out: Path, cache_dir: P
     import datasets
 
     datasets.disable_progress_bars()
+    if spec.instruction is not None:
+        _build_instruction(spec, seed, files, out, cache_dir)
+        return
     documents = load_documents(spec, files, cache_dir / "hf")
     held_out = _held_out(len(documents), spec.val_fraction, seed)
     train_docs = documents.select([i for i in range(len(documents)) if i not in held_out])
@@ -95,6 +104,46 @@ def _build(spec: DataSpec, seed: int, files: list[Path], out: Path, cache_dir: P
         "token_dtype": dtype,
         "seq_len": spec.seq_len,
         "canaries": canaries,
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
+
+
+def _build_instruction(spec: DataSpec, seed: int, files: list[Path], out: Path, cache_dir: Path) -> None:
+    """Instruction rows (through `datasets`' json loader) into packed, prompt-masked row arrays per split,
+    plus the flat token files the gates read."""
+    import datasets
+
+    from orchestrator.data.instruct import pack, read_examples, tokenize
+
+    rows = datasets.load_dataset("json", data_files=[str(p) for p in files], split="train", cache_dir=str(cache_dir / "hf")).to_list()
+    examples = read_examples(rows, spec.instruction)
+    held_out = _held_out(len(examples), spec.val_fraction, seed)
+    tokenizer = _tokenizer(spec, None, out / "tokenizer")
+    dtype = "uint16" if len(tokenizer) <= 2**16 else "uint32"
+    counts, truncated = {}, 0
+    for split, chosen in (("train", [e for i, e in enumerate(examples) if i not in held_out]), ("val", [examples[i] for i in sorted(held_out)])):
+        pairs = tokenize(chosen, tokenizer, spec.instruction)
+        truncated += sum(len(ids) > spec.seq_len for ids, _ in pairs)
+        packed = pack(pairs, spec.seq_len, spec.instruction.packing, tokenizer.eos_token_id)
+        if not len(packed["input_ids"]):
+            raise DataError(f"the {split} split of the instruction data is empty: add rows or change data.val_fraction")
+        for name, array in packed.items():
+            np.save(out / f"{split}.{name}.npy", array)
+        np.fromiter((t for ids, _ in pairs for t in ids), dtype=dtype).tofile(out / f"{split}.bin")
+        counts[split] = {"examples": len(pairs), "rows": int(len(packed["input_ids"])), "tokens": sum(len(ids) for ids, _ in pairs),
+                         "response_tokens": int((packed["labels"] != -100).sum())}
+    manifest = {
+        "kind": "instruction",
+        "documents": {split: c["examples"] for split, c in counts.items()},
+        "instruction": counts,
+        "truncated_examples": truncated,
+        "train_tokens": counts["train"]["tokens"],
+        "val_tokens": counts["val"]["tokens"],
+        "vocab_size": len(tokenizer),
+        "token_dtype": dtype,
+        "seq_len": spec.seq_len,
+        "packing": spec.instruction.packing,
+        "canaries": [],
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
 

@@ -39,6 +39,27 @@ class CanarySpec(Spec):
     repeats: int = Field(1, ge=1)
 
 
+DEFAULT_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
+
+
+class InstructionSpec(Spec):
+    """Instruction data: rows with a prompt and a response, or chat `messages` (the last assistant
+    turn is the response). Formatted with the tokenizer's chat template when it has one, else with
+    `template`; the loss counts response tokens only."""
+
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+    messages_field: str = "messages"
+    template: str = Field(DEFAULT_TEMPLATE, description="with {prompt}; used when the tokenizer has no chat template")
+    packing: bool = Field(True, description="several examples per sequence, attention never crossing them")
+
+    @model_validator(mode="after")
+    def _template_has_prompt(self) -> "InstructionSpec":
+        if "{prompt}" not in self.template:
+            raise RuleViolation("template", "the template must contain {prompt}, where the prompt goes")
+        return self
+
+
 class DataSpec(Spec):
     """Exactly one of `builtin` (a corpus every Python install has) or `path` (files or a directory)."""
 
@@ -51,9 +72,13 @@ class DataSpec(Spec):
     val_fraction: float = Field(0.05, ge=0.0, lt=0.5)
     tokenizer: TokenizerSpec = TokenizerSpec()
     canaries: CanarySpec = CanarySpec()
+    instruction: Optional[InstructionSpec] = None
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataSpec":
         if (self.builtin is None) == (self.path is None):
             raise RuleViolation("path", "set exactly one of `data.builtin` (" + ", ".join(BUILTIN_CORPORA) + ") or `data.path`")
+        if self.instruction is not None and self.tokenizer.kind != "pretrained":
+            raise RuleViolation("tokenizer.kind", "instruction data is tokenized with the base model's tokenizer: set "
+                                "`data.tokenizer: {kind: pretrained, path: <the model directory>}`")
         return self

@@ -31,6 +31,26 @@ class PackedSequences:
 
 
 @dataclass
+class InstructionRows:
+    """Prepared instruction rows; `rows` gives a batch as the arrays the model takes (see runtime.batch)."""
+
+    arrays: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.arrays["input_ids"])
+
+    def rows(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        return {name: np.asarray(array[np.asarray(indices)], dtype=np.int64) for name, array in self.arrays.items()}
+
+
+def open_split(data, split: str, seq_len: int) -> PackedSequences | InstructionRows:
+    """The rows of a prepared split: windows over text, or packed instruction examples."""
+    if data.kind == "instruction":
+        return InstructionRows(data.instruction_rows(split))
+    return PackedSequences(data.tokens(split), seq_len)
+
+
+@dataclass
 class ShardedStream:
     num_sequences: int
     micro_batch_size: int

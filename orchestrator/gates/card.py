@@ -7,6 +7,19 @@ import yaml
 from orchestrator.rundir import RunDir
 
 
+def _base_line(model: dict) -> str:
+    if not model.get("path"):
+        return "- base model: none (random initialisation)"
+    from pathlib import Path
+
+    from orchestrator.model.pretrained import release_manifest_hash
+
+    digest = release_manifest_hash(Path(model["path"]))
+    lora = model.get("lora")
+    adapter = f"; LoRA rank {lora['rank']} on {', '.join(lora['target_modules'])} (adapter in `adapter/`, merged into the weights)" if lora else ""
+    return f"- base model: {model['path']}" + (f" (its release manifest sha256 {digest})" if digest else "") + adapter
+
+
 def model_card(run: RunDir, report: dict, bill: dict | None) -> str:
     recipe = yaml.safe_load(run.recipe.read_text())
     plan = run.read_json(run.plan.name)
@@ -21,7 +34,7 @@ def model_card(run: RunDir, report: dict, bill: dict | None) -> str:
         "",
         "## Model",
         f"- architecture: {model.get('arch') or model.get('path')}, {plan['model']['num_params']:,} parameters",
-        f"- base model: {model['path']}" if model.get("path") else "- base model: none (random initialisation)",
+        _base_line(model),
         f"- context: {recipe['data']['seq_len']} tokens; tokenizer: {recipe['data']['tokenizer']['kind']}, {data['vocab_size']:,} ids",
         "",
         "## Training",

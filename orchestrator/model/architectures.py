@@ -33,6 +33,16 @@ class Architecture:
     to_hf_config: Callable[[Sizes], dict]
     count_params: Callable[[Sizes], int]
     largest_layer_params: Callable[[Sizes], int]
+    linear_modules: tuple[str, ...]  # the names LoRA can target
+
+    def sizes_of(self, config: dict) -> Sizes:
+        """The recipe's sizes back from a Hugging Face config (a base model directory's config.json)."""
+        field_of = self.to_hf_config(_PROBE)  # config key -> Sizes field
+        found = {field_of[key]: value for key, value in config.items() if key in field_of}
+        found["num_kv_heads"] = found.get("num_kv_heads") or found["num_heads"]
+        found["intermediate_size"] = found.get("intermediate_size") or 4 * found["hidden_size"]
+        found.setdefault("tie_embeddings", True)
+        return Sizes(**found)
 
 
 def _llama_config(s: Sizes) -> dict:
@@ -83,8 +93,12 @@ def _largest_layer(s: Sizes) -> int:
     return max(s.vocab_size * s.hidden_size, s.hidden_size * s.intermediate_size)
 
 
+# Field names stand in for values, so that `sizes_of` can read each architecture's own config keys.
+_PROBE = Sizes(*(name for name in Sizes.__dataclass_fields__))  # type: ignore[arg-type]
+
+LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ARCHITECTURES: dict[str, Architecture] = {
-    "llama": Architecture("llama", _llama_config, _llama_params, _largest_layer),
-    "mistral": Architecture("mistral", _llama_config, _llama_params, _largest_layer),
-    "gpt2": Architecture("gpt2", _gpt2_config, _gpt2_params, _largest_layer),
+    "llama": Architecture("llama", _llama_config, _llama_params, _largest_layer, LLAMA_LINEAR),
+    "mistral": Architecture("mistral", _llama_config, _llama_params, _largest_layer, LLAMA_LINEAR),
+    "gpt2": Architecture("gpt2", _gpt2_config, _gpt2_params, _largest_layer, ("c_attn", "c_proj", "c_fc")),
 }

@@ -5,12 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from orchestrator.model.architectures import ARCHITECTURES, Sizes
 from orchestrator.spec import RuleViolation, Spec
 
 ArchName = Literal[tuple(ARCHITECTURES)]  # type: ignore[valid-type]
+
+
+class LoraSpec(Spec):
+    """Parameter-efficient fine-tuning through `peft`: only the adapters train; the base stays frozen.
+    The adapter is saved on its own at release, beside the merged model."""
+
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(16, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1)
 
 
 class ModelSpec(Spec):
@@ -26,6 +36,7 @@ class ModelSpec(Spec):
     max_position_embeddings: int = 1024
     vocab_size: Optional[int] = None
     tie_embeddings: bool = True
+    lora: Optional[LoraSpec] = None
 
     @model_validator(mode="after")
     def _consistent(self) -> "ModelSpec":

@@ -19,6 +19,7 @@ from orchestrator.energy.hardware import cpu_power
 from orchestrator.env import EnvSnapshot
 from orchestrator.errors import Problem, RecipeError
 from orchestrator.model.architectures import ARCHITECTURES, Sizes
+from orchestrator.model.pretrained import BaseModel, read_base_model
 from orchestrator.plan.arithmetic import Batch, Topology, check_precision, resolve_batch, resolve_topology
 from orchestrator.plan.estimate import TimeEstimate, estimate_time
 from orchestrator.plan.memory import MemoryEstimate, estimate_memory
@@ -47,6 +48,7 @@ class LaunchPlan:
     dry_run: bool
     topology: Topology
     batch: Batch
+    arch: str
     sizes: Sizes
     num_params: int
     memory: MemoryEstimate
@@ -56,6 +58,10 @@ class LaunchPlan:
     processes: list[ProcessSpec]
     data_cache_dir: Path
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def base_path(self) -> str | None:
+        return str(self.recipe.model.path.absolute()) if self.recipe.model.path else None
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -70,7 +76,7 @@ class LaunchPlan:
             "backend": self.recipe.distributed.backend,
             "topology": {**vars(self.topology), "world_size": self.topology.world_size},
             "batch": {**vars(self.batch), "global_batch_size": self.batch.global_batch_size, "tokens_per_step": self.batch.tokens_per_step},
-            "model": {"arch": self.recipe.model.arch, "num_params": self.num_params, "sizes": vars(self.sizes)},
+            "model": {"arch": self.arch, "num_params": self.num_params, "sizes": vars(self.sizes), "base": self.base_path},
             "memory_per_device": {**vars(self.memory), "total_bytes": self.memory.total_bytes, "fits": self.memory.fits},
             "estimate": vars(self.time),
             "energy": self.energy.summary(),
@@ -102,6 +108,7 @@ def make_plan(
     if launcher.backend not in env.libraries:
         problems.append(loaded.problem("distributed.backend", launcher.install_hint))
     intensity = _intensity(loaded, env, problems)
+    base = _base_model(loaded, problems)
     pairs = loaded.recipe.gates.bias.pairs
     if pairs is not None and not (env.cwd / pairs).is_file():
         problems.append(loaded.problem("gates.bias.pairs", f"{pairs}: no such file (paths are relative to the working directory)"))
@@ -114,8 +121,8 @@ def make_plan(
         batch = Batch(batch.micro_batch_size, batch.gradient_accumulation_steps, 1, batch.seq_len)
     run_dir = (run_dir or env.cwd / "runs" / recipe.name).absolute()
 
-    arch = ARCHITECTURES[recipe.model.arch]
-    sizes = recipe.model.sizes(recipe.data.tokenizer.effective_vocab_size)
+    arch = base.architecture if base else ARCHITECTURES[recipe.model.arch]
+    sizes = base.sizes if base else recipe.model.sizes(recipe.data.tokenizer.effective_vocab_size)
     num_params = arch.count_params(sizes)
     dist = recipe.distributed
     capacity = env.gpus[0].memory_bytes if env.gpus else env.memory_bytes // topology.procs_per_node
@@ -142,6 +149,7 @@ def make_plan(
         dry_run=dry_run,
         topology=topology,
         batch=batch,
+        arch=arch.model_type,
         sizes=sizes,
         num_params=num_params,
         memory=memory,
@@ -152,6 +160,25 @@ def make_plan(
         data_cache_dir=env.cache_dir / "data",
         warnings=warnings,
     )
+
+
+def _base_model(loaded: LoadedRecipe, problems: list[Problem]) -> BaseModel | None:
+    """The base model a fine-tuning recipe starts from, checked: a causal LM with its tokenizer, and
+    LoRA targets that exist in it."""
+    model = loaded.recipe.model
+    if model.path is None or not model.path.exists():
+        return None  # no base, or the missing path is already reported
+    try:
+        base = read_base_model(model.path)
+    except ValueError as exc:
+        problems.append(loaded.problem("model.path", str(exc)))
+        return None
+    if model.lora:
+        unknown = [name for name in model.lora.target_modules if name not in base.architecture.linear_modules]
+        if unknown:
+            problems.append(loaded.problem("model.lora.target_modules", f"{', '.join(unknown)} not in this {base.arch} model; "
+                                           f"it has {', '.join(base.architecture.linear_modules)}"))
+    return base
 
 
 def _intensity(loaded: LoadedRecipe, env: EnvSnapshot, problems: list[Problem]) -> Intensity | None:

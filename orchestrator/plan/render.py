@@ -55,7 +55,9 @@ def render_plan(plan: LaunchPlan) -> str:
         f"batch          micro {b.micro_batch_size} x accumulation {b.gradient_accumulation_steps} x data-parallel {b.data_parallel}"
         f" = global {b.global_batch_size} sequences",
         f"tokens         {b.global_batch_size} x {b.seq_len} = {b.tokens_per_step:,} per step; {b.tokens_per_step * recipe.train.steps:,} over {recipe.train.steps} steps",
-        f"model          {recipe.model.arch}, {plan.num_params / 1e6:.2f}M parameters, {e.flops_per_token / 1e6:.1f} MFLOP/token (training)",
+        f"model          {plan.arch}, {plan.num_params / 1e6:.2f}M parameters, {e.flops_per_token / 1e6:.1f} MFLOP/token (training)"
+        + (f"; from {recipe.model.path}" if recipe.model.path else "")
+        + (f"; LoRA rank {recipe.model.lora.rank} on {', '.join(recipe.model.lora.target_modules)}" if recipe.model.lora else ""),
         f"precision      {recipe.train.precision}",
         "memory/device  "
         f"params {_gib(m.params_bytes)} + grads {_gib(m.grads_bytes)} + optimizer {_gib(m.optimizer_bytes)}"

@@ -10,13 +10,13 @@ import json
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from orchestrator.distributed.deepspeed import CONFIG_FILE
 from orchestrator.model.architectures import Sizes
 from orchestrator.model.build import build_model
 from orchestrator.recipe.schema import Recipe
+from orchestrator.runtime.batch import Rows, model_inputs
 from orchestrator.runtime.replica import parameter_digest
 from orchestrator.train.schedule import lr_multiplier
 
@@ -35,11 +35,12 @@ class DeepSpeedEngine:
         schedule = partial(lr_multiplier, recipe.train)
         self.engine, _, _, _ = deepspeed.initialize(
             model=model,
-            model_parameters=model.parameters(),
+            model_parameters=[p for p in model.parameters() if p.requires_grad],  # the adapters alone under LoRA
             config=config,
             lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
         )
         self.device = get_accelerator().current_device_name()
+        self.dtype = next(self.engine.module.parameters()).dtype  # the compute dtype attention masks must match
         self.zero_stage = recipe.distributed.zero_stage
 
     @property
@@ -55,22 +56,20 @@ class DeepSpeedEngine:
         norm = self.engine.get_global_grad_norm()
         return None if norm is None else float(norm)
 
-    def train_step(self, micro_batches: list[np.ndarray]) -> float:
+    def train_step(self, micro_batches: list[Rows]) -> float:
         """One optimizer step over the accumulation micro-batches; returns this rank's mean loss."""
         total = torch.zeros((), device=self.device)
         for rows in micro_batches:
-            ids = torch.from_numpy(rows).to(self.device)
-            loss = self.engine(input_ids=ids, labels=ids).loss
+            loss = self.engine(**model_inputs(rows, self.device, self.dtype)).loss
             self.engine.backward(loss)
             self.engine.step()
             total += loss.detach().float()
         return float(total) / len(micro_batches)
 
     @torch.no_grad()
-    def eval_loss(self, rows: np.ndarray) -> float:
+    def eval_loss(self, rows: Rows) -> float:
         self.engine.eval()
-        ids = torch.from_numpy(rows).to(self.device)
-        loss = float(self.engine(input_ids=ids, labels=ids).loss)
+        loss = float(self.engine(**model_inputs(rows, self.device, self.dtype)).loss)
         self.engine.train()
         return loss
 

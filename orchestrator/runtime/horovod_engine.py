@@ -14,13 +14,13 @@ from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from orchestrator.distributed.horovod import CONFIG_FILE, INSTALL_HINT, STATE_DIR, STATE_FILE
 from orchestrator.model.architectures import Sizes
 from orchestrator.model.build import build_model
 from orchestrator.recipe.schema import Recipe
+from orchestrator.runtime.batch import Rows, model_inputs
 from orchestrator.runtime.replica import parameter_digest
 from orchestrator.train.schedule import lr_multiplier
 
@@ -43,14 +43,14 @@ class HorovodEngine:
         torch.manual_seed(recipe.train.seed)
         self.model = build_model(recipe.model, sizes).to(self.device)
         opt = config["optimizer"]
-        optimizer = torch.optim.AdamW(self.model.parameters(), lr=opt["lr"], betas=tuple(opt["betas"]), eps=opt["eps"],
+        optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=opt["lr"], betas=tuple(opt["betas"]), eps=opt["eps"],
                                       weight_decay=opt["weight_decay"])
         # Identical start on every rank, whatever each one's seed produced.
         hvd.broadcast_parameters(self.model.state_dict(), root_rank=0)
         hvd.broadcast_optimizer_state(optimizer, root_rank=0)
         self.optimizer = hvd.DistributedOptimizer(
             optimizer,
-            named_parameters=self.model.named_parameters(),
+            named_parameters=[(n, p) for n, p in self.model.named_parameters() if p.requires_grad],
             compression=hvd.Compression.fp16 if config["compression"] == "fp16" else hvd.Compression.none,
             op=hvd.Average,
             backward_passes_per_step=config["backward_passes_per_step"],
@@ -60,6 +60,7 @@ class HorovodEngine:
         self.autocast_dtype = AUTOCAST.get(precision)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
         self.grad_clip = config["gradient_clipping"]
+        self.dtype = self.autocast_dtype or torch.float32  # the compute dtype attention masks must match
         self.grad_norm: float | None = None
 
     @property
@@ -75,14 +76,13 @@ class HorovodEngine:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def train_step(self, micro_batches: list[np.ndarray]) -> float:
+    def train_step(self, micro_batches: list[Rows]) -> float:
         """One optimizer step: the micro-batches' gradients accumulate locally (Horovod reduces them once,
         after the last backward pass), are clipped on the reduced values, then applied."""
         total = torch.zeros((), device=self.device)
         for rows in micro_batches:
-            ids = torch.from_numpy(rows).to(self.device)
             with self._autocast():
-                loss = self.model(input_ids=ids, labels=ids).loss
+                loss = self.model(**model_inputs(rows, self.device, self.dtype)).loss
             self.scaler.scale(loss / len(micro_batches)).backward()
             total += loss.detach().float()
         self.optimizer.synchronize()
@@ -97,11 +97,10 @@ class HorovodEngine:
         return float(total) / len(micro_batches)
 
     @torch.no_grad()
-    def eval_loss(self, rows: np.ndarray) -> float:
+    def eval_loss(self, rows: Rows) -> float:
         self.model.eval()
-        ids = torch.from_numpy(rows).to(self.device)
         with self._autocast():
-            loss = float(self.model(input_ids=ids, labels=ids).loss)
+            loss = float(self.model(**model_inputs(rows, self.device, self.dtype)).loss)
         self.model.train()
         return loss
 

@@ -19,12 +19,13 @@ from orchestrator.checkpoint.elastic import ELASTIC_FILE
 from orchestrator.checkpoint.saver import CheckpointSaver, SaveReport
 from orchestrator.data.prepare import PreparedData
 from orchestrator.env import matmul_rate
-from orchestrator.data.stream import PackedSequences, ShardedStream, validation_indices
+from orchestrator.data.stream import ShardedStream, open_split, validation_indices
 from orchestrator.energy.account import BUDGET_EXIT, EnergyAccount, NullAccount
 from orchestrator.energy.monitor import Monitor
 from orchestrator.recipe.schema import Recipe
 from orchestrator.rundir import RunDir
 from orchestrator.runtime import events, rank_state
+from orchestrator.runtime.batch import Rows, count, take
 from orchestrator.runtime.signals import REQUEUE_EXIT, StopFlag
 
 MEMORY_STAGE_ROOT = Path("/dev/shm")
@@ -35,8 +36,8 @@ class Engine(Protocol):
     lr: float
     grad_norm: float | None
 
-    def train_step(self, micro_batches: list[np.ndarray]) -> float: ...
-    def eval_loss(self, rows: np.ndarray) -> float: ...
+    def train_step(self, micro_batches: list[Rows]) -> float: ...
+    def eval_loss(self, rows: Rows) -> float: ...
     def mean_across_ranks(self, values: list[float]) -> list[float]: ...
     def any_across_ranks(self, flags: list[bool]) -> list[bool]: ...
     def gather(self, value) -> list: ...
@@ -55,8 +56,8 @@ class Trainer:
         self.monitor, self.account = monitor, account
         train, batch = recipe.train, plan["batch"]
         seq_len = recipe.data.seq_len
-        self.train_data = PackedSequences(data.tokens("train"), seq_len)
-        self.val_data = PackedSequences(data.tokens("val"), seq_len)
+        self.train_data = open_split(data, "train", seq_len)
+        self.val_data = open_split(data, "val", seq_len)
         self.stream = ShardedStream(
             len(self.train_data), batch["micro_batch_size"], batch["gradient_accumulation_steps"], world, engine.rank, train.seed
         )
@@ -167,7 +168,7 @@ class Trainer:
     def evaluate(self, step: int) -> float:
         self.monitor.phase("eval")
         micro = self.plan["batch"]["micro_batch_size"]
-        losses = [self.engine.eval_loss(self.val_rows[i : i + micro]) for i in range(0, len(self.val_rows), micro)]
+        losses = [self.engine.eval_loss(take(self.val_rows, i, i + micro)) for i in range(0, count(self.val_rows), micro)]
         (mean,) = self.engine.mean_across_ranks([float(np.mean(losses))])
         self.monitor.phase("train", step)
         return mean

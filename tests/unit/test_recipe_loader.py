@@ -22,8 +22,12 @@ def problems(path, overrides=()) -> list[str]:
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
-def test_every_shipped_recipe_is_valid(recipe):
-    assert load_recipe(recipe).recipe.name
+def test_every_shipped_recipe_is_valid(recipe, tiny_base):
+    """Fine-tuning recipes point at a base model made by an earlier run: a small saved model stands in."""
+    import yaml
+
+    base = ["model.path=" + str(tiny_base), "data.tokenizer.path=" + str(tiny_base)]
+    assert load_recipe(recipe, base if yaml.safe_load(recipe.read_text()).get("task") == "finetune" else []).recipe.name
 
 
 def test_overrides_are_typed_and_recorded_as_command_line():

@@ -1,0 +1,114 @@
+"""Fine-tuning inputs: base model checks, instruction rows, prompt masking, packing that never lets
+attention cross examples."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from orchestrator.data.instruct import IGNORE, pack, read_examples, tokenize
+from orchestrator.data.spec import InstructionSpec
+from orchestrator.errors import DataError, RecipeError
+from orchestrator.plan.planner import make_plan
+from orchestrator.recipe.loader import load_recipe
+from orchestrator.runtime.batch import model_inputs
+from tests.conftest import RECIPES, make_env
+
+FINETUNE = RECIPES / "tiny-finetune-lora.yaml"
+
+
+def plan_for(tmp_path, base, *overrides):
+    return make_plan(load_recipe(FINETUNE, [f"model.path={base}", f"data.tokenizer.path={base}", *overrides]), make_env(tmp_path))
+
+
+def test_the_plan_takes_architecture_and_sizes_from_the_base_model(tmp_path, tiny_base):
+    plan = plan_for(tmp_path, tiny_base)
+    assert plan.arch == "llama" and plan.sizes.hidden_size == 64 and plan.sizes.num_layers == 2
+    assert plan.summary()["model"]["base"] == str(tiny_base)
+
+
+def test_base_model_problems_are_one_line_each(tmp_path, tiny_base):
+    not_lm = tmp_path / "not-lm"
+    shutil.copytree(tiny_base, not_lm)
+    config = json.loads((not_lm / "config.json").read_text())
+    (not_lm / "config.json").write_text(json.dumps({**config, "architectures": ["LlamaForSequenceClassification"]}))
+    with pytest.raises(RecipeError, match="is not a causal language model"):
+        plan_for(tmp_path, not_lm)
+    no_tokenizer = tmp_path / "no-tokenizer"
+    shutil.copytree(tiny_base, no_tokenizer)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (no_tokenizer / name).unlink()
+    with pytest.raises(RecipeError, match="has no tokenizer files"):
+        make_plan(load_recipe(FINETUNE, [f"model.path={no_tokenizer}", f"data.tokenizer.path={tiny_base}"]), make_env(tmp_path))
+    with pytest.raises(RecipeError, match="path does not exist"):
+        load_recipe(FINETUNE, [f"model.path={tmp_path / 'absent'}", f"data.tokenizer.path={tiny_base}"])
+
+
+def test_lora_targets_that_do_not_exist_are_named_with_the_ones_that_do(tmp_path, tiny_base):
+    with pytest.raises(RecipeError) as error:
+        plan_for(tmp_path, tiny_base, "model.lora.target_modules=[q_proj, query]")
+    assert "model.lora.target_modules: query not in this llama model; it has q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj" in str(error.value)
+
+
+def test_rows_without_the_fields_are_reported_by_number():
+    rows = [{"prompt": "a", "response": "b"}, {"prompt": "only"}, {"messages": [{"role": "user", "content": "x"}]}, {"text": "t"}]
+    with pytest.raises(DataError, match="3 instruction row\\(s\\).*rows 2, 3, 4"):
+        read_examples(rows, InstructionSpec())
+
+
+@pytest.fixture(scope="module")
+def batch(tiny_base):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_base))
+    rows = [json.loads(line) for line in (RECIPES / "data" / "instructions.jsonl").read_text().splitlines()[:12]]
+    pairs = tokenize(read_examples(rows, InstructionSpec()), tokenizer, InstructionSpec())
+    return pairs, pack(pairs, 256, True, tokenizer.eos_token_id)
+
+
+def test_prompt_tokens_carry_no_loss_and_packing_keeps_whole_examples(batch):
+    pairs, packed = batch
+    assert len(packed["input_ids"]) < len(pairs)  # several examples per row
+    for ids, labels in pairs:
+        prompt = sum(label == IGNORE for label in labels)
+        assert 0 < prompt < len(ids) and labels[prompt:] == ids[prompt:]  # the response (and end-of-text) is the target
+    row_segments = packed["segments"][0]
+    first = np.flatnonzero(row_segments == 1)
+    assert (packed["labels"][0][first] == np.array(pairs[0][1])).all()
+
+
+def test_the_loss_over_prompt_tokens_contributes_nothing(batch, tiny_base):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    _, packed = batch
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_base)).eval()
+    rows = {k: v[:2] for k, v in packed.items()}
+    inputs = model_inputs(rows, "cpu", torch.float32)
+    with torch.no_grad():
+        out = model(**inputs)
+    logits, labels = out.logits[:, :-1], inputs["labels"][:, 1:]
+    response = labels != IGNORE
+    by_hand = torch.nn.functional.cross_entropy(logits[response], labels[response])
+    assert float(out.loss) == pytest.approx(float(by_hand), rel=1e-5)
+    tokens = inputs["input_ids"][:, 1:]
+    with_prompts = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1))
+    assert float(with_prompts) != pytest.approx(float(out.loss), rel=1e-3)  # counting prompt tokens would change it
+
+
+def test_packed_examples_do_not_see_each_other(batch, tiny_base):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    pairs, packed = batch
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_base)).eval()
+    row = {k: v[:1] for k, v in packed.items()}
+    with torch.no_grad():
+        together = model(**model_inputs(row, "cpu", torch.float32)).logits[0]
+        for segment in (1, 2):
+            positions = np.flatnonzero(row["segments"][0] == segment)
+            alone = model(input_ids=torch.as_tensor(row["input_ids"][:, positions])).logits[0]
+            assert torch.allclose(together[positions], alone, atol=1e-5)
