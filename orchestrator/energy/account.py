@@ -45,7 +45,7 @@ class EnergyAccount:
         self.over_budget = False
         self._warned = False
         self._last_watch = 0.0
-        self._previous: tuple[float, dict[str, float]] | None = None
+        self._previous: tuple[float, dict[tuple[str, str], float]] | None = None
 
     def settle(self, step: int | None = None) -> dict:
         """Aggregate now, write energy.json, check the budget; `step` is the last step trained."""
@@ -60,15 +60,21 @@ class EnergyAccount:
             return bill
 
     def _append_series(self, bill: dict) -> None:
-        """Each node's energy over time (`energy/series.jsonl`), for dashboards and the run report;
-        power is the node's mean since the previous point."""
+        """Each node's energy over time (`energy/series.jsonl`), for dashboards and the run report:
+        the node's kWh so far, and the mean power since the previous point of the node and of each
+        of its devices (`cpu_w`, `memory_w`, `gpu:<uuid>_w`)."""
         now = time.time()
-        nodes = {}
-        for node, entry in bill["nodes"].items():
-            before = self._previous[1].get(node) if self._previous else None
-            power = (entry["energy_j"] - before) / (now - self._previous[0]) if before is not None and now > self._previous[0] else None
-            nodes[node] = {"kwh": entry["kwh"], **({"power_w": power} if power is not None else {})}
-        self._previous = (now, {node: entry["energy_j"] for node, entry in bill["nodes"].items()})
+        figures = {(node, "node"): entry["energy_j"] for node, entry in bill["nodes"].items()}
+        figures.update({(node, d["device"]): d["energy_j"] for node, entry in bill["nodes"].items() for d in entry["devices"]
+                        if d["energy_j"] is not None})
+        nodes: dict[str, dict] = {node: {"kwh": entry["kwh"]} for node, entry in bill["nodes"].items()}
+        if self._previous and now > self._previous[0]:
+            elapsed = now - self._previous[0]
+            for (node, device), joules in figures.items():
+                before = self._previous[1].get((node, device))
+                if before is not None:
+                    nodes[node]["power_w" if device == "node" else f"{device}_w"] = (joules - before) / elapsed
+        self._previous = (now, figures)
         series = self.run.path / SERIES_FILE
         series.parent.mkdir(parents=True, exist_ok=True)
         with series.open("a") as out:

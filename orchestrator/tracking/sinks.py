@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,7 +125,8 @@ class MlflowSink:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+        # MLflow names allow letters, digits, `_-./` and spaces: a GPU's `gpu:<uuid>` becomes `gpu_<uuid>`.
+        self.client.log_batch(self.run_id, metrics=[Metric(re.sub(r"[^\w\-./ ]", "_", k), float(v), now, step) for k, v in metrics.items()])
 
     def artifact(self, path: Path, name: str) -> None:
         self.client.log_artifacts(self.run_id, str(path), artifact_path=name)

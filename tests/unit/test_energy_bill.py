@@ -382,3 +382,21 @@ def test_a_misspelt_country_is_a_recipe_error_with_its_line(tmp_path):
         make_plan(load_recipe(recipe), make_env(tmp_path))
     assert str(error.value).startswith(f"{recipe}:4: energy.carbon.country: 'France' is not in CodeCarbon's country table")
     assert "did you mean `FRA`" in str(error.value)
+
+
+def test_the_energy_series_has_each_nodes_and_devices_power(tmp_path):
+    run = RunDir(tmp_path)
+    plan = {"pue": 1.0, "intensity": Intensity(100.0, "test").summary(with_series=True), "forecast": None}
+    account = EnergyAccount(run, EnergySpec(), plan, tokens_per_step=1)
+    parts = tmp_path / "energy/parts/n1"
+    parts.mkdir(parents=True)
+    for joules in (100.0, 400.0):
+        (parts / "rank0.json").write_text(json.dumps([_record("n1", "cpu", 0, 10, joules, 1, 5),
+                                                      _record("n1", "memory", 0, 10, joules / 10, 1, 5, kind="memory")]))
+        account.settle(5)
+        time.sleep(0.2)
+    first, second = [json.loads(line) for line in (tmp_path / "energy/series.jsonl").read_text().splitlines()]
+    assert set(first["nodes"]["n1"]) == {"kwh"}
+    node = second["nodes"]["n1"]
+    assert node["kwh"] == pytest.approx(440.0 / J_PER_KWH)
+    assert node["cpu_w"] > 0 and node["memory_w"] == pytest.approx(node["cpu_w"] / 10) and node["power_w"] == pytest.approx(node["cpu_w"] * 1.1)

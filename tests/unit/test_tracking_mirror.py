@@ -90,3 +90,18 @@ def test_a_chart_with_nothing_says_so_and_one_with_data_draws_it():
     assert "nothing recorded" in svg_chart("Loss", {"loss": []}, "step", "loss")
     svg = svg_chart("Loss", {"loss": [(1, 3.0), (2, 2.0), (3, 1.5)]}, "step", "loss")
     assert 'data-points="3"' in svg and "<polyline" in svg
+
+
+def test_mlflow_gets_names_it_accepts(tmp_path):
+    from orchestrator.tracking.sinks import MlflowSink, RunIdentity
+    from orchestrator.tracking.spec import MlflowSpec
+
+    sink = MlflowSink(MlflowSpec(enabled=True))
+    ids = sink.open(RunIdentity(tmp_path, "tiny", {"recipe": {"train": {"steps": 3}}}))
+    sink.log({"energy/n1/gpu:GPU-1234_w": 250.0, "loss": 2.5}, step=3)
+    sink.close()
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=ids["mlflow_tracking_uri"])
+    assert [(m.step, m.value) for m in client.get_metric_history(ids["mlflow_run_id"], "energy/n1/gpu_GPU-1234_w")] == [(3, 250.0)]
+    assert client.get_run(ids["mlflow_run_id"]).data.params["recipe.train.steps"] == "3"
