@@ -112,3 +112,26 @@ def test_packed_examples_do_not_see_each_other(batch, tiny_base):
             positions = np.flatnonzero(row["segments"][0] == segment)
             alone = model(input_ids=torch.as_tensor(row["input_ids"][:, positions])).logits[0]
             assert torch.allclose(together[positions], alone, atol=1e-5)
+
+
+def test_a_chat_template_formats_examples_when_the_tokenizer_has_one(tiny_base):
+    from transformers import AutoTokenizer
+
+    from orchestrator.data.instruct import Example, render
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_base))
+    tokenizer.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>{% endfor %}" \
+                              "{% if add_generation_prompt %}<assistant>{% endif %}"
+    prompt, response = render(Example("add 2 and 3", "5"), tokenizer, InstructionSpec())
+    assert prompt == "<user>add 2 and 3</user><assistant>" and response == "5</assistant>"
+    chat = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    assert render(chat, tokenizer, InstructionSpec()) == ("<system>be brief</system><user>hi</user><assistant>", "hello</assistant>")
+
+
+def test_without_packing_each_example_has_its_own_padded_row(batch):
+    pairs, _ = batch
+    rows = pack(pairs[:3], 256, False, pad_id=0)
+    assert len(rows["input_ids"]) == 3
+    for row, (ids, _) in zip(rows["segments"], pairs[:3]):
+        assert (row[: len(ids)] == 1).all() and (row[len(ids):] == 0).all()
+    assert (rows["labels"][0][len(pairs[0][0]):] == IGNORE).all()
