@@ -89,6 +89,18 @@ def start_orch(*args: str) -> subprocess.Popen:
     )
 
 
+def wait_for_rows(process: subprocess.Popen, run_dir: Path, count: int, timeout_s: float = 240) -> None:
+    """Until the run has logged `count` metric rows, failing early if `process` ended first."""
+    import time
+
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + timeout_s
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= count):
+        assert process.poll() is None, f"the run ended before step {count}"
+        assert time.monotonic() < deadline, f"no step {count} within {timeout_s}s"
+        time.sleep(0.05)
+
+
 def kill_run(run_dir: Path) -> None:
     """SIGKILL every process of a run (CLI, node launcher, ranks): a crash at an arbitrary moment."""
     import psutil

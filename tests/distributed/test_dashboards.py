@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FAST, ROOT, kill_run, orch, start_orch
+from tests.conftest import FAST, ROOT, kill_run, orch, start_orch, wait_for_rows
 
 pytestmark = pytest.mark.distributed
 
@@ -113,11 +113,7 @@ def test_a_resumed_run_continues_the_same_wandb_run_without_duplicate_steps(tmp_
     run_dir = tmp_path / "run"
     args = [*RUN, "tracking.wandb.enabled=true", "--run-dir", str(run_dir)]
     process = start_orch("run", *args)
-    metrics = run_dir / "metrics.jsonl"
-    deadline = time.monotonic() + 240
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 7):
-        assert time.monotonic() < deadline and process.poll() is None
-        time.sleep(0.05)
+    wait_for_rows(process, run_dir, 7)
     time.sleep(1.5)  # let the mirror send steps past the checkpoint of step 4: they are recomputed after the resume
     kill_run(run_dir)
     process.wait()

@@ -19,7 +19,7 @@ from orchestrator.energy.hardware import cpu_power
 from orchestrator.energy.meters import node_meters
 from orchestrator.energy.monitor import EnergyMonitor
 from orchestrator.energy.spec import CarbonSpec
-from tests.conftest import FAST, ROOT, kill_run, orch, start_orch
+from tests.conftest import FAST, ROOT, kill_run, orch, start_orch, wait_for_rows
 
 pytestmark = pytest.mark.distributed
 
@@ -93,11 +93,7 @@ def test_a_killed_attempt_stays_on_the_bill_and_its_lost_work_is_priced(tmp_path
     run_dir = tmp_path / "run"
     args = [*RUN, "train.steps=40", "checkpoint.interval_steps=5", "--run-dir", str(run_dir)]
     process = start_orch("run", *args)
-    metrics = run_dir / "metrics.jsonl"
-    deadline = time.monotonic() + 240
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 8):
-        assert time.monotonic() < deadline and process.poll() is None
-        time.sleep(0.05)
+    wait_for_rows(process, run_dir, 8)
     kill_run(run_dir)
     process.wait()
     first_attempt_j = sum(r["energy_j"] for r in read_records(run_dir) if r["energy_j"] is not None)

@@ -4,13 +4,12 @@ instruction set, kill and resume bit-exactly, gate and release; full fine-tuning
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import FAST, kill_run, orch, start_orch
+from tests.conftest import FAST, kill_run, orch, start_orch, wait_for_rows
 
 pytestmark = pytest.mark.distributed
 
@@ -63,11 +62,7 @@ def test_lora_fine_tuning_resumes_bit_exactly_passes_its_gates_and_beats_the_bas
 
     resumed = tmp_path / "resumed"
     process = start_orch("run", *on(base), "--run-dir", str(resumed))
-    metrics = resumed / "metrics.jsonl"
-    deadline = time.monotonic() + 240
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 12):
-        assert time.monotonic() < deadline and process.poll() is None
-        time.sleep(0.05)
+    wait_for_rows(process, resumed, 12)
     kill_run(resumed)
     process.wait()
     ok("run", *on(base), "--run-dir", str(resumed))
