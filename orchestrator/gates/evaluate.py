@@ -40,7 +40,7 @@ def evaluate_gates(run_dir: Path, step: int | None = None) -> dict:
     from orchestrator.checkpoint.export import choose_checkpoint, load_checkpoint_model
     from orchestrator.checkpoint.listing import checkpoint_root
     from orchestrator.data.prepare import PreparedData
-    from orchestrator.data.stream import PackedSequences
+    from orchestrator.data.stream import open_split
     from orchestrator.recipe.schema import Recipe
 
     run = RunDir(run_dir)
@@ -52,7 +52,8 @@ def evaluate_gates(run_dir: Path, step: int | None = None) -> dict:
     data = PreparedData.load(Path(data_record["dir"]))
     train, val = data.tokens("train"), data.tokens("val")
     model, tokenizer = load_checkpoint_model(run.path, checkpoint)
-    val_rows = PackedSequences(val, recipe.data.seq_len).rows(np.arange(min(spec.quality.eval_sequences, len(val) // recipe.data.seq_len)))
+    held_out = open_split(data, "val", recipe.data.seq_len)
+    val_rows = held_out.rows(np.arange(min(spec.quality.eval_sequences, len(held_out))))
 
     results = [
         quality_gate(spec.quality, model, tokenizer, val_rows, margin),

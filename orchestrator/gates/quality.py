@@ -11,13 +11,14 @@ import numpy as np
 from orchestrator.gates.result import GateResult, judge
 from orchestrator.gates.scoring import row_losses, text_losses
 from orchestrator.gates.spec import BiasGate, QualityGate
+from orchestrator.runtime.batch import Rows, count
 
 
-def quality_gate(spec: QualityGate, model, tokenizer, val_rows: np.ndarray, warn_margin: float) -> GateResult:
+def quality_gate(spec: QualityGate, model, tokenizer, val_rows: Rows, warn_margin: float) -> GateResult:
     loss = float(row_losses(model, val_rows).mean())
     perplexity = math.exp(loss) if loss < 700 else math.inf
     statuses = [judge(loss, spec.max_val_loss, warn_margin), judge(perplexity, spec.max_perplexity, warn_margin)]
-    evidence: dict = {"val_loss": loss, "perplexity": perplexity, "sequences": len(val_rows)}
+    evidence: dict = {"val_loss": loss, "perplexity": perplexity, "sequences": count(val_rows)}
     parts = [f"validation loss {loss:.4f}" + (f" (limit {spec.max_val_loss:g})" if spec.max_val_loss else ""),
              f"perplexity {perplexity:.1f}" + (f" (limit {spec.max_perplexity:g})" if spec.max_perplexity else "")]
     if spec.baseline is not None:
@@ -34,7 +35,7 @@ def quality_gate(spec: QualityGate, model, tokenizer, val_rows: np.ndarray, warn
     return GateResult("quality", status, loss, spec.max_val_loss, "; ".join(parts), evidence)
 
 
-def _baseline_loss(baseline: Path, tokenizer, val_rows: np.ndarray) -> tuple[float, str | None]:
+def _baseline_loss(baseline: Path, tokenizer, val_rows: Rows) -> tuple[float, str | None]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not (baseline / "config.json").is_file():

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import numpy as np
 
+from orchestrator.data.instruct import IGNORE
+from orchestrator.runtime.batch import Rows, count, model_inputs, take
 
-def row_losses(model, rows: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """Mean next-token loss of each row of token ids (all rows the same length)."""
+
+def row_losses(model, rows: Rows, batch_size: int = 16) -> np.ndarray:
+    """Mean next-token loss of each row, over the tokens that are targets: every token of text rows,
+    the responses of instruction rows (their prompts and padding carry no loss, as in training)."""
     import torch
 
     out = []
     with torch.no_grad():
-        for start in range(0, len(rows), batch_size):
-            ids = torch.as_tensor(rows[start : start + batch_size], dtype=torch.long)
-            logits = model(input_ids=ids).logits[:, :-1].float()
-            losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
-            out.append(losses.mean(dim=1).numpy())
+        for start in range(0, count(rows), batch_size):
+            inputs = model_inputs(take(rows, start, start + batch_size), "cpu", torch.float32)
+            targets = inputs.pop("labels")[:, 1:]
+            logits = model(**inputs).logits[:, :-1].float()
+            losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none", ignore_index=IGNORE)
+            counted = (targets != IGNORE).sum(dim=1).clamp(min=1)
+            out.append((losses.sum(dim=1) / counted).numpy())
     return np.concatenate(out) if out else np.zeros(0)
 
 
