@@ -45,6 +45,9 @@ def tiny_base(tmp_path_factory) -> Path:
                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
     tokenizer.save_pretrained(str(out))
+    import torch
+
+    torch.manual_seed(0)
     config = AutoConfig.for_model("llama", vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                   num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256)
     AutoModelForCausalLM.from_config(config).save_pretrained(str(out))

@@ -33,7 +33,17 @@ class Architecture:
     to_hf_config: Callable[[Sizes], dict]
     count_params: Callable[[Sizes], int]
     largest_layer_params: Callable[[Sizes], int]
-    linear_modules: tuple[str, ...]  # the names LoRA can target
+    linear_shapes: Callable[[Sizes], dict[str, list[tuple[int, int]]]]  # per layer: module name -> (in, out) of each
+
+    @property
+    def linear_modules(self) -> tuple[str, ...]:
+        """The names LoRA can target."""
+        return tuple(self.linear_shapes(_UNIT))
+
+    def lora_params(self, sizes: Sizes, targets: list[str], rank: int) -> int:
+        """Trainable parameters of LoRA adapters: rank x (in + out) for each targeted linear of each layer."""
+        shapes = self.linear_shapes(sizes)
+        return sizes.num_layers * sum(rank * (i + o) for name in targets for i, o in shapes.get(name, []))
 
     def sizes_of(self, config: dict) -> Sizes:
         """The recipe's sizes back from a Hugging Face config (a base model directory's config.json)."""
@@ -93,12 +103,23 @@ def _largest_layer(s: Sizes) -> int:
     return max(s.vocab_size * s.hidden_size, s.hidden_size * s.intermediate_size)
 
 
+def _llama_linears(s: Sizes) -> dict[str, list[tuple[int, int]]]:
+    h, kv, i = s.hidden_size, s.num_kv_heads * s.head_dim, s.intermediate_size
+    return {"q_proj": [(h, h)], "k_proj": [(h, kv)], "v_proj": [(h, kv)], "o_proj": [(h, h)],
+            "gate_proj": [(h, i)], "up_proj": [(h, i)], "down_proj": [(i, h)]}
+
+
+def _gpt2_linears(s: Sizes) -> dict[str, list[tuple[int, int]]]:
+    h, i = s.hidden_size, s.intermediate_size
+    return {"c_attn": [(h, 3 * h)], "c_proj": [(h, h), (i, h)], "c_fc": [(h, i)]}  # c_proj: attention's and the MLP's
+
+
 # Field names stand in for values, so that `sizes_of` can read each architecture's own config keys.
 _PROBE = Sizes(*(name for name in Sizes.__dataclass_fields__))  # type: ignore[arg-type]
+_UNIT = Sizes(1, 1, 1, 1, 1, 1, 1, True)
 
-LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ARCHITECTURES: dict[str, Architecture] = {
-    "llama": Architecture("llama", _llama_config, _llama_params, _largest_layer, LLAMA_LINEAR),
-    "mistral": Architecture("mistral", _llama_config, _llama_params, _largest_layer, LLAMA_LINEAR),
-    "gpt2": Architecture("gpt2", _gpt2_config, _gpt2_params, _largest_layer, ("c_attn", "c_proj", "c_fc")),
+    "llama": Architecture("llama", _llama_config, _llama_params, _largest_layer, _llama_linears),
+    "mistral": Architecture("mistral", _llama_config, _llama_params, _largest_layer, _llama_linears),
+    "gpt2": Architecture("gpt2", _gpt2_config, _gpt2_params, _largest_layer, _gpt2_linears),
 }

@@ -39,16 +39,18 @@ class MemoryEstimate:
 
 def model_state_bytes(
     num_params: int, largest_layer_params: int, zero_stage: int, world_size: int, precision: str,
-    offload_optimizer: bool = False, offload_params: bool = False,
+    offload_optimizer: bool = False, offload_params: bool = False, trainable_params: int | None = None,
 ) -> tuple[int, int, int, int, int]:
-    """(params, grads, optimizer, stage-3 gather buffer, offloaded-to-host) bytes on one device."""
+    """(params, grads, optimizer, stage-3 gather buffer, offloaded-to-host) bytes on one device.
+    Gradients and optimizer state exist for the trainable parameters only (LoRA: the adapters)."""
+    trainable = num_params if trainable_params is None else trainable_params
     mixed = precision != "fp32"
     param_b, grad_b = (2, 2) if mixed else (4, 4)
     optim_b = 12 if mixed else 8
     n = world_size
     params = num_params * param_b / (n if zero_stage >= 3 else 1)
-    grads = num_params * grad_b / (n if zero_stage >= 2 else 1)
-    optimizer = num_params * optim_b / (n if zero_stage >= 1 else 1)
+    grads = trainable * grad_b / (n if zero_stage >= 2 else 1)
+    optimizer = trainable * optim_b / (n if zero_stage >= 1 else 1)
     gather = largest_layer_params * 4 if zero_stage >= 3 else 0
     host = 0.0
     if offload_optimizer:
@@ -77,9 +79,9 @@ def activation_bytes(sizes: Sizes, batch: Batch, precision: str, checkpointing: 
 
 def estimate_memory(
     sizes: Sizes, num_params: int, largest_layer: int, batch: Batch, zero_stage: int, precision: str,
-    offload_optimizer: bool, offload_params: bool, capacity_bytes: int,
+    offload_optimizer: bool, offload_params: bool, capacity_bytes: int, trainable_params: int | None = None,
 ) -> MemoryEstimate:
     params, grads, optimizer, gather, host = model_state_bytes(
-        num_params, largest_layer, zero_stage, batch.data_parallel, precision, offload_optimizer, offload_params
+        num_params, largest_layer, zero_stage, batch.data_parallel, precision, offload_optimizer, offload_params, trainable_params
     )
     return MemoryEstimate(params, grads, optimizer, gather, activation_bytes(sizes, batch, precision), host, capacity_bytes)

@@ -123,12 +123,14 @@ def make_plan(
 
     arch = base.architecture if base else ARCHITECTURES[recipe.model.arch]
     sizes = base.sizes if base else recipe.model.sizes(recipe.data.tokenizer.effective_vocab_size)
-    num_params = arch.count_params(sizes)
+    lora = recipe.model.lora
+    adapters = arch.lora_params(sizes, lora.target_modules, lora.rank) if lora else 0
+    num_params = arch.count_params(sizes) + adapters
     dist = recipe.distributed
     capacity = env.gpus[0].memory_bytes if env.gpus else env.memory_bytes // topology.procs_per_node
     memory = estimate_memory(
         sizes, num_params, arch.largest_layer_params(sizes), batch, dist.zero_stage,
-        recipe.train.precision, dist.offload_optimizer, dist.offload_params, capacity,
+        recipe.train.precision, dist.offload_optimizer, dist.offload_params, capacity, adapters if lora else None,
     )
     time = estimate_time(sizes, num_params, batch, topology, env, recipe.train.precision, recipe.train.steps)
     spec = recipe.energy

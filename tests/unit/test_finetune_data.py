@@ -88,15 +88,16 @@ def test_the_loss_over_prompt_tokens_contributes_nothing(batch, tiny_base):
     model = AutoModelForCausalLM.from_pretrained(str(tiny_base)).eval()
     rows = {k: v[:2] for k, v in packed.items()}
     inputs = model_inputs(rows, "cpu", torch.float32)
-    with torch.no_grad():
-        out = model(**inputs)
-    logits, labels = out.logits[:, :-1], inputs["labels"][:, 1:]
-    response = labels != IGNORE
-    by_hand = torch.nn.functional.cross_entropy(logits[response], labels[response])
+    out = model(**inputs)
+    out.logits.retain_grad()
+    out.loss.backward()
+    logits, targets = out.logits[:, :-1].detach(), inputs["labels"][:, 1:]
+    response = targets != IGNORE
+    by_hand = torch.nn.functional.cross_entropy(logits[response], targets[response])
     assert float(out.loss) == pytest.approx(float(by_hand), rel=1e-5)
-    tokens = inputs["input_ids"][:, 1:]
-    with_prompts = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1))
-    assert float(with_prompts) != pytest.approx(float(out.loss), rel=1e-3)  # counting prompt tokens would change it
+    gradient = out.logits.grad[:, :-1].abs().sum(dim=-1)
+    assert (gradient[~response] == 0).all()  # positions predicting prompt (or padding) tokens get no gradient at all
+    assert (gradient[response] > 0).all()
 
 
 def test_packed_examples_do_not_see_each_other(batch, tiny_base):
@@ -135,3 +136,14 @@ def test_without_packing_each_example_has_its_own_padded_row(batch):
     for row, (ids, _) in zip(rows["segments"], pairs[:3]):
         assert (row[: len(ids)] == 1).all() and (row[len(ids):] == 0).all()
     assert (rows["labels"][0][len(pairs[0][0]):] == IGNORE).all()
+
+
+def test_the_plan_counts_gradients_and_optimizer_state_for_the_adapters_alone(tmp_path, tiny_base):
+    lora = plan_for(tmp_path, tiny_base, "model.lora.target_modules=[q_proj, v_proj]", "model.lora.rank=4")
+    full = plan_for(tmp_path, tiny_base, "model.lora=null")
+    h, layers = 64, 2
+    adapters = layers * 4 * ((h + h) + (h + h))  # rank x (in + out) for q_proj and v_proj of each layer
+    assert lora.num_params == full.num_params + adapters
+    assert lora.memory.grads_bytes == adapters * 4 / 2  # fp32 gradients, ZeRO-2 over 2 ranks
+    assert lora.memory.optimizer_bytes == adapters * 8 / 2
+    assert full.memory.optimizer_bytes == full.num_params * 8 / 2
