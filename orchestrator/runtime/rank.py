@@ -47,7 +47,12 @@ def run_rank(path: Path) -> None:
     engine.close()
     monitor.close()
     mirror.close()
-    sys.exit(code)
+    # Everything is closed and written; skip interpreter finalisation, where native communication
+    # threads can still abort a rank that has finished ("terminate called without an active
+    # exception", exit 134) after the process group was destroyed.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 IDENTITY_VARIABLES = (("RANK", "LOCAL_RANK", "WORLD_SIZE"), ("HOROVOD_RANK", "HOROVOD_LOCAL_RANK", "HOROVOD_SIZE"))
