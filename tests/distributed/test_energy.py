@@ -123,9 +123,10 @@ monitor.close()
 
 
 def _busy(seconds: float) -> None:
+    """Keep one core fully busy for `seconds`."""
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        pass
+        continue
 
 
 def _node_energy(run_dir: Path, ranks: int, seconds: float) -> dict[str, float]:

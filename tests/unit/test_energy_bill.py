@@ -100,17 +100,17 @@ class FakeNvml:
     the second only reports a steady 150 W, as pre-Volta GPUs do."""
 
     class NVMLError(Exception):
-        pass
+        """pynvml's base error."""
 
     class NVMLError_NotSupported(NVMLError):
-        pass
+        """Raised by pynvml for a query the GPU does not support."""
 
     def __init__(self):
         self.counter_mj = 0
         self.handles = ["GPU-aaaa", "GPU-bbbb"]
 
     def nvmlInit(self):
-        pass
+        """Nothing to initialise in the fake."""
 
     def nvmlDeviceGetHandleByIndex(self, index):
         return self.handles[index]
