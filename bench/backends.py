@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import tempfile
 from pathlib import Path
 
-from throughput import DEFAULT_RECIPE, REPO, run_orchestrator
+from throughput import DEFAULT_RECIPE, REPO, interleaved_medians
 
 BACKENDS = {
     "horovod": ("distributed.backend=horovod", "distributed.zero_stage=0"),
@@ -38,16 +36,7 @@ def main() -> None:
     parser.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "backends.json")
     args = parser.parse_args()
-    pooled: dict[str, list[float]] = {name: [] for name in BACKENDS}
-    losses: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix="orch-bench-") as scratch:
-        for repeat in range(args.repeats):
-            for name, overrides in BACKENDS.items():
-                run = run_orchestrator(args.recipe.resolve(), args.steps, Path(scratch) / f"{name}-{repeat}", overrides)
-                pooled[name] += run["tokens_per_s"][args.warmup_steps:]
-                losses[name] = run["final_loss"]
-            print(f"round {repeat + 1}/{args.repeats} done", flush=True)
-    medians = {name: statistics.median(values) for name, values in pooled.items()}
+    medians, losses = interleaved_medians(args.recipe, BACKENDS, args.steps, args.warmup_steps, args.repeats)
     result = {
         "recipe": str(args.recipe), "steps": args.steps, "warmup_steps": args.warmup_steps, "repeats": args.repeats,
         "tokens_per_s": medians,

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from throughput import DEFAULT_RECIPE, REPO, run_orchestrator
+from throughput import DEFAULT_RECIPE, REPO, interleaved_medians
 
 CONFIGS = {
     "off": ("energy.enabled=false",),
@@ -55,14 +54,7 @@ def main() -> None:
     parser.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "energy.json")
     args = parser.parse_args()
-    pooled: dict[str, list[float]] = {name: [] for name in CONFIGS}
-    with tempfile.TemporaryDirectory(prefix="orch-bench-") as scratch:
-        for repeat in range(args.repeats):
-            for name, overrides in CONFIGS.items():
-                run = run_orchestrator(args.recipe.resolve(), args.steps, Path(scratch) / f"{name}-{repeat}", overrides)
-                pooled[name] += run["tokens_per_s"][args.warmup_steps:]
-            print(f"round {repeat + 1}/{args.repeats} done", flush=True)
-    medians = {name: statistics.median(values) for name, values in pooled.items()}
+    medians, _ = interleaved_medians(args.recipe, CONFIGS, args.steps, args.warmup_steps, args.repeats)
     cost = sample_cost_s()
     result = {
         "recipe": str(args.recipe), "steps": args.steps, "warmup_steps": args.warmup_steps, "repeats": args.repeats,

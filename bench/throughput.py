@@ -103,6 +103,22 @@ def run_orchestrator(recipe: Path, steps: int, run_dir: Path, extra: tuple[str, 
     }
 
 
+def interleaved_medians(recipe: Path, configs: dict[str, tuple[str, ...]], steps: int, warmup_steps: int,
+                        repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Every config once per round, rounds repeated (shared machines drift); per-step tokens/s after
+    the warmup steps pooled per config. Returns (median tokens/s, last final loss) by config."""
+    pooled: dict[str, list[float]] = {name: [] for name in configs}
+    losses: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="orch-bench-") as scratch:
+        for repeat in range(repeats):
+            for name, overrides in configs.items():
+                run = run_orchestrator(recipe.resolve(), steps, Path(scratch) / f"{name}-{repeat}", overrides)
+                pooled[name] += run["tokens_per_s"][warmup_steps:]
+                losses[name] = run["final_loss"]
+            print(f"round {repeat + 1}/{repeats} done", flush=True)
+    return {name: statistics.median(values) for name, values in pooled.items()}, losses
+
+
 def run_bare(orch_run_dir: Path, steps: int, work: Path) -> dict:
     """bench/bare_deepspeed.py on as many ranks, with the same added environment, as the orch run."""
     plan = json.loads((orch_run_dir / "plan.json").read_text())
