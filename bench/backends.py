@@ -14,10 +14,10 @@ Run it from the repository root (about 3 minutes on a 2-core CPU machine; needs 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from throughput import DEFAULT_RECIPE, REPO, interleaved_medians
+from common import DEFAULT_RECIPE, REPO, write_result
+from throughput import interleaved_medians
 
 BACKENDS = {
     "horovod": ("distributed.backend=horovod", "distributed.zero_stage=0"),
@@ -43,12 +43,10 @@ def main() -> None:
         "ratio_to_zero0": {name: medians[name] / medians[BASELINE] for name in BACKENDS},
         "final_loss": losses,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{'backend':<10}{'tokens/s':>12}{'vs ZeRO-0':>12}{'final loss':>12}")
     for name in BACKENDS:
         print(f"{name:<10}{medians[name]:>12,.0f}{result['ratio_to_zero0'][name]:>12.3f}{losses[name]:>12.4f}")
-    print(f"\nwritten to {args.out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -27,9 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,19 +36,19 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from common import (DEFAULT_RECIPE, REPO, events, first_event, machine, orch_argv, read_jsonl, repo_relative, row_after,
+                    run_logged, wait_for, write_result)
+
 sys.path.insert(0, str(REPO))  # run as a script from a checkout: the package is importable without installing
 
 from orchestrator.checkpoint.store import file_hash, fsync_path  # noqa: E402  the saver's own fsync and hash
 
-DEFAULT_RECIPE = REPO / "recipes" / "tiny-pretrain.yaml"
 # Small corpus and short lr warmup, as the distributed tests use; every step logged.
 FAST = ["data.max_bytes=1500000", "train.schedule.warmup_steps=2", "train.log_interval=1"]
 MODES = ("async", "none", "sync")
 MEMORY = Path("/dev/shm")
 PROBES_PER_RUN = 3
 CHUNK_BYTES = 8 << 20
-POLL_S = 0.05
 
 
 def main() -> None:
@@ -60,10 +58,8 @@ def main() -> None:
         print("kill and resume ...", flush=True)
         resume = measure_resume(args, Path(scratch) / "resume")
     result = summarise(args, plan, runs, probes, resume)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(render_table(result))
-    print(f"\nwritten to {args.out}")
+    write_result(args.out, result)
 
 
 def _parse_args() -> argparse.Namespace:
@@ -115,18 +111,9 @@ def _alternate(args: argparse.Namespace, scratch: Path) -> tuple[dict, dict, dic
     return runs, probes, plan
 
 
-def orch_argv(recipe: Path, overrides: list[str], run_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "orchestrator", "run", str(recipe), *overrides, "--run-dir", str(run_dir)]
-
-
 def run_training(recipe: Path, overrides: list[str], run_dir: Path) -> dict:
     """One `orch run` to completion; its per-step metrics and its events."""
-    log = run_dir.with_suffix(".log")
-    with log.open("w") as out:
-        code = subprocess.run(orch_argv(recipe, overrides, run_dir), cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL).returncode
-    if code != 0:
-        raise RuntimeError(f"orch run failed with exit code {code}; last lines of {log}:\n{_tail(log)}")
+    run_logged(orch_argv("run", run_dir, str(recipe), *overrides), run_dir.with_suffix(".log"))
     rows, history = read_jsonl(run_dir / "metrics.jsonl"), read_jsonl(run_dir / "events.jsonl")
     times = {e["event"]: e["time"] for e in history if e["event"] in ("start", "completed")}
     return {
@@ -136,19 +123,6 @@ def run_training(recipe: Path, overrides: list[str], run_dir: Path) -> dict:
         "loop_s": times["completed"] - times["start"],
         "checkpoints": [{k: e[k] for k in ("step", "stall_s", "bytes", "write_s")} for e in history if e["event"] == "checkpoint"],
     }
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Rows of a JSON-lines file that another process may be appending to: a torn last line is skipped."""
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            pass
-    return rows
 
 
 # -- the raw disk ---------------------------------------------------------------------------------
@@ -211,30 +185,30 @@ def measure_resume(args: argparse.Namespace, run_dir: Path) -> dict:
     steps = max(args.steps, 4 * args.resume_interval)
     overrides = [*FAST, f"train.steps={steps}", f"train.eval_interval={steps + 1}",
                  f"checkpoint.interval_steps={args.resume_interval}", "checkpoint.async_save=false"]
-    argv, log = orch_argv(args.recipe, overrides, run_dir), run_dir.with_suffix(".log")
+    argv, log = orch_argv("run", run_dir, str(args.recipe), *overrides), run_dir.with_suffix(".log")
     fresh_t0 = time.time()
     process = _start(argv, log)
     try:
-        fresh_row_s = _wait_for(lambda: _row_after(run_dir, 0), process, log) - fresh_t0
-        saved = _wait_for(lambda: _event(run_dir, "checkpoint", fresh_t0), process, log)
-        _wait_for(lambda: _row_after(run_dir, saved["step"] + 1), process, log)
+        fresh_row_s = _wait_for_run(lambda: row_after(run_dir, 0), process, log, "metrics row") - fresh_t0
+        saved = _wait_for_run(lambda: first_event(run_dir, "checkpoint", fresh_t0), process, log, "checkpoint event")
+        _wait_for_run(lambda: row_after(run_dir, saved["step"] + 1), process, log, "row after the checkpoint")
     finally:
         _kill(run_dir, process)
-    fresh_start = _event(run_dir, "start", fresh_t0)
+    fresh_start = first_event(run_dir, "start", fresh_t0)
     t0 = time.time()
     process = _start(argv, log)
     try:
-        resumed = _wait_for(lambda: _event(run_dir, "resumed", t0), process, log)
-        first_new = _wait_for(lambda: _row_after(run_dir, resumed["step"]), process, log)
+        resumed = _wait_for_run(lambda: first_event(run_dir, "resumed", t0), process, log, "resumed event")
+        first_new = _wait_for_run(lambda: row_after(run_dir, resumed["step"]), process, log, "row after the resume")
     finally:
         _kill(run_dir, process)
-    start = _event(run_dir, "start", t0)
+    start = first_event(run_dir, "start", t0)
     return {
         "checkpoint": resumed["checkpoint"],
         "resumed_step": resumed["step"],
         "recomputed_steps": resumed["recomputed_steps"],
         "state_bytes": saved["bytes"],
-        "set_aside": [e["reason"] for e in read_jsonl(run_dir / "events.jsonl") if e["event"] == "checkpoint_set_aside"],
+        "set_aside": [e["reason"] for e in events(run_dir, "checkpoint_set_aside")],
         "to_resumed_event_s": resumed["time"] - t0,
         "to_start_event_s": start["time"] - t0 if start else None,
         "to_first_resumed_step_s": first_new - t0,
@@ -254,27 +228,10 @@ def _kill(run_dir: Path, process: subprocess.Popen) -> None:
     process.wait(timeout=30)
 
 
-def _wait_for(found, process: subprocess.Popen, log: Path, timeout_s: float = 300):
-    """Poll `found()` until it returns something (a value, or the time the condition was first seen)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = found()
-        if value:
-            return value
-        if process.poll() is not None:
-            raise RuntimeError(f"orch run exited with code {process.returncode} too early; last lines of {log}:\n{_tail(log)}")
-        time.sleep(POLL_S)
-    raise TimeoutError(f"nothing after {timeout_s:.0f}s; last lines of {log}:\n{_tail(log)}")
-
-
-def _row_after(run_dir: Path, step: int) -> float | None:
-    """The time a metrics row past `step` was first seen (within POLL_S), or None."""
-    rows = read_jsonl(run_dir / "metrics.jsonl")
-    return time.time() if any(r["step"] > step for r in rows) else None
-
-
-def _event(run_dir: Path, name: str, since: float) -> dict | None:
-    return next((e for e in read_jsonl(run_dir / "events.jsonl") if e["event"] == name and e["time"] >= since), None)
+def _wait_for_run(found, process: subprocess.Popen, log: Path, what: str):
+    """common.wait_for, failing early if the `orch run` process exits first."""
+    return wait_for(found, lambda: None if process.poll() is None else f"orch run exited with code {process.returncode}",
+                    log, what)
 
 
 def kill_run(run_dir: Path) -> None:
@@ -290,10 +247,6 @@ def kill_run(run_dir: Path) -> None:
     psutil.wait_procs(victims, timeout=30)
 
 
-def _tail(log: Path, lines: int = 30) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-
-
 # -- summary --------------------------------------------------------------------------------------
 
 
@@ -301,9 +254,9 @@ def summarise(args: argparse.Namespace, plan: dict, runs: dict, probes: dict, re
     raw = {key: statistics.median(values) if values else None for key, values in probes.items()}
     return {
         "date": datetime.now().strftime("%Y-%m-%d"),
-        "machine": _machine(plan),
+        "machine": machine("torch", "deepspeed", device=plan["topology"]["device"]),
         "config": {
-            "recipe": str(args.recipe.relative_to(REPO)) if args.recipe.is_relative_to(REPO) else str(args.recipe),
+            "recipe": repo_relative(args.recipe),
             "overrides": FAST,
             "steps": args.steps,
             "interval_steps": args.interval,
@@ -423,21 +376,6 @@ def _steps_after_saves(runs: list[dict], args: argparse.Namespace) -> tuple[list
         for step, step_s in enumerate(run["step_s"][args.warmup_steps:], start=args.warmup_steps + 1):
             (after if (step - 1) % args.interval < 2 and step > args.interval else other).append(step_s)
     return after, other
-
-
-def _machine(plan: dict) -> dict:
-    import deepspeed
-    import torch
-
-    return {
-        "hostname": socket.gethostname(),
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "deepspeed": deepspeed.__version__,
-        "device": plan["topology"]["device"],
-    }
 
 
 def render_table(result: dict) -> str:

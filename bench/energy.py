@@ -16,12 +16,12 @@ Run it from the repository root (about 3 minutes on a 2-core CPU machine):
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
-from throughput import DEFAULT_RECIPE, REPO, interleaved_medians
+from common import DEFAULT_RECIPE, REPO, write_result
+from throughput import interleaved_medians
 
 CONFIGS = {
     "off": ("energy.enabled=false",),
@@ -34,8 +34,8 @@ GOAL = 0.005
 def sample_cost_s(samples: int = 200) -> float:
     """Wall seconds per sample of the monitor with this machine's node meters (the local leader's set)."""
     from orchestrator.energy.hardware import cpu_power
-    from orchestrator.energy.meters import node_meters
-    from orchestrator.energy.monitor import EnergyMonitor
+    from launch.energy.meters import node_meters
+    from launch.energy.monitor import EnergyMonitor
 
     with tempfile.TemporaryDirectory() as scratch:
         monitor = EnergyMonitor(node_meters(cpu_power("bench", 2), 0.375), Path(scratch), "bench", 0, 1.0)
@@ -64,14 +64,12 @@ def main() -> None:
         "core_share_at_1s": cost / 1.0,
         "goal": GOAL,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{'config':<10}{'tokens/s':>12}{'overhead':>12}")
     for name in CONFIGS:
         overhead = result["overhead_end_to_end"].get(name)
         print(f"{name:<10}{medians[name]:>12,.0f}{'' if overhead is None else f'{overhead:>12.2%}'}")
     print(f"one sample: {cost * 1000:.3f} ms -> {cost:.3%} of one core at the default 1 s interval (goal: overhead < {GOAL:.1%})")
-    print(f"\nwritten to {args.out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -25,19 +25,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from datetime import datetime
-from importlib.metadata import version
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from common import POLL_S, REPO, events, first_event, machine, orch_argv, read_jsonl, row_after, wait_for, write_result
+
 # The job tests/integration/test_slurm.py submits (TWO_NODES, with tests/conftest.py's FAST); train.steps from --steps.
 TWO_NODES = [
     "recipes/tiny-pretrain.yaml", "data.max_bytes=1500000", "train.schedule.warmup_steps=2", "train.eval_interval=1000",
@@ -45,7 +41,6 @@ TWO_NODES = [
     "slurm.partition=debug", "slurm.time_limit=00:15:00", "slurm.cpus_per_task=1",
 ]
 FAILED = {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
-POLL_S = 0.05  # metrics and events files: the resolution of every "row appeared" time
 STATE_POLL_S = 1.0  # scontrol, a subprocess: less often
 TIMEOUT_S = 300
 
@@ -83,10 +78,8 @@ def main() -> None:
             print(f"requeue {repeat + 1}/{args.requeue_repeats}: first new row {requeues[-1]['total_s']:.1f} s "
                   "after the signal", flush=True)
     result = summarise(args, firsts, requeues)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(render_table(result))
-    print(f"\nwritten to {args.out}")
+    write_result(args.out, result)
 
 
 def _parse_args() -> argparse.Namespace:
@@ -117,7 +110,7 @@ def cluster_up() -> None:
 
 def submit(run_dir: Path, steps: int, *extra: str) -> tuple[str, float, float]:
     """`orch submit` as a user runs it: the job id, the wall clock just before it started and when it exited."""
-    argv = [sys.executable, "-m", "orchestrator", "submit", *TWO_NODES, f"train.steps={steps}", *extra, "--run-dir", str(run_dir)]
+    argv = orch_argv("submit", run_dir, *TWO_NODES, f"train.steps={steps}", *extra)
     wait_until_idle()
     t0 = time.time()
     result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=TIMEOUT_S)
@@ -141,52 +134,17 @@ def job_state(job_id: str) -> str:
     return dict(part.split("=", 1) for part in out.split() if "=" in part)["JobState"]
 
 
-def wait_for(found, job_id: str, run_dir: Path, what: str, timeout_s: float = TIMEOUT_S):
-    """Poll `found()` every POLL_S until it returns something; fail early if the job ends or fails first."""
-    deadline, next_state = time.monotonic() + timeout_s, 0.0
-    while time.monotonic() < deadline:
-        state = None
-        if time.monotonic() >= next_state:
-            state, next_state = job_state(job_id), time.monotonic() + STATE_POLL_S
-        value = found()  # after the state, so a job that just ended had its last chance here
-        if value:
-            return value
-        if state in FAILED or state == "COMPLETED":
-            raise RuntimeError(f"job {job_id} is {state} and still no {what}; last lines of its log:\n{_tail(run_dir, job_id)}")
-        time.sleep(POLL_S)
-    raise TimeoutError(f"no {what} after {timeout_s:.0f}s; last lines of job {job_id}'s log:\n{_tail(run_dir, job_id)}")
+def wait_for_job(found, job_id: str, run_dir: Path, what: str):
+    """common.wait_for, asking scontrol every STATE_POLL_S whether the job ended or failed first."""
+    def ended() -> str | None:
+        state = job_state(job_id)
+        return f"job {job_id} is {state}" if state in FAILED or state == "COMPLETED" else None
+
+    return wait_for(found, ended, run_dir / "logs" / f"slurm-{job_id}.out", what, TIMEOUT_S, check_every_s=STATE_POLL_S)
 
 
 def wait_until_completed(job_id: str, run_dir: Path) -> None:
-    wait_for(lambda: job_state(job_id) == "COMPLETED", job_id, run_dir, "COMPLETED state")
-
-
-def _row_after(run_dir: Path, step: int) -> float | None:
-    """The time a metrics row past `step` was first seen (within POLL_S), or None."""
-    rows = read_jsonl(run_dir / "metrics.jsonl")
-    return time.time() if any(r["step"] > step for r in rows) else None
-
-
-def _events(run_dir: Path, name: str) -> list[dict]:
-    return [e for e in read_jsonl(run_dir / "events.jsonl") if e["event"] == name]
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Rows of a JSON-lines file that another process may be appending to: a torn last line is skipped."""
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            pass
-    return rows
-
-
-def _tail(run_dir: Path, job_id: str, lines: int = 30) -> str:
-    log = run_dir / "logs" / f"slurm-{job_id}.out"
-    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else f"({log} missing)"
+    wait_for_job(lambda: job_state(job_id) == "COMPLETED", job_id, run_dir, "COMPLETED state")
 
 
 # -- the two measurements --------------------------------------------------------------------------
@@ -194,11 +152,11 @@ def _tail(run_dir: Path, job_id: str, lines: int = 30) -> str:
 
 def measure_first_step(args: argparse.Namespace, run_dir: Path) -> dict:
     job_id, t0, exited = submit(run_dir, args.steps)
-    first_row = wait_for(lambda: _row_after(run_dir, 0), job_id, run_dir, "metrics row")
+    first_row = wait_for_job(lambda: row_after(run_dir, 0), job_id, run_dir, "metrics row")
     wait_until_completed(job_id, run_dir)
     times = {"t0": t0, "submit_exit": exited, "first_row": first_row}
     names = ("slurm_submitted", "slurm_start", "start", "completed", "slurm_end")
-    times |= {name: _events(run_dir, name)[0]["time"] for name in names}
+    times |= {name: events(run_dir, name)[0]["time"] for name in names}
     # For the requeue's preempted -> slurm_requeued: the same rank and srun teardown after a normal end.
     return {"job_id": job_id, **_phases(SUBMIT_PHASES, times), "completed_to_slurm_end_s": times["slurm_end"] - times["completed"],
             "times": times}
@@ -206,22 +164,22 @@ def measure_first_step(args: argparse.Namespace, run_dir: Path) -> dict:
 
 def measure_requeue(args: argparse.Namespace, run_dir: Path) -> dict:
     job_id, _, _ = submit(run_dir, args.steps, "slurm.signal=USR1")
-    wait_for(lambda: _row_after(run_dir, args.signal_at_step - 1), job_id, run_dir, f"row for step {args.signal_at_step}")
+    wait_for_job(lambda: row_after(run_dir, args.signal_at_step - 1), job_id, run_dir, f"row for step {args.signal_at_step}")
     signalled_at_step = max(r["step"] for r in read_jsonl(run_dir / "metrics.jsonl"))
     signal_t = time.time()
     subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True, timeout=60)
     scancel_s = time.time() - signal_t
-    preempted = wait_for(lambda: next(iter(_events(run_dir, "preempted")), None), job_id, run_dir, "preempted event")
-    resumed = wait_for(lambda: next(iter(_events(run_dir, "resumed")), None), job_id, run_dir, "resumed event")
-    first_new_row = wait_for(lambda: _row_after(run_dir, preempted["step"]), job_id, run_dir, "row after the resume")
+    preempted = wait_for_job(lambda: first_event(run_dir, "preempted"), job_id, run_dir, "preempted event")
+    resumed = wait_for_job(lambda: first_event(run_dir, "resumed"), job_id, run_dir, "resumed event")
+    first_new_row = wait_for_job(lambda: row_after(run_dir, preempted["step"]), job_id, run_dir, "row after the resume")
     wait_until_completed(job_id, run_dir)
-    starts = _events(run_dir, "slurm_start")
+    starts = events(run_dir, "slurm_start")
     assert [s["restart"] for s in starts] == [0, 1], f"expected one requeue, got slurm_start events {starts}"
-    saves = [e for e in _events(run_dir, "checkpoint") if e["step"] == preempted["step"] and e["time"] <= preempted["time"]]
+    saves = [e for e in events(run_dir, "checkpoint") if e["step"] == preempted["step"] and e["time"] <= preempted["time"]]
     times = {
-        "signal": signal_t, "slurm_signal": _events(run_dir, "slurm_signal")[0]["time"], "preempted": preempted["time"],
-        "slurm_requeued": _events(run_dir, "slurm_requeued")[0]["time"], "slurm_start_2": starts[1]["time"],
-        "resumed": resumed["time"], "start_2": _events(run_dir, "start")[1]["time"], "first_new_row": first_new_row,
+        "signal": signal_t, "slurm_signal": events(run_dir, "slurm_signal")[0]["time"], "preempted": preempted["time"],
+        "slurm_requeued": events(run_dir, "slurm_requeued")[0]["time"], "slurm_start_2": starts[1]["time"],
+        "resumed": resumed["time"], "start_2": events(run_dir, "start")[1]["time"], "first_new_row": first_new_row,
     }
     return {
         "job_id": job_id,
@@ -249,9 +207,10 @@ def summarise(args: argparse.Namespace, firsts: list[dict], requeues: list[dict]
     def medians(runs: list[dict], phases: dict) -> dict:
         return {key: statistics.median(run[key] for run in runs) for key in phases} if runs else {}
 
+    slurm = subprocess.run(["sinfo", "--version"], capture_output=True, text=True).stdout.strip()
     return {
         "date": datetime.now().strftime("%Y-%m-%d"),
-        "machine": _machine(),
+        "machine": machine("torch", "deepspeed", slurm=slurm),
         "config": {
             "overrides": [*TWO_NODES, f"train.steps={args.steps}"],
             "requeue_overrides": ["slurm.signal=USR1"],
@@ -277,19 +236,6 @@ NOTES = [
     "signal is the wall clock just before `scancel --signal=USR1 --batch`; the ranks stop at the next step boundary",
     "requeue delay: the dev cluster sets AuthInfo=cred_expire=10 (Slurm's default is 120 s) and schedules every 5 s",
 ]
-
-
-def _machine() -> dict:
-    slurm = subprocess.run(["sinfo", "--version"], capture_output=True, text=True).stdout.strip()
-    return {
-        "hostname": socket.gethostname(),
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "slurm": slurm,
-        "torch": version("torch"),
-        "deepspeed": version("deepspeed"),
-    }
 
 
 def render_table(result: dict) -> str:

@@ -20,19 +20,17 @@ import argparse
 import json
 import multiprocessing
 import os
-import platform
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from common import DEFAULT_RECIPE, REPO, machine, orch_argv, read_jsonl, repo_relative, run_logged, write_result
+
 BARE_SCRIPT = REPO / "bench" / "bare_deepspeed.py"
-DEFAULT_RECIPE = REPO / "recipes" / "tiny-pretrain.yaml"
 MATMUL_SECONDS = 3.0
 MATMUL_SIZE = {"cpu": 2048, "cuda": 8192}
 
@@ -44,10 +42,8 @@ def main() -> None:
     plan = runs["plan"]
     peak = measure_peak(plan)
     result = summarise(args, plan, runs, peak)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(render_table(result))
-    print(f"\nwritten to {args.out}")
+    write_result(args.out, result)
 
 
 def _parse_args() -> argparse.Namespace:
@@ -90,9 +86,8 @@ def run_orchestrator(recipe: Path, steps: int, run_dir: Path, extra: tuple[str, 
     overrides = [f"train.steps={steps}", f"train.eval_interval={steps + 1}", "train.log_interval=1"]
     if warmup >= steps:  # the recipe schema requires lr warmup below the step count
         overrides.append(f"train.schedule.warmup_steps={steps - 1}")
-    argv = [sys.executable, "-m", "orchestrator", "run", str(recipe), *overrides, *extra, "--run-dir", str(run_dir)]
-    _run_logged(argv, run_dir.with_suffix(".log"), os.environ.copy())
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    run_logged(orch_argv("run", run_dir, str(recipe), *overrides, *extra), run_dir.with_suffix(".log"))
+    rows = read_jsonl(run_dir / "metrics.jsonl")
     if len(rows) != steps:
         raise RuntimeError(f"expected {steps} metric rows in {run_dir}, found {len(rows)}")
     return {
@@ -132,19 +127,11 @@ def run_bare(orch_run_dir: Path, steps: int, work: Path) -> dict:
     ]
     # The ranks get exactly the environment the orchestrator gave its own (on CPU:
     # DS_ACCELERATOR=cpu and OMP_NUM_THREADS = cores / ranks).
-    _run_logged(argv, work / "bare.log", {**os.environ, **plan["commands"][0]["env"]})
+    run_logged(argv, work / "bare.log", {**os.environ, **plan["commands"][0]["env"]})
     result = json.loads(out.read_text())
     result["tokens_per_s"] = [result["tokens_per_step"] / s for s in result["step_s"]]
     result["final_loss"] = result["loss"][-1]
     return result
-
-
-def _run_logged(argv: list[str], log: Path, env: dict) -> None:
-    with log.open("w") as out:
-        code = subprocess.run(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
-    if code != 0:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-        raise RuntimeError(f"{' '.join(argv[:6])} ... failed with exit code {code}; last lines of {log}:\n{tail}")
 
 
 def _free_port() -> int:
@@ -244,9 +231,9 @@ def summarise(args: argparse.Namespace, plan: dict, runs: dict, peak: dict) -> d
     sides["orch"]["mfu_reported_by_orch"] = statistics.median(reported) if reported else None
     return {
         "date": datetime.now().strftime("%Y-%m-%d"),
-        "machine": _machine(plan),
+        "machine": machine("torch", "deepspeed", "transformers", device=plan["topology"]["device"]),
         "config": {
-            "recipe": str(args.recipe.relative_to(REPO)) if args.recipe.is_relative_to(REPO) else str(args.recipe),
+            "recipe": repo_relative(args.recipe),
             "steps": args.steps,
             "warmup_steps": args.warmup_steps,
             "repeats": args.repeats,
@@ -270,23 +257,6 @@ def summarise(args: argparse.Namespace, plan: dict, runs: dict, peak: dict) -> d
             "the bare loop reads sequences in order, each rank its own slice; the orchestrator reads a seeded permutation",
             "mfu_reported_by_orch uses the planner's own peak estimate, not the peak measured here",
         ],
-    }
-
-
-def _machine(plan: dict) -> dict:
-    import deepspeed
-    import torch
-    import transformers
-
-    return {
-        "hostname": socket.gethostname(),
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "deepspeed": deepspeed.__version__,
-        "transformers": transformers.__version__,
-        "device": plan["topology"]["device"],
     }
 
 

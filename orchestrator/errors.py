@@ -1,4 +1,5 @@
-"""The project's own error classes: the CLI turns each into one readable line and an exit code.
+"""The project's own error classes and exit codes: the CLI turns each error into one readable line
+and its exit code; the ranks, the node launcher and the Slurm batch step exit with the same codes.
 
 Anything else that escapes is a bug in the orchestrator and keeps its traceback.
 """
@@ -6,6 +7,14 @@ Anything else that escapes is a bug in the orchestrator and keeps its traceback.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+EXIT_FAILURE = 1
+EXIT_BUDGET = 3
+"""Stopped cleanly, with a checkpoint, because the energy or carbon budget was spent."""
+EXIT_GATES_FAILED = 4
+"""A required gate failed, or a release was refused: pipelines stop on it."""
+EXIT_REQUEUE = 75
+"""EX_TEMPFAIL, "try again later": checkpointed and stopped on a signal; the Slurm job requeues on it."""
 
 
 @dataclass(frozen=True)
@@ -36,7 +45,7 @@ class Problem:
 class OrchestratorError(Exception):
     """A user-facing failure; `exit_code` is what the CLI returns."""
 
-    exit_code = 1
+    exit_code = EXIT_FAILURE
 
     def lines(self) -> list[str]:
         return [str(self)]
@@ -64,13 +73,13 @@ class DataError(OrchestratorError):
 class Preempted(OrchestratorError):
     """Training stopped on a signal after a checkpoint; running again resumes it."""
 
-    exit_code = 75  # orchestrator.runtime.signals.REQUEUE_EXIT
+    exit_code = EXIT_REQUEUE
 
 
 class BudgetExceeded(OrchestratorError):
     """Training stopped cleanly, with a checkpoint, because the run spent its energy or carbon budget."""
 
-    exit_code = 3  # orchestrator.energy.account.BUDGET_EXIT
+    exit_code = EXIT_BUDGET
 
 
 class ResumeError(OrchestratorError):
@@ -96,10 +105,10 @@ class GateError(OrchestratorError):
 class GatesFailed(OrchestratorError):
     """A required gate failed on the checkpoint: pipelines stop on this exit code."""
 
-    exit_code = 4
+    exit_code = EXIT_GATES_FAILED
 
 
 class ReleaseRefused(OrchestratorError):
     """The checkpoint may not be released (not gated, gated on other content, failed, or the place is taken)."""
 
-    exit_code = 4
+    exit_code = EXIT_GATES_FAILED

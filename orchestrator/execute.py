@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from orchestrator.data.prepare import prepare_data
-from orchestrator.errors import BudgetExceeded, LaunchError, Preempted
+from orchestrator.errors import EXIT_REQUEUE, BudgetExceeded, LaunchError, Preempted
+from orchestrator.hub import work_offline
 from orchestrator.plan.planner import LaunchPlan, ProcessSpec
 from orchestrator.provenance import provenance
-from orchestrator.rundir import RunDir
-from orchestrator.runtime import events
-from orchestrator.runtime.signals import REQUEUE_EXIT
+from orchestrator.rundir.layout import RunDir
+from orchestrator.rundir.records import write_data
 
 POLL_S = 0.5
 
@@ -63,13 +63,12 @@ class RunOutcome:
 def prepare_run(plan: LaunchPlan, sources: list[Path]) -> RunDir:
     """Everything before the first process: files, data, provenance."""
     run = RunDir(plan.run_dir)
-    (run.path / "logs").mkdir(parents=True, exist_ok=True)
+    run.logs.mkdir(parents=True, exist_ok=True)
     for relative, content in plan.files().items():
         run.write_file(relative, content)
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    work_offline()
     data, manifest = prepare_data(plan.recipe.data, plan.recipe.train.seed, plan.data_cache_dir)
-    run.write_file(run.data.name, json.dumps({"dir": str(data.dir), **{k: v for k, v in manifest.items() if k != "files"}}, indent=2))
+    write_data(run, data.dir, manifest)
     run.write_file(run.provenance.name, json.dumps(provenance(plan.recipe_hash, manifest, sources), indent=2))
     return run
 
@@ -83,7 +82,7 @@ def launch(
     requeue code; a second one makes them stop at once.
     """
     processes = [runner.start(spec, run.path / spec.log) for spec in plan.processes]
-    seen = (len(run.metric_rows()), len(events.read(run.events)))
+    seen = (len(run.metric_rows()), len(run.history()))
     first_event = seen[1]
 
     def forward(signum, _frame):
@@ -103,8 +102,8 @@ def launch(
     code = next((c for c in codes if c != 0), 0)
     # The run directory says how this attempt ended even when a launcher folds the ranks' exit codes
     # into one (horovodrun reports any non-zero rank as 1).
-    this_attempt = events.read(run.events)[first_event:]
-    if code == REQUEUE_EXIT or (code != 0 and any(e["event"] == "preempted" for e in this_attempt)):
+    this_attempt = run.history()[first_event:]
+    if code == EXIT_REQUEUE or (code != 0 and any(e["event"] == "preempted" for e in this_attempt)):
         raise Preempted(f"stopped on a signal after checkpointing; run the same command again to resume ({run.path})")
     over = [e for e in this_attempt if e["event"] == "stopped_over_budget"]
     if code != 0 and over:
@@ -113,13 +112,13 @@ def launch(
             f"{', checkpoint saved' if over[-1]['saved'] else ''}; raise energy.budget_kwh / budget_kgco2e and run again to continue"
         )
     if code != 0:
-        raise LaunchError(f"training failed (exit code {code}){_failure_hint(run)}; logs are in {run.path / 'logs'}")
+        raise LaunchError(f"training failed (exit code {code}){_failure_hint(run)}; logs are in {run.logs}")
     summary = json.loads(run.summary.read_text()) if run.summary.exists() else None
     return RunOutcome(run.path, code, summary)
 
 
 def _report(run: RunDir, seen: tuple[int, int], on_progress: Callable[[list[dict], list[dict]], None]) -> tuple[int, int]:
-    rows, history = run.metric_rows(), events.read(run.events)
+    rows, history = run.metric_rows(), run.history()
     if len(rows) > seen[0] or len(history) > seen[1]:
         on_progress(rows[seen[0]:], history[seen[1]:])
     return len(rows), len(history)
@@ -127,7 +126,7 @@ def _report(run: RunDir, seen: tuple[int, int], on_progress: Callable[[list[dict
 
 def _failure_hint(run: RunDir) -> str:
     """The last error line a rank printed, so the user sees the cause without opening logs."""
-    for log in sorted((run.path / "logs").glob("rank-*.log")) + [run.launcher_log]:
+    for log in sorted(run.logs.glob("rank-*.log")) + [run.launcher_log]:
         if not log.exists():
             continue
         lines = [l for l in log.read_text(errors="replace").splitlines() if "Error" in l or "error:" in l]

@@ -86,8 +86,7 @@ def follow_run(run_dir: Path, interactive: bool, poll_s: float = 1.0) -> None:
     the run reaches a state where nothing more happens without a new start."""
     import time
 
-    from orchestrator.rundir import RunDir
-    from orchestrator.runtime import events
+    from orchestrator.rundir.layout import RunDir
     from orchestrator.status import run_status
 
     run = RunDir(run_dir)
@@ -95,7 +94,7 @@ def follow_run(run_dir: Path, interactive: bool, poll_s: float = 1.0) -> None:
     seen = (0, 0)
     with ProgressView(status.steps, interactive) as view:
         while True:
-            rows, history = run.metric_rows(), events.read(run.events)
+            rows, history = run.metric_rows(), run.history()
             view.update(rows[seen[0]:], history[seen[1]:])
             seen = (len(rows), len(history))
             if run_status(run.path).finished:

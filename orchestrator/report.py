@@ -11,8 +11,9 @@ import html
 import json
 from pathlib import Path
 
-from orchestrator.rundir import RunDir
-from orchestrator.runtime import events
+from orchestrator.gates.report import newest_report
+from orchestrator.rundir import events
+from orchestrator.rundir.layout import RunDir
 
 WIDTH, HEIGHT, PAD = 640, 260, 44
 LEFT, RIGHT = 72, 130  # room for tick labels, and for the legend
@@ -76,10 +77,7 @@ def _points(rows: list[dict], key: str) -> list[tuple[float, float]]:
 
 
 def _energy_series(run: RunDir) -> Series:
-    path = run.path / "energy" / "series.jsonl"
-    if not path.exists():
-        return {}
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = events.read(run.energy_series)
     start = lines[0]["time"] if lines else 0.0
     series: Series = {}
     for line in lines:
@@ -100,7 +98,7 @@ def render_report(run_dir: Path) -> str:
     run = RunDir(run_dir)
     status = run_status(run.path)
     rows = run.metric_rows()
-    history = events.read(run.events)
+    history = run.history()
     stalls = [(e["step"], e["stall_s"]) for e in history if e["event"] == "checkpoint"]
     charts = [
         svg_chart("Loss", {"training loss": _points(rows, "loss"), "validation loss": _points(rows, "val_loss")}, "step", "loss"),
@@ -110,21 +108,19 @@ def render_report(run_dir: Path) -> str:
         svg_chart("Checkpoint stalls", {"stall": stalls}, "step", "seconds training was blocked", lines=False),
     ]
     sections = [f"<h1>{html.escape(status.name)}</h1>", f"<p>{html.escape(status.line())}</p>", '<div class="charts">', *charts, "</div>"]
-    energy = run.path / "energy.json"
-    if energy.exists():
-        t = json.loads(energy.read_text())["totals"]
+    if run.energy.exists():
+        t = json.loads(run.energy.read_text())["totals"]
         sections += ["<h2>Energy and carbon</h2>", _table(
             ["IT kWh", "measured kWh", "estimated kWh", "coverage", "PUE", "kgCO2e", "intensity g/kWh", "source"],
             [[f"{t['kwh']:.6g}", f"{t['measured_kwh']:.6g}", f"{t['estimated_kwh']:.6g}", f"{t['coverage']:.0%}", f"{t['pue']:g}",
               f"{t['kgco2e']:.6g}", f"{t['intensity']['g_per_kwh']:.1f}", t["intensity"]["source"]]],
         )]
-    reports = sorted((run.path / "gates").glob("step-*.json"))
-    if reports:
-        report = json.loads(reports[-1].read_text())
-        sections += [f"<h2>Gates ({html.escape(report['checkpoint'])}: {'passed' if report['passed'] else 'FAILED'})</h2>", _table(
+    report = newest_report(run)
+    if report:
+        sections += [f"<h2>Gates ({html.escape(report.checkpoint)}: {'passed' if report.passed else 'FAILED'})</h2>", _table(
             ["gate", "required", "status", "value", "limit", "evidence"],
-            [[r["name"], "yes" if r["required"] else "no", r["status"], "" if r["value"] is None else f"{r['value']:.4g}",
-              "" if r["threshold"] is None else f"{r['threshold']:.4g}", r["summary"]] for r in report["results"]],
+            [[r.name, "yes" if r.required else "no", r.status, "" if r.value is None else f"{r.value:.4g}",
+              "" if r.threshold is None else f"{r.threshold:.4g}", r.summary] for r in report.results],
         )]
     style = ("body{font-family:sans-serif;margin:24px;color:#222}.charts{display:flex;flex-wrap:wrap;gap:16px}"
              "figure{margin:0}figcaption{font-weight:bold;margin-bottom:4px}table{border-collapse:collapse;margin:8px 0}"

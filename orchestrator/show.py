@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from orchestrator.rundir import RunDir
+from orchestrator.gates.report import GateReport
+from orchestrator.rundir.layout import RELEASE_MANIFEST, RunDir
+from orchestrator.rundir.records import read_plan
 from orchestrator.status import run_status
 
 
@@ -15,14 +17,14 @@ def describe_run(run_dir: Path) -> str:
 
     status = run_status(run_dir)
     run = RunDir(run_dir)
-    plan = run.read_json(run.plan.name)
-    t, b = plan["topology"], plan["batch"]
+    plan = read_plan(run)
+    t, b = plan.topology, plan.batch
     lines = [
         status.line(),
-        f"task           {status.task}, {plan['model']['arch']} {plan['model']['num_params'] / 1e6:.2f}M parameters, recipe hash {plan['recipe_hash']}",
-        f"backend        {plan['backend']}, {t['nodes']} node(s) x {t['procs_per_node']} = world size {t['world_size']} on {t['device']} ({t['comm_backend']})",
-        f"batch          micro {b['micro_batch_size']} x accumulation {b['gradient_accumulation_steps']} x data-parallel {b['data_parallel']}"
-        f" = {b['global_batch_size']} sequences, {b['tokens_per_step']:,} tokens/step",
+        f"task           {status.task}, {plan.model.arch} {plan.model.num_params / 1e6:.2f}M parameters, recipe hash {plan.recipe_hash}",
+        f"backend        {plan.backend}, {t.nodes} node(s) x {t.procs_per_node} = world size {t.world_size} on {t.device} ({t.comm_backend})",
+        f"batch          micro {b.micro_batch_size} x accumulation {b.gradient_accumulation_steps} x data-parallel {b.data_parallel}"
+        f" = {b.global_batch_size} sequences, {b.tokens_per_step:,} tokens/step",
     ]
     rows = run.metric_rows()
     if rows:
@@ -36,19 +38,16 @@ def describe_run(run_dir: Path) -> str:
                      f"median {summary['tokens_per_s']:,.0f} tokens/s, MFU {summary['mfu']:.1%}")
     checkpoints = store.committed(checkpoint_root(run.path))
     lines.append(f"checkpoints    {len(checkpoints)}" + (f", newest {checkpoints[0].name} ({checkpoints[0]})" if checkpoints else ""))
-    energy = run.path / "energy.json"
-    if energy.exists():
-        e = json.loads(energy.read_text())["totals"]
+    if run.energy.exists():
+        e = json.loads(run.energy.read_text())["totals"]
         lines.append(f"energy         {e['facility_kwh'] * 1000:.4g} Wh, {e['kgco2e'] * 1000:.4g} gCO2e, coverage {e['coverage']:.0%} "
                      f"(orch energy {run_dir})")
-    for report in sorted((run.path / "gates").glob("step-*.json")):
-        r = json.loads(report.read_text())
-        failed = [g["name"] for g in r["results"] if g["required"] and g["status"] not in ("pass", "warn")]
-        lines.append(f"gates          {r['checkpoint']}: {'passed' if r['passed'] else 'failed: ' + ', '.join(failed)}")
-    for release in sorted((run.path / "releases").glob("*/release.json")):
+    for path in run.gate_reports():
+        report = GateReport.read(path)
+        lines.append(f"gates          {report.checkpoint}: {report.verdict()}")
+    for release in sorted(run.releases.glob(f"*/{RELEASE_MANIFEST}")):
         lines.append(f"release        {release.parent}")
-    tracking = run.path / "tracking.json"
-    if tracking.exists():
-        ids = json.loads(tracking.read_text())["ids"]
+    if run.tracking.exists():
+        ids = json.loads(run.tracking.read_text())["ids"]
         lines += [f"dashboard      {key} {value}" for key, value in ids.items()]
     return "\n".join(lines)

@@ -6,13 +6,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from orchestrator.errors import OrchestratorError, SlurmError
-from orchestrator.rundir import RunDir
-from orchestrator.runtime import events
+from orchestrator.gates.report import newest_report
+from orchestrator.rundir.layout import RunDir
+from orchestrator.rundir.records import read_jobs, read_recipe
 from orchestrator.slurm.client import job_fields
-from orchestrator.slurm.submit import job_ids
 
 
 @dataclass(frozen=True)
@@ -46,41 +44,39 @@ def run_status(path: Path) -> RunStatus:
     run = RunDir(path)
     if not run.recipe.exists():
         raise OrchestratorError(f"{path} is not a run directory (no recipe.yaml)")
-    recipe = yaml.safe_load(run.recipe.read_text())
+    recipe = read_recipe(run)
     rows = run.metric_rows()
-    history = events.read(run.events)
-    jobs = job_ids(run)
+    history = run.history()
+    jobs = read_jobs(run)
     state = _local_state(run, history)
     if jobs:
         try:
             state = job_fields(jobs[-1]).get("JobState", state)
         except SlurmError:
             state = f"{state} (scheduler unreachable)"
-    energy = run.path / "energy.json"
     return RunStatus(
         run_dir=path,
-        name=recipe["name"],
+        name=recipe.name,
         state=state,
         step=rows[-1]["step"] if rows else 0,
-        steps=recipe["train"]["steps"],
+        steps=recipe.train.steps,
         loss=rows[-1]["loss"] if rows else None,
         restarts=max(0, sum(e["event"] == "start" for e in history) - 1),
         job_id=jobs[-1] if jobs else None,
-        task=recipe.get("task", "pretrain"),
-        backend=recipe.get("distributed", {}).get("backend", "deepspeed"),
-        nodes=recipe.get("distributed", {}).get("nodes", 1),
-        energy_kwh=json.loads(energy.read_text())["totals"]["facility_kwh"] if energy.exists() else None,
+        task=recipe.task,
+        backend=recipe.distributed.backend,
+        nodes=recipe.distributed.nodes,
+        energy_kwh=json.loads(run.energy.read_text())["totals"]["facility_kwh"] if run.energy.exists() else None,
         gates=_gates(run),
     )
 
 
 def _gates(run: RunDir) -> str:
     """The newest gate report in a word: `passed@step` or `failed@step`."""
-    reports = sorted((run.path / "gates").glob("step-*.json"))
-    if not reports:
+    report = newest_report(run)
+    if report is None:
         return "-"
-    report = json.loads(reports[-1].read_text())
-    return f"{'passed' if report['passed'] else 'failed'}@{report['step']}"
+    return f"{'passed' if report.passed else 'failed'}@{report.step}"
 
 
 TERMINAL_STATES = ("COMPLETED", "PREEMPTED", "STOPPED_OVER_BUDGET", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL")
@@ -102,6 +98,16 @@ def matches(status: RunStatus, filters: dict[str, str | None]) -> bool:
         "backend": lambda v: status.backend == v,
     }
     return all(checks[key](value) for key, value in filters.items() if value is not None)
+
+
+def render_runs(rows: list[RunStatus]) -> str:
+    lines = [f"{'name':<24} {'task':<8} {'backend':<9} {'nodes':>5} {'state':<12} {'step':>11} {'loss':>8} {'energy':>11} {'gates':<14} {'job':>6}  run directory"]
+    for r in rows:
+        loss = f"{r.loss:.4f}" if r.loss is not None else "-"
+        energy = f"{r.energy_kwh * 1000:.3g} Wh" if r.energy_kwh is not None else "-"
+        lines.append(f"{r.name[:24]:<24} {r.task:<8} {r.backend:<9} {r.nodes:>5} {r.state[:12]:<12} {f'{r.step}/{r.steps}':>11} {loss:>8} "
+                     f"{energy:>11} {r.gates:<14} {r.job_id or '-':>6}  {r.run_dir}")
+    return "\n".join(lines)
 
 
 def find_runs(root: Path) -> list[RunStatus]:

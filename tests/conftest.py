@@ -73,6 +73,24 @@ def make_env(
     )
 
 
+def tiny_plan_record(tmp_path: Path, **fields):
+    """A real plan record of the tiny recipe, with `fields` replaced (validated again)."""
+    from orchestrator.plan.planner import make_plan
+    from orchestrator.recipe.loader import load_recipe
+
+    record = make_plan(load_recipe(TINY), make_env(tmp_path)).record()
+    return record.model_validate({**record.model_dump(), **fields})
+
+
+def write_plan(directory: Path, /, **fields) -> None:
+    """A real plan of the tiny recipe as the run directory's plan.json, with `fields` replaced."""
+    from orchestrator.rundir.layout import RunDir
+    from orchestrator.rundir.records import write_plan as write
+
+    directory.mkdir(parents=True, exist_ok=True)
+    write(RunDir(directory), tiny_plan_record(directory, **fields))
+
+
 H100 = GpuInfo("NVIDIA H100 80GB HBM3", 80 * 2**30, 9.0)
 V100 = GpuInfo("Tesla V100-SXM2-32GB", 32 * 2**30, 7.0)
 

@@ -7,14 +7,12 @@ its config, and the run's tokenizer is copied beside them, so that
 `AutoModelForCausalLM.from_pretrained(out)` and `AutoTokenizer.from_pretrained(out)` load it.
 Only a checkpoint whose files match their manifest is exported; `export.json` records which.
 
-torch, deepspeed and transformers are imported inside functions, and so is the run directory
-layout (it pulls in the planner): the CLI imports this module for `ExportDtype` alone.
+torch, deepspeed and transformers are imported inside functions: the CLI imports this module for
+`ExportDtype` alone.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -25,10 +23,11 @@ from pathlib import Path
 
 from orchestrator.checkpoint import store
 from orchestrator.errors import CheckpointError
+from orchestrator.rundir.layout import RunDir
+from orchestrator.rundir.records import read_data
 
 EXPORT_FILE = "export.json"
 ADAPTER_DIR = "adapter"
-MODULE_STATES = "mp_rank_00_model_states.pt"
 
 
 class ExportDtype(str, Enum):
@@ -47,7 +46,7 @@ class ExportResult:
 
 
 def default_out(run_dir: Path, step: int) -> Path:
-    return run_dir / "export" / store.tag_for(step)
+    return RunDir(run_dir).exports / store.tag_for(step)
 
 
 def choose_checkpoint(root: Path, step: int | None) -> Path:
@@ -76,7 +75,6 @@ def choose_checkpoint(root: Path, step: int | None) -> Path:
 def export_checkpoint(run_dir: Path, step: int | None = None, out: Path | None = None,
                       dtype: ExportDtype = ExportDtype.fp32) -> ExportResult:
     from orchestrator.checkpoint.listing import checkpoint_root
-    from orchestrator.rundir import RunDir
 
     run = RunDir(run_dir)
     root = checkpoint_root(run.path)
@@ -87,8 +85,7 @@ def export_checkpoint(run_dir: Path, step: int | None = None, out: Path | None =
         raise CheckpointError(f"{target} already exists and is not empty: remove it or pass another --out")
     tokenizer_dir = _tokenizer_dir(run)
 
-    _deepspeed_on_this_machine()
-    state, weights_from = consolidated_state_dict(root, checkpoint.name, manifest["zero_stage"])
+    state, weights_from = consolidated_state_dict(run, checkpoint, manifest["zero_stage"])
     model = _model_with(run, state)
     del state
     staging = target.with_name(f".{target.name}.partial-{os.getpid()}")
@@ -112,13 +109,10 @@ def load_checkpoint_model(run_dir: Path, checkpoint: Path):
     """(model, tokenizer) of a verified checkpoint, consolidated in this process, for evaluating it."""
     from transformers import AutoTokenizer
 
-    from orchestrator.rundir import RunDir
-
     run = RunDir(run_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(_tokenizer_dir(run)))
-    _deepspeed_on_this_machine()
     manifest = store.read_manifest(checkpoint)
-    state, _ = consolidated_state_dict(checkpoint.parent, checkpoint.name, manifest["zero_stage"])
+    state, _ = consolidated_state_dict(run, checkpoint, manifest["zero_stage"])
     model = _model_with(run, state)
     model.eval()
     return model, tokenizer
@@ -129,45 +123,27 @@ def _tokenizer_dir(run) -> Path:
     for needed in (run.recipe, run.plan, run.data):
         if not needed.is_file():
             raise CheckpointError(f"{run.path} has no {needed.name}: is it a run directory written by orch run?")
-    tokenizer_dir = Path(json.loads(run.data.read_text())["dir"]) / "tokenizer"
+    tokenizer_dir = read_data(run).tokenizer_dir
     if not tokenizer_dir.is_dir():
         raise CheckpointError(f"the run's tokenizer is gone from {tokenizer_dir} (data cache cleared?): prepare the data again with orch run")
     return tokenizer_dir
 
 
-def consolidated_state_dict(root: Path, tag: str, zero_stage: int) -> tuple[dict, str]:
-    """Full fp32 weights (parameter name -> tensor) and a phrase saying where they came from."""
-    import torch
+def consolidated_state_dict(run, checkpoint: Path, zero_stage: int) -> tuple[dict, str]:
+    """Full fp32 weights (parameter name -> tensor), by the backend that wrote the checkpoint."""
+    from orchestrator.backends.registry import BACKENDS
+    from orchestrator.rundir.records import read_recipe
 
-    from orchestrator.distributed.horovod import STATE_DIR, STATE_FILE
-
-    horovod_state = root / tag / STATE_DIR / STATE_FILE
-    if horovod_state.is_file():
-        saved = torch.load(horovod_state, map_location="cpu", weights_only=False)
-        return {name: tensor.float() for name, tensor in saved["model"].items()}, "Horovod state (whole model, saved by rank 0)"
-    if zero_stage == 0:
-        # zero_to_fp32 needs ZeRO optimizer shards, which stage 0 does not write; DeepSpeed keeps the whole module instead.
-        saved = torch.load(root / tag / MODULE_STATES, map_location="cpu", weights_only=False)
-        return {name: tensor.float() for name, tensor in saved["module"].items()}, "module weights (ZeRO-0, no shards)"
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    # It prints its progress; the CLI's output should be ours alone.
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        state = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
-    return state, f"DeepSpeed zero_to_fp32 (ZeRO-{zero_stage} fp32 master weights)"
+    backend = BACKENDS[read_recipe(run).distributed.backend]
+    return backend.consolidated_state_dict(checkpoint.parent, checkpoint.name, zero_stage)
 
 
 def _model_with(run, state: dict):
     """The model the run trained, built from its recipe and plan, holding the checkpoint's weights."""
-    import yaml
-
-    from orchestrator.model.architectures import Sizes
     from orchestrator.model.build import build_model
-    from orchestrator.recipe.schema import Recipe
+    from orchestrator.rundir.records import read_plan, read_recipe
 
-    recipe = Recipe.model_validate(yaml.safe_load(run.recipe.read_text()))
-    sizes = Sizes(**json.loads(run.plan.read_text())["model"]["sizes"])
-    model = build_model(recipe.model, sizes)
+    model = build_model(read_recipe(run).model, read_plan(run).model.sizes)
     missing, unexpected = model.load_state_dict(state, strict=False)
     params = dict(model.named_parameters(remove_duplicate=False))
     # With tied embeddings the output projection is the input embedding: absent from the state is fine.
@@ -223,11 +199,3 @@ def _record(checkpoint: Path, manifest: dict, dtype: ExportDtype, weights_from: 
         "exported_at": time.time(),
         "libraries": {"torch": torch.__version__, "transformers": transformers.__version__, "deepspeed": deepspeed.__version__},
     }
-
-
-def _deepspeed_on_this_machine() -> None:
-    """Without CUDA, DeepSpeed must be told it runs on CPU before it is first imported."""
-    import torch
-
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")

@@ -8,14 +8,14 @@ directory: unlike resume, listing never sets anything aside.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.checkpoint import store
 from orchestrator.errors import CheckpointError
-from orchestrator.rundir import RunDir
+from orchestrator.rundir.layout import RunDir
+from orchestrator.rundir.records import read_plan
 
 REASON_FILE = "SET_ASIDE_REASON"
 
@@ -58,9 +58,9 @@ def checkpoint_root(run_dir: Path) -> Path:
     if not run.path.is_dir():
         raise CheckpointError(f"{run_dir}: no such run directory")
     if not run.plan.is_file():
-        return run.path / "checkpoints"
-    plan = json.loads(run.plan.read_text())
-    planned, planned_run = Path(plan["checkpoint_dir"]), Path(plan["run_dir"])
+        return run.default_checkpoints
+    plan = read_plan(run)
+    planned, planned_run = plan.checkpoint_dir, plan.run_dir
     if planned.is_relative_to(planned_run):
         return run.path / planned.relative_to(planned_run)
     return planned

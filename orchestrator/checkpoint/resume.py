@@ -6,7 +6,6 @@ an unsafe recipe change is refused before any process starts.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -25,16 +24,26 @@ def newest_manifest(checkpoint_dir: Path) -> dict | None:
     return None
 
 
+def compatibility(manifest: dict, recipe: dict, world_size: int, elastic_ready: bool) -> tuple[list[str], list[str]]:
+    """(unsafe, safe) changes between a checkpoint and the recipe and world size at hand. A different
+    world size is safe once the checkpoint was prepared for it (`elastic_ready`: `orch run` converts
+    it before starting the ranks); the ranks themselves cannot convert it."""
+    unsafe, safe = recipe_changes(manifest["recipe"], recipe, ignore_world_layout=True)
+    moved = world_change(manifest["world_size"], world_size)
+    if moved and elastic_ready:
+        safe.append(moved + " (elastic resume)")
+    elif moved:
+        unsafe.append(moved + "; start it with `orch run`, which converts the checkpoint")
+    return unsafe, safe
+
+
 def check_resume(checkpoint_dir: Path, recipe: dict, world_size: int) -> tuple[dict | None, list[str]]:
     """(newest checkpoint's manifest or None, safe changes); raises ResumeError for unsafe ones.
-    A different world size alone is safe: it is resumed through a universal checkpoint (elastic)."""
+    A different world size alone is safe: `orch run` resumes it through a universal checkpoint."""
     manifest = newest_manifest(checkpoint_dir)
     if manifest is None:
         return None, []
-    unsafe, safe = recipe_changes(manifest["recipe"], recipe, ignore_world_layout=True)
-    moved = world_change(manifest["world_size"], world_size)
-    if moved:
-        safe.append(moved + " (elastic resume)")
+    unsafe, safe = compatibility(manifest, recipe, world_size, elastic_ready=True)
     if unsafe:
         raise ResumeError(
             f"cannot resume step {manifest['step']} in {checkpoint_dir.parent}: {'; '.join(unsafe)}. "

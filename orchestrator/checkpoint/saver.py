@@ -10,7 +10,6 @@ and the commit happen on a background thread, with at most one save in flight.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import threading
 import time
@@ -21,15 +20,6 @@ from typing import Callable
 from orchestrator.checkpoint.store import (
     RANK_MANIFEST, STAGING_PREFIX, commit, describe_files, prune, tag_for, wait_for_rank_manifests, write_durably,
 )
-
-OWNER = re.compile(r"(?:zero_pp_rank_|^rank-)(\d+)[_.]")
-
-
-def owner_of(name: str) -> int:
-    """Which rank wrote a file: DeepSpeed and this project name per-rank files by rank; the rest is rank 0's."""
-    match = OWNER.search(Path(name).name)
-    return int(match.group(1)) if match else 0
-
 
 @dataclass(frozen=True)
 class SaveReport:
@@ -42,11 +32,14 @@ class SaveReport:
 
 class CheckpointSaver:
     def __init__(self, root: Path, rank: int, world_size: int, keep_last: int, keep_every: int | None,
-                 commit_timeout_s: float, memory_stage: Path | None, on_committed: Callable[[SaveReport], None]):
+                 commit_timeout_s: float, memory_stage: Path | None, on_committed: Callable[[SaveReport], None],
+                 owner_of: Callable[[str], int]):
+        """`owner_of` says which rank wrote a staged file (the engine knows its library's naming):
+        each rank hashes and reports its own files."""
         self.root, self.rank, self.world = root, rank, world_size
         self.keep_last, self.keep_every, self.timeout = keep_last, keep_every, commit_timeout_s
         self.memory_stage = memory_stage
-        self.on_committed = on_committed
+        self.on_committed, self.owner_of = on_committed, owner_of
         self._inflight: threading.Thread | None = None
         self._error: BaseException | None = None
         root.mkdir(parents=True, exist_ok=True)
@@ -101,7 +94,7 @@ class CheckpointSaver:
         tic = time.perf_counter()
         mine = sorted(
             str(p.relative_to(source)) for p in source.rglob("*")
-            if p.is_file() and owner_of(str(p.relative_to(source))) == self.rank and not p.name.endswith(".files.json")
+            if p.is_file() and self.owner_of(str(p.relative_to(source))) == self.rank and not p.name.endswith(".files.json")
         )
         if source != staging:
             for name in mine:

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.energy.grid import Intensity
-from orchestrator.energy.monitor import PARTS_DIR
+from orchestrator.errors import EnergyError
+from orchestrator.rundir.layout import RunDir
+from orchestrator.rundir.records import EnergyRecord, read_plan
 
-ENERGY_FILE = "energy.json"
 J_PER_KWH = 3.6e6
 COUNTER_METHODS = ("counter",)
 MEASURED_METHODS = ("counter", "integrated")
@@ -27,7 +28,7 @@ MEASURED_METHODS = ("counter", "integrated")
 
 def read_records(run_dir: Path) -> list[dict]:
     records = []
-    for path in sorted((run_dir / PARTS_DIR).glob("*/*.json")):
+    for path in sorted(RunDir(run_dir).energy_parts.glob("*/*.json")):
         try:
             records += json.loads(path.read_text())
         except (OSError, ValueError):
@@ -148,3 +149,24 @@ def make_bill(records: list[dict], intensity: Intensity, pue: float, tokens: int
         "duplicates_dropped": dropped,
         "forecast": forecast,
     }
+
+
+def compute_bill(run_dir: Path, energy_plan: EnergyRecord, tokens_per_step: int, step: int) -> dict:
+    """The bill from every record in the run directory, with the plan's intensity, PUE and forecast."""
+    intensity = Intensity.from_summary(energy_plan.intensity)
+    return make_bill(read_records(run_dir), intensity, energy_plan.pue, step * tokens_per_step, step, energy_plan.forecast)
+
+
+def bill_for(run_dir: Path) -> dict:
+    """The bill as it stands (for `orch energy`, during or after a run)."""
+    run = RunDir(run_dir)
+    if not run.plan.is_file():
+        raise EnergyError(f"{run_dir}: not a run directory (no plan.json)")
+    if not read_records(run.path):
+        raise EnergyError(f"{run_dir}: no energy records (was energy.enabled false, or has the run not started?)")
+    try:
+        plan = read_plan(run)
+    except ValueError as exc:
+        raise EnergyError(f"{run_dir}: plan.json was written by another version ({str(exc).splitlines()[0]})") from None
+    rows = run.metric_rows()
+    return compute_bill(run.path, plan.energy, plan.batch.tokens_per_step, rows[-1]["step"] if rows else 0)

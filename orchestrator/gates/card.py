@@ -2,47 +2,45 @@
 
 from __future__ import annotations
 
-import yaml
+from orchestrator.gates.report import GateReport
+from orchestrator.model.spec import ModelSpec
+from orchestrator.rundir.layout import RunDir
+from orchestrator.rundir.records import read_data, read_plan, read_recipe
 
-from orchestrator.rundir import RunDir
 
-
-def _base_line(model: dict) -> str:
-    if not model.get("path"):
+def _base_line(model: ModelSpec) -> str:
+    if not model.path:
         return "- base model: none (random initialisation)"
-    from pathlib import Path
-
     from orchestrator.model.pretrained import release_manifest_hash
 
-    digest = release_manifest_hash(Path(model["path"]))
-    lora = model.get("lora")
-    adapter = f"; LoRA rank {lora['rank']} on {', '.join(lora['target_modules'])} (adapter in `adapter/`, merged into the weights)" if lora else ""
-    return f"- base model: {model['path']}" + (f" (its release manifest sha256 {digest})" if digest else "") + adapter
+    digest = release_manifest_hash(model.path)
+    lora = model.lora
+    adapter = f"; LoRA rank {lora.rank} on {', '.join(lora.target_modules)} (adapter in `adapter/`, merged into the weights)" if lora else ""
+    return f"- base model: {model.path}" + (f" (its release manifest sha256 {digest})" if digest else "") + adapter
 
 
-def model_card(run: RunDir, report: dict, bill: dict | None) -> str:
-    recipe = yaml.safe_load(run.recipe.read_text())
-    plan = run.read_json(run.plan.name)
-    data = run.read_json(run.data.name)
+def model_card(run: RunDir, report: GateReport, bill: dict | None) -> str:
+    recipe, plan, data = read_recipe(run), read_plan(run), read_data(run)
     summary = run.read_json(run.summary.name) if run.summary.exists() else {}
-    model, train = recipe["model"], recipe["train"]
-    source = recipe["data"].get("path") or f"built-in corpus `{recipe['data'].get('builtin')}`"
+    model, train = recipe.model, recipe.train
+    source = recipe.data.path or f"built-in corpus `{recipe.data.builtin}`"
+    tokens_per_step = plan.batch.tokens_per_step
     lines = [
-        f"# {recipe['name']} ({report['checkpoint']})",
+        f"# {recipe.name} ({report.checkpoint})",
         "",
-        recipe.get("description") or f"A {model.get('arch') or 'causal'} language model, task `{recipe['task']}`.",
+        recipe.description or f"A {model.arch or 'causal'} language model, task `{recipe.task}`.",
         "",
         "## Model",
-        f"- architecture: {model.get('arch') or model.get('path')}, {plan['model']['num_params']:,} parameters",
+        f"- architecture: {model.arch or model.path}, {plan.model.num_params:,} parameters",
         _base_line(model),
-        f"- context: {recipe['data']['seq_len']} tokens; tokenizer: {recipe['data']['tokenizer']['kind']}, {data['vocab_size']:,} ids",
+        f"- context: {recipe.data.seq_len} tokens; tokenizer: {recipe.data.tokenizer.kind}, {data.vocab_size:,} ids",
         "",
         "## Training",
-        f"- data: {source}; {data['train_tokens']:,} training tokens, {data['val_tokens']:,} held out"
-        + (f"; {len(data.get('canaries', []))} canaries inserted" if data.get("canaries") else ""),
-        f"- {report['step']} steps of {plan['batch']['tokens_per_step']:,} tokens ({report['step'] * plan['batch']['tokens_per_step']:,} tokens)",
-        f"- {plan['backend']} on {plan['topology']['world_size']} process(es), {plan['topology']['device']}, {train['precision']}",
-        f"- recipe hash {report['recipe_hash']}; checkpoint content {report['checkpoint_hash']}",
+        f"- data: {source}; {data.train_tokens:,} training tokens, {data.val_tokens:,} held out"
+        + (f"; {len(data.canaries)} canaries inserted" if data.canaries else ""),
+        f"- {report.step} steps of {tokens_per_step:,} tokens ({report.step * tokens_per_step:,} tokens)",
+        f"- {plan.backend} on {plan.topology.world_size} process(es), {plan.topology.device}, {train.precision}",
+        f"- recipe hash {report.recipe_hash}; checkpoint content {report.checkpoint_hash}",
     ]
     if summary:
         lines.append(f"- final training loss {summary['final_loss']:.4f}, wall {summary['wall_s']:.0f} s, {summary['restarts']} restart(s)")
@@ -55,10 +53,10 @@ def model_card(run: RunDir, report: dict, bill: dict | None) -> str:
     else:
         lines.append("- not measured (energy.enabled was false)")
     lines += ["", "## Gates", "", "| gate | required | status | value | limit | evidence |", "| --- | --- | --- | --- | --- | --- |"]
-    for r in report["results"]:
-        value = "" if r["value"] is None else f"{r['value']:.4g}"
-        limit = "" if r["threshold"] is None else f"{r['threshold']:.4g}"
-        lines.append(f"| {r['name']} | {'yes' if r['required'] else 'no'} | {r['status']} | {value} | {limit} | {r['summary']} |")
+    for r in report.results:
+        value = "" if r.value is None else f"{r.value:.4g}"
+        limit = "" if r.threshold is None else f"{r.threshold:.4g}"
+        lines.append(f"| {r.name} | {'yes' if r.required else 'no'} | {r.status} | {value} | {limit} | {r.summary} |")
     lines += [
         "",
         "## Limitations",

@@ -7,14 +7,12 @@ the checkpoint's content hash: a release checks that hash, not the name.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from orchestrator.checkpoint import store
 from orchestrator.errors import GateError
@@ -23,33 +21,30 @@ from orchestrator.gates.contamination import contamination_gate
 from orchestrator.gates.health import health_gate
 from orchestrator.gates.memorisation import memorisation_gate
 from orchestrator.gates.quality import bias_gate, quality_gate, read_pairs
+from orchestrator.gates.report import GateReport, passes
 from orchestrator.gates.result import GateResult, judge, skipped
 from orchestrator.gates.scoring import continue_ids
 from orchestrator.gates.spec import GATE_NAMES
-from orchestrator.rundir import RunDir
+from orchestrator.rundir import events
+from orchestrator.rundir.layout import RunDir
+from orchestrator.rundir.records import read_data, read_plan, read_recipe
 
-GATES_DIR = "gates"
 RANK_STATE = re.compile(r"^rank-\d+\.pt$")
 
 
-def report_path(run_dir: Path, tag: str) -> Path:
-    return run_dir / GATES_DIR / f"{tag}.json"
-
-
-def evaluate_gates(run_dir: Path, step: int | None = None) -> dict:
+def evaluate_gates(run_dir: Path, step: int | None = None) -> GateReport:
     from orchestrator.checkpoint.export import choose_checkpoint, load_checkpoint_model
     from orchestrator.checkpoint.listing import checkpoint_root
     from orchestrator.data.prepare import PreparedData
     from orchestrator.data.stream import open_split
-    from orchestrator.recipe.schema import Recipe
 
     run = RunDir(run_dir)
     checkpoint = choose_checkpoint(checkpoint_root(run.path), step)
     manifest = store.read_manifest(checkpoint)
-    recipe = Recipe.model_validate(yaml.safe_load(run.recipe.read_text()))
+    recipe = read_recipe(run)
     spec, margin = recipe.gates, recipe.gates.warn_margin
-    data_record = run.read_json(run.data.name)
-    data = PreparedData.load(Path(data_record["dir"]))
+    data_record = read_data(run)
+    data = PreparedData.load(data_record.dir)
     train, val = data.tokens("train"), data.tokens("val")
     model, tokenizer = load_checkpoint_model(run.path, checkpoint)
     held_out = open_split(data, "val", recipe.data.seq_len)
@@ -59,7 +54,7 @@ def evaluate_gates(run_dir: Path, step: int | None = None) -> dict:
         quality_gate(spec.quality, model, tokenizer, val_rows, margin),
         health_gate(spec.health, _metrics_at(run, checkpoint, manifest["step"]), manifest["world_size"],
                     sum(bool(RANK_STATE.match(name)) for name in manifest["files"])),
-        memorisation_gate(spec.memorisation, model, tokenizer, [*spec.memorisation.canaries, *data_record.get("canaries", [])], train, margin),
+        memorisation_gate(spec.memorisation, model, tokenizer, [*spec.memorisation.canaries, *data_record.canaries], train, margin),
         contamination_gate(spec.contamination, val, train, margin),
         content_gate(spec.content, _completions(model, tokenizer, spec.content.prompts, spec.content.samples_per_prompt, spec.content.max_new_tokens)),
         bias_gate(spec.bias, _pairs(spec.bias.pairs), model, tokenizer, margin) if spec.bias.pairs else
@@ -67,32 +62,24 @@ def evaluate_gates(run_dir: Path, step: int | None = None) -> dict:
         _budget_gate(run, recipe, margin),
     ]
     required = set(spec.required) if spec.required is not None else {r.name for r in results if r.status != "skipped"}
-    for result in results:
-        result.required = result.name in required
-    report = {
-        "checkpoint": checkpoint.name,
-        "step": manifest["step"],
-        "checkpoint_hash": store.content_hash(manifest),
-        "recipe_hash": manifest["recipe_hash"],
-        "evaluated_at": time.time(),
-        "required": sorted(required, key=GATE_NAMES.index),
-        "passed": all(r.status in ("pass", "warn") for r in results if r.required),
-        "results": [r.to_json() for r in results],
-    }
-    run.write_file(f"{GATES_DIR}/{checkpoint.name}.json", json.dumps(report, indent=2))
+    report = GateReport.judge(
+        results, required, checkpoint=checkpoint.name, step=manifest["step"], checkpoint_hash=store.content_hash(manifest),
+        recipe_hash=manifest["recipe_hash"], evaluated_at=time.time(), required=sorted(required, key=GATE_NAMES.index),
+    )
+    report.write(run)
     _mirror(run, recipe, report)
     return report
 
 
-def _mirror(run: RunDir, recipe, report: dict) -> None:
+def _mirror(run: RunDir, recipe, report: GateReport) -> None:
     """Gate values to the run's dashboards, at the checkpoint's step."""
     from orchestrator.tracking.mirror import mirror_once, run_config
 
-    metrics = {f"gates/{r['name']}/passed": float(r["status"] in ("pass", "warn")) for r in report["results"] if r["status"] != "skipped"}
-    metrics.update({f"gates/{r['name']}/value": r["value"] for r in report["results"] if r["value"] is not None and math.isfinite(r["value"])})
-    metrics["gates/passed"] = float(report["passed"])
-    config = run_config(recipe.model_dump(mode="json"), run.read_json(run.plan.name))
-    mirror_once(run.path, recipe.tracking, recipe.name, config, metrics, report["step"])
+    metrics = {f"gates/{r.name}/passed": float(passes(r.status)) for r in report.results if r.status != "skipped"}
+    metrics.update({f"gates/{r.name}/value": r.value for r in report.results if r.value is not None and math.isfinite(r.value)})
+    metrics["gates/passed"] = float(report.passed)
+    config = run_config(recipe.model_dump(mode="json"), read_plan(run))
+    mirror_once(run.path, recipe.tracking, recipe.name, config, metrics, report.step)
 
 
 def _pairs(path: Path) -> list[tuple[str, str]]:
@@ -107,8 +94,8 @@ def _pairs(path: Path) -> list[tuple[str, str]]:
 
 def _metrics_at(run: RunDir, checkpoint: Path, step: int) -> list[dict]:
     """The metrics the checkpoint itself carries (its history exactly), else the run's up to its step."""
-    saved = checkpoint / "metrics.jsonl"
-    rows = [json.loads(line) for line in saved.read_text().splitlines() if line.strip()] if saved.exists() else run.metric_rows()
+    saved = checkpoint / run.metrics.name
+    rows = events.read(saved) if saved.exists() else run.metric_rows()
     return [row for row in rows if row["step"] <= step]
 
 
@@ -127,7 +114,7 @@ def _budget_gate(run: RunDir, recipe, margin: float) -> GateResult:
     energy = recipe.energy
     if not energy.enabled or (energy.budget_kwh is None and energy.budget_kgco2e is None):
         return skipped("budget", "no energy or carbon budget in the recipe (energy.budget_kwh, energy.budget_kgco2e)")
-    from orchestrator.energy.account import bill_for
+    from orchestrator.energy.bill import bill_for
 
     totals = bill_for(run.path)["totals"]
     checks = [(totals["facility_kwh"], energy.budget_kwh, "kWh"), (totals["kgco2e"], energy.budget_kgco2e, "kgCO2e")]
@@ -139,16 +126,13 @@ def _budget_gate(run: RunDir, recipe, margin: float) -> GateResult:
                       {"facility_kwh": totals["facility_kwh"], "kgco2e": totals["kgco2e"]})
 
 
-def render_report(report: dict) -> str:
-    lines = [f"gates for {report['checkpoint']} (content {report['checkpoint_hash'][:12]}):",
+def render_report(report: GateReport) -> str:
+    lines = [f"gates for {report.checkpoint} (content {report.checkpoint_hash[:12]}):",
              f"{'gate':<14} {'status':<8} {'value':>10} {'limit':>10}  evidence"]
-    for r in report["results"]:
-        value = "" if r["value"] is None else f"{r['value']:.4g}"
-        limit = "" if r["threshold"] is None else f"{r['threshold']:.4g}"
-        marker = "" if r["required"] else " (not required)"
-        lines.append(f"{r['name']:<14} {r['status'].upper():<8} {value:>10} {limit:>10}  {r['summary']}{marker}")
-    verdict = "PASSED: may be released" if report["passed"] else "FAILED: " + ", ".join(
-        r["name"] for r in report["results"] if r["required"] and r["status"] not in ("pass", "warn")
-    )
-    lines.append(verdict)
+    for r in report.results:
+        value = "" if r.value is None else f"{r.value:.4g}"
+        limit = "" if r.threshold is None else f"{r.threshold:.4g}"
+        marker = "" if r.required else " (not required)"
+        lines.append(f"{r.name:<14} {r.status.upper():<8} {value:>10} {limit:>10}  {r.summary}{marker}")
+    lines.append("PASSED: may be released" if report.passed else f"FAILED: {', '.join(r.name for r in report.failed_required())}")
     return "\n".join(lines)

@@ -11,7 +11,7 @@ import numpy as np
 from orchestrator.gates.result import GateResult, judge
 from orchestrator.gates.scoring import row_losses, text_losses
 from orchestrator.gates.spec import BiasGate, QualityGate
-from orchestrator.runtime.batch import Rows, count
+from orchestrator.model.inputs import Rows, count
 
 
 def quality_gate(spec: QualityGate, model, tokenizer, val_rows: Rows, warn_margin: float) -> GateResult:

@@ -20,10 +20,11 @@ from pathlib import Path
 from orchestrator.checkpoint import store
 from orchestrator.errors import ReleaseRefused
 from orchestrator.gates.card import model_card
-from orchestrator.gates.evaluate import report_path
-from orchestrator.rundir import RunDir
+from orchestrator.gates.report import GateReport
+from orchestrator.rundir.layout import RELEASE_MANIFEST, RunDir
+from orchestrator.rundir.records import read_plan, read_recipe
 
-RELEASE_FILE = "release.json"
+RELEASE_FILE = RELEASE_MANIFEST
 
 
 @dataclass(frozen=True)
@@ -34,17 +35,17 @@ class Release:
     registered: str | None = None
 
 
-def gate_report_for(run_dir: Path, checkpoint: Path) -> dict:
+def gate_report_for(run_dir: Path, checkpoint: Path) -> GateReport:
     """The gate report of this checkpoint's content, or the reasons a release cannot go ahead."""
-    path = report_path(run_dir, checkpoint.name)
+    path = RunDir(run_dir).gate_report(checkpoint.name)
     if not path.is_file():
         raise ReleaseRefused(f"{checkpoint.name} has not been gated: run `orch gate {run_dir} --checkpoint {store.step_of(checkpoint.name)}`")
-    report = json.loads(path.read_text())
-    if report["checkpoint_hash"] != store.content_hash(store.read_manifest(checkpoint)):
+    report = GateReport.read(path)
+    if report.checkpoint_hash != store.content_hash(store.read_manifest(checkpoint)):
         raise ReleaseRefused(f"the gate results in {path} are for other content than {checkpoint.name} now holds: gate it again")
-    failed = [r for r in report["results"] if r["required"] and r["status"] not in ("pass", "warn")]
+    failed = report.failed_required()
     if failed:
-        reasons = "; ".join(f"{r['name']} {r['status']}: {r['summary']}" for r in failed)
+        reasons = "; ".join(f"{r.name} {r.status}: {r.summary}" for r in failed)
         raise ReleaseRefused(f"{checkpoint.name} failed required gates: {reasons}")
     return report
 
@@ -56,7 +57,7 @@ def release(run_dir: Path, step: int | None = None, to: Path | None = None, regi
     run = RunDir(run_dir)
     checkpoint = choose_checkpoint(checkpoint_root(run.path), step)
     report = gate_report_for(run.path, checkpoint)
-    target = (to or run.path / "releases" / checkpoint.name).absolute()
+    target = (to or run.releases / checkpoint.name).absolute()
     if target.exists():
         raise ReleaseRefused(f"{target} already exists: a release is immutable; release to another --to")
     staging = target.with_name(f".{target.name}.release-{os.getpid()}")
@@ -74,25 +75,22 @@ def release(run_dir: Path, step: int | None = None, to: Path | None = None, regi
     return Release(target, checkpoint.name, files, registered)
 
 
-def _mirror(run: RunDir, target: Path, report: dict) -> None:
+def _mirror(run: RunDir, target: Path, report: GateReport) -> None:
     """The release, as an artifact of the run's dashboard runs."""
-    import yaml
-
-    from orchestrator.recipe.schema import Recipe
     from orchestrator.tracking.mirror import mirror_once, run_config
 
-    recipe = Recipe.model_validate(yaml.safe_load(run.recipe.read_text()))
-    config = run_config(recipe.model_dump(mode="json"), run.read_json(run.plan.name))
-    mirror_once(run.path, recipe.tracking, recipe.name, config, {"release/step": float(report["step"])}, report["step"],
-                artifact=(target, f"release-{report['checkpoint']}"))
+    recipe = read_recipe(run)
+    config = run_config(recipe.model_dump(mode="json"), read_plan(run))
+    mirror_once(run.path, recipe.tracking, recipe.name, config, {"release/step": float(report.step)}, report.step,
+                artifact=(target, f"release-{report.checkpoint}"))
 
 
-def _add_records(run: RunDir, out: Path, report: dict) -> None:
-    from orchestrator.energy.account import bill_for
+def _add_records(run: RunDir, out: Path, report: GateReport) -> None:
+    from orchestrator.energy.bill import bill_for
 
-    (out / "gates.json").write_text(json.dumps(report, indent=2))
+    (out / "gates.json").write_text(report.model_dump_json(indent=2))
     bill = None
-    if (run.path / "energy").is_dir():
+    if run.energy_parts.is_dir():
         bill = bill_for(run.path)
         (out / "energy.json").write_text(json.dumps(bill, indent=2))
     shutil.copy2(run.recipe, out / "recipe.yaml")
@@ -102,14 +100,14 @@ def _add_records(run: RunDir, out: Path, report: dict) -> None:
     (out / "README.md").write_text(model_card(run, report, bill))
 
 
-def _write_manifest(run: RunDir, out: Path, checkpoint: Path, report: dict) -> int:
+def _write_manifest(run: RunDir, out: Path, checkpoint: Path, report: GateReport) -> int:
     files = {p.relative_to(out).as_posix(): _sha256(p) for p in sorted(out.rglob("*")) if p.is_file()}
     manifest = {
         "checkpoint": checkpoint.name,
-        "checkpoint_hash": report["checkpoint_hash"],
-        "recipe_hash": report["recipe_hash"],
+        "checkpoint_hash": report.checkpoint_hash,
+        "recipe_hash": report.recipe_hash,
         "data_manifest_sha256": files.get(run.data.name),
-        "gates_passed": report["passed"],
+        "gates_passed": report.passed,
         "files": files,
     }
     (out / RELEASE_FILE).write_text(json.dumps(manifest, indent=2))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.model.architectures import ARCHITECTURES, Architecture, Sizes
+from orchestrator.rundir.layout import RELEASE_MANIFEST
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
@@ -49,5 +50,5 @@ def read_base_model(path: Path) -> BaseModel:
 
 def release_manifest_hash(path: Path) -> str | None:
     """The sha256 of a base model's release manifest, when the base is a release of this project."""
-    manifest = path / "release.json"
+    manifest = path / RELEASE_MANIFEST
     return hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else None

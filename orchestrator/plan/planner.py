@@ -1,7 +1,9 @@
 """`make_plan(recipe, env) -> LaunchPlan`: pure planning, no side effects.
 
 The plan is data: the files to write into the run directory and the processes to start.
-Executing it is `orchestrator.execute`'s job; tests assert on plans.
+Executing it is `orchestrator.execute`'s job; tests assert on plans. Planning is two steps:
+`check_recipe` collects every problem the recipe has on this machine (all reported together),
+then the estimates (model size, memory, time, energy) are derived from the checked recipe.
 """
 
 from __future__ import annotations
@@ -10,26 +12,24 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from orchestrator.distributed.launchers import LAUNCHERS
+from orchestrator.backends.registry import BACKENDS
 from orchestrator.energy.forecast import EnergyPlan, plan_forecast
 from orchestrator.energy.grid import Intensity, IntensityError, resolve_intensity
 from orchestrator.energy.hardware import cpu_power
 from orchestrator.env import EnvSnapshot
 from orchestrator.errors import Problem, RecipeError
-from orchestrator.model.architectures import ARCHITECTURES, Sizes
+from orchestrator.model.architectures import ARCHITECTURES, Architecture, Sizes
 from orchestrator.model.pretrained import BaseModel, read_base_model
 from orchestrator.plan.arithmetic import Batch, Topology, check_precision, resolve_batch, resolve_topology
 from orchestrator.plan.estimate import TimeEstimate, estimate_time
 from orchestrator.plan.memory import MemoryEstimate, estimate_memory
 from orchestrator.recipe.loader import LoadedRecipe, recipe_hash
 from orchestrator.recipe.schema import Recipe
+from orchestrator.rundir.entry import node_argv
+from orchestrator.rundir.layout import LAUNCH_LOG, PLAN_FILE, RECIPE_FILE, RunDir
+from orchestrator.rundir.records import PlanRecord, plan_json, recipe_yaml
 
 DRY_RUN_STEPS = 5
-PLAN_FILE = "plan.json"
-RECIPE_FILE = "recipe.yaml"
-LAUNCH_LOG = "logs/launcher.log"
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,17 @@ class ProcessSpec:
     env: dict[str, str]
     cwd: Path
     log: str
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """What the planner knows of the model: its architecture, sizes and parameter count."""
+
+    arch: Architecture
+    sizes: Sizes
+    num_params: int
+    adapters: int | None
+    """LoRA's trainable parameters; None for full training."""
 
 
 @dataclass(frozen=True)
@@ -65,48 +76,55 @@ class LaunchPlan:
 
     @property
     def checkpoint_dir(self) -> Path:
-        return self.recipe.checkpoint.dir or self.run_dir / "checkpoints"
+        return self.recipe.checkpoint.dir or RunDir(self.run_dir).default_checkpoints
 
-    def summary(self) -> dict:
-        """The plan as JSON-able data: `plan --json`, and `plan.json`, which every rank reads."""
-        return {
-            "run_dir": str(self.run_dir),
-            "recipe_hash": self.recipe_hash,
-            "dry_run": self.dry_run,
-            "backend": self.recipe.distributed.backend,
-            "topology": {**vars(self.topology), "world_size": self.topology.world_size},
-            "batch": {**vars(self.batch), "global_batch_size": self.batch.global_batch_size, "tokens_per_step": self.batch.tokens_per_step},
-            "model": {"arch": self.arch, "num_params": self.num_params, "sizes": vars(self.sizes), "base": self.base_path},
-            "memory_per_device": {**vars(self.memory), "total_bytes": self.memory.total_bytes, "fits": self.memory.fits},
-            "estimate": vars(self.time),
-            "energy": self.energy.summary(),
-            "backend_files": self.backend_files,
-            "checkpoint_dir": str(self.checkpoint_dir),
-            "data_cache_dir": str(self.data_cache_dir),
-            "commands": [{"argv": p.argv, "env": p.env, "cwd": str(p.cwd), "log": p.log} for p in self.processes],
-            "warnings": self.warnings,
-        }
+    def record(self) -> PlanRecord:
+        """The plan as the run directory's contract: `plan.json`, which every rank reads, and `plan --json`."""
+        return PlanRecord(
+            run_dir=self.run_dir,
+            recipe_hash=self.recipe_hash,
+            dry_run=self.dry_run,
+            backend=self.recipe.distributed.backend,
+            topology={**vars(self.topology), "world_size": self.topology.world_size},
+            batch={**vars(self.batch), "global_batch_size": self.batch.global_batch_size, "tokens_per_step": self.batch.tokens_per_step},
+            model={"arch": self.arch, "num_params": self.num_params, "sizes": self.sizes, "base": self.base_path},
+            memory_per_device={**vars(self.memory), "total_bytes": self.memory.total_bytes, "fits": self.memory.fits},
+            estimate=vars(self.time),
+            energy=self.energy.summary(),
+            backend_files=self.backend_files,
+            checkpoint_dir=self.checkpoint_dir,
+            data_cache_dir=self.data_cache_dir,
+            commands=[{"argv": p.argv, "env": p.env, "cwd": str(p.cwd), "log": p.log} for p in self.processes],
+            warnings=self.warnings,
+        )
 
     def files(self) -> dict[str, str]:
         """Relative path -> content, written into the run directory before any process starts."""
-        files = {
-            RECIPE_FILE: yaml.safe_dump(self.recipe.model_dump(mode="json"), sort_keys=False),
-            PLAN_FILE: json.dumps(self.summary(), indent=2),
-        }
+        files = {RECIPE_FILE: recipe_yaml(self.recipe), PLAN_FILE: plan_json(self.record())}
         files.update({name: json.dumps(content, indent=2) for name, content in self.backend_files.items()})
         return files
 
 
-def make_plan(
-    loaded: LoadedRecipe, env: EnvSnapshot, run_dir: Path | None = None, dry_run: bool = False, load_universal: bool = False
-) -> LaunchPlan:
+@dataclass(frozen=True)
+class Checked:
+    """A recipe that passed every check on this machine, with what the checks resolved."""
+
+    recipe: Recipe
+    topology: Topology
+    batch: Batch
+    intensity: Intensity
+    base: BaseModel | None
+
+
+def check_recipe(loaded: LoadedRecipe, env: EnvSnapshot) -> Checked:
+    """Every problem the recipe has on this machine, raised together as one RecipeError."""
     problems: list[Problem] = []
     topology = resolve_topology(loaded, env, problems)
     batch = resolve_batch(loaded, topology, problems)
     check_precision(loaded, env, topology, problems)
-    launcher = LAUNCHERS[loaded.recipe.distributed.backend]
-    if launcher.backend not in env.libraries:
-        problems.append(loaded.problem("distributed.backend", launcher.install_hint))
+    backend = BACKENDS[loaded.recipe.distributed.backend]
+    if backend.name not in env.libraries:
+        problems.append(loaded.problem("distributed.backend", backend.install_hint))
     intensity = _intensity(loaded, env, problems)
     base = _base_model(loaded, problems)
     pairs = loaded.recipe.gates.bias.pairs
@@ -114,36 +132,23 @@ def make_plan(
         problems.append(loaded.problem("gates.bias.pairs", f"{pairs}: no such file (paths are relative to the working directory)"))
     if problems:
         raise RecipeError(problems)
-    recipe = loaded.recipe
+    return Checked(loaded.recipe, topology, batch, intensity, base)
+
+
+def make_plan(
+    loaded: LoadedRecipe, env: EnvSnapshot, run_dir: Path | None = None, dry_run: bool = False, load_universal: bool = False
+) -> LaunchPlan:
+    checked = check_recipe(loaded, env)
+    recipe, topology, batch = checked.recipe, checked.topology, checked.batch
     if dry_run:
         recipe = _dry_run_recipe(recipe, batch)
         topology = Topology(1, 1, topology.device, topology.comm_backend)
         batch = Batch(batch.micro_batch_size, batch.gradient_accumulation_steps, 1, batch.seq_len)
     run_dir = (run_dir or env.cwd / "runs" / recipe.name).absolute()
-
-    arch = base.architecture if base else ARCHITECTURES[recipe.model.arch]
-    sizes = base.sizes if base else recipe.model.sizes(recipe.data.tokenizer.effective_vocab_size)
-    lora = recipe.model.lora
-    adapters = arch.lora_params(sizes, lora.target_modules, lora.rank) if lora else 0
-    num_params = arch.count_params(sizes) + adapters
-    dist = recipe.distributed
-    capacity = env.gpus[0].memory_bytes if env.gpus else env.memory_bytes // topology.procs_per_node
-    memory = estimate_memory(
-        sizes, num_params, arch.largest_layer_params(sizes), batch, dist.zero_stage,
-        recipe.train.precision, dist.offload_optimizer, dist.offload_params, capacity, adapters if lora else None,
-    )
-    time = estimate_time(sizes, num_params, batch, topology, env, recipe.train.precision, recipe.train.steps)
-    spec = recipe.energy
-    gpu_name = env.gpus[0].name if env.gpus else None
-    cpu = cpu_power(env.cpu_model, env.cpu_count, spec.cpu_tdp_w)
-    forecast = plan_forecast(spec, topology.device, gpu_name, cpu, topology.nodes, topology.procs_per_node, time.wall_s,
-                             memory.total_bytes, intensity.g_per_kwh)
-    warnings = []
-    if not memory.fits:
-        warnings.append(
-            f"estimated {memory.total_bytes / 2**30:.1f} GiB per device exceeds {memory.capacity_bytes / 2**30:.1f} GiB available: "
-            "raise distributed.zero_stage, enable offload, or lower train.micro_batch_size"
-        )
+    model = _model_plan(recipe, checked.base)
+    memory = _memory(recipe, model, batch, env, topology)
+    time = estimate_time(model.sizes, model.num_params, batch, topology, env, recipe.train.precision, recipe.train.steps)
+    backend = BACKENDS[recipe.distributed.backend]
     return LaunchPlan(
         run_dir=run_dir,
         recipe=recipe,
@@ -151,17 +156,53 @@ def make_plan(
         dry_run=dry_run,
         topology=topology,
         batch=batch,
-        arch=arch.model_type,
-        sizes=sizes,
-        num_params=num_params,
+        arch=model.arch.model_type,
+        sizes=model.sizes,
+        num_params=model.num_params,
         memory=memory,
         time=time,
-        backend_files=launcher.config_files(recipe, batch, load_universal),
-        energy=EnergyPlan(spec.pue_value, intensity, cpu, forecast),
-        processes=[_local_process(launcher, env, topology, run_dir)],
+        backend_files=backend.config_files(recipe, batch, load_universal),
+        energy=_energy(recipe, env, topology, time, memory, checked.intensity),
+        processes=[_local_process(backend.name, backend.process_env(topology), env, topology, run_dir)],
         data_cache_dir=env.cache_dir / "data",
-        warnings=warnings,
+        warnings=_memory_warnings(memory),
     )
+
+
+def _model_plan(recipe: Recipe, base: BaseModel | None) -> ModelPlan:
+    arch = base.architecture if base else ARCHITECTURES[recipe.model.arch]
+    sizes = base.sizes if base else recipe.model.sizes(recipe.data.tokenizer.effective_vocab_size)
+    lora = recipe.model.lora
+    adapters = arch.lora_params(sizes, lora.target_modules, lora.rank) if lora else None
+    return ModelPlan(arch, sizes, arch.count_params(sizes) + (adapters or 0), adapters)
+
+
+def _memory(recipe: Recipe, model: ModelPlan, batch: Batch, env: EnvSnapshot, topology: Topology) -> MemoryEstimate:
+    dist = recipe.distributed
+    capacity = env.gpus[0].memory_bytes if env.gpus else env.memory_bytes // topology.procs_per_node
+    return estimate_memory(
+        model.sizes, model.num_params, model.arch.largest_layer_params(model.sizes), batch, dist.zero_stage,
+        recipe.train.precision, dist.offload_optimizer, dist.offload_params, capacity, model.adapters,
+    )
+
+
+def _memory_warnings(memory: MemoryEstimate) -> list[str]:
+    if memory.fits:
+        return []
+    return [
+        f"estimated {memory.total_bytes / 2**30:.1f} GiB per device exceeds {memory.capacity_bytes / 2**30:.1f} GiB available: "
+        "raise distributed.zero_stage, enable offload, or lower train.micro_batch_size"
+    ]
+
+
+def _energy(recipe: Recipe, env: EnvSnapshot, topology: Topology, time: TimeEstimate, memory: MemoryEstimate,
+            intensity: Intensity) -> EnergyPlan:
+    spec = recipe.energy
+    gpu_name = env.gpus[0].name if env.gpus else None
+    cpu = cpu_power(env.cpu_model, env.cpu_count, spec.cpu_tdp_w)
+    forecast = plan_forecast(spec, topology.device, gpu_name, cpu, topology.nodes, topology.procs_per_node, time.wall_s,
+                             memory.total_bytes, intensity.g_per_kwh)
+    return EnergyPlan(spec.pue_value, intensity, cpu, forecast)
 
 
 def _base_model(loaded: LoadedRecipe, problems: list[Problem]) -> BaseModel | None:
@@ -193,12 +234,10 @@ def _intensity(loaded: LoadedRecipe, env: EnvSnapshot, problems: list[Problem]) 
         return None
 
 
-def _local_process(launcher, env: EnvSnapshot, topology: Topology, run_dir: Path) -> ProcessSpec:
-    """All ranks of this one node, started by the backend's launcher on a free local port."""
-    argv = launcher.local_command(env.python, topology, run_dir, env.free_port)
-    added = {"OMP_NUM_THREADS": str(max(1, env.cpu_count // topology.procs_per_node))}
-    if topology.device == "cpu":
-        added["DS_ACCELERATOR"] = "cpu"
+def _local_process(backend: str, backend_env: dict[str, str], env: EnvSnapshot, topology: Topology, run_dir: Path) -> ProcessSpec:
+    """All ranks of this one node, started by the node launcher (as on every Slurm node) on a free local port."""
+    argv = node_argv(env.python, backend, 1, topology.procs_per_node, run_dir, "127.0.0.1", env.free_port, node_rank=0)
+    added = {"OMP_NUM_THREADS": str(max(1, env.cpu_count // topology.procs_per_node)), **backend_env}
     return ProcessSpec(argv, added, env.cwd, LAUNCH_LOG)
 
 

@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 
 from orchestrator.checkpoint.spec import CheckpointSpec
 from orchestrator.data.spec import DataSpec
-from orchestrator.distributed.spec import DeepSpeedSpec, DistributedSpec
+from orchestrator.backends.spec import DeepSpeedSpec, DistributedSpec
 from orchestrator.energy.spec import EnergySpec
 from orchestrator.gates.spec import GatesSpec
 from orchestrator.model.spec import ModelSpec

@@ -10,7 +10,6 @@ appended to the run's `events.jsonl`.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -18,23 +17,22 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-import yaml
+from orchestrator.errors import EXIT_REQUEUE
+from orchestrator.rundir import events
+from orchestrator.rundir.entry import FORWARDED_SIGNALS, node_argv
+from orchestrator.rundir.layout import RunDir
+from orchestrator.rundir.records import PlanRecord, read_plan, read_recipe
 
-from orchestrator.rundir import RunDir
-from orchestrator.runtime import events
-from orchestrator.runtime.node import node_argv
-from orchestrator.runtime.signals import FORWARDED_SIGNALS, REQUEUE_EXIT
 
-
-def node_command(plan: dict, python: str, master_addr: str, master_port: int) -> list[str]:
-    topology = plan["topology"]
+def node_command(plan: PlanRecord, python: str, master_addr: str, master_port: int) -> list[str]:
+    topology = plan.topology
     return [
         # Not --kill-on-bad-exit: the requeue code 75 counts as a bad exit, and the first node to stop
         # with it would have srun kill the others mid-save. --wait ends the other nodes a minute after
         # the first one exits, so a crashed node cannot leave its peers hanging in a collective.
-        "srun", "--wait=60", f"--nodes={topology['nodes']}", "--ntasks-per-node=1",
-        f"--output={plan['run_dir']}/logs/node-%N.out",
-        *node_argv(python, plan["backend"], topology["nodes"], topology["procs_per_node"], plan["run_dir"], master_addr, master_port),
+        "srun", "--wait=60", f"--nodes={topology.nodes}", "--ntasks-per-node=1",
+        f"--output={RunDir(plan.run_dir).node_output_pattern}",
+        *node_argv(python, plan.backend, topology.nodes, topology.procs_per_node, plan.run_dir, master_addr, master_port),
     ]
 
 
@@ -58,8 +56,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--run-dir", type=Path, required=True)
     run = RunDir(parser.parse_args().run_dir)
-    plan = json.loads(run.plan.read_text())
-    max_requeues = yaml.safe_load(run.recipe.read_text())["slurm"]["max_requeues"]
+    plan = read_plan(run)
+    max_requeues = read_recipe(run).slurm.max_requeues
     job_id = int(os.environ["SLURM_JOB_ID"])
     restart = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
     master_addr, master_port = rendezvous(job_id, os.environ["SLURM_JOB_NODELIST"])
@@ -74,7 +72,7 @@ def main() -> None:
     for signum in FORWARDED_SIGNALS:
         signal.signal(signum, forward)
     code = step.wait()
-    if code == REQUEUE_EXIT and restart < max_requeues:
+    if code == EXIT_REQUEUE and restart < max_requeues:
         subprocess.run(["scontrol", "requeue", str(job_id)], check=True)
         events.append(run.events, "slurm_requeued", job_id=job_id, restart=restart + 1)
         sys.exit(0)

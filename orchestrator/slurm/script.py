@@ -9,10 +9,10 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from orchestrator.hub import OFFLINE_ENV
 from orchestrator.plan.planner import LaunchPlan
+from orchestrator.rundir.layout import RunDir
 from orchestrator.slurm.spec import SlurmSpec
-
-SCRIPT_FILE = "job.sbatch"
 
 
 def directives(plan: LaunchPlan, spec: SlurmSpec, grace_s: int) -> list[str]:
@@ -21,7 +21,7 @@ def directives(plan: LaunchPlan, spec: SlurmSpec, grace_s: int) -> list[str]:
         f"--job-name={plan.recipe.name}",
         f"--nodes={plan.topology.nodes}",
         "--ntasks-per-node=1",
-        f"--output={run}/logs/slurm-%j.out",
+        f"--output={RunDir(run).logs}/slurm-%j.out",
         "--open-mode=append",
         f"--signal=B:{spec.signal}@{grace_s}",
         "--requeue",
@@ -46,7 +46,7 @@ def render_sbatch(plan: LaunchPlan, spec: SlurmSpec, python: str, grace_s: int) 
     body += list(spec.setup)
     if spec.venv is not None:
         body.append(f"source {shlex.quote(str(Path(spec.venv) / 'bin' / 'activate'))}")
-    exports = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **plan.processes[0].env}
+    exports = {**OFFLINE_ENV, **plan.processes[0].env}
     body += [f"export {k}={shlex.quote(v)}" for k, v in exports.items()]
     body.append(f"cd {shlex.quote(str(plan.processes[0].cwd))}")
     body.append(f"exec {shlex.quote(python)} -m orchestrator.slurm.batch --run-dir {shlex.quote(str(plan.run_dir))}")

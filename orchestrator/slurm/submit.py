@@ -4,20 +4,18 @@ run directory and submit once. Nothing is written or submitted when a check fail
 from __future__ import annotations
 
 import dataclasses
-import json
 import tempfile
 from pathlib import Path
 
 from orchestrator.env import EnvSnapshot, GpuInfo
 from orchestrator.execute import prepare_run
 from orchestrator.plan.planner import LaunchPlan
-from orchestrator.rundir import RunDir
-from orchestrator.runtime import events
+from orchestrator.rundir import events
+from orchestrator.rundir.layout import RunDir
+from orchestrator.rundir.records import read_jobs, write_jobs
 from orchestrator.slurm.client import slurm
-from orchestrator.slurm.script import SCRIPT_FILE, render_sbatch
+from orchestrator.slurm.script import render_sbatch
 from orchestrator.slurm.spec import SlurmSpec
-
-JOBS_FILE = "slurm.json"
 # Without a GPU model in the recipe, plan memory for a common 80 GiB data-centre GPU.
 ASSUMED_GPU = GpuInfo("GPU (Slurm)", 80 * 2**30, 8.0)
 
@@ -31,7 +29,7 @@ def cluster_env(env: EnvSnapshot, spec: SlurmSpec) -> EnvSnapshot:
 
 def signal_grace_s(run_dir: Path, spec: SlurmSpec) -> int:
     """The recipe's grace, raised to twice the longest checkpoint commit this run has measured."""
-    commits = [e["stall_s"] + (e.get("write_s") or 0) for e in events.read(run_dir / "events.jsonl") if e["event"] == "checkpoint"]
+    commits = [e["stall_s"] + (e.get("write_s") or 0) for e in RunDir(run_dir).history() if e["event"] == "checkpoint"]
     return max(spec.signal_grace_s, int(2 * max(commits)) + 1) if commits else spec.signal_grace_s
 
 
@@ -47,19 +45,8 @@ def submit(plan: LaunchPlan, python: str, sources: list[Path]) -> str:
         probe.flush()
         slurm("sbatch", "--test-only", probe.name)
     run = prepare_run(plan, sources)
-    path = run.path / SCRIPT_FILE
-    run.write_file(SCRIPT_FILE, script)
-    job_id = slurm("sbatch", "--parsable", str(path)).strip().split(";")[0]
-    record_job(run, job_id)
+    run.write_file(run.script.name, script)
+    job_id = slurm("sbatch", "--parsable", str(run.script)).strip().split(";")[0]
+    write_jobs(run, [*read_jobs(run), job_id])
     events.append(run.events, "slurm_submitted", job_id=int(job_id))
     return job_id
-
-
-def record_job(run: RunDir, job_id: str) -> None:
-    jobs = job_ids(run)
-    run.write_file(JOBS_FILE, json.dumps({"job_ids": [*jobs, job_id]}))
-
-
-def job_ids(run: RunDir) -> list[str]:
-    path = run.path / JOBS_FILE
-    return json.loads(path.read_text())["job_ids"] if path.exists() else []

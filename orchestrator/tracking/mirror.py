@@ -1,31 +1,29 @@
-"""The mirror: copies what the run directory records into the dashboards, from rank 0's thread.
+"""The mirror: copies what the run directory records into the dashboards.
 
-It reads the run directory (new metric rows, new events, the energy series, gate reports) every
-`tracking.interval_s` and sends what is new to each sink. Where it got to is kept in
+Rank 0 runs it in a thread (`launch.mirror`) that reads the run directory (new metric rows, new
+events, the energy series) every `tracking.interval_s` and sends what is new to each sink; `orch
+gate` and `orch release` open it once to add their results. Where it got to is kept in
 `tracking.json` with the ids the sinks gave (wandb run id, MLflow run id), so a requeued or
 resumed run continues the same dashboard runs and never logs a step twice (steps recomputed after
 a resume were already logged, with the same values when resume is exact).
 
 A sink that raises is reported once (rank 0's log, a `tracking_failed` event) and dropped; the
 others go on, and the run directory keeps everything. Training never waits for a sink: they are
-only called from this thread, and closing waits at most `CLOSE_TIMEOUT_S`.
+only called from the mirror's thread, and closing it waits a bounded time.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import threading
 from pathlib import Path
 
-from orchestrator.energy.account import SERIES_FILE
-from orchestrator.rundir import RunDir
-from orchestrator.runtime import events
+from orchestrator.rundir import events
+from orchestrator.rundir.layout import RunDir
+from orchestrator.rundir.records import PlanRecord
 from orchestrator.tracking.sinks import RunIdentity, Sink, make_sinks
 from orchestrator.tracking.spec import TrackingSpec
 
-TRACKING_FILE = "tracking.json"
-CLOSE_TIMEOUT_S = 60.0
 ROW_KEYS = ("loss", "val_loss", "lr", "grad_norm", "tokens_per_s", "mfu", "step_s", "energy_kwh")
 
 
@@ -65,13 +63,9 @@ def event_metrics(event: dict) -> dict[str, float]:
 class Mirror:
     def __init__(self, run: RunDir, spec: TrackingSpec, sinks: list[Sink]):
         self.run, self.spec = run, spec
-        self.sinks = [GuardedSink(s, self._report) for s in sinks]
-        path = run.path / TRACKING_FILE
+        self.sinks = [GuardedSink(s, self.report) for s in sinks]
+        path = run.tracking
         self.state = json.loads(path.read_text()) if path.exists() else {"ids": {}, "last_step": 0, "events": 0, "series": 0}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle ----------------------------------------------------------------------------
 
     def open(self, name: str, config: dict) -> "Mirror":
         identity = RunIdentity(self.run.path, name, config, dict(self.state["ids"]))
@@ -80,41 +74,8 @@ class Mirror:
         self._save()
         return self
 
-    def start(self, name: str, config: dict) -> "Mirror":
-        """Open the sinks and mirror every interval, all in the mirror's thread (opening a dashboard
-        can take seconds: wandb starts its service process)."""
-        self._thread = threading.Thread(target=self._loop, args=(name, config), name="tracking-mirror", daemon=True)
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        """A last sync, then the sinks close; bounded, so a hung dashboard cannot hold the job."""
-        self._stop.set()
-        if self._thread:
-            self._thread.join(CLOSE_TIMEOUT_S)
-        finisher = threading.Thread(target=self._finish, daemon=True)
-        finisher.start()
-        finisher.join(CLOSE_TIMEOUT_S)
-        if finisher.is_alive():
-            self._report("tracking", "close", f"the sinks did not finish within {CLOSE_TIMEOUT_S:.0f} s")
-
-    def _loop(self, name: str, config: dict) -> None:
-        self.open(name, config)
-        while not self._stop.wait(self.spec.interval_s):
-            self.sync()
-
-    def _finish(self) -> None:
-        self.sync()
-        for sink in self.sinks:
-            sink.call("close")
-
-    # -- what is mirrored -----------------------------------------------------------------------
-
     def sync(self) -> None:
-        try:
-            rows, history = self.run.metric_rows(), events.read(self.run.events)
-        except ValueError:
-            return  # a line being appended this instant: the next sync reads it whole
+        rows, history = self.run.metric_rows(), self.run.history()  # a line being appended is read whole next time
         for row in rows:
             if row["step"] > self.state["last_step"]:
                 self.log({k: row[k] for k in ROW_KEYS if _is_number(row.get(k))}, row["step"])
@@ -124,13 +85,11 @@ class Mirror:
             if metrics:
                 self.log(metrics, event.get("step") or self.state["last_step"])
         self.state["events"] = len(history)
-        series = self.run.path / SERIES_FILE
-        lines = series.read_text().splitlines() if series.exists() else []
-        for line in lines[self.state["series"]:]:
-            point = json.loads(line)
+        points = events.read(self.run.energy_series)
+        for point in points[self.state["series"]:]:
             metrics = {f"energy/{node}/{key}": value for node, figures in point["nodes"].items() for key, value in figures.items()}
             self.log({**metrics, "energy/total_kwh": point["kwh"]}, point["step"])
-        self.state["series"] = len(lines)
+        self.state["series"] = len(points)
         self._save()
 
     def log(self, metrics: dict[str, float], step: int) -> None:
@@ -142,38 +101,27 @@ class Mirror:
         for sink in self.sinks:
             sink.call("artifact", path, name)
 
-    def _save(self) -> None:
-        self.run.write_file(TRACKING_FILE, json.dumps(self.state, indent=1))
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.call("close")
 
-    def _report(self, sink: str, method: str, error: str) -> None:
+    def _save(self) -> None:
+        self.run.write_json(self.run.tracking, self.state)
+
+    def report(self, sink: str, method: str, error: str) -> None:
         print(f"tracking: {sink} failed in {method} ({error}); it is dropped, the run goes on and its metrics stay in the run directory",
               flush=True)
         events.append(self.run.events, "tracking_failed", sink=sink, method=method, error=error)
-
-
-class NullMirror:
-    def sync(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def run_config(recipe: dict, plan: dict) -> dict:
+def run_config(recipe: dict, plan: PlanRecord) -> dict:
     """What a dashboard shows as the run's configuration: the resolved recipe and the plan's numbers."""
-    keep = ("backend", "topology", "batch", "model", "estimate", "recipe_hash")
-    return {"recipe": recipe, "plan": {k: plan[k] for k in keep if k in plan}}
-
-
-def start_mirror(spec: TrackingSpec, run: RunDir, name: str, config: dict) -> Mirror | NullMirror:
-    """Rank 0's mirror, opened and syncing in its own thread; a null one when no sink is chosen."""
-    if not spec.any:
-        return NullMirror()
-    return Mirror(run, spec, make_sinks(spec)).start(name, config)
+    keep = {"backend", "topology", "batch", "model", "estimate", "recipe_hash"}
+    return {"recipe": recipe, "plan": plan.model_dump(mode="json", include=keep)}
 
 
 def mirror_once(run_dir: Path, spec: TrackingSpec, name: str, config: dict, metrics: dict[str, float], step: int,
@@ -185,5 +133,4 @@ def mirror_once(run_dir: Path, spec: TrackingSpec, name: str, config: dict, metr
     mirror.log(metrics, step)
     if artifact:
         mirror.artifact(*artifact)
-    for sink in mirror.sinks:
-        sink.call("close")
+    mirror.close()

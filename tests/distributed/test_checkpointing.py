@@ -126,7 +126,7 @@ def test_preemption_signal_checkpoints_and_requeues(tmp_path, reference):
     run_dir = tmp_path / "run"
     process = start_orch("run", "recipes/tiny-pretrain.yaml", *BASE, "distributed.zero_stage=2", "--run-dir", str(run_dir))
     wait_for_step(run_dir, 6)
-    launcher = next(p for p in psutil.process_iter(["cmdline"]) if "orchestrator.runtime.node" in " ".join(p.info["cmdline"] or []) and str(run_dir) in " ".join(p.info["cmdline"]))
+    launcher = next(p for p in psutil.process_iter(["cmdline"]) if "launch.node" in " ".join(p.info["cmdline"] or []) and str(run_dir) in " ".join(p.info["cmdline"]))
     launcher.send_signal(signal.SIGUSR1)
     _, stderr = process.communicate(timeout=240)
     assert process.returncode == 75, stderr

@@ -16,8 +16,8 @@ import pytest
 from orchestrator.energy.bill import J_PER_KWH, make_bill, read_records
 from orchestrator.energy.grid import Intensity, resolve_intensity
 from orchestrator.energy.hardware import cpu_power
-from orchestrator.energy.meters import node_meters
-from orchestrator.energy.monitor import EnergyMonitor
+from launch.energy.meters import node_meters
+from launch.energy.monitor import EnergyMonitor
 from orchestrator.energy.spec import CarbonSpec
 from tests.conftest import FAST, ROOT, kill_run, orch, start_orch, wait_for_rows
 
@@ -109,14 +109,14 @@ def test_a_killed_attempt_stays_on_the_bill_and_its_lost_work_is_priced(tmp_path
 RANK_SCRIPT = """
 import sys, time
 from pathlib import Path
-from orchestrator.energy.account import start_energy
+from launch.energy.account import start_energy
 from orchestrator.energy.spec import EnergySpec
-from orchestrator.rundir import RunDir
+from orchestrator.rundir.layout import RunDir
+from orchestrator.rundir.records import EnergyRecord
 rank, run_dir, seconds = int(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
-plan = {"energy": {"pue": 1.0, "cpu": {"tdp_w": 100.0, "source": "test"}, "forecast": None,
-                   "intensity": {"g_per_kwh": 100.0, "source": "test", "basis": "location-based", "market_based_g_per_kwh": None}},
-        "topology": {"device": "cpu"}, "batch": {"tokens_per_step": 1}}
-monitor, account = start_energy(EnergySpec(interval_s=0.2), plan, RunDir(run_dir), rank, local_rank=rank)
+energy = EnergyRecord(pue=1.0, cpu={"tdp_w": 100.0, "source": "test"}, forecast=None,
+                      intensity={"g_per_kwh": 100.0, "source": "test", "basis": "location-based", "market_based_g_per_kwh": None})
+monitor, account = start_energy(EnergySpec(interval_s=0.2), energy, 1, "cpu", RunDir(run_dir), rank, local_rank=rank)
 time.sleep(seconds)
 monitor.close()
 """

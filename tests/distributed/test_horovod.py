@@ -1,5 +1,5 @@
-"""Real Horovod (Gloo) runs of the tiny recipe, started by horovodrun: training, replicas, checkpoints,
-kill and resume, preemption, and agreement with DeepSpeed ZeRO-0."""
+"""Real Horovod (Gloo) runs of the tiny recipe, started by the node launcher (as on Slurm): training,
+replicas, checkpoints, kill and resume, preemption, and agreement with DeepSpeed ZeRO-0."""
 
 import json
 import signal
@@ -34,7 +34,8 @@ def reference(tmp_path_factory) -> Path:
 
 def test_horovod_trains_with_identical_replicas_and_verified_checkpoints(reference):
     plan = json.loads((reference / "plan.json").read_text())
-    assert Path(plan["commands"][0]["argv"][0]).name == "horovodrun"
+    argv = plan["commands"][0]["argv"]
+    assert argv[argv.index("-m") + 1] == "launch.node" and argv[argv.index("--backend") + 1] == "horovod"
     rows = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
     assert rows[-1]["loss"] < rows[0]["loss"] - 0.5
@@ -74,8 +75,8 @@ def test_horovod_sigkill_and_resume_is_bit_exact(tmp_path, reference):
 
 
 def test_horovod_preemption_checkpoints_and_resumes(tmp_path, reference):
-    """Ctrl-C / SIGTERM reaches horovodrun, which passes it to the ranks: they save and stop, and the
-    CLI reports a resumable stop although horovodrun itself exits 1."""
+    """Ctrl-C / SIGTERM reaches the node launcher, which passes it to the ranks: they save and stop,
+    and the CLI reports a resumable stop."""
     run_dir = tmp_path / "run"
     process = start_orch("run", "recipes/tiny-pretrain.yaml", *BASE, *HOROVOD, "--run-dir", str(run_dir))
     wait_for_step(run_dir, 6)

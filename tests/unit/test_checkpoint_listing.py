@@ -1,6 +1,5 @@
 """`orch checkpoints` and the checkpoint choice of `orch export` on plain files (no torch)."""
 
-import json
 
 import pytest
 from typer.testing import CliRunner
@@ -10,6 +9,7 @@ from orchestrator.checkpoint.export import choose_checkpoint
 from orchestrator.checkpoint.listing import checkpoint_root, human_bytes, list_checkpoints, render_listing
 from orchestrator.cli import app
 from orchestrator.errors import CheckpointError
+from tests.conftest import write_plan
 
 runner = CliRunner()
 
@@ -81,9 +81,9 @@ def test_only_set_aside_checkpoints_still_list(tmp_path):
 
 def test_moved_run_finds_its_own_checkpoints(tmp_path, run_dir):
     plan = {"run_dir": "/elsewhere/run", "checkpoint_dir": "/elsewhere/run/checkpoints"}
-    (run_dir / "plan.json").write_text(json.dumps(plan))
+    write_plan(run_dir, **plan)
     assert checkpoint_root(run_dir) == run_dir / "checkpoints"
-    (run_dir / "plan.json").write_text(json.dumps({**plan, "checkpoint_dir": "/scratch/ckpt"}))
+    write_plan(run_dir, **{**plan, "checkpoint_dir": "/scratch/ckpt"})
     assert str(checkpoint_root(run_dir)) == "/scratch/ckpt"
 
 

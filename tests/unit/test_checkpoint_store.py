@@ -6,7 +6,7 @@ import pytest
 
 from orchestrator.checkpoint import store
 from orchestrator.checkpoint.compat import recipe_changes
-from orchestrator.checkpoint.saver import owner_of
+from launch.engines.deepspeed import shard_owner as owner_of
 
 
 def stage(root, step, payload=b"weights"):

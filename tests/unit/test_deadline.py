@@ -1,6 +1,6 @@
 """A rank knows its Slurm job's end time only from the batch step's `slurm_start` event of that job."""
 
-from orchestrator.runtime.loop import _job_deadline
+from orchestrator.checkpoint.policy import job_deadline
 
 
 def test_deadline_comes_from_this_jobs_start(monkeypatch):
@@ -10,8 +10,8 @@ def test_deadline_comes_from_this_jobs_start(monkeypatch):
         {"event": "start"},
     ]
     monkeypatch.setenv("SLURM_JOB_ID", "7")
-    assert _job_deadline(history) == 100.0
+    assert job_deadline(history) == 100.0
     monkeypatch.setenv("SLURM_JOB_ID", "9")
-    assert _job_deadline(history) is None
+    assert job_deadline(history) is None
     monkeypatch.delenv("SLURM_JOB_ID")
-    assert _job_deadline(history) is None
+    assert job_deadline(history) is None

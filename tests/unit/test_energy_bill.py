@@ -8,15 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.energy.account import EnergyAccount
+from launch.energy.account import EnergyAccount
 from orchestrator.energy.bill import J_PER_KWH, make_bill
 from orchestrator.energy.forecast import forecast_energy
 from orchestrator.energy.grid import Intensity, IntensityError, read_series, resolve_intensity
 from orchestrator.energy.hardware import CpuPower, cpu_load_power_w, cpu_power
-from orchestrator.energy.meters import CounterMeter, PowerIntegrator, gpu_meter, rank_meters, rapl_meters
-from orchestrator.energy.monitor import EnergyMonitor
+from launch.energy.meters import CounterMeter, PowerIntegrator, gpu_meter, rank_meters, rapl_meters
+from launch.energy.monitor import EnergyMonitor
 from orchestrator.energy.spec import CarbonSpec, EnergySpec
-from orchestrator.rundir import RunDir
+from orchestrator.rundir.layout import RunDir
+from orchestrator.rundir.records import EnergyRecord
 from tests.conftest import make_env
 
 
@@ -336,7 +337,7 @@ def test_plan_forecasts_gpu_runs_from_board_power(tmp_path):
 
 def test_the_budget_warns_then_stops(tmp_path):
     run = RunDir(tmp_path)
-    plan = {"pue": 1.0, "intensity": Intensity(1000.0, "test").summary(with_series=True), "forecast": None}
+    plan = EnergyRecord(pue=1.0, intensity=Intensity(1000.0, "test").summary(with_series=True), cpu={}, forecast=None)
     account = EnergyAccount(run, EnergySpec(budget_kwh=1.0, budget_warn_fraction=0.5), plan, tokens_per_step=10)
     parts = tmp_path / "energy/parts/n1"
     parts.mkdir(parents=True)
@@ -386,7 +387,7 @@ def test_a_misspelt_country_is_a_recipe_error_with_its_line(tmp_path):
 
 def test_the_energy_series_has_each_nodes_and_devices_power(tmp_path):
     run = RunDir(tmp_path)
-    plan = {"pue": 1.0, "intensity": Intensity(100.0, "test").summary(with_series=True), "forecast": None}
+    plan = EnergyRecord(pue=1.0, intensity=Intensity(100.0, "test").summary(with_series=True), cpu={}, forecast=None)
     account = EnergyAccount(run, EnergySpec(), plan, tokens_per_step=1)
     parts = tmp_path / "energy/parts/n1"
     parts.mkdir(parents=True)

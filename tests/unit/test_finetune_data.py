@@ -14,7 +14,7 @@ from orchestrator.data.spec import InstructionSpec
 from orchestrator.errors import DataError, RecipeError
 from orchestrator.plan.planner import make_plan
 from orchestrator.recipe.loader import load_recipe
-from orchestrator.runtime.batch import model_inputs
+from orchestrator.model.inputs import model_inputs
 from tests.conftest import RECIPES, make_env
 
 FINETUNE = RECIPES / "tiny-finetune-lora.yaml"
@@ -27,7 +27,7 @@ def plan_for(tmp_path, base, *overrides):
 def test_the_plan_takes_architecture_and_sizes_from_the_base_model(tmp_path, tiny_base):
     plan = plan_for(tmp_path, tiny_base)
     assert plan.arch == "llama" and plan.sizes.hidden_size == 64 and plan.sizes.num_layers == 2
-    assert plan.summary()["model"]["base"] == str(tiny_base)
+    assert plan.record().model.base == str(tiny_base)
 
 
 def test_base_model_problems_are_one_line_each(tmp_path, tiny_base):

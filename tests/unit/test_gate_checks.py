@@ -114,8 +114,10 @@ def _checkpoint(tmp_path, files: dict) -> tuple:
 
 def _report(run, tag, content, status="pass"):
     (run / "gates").mkdir(exist_ok=True)
-    results = [{"name": "quality", "status": status, "required": True, "summary": "validation loss 9.1 (limit 6)"}]
-    (run / "gates" / f"{tag}.json").write_text(json.dumps({"checkpoint_hash": content, "results": results, "passed": status == "pass"}))
+    results = [{"name": "quality", "status": status, "value": 9.1, "threshold": 6.0, "required": True, "summary": "validation loss 9.1 (limit 6)"}]
+    report = {"checkpoint": tag, "step": 10, "checkpoint_hash": content, "recipe_hash": "r", "evaluated_at": 0.0, "required": ["quality"],
+              "passed": status == "pass", "results": results}
+    (run / "gates" / f"{tag}.json").write_text(json.dumps(report))
 
 
 def test_release_needs_a_passing_report_for_this_very_content(tmp_path):
@@ -129,7 +131,7 @@ def test_release_needs_a_passing_report_for_this_very_content(tmp_path):
     with pytest.raises(ReleaseRefused, match="other content"):
         gate_report_for(run, checkpoint)
     _report(run, checkpoint.name, content)
-    assert gate_report_for(run, checkpoint)["passed"]
+    assert gate_report_for(run, checkpoint).passed
 
 
 def test_a_release_manifest_catches_changed_missing_and_added_files(tmp_path):
@@ -156,12 +158,12 @@ def test_the_budget_gate_holds_the_bill_to_the_recipes_budget(tmp_path):
     from orchestrator.energy.grid import Intensity
     from orchestrator.gates.evaluate import _budget_gate
     from orchestrator.recipe.loader import load_recipe
-    from orchestrator.rundir import RunDir
-    from tests.conftest import TINY
+    from orchestrator.rundir.layout import RunDir
+    from tests.conftest import TINY, write_plan
 
     run = RunDir(tmp_path)
-    energy = {"pue": 1.0, "intensity": Intensity(100.0, "test").summary(with_series=True), "forecast": None}
-    (tmp_path / "plan.json").write_text(json.dumps({"energy": energy, "batch": {"tokens_per_step": 1}}))
+    energy = {"pue": 1.0, "intensity": Intensity(100.0, "test").summary(with_series=True), "cpu": {}, "forecast": None}
+    write_plan(tmp_path, energy=energy)
     record = {"node": "n", "device": "cpu", "kind": "cpu", "method": "estimated", "detail": "", "rank": 0, "pid": 1, "start": 0, "end": 1,
               "seconds": 1, "energy_j": 0.5 * J_PER_KWH, "by_phase": {"train": 0.5 * J_PER_KWH}, "by_hour": {"0": 0.5 * J_PER_KWH},
               "train_j_at_save": {}, "first_step": 1, "last_step": 1}

@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from orchestrator.distributed.horovod import rank_env, slot_hostname
+from launch.engines.horovod import rank_env, slot_hostname
 from orchestrator.errors import RecipeError
 from orchestrator.plan.planner import make_plan
 from orchestrator.recipe.loader import load_recipe
-from orchestrator.runtime.node import node_argv
+from orchestrator.rundir.entry import node_argv
 from tests.conftest import TINY, make_env
 
 HOROVOD = ["distributed.backend=horovod", "distributed.zero_stage=0"]
@@ -18,11 +18,13 @@ def plan_for(tmp_path, overrides=(), **env):
     return make_plan(load_recipe(TINY, [*HOROVOD, *overrides]), make_env(tmp_path, **env))
 
 
-def test_local_launch_is_horovodrun_over_gloo(tmp_path):
+def test_local_launch_is_the_node_launcher_as_on_slurm(tmp_path):
+    """No horovodrun: the same node launcher that runs on every Slurm node starts the local ranks."""
     plan = plan_for(tmp_path, ["distributed.compression=fp16", "train.gradient_accumulation_steps=2", "train.global_batch_size=null"])
     (process,) = plan.processes
-    assert process.argv[:6] == ["/usr/bin/horovodrun", "--gloo", "-np", "2", "-H", "localhost:2"]
-    assert process.argv[-5:] == ["/usr/bin/python3", "-m", "orchestrator.runtime", "--run-dir", str(plan.run_dir)]
+    assert process.argv[:3] == ["/usr/bin/python3", "-m", "launch.node"]
+    assert process.argv[process.argv.index("--backend") + 1] == "horovod" and process.argv[process.argv.index("--nproc") + 1] == "2"
+    assert process.argv[-2:] == ["--run-dir", str(plan.run_dir)] and "DS_ACCELERATOR" not in process.env
     config = json.loads(plan.files()["horovod_config.json"])
     assert config["backward_passes_per_step"] == 2 and config["compression"] == "fp16"
     assert "ds_config.json" not in plan.files()

@@ -70,7 +70,7 @@ def test_bf16_on_pre_ampere_gpu_is_refused(tmp_path):
 def test_local_launch_command(tmp_path):
     plan = plan_for(tmp_path)
     (process,) = plan.processes
-    assert process.argv[:3] == ["/usr/bin/python3", "-m", "orchestrator.runtime.node"]
+    assert process.argv[:3] == ["/usr/bin/python3", "-m", "launch.node"]
     assert process.argv[process.argv.index("--nproc") + 1] == "2"
     assert process.argv[process.argv.index("--master-port") + 1] == "29999"
     assert process.argv[-2:] == ["--run-dir", str(plan.run_dir)]
@@ -97,7 +97,7 @@ def test_plan_text_shows_the_arithmetic(tmp_path):
     text = render_plan(plan_for(tmp_path))
     assert "micro 8 x accumulation 1 x data-parallel 2 = global 16 sequences" in text
     assert "16 x 128 = 2,048 per step" in text
-    assert '"stage": 2' in text and "orchestrator.runtime.node" in text
+    assert '"stage": 2' in text and "launch.node" in text
 
 
 def test_memory_warning_when_it_will_not_fit(tmp_path):

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from orchestrator.runtime.signals import StopFlag
+from launch.signals import StopFlag
 
 
 def test_first_signal_sets_the_flag_and_a_duplicate_is_ignored():
@@ -25,7 +25,7 @@ def test_first_signal_sets_the_flag_and_a_duplicate_is_ignored():
 
 def test_a_later_second_signal_aborts_at_once():
     code = (
-        "import os, signal, time\nfrom orchestrator.runtime.signals import StopFlag\n"
+        "import os, signal, time\nfrom launch.signals import StopFlag\n"
         "StopFlag().install()\nos.kill(os.getpid(), signal.SIGUSR1)\ntime.sleep(1.5)\n"
         "os.kill(os.getpid(), signal.SIGUSR1)\ntime.sleep(5)\n"
     )

@@ -10,7 +10,7 @@ from orchestrator.recipe.loader import load_recipe
 from orchestrator.slurm.batch import node_command
 from orchestrator.slurm.script import render_sbatch
 from orchestrator.slurm.submit import cluster_env, signal_grace_s
-from tests.conftest import TINY, make_env
+from tests.conftest import TINY, make_env, tiny_plan_record
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -56,11 +56,12 @@ def test_grace_grows_with_measured_checkpoint_time(tmp_path):
 
 
 @pytest.mark.parametrize("backend", ["deepspeed", "horovod"])
-def test_node_command_starts_one_launcher_per_node(backend):
+def test_node_command_starts_one_launcher_per_node(tmp_path, backend):
     """Both backends go through the same node launcher under Slurm: no ssh, no horovodrun."""
-    plan = {"run_dir": "/r", "backend": backend, "topology": {"nodes": 2, "procs_per_node": 4}}
+    topology = {"nodes": 2, "procs_per_node": 4, "device": "cpu", "comm_backend": "gloo", "world_size": 8}
+    plan = tiny_plan_record(tmp_path, run_dir="/r", backend=backend, topology=topology)
     argv = node_command(plan, "/py", "n1", 21234)
     assert argv[:4] == ["srun", "--wait=60", "--nodes=2", "--ntasks-per-node=1"]
-    assert argv[argv.index("-m") + 1] == "orchestrator.runtime.node" and argv[argv.index("--backend") + 1] == backend
+    assert argv[argv.index("-m") + 1] == "launch.node" and argv[argv.index("--backend") + 1] == backend
     assert argv[argv.index("--nproc") + 1] == "4" and argv[argv.index("--master-addr") + 1] == "n1"
     assert "--node-rank" not in argv  # each node takes SLURM_NODEID

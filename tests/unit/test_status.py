@@ -5,12 +5,15 @@ import json
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
+from orchestrator.recipe.loader import load_recipe
+from orchestrator.rundir.records import recipe_yaml
+from tests.conftest import TINY
 
 
 def fake_run(root, name, events, rows, summary=None):
     run = root / name
     (run / "logs").mkdir(parents=True)
-    (run / "recipe.yaml").write_text(f"name: {name}\ntrain:\n  steps: 10\n")
+    (run / "recipe.yaml").write_text(recipe_yaml(load_recipe(TINY, [f"name={name}", "train.steps=10", "train.schedule.warmup_steps=2"]).recipe))
     (run / "events.jsonl").write_text("".join(json.dumps({"event": e, "time": 0}) + "\n" for e in events))
     (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": l}) + "\n" for s, l in rows))
     if summary:

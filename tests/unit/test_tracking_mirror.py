@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 from orchestrator.report import svg_chart
-from orchestrator.rundir import RunDir
-from orchestrator.runtime import events
+from orchestrator.rundir.layout import RunDir
+from orchestrator.rundir import events
 from orchestrator.status import RunStatus, matches
-from orchestrator.tracking.mirror import TRACKING_FILE, Mirror, event_metrics
+from orchestrator.tracking.mirror import Mirror, event_metrics
 from orchestrator.tracking.spec import TrackingSpec
 from tests.helpers.sinks import Exploding, Recording
 
@@ -54,7 +54,7 @@ def test_rows_events_and_energy_reach_the_sink_once_and_a_resume_continues(tmp_p
     assert calls[-1]["call"] == "log" and [c for c in calls if c["call"] == "open"][-1]["ids"] == {"recording_id": "rec-1"}
     steps = [c["step"] for c in calls if c["call"] == "log" and "loss" in c["metrics"]]
     assert steps == [1, 2, 3, 4, 5, 6, 7]  # no step twice
-    assert json.loads((run.path / TRACKING_FILE).read_text())["last_step"] == 7
+    assert json.loads(run.tracking.read_text())["last_step"] == 7
 
 
 def test_a_failing_sink_is_reported_once_and_the_others_go_on(tmp_path, monkeypatch, capsys):

@@ -1,37 +1,56 @@
 """The DeepSpeed side of a rank: engine set-up, one optimizer step, evaluation, checkpoint.
 
-Implements the `Engine` protocol of `orchestrator.runtime.loop`, which is all the training loop
-knows about the backend.
+Implements the `Engine` protocol of `launch.engines`, which is all the training loop knows about
+the backend, from the DeepSpeed config the planner wrote (`ds_config.json`, also in the plan).
+Its ranks need nothing beyond torch's standard variables, and its nodes serve nothing.
 """
 
 from __future__ import annotations
 
-import json
+import re
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
 import torch
 
-from orchestrator.distributed.deepspeed import CONFIG_FILE
-from orchestrator.model.architectures import Sizes
+from launch.engines.replica import parameter_digest
+from launch.rank_state import state_owner
 from orchestrator.model.build import build_model
+from orchestrator.model.inputs import Rows, model_inputs
 from orchestrator.recipe.schema import Recipe
-from orchestrator.runtime.batch import Rows, model_inputs
-from orchestrator.runtime.replica import parameter_digest
+from orchestrator.rundir.records import PlanRecord
 from orchestrator.train.schedule import lr_multiplier
 
+SHARD_OWNER = re.compile(r"zero_pp_rank_(\d+)_")
+"""DeepSpeed names each rank's ZeRO shard file by its rank."""
 
-class DeepSpeedEngine:
-    def __init__(self, recipe: Recipe, sizes: Sizes, run_dir: Path, comm_backend: str, local_rank: int):
+
+def shard_owner(name: str) -> int:
+    match = SHARD_OWNER.search(Path(name).name)
+    return int(match.group(1)) if match else state_owner(name)
+
+
+def rank_env(nodes: int, procs_per_node: int, node_rank: int, local_rank: int, master_addr: str, master_port: int) -> dict[str, str]:
+    return {}
+
+
+def node_services(nodes: int, procs_per_node: int, node_rank: int, master_port: int) -> nullcontext:
+    return nullcontext()
+
+
+class Engine:
+    def __init__(self, recipe: Recipe, plan: PlanRecord, local_rank: int):
         import deepspeed
         from deepspeed.accelerator import get_accelerator
 
+        comm_backend = plan.topology.comm_backend
         if comm_backend == "nccl":
             torch.cuda.set_device(local_rank)
         deepspeed.init_distributed(dist_backend=comm_backend)
         torch.manual_seed(recipe.train.seed)
-        model = build_model(recipe.model, sizes)
-        config = json.loads((run_dir / CONFIG_FILE).read_text())
+        model = build_model(recipe.model, plan.model.sizes)
+        config = plan.backend_config
         schedule = partial(lr_multiplier, recipe.train)
         self.engine, _, _, _ = deepspeed.initialize(
             model=model,
@@ -110,6 +129,8 @@ class DeepSpeedEngine:
         path, _ = self.engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True)
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load checkpoint {root / tag}")
+
+    shard_owner = staticmethod(shard_owner)
 
     def fingerprint(self) -> str:
         """A hash of the full parameters, bit for bit: equal on every rank when replicas agree."""

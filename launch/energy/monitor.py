@@ -19,9 +19,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Callable, Protocol
 
-from orchestrator.energy.meters import Meter
+from launch.energy.meters import Meter
+from orchestrator.rundir.layout import RunDir
 
-PARTS_DIR = "energy/parts"
 HOUR_S = 3600
 
 
@@ -84,7 +84,7 @@ class EnergyMonitor:
         self.clock = clock
         self.started = clock()
         self.records = [DeviceRecord(m, node, rank, self.started) for m in meters]
-        self.path = run_dir / PARTS_DIR / node / f"rank{rank}-{int(self.started * 1e6)}-{os.getpid()}.json"
+        self.path = RunDir(run_dir).energy_parts / node / f"rank{rank}-{int(self.started * 1e6)}-{os.getpid()}.json"
         self.interval_s, self.on_sample = interval_s, on_sample
         self._lock = threading.Lock()  # guards the marks and serialises samples (thread vs flush)
         self._marks: list[tuple[float, str, int | None]] = []

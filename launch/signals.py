@@ -2,7 +2,7 @@
 
 Saving inside a signal handler can deadlock (locks held by the interrupted code) or tear files,
 so the first SIGTERM, SIGINT, SIGUSR1 or SIGUSR2 only records the request. The ranks agree on it
-collectively at the next optimizer-step boundary, checkpoint together and exit with REQUEUE_EXIT.
+collectively at the next optimizer-step boundary, checkpoint together and exit with EXIT_REQUEUE.
 A second signal exits at once: commits are atomic, so nothing committed is harmed. The same
 signal can reach a rank twice within milliseconds along two paths (Slurm signals every process of
 a step, and the node launcher forwards too), so repeats within DUPLICATE_WINDOW_S count as one.
@@ -14,9 +14,9 @@ import os
 import signal
 import time
 
-REQUEUE_EXIT = 75  # EX_TEMPFAIL: "try again later"; the Slurm script requeues on it
+from orchestrator.rundir.entry import FORWARDED_SIGNALS
+
 DUPLICATE_WINDOW_S = 1.0
-FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class StopFlag:

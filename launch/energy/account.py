@@ -7,25 +7,20 @@ budget check current without touching the training thread.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import threading
 import time
-from pathlib import Path
 
-from orchestrator.energy.bill import ENERGY_FILE, make_bill, read_records
-from orchestrator.energy.grid import Intensity
+from launch.energy.meters import rank_meters
+from launch.energy.monitor import EnergyMonitor, Monitor, NullMonitor
+from orchestrator.energy.bill import compute_bill
 from orchestrator.energy.hardware import CpuPower
-from orchestrator.energy.meters import rank_meters
-from orchestrator.energy.monitor import EnergyMonitor, Monitor, NullMonitor
 from orchestrator.energy.spec import EnergySpec
-from orchestrator.errors import EnergyError
-from orchestrator.rundir import RunDir
-from orchestrator.runtime import events
+from orchestrator.rundir import events
+from orchestrator.rundir.layout import RunDir
+from orchestrator.rundir.records import EnergyRecord
 
-BUDGET_EXIT = 3
-SERIES_FILE = "energy/series.jsonl"
 WATCH_INTERVAL_S = 5.0
 
 
@@ -37,7 +32,7 @@ def node_name() -> str:
 class EnergyAccount:
     """Rank 0's bill: aggregation into energy.json and the budget."""
 
-    def __init__(self, run: RunDir, spec: EnergySpec, energy_plan: dict, tokens_per_step: int):
+    def __init__(self, run: RunDir, spec: EnergySpec, energy_plan: EnergyRecord, tokens_per_step: int):
         self.run, self.spec, self.energy_plan, self.tokens_per_step = run, spec, energy_plan, tokens_per_step
         self.step = 0
         self._lock = threading.Lock()  # the sampler thread and the training thread both settle
@@ -53,7 +48,7 @@ class EnergyAccount:
             if step is not None:
                 self.step = step
             bill = compute_bill(self.run.path, self.energy_plan, self.tokens_per_step, self.step)
-            self.run.write_file(ENERGY_FILE, json.dumps(bill, indent=2))
+            self.run.write_json(self.run.energy, bill)
             self._append_series(bill)
             self.latest = bill
             self._check_budget(bill["totals"])
@@ -75,10 +70,8 @@ class EnergyAccount:
                 if before is not None:
                     nodes[node]["power_w" if device == "node" else f"{device}_w"] = (joules - before) / elapsed
         self._previous = (now, figures)
-        series = self.run.path / SERIES_FILE
-        series.parent.mkdir(parents=True, exist_ok=True)
-        with series.open("a") as out:
-            out.write(json.dumps({"time": now, "step": self.step, "kwh": bill["totals"]["kwh"], "nodes": nodes}) + "\n")
+        self.run.energy_series.parent.mkdir(parents=True, exist_ok=True)
+        events.append_row(self.run.energy_series, {"time": now, "step": self.step, "kwh": bill["totals"]["kwh"], "nodes": nodes})
 
     def watch(self) -> None:
         """Called from rank 0's sampler thread after each sample."""
@@ -118,33 +111,15 @@ class NullAccount:
         pass
 
 
-def start_energy(spec: EnergySpec, plan: dict, run: RunDir, rank: int, local_rank: int) -> tuple[Monitor, EnergyAccount | NullAccount]:
-    """This rank's monitor (sampling the devices it owns) and, on rank 0, the account it feeds."""
+def start_energy(spec: EnergySpec, energy: EnergyRecord, tokens_per_step: int, device: str, run: RunDir, rank: int,
+                 local_rank: int) -> tuple[Monitor, EnergyAccount | NullAccount]:
+    """This rank's monitor (sampling the devices it owns) and, on rank 0, the account it feeds, from
+    the plan's energy section."""
     if not spec.enabled:
         return NullMonitor(), NullAccount()
-    account = EnergyAccount(run, spec, plan["energy"], plan["batch"]["tokens_per_step"]) if rank == 0 else NullAccount()
-    meters = rank_meters(local_rank, plan["topology"]["device"] == "cuda", CpuPower(**plan["energy"]["cpu"]), spec.memory_w_per_gib)
+    account = EnergyAccount(run, spec, energy, tokens_per_step) if rank == 0 else NullAccount()
+    meters = rank_meters(local_rank, device == "cuda", CpuPower(**energy.cpu), spec.memory_w_per_gib)
     if not meters:
         return NullMonitor(), account  # a CPU run's other local ranks own no device
     monitor = EnergyMonitor(meters, run.path, node_name(), rank, spec.interval_s, account.watch)
     return monitor.start(), account
-
-
-def compute_bill(run_dir: Path, energy_plan: dict, tokens_per_step: int, step: int) -> dict:
-    """The bill from every record in the run directory, with the plan's intensity, PUE and forecast."""
-    intensity = Intensity.from_summary(energy_plan["intensity"])
-    return make_bill(read_records(run_dir), intensity, energy_plan["pue"], step * tokens_per_step, step, energy_plan["forecast"])
-
-
-def bill_for(run_dir: Path) -> dict:
-    """The bill as it stands (for `orch energy`, during or after a run)."""
-    run = RunDir(run_dir)
-    if not run.plan.is_file():
-        raise EnergyError(f"{run_dir}: not a run directory (no plan.json)")
-    if not read_records(run.path):
-        raise EnergyError(f"{run_dir}: no energy records (was energy.enabled false, or has the run not started?)")
-    plan = json.loads(run.plan.read_text())
-    if "energy" not in plan:
-        raise EnergyError(f"{run_dir}: planned by a version without energy accounting")
-    rows = run.metric_rows()
-    return compute_bill(run.path, plan["energy"], plan["batch"]["tokens_per_step"], rows[-1]["step"] if rows else 0)

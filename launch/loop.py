@@ -4,83 +4,61 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import os
 import random
 import time
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
+from launch import rank_state
+from launch.energy.account import EnergyAccount, NullAccount
+from launch.energy.monitor import Monitor
+from launch.engines import Engine
+from launch.signals import StopFlag
 from orchestrator.checkpoint import store
-from orchestrator.checkpoint.compat import recipe_changes, world_change
-from orchestrator.checkpoint.elastic import ELASTIC_FILE
+from orchestrator.checkpoint.policy import SavePolicy, job_deadline
+from orchestrator.checkpoint.resume import compatibility
 from orchestrator.checkpoint.saver import CheckpointSaver, SaveReport
 from orchestrator.data.prepare import PreparedData
-from orchestrator.env import matmul_rate
 from orchestrator.data.stream import ShardedStream, open_split, validation_indices
-from orchestrator.energy.account import BUDGET_EXIT, EnergyAccount, NullAccount
-from orchestrator.energy.monitor import Monitor
+from orchestrator.env import matmul_rate
+from orchestrator.errors import EXIT_BUDGET, EXIT_REQUEUE
+from orchestrator.model.inputs import count, take
 from orchestrator.recipe.schema import Recipe
-from orchestrator.rundir import RunDir
-from orchestrator.runtime import events, rank_state
-from orchestrator.runtime.batch import Rows, count, take
-from orchestrator.runtime.signals import REQUEUE_EXIT, StopFlag
+from orchestrator.rundir import events
+from orchestrator.rundir.layout import RunDir
+from orchestrator.rundir.records import PlanRecord, read_elastic
 
 MEMORY_STAGE_ROOT = Path("/dev/shm")
 
 
-class Engine(Protocol):
-    rank: int
-    lr: float
-    grad_norm: float | None
-
-    def train_step(self, micro_batches: list[Rows]) -> float: ...
-    def eval_loss(self, rows: Rows) -> float: ...
-    def mean_across_ranks(self, values: list[float]) -> list[float]: ...
-    def any_across_ranks(self, flags: list[bool]) -> list[bool]: ...
-    def gather(self, value) -> list: ...
-    def broadcast(self, value): ...
-    def barrier(self) -> None: ...
-    def save_shards(self, base: Path, tag: str) -> None: ...
-    def load_shards(self, root: Path, tag: str) -> None: ...
-    def fingerprint(self) -> str: ...
-    def close(self) -> None: ...
-
-
 class Trainer:
-    def __init__(self, recipe: Recipe, plan: dict, run: RunDir, data: PreparedData, engine: Engine, world: int, stop: StopFlag,
+    def __init__(self, recipe: Recipe, plan: PlanRecord, run: RunDir, data: PreparedData, engine: Engine, world: int, stop: StopFlag,
                  monitor: Monitor, account: EnergyAccount | NullAccount):
         self.recipe, self.plan, self.run, self.engine, self.world, self.stop = recipe, plan, run, engine, world, stop
         self.monitor, self.account = monitor, account
-        train, batch = recipe.train, plan["batch"]
+        train, batch = recipe.train, plan.batch
         seq_len = recipe.data.seq_len
         self.train_data = open_split(data, "train", seq_len)
         self.val_data = open_split(data, "val", seq_len)
         self.stream = ShardedStream(
-            len(self.train_data), batch["micro_batch_size"], batch["gradient_accumulation_steps"], world, engine.rank, train.seed
+            len(self.train_data), batch.micro_batch_size, batch.gradient_accumulation_steps, world, engine.rank, train.seed
         )
         self.val_rows = self.val_data.rows(
-            validation_indices(len(self.val_data), train.eval_batches * batch["micro_batch_size"], world, engine.rank)
+            validation_indices(len(self.val_data), train.eval_batches * batch.micro_batch_size, world, engine.rank)
         )
-        self.tokens_per_step = batch["tokens_per_step"]
-        estimate = plan["estimate"]
-        self.flops_per_step = estimate["flops_per_token"] * self.tokens_per_step
-        self.peak_flops = self._peak_flops(estimate["peak_flops_per_device"], plan["topology"]["device"], world)
+        self.tokens_per_step = batch.tokens_per_step
+        self.flops_per_step = plan.estimate.flops_per_token * self.tokens_per_step
+        self.peak_flops = self._peak_flops(plan.estimate.peak_flops_per_device, plan.topology.device, world)
         self.is_logger = engine.rank == 0
         spec = recipe.checkpoint
-        self.root = Path(plan["checkpoint_dir"])
+        self.root = plan.checkpoint_dir
         memory_stage = MEMORY_STAGE_ROOT / f"orchestrator-{hashlib.sha256(str(run.path).encode()).hexdigest()[:16]}"
         self.saver = CheckpointSaver(
             self.root, engine.rank, world, spec.keep_last, spec.keep_every, spec.commit_timeout_s,
-            memory_stage if spec.async_save and MEMORY_STAGE_ROOT.is_dir() else None, self._committed,
+            memory_stage if spec.async_save and MEMORY_STAGE_ROOT.is_dir() else None, self._committed, engine.shard_owner,
         )
-        self.step_interval = spec.interval_steps if isinstance(spec.interval_steps, int) else None
-        self.last_save_time = time.monotonic()
-        self.last_stall_s: float | None = None
-        self.last_commit_s: float | None = None
-        self.deadline = _job_deadline(events.read(run.events))
+        self.policy = SavePolicy(spec, train.steps, job_deadline(run.history()))
 
     def _peak_flops(self, planned_per_device: float, device: str, world: int) -> float:
         """MFU's denominator. GPUs: the datasheet peak the plan used. CPUs: measured here, by every rank
@@ -102,18 +80,18 @@ class Trainer:
         saved = start == steps
         for step in range(start + 1, steps + 1):
             self.step(step)
-            no_time = self.is_logger and self.stop.requested and not self.save_fits()
+            no_time = self.is_logger and self.stop.requested and not self.policy.save_fits()
             stop, due, no_time, over_budget = self.engine.any_across_ranks(
-                [self.stop.requested, self.is_logger and self.time_due(), no_time, self.account.over_budget]
+                [self.stop.requested, self.is_logger and self.policy.time_due(), no_time, self.account.over_budget]
             )
             saved = False
-            if (stop and not no_time) or due or over_budget or (self.step_interval and step % self.step_interval == 0 and step != steps):
+            if (stop and not no_time) or due or over_budget or self.policy.step_due(step):
                 self.save(step)
                 saved = True
             if stop:
                 self.saver.close()
                 self.event("preempted", step=step, signal=self.stop.signum, saved=not no_time)
-                return REQUEUE_EXIT
+                return EXIT_REQUEUE
             if over_budget:
                 return self.stop_over_budget(step, saved=True)
         if not saved:
@@ -128,7 +106,7 @@ class Trainer:
         bill = self.account.settle(step)
         if bill:
             self.event("stopped_over_budget", step=step, kwh=bill["totals"]["facility_kwh"], kgco2e=bill["totals"]["kgco2e"], saved=saved)
-        return BUDGET_EXIT
+        return EXIT_BUDGET
 
     def step(self, step: int) -> dict:
         self.monitor.phase("train", step)
@@ -167,7 +145,7 @@ class Trainer:
 
     def evaluate(self, step: int) -> float:
         self.monitor.phase("eval")
-        micro = self.plan["batch"]["micro_batch_size"]
+        micro = self.plan.batch.micro_batch_size
         losses = [self.engine.eval_loss(take(self.val_rows, i, i + micro)) for i in range(0, count(self.val_rows), micro)]
         (mean,) = self.engine.mean_across_ranks([float(np.mean(losses))])
         self.monitor.phase("train", step)
@@ -175,34 +153,10 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------
 
-    def save_fits(self) -> bool:
-        """Whether a save can still commit before the scheduler ends the job. When it cannot, the
-        last committed checkpoint stands and no partial save is started."""
-        if self.deadline is None or self.last_commit_s is None:
-            return True
-        return time.time() + 2 * self.last_commit_s < self.deadline
-
-    def time_due(self) -> bool:
-        """Rank 0 decides time-based saves (its clock alone), shared through the per-step collective."""
-        spec = self.recipe.checkpoint
-        elapsed = time.monotonic() - self.last_save_time
-        if spec.interval_minutes and elapsed >= spec.interval_minutes * 60:
-            return True
-        if spec.interval_steps == "auto" and self.auto_interval_s is not None:
-            return elapsed >= self.auto_interval_s
-        return False
-
-    @property
-    def auto_interval_s(self) -> float | None:
-        """Young/Daly: the interval that minimises lost work plus checkpoint overhead, sqrt(2 x stall x MTBF)."""
-        if self.last_stall_s is None:
-            return 60.0  # take a first checkpoint early, to measure the stall
-        return math.sqrt(2 * self.last_stall_s * self.recipe.checkpoint.mtbf_hours * 3600)
-
     def save(self, step: int) -> None:
         self.monitor.phase("checkpoint", step)
         state = rank_state.capture(step, self.stream.state_dict())
-        meta = {"recipe": self.recipe.model_dump(mode="json"), "recipe_hash": self.plan["recipe_hash"], "world_size": self.world,
+        meta = {"recipe": self.recipe.model_dump(mode="json"), "recipe_hash": self.plan.recipe_hash, "world_size": self.world,
                 "zero_stage": self.recipe.distributed.zero_stage, "tokens": step * self.tokens_per_step,
                 "libraries": json.loads(self.run.provenance.read_text())["libraries"] if self.run.provenance.exists() else {}}
 
@@ -211,16 +165,15 @@ class Trainer:
             self.engine.save_shards(base, tag)
             rank_state.write(base / tag, self.engine.rank, state)
             if self.is_logger and self.run.metrics.exists():
-                (base / tag / "metrics.jsonl").write_bytes(self.run.metrics.read_bytes())
+                (base / tag / self.run.metrics.name).write_bytes(self.run.metrics.read_bytes())
             self.monitor.flush()  # every rank's record is current before rank 0 settles the bill
             self.engine.barrier()
 
-        self.last_stall_s = self.saver.save(step, write_shards, meta)
-        self.last_save_time = time.monotonic()
+        self.policy.saved(self.saver.save(step, write_shards, meta))
         self.account.settle(step)
 
     def _committed(self, report: SaveReport) -> None:
-        self.last_commit_s = report.stall_s + report.write_s
+        self.policy.committed(report.stall_s + report.write_s)
         self.event("checkpoint", step=report.step, stall_s=report.stall_s, bytes=report.bytes, write_s=report.write_s,
                    write_gb_per_s=report.bytes / report.write_s / 1e9 if report.write_s else None, path=report.path)
 
@@ -262,24 +215,22 @@ class Trainer:
         return state["step"]
 
     def _compatibility(self, checkpoint: Path) -> dict:
+        """Whether this rank's world may continue the checkpoint; the elastic record when `orch run`
+        prepared it for this world size."""
         manifest = store.read_manifest(checkpoint)
-        unsafe, safe = recipe_changes(manifest["recipe"], self.recipe.model_dump(mode="json"), ignore_world_layout=True)
-        elastic = None
-        if manifest["world_size"] != self.world:
-            record = self.run.path / ELASTIC_FILE
-            elastic = json.loads(record.read_text()) if record.exists() else None
-            if not elastic or elastic["tag"] != checkpoint.name:
-                unsafe.append(world_change(manifest["world_size"], self.world) + "; start it with `orch run`, which converts the checkpoint")
+        elastic = read_elastic(self.run) if manifest["world_size"] != self.world else None
+        ready = elastic is not None and elastic.tag == checkpoint.name
+        unsafe, safe = compatibility(manifest, self.recipe.model_dump(mode="json"), self.world, elastic_ready=ready)
         if unsafe:
             return {"problem": "; ".join(unsafe)}
         if safe:
             self.event("recipe_changed_on_resume", checkpoint=checkpoint.name, changes=safe)
-        return {"elastic": elastic}
+        return {"elastic": elastic.model_dump(mode="json") if ready else None}
 
     def _restore_metrics(self, checkpoint: Path, step: int) -> None:
         """Metrics become those of the checkpoint: rows logged after it are recomputed, not duplicated."""
         before = len(self.run.metric_rows())
-        saved = checkpoint / "metrics.jsonl"
+        saved = checkpoint / self.run.metrics.name
         self.run.write_file(self.run.metrics.name, saved.read_text() if saved.exists() else "")
         recomputed = before - len(self.run.metric_rows())
         self.event("resumed", checkpoint=checkpoint.name, step=step, recomputed_steps=max(0, recomputed))
@@ -292,8 +243,7 @@ class Trainer:
 
     def log(self, row: dict) -> None:
         if self.is_logger:
-            with self.run.metrics.open("a") as out:
-                out.write(json.dumps(row) + "\n")
+            events.append_row(self.run.metrics, row)
 
     def finish(self) -> None:
         self.monitor.phase("idle")
@@ -303,7 +253,7 @@ class Trainer:
         if not self.is_logger:
             return
         rows = self.run.metric_rows()
-        history = events.read(self.run.events)
+        history = self.run.history()
         first_start = min(e["time"] for e in history if e["event"] == "start")
         wall_s = time.time() - first_start
         productive_s = sum(r["step_s"] for r in rows)
@@ -327,7 +277,7 @@ class Trainer:
             "checkpoint": str(self.root / store.tag_for(last["step"])),
             "energy": _energy_summary(bill),
         }
-        self.run.write_file(self.run.summary.name, json.dumps(summary, indent=2))
+        self.run.write_json(self.run.summary, summary)
         self.event("completed", step=last["step"])
 
 
@@ -344,13 +294,6 @@ def measure_matmul_flops(size: int = 1024) -> float:
 
     a = torch.randn(size, size, generator=torch.Generator().manual_seed(0))
     return matmul_rate(lambda: a @ a, size, seconds=0.5)
-
-
-def _job_deadline(history: list[dict]) -> float | None:
-    """The end time Slurm gave this job (recorded by the batch step), if this rank runs under it."""
-    job = os.environ.get("SLURM_JOB_ID")
-    starts = [e for e in history if e["event"] == "slurm_start" and str(e.get("job_id")) == job]
-    return starts[-1].get("end_time") if job and starts else None
 
 
 def seed_everything(seed: int) -> None:

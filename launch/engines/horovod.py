@@ -1,47 +1,126 @@
-"""The Horovod side of a rank: the replicated model, `hvd.DistributedOptimizer`, one optimizer step,
-evaluation, checkpoint.
+"""The Horovod side of a node and of a rank.
 
-Implements the `Engine` protocol of `orchestrator.runtime.loop`, as `DeepSpeedEngine` does, from the
-`horovod_config.json` the planner wrote. Every rank holds the whole model and optimizer, so rank 0
-alone writes a checkpoint's state and every rank reads it back.
+A node: there is no ssh to rely on across Slurm nodes (and no need for horovodrun on one machine),
+so the node launcher does what `horovodrun` does internally: it gives each rank the HOROVOD_*
+variables, and the first node serves Horovod's Gloo rendezvous (its own `RendezvousHTTPServer`)
+on the job's rendezvous port.
+
+A rank: the replicated model, `hvd.DistributedOptimizer`, one optimizer step, evaluation,
+checkpoint; the `Engine` protocol of `launch.engines`, from the `horovod_config.json` the planner
+wrote (also in the plan). Every rank holds the whole model and optimizer, so rank 0 alone writes a
+checkpoint's state and every rank reads it back.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from contextlib import nullcontext
+import socket
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
 
 import torch
 
-from orchestrator.distributed.horovod import CONFIG_FILE, INSTALL_HINT, STATE_DIR, STATE_FILE
-from orchestrator.model.architectures import Sizes
+from launch.engines.replica import parameter_digest
+from launch.rank_state import state_owner
 from orchestrator.model.build import build_model
+from orchestrator.model.inputs import Rows, model_inputs
 from orchestrator.recipe.schema import Recipe
-from orchestrator.runtime.batch import Rows, model_inputs
-from orchestrator.runtime.replica import parameter_digest
+from orchestrator.rundir.layout import HOROVOD_STATE
+from orchestrator.rundir.records import PlanRecord
 from orchestrator.train.schedule import lr_multiplier
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+GLOO_TIMEOUT_S = 120
 
 
-class HorovodEngine:
-    def __init__(self, recipe: Recipe, sizes: Sizes, run_dir: Path, comm_backend: str, local_rank: int):
+@contextmanager
+def node_services(nodes: int, procs_per_node: int, node_rank: int, master_port: int):
+    """The job's rendezvous, served by the first node's launcher while the ranks run."""
+    if node_rank != 0:
+        yield
+        return
+    rendezvous = Rendezvous(nodes, procs_per_node, master_port)
+    try:
+        yield
+    finally:
+        rendezvous.close()
+
+
+def slot_hostname(node_rank: int) -> str:
+    """The name a node goes by in the rendezvous. Only a key (Horovod groups ranks by it), so node
+    launchers can all derive it without asking one another."""
+    return f"node{node_rank}"
+
+
+def rank_env(nodes: int, procs_per_node: int, node_rank: int, local_rank: int, master_addr: str, master_port: int) -> dict[str, str]:
+    """The variables `horovodrun` would give this rank (see horovod.runner.gloo_run)."""
+    return {
+        "HOROVOD_HOSTNAME": slot_hostname(node_rank),
+        "HOROVOD_RANK": str(node_rank * procs_per_node + local_rank),
+        "HOROVOD_SIZE": str(nodes * procs_per_node),
+        "HOROVOD_LOCAL_RANK": str(local_rank),
+        "HOROVOD_LOCAL_SIZE": str(procs_per_node),
+        "HOROVOD_CROSS_RANK": str(node_rank),
+        "HOROVOD_CROSS_SIZE": str(nodes),
+        "HOROVOD_GLOO_RENDEZVOUS_ADDR": master_addr,
+        "HOROVOD_GLOO_RENDEZVOUS_PORT": str(master_port),
+        "HOROVOD_GLOO_IFACE": interface_towards(master_addr),
+        "HOROVOD_GLOO_TIMEOUT_SECONDS": str(GLOO_TIMEOUT_S),
+        "HOROVOD_CONTROLLER": "gloo",
+        "HOROVOD_CPU_OPERATIONS": "gloo",
+    }
+
+
+def interface_towards(address: str) -> str:
+    """The network interface this host reaches `address` through: Gloo's ranks connect to one another
+    on it, and it must be one every node can route to."""
+    import psutil
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect((socket.gethostbyname(address), 9))
+        local_ip = probe.getsockname()[0]
+    for name, addresses in psutil.net_if_addrs().items():
+        if any(a.family == socket.AF_INET and a.address == local_ip for a in addresses):
+            return name
+    raise RuntimeError(f"no network interface holds {local_ip}, the address this host uses to reach {address}")
+
+
+class Rendezvous:
+    """Horovod's Gloo rendezvous for the whole job, served by the first node's launcher."""
+
+    def __init__(self, nodes: int, procs_per_node: int, port: int):
+        import threading
+
+        from horovod.runner.common.util.hosts import get_host_assignments, parse_hosts
+        from horovod.runner.http.http_server import RendezvousHandler, RendezvousHTTPServer
+
+        hosts = ",".join(f"{slot_hostname(n)}:{procs_per_node}" for n in range(nodes))
+        self.server = RendezvousHTTPServer(("", port), RendezvousHandler, 0)
+        self.server.init(get_host_assignments(parse_hosts(hosts), nodes * procs_per_node))
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Engine:
+    def __init__(self, recipe: Recipe, plan: PlanRecord, local_rank: int):
         try:
             import horovod.torch as hvd
         except ImportError as exc:
-            raise SystemExit(f"{INSTALL_HINT} ({exc})") from None
+            raise SystemExit(f"Horovod cannot be imported on this node ({exc}): run `make horovod`") from None
 
         hvd.init()
         self.hvd = hvd
-        config = json.loads((run_dir / CONFIG_FILE).read_text())
-        self.device = torch.device("cuda", hvd.local_rank()) if comm_backend == "nccl" else torch.device("cpu")
+        config = plan.backend_config
+        self.device = torch.device("cuda", hvd.local_rank()) if plan.topology.comm_backend == "nccl" else torch.device("cpu")
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         torch.manual_seed(recipe.train.seed)
-        self.model = build_model(recipe.model, sizes).to(self.device)
+        self.model = build_model(recipe.model, plan.model.sizes).to(self.device)
         opt = config["optimizer"]
         optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=opt["lr"], betas=tuple(opt["betas"]), eps=opt["eps"],
                                       weight_decay=opt["weight_decay"])
@@ -131,8 +210,8 @@ class HorovodEngine:
         """The whole state, once: every rank holds the same."""
         if self.rank != 0:
             return
-        directory = base / tag / STATE_DIR
-        directory.mkdir(parents=True, exist_ok=True)
+        target = base / tag / HOROVOD_STATE
+        target.parent.mkdir(parents=True, exist_ok=True)
         torch.save(
             {
                 "model": self.model.state_dict(),
@@ -140,15 +219,17 @@ class HorovodEngine:
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
             },
-            directory / STATE_FILE,
+            target,
         )
 
     def load_shards(self, root: Path, tag: str) -> None:
-        state = torch.load(root / tag / STATE_DIR / STATE_FILE, map_location=self.device, weights_only=True)
+        state = torch.load(root / tag / HOROVOD_STATE, map_location=self.device, weights_only=True)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
+
+    shard_owner = staticmethod(state_owner)  # the whole state is rank 0's
 
     def fingerprint(self) -> str:
         return parameter_digest(self.model.parameters())

@@ -7,12 +7,20 @@ continues; with them, per-step losses after a resume match an uninterrupted run 
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
 STATE_FILE = "rank-{rank}.pt"
+STATE_OWNER = re.compile(r"^rank-(\d+)\.")
+
+
+def state_owner(name: str) -> int:
+    """The rank whose state file this is; any other file of a checkpoint is rank 0's."""
+    match = STATE_OWNER.match(Path(name).name)
+    return int(match.group(1)) if match else 0
 
 
 class MissingRankState(RuntimeError):

@@ -1,0 +1,48 @@
+"""The node side of each training backend, found by name in one registry.
+
+A backend's module here provides:
+- `Engine`: a class implementing the `Engine` protocol below, built as `Engine(recipe, plan, local_rank)`;
+- `rank_env(nodes, procs_per_node, node_rank, local_rank, master_addr, master_port) -> dict`: the
+  variables its library expects in each rank beyond the standard RANK/LOCAL_RANK/WORLD_SIZE/MASTER_*;
+- `node_services(nodes, procs_per_node, node_rank, master_port)`: a context manager for what one
+  node serves while its ranks run (Horovod's rendezvous on the first node; nothing for DeepSpeed).
+
+Modules are imported by name, so a rank (and a node launcher) loads its own backend's library only.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+from typing import Protocol
+
+from orchestrator.model.inputs import Rows
+
+ENGINES = {"deepspeed": "launch.engines.deepspeed", "horovod": "launch.engines.horovod"}
+
+
+class Engine(Protocol):
+    """All the training loop knows about a backend."""
+
+    rank: int
+    lr: float
+    grad_norm: float | None
+
+    def train_step(self, micro_batches: list[Rows]) -> float: ...
+    def eval_loss(self, rows: Rows) -> float: ...
+    def mean_across_ranks(self, values: list[float]) -> list[float]: ...
+    def any_across_ranks(self, flags: list[bool]) -> list[bool]: ...
+    def gather(self, value) -> list: ...
+    def broadcast(self, value): ...
+    def barrier(self) -> None: ...
+    def save_shards(self, base: Path, tag: str) -> None: ...
+    def load_shards(self, root: Path, tag: str) -> None: ...
+    def shard_owner(self, name: str) -> int:
+        """Which rank wrote a checkpoint file (it hashes and reports it); files of no rank are rank 0's."""
+    def fingerprint(self) -> str: ...
+    def close(self) -> None: ...
+
+
+def backend_module(name: str) -> ModuleType:
+    return importlib.import_module(ENGINES[name])

@@ -1,0 +1,96 @@
+"""Per-node launcher: `python -m launch.node --backend B --nnodes N --node-rank R --nproc P ...`
+(its argv is built by `orchestrator.rundir.entry.node_argv`).
+
+Starts this node's ranks with the standard variables (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR,
+MASTER_PORT) plus whatever the backend's `launch.engines` module adds (Horovod: the HOROVOD_*
+ones, and the first node serving its Gloo rendezvous on the master port), the same way locally
+and on every Slurm node; forwards preemption signals to them, and turns their exits into one exit code:
+0 when all finished, EXIT_REQUEUE when all checkpointed and stopped on a signal, otherwise the
+first failure. A rank that crashes takes its peers down at once (SIGKILL): they would otherwise
+hang in a collective, and checkpoints are atomic, so killing them loses nothing committed.
+torchrun and horovodrun cannot be used here: both die on SIGUSR1 and report any non-zero rank as 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from launch.engines import ENGINES, backend_module
+from orchestrator.errors import EXIT_REQUEUE
+from orchestrator.rundir.entry import FORWARDED_SIGNALS, rank_argv
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--backend", choices=sorted(ENGINES), default="deepspeed")
+    parser.add_argument("--nnodes", type=int, required=True)
+    parser.add_argument("--node-rank", type=int, default=int(os.environ.get("SLURM_NODEID", 0)),
+                        help="this node's index (default: Slurm's SLURM_NODEID, else 0)")
+    parser.add_argument("--nproc", type=int, required=True)
+    parser.add_argument("--master-addr", required=True)
+    parser.add_argument("--master-port", type=int, required=True)
+    parser.add_argument("--run-dir", type=Path, required=True)
+    args = parser.parse_args()
+    sys.exit(run_node(args))
+
+
+def run_node(args: argparse.Namespace) -> int:
+    backend = backend_module(args.backend)
+    with backend.node_services(args.nnodes, args.nproc, args.node_rank, args.master_port):
+        ranks = [
+            subprocess.Popen(rank_argv(sys.executable, args.run_dir), env=_rank_env(args, backend, local), stdin=subprocess.DEVNULL)
+            for local in range(args.nproc)
+        ]
+
+        def forward(signum, _frame):
+            for rank in ranks:
+                if rank.poll() is None:
+                    rank.send_signal(signum)
+
+        for signum in FORWARDED_SIGNALS:
+            signal.signal(signum, forward)
+        return _wait(ranks)
+
+
+def _rank_env(args: argparse.Namespace, backend, local: int) -> dict[str, str]:
+    return {
+        **os.environ,
+        "RANK": str(args.node_rank * args.nproc + local),
+        "LOCAL_RANK": str(local),
+        "WORLD_SIZE": str(args.nnodes * args.nproc),
+        "LOCAL_WORLD_SIZE": str(args.nproc),
+        "GROUP_RANK": str(args.node_rank),
+        "NODE_RANK": str(args.node_rank),
+        "MASTER_ADDR": args.master_addr,
+        "MASTER_PORT": str(args.master_port),
+        # Extensions DeepSpeed compiles belong to this interpreter's environment: two virtualenvs
+        # sharing ~/.cache/torch_extensions would rebuild over each other at every start.
+        "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch-extensions")),
+        **backend.rank_env(args.nnodes, args.nproc, args.node_rank, local, args.master_addr, args.master_port),
+    }
+
+
+def _wait(ranks: list[subprocess.Popen]) -> int:
+    while True:
+        codes = [rank.poll() for rank in ranks]
+        failed = [c for c in codes if c not in (None, 0, EXIT_REQUEUE)]
+        if failed:
+            for rank in ranks:
+                if rank.poll() is None:
+                    rank.kill()
+            for rank in ranks:
+                rank.wait()
+            return failed[0] if failed[0] > 0 else 128 - failed[0]
+        if all(c is not None for c in codes):
+            return EXIT_REQUEUE if EXIT_REQUEUE in codes else 0
+        time.sleep(0.2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""What crosses from the control plane into the ranks (and back to the commands that inspect a
+run), as frozen, typed records: the plan, the prepared data's location, the Slurm jobs, the
+elastic-resume decision, and the resolved recipe.
+
+The planner writes `plan.json` from a `PlanRecord`; every reader (ranks, energy, export, gates,
+status, the Slurm batch step) gets one back from `read_plan`, so a renamed field fails in a unit
+test, not at run time on a node. The resolved recipe is read through `read_recipe` alone.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+from orchestrator.model.architectures import Sizes
+from orchestrator.recipe.schema import Recipe
+from orchestrator.rundir.layout import RunDir
+
+
+class Record(BaseModel):
+    """Closed and immutable, like the recipe's sections: an unknown or missing field is an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TopologyRecord(Record):
+    nodes: int
+    procs_per_node: int
+    device: str
+    comm_backend: str
+    world_size: int
+
+
+class BatchRecord(Record):
+    micro_batch_size: int
+    gradient_accumulation_steps: int
+    data_parallel: int
+    seq_len: int
+    global_batch_size: int
+    tokens_per_step: int
+
+
+class ModelRecord(Record):
+    arch: str
+    num_params: int
+    sizes: Sizes
+    base: str | None
+
+
+class EstimateRecord(Record):
+    flops_per_token: float
+    peak_flops_per_device: float
+    assumed_mfu: float
+    tokens_per_s: float
+    wall_s: float
+    device_hours: float
+
+
+class EnergyRecord(Record):
+    """The energy module's own serialisations (intensity with its series, CPU power, forecast), so
+    the ranks never read CodeCarbon's tables themselves."""
+
+    pue: float
+    intensity: dict
+    cpu: dict
+    forecast: dict | None
+
+
+class CommandRecord(Record):
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+    log: str
+
+
+class PlanRecord(Record):
+    """`plan.json`, as `orch plan --json` prints it."""
+
+    run_dir: Path
+    recipe_hash: str
+    dry_run: bool
+    backend: str
+    topology: TopologyRecord
+    batch: BatchRecord
+    model: ModelRecord
+    memory_per_device: dict[str, int | bool]
+    estimate: EstimateRecord
+    energy: EnergyRecord
+    backend_files: dict[str, dict]
+    checkpoint_dir: Path
+    data_cache_dir: Path
+    commands: list[CommandRecord]
+    warnings: list[str]
+
+    @property
+    def backend_config(self) -> dict:
+        """The backend's one config file, as written beside the plan."""
+        (config,) = self.backend_files.values()
+        return config
+
+
+class DataRecord(Record):
+    """`data.json`: where the prepared data is, and its manifest's figures (those named here are read
+    by the control plane; the rest, which depend on the kind of data, are kept as they are)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    dir: Path
+    vocab_size: int
+    train_tokens: int
+    val_tokens: int
+    canaries: list[str] = []
+    """Random strings inserted into the training data, for the memorisation gate."""
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.dir / "tokenizer"
+
+
+class JobsRecord(Record):
+    """`slurm.json`: the run's Slurm job ids, oldest first."""
+
+    job_ids: list[str]
+
+
+class ElasticRecord(Record):
+    """`elastic.json`: the checkpoint `orch run` prepared for a resume at another world size."""
+
+    tag: str
+    universal_root: Path
+    from_world_size: int
+    to_world_size: int
+    converted: bool
+
+
+def write_plan(run: RunDir, plan: PlanRecord) -> None:
+    run.write_file(run.plan.name, plan_json(plan))
+
+
+def plan_json(plan: PlanRecord) -> str:
+    return json.dumps(plan.model_dump(mode="json"), indent=2)
+
+
+def read_plan(run: RunDir) -> PlanRecord:
+    return PlanRecord.model_validate_json(run.plan.read_text())
+
+
+def recipe_yaml(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+
+
+def read_recipe(run: RunDir) -> Recipe:
+    """The resolved recipe the run was planned from (already validated once; validated again, so a
+    hand-edited file fails here with pydantic's message, not later with a KeyError)."""
+    return Recipe.model_validate(yaml.safe_load(run.recipe.read_text()))
+
+
+def read_data(run: RunDir) -> DataRecord:
+    return DataRecord.model_validate_json(run.data.read_text())
+
+
+def write_data(run: RunDir, directory: Path, manifest: dict) -> None:
+    """The prepared data's location and its manifest's figures (the file list stays in the cache)."""
+    figures = {k: v for k, v in manifest.items() if k != "files"}
+    run.write_file(run.data.name, DataRecord(dir=directory, **figures).model_dump_json(indent=2))
+
+
+def read_jobs(run: RunDir) -> list[str]:
+    return JobsRecord.model_validate_json(run.jobs.read_text()).job_ids if run.jobs.exists() else []
+
+
+def write_jobs(run: RunDir, job_ids: list[str]) -> None:
+    run.write_file(run.jobs.name, JobsRecord(job_ids=job_ids).model_dump_json())
+
+
+def read_elastic(run: RunDir) -> ElasticRecord | None:
+    return ElasticRecord.model_validate_json(run.elastic.read_text()) if run.elastic.exists() else None
+
+
+def write_elastic(run: RunDir, record: ElasticRecord) -> None:
+    run.write_file(run.elastic.name, record.model_dump_json(indent=1))
+
