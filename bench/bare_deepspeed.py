@@ -34,22 +34,38 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="JSON file for the per-step times (rank 0)")
     args = parser.parse_args()
 
-    import deepspeed
-    from deepspeed.accelerator import get_accelerator
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     plan = json.loads((args.run_dir / "plan.json").read_text())
     ds_config = json.loads((args.run_dir / "ds_config.json").read_text())
     data_dir = Path(json.loads((args.run_dir / "data.json").read_text())["dir"])
     seed = yaml.safe_load((args.run_dir / "recipe.yaml").read_text())["train"]["seed"]
     assert plan["model"]["arch"] == "llama", "the bare loop builds a Llama model only"
 
+    engine, model, device = build_engine(plan, ds_config, seed)
+    step_s, losses = train(engine, device, plan["batch"], data_dir, args.steps)
+    if torch.distributed.get_rank() == 0:
+        result = {
+            "step_s": step_s,
+            "loss": losses,
+            "tokens_per_step": plan["batch"]["tokens_per_step"],
+            "world_size": torch.distributed.get_world_size(),
+            "attn_implementation": model.config._attn_implementation,
+            "lr_scheduler": None,
+        }
+        args.out.write_text(json.dumps(result, indent=1))
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
+def build_engine(plan: dict, ds_config: dict, seed: int):
+    """The Llama model of the run's sizes under DeepSpeed, as a user would write it by hand."""
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     comm_backend = plan["topology"]["comm_backend"]
     if comm_backend == "nccl":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     deepspeed.init_distributed(dist_backend=comm_backend)
-    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-
     torch.manual_seed(seed)
     sizes = plan["model"]["sizes"]
     config = LlamaConfig(
@@ -64,9 +80,12 @@ def main() -> None:
     )
     model = LlamaForCausalLM(config)
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
-    device = get_accelerator().current_device_name()
+    return engine, model, get_accelerator().current_device_name()
 
-    batch = plan["batch"]
+
+def train(engine, device, batch: dict, data_dir: Path, steps: int) -> tuple[list[float], list[float]]:
+    """`steps` optimizer steps over sequential data; the wall time and last loss of each."""
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     micro, accumulation, seq_len = batch["micro_batch_size"], batch["gradient_accumulation_steps"], batch["seq_len"]
     dtype = json.loads((data_dir / "manifest.json").read_text())["token_dtype"]
     tokens = np.memmap(data_dir / "train.bin", dtype=dtype, mode="r")
@@ -80,7 +99,7 @@ def main() -> None:
         return torch.from_numpy(ids).to(device)
 
     step_s, losses = [], []
-    for step in range(args.steps):
+    for step in range(steps):
         tic = time.perf_counter()
         for k in range(accumulation):
             ids = micro_batch(step * accumulation + k)
@@ -89,19 +108,7 @@ def main() -> None:
             engine.step()
         losses.append(float(loss.detach()))
         step_s.append(time.perf_counter() - tic)
-
-    if rank == 0:
-        result = {
-            "step_s": step_s,
-            "loss": losses,
-            "tokens_per_step": batch["tokens_per_step"],
-            "world_size": world,
-            "attn_implementation": model.config._attn_implementation,
-            "lr_scheduler": None,
-        }
-        args.out.write_text(json.dumps(result, indent=1))
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
+    return step_s, losses
 
 
 if __name__ == "__main__":

@@ -26,11 +26,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from datetime import datetime
@@ -39,16 +36,11 @@ from pathlib import Path
 from common import (DEFAULT_RECIPE, REPO, events, first_event, machine, orch_argv, read_jsonl, repo_relative, row_after,
                     run_logged, wait_for, write_result)
 
-sys.path.insert(0, str(REPO))  # run as a script from a checkout: the package is importable without installing
-
-from orchestrator.checkpoint.store import file_hash, fsync_path  # noqa: E402  the saver's own fsync and hash
-
+from disk import probe_disk
+from tests.conftest import kill_run
 # Small corpus and short lr warmup, as the distributed tests use; every step logged.
 FAST = ["data.max_bytes=1500000", "train.schedule.warmup_steps=2", "train.log_interval=1"]
 MODES = ("async", "none", "sync")
-MEMORY = Path("/dev/shm")
-PROBES_PER_RUN = 3
-CHUNK_BYTES = 8 << 20
 
 
 def main() -> None:
@@ -125,54 +117,6 @@ def run_training(recipe: Path, overrides: list[str], run_dir: Path) -> dict:
     }
 
 
-# -- the raw disk ---------------------------------------------------------------------------------
-
-
-def probe_disk(directory: Path, nbytes: int) -> dict[str, list[float]]:
-    """Seconds to make `nbytes` durable in `directory`, two ways, PROBES_PER_RUN times each.
-
-    write_fsync_s: write from memory, fsync the file and the directory (the floor for any saver).
-    copy_fsync_hash_s: what the async saver does per file after the stall, by hand in one process:
-    copy from a file in /dev/shm, fsync, xxh3-128 hash, fsync the directory.
-    """
-    payload = os.urandom(min(nbytes, CHUNK_BYTES))
-    target = directory / "raw-disk-probe.bin"
-    source = MEMORY / f"orch-bench-probe-{os.getpid()}.bin" if MEMORY.is_dir() else None
-    found: dict[str, list[float]] = {"write_fsync_s": [], "copy_fsync_hash_s": []}
-    try:
-        if source is not None:
-            _write(source, payload, nbytes, durable=False)
-        for _ in range(PROBES_PER_RUN):
-            tic = time.perf_counter()
-            _write(target, payload, nbytes, durable=True)
-            fsync_path(directory)
-            found["write_fsync_s"].append(time.perf_counter() - tic)
-            target.unlink()
-            if source is not None:
-                tic = time.perf_counter()
-                shutil.copyfile(source, target)
-                fsync_path(target)
-                file_hash(target)
-                fsync_path(directory)
-                found["copy_fsync_hash_s"].append(time.perf_counter() - tic)
-                target.unlink()
-    finally:
-        target.unlink(missing_ok=True)
-        if source is not None:
-            source.unlink(missing_ok=True)
-    return found
-
-
-def _write(path: Path, payload: bytes, nbytes: int, durable: bool) -> None:
-    with path.open("wb") as out:
-        left = nbytes
-        while left > 0:
-            left -= out.write(payload[: min(left, len(payload))])
-        out.flush()
-        if durable:
-            os.fsync(out.fileno())
-
-
 # -- kill and resume ------------------------------------------------------------------------------
 
 
@@ -232,19 +176,6 @@ def _wait_for_run(found, process: subprocess.Popen, log: Path, what: str):
     """common.wait_for, failing early if the `orch run` process exits first."""
     return wait_for(found, lambda: None if process.poll() is None else f"orch run exited with code {process.returncode}",
                     log, what)
-
-
-def kill_run(run_dir: Path) -> None:
-    """SIGKILL every process of a run (CLI, node launcher, ranks), as tests/conftest.py does: a crash."""
-    import psutil
-
-    victims = [p for p in psutil.process_iter(["cmdline"]) if str(run_dir) in " ".join(p.info["cmdline"] or [])]
-    for process in victims:
-        try:
-            process.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(victims, timeout=30)
 
 
 # -- summary --------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # the package (and the tests' helpers) import from a checkout without installing
 DEFAULT_RECIPE = REPO / "recipes" / "tiny-pretrain.yaml"
 POLL_S = 0.05  # metrics and events files: the resolution of every "row appeared" time
 

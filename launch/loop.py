@@ -192,6 +192,8 @@ class Trainer:
         if found["problem"]:
             raise SystemExit(f"cannot resume from {found['tag']}: {found['problem']}")
         if not found["tag"]:
+            if self.is_logger:
+                self._discard_uncheckpointed_rows()
             return 0
         checkpoint = self.root / found["tag"]
         elastic = found["elastic"]
@@ -234,6 +236,14 @@ class Trainer:
         self.run.write_file(self.run.metrics.name, saved.read_text() if saved.exists() else "")
         recomputed = before - len(self.run.metric_rows())
         self.event("resumed", checkpoint=checkpoint.name, step=step, recomputed_steps=max(0, recomputed))
+
+    def _discard_uncheckpointed_rows(self) -> None:
+        """A start with no checkpoint to resume from recomputes every step an earlier attempt logged
+        (it was killed before its first save committed): those rows go, so no step is logged twice."""
+        recomputed = len(self.run.metric_rows())
+        if recomputed:
+            self.run.write_file(self.run.metrics.name, "")
+            self.event("started_over", recomputed_steps=recomputed)
 
     # -- reporting ------------------------------------------------------------------------
 

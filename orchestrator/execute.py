@@ -100,12 +100,9 @@ def launch(
     _report(run, seen, on_progress)
     codes = [p.wait() for p in processes]
     code = next((c for c in codes if c != 0), 0)
-    # The run directory says how this attempt ended even when a launcher folds the ranks' exit codes
-    # into one (horovodrun reports any non-zero rank as 1).
-    this_attempt = run.history()[first_event:]
-    if code == EXIT_REQUEUE or (code != 0 and any(e["event"] == "preempted" for e in this_attempt)):
+    if code == EXIT_REQUEUE:
         raise Preempted(f"stopped on a signal after checkpointing; run the same command again to resume ({run.path})")
-    over = [e for e in this_attempt if e["event"] == "stopped_over_budget"]
+    over = [e for e in run.history()[first_event:] if e["event"] == "stopped_over_budget"]
     if code != 0 and over:
         raise BudgetExceeded(
             f"stopped at step {over[-1]['step']}: energy budget spent ({over[-1]['kwh']:.4g} kWh, {over[-1]['kgco2e']:.4g} kgCO2e)"

@@ -66,6 +66,8 @@ def describe_event(event: dict) -> str | None:
     if kind == "resumed":
         recomputed = event.get("recomputed_steps") or 0
         return f"resumed from {event['checkpoint']} (step {event['step']})" + (f"; {recomputed} later steps are recomputed" if recomputed else "")
+    if kind == "started_over":
+        return f"no checkpoint to resume from: starting over ({event['recomputed_steps']} logged steps are recomputed)"
     if kind == "checkpoint_set_aside":
         return f"set aside {event['path']}: {event['reason']}"
     if kind == "recipe_changed_on_resume":

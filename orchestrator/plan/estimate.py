@@ -7,11 +7,10 @@ assumption, shown as such; the benchmark measures the real figure.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from orchestrator.env import EnvSnapshot
 from orchestrator.model.architectures import Sizes
 from orchestrator.plan.arithmetic import Batch, Topology
+from orchestrator.rundir.records import EstimateRecord
 
 ASSUMED_MFU = {"cuda": 0.40, "cpu": 0.25}
 
@@ -29,14 +28,8 @@ def peak_flops_per_device(env: EnvSnapshot, topology: Topology, precision: str) 
     return env.cpu_matmul_flops / topology.procs_per_node if env.cpu_matmul_flops else 0.0
 
 
-@dataclass(frozen=True)
-class TimeEstimate:
-    flops_per_token: float
-    peak_flops_per_device: float
-    assumed_mfu: float
-    tokens_per_s: float
-    wall_s: float
-    device_hours: float
+TimeEstimate = EstimateRecord
+"""The plan's time estimate is written into plan.json as it is (the ranks read its FLOP figures)."""
 
 
 def estimate_time(
@@ -47,4 +40,5 @@ def estimate_time(
     mfu = ASSUMED_MFU[topology.device]
     tokens_per_s = peak * topology.world_size * mfu / fpt if peak else 0.0
     wall = steps * batch.tokens_per_step / tokens_per_s if tokens_per_s else 0.0
-    return TimeEstimate(fpt, peak, mfu, tokens_per_s, wall, wall * topology.world_size / 3600)
+    return TimeEstimate(flops_per_token=fpt, peak_flops_per_device=peak, assumed_mfu=mfu, tokens_per_s=tokens_per_s, wall_s=wall,
+                        device_hours=wall * topology.world_size / 3600)

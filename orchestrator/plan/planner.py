@@ -89,7 +89,7 @@ class LaunchPlan:
             batch={**vars(self.batch), "global_batch_size": self.batch.global_batch_size, "tokens_per_step": self.batch.tokens_per_step},
             model={"arch": self.arch, "num_params": self.num_params, "sizes": self.sizes, "base": self.base_path},
             memory_per_device={**vars(self.memory), "total_bytes": self.memory.total_bytes, "fits": self.memory.fits},
-            estimate=vars(self.time),
+            estimate=self.time,
             energy=self.energy.summary(),
             backend_files=self.backend_files,
             checkpoint_dir=self.checkpoint_dir,

@@ -16,61 +16,52 @@ from orchestrator.rundir import events
 
 RECIPE_FILE = "recipe.yaml"
 PLAN_FILE = "plan.json"
-LOGS_DIR = "logs"
-LAUNCH_LOG = f"{LOGS_DIR}/launcher.log"
-ENERGY_FILE = "energy.json"
-ENERGY_SERIES_FILE = "energy/series.jsonl"
-ENERGY_PARTS_DIR = "energy/parts"
-TRACKING_FILE = "tracking.json"
-JOBS_FILE = "slurm.json"
-SCRIPT_FILE = "job.sbatch"
-ELASTIC_FILE = "elastic.json"
-GATES_DIR = "gates"
+LAUNCH_LOG = "logs/launcher.log"
 RELEASE_MANIFEST = "release.json"
 """In a release directory: the sha256 of every file (`orch verify`)."""
 HOROVOD_STATE = "horovod/state.pt"
 """Inside a Horovod checkpoint: the whole model and optimizer, once, so it loads at any world size."""
 
 
+class _Entry:
+    """A file or directory of the run, by its name relative to the run directory."""
+
+    def __init__(self, relative: str, why: str = ""):
+        self.relative, self.__doc__ = relative, why or None
+
+    def __get__(self, run: "RunDir | None", owner: type) -> Path:
+        return self if run is None else run.path / self.relative
+
+
 @dataclass(frozen=True)
 class RunDir:
     path: Path
 
-    @property
-    def recipe(self) -> Path:
-        return self.path / RECIPE_FILE
-
-    @property
-    def plan(self) -> Path:
-        return self.path / PLAN_FILE
-
-    @property
-    def data(self) -> Path:
-        return self.path / "data.json"
-
-    @property
-    def provenance(self) -> Path:
-        return self.path / "provenance.json"
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / "metrics.jsonl"
-
-    @property
-    def events(self) -> Path:
-        return self.path / "events.jsonl"
-
-    @property
-    def summary(self) -> Path:
-        return self.path / "summary.json"
-
-    @property
-    def logs(self) -> Path:
-        return self.path / LOGS_DIR
-
-    @property
-    def launcher_log(self) -> Path:
-        return self.path / LAUNCH_LOG
+    recipe = _Entry(RECIPE_FILE, "the resolved recipe (after `base:` and overrides)")
+    plan = _Entry(PLAN_FILE, "the plan (`orch plan --json`), which every rank reads")
+    data = _Entry("data.json", "the prepared data's location and figures")
+    provenance = _Entry("provenance.json")
+    metrics = _Entry("metrics.jsonl", "one row per logged step, appended by rank 0")
+    events = _Entry("events.jsonl", "the run's history, appended by rank 0 and the Slurm batch step")
+    summary = _Entry("summary.json", "the final figures of a completed run")
+    logs = _Entry("logs")
+    launcher_log = _Entry(LAUNCH_LOG)
+    default_checkpoints = _Entry("checkpoints", "where checkpoints go unless the recipe's `checkpoint.dir` says otherwise")
+    universal = _Entry("universal", "checkpoints converted for another world size (DeepSpeed's universal format)")
+    elastic = _Entry("elastic.json", "the checkpoint `orch run` prepared for a resume at another world size")
+    energy = _Entry("energy.json", "the energy and carbon bill")
+    energy_series = _Entry("energy/series.jsonl", "each node's energy and power over time")
+    energy_parts = _Entry("energy/parts", "each rank's energy records, one file per rank and process lifetime, under its node")
+    tracking = _Entry("tracking.json", "the dashboards' run ids and what was sent to them")
+    jobs = _Entry("slurm.json", "the run's Slurm job ids")
+    script = _Entry("job.sbatch", "the submitted Slurm script")
+    gates = _Entry("gates", "one gate report per gated checkpoint")
+    releases = _Entry("releases")
+    exports = _Entry("export")
+    report = _Entry("report.html")
+    tensorboard = _Entry("tensorboard")
+    mlflow_db = _Entry("mlflow.db")
+    mlflow_artifacts = _Entry("mlartifacts")
 
     def rank_log(self, rank: int) -> Path:
         return self.logs / f"rank-{rank}.log"
@@ -80,79 +71,12 @@ class RunDir:
         """srun's --output pattern: one file per node (`%N` is the node's name)."""
         return f"{self.logs}/node-%N.out"
 
-    @property
-    def default_checkpoints(self) -> Path:
-        """Where checkpoints go unless the recipe's `checkpoint.dir` says otherwise."""
-        return self.path / "checkpoints"
-
-    @property
-    def universal(self) -> Path:
-        """Checkpoints converted for another world size (DeepSpeed's universal format)."""
-        return self.path / "universal"
-
-    @property
-    def elastic(self) -> Path:
-        return self.path / ELASTIC_FILE
-
-    @property
-    def energy(self) -> Path:
-        return self.path / ENERGY_FILE
-
-    @property
-    def energy_series(self) -> Path:
-        return self.path / ENERGY_SERIES_FILE
-
-    @property
-    def energy_parts(self) -> Path:
-        """Each rank's energy records, one file per rank and process lifetime, under its node."""
-        return self.path / ENERGY_PARTS_DIR
-
-    @property
-    def tracking(self) -> Path:
-        return self.path / TRACKING_FILE
-
-    @property
-    def jobs(self) -> Path:
-        return self.path / JOBS_FILE
-
-    @property
-    def script(self) -> Path:
-        return self.path / SCRIPT_FILE
-
-    @property
-    def gates(self) -> Path:
-        return self.path / GATES_DIR
-
     def gate_report(self, tag: str) -> Path:
         return self.gates / f"{tag}.json"
 
     def gate_reports(self) -> list[Path]:
         """Every checkpoint's gate report, oldest step first."""
         return sorted(self.gates.glob("step-*.json"))
-
-    @property
-    def releases(self) -> Path:
-        return self.path / "releases"
-
-    @property
-    def exports(self) -> Path:
-        return self.path / "export"
-
-    @property
-    def report(self) -> Path:
-        return self.path / "report.html"
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.path / "tensorboard"
-
-    @property
-    def mlflow_db(self) -> Path:
-        return self.path / "mlflow.db"
-
-    @property
-    def mlflow_artifacts(self) -> Path:
-        return self.path / "mlartifacts"
 
     def metric_rows(self) -> list[dict]:
         return events.read(self.metrics)

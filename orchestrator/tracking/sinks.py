@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from orchestrator.rundir.layout import RunDir
 from orchestrator.tracking.spec import MlflowSpec, TensorBoardSpec, TrackingSpec, WandbSpec
 
 
@@ -76,7 +77,7 @@ class TensorBoardSink:
     def open(self, identity: RunIdentity) -> dict:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(self.spec.dir or identity.run_dir / "tensorboard"))
+        self.writer = SummaryWriter(log_dir=str(self.spec.dir or RunDir(identity.run_dir).tensorboard))
         self.writer.add_text("config", f"```\n{json.dumps(identity.config, indent=1, default=str)}\n```")
         return {}
 
@@ -104,11 +105,11 @@ class MlflowSink:
         import mlflow
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)
-        uri = self.spec.tracking_uri or f"sqlite:///{identity.run_dir / 'mlflow.db'}"
+        uri = self.spec.tracking_uri or f"sqlite:///{RunDir(identity.run_dir).mlflow_db}"
         self.client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
         experiment = self.client.get_experiment_by_name(self.spec.experiment)
         experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(
-            self.spec.experiment, artifact_location=(identity.run_dir / "mlartifacts").as_uri()
+            self.spec.experiment, artifact_location=RunDir(identity.run_dir).mlflow_artifacts.as_uri()
         )
         run_id = identity.ids.get("mlflow_run_id")
         if run_id:
