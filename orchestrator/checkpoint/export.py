@@ -7,8 +7,8 @@ its config, and the run's tokenizer is copied beside them, so that
 `AutoModelForCausalLM.from_pretrained(out)` and `AutoTokenizer.from_pretrained(out)` load it.
 Only a checkpoint whose files match their manifest is exported; `export.json` records which.
 
-torch, deepspeed and transformers are imported inside functions: the CLI imports this module for
-`ExportDtype` alone.
+torch, deepspeed, transformers and the run's records are imported inside functions: the CLI imports
+this module for `ExportDtype` alone, and `orch --help` should answer at once.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from pathlib import Path
 from orchestrator.checkpoint import store
 from orchestrator.errors import CheckpointError
 from orchestrator.rundir.layout import RunDir
-from orchestrator.rundir.records import read_data
 
 EXPORT_FILE = "export.json"
 ADAPTER_DIR = "adapter"
@@ -123,6 +122,8 @@ def _tokenizer_dir(run) -> Path:
     for needed in (run.recipe, run.plan, run.data):
         if not needed.is_file():
             raise CheckpointError(f"{run.path} has no {needed.name}: is it a run directory written by orch run?")
+    from orchestrator.rundir.records import read_data
+
     tokenizer_dir = read_data(run).tokenizer_dir
     if not tokenizer_dir.is_dir():
         raise CheckpointError(f"the run's tokenizer is gone from {tokenizer_dir} (data cache cleared?): prepare the data again with orch run")
