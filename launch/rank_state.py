@@ -2,6 +2,8 @@
 
 Without these a resumed run would draw other random numbers and other data than the run it
 continues; with them, per-step losses after a resume match an uninterrupted run bit for bit.
+torch is imported inside the functions: the node launcher imports this module (through the engines)
+for `state_owner` alone.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import re
 from pathlib import Path
 
 import numpy as np
-import torch
 
 STATE_FILE = "rank-{rank}.pt"
 STATE_OWNER = re.compile(r"^rank-(\d+)\.")
@@ -28,6 +29,8 @@ class MissingRankState(RuntimeError):
 
 
 def capture(step: int, stream_state: dict) -> dict:
+    import torch
+
     state = {
         "step": step,
         "data": stream_state,
@@ -39,6 +42,8 @@ def capture(step: int, stream_state: dict) -> dict:
 
 
 def write(directory: Path, rank: int, state: dict) -> None:
+    import torch
+
     torch.save(state, directory / STATE_FILE.format(rank=rank))
 
 
@@ -49,6 +54,8 @@ def read(checkpoint: Path, rank: int) -> dict:
             f"{checkpoint.name} has no RNG and data state for rank {rank}: it was saved by another world size "
             "or is incomplete; resume at the saved world size, or start fresh with --fresh"
         )
+    import torch
+
     state = torch.load(path, weights_only=False)
     for key in ("step", "data", "rng"):
         if key not in state:
@@ -57,6 +64,8 @@ def read(checkpoint: Path, rank: int) -> dict:
 
 
 def restore_rng(state: dict) -> None:
+    import torch
+
     rng = state["rng"]
     random.setstate(rng["python"])
     np.random.set_state(rng["numpy"])

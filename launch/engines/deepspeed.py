@@ -12,8 +12,6 @@ from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
-import torch
-
 from launch.engines.replica import parameter_digest
 from launch.rank_state import state_owner
 from orchestrator.model.build import build_model
@@ -21,6 +19,10 @@ from orchestrator.model.inputs import Rows, model_inputs
 from orchestrator.recipe.schema import Recipe
 from orchestrator.rundir.records import PlanRecord
 from orchestrator.train.schedule import lr_multiplier
+
+torch = None
+"""Imported when an engine is built: the node launcher imports this module for its node hooks
+alone, and should start its ranks without first spending seconds importing torch."""
 
 SHARD_OWNER = re.compile(r"zero_pp_rank_(\d+)_")
 """DeepSpeed names each rank's ZeRO shard file by its rank."""
@@ -41,6 +43,9 @@ def node_services(nodes: int, procs_per_node: int, node_rank: int, master_port: 
 
 class Engine:
     def __init__(self, recipe: Recipe, plan: PlanRecord, local_rank: int):
+        global torch
+        import torch
+
         import deepspeed
         from deepspeed.accelerator import get_accelerator
 
@@ -85,10 +90,10 @@ class Engine:
             total += loss.detach().float()
         return float(total) / len(micro_batches)
 
-    @torch.no_grad()
     def eval_loss(self, rows: Rows) -> float:
         self.engine.eval()
-        loss = float(self.engine(**model_inputs(rows, self.device, self.dtype)).loss)
+        with torch.no_grad():
+            loss = float(self.engine(**model_inputs(rows, self.device, self.dtype)).loss)
         self.engine.train()
         return loss
 

@@ -19,8 +19,6 @@ from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
 
-import torch
-
 from launch.engines.replica import parameter_digest
 from launch.rank_state import state_owner
 from orchestrator.model.build import build_model
@@ -30,7 +28,10 @@ from orchestrator.rundir.layout import HOROVOD_STATE
 from orchestrator.rundir.records import PlanRecord
 from orchestrator.train.schedule import lr_multiplier
 
-AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+torch = None
+"""Imported when an engine is built: the node launcher imports this module for its node hooks
+alone, and should start its ranks without first spending seconds importing torch."""
+
 GLOO_TIMEOUT_S = 120
 
 
@@ -108,6 +109,9 @@ class Rendezvous:
 
 class Engine:
     def __init__(self, recipe: Recipe, plan: PlanRecord, local_rank: int):
+        global torch
+        import torch
+
         try:
             import horovod.torch as hvd
         except ImportError as exc:
@@ -136,7 +140,7 @@ class Engine:
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, partial(lr_multiplier, recipe.train))
         precision = config["precision"]
-        self.autocast_dtype = AUTOCAST.get(precision)
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
         self.grad_clip = config["gradient_clipping"]
         self.dtype = self.autocast_dtype or torch.float32  # the compute dtype attention masks must match
@@ -175,10 +179,9 @@ class Engine:
         self.scheduler.step()
         return float(total) / len(micro_batches)
 
-    @torch.no_grad()
     def eval_loss(self, rows: Rows) -> float:
         self.model.eval()
-        with self._autocast():
+        with torch.no_grad(), self._autocast():
             loss = float(self.model(**model_inputs(rows, self.device, self.dtype)).loss)
         self.model.train()
         return loss

@@ -24,7 +24,6 @@ from orchestrator.gates.quality import bias_gate, quality_gate, read_pairs
 from orchestrator.gates.report import GateReport, passes
 from orchestrator.gates.result import GateResult, judge, skipped
 from orchestrator.gates.scoring import continue_ids
-from orchestrator.gates.spec import GATE_NAMES
 from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import read_data, read_plan, read_recipe
@@ -64,7 +63,7 @@ def evaluate_gates(run_dir: Path, step: int | None = None) -> GateReport:
     required = set(spec.required) if spec.required is not None else {r.name for r in results if r.status != "skipped"}
     report = GateReport.judge(
         results, required, checkpoint=checkpoint.name, step=manifest["step"], checkpoint_hash=store.content_hash(manifest),
-        recipe_hash=manifest["recipe_hash"], evaluated_at=time.time(), required=sorted(required, key=GATE_NAMES.index),
+        recipe_hash=manifest["recipe_hash"], evaluated_at=time.time(),
     )
     report.write(run)
     _mirror(run, recipe, report)

@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from orchestrator.gates.result import GateResult
+from orchestrator.gates.spec import GATE_NAMES
 from orchestrator.rundir.layout import RunDir
 
 PASSING = ("pass", "warn")
@@ -36,7 +37,7 @@ class GateReport(BaseModel):
         for result in results:
             result.required = result.name in required
         passed = all(passes(r.status) for r in results if r.required)
-        return cls(results=results, passed=passed, **fields)
+        return cls(results=results, passed=passed, required=sorted(required, key=GATE_NAMES.index), **fields)
 
     def failed_required(self) -> list[GateResult]:
         return [r for r in self.results if r.required and not passes(r.status)]

@@ -65,3 +65,14 @@ def test_light_commands_do_not_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""
+
+
+def test_the_node_launcher_starts_its_ranks_without_importing_torch():
+    """It imports its backend's module for the node hooks alone; torch would cost seconds before every start."""
+    code = (
+        "import sys\nfrom launch.engines import ENGINES, backend_module\n"
+        "for name in ENGINES:\n    backend_module(name).rank_env(2, 2, 1, 0, '127.0.0.1', 29500)\n"
+        "print(','.join(m for m in ('torch', 'deepspeed', 'transformers', 'horovod') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == ""
