@@ -9,19 +9,16 @@ for `state_owner` alone.
 from __future__ import annotations
 
 import random
-import re
 from pathlib import Path
 
 import numpy as np
 
-STATE_FILE = "rank-{rank}.pt"
-STATE_OWNER = re.compile(r"^rank-(\d+)\.")
-
+from orchestrator.rundir.layout import RANK_STATE, rank_state_owner
 
 def state_owner(name: str) -> int:
     """The rank whose state file this is; any other file of a checkpoint is rank 0's."""
-    match = STATE_OWNER.match(Path(name).name)
-    return int(match.group(1)) if match else 0
+    owner = rank_state_owner(name)
+    return 0 if owner is None else owner
 
 
 class MissingRankState(RuntimeError):
@@ -44,11 +41,11 @@ def capture(step: int, stream_state: dict) -> dict:
 def write(directory: Path, rank: int, state: dict) -> None:
     import torch
 
-    torch.save(state, directory / STATE_FILE.format(rank=rank))
+    torch.save(state, directory / RANK_STATE.format(rank=rank))
 
 
 def read(checkpoint: Path, rank: int) -> dict:
-    path = checkpoint / STATE_FILE.format(rank=rank)
+    path = checkpoint / RANK_STATE.format(rank=rank)
     if not path.exists():
         raise MissingRankState(
             f"{checkpoint.name} has no RNG and data state for rank {rank}: it was saved by another world size "

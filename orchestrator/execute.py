@@ -123,7 +123,7 @@ def _report(run: RunDir, seen: tuple[int, int], on_progress: Callable[[list[dict
 
 def _failure_hint(run: RunDir) -> str:
     """The last error line a rank printed, so the user sees the cause without opening logs."""
-    for log in sorted(run.logs.glob("rank-*.log")) + [run.launcher_log]:
+    for log in run.rank_logs() + [run.launcher_log]:
         if not log.exists():
             continue
         lines = [l for l in log.read_text(errors="replace").splitlines() if "Error" in l or "error:" in l]

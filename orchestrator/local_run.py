@@ -1,5 +1,5 @@
 """`orch run`'s decisions before anything starts: a fresh run, a resume, a resume at another world
-size (the checkpoint converted first), or a refusal; then the run itself, locally."""
+size (the checkpoint converted first), or a refusal, ending in the plan to launch."""
 
 from __future__ import annotations
 

@@ -51,7 +51,7 @@ class HorovodBackend:
     def consolidated_state_dict(self, root: Path, tag: str, zero_stage: int) -> tuple[dict, str]:
         import torch
 
-        saved = torch.load(root / tag / HOROVOD_STATE, map_location="cpu", weights_only=False)
+        saved = torch.load(root / tag / HOROVOD_STATE, map_location="cpu", weights_only=True)  # state dicts: tensors only
         return {name: tensor.float() for name, tensor in saved["model"].items()}, "Horovod state (whole model, saved by rank 0)"
 
     def universal_checkpoint(self, checkpoint: Path, target: Path) -> Path | None:

@@ -8,7 +8,6 @@ the checkpoint's content hash: a release checks that hash, not the name.
 from __future__ import annotations
 
 import math
-import re
 import time
 from pathlib import Path
 
@@ -25,11 +24,8 @@ from orchestrator.gates.report import GateReport, passes
 from orchestrator.gates.result import GateResult, judge, skipped
 from orchestrator.gates.scoring import continue_ids
 from orchestrator.rundir import events
-from orchestrator.rundir.layout import RunDir
+from orchestrator.rundir.layout import RunDir, rank_state_owner
 from orchestrator.rundir.records import read_data, read_plan, read_recipe
-
-RANK_STATE = re.compile(r"^rank-\d+\.pt$")
-
 
 def evaluate_gates(run_dir: Path, step: int | None = None) -> GateReport:
     from orchestrator.checkpoint.export import choose_checkpoint, load_checkpoint_model
@@ -52,7 +48,7 @@ def evaluate_gates(run_dir: Path, step: int | None = None) -> GateReport:
     results = [
         quality_gate(spec.quality, model, tokenizer, val_rows, margin),
         health_gate(spec.health, _metrics_at(run, checkpoint, manifest["step"]), manifest["world_size"],
-                    sum(bool(RANK_STATE.match(name)) for name in manifest["files"])),
+                    sum(rank_state_owner(name) is not None for name in manifest["files"])),
         memorisation_gate(spec.memorisation, model, tokenizer, [*spec.memorisation.canaries, *data_record.canaries], train, margin),
         contamination_gate(spec.contamination, val, train, margin),
         content_gate(spec.content, _completions(model, tokenizer, spec.content.prompts, spec.content.samples_per_prompt, spec.content.max_new_tokens)),

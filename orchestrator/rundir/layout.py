@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,15 @@ RELEASE_MANIFEST = "release.json"
 """In a release directory: the sha256 of every file (`orch verify`)."""
 HOROVOD_STATE = "horovod/state.pt"
 """Inside a Horovod checkpoint: the whole model and optimizer, once, so it loads at any world size."""
+RANK_STATE = "rank-{rank}.pt"
+"""Inside every checkpoint: each rank's RNG states, data position and step."""
+_RANK_STATE = re.compile(r"^rank-(\d+)\.pt$")
+
+
+def rank_state_owner(name: str) -> int | None:
+    """The rank a checkpoint file holds the state of, or None for any other file."""
+    match = _RANK_STATE.match(Path(name).name)
+    return int(match.group(1)) if match else None
 
 
 class _Entry:
@@ -65,6 +75,9 @@ class RunDir:
 
     def rank_log(self, rank: int) -> Path:
         return self.logs / f"rank-{rank}.log"
+
+    def rank_logs(self) -> list[Path]:
+        return sorted(self.logs.glob("rank-*.log"))
 
     @property
     def node_output_pattern(self) -> str:
