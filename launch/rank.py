@@ -21,6 +21,7 @@ from launch.mirror import NullMirror, start_mirror
 from launch.signals import StopFlag
 from orchestrator.data.prepare import PreparedData
 from orchestrator.hub import work_offline
+from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import PlanRecord, read_data, read_plan, read_recipe
 from orchestrator.recipe.schema import Recipe
@@ -50,6 +51,7 @@ def run_rank(path: Path) -> None:
     seed_everything(recipe.train.seed)
     data = PreparedData.load(read_data(run).dir)
     engine = _make_engine(recipe, plan, local_rank)
+    _record_startup_memory(engine, run)
     code = Trainer(recipe, plan, run, data, engine, world, stop, monitor, account).train()
     engine.close()
     monitor.close()
@@ -65,6 +67,15 @@ def run_rank(path: Path) -> None:
 def _make_engine(recipe: Recipe, plan: PlanRecord, local_rank: int) -> Engine:
     """The backend's engine, imported by name: a rank loads its own backend's library only."""
     return backend_module(recipe.distributed.backend).Engine(recipe, plan, local_rank)
+
+
+def _record_startup_memory(engine: Engine, run: RunDir) -> None:
+    """Every rank's measured start-up memory, in one event: what the plan's host-memory figure is checked against."""
+    ranks = engine.gather(engine.startup_memory)
+    if engine.rank == 0:
+        events.append(run.events, "engine_built", rss_before_bytes=[m.before_bytes for m in ranks],
+                      construction_peak_bytes=[m.construction_peak_bytes for m in ranks],
+                      peak_rss_bytes=[max(m.construction_peak_bytes, m.setup_peak_bytes) for m in ranks])
 
 
 def _redirect_output(log: Path) -> None:

@@ -66,6 +66,9 @@ def describe_event(event: dict) -> str | None:
     if kind == "resumed":
         recomputed = event.get("recomputed_steps") or 0
         return f"resumed from {event['checkpoint']} (step {event['step']})" + (f"; {recomputed} later steps are recomputed" if recomputed else "")
+    if kind == "engine_built":
+        growth = max(peak - before for peak, before in zip(event["peak_rss_bytes"], event["rss_before_bytes"]))
+        return f"model built and engine set up: start-up took at most {growth / 2**30:.2f} GiB of memory per rank at its peak"
     if kind == "started_over":
         return f"no checkpoint to resume from: starting over ({event['recomputed_steps']} logged steps are recomputed)"
     if kind == "checkpoint_set_aside":

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Protocol
 
+from launch.memory import StartupMemory
 from orchestrator.model.inputs import Rows
 
 ENGINES = {"deepspeed": "launch.engines.deepspeed", "horovod": "launch.engines.horovod"}
@@ -28,6 +29,7 @@ class Engine(Protocol):
     rank: int
     lr: float
     grad_norm: float | None
+    startup_memory: StartupMemory
 
     def train_step(self, micro_batches: list[Rows]) -> float: ...
     def eval_loss(self, rows: Rows) -> float: ...

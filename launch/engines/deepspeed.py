@@ -7,13 +7,16 @@ Its ranks need nothing beyond torch's standard variables, and its nodes serve no
 
 from __future__ import annotations
 
+import copy
 import re
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
 from launch.engines.replica import parameter_digest
+from launch.memory import PeakTracker, StartupMemory
 from launch.rank_state import state_owner
+from orchestrator.model.architectures import Sizes
 from orchestrator.model.build import build_model
 from orchestrator.model.inputs import Rows, model_inputs
 from orchestrator.recipe.schema import Recipe
@@ -23,6 +26,9 @@ from orchestrator.train.schedule import lr_multiplier
 torch = None
 """Imported when an engine is built: the node launcher imports this module for its node hooks
 alone, and should start its ranks without first spending seconds importing torch."""
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+"""The dtype DeepSpeed trains parameters in, which the model is built in from the start."""
 
 SHARD_OWNER = re.compile(r"zero_pp_rank_(\d+)_")
 """DeepSpeed names each rank's ZeRO shard file by its rank."""
@@ -54,8 +60,11 @@ class Engine:
             torch.cuda.set_device(local_rank)
         deepspeed.init_distributed(dist_backend=comm_backend)
         torch.manual_seed(recipe.train.seed)
-        model = build_model(recipe.model, plan.model.sizes)
         config = plan.backend_config
+        self.partitioned = recipe.distributed.partitioned_construction
+        peaks = PeakTracker()
+        model = self._build(recipe, plan.model.sizes, config, get_accelerator().current_device_name())
+        construction = peaks.lap()
         schedule = partial(lr_multiplier, recipe.train)
         self.engine, _, _, _ = deepspeed.initialize(
             model=model,
@@ -63,9 +72,21 @@ class Engine:
             config=config,
             lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
         )
+        self.startup_memory = StartupMemory(peaks.before_bytes, construction, peaks.lap())
         self.device = get_accelerator().current_device_name()
         self.dtype = next(self.engine.module.parameters()).dtype  # the compute dtype attention masks must match
         self.zero_stage = recipe.distributed.zero_stage
+
+    def _build(self, recipe: Recipe, sizes: Sizes, config: dict, device: str):
+        """The model in DeepSpeed's training dtype. Under ZeRO-3 with `zero3_init`, transformers sees
+        the config through `HfDeepSpeedConfig` (kept for the engine's life, as transformers requires)
+        and constructs or loads inside `deepspeed.zero.Init`: each rank holds only its partition."""
+        if self.partitioned:
+            from transformers.integrations import HfDeepSpeedConfig
+
+            self._zero3_config = HfDeepSpeedConfig(copy.deepcopy(config))
+        return build_model(recipe.model, sizes, DTYPES[recipe.train.precision], None if self.partitioned else device,
+                           recipe.train.activation_checkpointing)
 
     @property
     def rank(self) -> int:

@@ -20,6 +20,7 @@ from functools import partial
 from pathlib import Path
 
 from launch.engines.replica import parameter_digest
+from launch.memory import PeakTracker, StartupMemory
 from launch.rank_state import state_owner
 from orchestrator.model.build import build_model
 from orchestrator.model.inputs import Rows, model_inputs
@@ -124,7 +125,11 @@ class Engine:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         torch.manual_seed(recipe.train.seed)
-        self.model = build_model(recipe.model, plan.model.sizes).to(self.device)
+        peaks = PeakTracker()
+        # fp32 weights whatever the precision: autocast computes in 16 bits from them.
+        self.model = build_model(recipe.model, plan.model.sizes, device=str(self.device),
+                                 activation_checkpointing=recipe.train.activation_checkpointing)
+        construction = peaks.lap()
         opt = config["optimizer"]
         optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=opt["lr"], betas=tuple(opt["betas"]), eps=opt["eps"],
                                       weight_decay=opt["weight_decay"])
@@ -139,6 +144,7 @@ class Engine:
             backward_passes_per_step=config["backward_passes_per_step"],
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, partial(lr_multiplier, recipe.train))
+        self.startup_memory = StartupMemory(peaks.before_bytes, construction, peaks.lap())
         precision = config["precision"]
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")

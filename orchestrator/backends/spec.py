@@ -22,6 +22,11 @@ class ParallelSpec(Spec):
     offload_optimizer: bool = False
     offload_params: bool = False
 
+    @property
+    def partitioned_construction(self) -> bool:
+        """Whether each rank constructs only its partition of the model (DeepSpeed's ZeRO-3 alone can)."""
+        return False
+
     @model_validator(mode="after")
     def _procs_positive(self) -> "ParallelSpec":
         if isinstance(self.procs_per_node, int) and self.procs_per_node < 1:
@@ -33,9 +38,20 @@ class DeepSpeedSpec(ParallelSpec):
     """ZeRO stage 0 is plain data parallelism; 1 shards optimizer states, 2 also gradients, 3 also parameters."""
 
     backend: Literal["deepspeed"] = "deepspeed"
+    zero3_init: bool = True
+    """ZeRO-3 only: each rank constructs (or loads) only its own partition of the parameters, inside
+    `deepspeed.zero.Init`, so a model larger than one rank's memory can be built at all. Off, every
+    rank first builds the whole model, as at stages 0-2 (for models whose construction zero.Init
+    cannot intercept; accelerate names the same switch `zero3_init_flag`)."""
+
+    @property
+    def partitioned_construction(self) -> bool:
+        return self.zero_stage == 3 and self.zero3_init
 
     @model_validator(mode="after")
-    def _offload_needs_zero(self) -> "DeepSpeedSpec":
+    def _options_need_their_stage(self) -> "DeepSpeedSpec":
+        if not self.zero3_init and self.zero_stage != 3:
+            raise RuleViolation("zero3_init", "zero3_init applies to zero_stage 3 only (stages 0-2 keep whole replicas): remove it")
         if self.offload_optimizer and self.zero_stage == 0:
             raise RuleViolation("offload_optimizer", "offload_optimizer needs zero_stage 1, 2 or 3")
         if self.offload_params and self.zero_stage != 3:

@@ -1,21 +1,37 @@
-"""Build the `transformers` model a recipe describes. Imports torch; called only inside ranks."""
+"""Build the `transformers` model a recipe describes. Imports torch; called only inside ranks and exports."""
 
 from __future__ import annotations
+
+from contextlib import nullcontext
 
 from orchestrator.model.architectures import ARCHITECTURES, Sizes
 from orchestrator.model.spec import ModelSpec
 
 
-def build_model(spec: ModelSpec, sizes: Sizes):
-    """Random init from sizes, or the base model's weights; wrapped with LoRA adapters when asked
-    (then only the adapters require gradients)."""
+def build_model(spec: ModelSpec, sizes: Sizes, dtype: str = "float32", device: str | None = "cpu",
+                activation_checkpointing: bool = False):
+    """Random init from sizes, or the base model's weights, created in `dtype` directly on `device`
+    (a whole replica in fp32 on the host first, then cast and moved, would need several times the
+    memory); wrapped with LoRA adapters when asked (then only the adapters require gradients).
+
+    `device=None` leaves placement to DeepSpeed: under ZeRO-3 the engine keeps transformers'
+    `HfDeepSpeedConfig` alive around this call, and transformers then constructs and loads inside
+    `deepspeed.zero.Init`, so each rank only ever holds its partition plus one gathered layer."""
+    import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if spec.path is not None:
-        model = AutoModelForCausalLM.from_pretrained(str(spec.path), torch_dtype="float32")
+        placement = {} if device is None else {"device_map": {"": device}}
+        model = AutoModelForCausalLM.from_pretrained(str(spec.path), dtype=getattr(torch, dtype), **placement)
     else:
         arch = ARCHITECTURES[spec.arch]
-        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(arch.model_type, **arch.to_hf_config(sizes)))
+        config = AutoConfig.for_model(arch.model_type, **arch.to_hf_config(sizes))
+        with nullcontext() if device is None else torch.device(device):
+            model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+    if activation_checkpointing:
+        # Non-reentrant: gradients reach LoRA adapters and ZeRO-3's hooks without an input that requires grad.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
     if spec.lora is None:
         return model
     from peft import LoraConfig, get_peft_model

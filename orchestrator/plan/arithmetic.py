@@ -75,3 +75,17 @@ def check_precision(loaded: LoadedRecipe, env: EnvSnapshot, topology: Topology, 
         old = [gpu.name for gpu in env.gpus if gpu.compute_capability < 8.0]
         if old:
             problems.append(loaded.problem("train.precision", f"bf16 needs compute capability 8.0 or newer, and {old[0]} has less: use fp16 or fp32"))
+
+
+def check_offload(loaded: LoadedRecipe, topology: Topology, problems: list[Problem]) -> None:
+    """ZeRO offload moves state from device memory to host memory; on the CPU device they are the same
+    memory, and DeepSpeed's CPU accelerator would copy state to where it already is."""
+    if topology.device != "cpu":
+        return
+    for key in ("offload_optimizer", "offload_params"):
+        if getattr(loaded.recipe.distributed, key):
+            problems.append(loaded.problem(
+                f"distributed.{key}",
+                "offload moves state from GPU memory to host memory, and this run is on CPU, where both are the same memory: "
+                "remove it here (it is kept for GPU runs, e.g. orch plan --slurm with slurm.gpus_per_node)",
+            ))

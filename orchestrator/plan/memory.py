@@ -25,8 +25,14 @@ class MemoryEstimate:
     optimizer_bytes: int
     gather_buffer_bytes: int
     activations_bytes: int
+    activations_other_bytes: int
+    """The activations with `train.activation_checkpointing` set the other way, for the plan to show."""
     host_offload_bytes: int
     capacity_bytes: int
+
+    @property
+    def activations_dominate(self) -> bool:
+        return max(self.activations_bytes, self.activations_other_bytes) > self.total_bytes - self.activations_bytes
 
     @property
     def total_bytes(self) -> int:
@@ -46,7 +52,9 @@ def model_state_bytes(
     trainable = num_params if trainable_params is None else trainable_params
     mixed = precision != "fp32"
     param_b, grad_b = (2, 2) if mixed else (4, 4)
-    optim_b = 12 if mixed else 8
+    # ZeRO's optimizer keeps its own fp32 copy of the (partitioned) weights even when they are fp32
+    # already; without ZeRO, fp32 Adam updates the weights in place.
+    optim_b = 12 if mixed or zero_stage >= 1 else 8
     n = world_size
     params = num_params * param_b / (n if zero_stage >= 3 else 1)
     grads = trainable * grad_b / (n if zero_stage >= 2 else 1)
@@ -80,8 +88,48 @@ def activation_bytes(sizes: Sizes, batch: Batch, precision: str, checkpointing: 
 def estimate_memory(
     sizes: Sizes, num_params: int, largest_layer: int, batch: Batch, zero_stage: int, precision: str,
     offload_optimizer: bool, offload_params: bool, capacity_bytes: int, trainable_params: int | None = None,
+    checkpointing: bool = False,
 ) -> MemoryEstimate:
     params, grads, optimizer, gather, host = model_state_bytes(
         num_params, largest_layer, zero_stage, batch.data_parallel, precision, offload_optimizer, offload_params, trainable_params
     )
-    return MemoryEstimate(params, grads, optimizer, gather, activation_bytes(sizes, batch, precision), host, capacity_bytes)
+    activations = activation_bytes(sizes, batch, precision, checkpointing)
+    other = activation_bytes(sizes, batch, precision, not checkpointing)
+    return MemoryEstimate(params, grads, optimizer, gather, activations, other, host, capacity_bytes)
+
+
+@dataclass(frozen=True)
+class HostMemoryEstimate:
+    """One node's host memory: what each rank holds on the host while its model is constructed, and
+    what offload keeps there for the whole run.
+
+    Construction is where a model larger than one rank is lost: without partitioned construction
+    every rank builds the whole model before DeepSpeed partitions it (8 ranks x a 7B model in fp32
+    is 8 x 26 GiB). On a GPU the model is built on the device, so only the CPU device's
+    construction counts here."""
+
+    procs_per_node: int
+    construction_bytes: int
+    """Per rank: the whole model, or with partitioned construction its partition plus one gathered layer."""
+    partitioned: bool
+    offload_bytes: int
+    """Per rank: optimizer state (and at stage 3 parameters) offloaded to the host."""
+    capacity_bytes: int
+    """The node's memory."""
+
+    @property
+    def per_node_bytes(self) -> int:
+        return self.procs_per_node * (self.construction_bytes + self.offload_bytes)
+
+    @property
+    def fits(self) -> bool:
+        return self.per_node_bytes <= FIT_HEADROOM * self.capacity_bytes
+
+
+def construction_bytes(num_params: int, largest_layer_params: int, precision: str, world_size: int, partitioned: bool) -> int:
+    """What one rank holds while its model is built, in the training dtype it is built in: the whole
+    model, or its 1/world partition plus the one layer being initialised whole."""
+    dtype_bytes = 4 if precision == "fp32" else 2
+    if not partitioned:
+        return num_params * dtype_bytes
+    return (num_params // world_size + largest_layer_params) * dtype_bytes

@@ -20,9 +20,9 @@ from orchestrator.env import EnvSnapshot
 from orchestrator.errors import Problem, RecipeError
 from orchestrator.model.architectures import ARCHITECTURES, Architecture, Sizes
 from orchestrator.model.pretrained import BaseModel, read_base_model
-from orchestrator.plan.arithmetic import Batch, Topology, check_precision, resolve_batch, resolve_topology
+from orchestrator.plan.arithmetic import Batch, Topology, check_offload, check_precision, resolve_batch, resolve_topology
 from orchestrator.plan.estimate import TimeEstimate, estimate_time
-from orchestrator.plan.memory import MemoryEstimate, estimate_memory
+from orchestrator.plan.memory import GiB, HostMemoryEstimate, MemoryEstimate, construction_bytes, estimate_memory
 from orchestrator.recipe.loader import LoadedRecipe, recipe_hash
 from orchestrator.recipe.schema import Recipe
 from orchestrator.rundir.entry import node_argv
@@ -49,6 +49,8 @@ class ModelPlan:
     num_params: int
     adapters: int | None
     """LoRA's trainable parameters; None for full training."""
+    largest_layer: int
+    """The biggest single parameter tensor: ZeRO-3 gathers it whole on one device."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class LaunchPlan:
     sizes: Sizes
     num_params: int
     memory: MemoryEstimate
+    host_memory: HostMemoryEstimate
     time: TimeEstimate
     backend_files: dict[str, dict]
     energy: EnergyPlan
@@ -89,6 +92,8 @@ class LaunchPlan:
             batch={**vars(self.batch), "global_batch_size": self.batch.global_batch_size, "tokens_per_step": self.batch.tokens_per_step},
             model={"arch": self.arch, "num_params": self.num_params, "sizes": self.sizes, "base": self.base_path},
             memory_per_device={**vars(self.memory), "total_bytes": self.memory.total_bytes, "fits": self.memory.fits},
+            host_memory_per_node={**vars(self.host_memory), "per_node_bytes": self.host_memory.per_node_bytes,
+                                  "fits": self.host_memory.fits},
             estimate=self.time,
             energy=self.energy.summary(),
             backend_files=self.backend_files,
@@ -122,6 +127,7 @@ def check_recipe(loaded: LoadedRecipe, env: EnvSnapshot) -> Checked:
     topology = resolve_topology(loaded, env, problems)
     batch = resolve_batch(loaded, topology, problems)
     check_precision(loaded, env, topology, problems)
+    check_offload(loaded, topology, problems)
     backend = BACKENDS[loaded.recipe.distributed.backend]
     if backend.name not in env.libraries:
         problems.append(loaded.problem("distributed.backend", backend.install_hint))
@@ -147,6 +153,7 @@ def make_plan(
     run_dir = (run_dir or env.cwd / "runs" / recipe.name).absolute()
     model = _model_plan(recipe, checked.base)
     memory = _memory(recipe, model, batch, env, topology)
+    host_memory = _host_memory(recipe, model, memory, env, topology)
     time = estimate_time(model.sizes, model.num_params, batch, topology, env, recipe.train.precision, recipe.train.steps)
     backend = BACKENDS[recipe.distributed.backend]
     return LaunchPlan(
@@ -160,12 +167,13 @@ def make_plan(
         sizes=model.sizes,
         num_params=model.num_params,
         memory=memory,
+        host_memory=host_memory,
         time=time,
         backend_files=backend.config_files(recipe, batch, load_universal),
         energy=_energy(recipe, env, topology, time, memory, checked.intensity),
         processes=[_local_process(backend.name, backend.process_env(topology), env, topology, run_dir)],
         data_cache_dir=env.cache_dir / "data",
-        warnings=_memory_warnings(memory),
+        warnings=_memory_warnings(recipe, memory, host_memory),
     )
 
 
@@ -174,25 +182,48 @@ def _model_plan(recipe: Recipe, base: BaseModel | None) -> ModelPlan:
     sizes = base.sizes if base else recipe.model.sizes(recipe.data.tokenizer.effective_vocab_size)
     lora = recipe.model.lora
     adapters = arch.lora_params(sizes, lora.target_modules, lora.rank) if lora else None
-    return ModelPlan(arch, sizes, arch.count_params(sizes) + (adapters or 0), adapters)
+    return ModelPlan(arch, sizes, arch.count_params(sizes) + (adapters or 0), adapters, arch.largest_layer_params(sizes))
 
 
 def _memory(recipe: Recipe, model: ModelPlan, batch: Batch, env: EnvSnapshot, topology: Topology) -> MemoryEstimate:
     dist = recipe.distributed
     capacity = env.gpus[0].memory_bytes if env.gpus else env.memory_bytes // topology.procs_per_node
     return estimate_memory(
-        model.sizes, model.num_params, model.arch.largest_layer_params(model.sizes), batch, dist.zero_stage,
+        model.sizes, model.num_params, model.largest_layer, batch, dist.zero_stage,
         recipe.train.precision, dist.offload_optimizer, dist.offload_params, capacity, model.adapters,
+        recipe.train.activation_checkpointing,
     )
 
 
-def _memory_warnings(memory: MemoryEstimate) -> list[str]:
-    if memory.fits:
-        return []
-    return [
-        f"estimated {memory.total_bytes / 2**30:.1f} GiB per device exceeds {memory.capacity_bytes / 2**30:.1f} GiB available: "
-        "raise distributed.zero_stage, enable offload, or lower train.micro_batch_size"
-    ]
+def _host_memory(recipe: Recipe, model: ModelPlan, memory: MemoryEstimate, env: EnvSnapshot, topology: Topology) -> HostMemoryEstimate:
+    dist = recipe.distributed
+    partitioned = dist.partitioned_construction
+    # DeepSpeed builds in its training dtype; Horovod keeps fp32 weights and computes in autocast.
+    build_precision = recipe.train.precision if dist.backend == "deepspeed" else "fp32"
+    built = construction_bytes(model.num_params, model.largest_layer, build_precision, topology.world_size, partitioned)
+    on_host = built if topology.device == "cpu" else 0
+    return HostMemoryEstimate(topology.procs_per_node, on_host, partitioned, memory.host_offload_bytes, env.memory_bytes)
+
+
+def _memory_warnings(recipe: Recipe, memory: MemoryEstimate, host: HostMemoryEstimate) -> list[str]:
+    warnings = []
+    if not memory.fits:
+        checkpointing = "" if recipe.train.activation_checkpointing else ", train.activation_checkpointing: true"
+        warnings.append(
+            f"estimated {memory.total_bytes / GiB:.1f} GiB per device exceeds {memory.capacity_bytes / GiB:.1f} GiB available: "
+            f"raise distributed.zero_stage, enable offload{checkpointing}, or lower train.micro_batch_size"
+        )
+    if not host.fits:
+        held = "its partition" if host.partitioned else "the whole model"
+        partition = "distributed.zero3_init: true" if recipe.distributed.zero_stage == 3 else "distributed.zero_stage: 3"
+        fix = ("fewer distributed.procs_per_node, or nodes with more memory" if host.partitioned
+               else f"{partition} (each rank then constructs only its partition), or fewer distributed.procs_per_node")
+        warnings.append(
+            f"start-up needs {host.per_node_bytes / GiB:.1f} GiB of host memory per node ({host.procs_per_node} ranks x "
+            f"{(host.construction_bytes + host.offload_bytes) / GiB:.1f} GiB: {held} while it is built"
+            + (", plus offloaded state" if host.offload_bytes else "") + f") of {host.capacity_bytes / GiB:.1f} GiB: use {fix}"
+        )
+    return warnings
 
 
 def _energy(recipe: Recipe, env: EnvSnapshot, topology: Topology, time: TimeEstimate, memory: MemoryEstimate,

@@ -42,6 +42,27 @@ def _energy_lines(plan: LaunchPlan) -> list[str]:
     return lines
 
 
+def _activation_lines(plan: LaunchPlan) -> list[str]:
+    """Both figures, when the activations are what decides whether the run fits."""
+    m = plan.memory
+    if not m.activations_dominate:
+        return []
+    on = plan.recipe.train.activation_checkpointing
+    other = m.total_bytes - m.activations_bytes + m.activations_other_bytes
+    return [f"activations    {_gib(m.activations_bytes)} {'with' if on else 'without'} activation checkpointing; "
+            f"{_gib(m.activations_other_bytes)} {'without' if on else 'with'} it (train.activation_checkpointing: {str(not on).lower()}),"
+            f" total {_gib(other)}"]
+
+
+def _host_line(plan: LaunchPlan) -> str:
+    h = plan.host_memory
+    built = "partition + one layer" if h.partitioned else "whole model"
+    construction = (f"{h.procs_per_node} rank(s) x {_gib(h.construction_bytes)} ({built}) while building" if h.construction_bytes
+                    else "model built on the device")
+    return (f"host/node      {construction}" + (f" + offload {h.procs_per_node} x {_gib(h.offload_bytes)}" if h.offload_bytes else "")
+            + f" = {_gib(h.per_node_bytes)} of {_gib(h.capacity_bytes)}" + ("" if h.fits else "  WILL NOT FIT"))
+
+
 def render_plan(plan: LaunchPlan) -> str:
     t, b, m, e = plan.topology, plan.batch, plan.memory, plan.time
     recipe = plan.recipe
@@ -65,6 +86,8 @@ def render_plan(plan: LaunchPlan) -> str:
         + f" + activations {_gib(m.activations_bytes)} = {_gib(m.total_bytes)} of {_gib(m.capacity_bytes)}"
         + (f"; host offload {_gib(m.host_offload_bytes)}" if m.host_offload_bytes else "")
         + ("" if m.fits else "  WILL NOT FIT"),
+        *_activation_lines(plan),
+        _host_line(plan),
         f"estimate       {e.tokens_per_s:,.0f} tokens/s at an assumed {e.assumed_mfu:.0%} MFU of {e.peak_flops_per_device / 1e12:.3f} TFLOP/s per device"
         f" -> wall {_duration(e.wall_s)}, {e.device_hours:.3f} {t.device.replace('cuda', 'GPU')}-hours",
     ]

@@ -87,6 +87,7 @@ class PlanRecord(Record):
     batch: BatchRecord
     model: ModelRecord
     memory_per_device: dict[str, int | bool]
+    host_memory_per_node: dict[str, int | bool]
     estimate: EstimateRecord
     energy: EnergyRecord
     backend_files: dict[str, dict]

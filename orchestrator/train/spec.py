@@ -42,6 +42,10 @@ class TrainSpec(Spec):
     eval_interval: int = Field(50, gt=0)
     eval_batches: int = Field(4, gt=0)
     log_interval: int = Field(1, gt=0)
+    activation_checkpointing: bool = False
+    """Keep only each layer's input during the forward pass and recompute the rest in the backward
+    (transformers' gradient checkpointing): about a third more compute for activations that no longer
+    grow with the layer's width. The same losses: it recomputes, it does not change the maths."""
     replica_check_interval: Optional[int] = Field(None, gt=0)
     """Every N steps, compare a digest of every rank's full parameters; replicas that drifted apart
     (a non-deterministic reduction, a bad node) stop the run. Off by default: it gathers the model."""

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The GPU check (README "GPU path"), on the machine with the GPU, from the repository root, with gpu-bundle/
+# carried (made by `bash scripts/gpu-bundle.sh` where pip works):
+#   bash scripts/gpu-check.sh
+# Makes a venv that sees the machine's own CUDA torch and transformers, installs the carried wheels with no
+# index, then runs bench/gpu.py's five steps (dry run, bf16 throughput and MFU, energy bill, gates, ZeRO-3),
+# each with its own time limit, all within GPU_CHECK_TOTAL_S (450 s). Results: $OUT/gpu-check.json where OUT
+# is set, else ./gpu-check.json, and this output in gpu-check.log beside it. Exit 1 if a step failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+TOTAL_S=${GPU_CHECK_TOTAL_S:-450}
+PYTHON=${PYTHON:-python3}
+VENV=${GPU_CHECK_VENV:-/tmp/orch-gpu-check-venv}
+WHEELS=gpu-bundle/wheels
+OUT_DIR=${OUT:-.}
+mkdir -p "$OUT_DIR"
+exec > >(tee "$OUT_DIR/gpu-check.log") 2>&1
+
+if [ ! -f gpu-bundle/requirements.txt ] || ! ls "$WHEELS"/orchestrator-*.whl >/dev/null 2>&1; then
+  echo "gpu-check: gpu-bundle/ is missing or incomplete: run bash scripts/gpu-bundle.sh where pip works, and carry gpu-bundle/"
+  exit 2
+fi
+"$PYTHON" -m venv --system-site-packages "$VENV" || exit 2
+# python3 on the lent machine is itself a venv (/opt/torch/.venv); a venv made from it sees the base
+# interpreter's packages, not that venv's: those are added by a .pth file, behind the new venv's own.
+site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+"$PYTHON" -c 'import site, sys; print("\n".join(site.getsitepackages()) if sys.prefix != sys.base_prefix else "")' \
+  > "$site/gpu-machine-packages.pth"
+
+# The project's requirements from the carried wheels, keeping the machine's versions where they satisfy them
+# (torch, transformers, ...); if they cannot be resolved together, every carried wheel as it is.
+pip=("$VENV/bin/python" -m pip install -q --no-index --no-compile --disable-pip-version-check --find-links "$WHEELS")
+install=resolved
+if ! timeout 240 "${pip[@]}" -r gpu-bundle/requirements.txt; then
+  echo "gpu-check: the carried wheels do not resolve against this machine's packages (above); installing them with --no-deps"
+  install=fallback
+  timeout 240 "${pip[@]}" --no-deps "$WHEELS"/*.whl || install=failed
+fi
+timeout 60 "${pip[@]}" --no-deps "$WHEELS"/orchestrator-*.whl || install=failed
+"$VENV/bin/python" -m pip check > "$VENV/pip-check.txt" 2>&1
+setup_s=$SECONDS
+
+timeout $((TOTAL_S - setup_s + 30)) "$VENV/bin/python" bench/gpu.py --budget-s $((TOTAL_S - setup_s)) \
+  --install "$install" --setup-s "$setup_s" --pip-check "$VENV/pip-check.txt"
