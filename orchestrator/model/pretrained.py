@@ -1,8 +1,10 @@
-"""What a base model directory holds, read from its files at planning time (no torch).
+"""What a base model directory holds, read from its files at planning time.
 
 A fine-tuning run starts from a local Hugging Face model directory: a release of this project,
 an `orch export`, or any causal LM saved with `save_pretrained`. Its `config.json` gives the
-architecture and sizes the planner needs; its tokenizer files must be there too.
+architecture and sizes the planner needs (no torch for the architectures counted analytically;
+any other causal LM transformers knows is counted on the meta device); its tokenizer files must
+be there too.
 """
 
 from __future__ import annotations
@@ -23,10 +25,7 @@ class BaseModel:
     path: Path
     arch: str
     sizes: Sizes
-
-    @property
-    def architecture(self) -> Architecture:
-        return ARCHITECTURES[self.arch]
+    architecture: Architecture
 
 
 def read_base_model(path: Path) -> BaseModel:
@@ -41,11 +40,17 @@ def read_base_model(path: Path) -> BaseModel:
     if not any(kind.endswith("ForCausalLM") or kind.endswith("LMHeadModel") for kind in kinds):
         raise ValueError(f"{path} is not a causal language model (its config names {kinds or 'no architecture'})")
     model_type = config.get("model_type")
-    if model_type not in ARCHITECTURES:
-        raise ValueError(f"{path}: model_type `{model_type}` is not one this orchestrator plans ({', '.join(ARCHITECTURES)})")
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
         raise ValueError(f"{path} has no tokenizer files ({', '.join(TOKENIZER_FILES)}): save the tokenizer beside the model")
-    return BaseModel(path, model_type, ARCHITECTURES[model_type].sizes_of(config))
+    if model_type in ARCHITECTURES:
+        architecture = ARCHITECTURES[model_type]
+        return BaseModel(path, model_type, architecture.sizes_of(config), architecture)
+    from orchestrator.model.measured import known_to_transformers, measure_architecture
+
+    if not known_to_transformers(model_type):
+        raise ValueError(f"{path}: model_type `{model_type}` is not one this version of transformers knows: upgrade transformers")
+    architecture, sizes = measure_architecture(path)
+    return BaseModel(path, model_type, sizes, architecture)
 
 
 def release_manifest_hash(path: Path) -> str | None:

@@ -73,14 +73,16 @@ def model_state_bytes(
 
 
 def activation_bytes(sizes: Sizes, batch: Batch, precision: str, checkpointing: bool = False) -> int:
-    """Korthikanti et al. (2022): s*b*h*34 bytes per layer in 16-bit, plus the logits. Their extra
+    """Korthikanti et al. (2022): s*b*h*34 bytes per layer in 16-bit, plus the logits (their full
+    recomputation: 2*s*b*h per layer, plus the one layer being recomputed). Their extra
     5*a*s/h term is the materialised attention scores, which PyTorch's SDPA kernels (the
     `transformers` default) never store."""
     s, b, h = batch.seq_len, batch.micro_batch_size, sizes.hidden_size
     per_layer = s * b * h * 34
     if precision == "fp32":
         per_layer *= 2
-    layers = sizes.num_layers * (2 * s * b * h if checkpointing else per_layer)
+    # Checkpointing keeps each layer's 16-bit input, and the backward pass recomputes one layer's whole set at a time.
+    layers = sizes.num_layers * 2 * s * b * h + per_layer if checkpointing else sizes.num_layers * per_layer
     logits = 2 * s * b * sizes.vocab_size * 4
     return int(layers + logits)
 
