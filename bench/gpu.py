@@ -103,12 +103,17 @@ def throughput(run: RunDir, warmup_steps: int = WARMUP_STEPS) -> dict:
 
 
 def startup_memory(run: RunDir) -> list[dict] | None:
-    """Each `engine_built` event's memory figures (`*_bytes` as GiB) by rank; None when the run logged none."""
+    """Each rank's start-up memory from the run's latest `engine_built` event, its `*_bytes` figures in GiB
+    (each a list indexed by rank, or one number beside a `rank` field); None when the run logged none."""
     built = [e for e in run.history() if e["event"] == "engine_built"]
     if not built:
         return None
-    return [{"rank": e.get("rank", 0), **{f"{k.removesuffix('_bytes')}_gib": v / 2**30 for k, v in e.items()
-                                          if k.endswith("_bytes") and isinstance(v, (int, float))}} for e in built]
+    figures = {k.removesuffix("_bytes") + "_gib": v for k, v in built[-1].items() if k.endswith("_bytes")}
+    per_rank = any(isinstance(v, list) for v in figures.values())
+    columns = {name: v if isinstance(v, list) else [v] for name, v in figures.items()}
+    ranks = range(max(map(len, columns.values()), default=0))
+    return [{"rank": rank if per_rank else built[-1].get("rank", 0),
+             **{name: values[rank] / 2**30 for name, values in columns.items() if rank < len(values)}} for rank in ranks]
 
 
 def energy_summary(run: RunDir) -> dict:

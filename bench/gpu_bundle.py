@@ -16,6 +16,7 @@ import argparse
 import importlib.metadata as metadata
 import re
 import shutil
+import tomllib
 from pathlib import Path
 
 from common import REPO
@@ -41,20 +42,28 @@ MARKERS = {"python_version": "3.12", "python_full_version": "3.12.3", "sys_platf
            "os_name": "posix", "extra": ""}
 
 
-def closure(root: str = "orchestrator") -> dict[str, str]:
-    """name -> version installed here, for every runtime requirement of `root` (no extras) on Python 3.12,
-    not descending into what the GPU machine provides or holds (it holds their requirements too), nor
-    into what is left out."""
+def project_requirements() -> list[str]:
+    """The project's runtime requirements as pyproject.toml states them now (the installed metadata can lag)."""
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+
+
+def closure() -> dict[str, str]:
+    """name -> version installed here, for every runtime requirement of the project on Python 3.12, not
+    descending into what the GPU machine provides or holds (it holds their requirements too), nor into
+    what is left out."""
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
     found: dict[str, str] = {}
-    todo = [Requirement(r).name for r in metadata.distribution(root).requires or [] if "extra ==" not in r]
+    todo = [Requirement(r).name for r in project_requirements()]
     while todo:
         name = canonicalize_name(todo.pop())
         if name in found or PROVIDED.match(name) or name in PRESENT_LARGE or name in LEFT_OUT:
             continue
-        dist = metadata.distribution(name)
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            raise SystemExit(f"gpu bundle: {name} is required but not installed in this environment: run make setup") from None
         found[name] = dist.version
         for text in dist.requires or []:
             requirement = Requirement(text)
@@ -72,8 +81,8 @@ def write_lists() -> dict[str, str]:
 
     pins = closure()
     (REPO / WHEEL_LIST).write_text("".join(f"{name}=={pin}\n" for name, pin in sorted(pins.items())))
-    own = [r for r in metadata.distribution("orchestrator").requires or [] if "extra ==" not in r]
-    (REPO / INSTALL_LIST).write_text("".join(f"{r}\n" for r in own if canonicalize_name(Requirement(r).name) not in LEFT_OUT))
+    own = [r for r in project_requirements() if canonicalize_name(Requirement(r).name) not in LEFT_OUT]
+    (REPO / INSTALL_LIST).write_text("".join(f"{r}\n" for r in own))
     for wheel in (REPO / WHEELS).glob("*.whl"):
         name, pin, _, _ = parse_wheel_filename(wheel.name)
         if name != "orchestrator" and pins.get(name) != str(pin):

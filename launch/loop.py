@@ -14,6 +14,7 @@ from launch import rank_state
 from launch.energy.account import EnergyAccount, NullAccount
 from launch.energy.monitor import Monitor
 from launch.engines import Engine
+from launch.memory import PeakTracker
 from launch.signals import StopFlag
 from orchestrator.checkpoint import store
 from orchestrator.checkpoint.policy import SavePolicy, job_deadline
@@ -59,6 +60,7 @@ class Trainer:
             memory_stage if spec.async_save and MEMORY_STAGE_ROOT.is_dir() else None, self._committed, engine.shard_owner,
         )
         self.policy = SavePolicy(spec, train.steps, job_deadline(run.history()))
+        self.step_memory = PeakTracker(plan.topology.device)
 
     def _peak_flops(self, planned_per_device: float, device: str, world: int) -> float:
         """MFU's denominator. GPUs: the datasheet peak the plan used. CPUs: measured here, by every rank
@@ -111,8 +113,10 @@ class Trainer:
     def step(self, step: int) -> dict:
         self.monitor.phase("train", step)
         lr = self.engine.lr
+        self.step_memory.lap()
         tic = time.perf_counter()
         local_loss = self.engine.train_step([self.train_data.rows(i) for i in self.stream.step_indices()])
+        peak_memory = self.step_memory.lap()
         (loss,) = self.engine.mean_across_ranks([local_loss])
         step_s = time.perf_counter() - tic
         row = {
@@ -124,6 +128,7 @@ class Trainer:
             "tokens_per_s": self.tokens_per_step / step_s,
             "mfu": self.flops_per_step / step_s / self.peak_flops if self.peak_flops else None,
             "step_s": step_s,
+            "peak_memory_bytes": peak_memory,
         }
         if self.account.latest_kwh is not None:
             row["energy_kwh"] = self.account.latest_kwh  # the whole run's, as of the rank 0 monitor's last aggregation

@@ -1,18 +1,26 @@
-"""The peak resident memory of a rank's start-up: model construction, then engine set-up.
+"""Peak memory of stretches of a rank's life: model construction, engine set-up, each step.
 
-Linux keeps a process's peak resident set (VmHWM in /proc/self/status) and resets it when 5 is
+On a GPU a step's peak is the device's (torch's allocator keeps it and resets it on request). On
+the host, Linux keeps a process's peak resident set (VmHWM in /proc/self/status) and resets it when 5 is
 written to /proc/self/clear_refs, so each peak read here belongs to its own stretch, not to the
 imports before it. Without those files (not Linux) getrusage's lifetime peak is the nearest bound.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import resource
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 STATUS = Path("/proc/self/status")
 CLEAR_REFS = Path("/proc/self/clear_refs")
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+OWN_MAPPING_BYTES = 64 * 1024
+GLIBC_MAX_THRESHOLD_BYTES = 32 * 2**20
 
 
 @dataclass(frozen=True)
@@ -38,20 +46,52 @@ def _status_bytes(field: str) -> int | None:
 
 
 class PeakTracker:
-    """`lap()` returns the peak resident bytes since the previous lap (or since it was made)."""
+    """`lap()` returns the peak bytes since the previous lap (or since it was made): resident host
+    memory, or with `device="cuda"` the memory torch allocated on the current GPU."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: str = "cpu") -> None:
+        self.cuda = device.startswith("cuda")
         self._reset()
         self.before_bytes = _status_bytes("VmRSS") or 0
 
-    @staticmethod
-    def _reset() -> None:
+    def _reset(self) -> None:
+        if self.cuda:
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+            return
         try:
             CLEAR_REFS.write_text("5")
         except OSError:
             pass
 
     def lap(self) -> int:
-        peak = _status_bytes("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        if self.cuda:
+            import torch
+
+            peak = torch.cuda.max_memory_allocated()
+        else:
+            peak = _status_bytes("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         self._reset()
         return peak
+
+
+@contextmanager
+def returning_freed_memory() -> Iterator[None]:
+    """Inside, every host allocation of 64 KiB or more is a mapping of its own, returned to the system
+    when freed (glibc's `M_MMAP_THRESHOLD`).
+
+    Partitioned construction allocates each layer whole, keeps this rank's part and frees the rest,
+    layer after layer. From glibc's heap (where its dynamic threshold sends blocks up to 32 MiB)
+    those freed blocks stay resident between the partitions, and a rank ends up holding about a
+    whole model after all. Afterwards the threshold is fixed at glibc's own ceiling, so training
+    allocates as it would have. Nothing changes where the C library is not glibc."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is None or not mallopt(M_MMAP_THRESHOLD, OWN_MAPPING_BYTES):
+        yield
+        return
+    try:
+        yield
+    finally:
+        mallopt(M_MMAP_THRESHOLD, GLIBC_MAX_THRESHOLD_BYTES)

@@ -16,17 +16,20 @@ WHEELS=gpu-bundle/wheels
 OUT_DIR=${OUT:-.}
 mkdir -p "$OUT_DIR"
 exec > >(tee "$OUT_DIR/gpu-check.log") 2>&1
+tee_pid=$!
 
 if [ ! -f gpu-bundle/requirements.txt ] || ! ls "$WHEELS"/orchestrator-*.whl >/dev/null 2>&1; then
   echo "gpu-check: gpu-bundle/ is missing or incomplete: run bash scripts/gpu-bundle.sh where pip works, and carry gpu-bundle/"
   exit 2
 fi
-"$PYTHON" -m venv --system-site-packages "$VENV" || exit 2
+# Without ensurepip there, the venv borrows the machine's pip, which then installs into the venv.
+"$PYTHON" -m venv --system-site-packages "$VENV" 2>/dev/null || { rm -rf "$VENV"; "$PYTHON" -m venv --system-site-packages --without-pip "$VENV"; } || exit 2
 # python3 on the lent machine is itself a venv (/opt/torch/.venv); a venv made from it sees the base
 # interpreter's packages, not that venv's: those are added by a .pth file, behind the new venv's own.
 site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 "$PYTHON" -c 'import site, sys; print("\n".join(site.getsitepackages()) if sys.prefix != sys.base_prefix else "")' \
   > "$site/gpu-machine-packages.pth"
+"$VENV/bin/python" -m pip --version >/dev/null || { echo "gpu-check: no pip for $VENV"; exit 2; }
 
 # The project's requirements from the carried wheels, keeping the machine's versions where they satisfy them
 # (torch, transformers, ...); if they cannot be resolved together, every carried wheel as it is.
@@ -40,6 +43,11 @@ fi
 timeout 60 "${pip[@]}" --no-deps "$WHEELS"/orchestrator-*.whl || install=failed
 "$VENV/bin/python" -m pip check > "$VENV/pip-check.txt" 2>&1
 setup_s=$SECONDS
+budget_s=$((TOTAL_S > setup_s ? TOTAL_S - setup_s : 0))
 
-timeout $((TOTAL_S - setup_s + 30)) "$VENV/bin/python" bench/gpu.py --budget-s $((TOTAL_S - setup_s)) \
+timeout $((budget_s + 30)) "$VENV/bin/python" bench/gpu.py --budget-s "$budget_s" \
   --install "$install" --setup-s "$setup_s" --pip-check "$VENV/pip-check.txt"
+rc=$?
+exec >&- 2>&-  # tee sees the end and writes the last lines before the script exits
+wait "$tee_pid" 2>/dev/null
+exit $rc

@@ -22,7 +22,7 @@ from pathlib import Path
 from launch.engines.replica import parameter_digest
 from launch.memory import PeakTracker, StartupMemory
 from launch.rank_state import state_owner
-from orchestrator.model.build import build_model
+from orchestrator.model.build import build_model, import_model_code
 from orchestrator.model.inputs import Rows, model_inputs
 from orchestrator.recipe.schema import Recipe
 from orchestrator.rundir.layout import HOROVOD_STATE
@@ -125,6 +125,7 @@ class Engine:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         torch.manual_seed(recipe.train.seed)
+        import_model_code(recipe.model, plan.model.sizes)
         peaks = PeakTracker()
         # fp32 weights whatever the precision: autocast computes in 16 bits from them.
         self.model = build_model(recipe.model, plan.model.sizes, device=str(self.device),

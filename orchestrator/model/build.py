@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
+import importlib
 from contextlib import nullcontext
 
 from orchestrator.model.architectures import ARCHITECTURES, Sizes
 from orchestrator.model.spec import ModelSpec
+
+
+def _config(spec: ModelSpec, sizes: Sizes):
+    from transformers import AutoConfig
+
+    if spec.path is not None:
+        return AutoConfig.from_pretrained(str(spec.path))
+    arch = ARCHITECTURES[spec.arch]
+    return AutoConfig.for_model(arch.model_type, **arch.to_hf_config(sizes))
+
+
+def import_model_code(spec: ModelSpec, sizes: Sizes) -> None:
+    """Import the model's transformers class (and peft, for LoRA) ahead of `build_model`, so that
+    the memory a rank measures while building is the model's, not a hundred MB of code."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    MODEL_FOR_CAUSAL_LM_MAPPING[type(_config(spec, sizes))]
+    if spec.lora is not None:
+        importlib.import_module("peft")
 
 
 def build_model(spec: ModelSpec, sizes: Sizes, dtype: str = "float32", device: str | None = "cpu",
@@ -18,16 +38,14 @@ def build_model(spec: ModelSpec, sizes: Sizes, dtype: str = "float32", device: s
     `HfDeepSpeedConfig` alive around this call, and transformers then constructs and loads inside
     `deepspeed.zero.Init`, so each rank only ever holds its partition plus one gathered layer."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     if spec.path is not None:
         placement = {} if device is None else {"device_map": {"": device}}
         model = AutoModelForCausalLM.from_pretrained(str(spec.path), dtype=getattr(torch, dtype), **placement)
     else:
-        arch = ARCHITECTURES[spec.arch]
-        config = AutoConfig.for_model(arch.model_type, **arch.to_hf_config(sizes))
         with nullcontext() if device is None else torch.device(device):
-            model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+            model = AutoModelForCausalLM.from_config(_config(spec, sizes), dtype=getattr(torch, dtype))
     if activation_checkpointing:
         # Non-reentrant: gradients reach LoRA adapters and ZeRO-3's hooks without an input that requires grad.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
