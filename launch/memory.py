@@ -1,4 +1,5 @@
-"""Peak memory of stretches of a rank's life: model construction, engine set-up, each step.
+"""A rank's memory: the peaks of stretches of its life (model construction, engine set-up, each
+step), and freed memory handed back to the system where ZeRO-3 would leave it resident.
 
 On a GPU a step's peak is the device's (torch's allocator keeps it and resets it on request). On
 the host, Linux keeps a process's peak resident set (VmHWM in /proc/self/status) and resets it when 5 is
@@ -11,16 +12,13 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import resource
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 STATUS = Path("/proc/self/status")
 CLEAR_REFS = Path("/proc/self/clear_refs")
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 OWN_MAPPING_BYTES = 64 * 1024
-GLIBC_MAX_THRESHOLD_BYTES = 32 * 2**20
 
 
 @dataclass(frozen=True)
@@ -76,22 +74,15 @@ class PeakTracker:
         return peak
 
 
-@contextmanager
-def returning_freed_memory() -> Iterator[None]:
-    """Inside, every host allocation of 64 KiB or more is a mapping of its own, returned to the system
-    when freed (glibc's `M_MMAP_THRESHOLD`).
+def return_freed_memory() -> bool:
+    """From now on, every host allocation of 64 KiB or more is a mapping of its own, returned to the
+    system when freed (glibc's `M_MMAP_THRESHOLD`); False where the C library is not glibc.
 
-    Partitioned construction allocates each layer whole, keeps this rank's part and frees the rest,
-    layer after layer. From glibc's heap (where its dynamic threshold sends blocks up to 32 MiB)
-    those freed blocks stay resident between the partitions, and a rank ends up holding about a
-    whole model after all. Afterwards the threshold is fixed at glibc's own ceiling, so training
-    allocates as it would have. Nothing changes where the C library is not glibc."""
+    ZeRO-3 allocates whole tensors and frees them again all the time: each layer whole during
+    partitioned construction, then every layer's gathered parameters in every forward and backward.
+    From glibc's heap (where its dynamic threshold sends blocks up to 32 MiB) those freed blocks
+    stay resident: a rank ends up holding about a whole model at construction, and half again as
+    much as its model states through a step. The cost is a page fault per fresh page of such blocks."""
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     mallopt = getattr(libc, "mallopt", None)
-    if mallopt is None or not mallopt(M_MMAP_THRESHOLD, OWN_MAPPING_BYTES):
-        yield
-        return
-    try:
-        yield
-    finally:
-        mallopt(M_MMAP_THRESHOLD, GLIBC_MAX_THRESHOLD_BYTES)
+    return bool(mallopt and mallopt(M_MMAP_THRESHOLD, OWN_MAPPING_BYTES))

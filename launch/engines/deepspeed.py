@@ -14,7 +14,7 @@ from functools import partial
 from pathlib import Path
 
 from launch.engines.replica import parameter_digest
-from launch.memory import PeakTracker, StartupMemory, returning_freed_memory
+from launch.memory import PeakTracker, StartupMemory, return_freed_memory
 from launch.rank_state import state_owner
 from orchestrator.model.architectures import Sizes
 from orchestrator.model.build import build_model, import_model_code
@@ -63,18 +63,18 @@ class Engine:
         config = plan.backend_config
         self.partitioned = recipe.distributed.partitioned_construction
         import_model_code(recipe.model, plan.model.sizes)
+        if recipe.distributed.zero_stage == 3 and plan.topology.device == "cpu":
+            return_freed_memory()
         peaks = PeakTracker()
-        host_partitions = self.partitioned and plan.topology.device == "cpu"
-        with returning_freed_memory() if host_partitions else nullcontext():
-            model = self._build(recipe, plan.model.sizes, config, get_accelerator().current_device_name())
-            construction = peaks.lap()
-            schedule = partial(lr_multiplier, recipe.train)
-            self.engine, _, _, _ = deepspeed.initialize(
-                model=model,
-                model_parameters=[p for p in model.parameters() if p.requires_grad],  # the adapters alone under LoRA
-                config=config,
-                lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
-            )
+        model = self._build(recipe, plan.model.sizes, config, get_accelerator().current_device_name())
+        construction = peaks.lap()
+        schedule = partial(lr_multiplier, recipe.train)
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model,
+            model_parameters=[p for p in model.parameters() if p.requires_grad],  # the adapters alone under LoRA
+            config=config,
+            lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
+        )
         self.startup_memory = StartupMemory(peaks.before_bytes, construction, peaks.lap())
         self.device = get_accelerator().current_device_name()
         self.dtype = next(self.engine.module.parameters()).dtype  # the compute dtype attention masks must match

@@ -18,16 +18,38 @@ from typing import TYPE_CHECKING
 from orchestrator.errors import ResumeError
 
 if TYPE_CHECKING:
+    from orchestrator.model.architectures import Sizes
     from orchestrator.plan.arithmetic import Batch, Topology
     from orchestrator.recipe.schema import Recipe
 
 CONFIG_FILE = "ds_config.json"
 MODULE_STATES = "mp_rank_00_model_states.pt"
+BUCKET_FLOOR = 10**7
+"""Elements: below this a bucket would cut a small model into thousands of tiny collectives."""
+SUB_GROUP_FLOOR = 10**8
 
 
-def deepspeed_config(recipe: Recipe, batch: Batch, load_universal: bool = False) -> dict:
+def zero3_buffers(sizes: Sizes, num_params: int) -> dict:
+    """ZeRO-3's buffers sized to the model. Buckets as transformers' Trainer fills DeepSpeed's `auto`
+    values (hidden_size^2, 10 x hidden_size for parameters kept whole); at most about two layers of
+    gathered parameters live at once, where DeepSpeed's default of 1e9 keeps every parameter of a
+    model under a billion gathered from its forward to its backward (a whole model on every rank);
+    the optimizer stepped in sub-groups of about two layers, so its temporaries stay that small."""
+    h2 = sizes.hidden_size ** 2
+    two_layers = 2 * num_params // sizes.num_layers
+    return {
+        "reduce_bucket_size": max(h2, BUCKET_FLOOR),
+        "stage3_prefetch_bucket_size": max(int(0.9 * h2), BUCKET_FLOOR),
+        "stage3_param_persistence_threshold": 10 * sizes.hidden_size,
+        "stage3_max_live_parameters": max(two_layers, BUCKET_FLOOR),
+        "stage3_max_reuse_distance": max(two_layers, BUCKET_FLOOR),
+        "sub_group_size": max(two_layers, SUB_GROUP_FLOOR),
+    }
+
+
+def deepspeed_config(recipe: Recipe, batch: Batch, sizes: Sizes, num_params: int, load_universal: bool = False) -> dict:
     train, dist = recipe.train, recipe.distributed
-    zero: dict = {"stage": dist.zero_stage}
+    zero: dict = {"stage": dist.zero_stage, **(zero3_buffers(sizes, num_params) if dist.zero_stage == 3 else {})}
     if dist.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu"}
     if dist.offload_params:
@@ -69,8 +91,8 @@ class DeepSpeedBackend:
     name = "deepspeed"
     install_hint = "DeepSpeed is not installed: run `make setup` (or `pip install -e .`)"
 
-    def config_files(self, recipe: Recipe, batch: Batch, load_universal: bool = False) -> dict[str, dict]:
-        return {CONFIG_FILE: deepspeed_config(recipe, batch, load_universal)}
+    def config_files(self, recipe: Recipe, batch: Batch, sizes: Sizes, num_params: int, load_universal: bool = False) -> dict[str, dict]:
+        return {CONFIG_FILE: deepspeed_config(recipe, batch, sizes, num_params, load_universal)}
 
     def process_env(self, topology: Topology) -> dict[str, str]:
         """Without CUDA, DeepSpeed must be told before its first import that it runs on CPU."""

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from orchestrator.rundir.layout import HOROVOD_STATE
 
 if TYPE_CHECKING:
+    from orchestrator.model.architectures import Sizes
     from orchestrator.plan.arithmetic import Batch, Topology
     from orchestrator.recipe.schema import Recipe
 
@@ -42,7 +43,7 @@ class HorovodBackend:
     name = "horovod"
     install_hint = "Horovod is not installed: run `make horovod` (builds Horovod 0.28.1 with PyTorch and Gloo; see the README)"
 
-    def config_files(self, recipe: Recipe, batch: Batch, load_universal: bool = False) -> dict[str, dict]:
+    def config_files(self, recipe: Recipe, batch: Batch, sizes: Sizes, num_params: int, load_universal: bool = False) -> dict[str, dict]:
         return {CONFIG_FILE: horovod_config(recipe, batch)}
 
     def process_env(self, topology: Topology) -> dict[str, str]:

@@ -10,6 +10,7 @@ from orchestrator.backends.deepspeed import DeepSpeedBackend
 from orchestrator.backends.horovod import HorovodBackend
 
 if TYPE_CHECKING:
+    from orchestrator.model.architectures import Sizes
     from orchestrator.plan.arithmetic import Batch, Topology
     from orchestrator.recipe.schema import Recipe
 
@@ -20,9 +21,9 @@ class Backend(Protocol):
     install_hint: str
     """What to tell a user whose machine lacks the backend's library."""
 
-    def config_files(self, recipe: Recipe, batch: Batch, load_universal: bool = False) -> dict[str, dict]:
-        """Backend config files (name -> JSON content) the ranks read from the plan; `load_universal`
-        when resuming a checkpoint converted for another world size."""
+    def config_files(self, recipe: Recipe, batch: Batch, sizes: Sizes, num_params: int, load_universal: bool = False) -> dict[str, dict]:
+        """Backend config files (name -> JSON content) the ranks read from the plan, some buffers sized
+        to the model; `load_universal` when resuming a checkpoint converted for another world size."""
 
     def process_env(self, topology: Topology) -> dict[str, str]:
         """Variables every node launcher (and so every rank) needs before the library is imported."""

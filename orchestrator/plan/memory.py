@@ -52,9 +52,9 @@ def model_state_bytes(
     trainable = num_params if trainable_params is None else trainable_params
     mixed = precision != "fp32"
     param_b, grad_b = (2, 2) if mixed else (4, 4)
-    # ZeRO's optimizer keeps its own fp32 copy of the (partitioned) weights even when they are fp32
-    # already; without ZeRO, fp32 Adam updates the weights in place.
-    optim_b = 12 if mixed or zero_stage >= 1 else 8
+    # ZeRO-1/2's optimizer keeps its own fp32 copy of the partitioned weights even when they are
+    # fp32 already; ZeRO-3 (and plain fp32 Adam) updates fp32 weights in place.
+    optim_b = 12 if mixed or zero_stage in (1, 2) else 8
     n = world_size
     params = num_params * param_b / (n if zero_stage >= 3 else 1)
     grads = trainable * grad_b / (n if zero_stage >= 2 else 1)

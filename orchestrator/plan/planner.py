@@ -169,7 +169,7 @@ def make_plan(
         memory=memory,
         host_memory=host_memory,
         time=time,
-        backend_files=backend.config_files(recipe, batch, load_universal),
+        backend_files=backend.config_files(recipe, batch, model.sizes, model.num_params, load_universal),
         energy=_energy(recipe, env, topology, time, memory, checked.intensity),
         processes=[_local_process(backend.name, backend.process_env(topology), env, topology, run_dir)],
         data_cache_dir=env.cache_dir / "data",

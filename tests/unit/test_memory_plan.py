@@ -106,3 +106,13 @@ def test_an_unknown_architecture_is_counted_exactly_on_the_meta_device(tmp_path,
     assert lora.num_params - plan.num_params == 3 * 4 * ((64 + 64) + (64 + kv))
     with pytest.raises(RecipeError, match="not in this qwen2 model"):
         make_plan(load_recipe(FINETUNE, [*base, "model.lora.target_modules=[c_attn]"]), make_env(tmp_path))
+
+
+def test_zero3_buffers_are_sized_to_the_model(tmp_path):
+    big = plan_for(tmp_path, *SEVEN_B, "distributed.zero_stage=3").backend_files["ds_config.json"]["zero_optimization"]
+    two_layers = 2 * plan_for(tmp_path, *SEVEN_B).num_params // 32
+    assert big["reduce_bucket_size"] == 4096**2 and big["stage3_param_persistence_threshold"] == 40960
+    assert big["stage3_max_live_parameters"] == big["stage3_max_reuse_distance"] == two_layers  # not DeepSpeed's 1e9
+    tiny = plan_for(tmp_path, "distributed.zero_stage=3").backend_files["ds_config.json"]["zero_optimization"]
+    assert tiny["reduce_bucket_size"] == tiny["stage3_max_live_parameters"] == 10**7  # the floor: one bucket for a small model
+    assert "reduce_bucket_size" not in plan_for(tmp_path).backend_files["ds_config.json"]["zero_optimization"]
