@@ -165,6 +165,5 @@ class Engine:
         """A hash of the full parameters, bit for bit: equal on every rank when replicas agree."""
         import deepspeed
 
-        params = list(self.engine.module.parameters())
-        with deepspeed.zero.GatheredParameters(params, enabled=self.zero_stage == 3):
-            return parameter_digest(params)
+        return parameter_digest(self.engine.module.parameters(),
+                                lambda param: deepspeed.zero.GatheredParameters([param], enabled=self.zero_stage == 3))

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+from contextlib import nullcontext
+from typing import Callable
 
 
-def parameter_digest(params) -> str:
+def parameter_digest(params, whole: Callable = lambda param: nullcontext()) -> str:
+    """`whole(param)`: a context in which the parameter is whole on this rank (ZeRO-3 gathers it, one
+    at a time, so a model larger than one rank is never whole at once)."""
     digest = hashlib.sha256()
     for param in params:
-        digest.update(param.detach().float().cpu().numpy().tobytes())
+        with whole(param):
+            digest.update(param.detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
