@@ -29,10 +29,6 @@ class StartupMemory:
     setup_peak_bytes: int
     """While the engine partitioned the model and allocated its buffers."""
 
-    @property
-    def growth_bytes(self) -> int:
-        return max(self.construction_peak_bytes, self.setup_peak_bytes) - self.before_bytes
-
 
 def _status_bytes(field: str) -> int | None:
     try:
