@@ -207,19 +207,19 @@ class Trainer:
             # rank 0's state, and RNG states reseeded (per-rank streams cannot be carried over).
             state = rank_state.read(checkpoint, 0)
             self.engine.load_shards(Path(elastic["universal_root"]), found["tag"])
-            seed_everything(self.recipe.train.seed + state["step"] + self.engine.rank)
+            seed_everything(self.recipe.train.seed + state.step + self.engine.rank)
         else:
             state = rank_state.read(checkpoint, self.engine.rank)
             self.engine.load_shards(self.root, found["tag"])
             rank_state.restore_rng(state)
-        self.stream.load_state_dict(state["data"])
+        self.stream.load_state_dict(state.data)
         if self.is_logger:
-            self._restore_metrics(checkpoint, state["step"])
+            self._restore_metrics(checkpoint, state.step)
             if elastic:
                 self.event("elastic_resume", checkpoint=found["tag"], from_world_size=elastic["from_world_size"],
-                           to_world_size=self.world, consumed_samples=state["data"]["consumed_samples"])
+                           to_world_size=self.world, consumed_samples=state.data["consumed_samples"])
         self.engine.barrier()
-        return state["step"]
+        return state.step
 
     def _compatibility(self, checkpoint: Path) -> dict:
         """Whether this rank's world may continue the checkpoint; the elastic record when `orch run`

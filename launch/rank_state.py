@@ -2,18 +2,26 @@
 
 Without these a resumed run would draw other random numbers and other data than the run it
 continues; with them, per-step losses after a resume match an uninterrupted run bit for bit.
+The file is JSON (torch's RNG states as base64 bytes), never a pickle: a checkpoint handed to
+`orch run` must not be able to run code through it.
 torch is imported inside the functions: the node launcher imports this module (through the engines)
 for `state_owner` alone.
 """
 
 from __future__ import annotations
 
+import base64
 import random
 from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from orchestrator.rundir.layout import RANK_STATE, rank_state_owner
+
+LEGACY_RANK_STATE = "rank-{rank}.pt"
+"""The pickled form older versions wrote; refused, since unpickling it could run code."""
+
 
 def state_owner(name: str) -> int:
     """The rank whose state file this is; any other file of a checkpoint is rank 0's."""
@@ -25,47 +33,77 @@ class MissingRankState(RuntimeError):
     pass
 
 
-def capture(step: int, stream_state: dict) -> dict:
+class RngStates(BaseModel):
+    """Each generator's state in plain data: python's and numpy's tuples as lists, torch's bytes in base64."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    python: tuple[int, list[int], float | None]
+    numpy: tuple[str, list[int], int, int, float]
+    torch: str
+    cuda: list[str] | None = None
+
+
+class RankState(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    step: int
+    data: dict[str, int]
+    rng: RngStates
+
+
+def _bytes_of(tensor) -> str:
+    return base64.b64encode(tensor.numpy().tobytes()).decode()
+
+
+def _tensor_of(text: str):
     import torch
 
-    state = {
-        "step": step,
-        "data": stream_state,
-        "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
-    }
-    if torch.cuda.is_available():
-        state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
 
 
-def write(directory: Path, rank: int, state: dict) -> None:
+def capture(step: int, stream_state: dict) -> RankState:
     import torch
 
-    torch.save(state, directory / RANK_STATE.format(rank=rank))
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    cuda = [_bytes_of(s) for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else None
+    rng = RngStates(python=(version, list(internal), gauss), numpy=(name, keys.tolist(), pos, has_gauss, cached),
+                    torch=_bytes_of(torch.get_rng_state()), cuda=cuda)
+    return RankState(step=step, data=stream_state, rng=rng)
 
 
-def read(checkpoint: Path, rank: int) -> dict:
+def write(directory: Path, rank: int, state: RankState) -> None:
+    (directory / RANK_STATE.format(rank=rank)).write_text(state.model_dump_json())
+
+
+def read(checkpoint: Path, rank: int) -> RankState:
     path = checkpoint / RANK_STATE.format(rank=rank)
+    if not path.exists() and (checkpoint / LEGACY_RANK_STATE.format(rank=rank)).exists():
+        raise MissingRankState(
+            f"{checkpoint.name} keeps rank {rank}'s RNG and data state as a pickle (an older version's format), "
+            "which is not loaded since it can run code: start fresh with --fresh"
+        )
     if not path.exists():
         raise MissingRankState(
             f"{checkpoint.name} has no RNG and data state for rank {rank}: it was saved by another world size "
             "or is incomplete; resume at the saved world size, or start fresh with --fresh"
         )
+    try:
+        return RankState.model_validate_json(path.read_bytes())
+    except ValidationError as exc:
+        raise MissingRankState(f"{path.name} in {checkpoint.name} is not a rank state ({exc.errors()[0]['msg']}): "
+                               "start fresh with --fresh") from None
+
+
+def restore_rng(state: RankState) -> None:
     import torch
 
-    state = torch.load(path, weights_only=False)
-    for key in ("step", "data", "rng"):
-        if key not in state:
-            raise MissingRankState(f"{path.name} in {checkpoint.name} lacks `{key}`: start fresh with --fresh")
-    return state
-
-
-def restore_rng(state: dict) -> None:
-    import torch
-
-    rng = state["rng"]
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    torch.set_rng_state(rng["torch"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+    rng = state.rng
+    version, internal, gauss = rng.python
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = rng.numpy
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(_tensor_of(rng.torch))
+    if rng.cuda is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([_tensor_of(s) for s in rng.cuda])

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
+import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from orchestrator.errors import ResumeError
+from orchestrator.checkpoint import store
+from orchestrator.errors import CheckpointError, ResumeError
 
 if TYPE_CHECKING:
     from orchestrator.model.architectures import Sizes
@@ -103,9 +107,16 @@ class DeepSpeedBackend:
 
         if not torch.cuda.is_available():
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        # DeepSpeed's files are pickles and zero_to_fp32 unpickles them whole (weights_only=False):
+        # only files that match the checkpoint's manifest, with nothing added beside them, get there.
+        store.require_verified(root / tag)
         if zero_stage == 0:
             # zero_to_fp32 needs ZeRO optimizer shards, which stage 0 does not write; DeepSpeed keeps the whole module instead.
-            saved = torch.load(root / tag / MODULE_STATES, map_location="cpu", weights_only=False)
+            try:
+                saved = torch.load(root / tag / MODULE_STATES, map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError as exc:
+                raise CheckpointError(f"{tag}/{MODULE_STATES} holds more than tensors and plain data, so it is not loaded: "
+                                      f"{str(exc).splitlines()[0]}") from None
             return {name: tensor.float() for name, tensor in saved["module"].items()}, "module weights (ZeRO-0, no shards)"
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
@@ -116,12 +127,16 @@ class DeepSpeedBackend:
 
     def universal_checkpoint(self, checkpoint: Path, target: Path) -> Path | None:
         """ZeRO shards are laid out per rank: rewrite them per parameter (once) into `target`, from
-        which the ranks load with `checkpoint.load_universal`; returns the root holding it."""
-        if not (target / "zero").is_dir():
+        which the ranks load with `checkpoint.load_universal`; returns the root holding it. The
+        conversion gets a manifest of its own: a later resume reuses it only if it still verifies."""
+        if not store.verify(target).ok:
+            shutil.rmtree(target, ignore_errors=True)
             command = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(checkpoint),
                        "--output_folder", str(target), "--inject_missing_state"]
             result = subprocess.run(command, capture_output=True, text=True, env={"DS_ACCELERATOR": "cpu", **os.environ})
             if result.returncode != 0:
                 lines = (result.stderr or result.stdout).strip().splitlines() or ["no output"]
                 raise ResumeError(f"converting {checkpoint.name} to a universal checkpoint failed: {lines[-1]}")
+            names = sorted(p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file())
+            store.write_durably(target / store.MANIFEST, json.dumps({"files": store.describe_files(target, names)}))
         return target.parent

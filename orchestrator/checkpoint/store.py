@@ -18,6 +18,8 @@ from pathlib import Path
 
 import xxhash
 
+from orchestrator.errors import CheckpointError
+
 MANIFEST = "manifest.json"
 LATEST = "latest"
 STAGING_PREFIX = ".staging-"
@@ -106,22 +108,62 @@ class Verdict:
 
 
 def verify(checkpoint: Path) -> Verdict:
+    """Whether the directory holds exactly the files its manifest lists, each with its size and hash.
+    DeepSpeed's shards are pickles, unpickled only after this passes: a file added beside them
+    (DeepSpeed globs for its shards), a link, or a changed file fails it."""
     manifest_path = checkpoint / MANIFEST
     try:
-        manifest = json.loads(manifest_path.read_text())
+        files = json.loads(manifest_path.read_text())["files"]
+        assert_names(files)
     except FileNotFoundError:
         return Verdict(checkpoint, False, "no manifest (the save never committed)")
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         return Verdict(checkpoint, False, f"unreadable manifest: {exc}")
-    for name, expected in manifest.get("files", {}).items():
+    present, problem = _tree(checkpoint)
+    if problem:
+        return Verdict(checkpoint, False, problem)
+    for name, expected in files.items():
         path = checkpoint / name
-        if not path.is_file():
+        if name not in present:
             return Verdict(checkpoint, False, f"{name} is missing")
         if path.stat().st_size != expected["bytes"]:
             return Verdict(checkpoint, False, f"{name} has {path.stat().st_size} bytes, the manifest says {expected['bytes']}")
         if file_hash(path) != expected["xxh3_128"]:
             return Verdict(checkpoint, False, f"{name} does not match its content hash")
+    unlisted = sorted(name for name in present - set(files) if name != MANIFEST and not _RANK_LIST.match(name))
+    if unlisted:
+        return Verdict(checkpoint, False, f"{unlisted[0]} is not in the manifest")
     return Verdict(checkpoint, True)
+
+
+_RANK_LIST = re.compile(r"^rank-\d+\.files\.json$")
+
+
+def assert_names(files: dict) -> None:
+    """A manifest names files inside its checkpoint: relative, without `..`."""
+    for name in files:
+        parts = Path(name).parts
+        if Path(name).is_absolute() or ".." in parts or not parts:
+            raise ValueError(f"{name!r} is not a path inside the checkpoint")
+
+
+def _tree(checkpoint: Path) -> tuple[set[str], str]:
+    """Every regular file under the checkpoint (relative names), links never followed; or the first link found."""
+    present = set()
+    for directory, subdirs, names in os.walk(checkpoint, followlinks=False):
+        for name in [*subdirs, *names]:
+            path = Path(directory) / name
+            if path.is_symlink():
+                return set(), f"{path.relative_to(checkpoint).as_posix()} is a symbolic link"
+        present.update((Path(directory) / name).relative_to(checkpoint).as_posix() for name in names)
+    return present, ""
+
+
+def require_verified(checkpoint: Path) -> None:
+    """Raise unless the checkpoint verifies: called right before anything in it is unpickled."""
+    verdict = verify(checkpoint)
+    if not verdict.ok:
+        raise CheckpointError(f"{checkpoint.name} does not verify ({verdict.reason}): its files are not loaded")
 
 
 def read_manifest(checkpoint: Path) -> dict:

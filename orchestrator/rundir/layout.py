@@ -22,9 +22,9 @@ RELEASE_MANIFEST = "release.json"
 """In a release directory: the sha256 of every file (`orch verify`)."""
 HOROVOD_STATE = "horovod/state.pt"
 """Inside a Horovod checkpoint: the whole model and optimizer, once, so it loads at any world size."""
-RANK_STATE = "rank-{rank}.pt"
-"""Inside every checkpoint: each rank's RNG states, data position and step."""
-_RANK_STATE = re.compile(r"^rank-(\d+)\.pt$")
+RANK_STATE = "rank-{rank}.json"
+"""Inside every checkpoint: each rank's RNG states, data position and step, as JSON (no pickle)."""
+_RANK_STATE = re.compile(r"^rank-(\d+)\.json$")
 
 
 def rank_state_owner(name: str) -> int | None:

@@ -92,7 +92,7 @@ def test_rank_rank_ownership_of_files():
     assert owner_of("zero_pp_rank_3_mp_rank_00_optim_states.pt") == 3
     assert owner_of("bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt") == 1
     assert owner_of("mp_rank_00_model_states.pt") == 0
-    assert owner_of("rank-5.pt") == 5
+    assert owner_of("rank-5.json") == 5
     assert owner_of("metrics.jsonl") == 0
 
 
