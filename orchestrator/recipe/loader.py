@@ -95,7 +95,8 @@ def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict[st
         raise RecipeError([Problem("base", f"recipes extend each other in a cycle: {cycle}", Location(str(path)))])
     if not path.is_file():
         where = Location(str(chain[-1])) if chain else None
-        raise RecipeError([Problem("base" if chain else "", f"recipe file not found: {path}", where)])
+        what = "is a directory, not a recipe file" if path.is_dir() else "recipe file not found"
+        raise RecipeError([Problem("base" if chain else "", f"{what}: {path}", where)])
     data, locations = _parse_yaml(path)
     base = data.pop("base", None)
     if base is None:
@@ -108,15 +109,24 @@ def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict[st
 
 
 def _parse_yaml(path: Path) -> tuple[dict, dict[str, Location]]:
-    text = path.read_text()
+    where = Location(str(path))
     try:
-        data = yaml.safe_load(text)
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecipeError([Problem("", f"not a text file (byte {exc.start} is not UTF-8): is this really a recipe?", where)]) from None
+    except OSError as exc:
+        raise RecipeError([Problem("", f"cannot read the recipe: {exc.strerror}", where)]) from None
+    try:
         root = yaml.compose(text)
+        _refuse_recursive_aliases(root, (), str(path))
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else None
         reason = getattr(exc, "problem", None) or str(exc)
         raise RecipeError([Problem("", f"not valid YAML: {reason}", Location(str(path), line))]) from None
+    except RecursionError:
+        raise RecipeError([Problem("", "not a recipe: its YAML is nested too deeply to read", where)]) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -124,6 +134,23 @@ def _parse_yaml(path: Path) -> tuple[dict, dict[str, Location]]:
     locations: dict[str, Location] = {}
     _collect_lines(root, "", str(path), locations)
     return data, locations
+
+
+def _refuse_recursive_aliases(node: yaml.Node | None, ancestors: tuple[yaml.Node, ...], source: str,
+                              checked: set[int] | None = None) -> None:
+    """An anchor used inside itself (`a: &x [*x]`) makes an endless value that validation would recurse
+    into forever: refused, with the anchor's line. A node reached again through another alias is
+    checked once (`checked`), so a chain of aliases costs no more than the text."""
+    checked = set() if checked is None else checked
+    if node is None or isinstance(node, yaml.ScalarNode) or id(node) in checked:
+        return
+    if any(node is ancestor for ancestor in ancestors):
+        raise RecipeError([Problem("", "a YAML anchor is used inside itself (a recursive alias): write the value out",
+                                   Location(source, node.start_mark.line + 1))])
+    children = [child for pair in node.value for child in pair] if isinstance(node, yaml.MappingNode) else node.value
+    for child in children:
+        _refuse_recursive_aliases(child, (*ancestors, node), source, checked)
+    checked.add(id(node))
 
 
 def _collect_lines(node: yaml.Node | None, prefix: str, source: str, out: dict[str, Location]) -> None:
@@ -151,12 +178,14 @@ def _apply_override(data: dict, locations: dict[str, Location], override: str) -
     key = key.strip()
     if not sep or not key:
         return Problem("", "an override is written `section.key=value`", where)
+    parts = key.split(".")
+    if not all(part.strip() == part and part for part in parts):
+        return Problem("", f"malformed override `{override}`: its key has an empty or spaced part; write `section.key=value`", where)
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     node = data
-    parts = key.split(".")
     for part in parts[:-1]:
         child = node.get(part)
         if child is None:
