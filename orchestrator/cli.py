@@ -16,7 +16,7 @@ from typing import Annotated, Callable, Optional
 import typer
 
 from orchestrator.checkpoint.export import ExportDtype
-from orchestrator.errors import EXIT_FAILURE, EXIT_GATES_FAILED, OrchestratorError, ReleaseRefused, SlurmError
+from orchestrator.errors import EXIT_FAILURE, EXIT_GATES_FAILED, OrchestratorError, SlurmError
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "tiny-pretrain.yaml"
 
@@ -325,14 +325,8 @@ def release(
 
 @command
 def verify(release_dir: Annotated[Path, typer.Argument(help="A release directory.", show_default=False)]) -> None:
-    """Check every file of a release against its manifest (release.json)."""
-    from orchestrator.gates.release import RELEASE_FILE, verify_release
+    """Check a release against its manifest (release.json): every file, nothing added, no links; exit 6 if not."""
+    from orchestrator.gates.integrity import verify_release
 
-    if not (release_dir / RELEASE_FILE).is_file():
-        raise ReleaseRefused(f"{release_dir}: not a release (no {RELEASE_FILE})")
-    problems = verify_release(release_dir)
-    for problem in problems:
-        typer.secho(f"error: {problem}", err=True, fg=typer.colors.RED)
-    if problems:
-        raise typer.Exit(EXIT_FAILURE)
-    typer.echo(f"{release_dir}: every file matches release.json")
+    manifest = verify_release(release_dir)
+    typer.echo(f"{release_dir}: all {len(manifest.files)} files match release.json")

@@ -13,6 +13,8 @@ EXIT_BUDGET = 3
 """Stopped cleanly, with a checkpoint, because the energy or carbon budget was spent."""
 EXIT_GATES_FAILED = 4
 """A required gate failed, or a release was refused: pipelines stop on it."""
+EXIT_VERIFY_FAILED = 6
+"""`orch verify`: the directory is not an intact release (a changed, missing, added or linked file)."""
 EXIT_REQUEUE = 75
 """EX_TEMPFAIL, "try again later": checkpointed and stopped on a signal; the Slurm job requeues on it."""
 
@@ -112,3 +114,16 @@ class ReleaseRefused(OrchestratorError):
     """The checkpoint may not be released (not gated, gated on other content, failed, or the place is taken)."""
 
     exit_code = EXIT_GATES_FAILED
+
+
+class ReleaseInvalid(OrchestratorError):
+    """A release directory does not match its manifest or lacks what a release must hold; one line per problem."""
+
+    exit_code = EXIT_VERIFY_FAILED
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+    def lines(self) -> list[str]:
+        return list(self.problems)

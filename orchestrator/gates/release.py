@@ -1,7 +1,7 @@
 """`orch release RUN_DIR [--checkpoint N] [--to DIR] [--register]`: publish a checkpoint that passed.
 
-A release is refused unless `orch gate` passed every required gate on exactly this checkpoint's
-content. It holds the consolidated model (safetensors, config, tokenizer: `from_pretrained` loads
+A release is refused unless `orch gate` passed every gate the recipe requires (`gates.required`)
+on exactly this checkpoint's content. It holds the consolidated model (safetensors, config, tokenizer: `from_pretrained` loads
 it), a model card, the gate report, the energy bill, the recipe, the data manifest and
 `release.json`, the sha256 of every file. It is written beside its final place and renamed into
 it, then made read-only; a second release to the same place is refused.
@@ -9,7 +9,6 @@ it, then made read-only; a second release to the same place is refused.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,9 +19,12 @@ from pathlib import Path
 from orchestrator.checkpoint import store
 from orchestrator.errors import ReleaseRefused
 from orchestrator.gates.card import model_card
-from orchestrator.gates.report import GateReport
+from orchestrator.gates.integrity import ReleaseManifest, sha256
+from orchestrator.gates.report import GateReport, passes
+from orchestrator.gates.spec import GATE_NAMES
 from orchestrator.rundir.layout import RELEASE_MANIFEST, RunDir
-from orchestrator.rundir.records import read_plan, read_recipe
+from orchestrator.recipe.redact import redact_recipe
+from orchestrator.rundir.records import read_plan, read_recipe, recipe_yaml
 
 RELEASE_FILE = RELEASE_MANIFEST
 
@@ -35,15 +37,22 @@ class Release:
     registered: str | None = None
 
 
-def gate_report_for(run_dir: Path, checkpoint: Path) -> GateReport:
-    """The gate report of this checkpoint's content, or the reasons a release cannot go ahead."""
+def gate_report_for(run_dir: Path, checkpoint: Path, required: list[str] | None) -> GateReport:
+    """The gate report of this checkpoint's content, or the reasons a release cannot go ahead.
+    `required` is the recipe's `gates.required` (None: every gate that was not skipped); each must be
+    in the report and have passed, whatever the report itself marks as required."""
     path = RunDir(run_dir).gate_report(checkpoint.name)
     if not path.is_file():
         raise ReleaseRefused(f"{checkpoint.name} has not been gated: run `orch gate {run_dir} --checkpoint {store.step_of(checkpoint.name)}`")
     report = GateReport.read(path)
     if report.checkpoint_hash != store.content_hash(store.read_manifest(checkpoint)):
         raise ReleaseRefused(f"the gate results in {path} are for other content than {checkpoint.name} now holds: gate it again")
-    failed = report.failed_required()
+    results = {r.name: r for r in report.results}
+    absent = [name for name in GATE_NAMES if name not in results]
+    if absent:
+        raise ReleaseRefused(f"the gate report {path} lacks {', '.join(absent)}: gate {checkpoint.name} again")
+    wanted = required if required is not None else [r.name for r in report.results if r.status != "skipped"]
+    failed = [results[name] for name in wanted if not passes(results[name].status)]
     if failed:
         reasons = "; ".join(f"{r.name} {r.status}: {r.summary}" for r in failed)
         raise ReleaseRefused(f"{checkpoint.name} failed required gates: {reasons}")
@@ -56,7 +65,7 @@ def release(run_dir: Path, step: int | None = None, to: Path | None = None, regi
 
     run = RunDir(run_dir)
     checkpoint = choose_checkpoint(checkpoint_root(run.path), step)
-    report = gate_report_for(run.path, checkpoint)
+    report = gate_report_for(run.path, checkpoint, read_recipe(run).gates.required)
     target = (to or run.releases / checkpoint.name).absolute()
     if target.exists():
         raise ReleaseRefused(f"{target} already exists: a release is immutable; release to another --to")
@@ -93,7 +102,8 @@ def _add_records(run: RunDir, out: Path, report: GateReport) -> None:
     if run.energy_parts.is_dir():
         bill = bill_for(run.path)
         (out / "energy.json").write_text(json.dumps(bill, indent=2))
-    shutil.copy2(run.recipe, out / "recipe.yaml")
+    # Redacted again, not copied: a run planned before the planner redacted may hold a secret.
+    (out / "recipe.yaml").write_text(recipe_yaml(redact_recipe(read_recipe(run))[0]))
     for record in (run.data, run.provenance, run.summary):
         if record.exists():
             shutil.copy2(record, out / record.name)
@@ -101,26 +111,11 @@ def _add_records(run: RunDir, out: Path, report: GateReport) -> None:
 
 
 def _write_manifest(run: RunDir, out: Path, checkpoint: Path, report: GateReport) -> int:
-    files = {p.relative_to(out).as_posix(): _sha256(p) for p in sorted(out.rglob("*")) if p.is_file()}
-    manifest = {
-        "checkpoint": checkpoint.name,
-        "checkpoint_hash": report.checkpoint_hash,
-        "recipe_hash": report.recipe_hash,
-        "data_manifest_sha256": files.get(run.data.name),
-        "gates_passed": report.passed,
-        "files": files,
-    }
-    (out / RELEASE_FILE).write_text(json.dumps(manifest, indent=2))
+    files = {p.relative_to(out).as_posix(): sha256(p) for p in sorted(out.rglob("*")) if p.is_file()}
+    manifest = ReleaseManifest(checkpoint=checkpoint.name, checkpoint_hash=report.checkpoint_hash, recipe_hash=report.recipe_hash,
+                               data_manifest_sha256=files.get(run.data.name), gates_passed=report.passed, files=files)
+    (out / RELEASE_FILE).write_text(manifest.model_dump_json(indent=2))
     return len(files) + 1
-
-
-def verify_release(path: Path) -> list[str]:
-    """Files whose content no longer matches the release manifest (empty: the release verifies)."""
-    manifest = json.loads((path / RELEASE_FILE).read_text())
-    problems = [f"{name}: missing" for name in manifest["files"] if not (path / name).is_file()]
-    problems += [f"{name}: sha256 differs" for name, digest in manifest["files"].items() if (path / name).is_file() and _sha256(path / name) != digest]
-    extra = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()} - set(manifest["files"]) - {RELEASE_FILE}
-    return problems + [f"{name}: not in the manifest" for name in sorted(extra)]
 
 
 def register_release(path: Path, name: str) -> str:
@@ -146,14 +141,6 @@ def register_release(path: Path, name: str) -> str:
         pass  # already registered: this is a new version of it
     version = client.create_model_version(name, f"{run.info.artifact_uri}/release", run.info.run_id)
     return f"{name} version {version.version} in {uri}"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _make_read_only(path: Path) -> None:

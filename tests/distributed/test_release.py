@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.errors import EXIT_VERIFY_FAILED
 from tests.conftest import FAST, orch
 
 pytestmark = pytest.mark.distributed
@@ -65,7 +66,7 @@ def test_a_clean_run_passes_every_gate_and_releases_a_loadable_verified_model(cl
     (tampered / "README.md").chmod(0o644)
     (tampered / "README.md").write_text("a different card")
     check = orch("verify", str(tampered))
-    assert check.returncode == 1 and "README.md: sha256 differs" in check.stderr
+    assert check.returncode == EXIT_VERIFY_FAILED and "README.md: sha256 differs" in check.stderr
 
 
 def test_a_release_is_registered_in_mlflow_only_with_its_gates_passed(clean, tmp_path):

@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 
 from orchestrator.checkpoint import store
-from orchestrator.errors import ReleaseRefused
+from orchestrator.errors import EXIT_VERIFY_FAILED, ReleaseInvalid, ReleaseRefused
 from orchestrator.gates.contamination import overlap
 from orchestrator.gates.content import content_gate, find_personal_data, luhn_valid
 from orchestrator.gates.health import health_gate, loss_spikes
 from orchestrator.gates.memorisation import longest_verbatim, redraw_digits
-from orchestrator.gates.release import gate_report_for, verify_release
+from orchestrator.gates.integrity import REQUIRED_FILES, ReleaseManifest, sha256, verify_release
+from orchestrator.gates.release import gate_report_for
+from orchestrator.gates.spec import GATE_NAMES
 from orchestrator.gates.result import judge
 from orchestrator.gates.spec import ContentGate, HealthGate, MemorisationGate
 
@@ -112,9 +114,10 @@ def _checkpoint(tmp_path, files: dict) -> tuple:
     return run, checkpoint, store.content_hash(manifest)
 
 
-def _report(run, tag, content, status="pass"):
+def _report(run, tag, content, status="pass", gates=GATE_NAMES):
     (run / "gates").mkdir(exist_ok=True)
-    results = [{"name": "quality", "status": status, "value": 9.1, "threshold": 6.0, "required": True, "summary": "validation loss 9.1 (limit 6)"}]
+    results = [{"name": name, "status": "pass", "value": 1.0, "threshold": 2.0, "required": True, "summary": "fine"} for name in gates]
+    results[:1] = [{"name": "quality", "status": status, "value": 9.1, "threshold": 6.0, "required": True, "summary": "validation loss 9.1 (limit 6)"}]
     report = {"checkpoint": tag, "step": 10, "checkpoint_hash": content, "recipe_hash": "r", "evaluated_at": 0.0, "required": ["quality"],
               "passed": status == "pass", "results": results}
     (run / "gates" / f"{tag}.json").write_text(json.dumps(report))
@@ -123,29 +126,103 @@ def _report(run, tag, content, status="pass"):
 def test_release_needs_a_passing_report_for_this_very_content(tmp_path):
     run, checkpoint, content = _checkpoint(tmp_path, {"a.pt": {"bytes": 1, "xxh3_128": "aa"}})
     with pytest.raises(ReleaseRefused, match="has not been gated"):
-        gate_report_for(run, checkpoint)
+        gate_report_for(run, checkpoint, None)
     _report(run, checkpoint.name, content, status="fail")
     with pytest.raises(ReleaseRefused, match="failed required gates: quality fail: validation loss 9.1"):
-        gate_report_for(run, checkpoint)
+        gate_report_for(run, checkpoint, None)
     _report(run, checkpoint.name, "another content hash")
     with pytest.raises(ReleaseRefused, match="other content"):
-        gate_report_for(run, checkpoint)
+        gate_report_for(run, checkpoint, None)
     _report(run, checkpoint.name, content)
-    assert gate_report_for(run, checkpoint).passed
+    assert gate_report_for(run, checkpoint, None).passed
 
 
-def test_a_release_manifest_catches_changed_missing_and_added_files(tmp_path):
-    import hashlib
+def test_release_refuses_a_report_missing_the_gates_the_recipe_requires(tmp_path):
+    run, checkpoint, content = _checkpoint(tmp_path, {"a.pt": {"bytes": 1, "xxh3_128": "aa"}})
+    report = {"checkpoint": checkpoint.name, "step": 10, "checkpoint_hash": content, "recipe_hash": "r", "evaluated_at": 0.0,
+              "required": [], "passed": True, "results": []}
+    (run / "gates").mkdir()
+    (run / "gates" / f"{checkpoint.name}.json").write_text(json.dumps(report))
+    with pytest.raises(ReleaseRefused, match="lacks quality, health, memorisation, contamination, content, bias, budget"):
+        gate_report_for(run, checkpoint, None)
+    _report(run, checkpoint.name, content)  # every gate there, but the report marks only quality required
+    report = json.loads((run / "gates" / f"{checkpoint.name}.json").read_text())
+    report["results"][5].update(status="skipped", summary="no pairs file", required=False)
+    (run / "gates" / f"{checkpoint.name}.json").write_text(json.dumps(report))
+    assert gate_report_for(run, checkpoint, None).passed
+    with pytest.raises(ReleaseRefused, match="failed required gates: bias skipped: no pairs file"):
+        gate_report_for(run, checkpoint, ["quality", "bias"])
 
-    (tmp_path / "model.safetensors").write_bytes(b"weights")
-    (tmp_path / "README.md").write_text("card")
-    files = {name: hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() for name in ("model.safetensors", "README.md")}
-    (tmp_path / "release.json").write_text(json.dumps({"files": files}))
-    assert verify_release(tmp_path) == []
-    (tmp_path / "README.md").write_text("edited card")
-    (tmp_path / "extra.bin").write_bytes(b"x")
-    (tmp_path / "model.safetensors").unlink()
-    assert verify_release(tmp_path) == ["model.safetensors: missing", "README.md: sha256 differs", "extra.bin: not in the manifest"]
+
+def _release(path):
+    """A release directory as `orch release` lays it out, with its manifest."""
+    path.mkdir()
+    for name in ("model.safetensors", *REQUIRED_FILES):
+        (path / name).write_text(f"content of {name}")
+    (path / "adapter").mkdir()
+    (path / "adapter" / "adapter_config.json").write_text("{}")
+    files = {p.relative_to(path).as_posix(): sha256(p) for p in sorted(path.rglob("*")) if p.is_file()}
+    manifest = ReleaseManifest(checkpoint="step-00000010", checkpoint_hash="c", recipe_hash="r", data_manifest_sha256=None,
+                               gates_passed=True, files=files)
+    (path / "release.json").write_text(manifest.model_dump_json())
+    return path
+
+
+def _edit_manifest(path, change):
+    manifest = json.loads((path / "release.json").read_text())
+    change(manifest)
+    (path / "release.json").write_text(json.dumps(manifest))
+
+
+TAMPERING = {
+    "changed file": (lambda r, o: (r / "README.md").write_text("a different card"), "README.md: sha256 differs"),
+    "deleted file": (lambda r, o: (r / "config.json").unlink(), "config.json: missing"),
+    "added file": (lambda r, o: (r / "extra.bin").write_bytes(b"x"), "extra.bin: not in release.json"),
+    "linked directory": (lambda r, o: (r / "more").symlink_to(o, target_is_directory=True), "more: a symbolic link"),
+    "file swapped for a link outside": (lambda r, o: ((r / "recipe.yaml").unlink(), (r / "recipe.yaml").symlink_to(o / "recipe.yaml")),
+                                        "recipe.yaml: a symbolic link"),
+    "absolute path in the manifest": (lambda r, o: _edit_manifest(r, lambda m: m["files"].update({"/etc/passwd": "0" * 64})),
+                                      "release.json is not a release manifest: files: Value error, '/etc/passwd' is not a path inside the release"),
+    "parent path in the manifest": (lambda r, o: _edit_manifest(r, lambda m: m["files"].update({"adapter/../../x": "0" * 64})),
+                                    "is not a path inside the release"),
+    "weights deleted with their entry": (lambda r, o: ((r / "model.safetensors").unlink(), _edit_manifest(r, lambda m: m["files"].pop("model.safetensors"))),
+                                         "model.safetensors: a release must have its weights, and release.json lists none"),
+    "model card deleted with its entry": (lambda r, o: ((r / "README.md").unlink(), _edit_manifest(r, lambda m: m["files"].pop("README.md"))),
+                                          "README.md: a release must have it, and release.json does not list it"),
+    "added empty directory": (lambda r, o: (r / "empty").mkdir(), "empty/: an empty directory, not in release.json"),
+    "malformed release.json": (lambda r, o: (r / "release.json").write_text("{not json"), "release.json is not a release manifest: top level: Invalid JSON"),
+    "release.json of another shape": (lambda r, o: (r / "release.json").write_text('{"files": []}'), "release.json is not a release manifest: checkpoint: Field required"),
+    "no release.json": (lambda r, o: (r / "release.json").unlink(), "not a release (no release.json)"),
+}
+
+
+def test_an_intact_release_verifies(tmp_path):
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    release = _release(tmp_path / "release")
+    assert len(verify_release(release).files) == len(REQUIRED_FILES) + 2
+    result = CliRunner().invoke(app, ["verify", str(release)])
+    assert result.exit_code == 0 and "match release.json" in result.output
+
+
+@pytest.mark.parametrize("case", sorted(TAMPERING))
+def test_every_kind_of_release_tampering_fails_verify_with_one_line(tmp_path, case):
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    tamper, line = TAMPERING[case]
+    release, outside = _release(tmp_path / "release"), _release(tmp_path / "outside")
+    tamper(release, outside)
+    with pytest.raises(ReleaseInvalid) as raised:
+        verify_release(release)
+    assert len(raised.value.lines()) == 1 and line in raised.value.lines()[0]
+    result = CliRunner().invoke(app, ["verify", str(release)])
+    assert result.exit_code == EXIT_VERIFY_FAILED and "Traceback" not in result.output
+    (error,) = [row for row in result.output.splitlines() if row.startswith("error:")]
+    assert line in error
 
 
 def test_an_early_blow_up_is_caught_as_divergence():
