@@ -15,9 +15,15 @@ from orchestrator.spec import RuleViolation, Spec
 DEFAULT_BACKEND = "deepspeed"
 
 
+# Physical bounds past the largest clusters (about 10^5 accelerators, 8 or so to a node), so a
+# slipped digit fails at `validate` rather than as an sbatch request no scheduler can grant.
+MAX_NODES = 10**5
+MAX_PROCS_PER_NODE = 1024
+
+
 class ParallelSpec(Spec):
-    nodes: int = Field(1, gt=0)
-    procs_per_node: Union[int, Literal["auto"]] = "auto"
+    nodes: int = Field(1, gt=0, le=MAX_NODES)
+    procs_per_node: Union[Annotated[int, Field(le=MAX_PROCS_PER_NODE)], Literal["auto"]] = "auto"
     zero_stage: int = Field(2, ge=0, le=3)
     offload_optimizer: bool = False
     offload_params: bool = False

@@ -7,6 +7,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
+from orchestrator.model.spec import MAX_TOKENS
 from orchestrator.spec import RuleViolation, Spec
 
 BUILTIN_CORPORA = ("python-stdlib",)
@@ -16,7 +17,7 @@ class TokenizerSpec(Spec):
     """`kind: bpe` trains a byte-level BPE on the training text; `byte` needs no training; `path` loads one."""
 
     kind: Literal["bpe", "byte", "pretrained"] = "bpe"
-    vocab_size: int = Field(4096, ge=260)
+    vocab_size: int = Field(4096, ge=260, le=MAX_TOKENS)
     path: Optional[Path] = None
 
     @model_validator(mode="after")
@@ -68,7 +69,7 @@ class DataSpec(Spec):
     format: Literal["auto", "jsonl", "parquet", "text"] = "auto"
     text_field: str = "text"
     max_bytes: Optional[int] = Field(None, gt=0, description="cap on the text read, for quick runs")
-    seq_len: int = Field(256, gt=1)
+    seq_len: int = Field(256, gt=1, le=MAX_TOKENS)
     val_fraction: float = Field(0.05, ge=0.0, lt=0.5)
     tokenizer: TokenizerSpec = TokenizerSpec()
     canaries: CanarySpec = CanarySpec()

@@ -12,12 +12,20 @@ from orchestrator.spec import RuleViolation, Spec
 
 ArchName = Literal[tuple(ARCHITECTURES)]  # type: ignore[valid-type]
 
+# Physical bounds, each far past the largest model trained so far (widths near 2^14, a few hundred
+# layers, vocabularies near 2^18, contexts near 2^23), so a slipped digit fails at `validate` instead
+# of planning a model larger than every machine's memory together. MAX_TOKENS bounds vocabulary ids
+# and positions (sequence lengths) alike.
+MAX_WIDTH = 2**20
+MAX_LAYERS = 10**4
+MAX_TOKENS = 2**24
+
 
 class LoraSpec(Spec):
     """Parameter-efficient fine-tuning through `peft`: only the adapters train; the base stays frozen.
     The adapter is saved on its own at release, beside the merged model."""
 
-    rank: int = Field(8, ge=1)
+    rank: int = Field(8, ge=1, le=MAX_WIDTH)
     alpha: float = Field(16, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1)
@@ -28,13 +36,13 @@ class ModelSpec(Spec):
 
     arch: Optional[ArchName] = None
     path: Optional[Path] = None
-    hidden_size: int = 256
-    num_layers: int = 4
-    num_heads: int = 4
-    num_kv_heads: Optional[int] = None
-    intermediate_size: Optional[int] = None
-    max_position_embeddings: int = 1024
-    vocab_size: Optional[int] = None
+    hidden_size: int = Field(256, gt=0, le=MAX_WIDTH)
+    num_layers: int = Field(4, gt=0, le=MAX_LAYERS)
+    num_heads: int = Field(4, gt=0, le=MAX_WIDTH)
+    num_kv_heads: Optional[int] = Field(None, gt=0, le=MAX_WIDTH)
+    intermediate_size: Optional[int] = Field(None, gt=0, le=4 * MAX_WIDTH)
+    max_position_embeddings: int = Field(1024, gt=0, le=MAX_TOKENS)
+    vocab_size: Optional[int] = Field(None, gt=0, le=MAX_TOKENS)
     tie_embeddings: bool = True
     lora: Optional[LoraSpec] = None
 

@@ -10,6 +10,13 @@ from orchestrator.spec import RuleViolation, Spec
 
 Precision = Literal["fp32", "bf16", "fp16"]
 
+# Physical bounds, far past any real run, so a slipped digit is caught at `validate`, not days into a
+# job: 10^12 steps is 30 years at a step per millisecond; no device holds 2^20 sequences of one micro
+# batch, and no cluster takes 2^30 sequences in one optimizer step.
+MAX_STEPS = 10**12
+MAX_BATCH = 2**20
+MAX_GLOBAL_BATCH = 2**30
+
 
 class OptimizerSpec(Spec):
     name: Literal["adamw"] = "adamw"
@@ -30,10 +37,10 @@ class ScheduleSpec(Spec):
 class TrainSpec(Spec):
     """Give `global_batch_size` or `gradient_accumulation_steps`; the other follows from the world size."""
 
-    steps: int = Field(100, gt=0)
-    micro_batch_size: int = Field(8, gt=0)
-    global_batch_size: Optional[int] = Field(None, gt=0)
-    gradient_accumulation_steps: Optional[int] = Field(None, gt=0)
+    steps: int = Field(100, gt=0, lt=MAX_STEPS)
+    micro_batch_size: int = Field(8, gt=0, le=MAX_BATCH)
+    global_batch_size: Optional[int] = Field(None, gt=0, le=MAX_GLOBAL_BATCH)
+    gradient_accumulation_steps: Optional[int] = Field(None, gt=0, le=MAX_BATCH)
     optimizer: OptimizerSpec = OptimizerSpec()
     schedule: ScheduleSpec = ScheduleSpec()
     precision: Precision = "fp32"
