@@ -58,9 +58,9 @@ def command(function: Callable) -> Callable:
 @command
 def validate(recipe: RecipeArg, overrides: OverridesArg = None) -> None:
     """Check a recipe (schema, cross-field rules, batch arithmetic against this machine); exit 0 or 1."""
-    from orchestrator.plan.load import load_and_plan
+    from orchestrator.plan.load import validate_recipe
 
-    loaded, _, _ = load_and_plan(recipe, overrides, measure_cpu=False)
+    loaded, _ = validate_recipe(recipe, overrides)
     typer.echo(f"{recipe}: valid ({loaded.recipe.name}, hash {loaded.hash})")
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from orchestrator.env import EnvSnapshot, probe
+from orchestrator.errors import Problem, RecipeError
+from orchestrator.plan.memory import GiB, model_state_bytes
 from orchestrator.plan.planner import LaunchPlan, make_plan
 from orchestrator.recipe.loader import LoadedRecipe, load_recipe
 
@@ -24,3 +26,38 @@ def load_and_plan(
 
         target = cluster_env(env, loaded.recipe.slurm)
     return loaded, make_plan(loaded, target, run_dir=run_dir, dry_run=dry_run, load_universal=load_universal), env
+
+
+def validate_recipe(recipe: Path, overrides: list[str] | None) -> tuple[LoadedRecipe, LaunchPlan]:
+    """`orch validate`: the recipe loads, plans on this machine, and could run here at all. A plan
+    that no offload or partitioning can fit is an error; a tight one stays a warning of the plan."""
+    loaded, plan, _ = load_and_plan(recipe, overrides, measure_cpu=False)
+    problems = cannot_run(loaded, plan)
+    if problems:
+        raise RecipeError(problems)
+    return loaded, plan
+
+
+def cannot_run(loaded: LoadedRecipe, plan: LaunchPlan) -> list[Problem]:
+    """What the memory estimate proves impossible, not merely tight: the model's training state fully
+    partitioned and offloaded is more than all memory of all nodes (devices and host together), or
+    what never leaves a device (activations, ZeRO-3's gathered layer) is more than one device holds."""
+    memory, topology = plan.memory, plan.topology
+    frozen_base = plan.recipe.model.lora is not None  # the adapters' own state is small: counted as none
+    state = sum(model_state_bytes(plan.num_params, 0, 3, 1, plan.recipe.train.precision,
+                                  trainable_params=0 if frozen_base else None)[:3])
+    devices = topology.procs_per_node * memory.capacity_bytes if topology.device != "cpu" else 0
+    everything = topology.nodes * (plan.host_memory.capacity_bytes + devices)
+    problems = []
+    if state > everything:
+        problems.append(loaded.problem(
+            "model", f"its training state alone is {state / GiB:,.1f} GiB ({plan.num_params:,} parameters), more than all "
+            f"{everything / GiB:,.1f} GiB of memory on {topology.nodes} node(s), devices and host together: no offload can fit it; "
+            "make the model smaller or add nodes"))
+    resident = memory.activations_bytes + memory.gather_buffer_bytes
+    if resident > memory.capacity_bytes:
+        checkpointing = "" if plan.recipe.train.activation_checkpointing else " or set train.activation_checkpointing: true"
+        problems.append(loaded.problem(
+            "train.micro_batch_size", f"the activations alone need {resident / GiB:,.1f} GiB per device, more than its "
+            f"{memory.capacity_bytes / GiB:,.1f} GiB, and cannot be offloaded: lower train.micro_batch_size or data.seq_len{checkpointing}"))
+    return problems
