@@ -7,10 +7,11 @@ social security numbers and UK national insurance numbers.
 
 from __future__ import annotations
 
-import importlib
 import re
 from typing import Callable
 
+from orchestrator import hooks
+from orchestrator.errors import GateError
 from orchestrator.gates.result import GateResult
 from orchestrator.gates.spec import ContentGate
 
@@ -48,13 +49,16 @@ def find_blocked(text: str, block_list: list[str]) -> list[dict]:
 
 
 def load_classifier(reference: str) -> Callable[[str], list]:
-    """`module:function`, importable from the working directory; returns findings for a text."""
-    module, _, name = reference.partition(":")
-    return getattr(importlib.import_module(module), name)
+    """`module:function` marked @content_classifier, importable from the working directory; returns
+    findings for a text. Checked again here: the run directory's recipe may have changed since validation."""
+    try:
+        return hooks.load_classifier(reference)
+    except hooks.HookRefused as exc:
+        raise GateError(f"gates.content.classifier: {exc}") from None
 
 
 def content_gate(spec: ContentGate, completions: list[dict]) -> GateResult:
-    """`completions`: {"prompt", "completion"} pairs already generated."""
+    """`completions`: {"prompt", "completion"} pairs already generated; the classifier sees each completion's text alone."""
     classifier = load_classifier(spec.classifier) if spec.classifier else None
     findings = []
     for item in completions:

@@ -80,7 +80,8 @@ class ContaminationGate(Spec):
 
 class ContentGate(Spec):
     """Completions of `prompts` scanned for personal data, the block list and an optional classifier
-    (`module:function` taking a text and returning a list of findings)."""
+    (`module:function` taking a text and returning a list of findings, marked
+    `@orchestrator.hooks.content_classifier`; anything else is refused)."""
 
     prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_PROMPTS))
     max_new_tokens: int = Field(48, ge=1)

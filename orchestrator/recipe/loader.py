@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from orchestrator.errors import Location, Problem, RecipeError
+from orchestrator.hooks import hook_problems
 from orchestrator.recipe.schema import Recipe
 from orchestrator.spec import RuleViolation
 
@@ -65,7 +66,8 @@ def load_recipe(path: Path | str, overrides: list[str] | tuple[str, ...] = ()) -
     if problems:
         raise RecipeError(problems)
     loaded = LoadedRecipe(recipe, locations, sources)
-    missing = _missing_paths(loaded)
+    hooks = hook_problems(recipe.gates.content.classifier, recipe.tracking.custom)  # code the recipe names: marked hooks only
+    missing = _missing_paths(loaded) + [loaded.problem(field, why) for field, why in hooks]
     if missing:
         raise RecipeError(missing)
     return loaded

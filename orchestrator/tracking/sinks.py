@@ -7,7 +7,6 @@ artifacts. The libraries are imported when a sink opens, in the mirror's thread.
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 import time
@@ -15,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from orchestrator import hooks
 from orchestrator.rundir.layout import RunDir
 from orchestrator.tracking.spec import MlflowSpec, TensorBoardSpec, TrackingSpec, WandbSpec
 
@@ -174,8 +174,8 @@ class UnloadableSink:
 
 
 def _custom(reference: str) -> Sink:
-    module, _, name = reference.partition(":")
+    """Only a class marked @tracking_sink (orchestrator.hooks): the recipe in the run directory is data."""
     try:
-        return getattr(importlib.import_module(module), name)()
+        return hooks.load_sink_class(reference)()
     except Exception as exc:  # a user's class: whatever it raises is reported, not fatal
         return UnloadableSink(reference, exc)

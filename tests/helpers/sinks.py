@@ -1,4 +1,4 @@
-"""Tracking sinks the tests plug in through `tracking.custom` (the extension point users have)."""
+"""Tracking sinks the tests plug in through `tracking.custom` (the extension point users have, marked as users mark theirs)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ import json
 import os
 from pathlib import Path
 
+from orchestrator.hooks import tracking_sink
 
+
+@tracking_sink
 class Exploding:
     """A dashboard that is down: every call raises."""
 
@@ -25,6 +28,7 @@ class Exploding:
         raise ConnectionError("dashboard unreachable")
 
 
+@tracking_sink
 class Recording:
     """Appends every call to the file named by RECORDING_SINK_FILE (one JSON line per call)."""
 

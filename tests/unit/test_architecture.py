@@ -28,7 +28,7 @@ SHARED_WITH_THE_NODES = (
     "orchestrator.checkpoint.resume", "orchestrator.checkpoint.compat",
     "orchestrator.energy.bill", "orchestrator.energy.grid", "orchestrator.energy.hardware",
     "orchestrator.tracking.mirror", "orchestrator.tracking.sinks",
-    "orchestrator.hub", "orchestrator.env",
+    "orchestrator.hub", "orchestrator.env", "orchestrator.hooks",
 )
 NEVER_FROM_THE_NODES = ("orchestrator.cli", "orchestrator.plan", "orchestrator.slurm.submit", "orchestrator.execute", "orchestrator.gates.evaluate")
 

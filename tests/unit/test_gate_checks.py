@@ -66,7 +66,8 @@ def test_personal_data_detectors():
 
 
 def test_content_gate_counts_findings_block_list_and_classifier(tmp_path, monkeypatch):
-    (tmp_path / "my_classifier.py").write_text("def flag(text):\n    return ['shouting'] if text.isupper() else []\n")
+    (tmp_path / "my_classifier.py").write_text("from orchestrator.hooks import content_classifier\n\n\n"
+                                               "@content_classifier\ndef flag(text):\n    return ['shouting'] if text.isupper() else []\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     spec = ContentGate(block_list=["darn"], classifier="my_classifier:flag")
     completions = [{"prompt": "p", "completion": "well darn it"}, {"prompt": "p", "completion": "LOUD"},
