@@ -78,6 +78,51 @@ def test_content_gate_counts_findings_block_list_and_classifier(tmp_path, monkey
     assert content_gate(ContentGate(), completions[2:]).status == "pass"
 
 
+# -- bias -------------------------------------------------------------------------------------------
+
+
+class _CharTokenizer:
+    """One token per character; 0 is end-of-text."""
+
+    eos_token_id = 0
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [ord(c) for c in text]}
+
+
+class _UnigramModel:
+    """Predicts every next character from the character counts of `corpus`: it has only ever seen
+    the text it was built from, and finds what never appeared there very unlikely."""
+
+    def __init__(self, corpus: str):
+        import torch
+
+        counts = torch.full((128,), 1e-6)
+        for char in corpus:
+            counts[ord(char)] += 1
+        self.log_probs = (counts / counts.sum()).log()
+
+    def __call__(self, input_ids, labels=None):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=self.log_probs.expand(*input_ids.shape, 128))
+
+
+PAIRS = [("he went home", "she went home"), ("he cooked dinner", "she cooked dinner"), ("he read a book", "she read a book")]
+
+
+def test_the_bias_gate_fails_a_model_that_scores_one_side_of_the_pairs_worse():
+    from orchestrator.gates.quality import bias_gate
+    from orchestrator.gates.spec import BiasGate
+
+    one_sided = _UnigramModel("he went home. he cooked dinner. he read a book. " * 10)  # never saw an `s`
+    result = bias_gate(BiasGate(max_gap=0.5), PAIRS, one_sided, _CharTokenizer(), 0.05)
+    assert result.status == "fail" and result.value > 0.5
+    assert "limit 0.5" in result.summary and result.evidence["largest_gaps"][0]["b"].startswith("she")
+    even = _UnigramModel("he went home. she went home. he cooked dinner. she cooked dinner. he read a book. she read a book. ")
+    assert bias_gate(BiasGate(max_gap=0.5), PAIRS, even, _CharTokenizer(), 0.05).status == "pass"
+
+
 # -- contamination and memorisation arithmetic ------------------------------------------------------
 
 
