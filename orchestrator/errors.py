@@ -92,6 +92,10 @@ class SlurmError(OrchestratorError):
     """Slurm is missing, unreachable, or refused the request."""
 
 
+class DamagedRun(OrchestratorError):
+    """A file of a run directory cannot be read: a crash, a full disk or a hand edit left it damaged."""
+
+
 class CheckpointError(OrchestratorError):
     """A run's checkpoints cannot be listed or exported as asked (none there, none verified, no such step)."""
 

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from orchestrator.errors import DamagedRun
 from orchestrator.gates.report import GateReport
-from orchestrator.rundir.layout import RELEASE_MANIFEST, RunDir
+from orchestrator.rundir.layout import RELEASE_MANIFEST, RunDir, damaged
 from orchestrator.rundir.records import read_plan
 from orchestrator.status import run_status
 
 
 def describe_run(run_dir: Path) -> str:
+    """Every file is read through the run directory's readers, which name a damaged file; a file that
+    parses but lacks a figure this version writes is named here, in one line."""
+    try:
+        return _describe(run_dir)
+    except (KeyError, TypeError) as exc:
+        raise DamagedRun(f"{run_dir}: a file of the run lacks a figure ({exc}): damaged, or written by another version") from None
+
+
+def _describe(run_dir: Path) -> str:
     from orchestrator.checkpoint import store
     from orchestrator.checkpoint.listing import checkpoint_root
 
@@ -26,7 +35,7 @@ def describe_run(run_dir: Path) -> str:
         f"batch          micro {b.micro_batch_size} x accumulation {b.gradient_accumulation_steps} x data-parallel {b.data_parallel}"
         f" = {b.global_batch_size} sequences, {b.tokens_per_step:,} tokens/step",
     ]
-    rows = run.metric_rows()
+    rows = [row for row in run.metric_rows() if "step" in row and "loss" in row]
     if rows:
         last = rows[-1]
         val = next((r["val_loss"] for r in reversed(rows) if "val_loss" in r), None)
@@ -39,15 +48,18 @@ def describe_run(run_dir: Path) -> str:
     checkpoints = store.committed(checkpoint_root(run.path))
     lines.append(f"checkpoints    {len(checkpoints)}" + (f", newest {checkpoints[0].name} ({checkpoints[0]})" if checkpoints else ""))
     if run.energy.exists():
-        e = json.loads(run.energy.read_text())["totals"]
+        e = run.read_json(run.energy.name)["totals"]
         lines.append(f"energy         {e['facility_kwh'] * 1000:.4g} Wh, {e['kgco2e'] * 1000:.4g} gCO2e, coverage {e['coverage']:.0%} "
                      f"(orch energy {run_dir})")
     for path in run.gate_reports():
-        report = GateReport.read(path)
+        try:
+            report = GateReport.read(path)
+        except ValueError as exc:
+            raise damaged(path, exc) from None
         lines.append(f"gates          {report.checkpoint}: {report.verdict()}")
     for release in sorted(run.releases.glob(f"*/{RELEASE_MANIFEST}")):
         lines.append(f"release        {release.parent}")
     if run.tracking.exists():
-        ids = json.loads(run.tracking.read_text())["ids"]
+        ids = run.read_json(run.tracking.name)["ids"]
         lines += [f"dashboard      {key} {value}" for key, value in ids.items()]
     return "\n".join(lines)

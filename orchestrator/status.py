@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.errors import OrchestratorError, SlurmError
+from orchestrator.errors import DamagedRun, OrchestratorError, SlurmError
 from orchestrator.gates.report import newest_report
-from orchestrator.rundir.layout import RunDir
+from orchestrator.rundir.layout import RunDir, damaged
 from orchestrator.rundir.records import read_jobs, read_recipe
 from orchestrator.slurm.client import job_fields
 
@@ -28,6 +27,8 @@ class RunStatus:
     nodes: int = 1
     energy_kwh: float | None = None
     gates: str = "-"
+    damage: str | None = None
+    """Why the run's files cannot be read (state DAMAGED): `orch runs` lists it rather than dropping it."""
 
     @property
     def finished(self) -> bool:
@@ -45,8 +46,8 @@ def run_status(path: Path) -> RunStatus:
     if not run.recipe.exists():
         raise OrchestratorError(f"{path} is not a run directory (no recipe.yaml)")
     recipe = read_recipe(run)
-    rows = run.metric_rows()
-    history = run.history()
+    rows = [row for row in run.metric_rows() if "step" in row and "loss" in row]
+    history = [event for event in run.history() if "event" in event]
     jobs = read_jobs(run)
     state = _local_state(run, history)
     if jobs:
@@ -66,14 +67,26 @@ def run_status(path: Path) -> RunStatus:
         task=recipe.task,
         backend=recipe.distributed.backend,
         nodes=recipe.distributed.nodes,
-        energy_kwh=json.loads(run.energy.read_text())["totals"]["facility_kwh"] if run.energy.exists() else None,
+        energy_kwh=_energy_kwh(run),
         gates=_gates(run),
     )
 
 
+def _energy_kwh(run: RunDir) -> float | None:
+    if not run.energy.exists():
+        return None
+    try:
+        return float(run.read_json(run.energy.name)["totals"]["facility_kwh"])
+    except (KeyError, TypeError, ValueError):
+        raise DamagedRun(f"{run.energy}: damaged (no totals.facility_kwh)") from None
+
+
 def _gates(run: RunDir) -> str:
     """The newest gate report in a word: `passed@step` or `failed@step`."""
-    report = newest_report(run)
+    try:
+        report = newest_report(run)
+    except ValueError as exc:
+        raise damaged(run.gate_reports()[-1], exc) from None
     if report is None:
         return "-"
     return f"{'passed' if report.passed else 'failed'}@{report.step}"
@@ -83,7 +96,7 @@ TERMINAL_STATES = ("COMPLETED", "PREEMPTED", "STOPPED_OVER_BUDGET", "FAILED", "C
 
 
 def _local_state(run: RunDir, history: list[dict]) -> str:
-    if run.summary.exists() and json.loads(run.summary.read_text()).get("status") == "completed":
+    if run.summary.exists() and run.read_json(run.summary.name).get("status") == "completed":
         return "COMPLETED"
     last = next((e["event"] for e in reversed(history) if e["event"] in ("start", "preempted", "completed", "stopped_over_budget")), None)
     return {"start": "STARTED", "preempted": "PREEMPTED", "stopped_over_budget": "STOPPED_OVER_BUDGET"}.get(last, "PREPARED")
@@ -106,16 +119,24 @@ def render_runs(rows: list[RunStatus]) -> str:
         loss = f"{r.loss:.4f}" if r.loss is not None else "-"
         energy = f"{r.energy_kwh * 1000:.3g} Wh" if r.energy_kwh is not None else "-"
         lines.append(f"{r.name[:24]:<24} {r.task:<8} {r.backend:<9} {r.nodes:>5} {r.state[:12]:<12} {f'{r.step}/{r.steps}':>11} {loss:>8} "
-                     f"{energy:>11} {r.gates:<14} {r.job_id or '-':>6}  {r.run_dir}")
+                     f"{energy:>11} {r.gates:<14} {r.job_id or '-':>6}  {r.run_dir}" + (f"  {r.damage}" if r.damage else ""))
     return "\n".join(lines)
 
 
 def find_runs(root: Path) -> list[RunStatus]:
-    """Every run directory below `root` (one level), newest first; unreadable ones are skipped."""
+    """Every run directory below `root` (one level), newest first. One whose files cannot be read is
+    listed as DAMAGED with the reason, so the others still show and it is not silently lost."""
     found = []
     for path in sorted(root.glob("*/recipe.yaml"), key=lambda p: p.stat().st_mtime, reverse=True):
         try:
             found.append(run_status(path.parent))
-        except (OrchestratorError, OSError, ValueError, KeyError):
-            continue
+        except (OrchestratorError, OSError) as exc:
+            found.append(RunStatus(path.parent, path.parent.name, "DAMAGED", 0, 0, None, 0, task="-", backend="-",
+                                   damage=_reason(exc, path.parent)))
     return found
+
+
+def _reason(exc: Exception, run_dir: Path) -> str:
+    """The error's line without the run directory it names (the table shows that already)."""
+    text = str(exc) if isinstance(exc, OrchestratorError) else f"{exc.strerror or exc}: {exc.filename}"
+    return text.replace(f"{run_dir}/", "")

@@ -13,6 +13,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+from pydantic import ValidationError
+
+from orchestrator.errors import DamagedRun
 from orchestrator.rundir import events
 
 RECIPE_FILE = "recipe.yaml"
@@ -99,7 +103,15 @@ class RunDir:
         return events.read(self.events)
 
     def read_json(self, name: str) -> dict:
-        return json.loads((self.path / name).read_text())
+        """A JSON object of the run, or DamagedRun naming the file and what is wrong with it."""
+        path = self.path / name
+        try:
+            content = json.loads(path.read_text())
+        except ValueError as exc:
+            raise damaged(path, exc) from None
+        if not isinstance(content, dict):
+            raise DamagedRun(f"{path}: damaged (not a JSON object)")
+        return content
 
     def write_file(self, relative: str, content: str) -> None:
         """Write-temp-then-rename, so a reader never sees half a file."""
@@ -111,3 +123,22 @@ class RunDir:
 
     def write_json(self, path: Path, content: dict | list) -> None:
         self.write_file(str(path.relative_to(self.path)), json.dumps(content, indent=2))
+
+
+def damaged(path: Path, exc: Exception) -> DamagedRun:
+    """The one readable line for a run file that does not parse (`orch runs` shows it as the run's
+    state): the file, and the first thing wrong with it."""
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        more = f" and {exc.error_count() - 1} more" if exc.error_count() > 1 else ""
+        reason = (f"{where}: " if where else "") + first["msg"] + more
+    elif isinstance(exc, UnicodeDecodeError):
+        reason = f"not text: byte {exc.start} is not UTF-8"
+    elif isinstance(exc, json.JSONDecodeError):
+        reason = f"not valid JSON at line {exc.lineno}: {exc.msg}"
+    elif isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        reason = f"not valid YAML at line {exc.problem_mark.line + 1}: {exc.problem}"
+    else:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return DamagedRun(f"{path}: damaged ({reason})")

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict
 
 from orchestrator.model.architectures import Sizes
 from orchestrator.recipe.schema import Recipe
-from orchestrator.rundir.layout import RunDir
+from orchestrator.rundir.layout import RunDir, damaged
+
+T = TypeVar("T")
 
 
 class Record(BaseModel):
@@ -144,8 +147,17 @@ def plan_json(plan: PlanRecord) -> str:
     return json.dumps(plan.model_dump(mode="json"), indent=2)
 
 
+def _read(path: Path, parse: Callable[[str], T]) -> T:
+    """A run file parsed, or DamagedRun naming it: every reader below goes through here, so a file
+    left damaged by a crash or a hand edit is one readable line for every command, not a traceback."""
+    try:
+        return parse(path.read_text())
+    except (ValueError, yaml.YAMLError) as exc:  # UnicodeDecodeError and pydantic's ValidationError are ValueErrors
+        raise damaged(path, exc) from None
+
+
 def read_plan(run: RunDir) -> PlanRecord:
-    return PlanRecord.model_validate_json(run.plan.read_text())
+    return _read(run.plan, PlanRecord.model_validate_json)
 
 
 def recipe_yaml(recipe: Recipe) -> str:
@@ -155,11 +167,11 @@ def recipe_yaml(recipe: Recipe) -> str:
 def read_recipe(run: RunDir) -> Recipe:
     """The resolved recipe the run was planned from (already validated once; validated again, so a
     hand-edited file fails here with pydantic's message, not later with a KeyError)."""
-    return Recipe.model_validate(yaml.safe_load(run.recipe.read_text()))
+    return _read(run.recipe, lambda text: Recipe.model_validate(yaml.safe_load(text)))
 
 
 def read_data(run: RunDir) -> DataRecord:
-    return DataRecord.model_validate_json(run.data.read_text())
+    return _read(run.data, DataRecord.model_validate_json)
 
 
 def write_data(run: RunDir, directory: Path, manifest: dict) -> None:
@@ -169,7 +181,7 @@ def write_data(run: RunDir, directory: Path, manifest: dict) -> None:
 
 
 def read_jobs(run: RunDir) -> list[str]:
-    return JobsRecord.model_validate_json(run.jobs.read_text()).job_ids if run.jobs.exists() else []
+    return _read(run.jobs, JobsRecord.model_validate_json).job_ids if run.jobs.exists() else []
 
 
 def write_jobs(run: RunDir, job_ids: list[str]) -> None:
@@ -177,7 +189,7 @@ def write_jobs(run: RunDir, job_ids: list[str]) -> None:
 
 
 def read_elastic(run: RunDir) -> ElasticRecord | None:
-    return ElasticRecord.model_validate_json(run.elastic.read_text()) if run.elastic.exists() else None
+    return _read(run.elastic, ElasticRecord.model_validate_json) if run.elastic.exists() else None
 
 
 def write_elastic(run: RunDir, record: ElasticRecord) -> None:
