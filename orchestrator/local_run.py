@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from orchestrator.checkpoint.resume import check_resume, set_run_aside
+from orchestrator.checkpoint.resume import check_resume, check_run_dir, set_run_aside
 from orchestrator.errors import ResumeError
 from orchestrator.plan.load import load_and_plan
 from orchestrator.plan.planner import LaunchPlan
@@ -25,6 +25,7 @@ def plan_local_run(
     if resume is not None and not resume.is_dir():
         raise ResumeError(f"--resume {resume}: no such run directory")
     loaded, plan, _ = load_and_plan(recipe, overrides, run_dir=resume or run_dir, dry_run=dry_run)
+    check_run_dir(plan.run_dir, fresh)
     if fresh and plan.run_dir.exists():
         say(f"set aside the previous run as {set_run_aside(plan.run_dir)}")
     world = plan.topology.world_size

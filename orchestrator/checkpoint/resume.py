@@ -13,6 +13,7 @@ from pathlib import Path
 from orchestrator.checkpoint import store
 from orchestrator.checkpoint.compat import recipe_changes, world_change
 from orchestrator.errors import ResumeError
+from orchestrator.rundir.layout import PLAN_FILE, RECIPE_FILE, RunDir
 
 
 def newest_manifest(checkpoint_dir: Path) -> dict | None:
@@ -52,8 +53,21 @@ def check_resume(checkpoint_dir: Path, recipe: dict, world_size: int) -> tuple[d
     return manifest, safe
 
 
+def check_run_dir(run_dir: Path, fresh: bool) -> None:
+    """Refuse a run directory `orch run` must not take, before it writes anything there: the root (it
+    has no name to set aside under), or, with `fresh`, a directory that is not a run's and is not empty
+    (`--run-dir .` by mistake): `--fresh` would rename the user's own directory."""
+    if not run_dir.absolute().name:
+        raise ResumeError(f"--run-dir {run_dir}: the root directory cannot be a run directory; give a directory for this run")
+    run = RunDir(run_dir)
+    if fresh and run_dir.is_dir() and not (run.plan.is_file() or run.recipe.is_file()) and any(run_dir.iterdir()):
+        raise ResumeError(f"--fresh --run-dir {run_dir}: not a run directory (no {PLAN_FILE} or {RECIPE_FILE}) and not empty, "
+                          "so it is not set aside; give a new directory or an earlier run's")
+
+
 def set_run_aside(run_dir: Path) -> Path:
-    """`--fresh`: the old run is renamed, never deleted."""
+    """`--fresh`: the old run is renamed, never deleted; `orch run` has refused what is not a run's
+    (`check_run_dir`) before taking the directory."""
     target = run_dir.with_name(f"{run_dir.name}.set-aside-{time.strftime('%Y%m%d-%H%M%S')}")
     os.rename(run_dir, target)
     return target
