@@ -1,0 +1,162 @@
+"""A corpus of what careless users and crashes hand `orch`: malformed recipes (`corpus/`), malformed
+overrides, and damaged run directories (built below). Every case runs the real CLI and must end in
+a non-zero exit and at most a few readable lines saying what is wrong, never a traceback; damage that
+`orch` must read past (a torn last line, one damaged run among others) must succeed instead.
+
+Add a case here for every such input found in the field.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+from orchestrator.recipe.loader import load_recipe
+from orchestrator.rundir.records import recipe_yaml
+from tests.conftest import TINY, write_plan
+
+CORPUS = Path(__file__).parent / "corpus"
+MAX_LINES = 3
+TORN = '{"step": 3, "loss": 1.9, "tok'
+"""What a crash or a full disk leaves at the end of a JSON-lines log: a row cut short, no newline."""
+
+
+@dataclass(frozen=True)
+class Case:
+    argv: Callable[[Path], list[str]]
+    """The command line, given a fresh temporary directory to build damage in."""
+    says: str
+    """Part of the one readable line (or, for `succeeds`, of the output)."""
+    succeeds: bool = False
+    kept: str | None = None
+    """A file (relative to the temporary directory) that must still be there afterwards: nothing lost."""
+
+
+def recipe(name: str, *overrides: str) -> Callable[[Path], list[str]]:
+    return lambda tmp: ["validate", str(CORPUS / name), *overrides]
+
+
+def override(*overrides: str) -> Callable[[Path], list[str]]:
+    return lambda tmp: ["validate", str(TINY), *overrides]
+
+
+def run_dir(tmp: Path, name: str = "run", **damage: str | bytes) -> Path:
+    """A run directory as `orch run` leaves it after two logged steps, then `damage`: file name ->
+    content replacing it, or appended to it when the name starts with `+`."""
+    run = tmp / name
+    write_plan(run)
+    (run / "recipe.yaml").write_text(recipe_yaml(load_recipe(TINY, [f"name={name}"]).recipe))
+    (run / "events.jsonl").write_text(json.dumps({"event": "start", "time": 0.0}) + "\n")
+    rows = [{"step": s, "loss": 2.0, "tokens_per_s": 100.0, "lr": 1e-3} for s in (1, 2)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for file, content in damage.items():
+        path = run / file.lstrip("+")
+        data = content.encode() if isinstance(content, str) else content
+        path.write_bytes((path.read_bytes() if file.startswith("+") else b"") + data)
+    return run
+
+
+def on_run(command: str, **damage: str | bytes) -> Callable[[Path], list[str]]:
+    return lambda tmp: [command, str(run_dir(tmp, **damage))]
+
+
+def listing(**damage: str | bytes) -> Callable[[Path], list[str]]:
+    """`orch runs` over a healthy run and a damaged one."""
+
+    def argv(tmp: Path) -> list[str]:
+        run_dir(tmp, "healthy")
+        run_dir(tmp, "damaged", **damage)
+        return ["runs", str(tmp)]
+
+    return argv
+
+
+def directory_recipe(tmp: Path) -> list[str]:
+    (tmp / "recipes").mkdir()
+    return ["validate", str(tmp / "recipes")]
+
+
+def deeply_nested(tmp: Path) -> list[str]:
+    path = tmp / "deep.yaml"
+    path.write_text("name: " + "[" * 5000 + "]" * 5000 + "\n")
+    return ["validate", str(path)]
+
+
+def fresh_into(target: Callable[[Path], Path]) -> Callable[[Path], list[str]]:
+    return lambda tmp: ["run", str(TINY), "--fresh", "--run-dir", str(target(tmp))]
+
+
+def user_directory(tmp: Path) -> Path:
+    """A directory of the user's own (`--run-dir .` by mistake): not a run's, not empty."""
+    (tmp / "project").mkdir()
+    (tmp / "project" / "notes.txt").write_text("mine\n")
+    return tmp / "project"
+
+
+CASES = {
+    # Recipes a user should not have given, and overrides mistyped.
+    "binary-file": Case(recipe("binary.yaml"), "not a text file"),
+    "recursive-anchor": Case(recipe("recursive-anchor.yaml"), "anchor is used inside itself"),
+    "deeply-nested": Case(deeply_nested, "nested too deeply"),
+    "directory-as-recipe": Case(directory_recipe, "is a directory"),
+    "empty-file": Case(recipe("empty.yaml"), "required key is missing"),
+    "top-level-list": Case(recipe("top-level-list.yaml"), "mapping of sections"),
+    "invalid-yaml": Case(recipe("invalid-yaml.yaml"), "not valid YAML"),
+    "wrong-types": Case(recipe("wrong-types.yaml"), "train.steps: input should be a valid integer"),
+    "section-typo": Case(recipe("section-typo.yaml"), "did you mean `train`"),
+    "missing-base": Case(recipe("missing-base.yaml"), "recipe file not found"),
+    "missing-data-file": Case(recipe("missing-data-file.yaml"), "path does not exist"),
+    "negative-batch": Case(recipe("negative-batch.yaml"), "train.micro_batch_size: input should be greater than 0"),
+    "zero-heads": Case(recipe("zero-heads.yaml"), "model.num_heads: input should be greater than 0"),
+    "world-not-dividing": Case(recipe("world-not-dividing.yaml"), "is not divisible"),
+    "absurd-steps": Case(recipe("absurd-steps.yaml"), "train.steps: input should be less than"),
+    "absurd-model": Case(recipe("absurd-model.yaml"), "model.hidden_size: input should be less than or equal"),
+    "state-beyond-all-memory": Case(recipe("cannot-fit.yaml"), "no offload can fit it"),
+    "activations-beyond-a-device": Case(recipe("activations-cannot-fit.yaml"), "activations alone"),
+    "override-double-dot": Case(override("train..steps=5"), "malformed override `train..steps=5`"),
+    "override-leading-dot": Case(override(".steps=5"), "malformed override `.steps=5`"),
+    "override-unknown-key": Case(override("train.stepz=5"), "did you mean `steps`"),
+    "override-without-value": Case(override("train.steps"), "written `section.key=value`"),
+    # Run directories a crash, a full disk or a hand edit damaged.
+    "torn-metrics-status": Case(on_run("status", **{"+metrics.jsonl": TORN}), "step 2/", succeeds=True),
+    "torn-events-show": Case(on_run("show", **{"+events.jsonl": '{"event": "checkp'}), "latest         step 2", succeeds=True),
+    "torn-metrics-runs": Case(listing(**{"+metrics.jsonl": TORN}), "2/150", succeeds=True),
+    "torn-events-emit-only": Case(lambda tmp: ["submit", str(TINY), "--emit-only", "--run-dir",
+                                               str(run_dir(tmp, **{"+events.jsonl": '{"event": "checkpoint", "st'}))],
+                                  "#SBATCH", succeeds=True),
+    "garbage-recipe-runs": Case(listing(**{"recipe.yaml": "name: [unclosed\n"}), "DAMAGED", succeeds=True),
+    "garbage-slurm-runs": Case(listing(**{"slurm.json": "{not json"}), "slurm.json: damaged", succeeds=True),
+    "garbage-recipe-status": Case(on_run("status", **{"recipe.yaml": "name: [unclosed\n"}), "recipe.yaml: damaged"),
+    "binary-recipe-show": Case(on_run("show", **{"recipe.yaml": b"\xff\xfe\x00\x01"}), "recipe.yaml: damaged"),
+    "garbage-slurm-status": Case(on_run("status", **{"slurm.json": "{not json"}), "slurm.json: damaged"),
+    "garbage-slurm-cancel": Case(on_run("cancel", **{"slurm.json": "[4242]"}), "slurm.json: damaged"),
+    "garbage-plan-checkpoints": Case(on_run("checkpoints", **{"plan.json": '{"run_dir": '}), "plan.json: damaged"),
+    "garbage-summary-show": Case(on_run("show", **{"summary.json": '{"status": "compl'}), "summary.json: damaged"),
+    "not-a-run-status": Case(lambda tmp: ["status", str(tmp)], "not a run directory"),
+    # Directories `orch run` must not take.
+    "fresh-into-user-directory": Case(fresh_into(user_directory), "not a run directory", kept="project/notes.txt"),
+    "fresh-into-root": Case(fresh_into(lambda tmp: Path("/")), "root directory"),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_bad_input_gives_a_readable_line(name, tmp_path):
+    case = CASES[name]
+    result = CliRunner().invoke(app, case.argv(tmp_path))
+    assert case.says in result.output, result.output
+    assert "Traceback" not in result.output
+    if case.succeeds:
+        assert result.exit_code == 0 and result.exception is None, result.output
+        return
+    # An exception the CLI did not turn into an exit (a bug) reaches CliRunner as itself, not SystemExit.
+    assert isinstance(result.exception, SystemExit) and result.exit_code != 0, repr(result.exception)
+    assert len(result.output.strip().splitlines()) <= MAX_LINES, result.output
+    assert result.output.startswith("error: "), result.output
+    if case.kept:
+        assert (tmp_path / case.kept).is_file()
