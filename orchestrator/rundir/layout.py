@@ -107,7 +107,7 @@ class RunDir:
         path = self.path / name
         try:
             content = json.loads(path.read_text())
-        except ValueError as exc:
+        except (OSError, ValueError) as exc:
             raise damaged(path, exc) from None
         if not isinstance(content, dict):
             raise DamagedRun(f"{path}: damaged (not a JSON object)")
@@ -137,6 +137,8 @@ def damaged(path: Path, exc: Exception) -> DamagedRun:
         reason = f"not text: byte {exc.start} is not UTF-8"
     elif isinstance(exc, json.JSONDecodeError):
         reason = f"not valid JSON at line {exc.lineno}: {exc.msg}"
+    elif isinstance(exc, OSError):
+        reason = exc.strerror or type(exc).__name__
     elif isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
         reason = f"not valid YAML at line {exc.problem_mark.line + 1}: {exc.problem}"
     else:

@@ -152,7 +152,7 @@ def _read(path: Path, parse: Callable[[str], T]) -> T:
     left damaged by a crash or a hand edit is one readable line for every command, not a traceback."""
     try:
         return parse(path.read_text())
-    except (ValueError, yaml.YAMLError) as exc:  # UnicodeDecodeError and pydantic's ValidationError are ValueErrors
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # UnicodeDecodeError and pydantic's ValidationError are ValueErrors
         raise damaged(path, exc) from None
 
 

@@ -76,3 +76,25 @@ def test_the_node_launcher_starts_its_ranks_without_importing_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""
+
+
+def test_validate_refuses_only_what_cannot_run(tmp_path):
+    """A plan that will not fit as written stays a warning (offload or ZeRO-3 fixes it); one that no
+    offload can fit, or whose activations alone pass a device's memory, is a problem for `validate`."""
+    from orchestrator.env import GpuInfo
+    from orchestrator.plan.load import cannot_run
+    from orchestrator.plan.planner import make_plan
+    from orchestrator.recipe.loader import load_recipe
+    from tests.conftest import make_env
+
+    def plan(*overrides):
+        loaded = load_recipe(TINY, ["distributed.procs_per_node=1", *overrides])
+        return loaded, make_plan(loaded, make_env(tmp_path, gpus=(GpuInfo("NVIDIA A10", 24 * 2**30, 8.6),)))
+
+    tight = plan("model.hidden_size=2048", "model.num_layers=28", "model.num_heads=16", "model.intermediate_size=5504",
+                 "train.precision=bf16", "train.global_batch_size=8", "distributed.zero_stage=0")
+    assert not tight[1].memory.fits and cannot_run(*tight) == []
+    state = cannot_run(*plan("model.hidden_size=65536", "model.num_layers=1000", "model.num_heads=64"))[0]
+    assert state.path == "model" and "no offload can fit it" in state.message
+    (activations,) = cannot_run(*plan("train.micro_batch_size=65536", "train.global_batch_size=65536"))
+    assert activations.path == "train.micro_batch_size" and "cannot be offloaded" in activations.message

@@ -88,6 +88,12 @@ def deeply_nested(tmp: Path) -> list[str]:
     return ["validate", str(path)]
 
 
+def _recipe_as_directory(run: Path) -> Path:
+    (run / "recipe.yaml").unlink()
+    (run / "recipe.yaml").mkdir()
+    return run
+
+
 def fresh_into(target: Callable[[Path], Path]) -> Callable[[Path], list[str]]:
     return lambda tmp: ["run", str(TINY), "--fresh", "--run-dir", str(target(tmp))]
 
@@ -138,6 +144,7 @@ CASES = {
     "garbage-slurm-cancel": Case(on_run("cancel", **{"slurm.json": "[4242]"}), "slurm.json: damaged"),
     "garbage-plan-checkpoints": Case(on_run("checkpoints", **{"plan.json": '{"run_dir": '}), "plan.json: damaged"),
     "garbage-summary-show": Case(on_run("show", **{"summary.json": '{"status": "compl'}), "summary.json: damaged"),
+    "recipe-is-a-directory-status": Case(lambda tmp: ["status", str(_recipe_as_directory(run_dir(tmp)))], "recipe.yaml: damaged"),
     "not-a-run-status": Case(lambda tmp: ["status", str(tmp)], "not a run directory"),
     # Directories `orch run` must not take.
     "fresh-into-user-directory": Case(fresh_into(user_directory), "not a run directory", kept="project/notes.txt"),
