@@ -9,6 +9,10 @@ and on every Slurm node; forwards preemption signals to them, and turns their ex
 first failure. A rank that crashes takes its peers down at once (SIGKILL): they would otherwise
 hang in a collective, and checkpoints are atomic, so killing them loses nothing committed.
 torchrun and horovodrun cannot be used here: both die on SIGUSR1 and report any non-zero rank as 1.
+
+Started by a local `orch run` (`--attached`), it also stops the ranks after a checkpoint when that
+CLI dies: it runs in its own session, so a SIGKILL, the OOM killer or a closed terminal's SIGHUP
+reaches the CLI alone, and the ranks would otherwise train on as orphans.
 """
 
 from __future__ import annotations
@@ -18,12 +22,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 from launch.engines import ENGINES, backend_module
 from orchestrator.errors import EXIT_REQUEUE
-from orchestrator.rundir.entry import FORWARDED_SIGNALS, rank_argv
+from orchestrator.rundir.entry import ATTACHED_FLAG, FORWARDED_SIGNALS, rank_argv
 
 
 def main() -> None:
@@ -36,6 +41,8 @@ def main() -> None:
     parser.add_argument("--master-addr", required=True)
     parser.add_argument("--master-port", type=int, required=True)
     parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument(ATTACHED_FLAG, action="store_true",
+                        help="started by `orch run`, which holds this process's stdin: its end means the CLI is gone")
     args = parser.parse_args()
     sys.exit(run_node(args))
 
@@ -55,7 +62,22 @@ def run_node(args: argparse.Namespace) -> int:
 
         for signum in FORWARDED_SIGNALS:
             signal.signal(signum, forward)
+        if args.attached:
+            threading.Thread(target=_stop_when_cli_ends, name="cli-watch", daemon=True).start()
         return _wait(ranks)
+
+
+def _stop_when_cli_ends() -> None:
+    """Wait for end of file on stdin, a pipe whose only writer is `orch run`: the kernel closes it
+    when the CLI dies, however it dies. Then stop as on a preemption: SIGTERM to this launcher,
+    which forwards it, and the ranks checkpoint and stop."""
+    try:
+        while os.read(0, 4096):
+            pass
+    except OSError:
+        pass
+    print("launch.node: orch run is gone; the ranks checkpoint and stop, as on SIGTERM", flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _rank_env(args: argparse.Namespace, backend, local: int) -> dict[str, str]:
@@ -69,6 +91,11 @@ def _rank_env(args: argparse.Namespace, backend, local: int) -> dict[str, str]:
         "NODE_RANK": str(args.node_rank),
         "MASTER_ADDR": args.master_addr,
         "MASTER_PORT": str(args.master_port),
+        # This interpreter's bin first, unresolved (a virtualenv's python is a symlink): DeepSpeed
+        # compiles its CPU op with the first `ninja` on PATH, and two ninja versions log different
+        # hashes for the same command, so ranks started with and without an activated virtualenv
+        # would each rebuild it (a minute) after the other. scripts/setup.sh builds it the same way.
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)]),
         # Extensions DeepSpeed compiles belong to this interpreter's environment: two virtualenvs
         # sharing ~/.cache/torch_extensions would rebuild over each other at every start.
         "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch-extensions")),

@@ -226,9 +226,12 @@ def run(
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this directory from its newest verified checkpoint.")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Set an existing run directory aside and start over.")] = False,
     dry_run: DryRunOpt = False,
+    detach: Annotated[bool, typer.Option("--detach", help="Start training and return; it trains on without this command (follow with `orch status -f`).")] = False,
 ) -> None:
-    """Train locally: all processes of this node, with a live progress bar; re-running continues from the newest verified checkpoint."""
-    from orchestrator.execute import SubprocessRunner, launch, prepare_run
+    """Train locally: all processes of this node, with a live progress bar; re-running continues from the newest verified checkpoint.
+
+    One attempt at a time per run directory; if this command dies, the ranks checkpoint and stop (unless --detach)."""
+    from orchestrator.execute import SubprocessRunner, launch, prepare_run, start
     from orchestrator.local_run import plan_local_run
     from orchestrator.progress import ProgressView
 
@@ -236,10 +239,17 @@ def run(
     if recipe is None or "=" in recipe:
         overrides = ([recipe] if recipe else []) + overrides
         recipe = str(DEFAULT_RECIPE)
-    loaded, launch_plan = plan_local_run(Path(recipe), overrides, run_dir, resume, fresh, dry_run, typer.echo)
-    run_directory = prepare_run(launch_plan, list(loaded.sources))
-    with ProgressView(launch_plan.recipe.train.steps, sys.stderr.isatty()) as view:
-        outcome = launch(launch_plan, run_directory, SubprocessRunner(), view.update)
+    loaded, launch_plan, attempt = plan_local_run(Path(recipe), overrides, run_dir, resume, fresh, dry_run, typer.echo, detach)
+    with attempt:
+        run_directory = prepare_run(launch_plan, list(loaded.sources))
+        if detach:
+            start(launch_plan, run_directory, SubprocessRunner(attempt))
+            pids = " ".join(map(str, attempt.holder["launchers"]))
+            typer.echo(f"training detached (node launcher pid {pids}); follow with: orch status -f {run_directory.path}; "
+                       f"stop it after a checkpoint with: kill -TERM {pids}")
+            return
+        with ProgressView(launch_plan.recipe.train.steps, sys.stderr.isatty()) as view:
+            outcome = launch(launch_plan, run_directory, SubprocessRunner(attempt), view.update)
     typer.echo(ProgressView.describe_summary(outcome.summary or {}, outcome.run_dir))
 
 

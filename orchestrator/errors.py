@@ -13,6 +13,8 @@ EXIT_BUDGET = 3
 """Stopped cleanly, with a checkpoint, because the energy or carbon budget was spent."""
 EXIT_GATES_FAILED = 4
 """A required gate failed, or a release was refused: pipelines stop on it."""
+EXIT_RUN_BUSY = 5
+"""Refused: another attempt is live in the run directory (its holder is named)."""
 EXIT_VERIFY_FAILED = 6
 """`orch verify`: the directory is not an intact release (a changed, missing, added or linked file)."""
 EXIT_REQUEUE = 75
@@ -76,6 +78,12 @@ class Preempted(OrchestratorError):
     """Training stopped on a signal after a checkpoint; running again resumes it."""
 
     exit_code = EXIT_REQUEUE
+
+
+class RunBusy(OrchestratorError):
+    """Another attempt (an `orch run`, or the node launcher it left) still trains in the run directory."""
+
+    exit_code = EXIT_RUN_BUSY
 
 
 class BudgetExceeded(OrchestratorError):

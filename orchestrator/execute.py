@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
+from orchestrator.attempt import Attempt
 from orchestrator.data.prepare import prepare_data
 from orchestrator.errors import EXIT_REQUEUE, BudgetExceeded, LaunchError, Preempted
 from orchestrator.hub import work_offline
@@ -37,15 +38,26 @@ class CommandRunner(Protocol):
 
 
 class SubprocessRunner:
-    """Starts each process in its own session so that stopping it stops all its ranks."""
+    """Starts each process in its own session so that stopping it stops all its ranks.
+
+    Each process gets the attempt's lock (the same open file, so the run directory stays taken while
+    it lives) and a stdin pipe that only this process writes to: an attached node launcher reads its
+    end of file as this CLI's death.
+    """
+
+    def __init__(self, attempt: Attempt | None = None) -> None:
+        self.attempt = attempt
 
     def start(self, spec: ProcessSpec, log: Path) -> subprocess.Popen:
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:
-            return subprocess.Popen(
+            process = subprocess.Popen(
                 spec.argv, cwd=spec.cwd, env={**os.environ, **spec.env}, stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                stdin=subprocess.PIPE, start_new_session=True, pass_fds=(self.attempt.fd,) if self.attempt else (),
             )
+        if self.attempt:
+            self.attempt.add_process(process.pid)
+        return process
 
     def signal(self, process: subprocess.Popen, signum: int) -> None:
         """To the launcher alone: it forwards to its ranks, which must not get the signal twice."""
@@ -73,6 +85,11 @@ def prepare_run(plan: LaunchPlan, sources: list[Path]) -> RunDir:
     return run
 
 
+def start(plan: LaunchPlan, run: RunDir, runner: CommandRunner) -> list[Process]:
+    """Start the plan's processes; `orch run --detach` stops here."""
+    return [runner.start(spec, run.path / spec.log) for spec in plan.processes]
+
+
 def launch(
     plan: LaunchPlan, run: RunDir, runner: CommandRunner, on_progress: Callable[[list[dict], list[dict]], None] = lambda rows, events: None
 ) -> RunOutcome:
@@ -81,8 +98,8 @@ def launch(
     Ctrl-C or SIGTERM is forwarded once to the launchers, whose ranks checkpoint and stop with the
     requeue code; a second one makes them stop at once.
     """
-    processes = [runner.start(spec, run.path / spec.log) for spec in plan.processes]
     seen = (len(run.metric_rows()), len(run.history()))
+    processes = start(plan, run, runner)
     first_event = seen[1]
 
     def forward(signum, _frame):

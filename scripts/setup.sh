@@ -25,6 +25,7 @@ fi
 # DeepSpeed compiles its shared-memory collective op on the first CPU process group. Build it
 # here, once and alone: otherwise every rank races to compile it at start, and a rank killed
 # mid-build (the fault-tolerance tests kill ranks) leaves a lock that hangs the next start.
-# The directory matches the default of launch.node.
-TORCH_EXTENSIONS_DIR="$VENV/torch-extensions" DS_ACCELERATOR=cpu "$VENV/bin/python" -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" >/dev/null 2>&1 || true
+# The directory matches the default of launch.node, and so does the ninja: the venv's first on PATH
+# (two ninja versions log different hashes for one command, and each rebuilds after the other).
+PATH="$(cd "$VENV/bin" && pwd):$PATH" TORCH_EXTENSIONS_DIR="$VENV/torch-extensions" DS_ACCELERATOR=cpu "$VENV/bin/python" -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" >/dev/null 2>&1 || true
 echo "setup: $("$VENV/bin/python" -c 'import torch, deepspeed, transformers; print("torch", torch.__version__, "deepspeed", deepspeed.__version__, "transformers", transformers.__version__)' 2>/dev/null)"

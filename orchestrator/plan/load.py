@@ -14,7 +14,7 @@ from orchestrator.recipe.loader import LoadedRecipe, load_recipe
 
 def load_and_plan(
     recipe: Path, overrides: list[str] | None, run_dir: Path | None = None, dry_run: bool = False, for_slurm: bool = False,
-    measure_cpu: bool = True, load_universal: bool = False,
+    measure_cpu: bool = True, load_universal: bool = False, detach: bool = False,
 ) -> tuple[LoadedRecipe, LaunchPlan, EnvSnapshot]:
     """`for_slurm` plans for the compute nodes the recipe's `slurm` section describes, not this
     machine; `measure_cpu` times this machine's matmul rate for the time estimate (a second)."""
@@ -25,7 +25,7 @@ def load_and_plan(
         from orchestrator.slurm.submit import cluster_env
 
         target = cluster_env(env, loaded.recipe.slurm)
-    return loaded, make_plan(loaded, target, run_dir=run_dir, dry_run=dry_run, load_universal=load_universal), env
+    return loaded, make_plan(loaded, target, run_dir=run_dir, dry_run=dry_run, load_universal=load_universal, detach=detach), env
 
 
 def validate_recipe(recipe: Path, overrides: list[str] | None) -> tuple[LoadedRecipe, LaunchPlan]:

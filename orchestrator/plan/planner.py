@@ -31,6 +31,8 @@ from orchestrator.rundir.records import PlanRecord, plan_json, recipe_yaml
 
 DRY_RUN_STEPS = 5
 
+DRY_RUN_SUFFIX = "-dry-run"
+"""A dry run's directory is the real run's with this suffix: its checkpoint must never be resumed by the real run."""
 
 @dataclass(frozen=True)
 class ProcessSpec:
@@ -142,9 +144,11 @@ def check_recipe(loaded: LoadedRecipe, env: EnvSnapshot) -> Checked:
 
 
 def make_plan(
-    loaded: LoadedRecipe, env: EnvSnapshot, run_dir: Path | None = None, dry_run: bool = False, load_universal: bool = False
+    loaded: LoadedRecipe, env: EnvSnapshot, run_dir: Path | None = None, dry_run: bool = False, load_universal: bool = False,
+    detach: bool = False,
 ) -> LaunchPlan:
     checked = check_recipe(loaded, env)
+    """`detach`: the node launcher trains on when `orch run` ends; otherwise the CLI's death stops it after a checkpoint."""
     recipe, topology, batch = checked.recipe, checked.topology, checked.batch
     if dry_run:
         recipe = _dry_run_recipe(recipe, batch)
@@ -154,6 +158,8 @@ def make_plan(
     model = _model_plan(recipe, checked.base)
     memory = _memory(recipe, model, batch, env, topology)
     host_memory = _host_memory(recipe, model, memory, env, topology)
+    if dry_run:
+        run_dir = run_dir.with_name(run_dir.name + DRY_RUN_SUFFIX)
     time = estimate_time(model.sizes, model.num_params, batch, topology, env, recipe.train.precision, recipe.train.steps)
     backend = BACKENDS[recipe.distributed.backend]
     return LaunchPlan(
@@ -171,7 +177,7 @@ def make_plan(
         time=time,
         backend_files=backend.config_files(recipe, batch, model.sizes, model.num_params, load_universal),
         energy=_energy(recipe, env, topology, time, memory, checked.intensity),
-        processes=[_local_process(backend.name, backend.process_env(topology), env, topology, run_dir)],
+        processes=[_local_process(backend.name, backend.process_env(topology), env, topology, run_dir, attached=not detach)],
         data_cache_dir=env.cache_dir / "data",
         warnings=_memory_warnings(recipe, memory, host_memory),
     )
@@ -265,9 +271,11 @@ def _intensity(loaded: LoadedRecipe, env: EnvSnapshot, problems: list[Problem]) 
         return None
 
 
-def _local_process(backend: str, backend_env: dict[str, str], env: EnvSnapshot, topology: Topology, run_dir: Path) -> ProcessSpec:
+def _local_process(
+    backend: str, backend_env: dict[str, str], env: EnvSnapshot, topology: Topology, run_dir: Path, attached: bool
+) -> ProcessSpec:
     """All ranks of this one node, started by the node launcher (as on every Slurm node) on a free local port."""
-    argv = node_argv(env.python, backend, 1, topology.procs_per_node, run_dir, "127.0.0.1", env.free_port, node_rank=0)
+    argv = node_argv(env.python, backend, 1, topology.procs_per_node, run_dir, "127.0.0.1", env.free_port, node_rank=0, attached=attached)
     added = {"OMP_NUM_THREADS": str(max(1, env.cpu_count // topology.procs_per_node)), **backend_env}
     return ProcessSpec(argv, added, env.cwd, LAUNCH_LOG)
 

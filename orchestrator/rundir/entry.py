@@ -15,17 +15,23 @@ FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUS
 launcher) passes each on; a rank checkpoints and stops with EXIT_REQUEUE on the first."""
 
 NODE_MODULE = "launch.node"
+ATTACHED_FLAG = "--attached"
+"""The node launcher's stdin is a pipe from `orch run`: end of file there means the CLI is gone."""
 RANK_MODULE = "launch.rank"
 
 
 def node_argv(
     python: str, backend: str, nodes: int, procs_per_node: int, run_dir: Path | str, master_addr: str, master_port: int | str,
-    node_rank: int | None = None,
+    node_rank: int | None = None, attached: bool = False,
 ) -> list[str]:
-    """The command that runs the node launcher on one node; without `node_rank`, Slurm's node id is used."""
+    """The command that runs the node launcher on one node; without `node_rank`, Slurm's node id is used.
+    `attached`: started by a local `orch run`, whose end stops the ranks after a checkpoint (never
+    under Slurm, where srun and the batch step own the launcher's life)."""
     argv = [python, "-m", NODE_MODULE, "--backend", backend, "--nnodes", str(nodes)]
     if node_rank is not None:
         argv += ["--node-rank", str(node_rank)]
+    if attached:
+        argv.append(ATTACHED_FLAG)
     return argv + [
         "--nproc", str(procs_per_node), "--master-addr", str(master_addr), "--master-port", str(master_port), "--run-dir", str(run_dir),
     ]

@@ -58,6 +58,7 @@ class RunDir:
     metrics = _Entry("metrics.jsonl", "one row per logged step, appended by rank 0")
     events = _Entry("events.jsonl", "the run's history, appended by rank 0 and the Slurm batch step")
     summary = _Entry("summary.json", "the final figures of a completed run")
+    attempt_lock = _Entry("attempt.lock", "locked while an attempt lives (`orch run` and its node launcher); names the holder")
     logs = _Entry("logs")
     launcher_log = _Entry(LAUNCH_LOG)
     default_checkpoints = _Entry("checkpoints", "where checkpoints go unless the recipe's `checkpoint.dir` says otherwise")
