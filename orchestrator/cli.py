@@ -60,8 +60,10 @@ def validate(recipe: RecipeArg, overrides: OverridesArg = None) -> None:
     """Check a recipe (schema, cross-field rules, batch arithmetic against this machine); exit 0 or 1."""
     from orchestrator.plan.load import validate_recipe
 
-    loaded, _ = validate_recipe(recipe, overrides)
-    typer.echo(f"{recipe}: valid ({loaded.recipe.name}, hash {loaded.hash})")
+    loaded, launch_plan = validate_recipe(recipe, overrides)
+    for warning in launch_plan.warnings:
+        typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
+    typer.echo(f"{recipe}: valid ({loaded.recipe.name}, hash {launch_plan.recipe_hash})")
 
 
 @command

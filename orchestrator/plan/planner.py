@@ -24,6 +24,7 @@ from orchestrator.plan.arithmetic import Batch, Topology, check_offload, check_p
 from orchestrator.plan.estimate import TimeEstimate, estimate_time
 from orchestrator.plan.memory import GiB, HostMemoryEstimate, MemoryEstimate, construction_bytes, estimate_memory
 from orchestrator.recipe.loader import LoadedRecipe, recipe_hash
+from orchestrator.recipe.redact import redact_recipe
 from orchestrator.recipe.schema import Recipe
 from orchestrator.rundir.entry import node_argv
 from orchestrator.rundir.layout import LAUNCH_LOG, PLAN_FILE, RECIPE_FILE, RunDir
@@ -150,6 +151,8 @@ def make_plan(
     checked = check_recipe(loaded, env)
     """`detach`: the node launcher trains on when `orch run` ends; otherwise the CLI's death stops it after a checkpoint."""
     recipe, topology, batch = checked.recipe, checked.topology, checked.batch
+    # Every output is built from the plan's recipe: redacted here, no record or script holds a secret.
+    recipe, secrets = redact_recipe(recipe)
     if dry_run:
         recipe = _dry_run_recipe(recipe, batch)
         topology = Topology(1, 1, topology.device, topology.comm_backend)
@@ -179,7 +182,7 @@ def make_plan(
         energy=_energy(recipe, env, topology, time, memory, checked.intensity),
         processes=[_local_process(backend.name, backend.process_env(topology), env, topology, run_dir, attached=not detach)],
         data_cache_dir=env.cache_dir / "data",
-        warnings=_memory_warnings(recipe, memory, host_memory),
+        warnings=_memory_warnings(recipe, memory, host_memory) + [secret.warning() for secret in secrets],
     )
 
 

@@ -3,7 +3,9 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
@@ -98,3 +100,20 @@ def test_validate_refuses_only_what_cannot_run(tmp_path):
     assert state.path == "model" and "no offload can fit it" in state.message
     (activations,) = cannot_run(*plan("train.micro_batch_size=65536", "train.global_batch_size=65536"))
     assert activations.path == "train.micro_batch_size" and "cannot be offloaded" in activations.message
+
+
+def test_fresh_sets_an_earlier_run_aside_but_refuses_other_directories(tmp_path):
+    from orchestrator.checkpoint.resume import check_run_dir, set_run_aside
+    from orchestrator.errors import ResumeError
+
+    earlier = tmp_path / "runs" / "tiny"
+    earlier.mkdir(parents=True)
+    (earlier / "plan.json").write_text("{}")
+    check_run_dir(earlier, fresh=True)
+    assert set_run_aside(earlier).name.startswith("tiny.set-aside-") and not earlier.exists()
+    (tmp_path / "empty").mkdir()
+    check_run_dir(tmp_path / "empty", fresh=True)  # nothing there to lose
+    (tmp_path / "notes.txt").write_text("mine")
+    for directory, fresh in ((tmp_path, True), (Path("/"), False)):
+        with pytest.raises(ResumeError):
+            check_run_dir(directory, fresh)
