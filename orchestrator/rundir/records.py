@@ -10,11 +10,12 @@ test, not at run time on a node. The resolved recipe is read through `read_recip
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Annotated, Callable, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
 from orchestrator.model.architectures import Sizes
 from orchestrator.recipe.schema import Recipe
@@ -123,10 +124,17 @@ class DataRecord(Record):
         return self.dir / "tokenizer"
 
 
-class JobsRecord(Record):
-    """`slurm.json`: the run's Slurm job ids, oldest first."""
+def _job_id(value: str) -> str:
+    if not re.fullmatch(r"\d+(_\d+)?", value):
+        raise ValueError(f"{value!r} is not a Slurm job id (digits, optionally _N for an array task): correct or remove the file")
+    return value
 
-    job_ids: list[str]
+
+class JobsRecord(Record):
+    """`slurm.json`: the run's Slurm job ids, oldest first; each checked to be one, as they are passed
+    to scancel and scontrol, where a hand-edited `--user=...` would be an option."""
+
+    job_ids: list[Annotated[str, AfterValidator(_job_id)]]
 
 
 class ElasticRecord(Record):

@@ -4,10 +4,13 @@ run directory and submit once. Nothing is written or submitted when a check fail
 from __future__ import annotations
 
 import dataclasses
+import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from orchestrator.env import EnvSnapshot, GpuInfo
+from orchestrator.errors import SlurmError
 from orchestrator.execute import prepare_run
 from orchestrator.plan.planner import LaunchPlan
 from orchestrator.rundir import events
@@ -38,7 +41,16 @@ def render(plan: LaunchPlan, python: str) -> str:
     return render_sbatch(plan, spec, python, signal_grace_s(plan.run_dir, spec))
 
 
+def check_pass_env(spec: SlurmSpec, environ: Mapping[str, str]) -> None:
+    """The job inherits `slurm.pass_env` from this environment: a missing one fails here, not on the nodes."""
+    missing = [name for name in spec.pass_env if not environ.get(name)]
+    if missing:
+        raise SlurmError(f"slurm.pass_env names {', '.join(missing)}, not set here: export it before orch submit "
+                         "(the job inherits it; its value is written nowhere)")
+
+
 def submit(plan: LaunchPlan, python: str, sources: list[Path]) -> str:
+    check_pass_env(plan.recipe.slurm, os.environ)
     script = render(plan, python)
     with tempfile.NamedTemporaryFile("w", suffix=".sbatch") as probe:
         probe.write(script)

@@ -18,6 +18,7 @@ import json
 import math
 from pathlib import Path
 
+from orchestrator.recipe.redact import redact_tree
 from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import PlanRecord
@@ -119,9 +120,10 @@ def _is_number(value) -> bool:
 
 
 def run_config(recipe: dict, plan: PlanRecord) -> dict:
-    """What a dashboard shows as the run's configuration: the resolved recipe and the plan's numbers."""
+    """What a dashboard shows as the run's configuration: the resolved recipe and the plan's numbers.
+    The planner already redacted the recipe; redacted again for runs planned before it did."""
     keep = {"backend", "topology", "batch", "model", "estimate", "recipe_hash"}
-    return {"recipe": recipe, "plan": plan.model_dump(mode="json", include=keep)}
+    return {"recipe": redact_tree(recipe)[0], "plan": plan.model_dump(mode="json", include=keep)}
 
 
 def mirror_once(run_dir: Path, spec: TrackingSpec, name: str, config: dict, metrics: dict[str, float], step: int,

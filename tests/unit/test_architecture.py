@@ -22,12 +22,12 @@ SHARED_WITH_THE_NODES = (
     "orchestrator.backends.spec", "orchestrator.checkpoint.spec", "orchestrator.data.spec", "orchestrator.energy.spec",
     "orchestrator.gates.spec", "orchestrator.model.spec", "orchestrator.slurm.spec", "orchestrator.tracking.spec", "orchestrator.train.spec",
     # libraries both planes use: models and their inputs, data, checkpoint storage and policy, the
-    # energy bill, the dashboards' mirror and sinks, the LR schedule, offline mode, matmul timing
+    # energy bill, the dashboards' mirror, sinks and secret redaction, the LR schedule, offline mode, matmul timing
     "orchestrator.model", "orchestrator.data", "orchestrator.train",
     "orchestrator.checkpoint.store", "orchestrator.checkpoint.saver", "orchestrator.checkpoint.policy",
     "orchestrator.checkpoint.resume", "orchestrator.checkpoint.compat",
     "orchestrator.energy.bill", "orchestrator.energy.grid", "orchestrator.energy.hardware",
-    "orchestrator.tracking.mirror", "orchestrator.tracking.sinks",
+    "orchestrator.tracking.mirror", "orchestrator.tracking.sinks", "orchestrator.recipe.redact",
     "orchestrator.hub", "orchestrator.env", "orchestrator.hooks",
 )
 NEVER_FROM_THE_NODES = ("orchestrator.cli", "orchestrator.plan", "orchestrator.slurm.submit", "orchestrator.execute", "orchestrator.gates.evaluate")
