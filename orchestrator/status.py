@@ -46,6 +46,7 @@ def run_status(path: Path) -> RunStatus:
     if not run.recipe.exists():
         raise OrchestratorError(f"{path} is not a run directory (no recipe.yaml)")
     recipe = read_recipe(run)
+    # The logs' readers already skip torn lines; a whole line without these fields (a hand edit) is no step either.
     rows = [row for row in run.metric_rows() if "step" in row and "loss" in row]
     history = [event for event in run.history() if "event" in event]
     jobs = read_jobs(run)
