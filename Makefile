@@ -13,8 +13,9 @@ horovod: setup
 demo: setup
 	.venv/bin/orch run
 
+# Tiers in the order that fails fastest: seconds of unit tests before minutes of real processes.
 test: setup horovod
-	.venv/bin/python -m pytest -q -p no:cacheprovider tests
+	.venv/bin/python -m pytest -q -p no:cacheprovider --durations=25 tests/unit tests/distributed tests/integration
 
 bench: setup horovod
 	.venv/bin/python bench/throughput.py

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ class WandbSink:
     def open(self, identity: RunIdentity) -> dict:
         import wandb
 
+        drop_empty_offline_runs(identity.run_dir / "wandb")
         run_id = identity.ids.get("wandb_id") or wandb.util.generate_id()
         online = self.spec.mode == "online"
         self.run = wandb.init(
@@ -66,6 +68,28 @@ class WandbSink:
 
     def close(self) -> None:
         self.run.finish()
+
+
+def drop_empty_offline_runs(wandb_dir: Path) -> list[Path]:
+    """Removes offline run directories whose run file holds no record, and returns them.
+
+    wandb keeps an offline run in memory until it closes, so an attempt killed outright leaves a file
+    with only its header: no run id, no step. `wandb sync` would upload it as a separate, empty run
+    beside the one the resumed attempts continue."""
+    from wandb.sdk.internal import datastore
+
+    dropped = []
+    for path in sorted(wandb_dir.glob("offline-run-*/run-*.wandb")):
+        store = datastore.DataStore()
+        try:
+            store.open_for_scan(str(path))
+            empty = store.scan_record() is None
+        except Exception:  # unreadable for another reason: keep it for a person to look at
+            empty = False
+        if empty:
+            shutil.rmtree(path.parent)
+            dropped.append(path.parent)
+    return dropped
 
 
 class TensorBoardSink:

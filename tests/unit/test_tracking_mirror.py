@@ -105,3 +105,31 @@ def test_mlflow_gets_names_it_accepts(tmp_path):
     client = mlflow.MlflowClient(tracking_uri=ids["mlflow_tracking_uri"])
     assert [(m.step, m.value) for m in client.get_metric_history(ids["mlflow_run_id"], "energy/n1/gpu_GPU-1234_w")] == [(3, 250.0)]
     assert client.get_run(ids["mlflow_run_id"]).data.params["recipe.train.steps"] == "3"
+
+
+KILLED_WANDB_RUN = """
+import os, sys, wandb
+run = wandb.init(project="p", id=sys.argv[2], mode="offline", dir=sys.argv[1],
+                 settings=wandb.Settings(silent=True, console="off", x_disable_stats=True))
+run.log({"loss": 1.0}, step=1)
+if sys.argv[3] == "kill":
+    os.kill(os.getpid(), 9)
+run.finish()
+"""
+
+
+def test_an_offline_wandb_run_killed_before_writing_is_dropped_and_a_closed_one_kept(tmp_path):
+    """A SIGKILLed attempt leaves a header-only run file (wandb writes at close); `wandb sync` would
+    upload it as a separate id-less run, so the next attempt's wandb sink removes it."""
+    import subprocess
+    import sys
+
+    from orchestrator.tracking.sinks import drop_empty_offline_runs
+
+    for run_id, how in (("closedrun", "close"), ("killedrun", "kill")):
+        subprocess.run([sys.executable, "-c", KILLED_WANDB_RUN, str(tmp_path), run_id, how], timeout=300)
+    runs = {p.name.rsplit("-", 1)[1]: p for p in (tmp_path / "wandb").glob("offline-run-*")}
+    assert set(runs) == {"closedrun", "killedrun"}
+
+    assert drop_empty_offline_runs(tmp_path / "wandb") == [runs["killedrun"]]
+    assert runs["closedrun"].is_dir() and not runs["killedrun"].exists()
