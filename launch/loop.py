@@ -50,7 +50,8 @@ class Trainer:
         )
         self.tokens_per_step = batch.tokens_per_step
         self.flops_per_step = plan.estimate.flops_per_token * self.tokens_per_step
-        self.peak_flops = self._peak_flops(plan.estimate.peak_flops_per_device, plan.topology.device, world)
+        self.peak_flops_per_device = self._peak_flops_per_device(plan.estimate.peak_flops_per_device, plan.topology.device)
+        self.peak_flops = self.peak_flops_per_device * world
         self.is_logger = engine.rank == 0
         spec = recipe.checkpoint
         self.root = plan.checkpoint_dir
@@ -62,20 +63,21 @@ class Trainer:
         self.policy = SavePolicy(spec, train.steps, job_deadline(run.history()))
         self.step_memory = PeakTracker(plan.topology.device)
 
-    def _peak_flops(self, planned_per_device: float, device: str, world: int) -> float:
-        """MFU's denominator. GPUs: the datasheet peak the plan used. CPUs: measured here, by every rank
-        at once with its own threads, since the planner's quick probe on a busy machine can be far off."""
+    def _peak_flops_per_device(self, planned: float, device: str) -> float:
+        """MFU's denominator, per rank. GPUs: the datasheet peak the plan used. CPUs: measured here, by every
+        rank at once with its own threads, since the planner's quick probe on a busy machine can be far off.
+        The `start` event records it, so every row's MFU can be recomputed from the run directory."""
         if device != "cpu":
-            return planned_per_device * world
+            return planned
         (mean,) = self.engine.mean_across_ranks([measure_matmul_flops()])
-        return mean * world
+        return mean
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def train(self) -> int:
         start = self.resume()
         steps = self.recipe.train.steps
-        self.event("start", step=start, world_size=self.world)
+        self.event("start", step=start, world_size=self.world, peak_flops_per_device=self.peak_flops_per_device)
         self.account.settle(start)  # earlier attempts count against the budget too
         if self.engine.any_across_ranks([self.account.over_budget])[0]:
             return self.stop_over_budget(start, saved=start > 0)

@@ -12,6 +12,7 @@ import pytest
 
 from orchestrator.rundir.layout import RunDir
 from tests.conftest import FAST, kill_run, orch, start_orch
+from tests.helpers.mfu import assert_mfu_matches_plan
 
 pytestmark = pytest.mark.distributed
 
@@ -193,3 +194,4 @@ def test_elastic_resume_at_another_world_size(tmp_path, reference):
     assert ours[:8] == theirs[:8]
     assert [s for s, _ in ours] == list(range(1, STEPS + 1))
     assert all(abs(a - b) < 1e-3 for (_, a), (_, b) in zip(ours[8:], theirs[8:])), (ours[8:], theirs[8:])
+    assert_mfu_matches_plan(run_dir)  # rows of both world sizes, the second with accumulation 2

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import FAST, orch
+from tests.helpers.mfu import assert_mfu_matches_plan
 
 pytestmark = pytest.mark.distributed
 
@@ -35,6 +36,7 @@ def test_two_process_zero_training(tmp_path, stage):
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.5, losses
     assert all(r["tokens_per_s"] > 0 and math.isfinite(r["grad_norm"]) for r in rows)
     assert math.isfinite(rows[-1]["val_loss"])
+    assert_mfu_matches_plan(run_dir)
 
     summary = json.loads((run_dir / "summary.json").read_text())
     # Both ranks hold bit-identical full parameters (gathered first under ZeRO-3).
