@@ -25,6 +25,7 @@ LATEST = "latest"
 STAGING_PREFIX = ".staging-"
 SET_ASIDE = "set-aside"
 RANK_MANIFEST = "rank-{rank}.files.json"
+_RANK_LIST = re.compile(r"^rank-\d+\.files\.json$")
 TAG = re.compile(r"^step-(\d{8})$")
 
 
@@ -134,9 +135,6 @@ def verify(checkpoint: Path) -> Verdict:
     if unlisted:
         return Verdict(checkpoint, False, f"{unlisted[0]} is not in the manifest")
     return Verdict(checkpoint, True)
-
-
-_RANK_LIST = re.compile(r"^rank-\d+\.files\.json$")
 
 
 def assert_names(files: dict) -> None:
