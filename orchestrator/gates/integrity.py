@@ -97,6 +97,15 @@ def _missing_required(listed: set[str]) -> list[str]:
     return problems
 
 
+def _unlisted_shards(path: Path, listed: set[str]) -> list[str]:
+    """Sharded weights: every shard the index names must be in the release."""
+    try:
+        shards = set(json.loads((path / WEIGHTS[1]).read_text())["weight_map"].values())
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        return [f"{WEIGHTS[1]}: not a safetensors index ({type(exc).__name__}: {exc})"]
+    return [f"{name}: a weight shard the index names, not in {RELEASE_MANIFEST}" for name in sorted(shards - listed)]
+
+
 def verify_release(path: Path) -> ReleaseManifest:
     """The release's manifest, once every file matches it; raises ReleaseInvalid with one line per problem."""
     manifest = read_manifest(path)
@@ -110,9 +119,8 @@ def verify_release(path: Path) -> ReleaseManifest:
             problems.append(f"{name}: sha256 differs")
     problems += [f"{name}: not in {RELEASE_MANIFEST}" for name in sorted(present - set(manifest.files) - {RELEASE_MANIFEST})]
     problems += _missing_required(set(manifest.files))
-    if WEIGHTS[1] in manifest.files and WEIGHTS[1] in present and not problems:
-        shards = set(json.loads((path / WEIGHTS[1]).read_text())["weight_map"].values())
-        problems += [f"{name}: a weight shard the index names, not in {RELEASE_MANIFEST}" for name in sorted(shards - set(manifest.files))]
+    if WEIGHTS[1] in manifest.files and not problems:
+        problems += _unlisted_shards(path, set(manifest.files))
     if problems:
         raise ReleaseInvalid(problems)
     return manifest
