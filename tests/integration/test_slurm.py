@@ -152,3 +152,41 @@ def test_doctor_inside_an_allocation_measures_the_interconnect(tmp_path):
     table = out.read_text()
     assert "ok   all-reduce" in table and "across 2 nodes" in table
     assert "ok   GPU health" in table and "FAIL" not in table
+
+
+def test_logs_and_cancel_on_a_running_job_whose_secret_is_passed_by_name(tmp_path):
+    """One job for three paths: the secret reaches the job by name only (the script checks it arrived,
+    no file holds it), `orch logs` prints a rank's log while it runs, `orch cancel` ends it."""
+    run_dir = tmp_path / "run"
+    secret = f"tok-{os.getpid()}-passed-by-name"
+    submitted = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "submit", *TWO_NODES, "train.steps=100000", "slurm.pass_env=[ORCH_TEST_TOKEN]",
+         "--run-dir", str(run_dir)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "ORCH_TEST_TOKEN": secret},
+    )
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    job_id = json.loads((run_dir / "slurm.json").read_text())["job_ids"][-1]
+    deadline = time.monotonic() + 600
+    rank_log = run_dir / "logs" / "rank-1.log"
+    while not (rank_log.exists() and "node n2" in rank_log.read_text()):
+        assert job_state(job_id) in {"PENDING", "CONFIGURING", "RUNNING"}, (run_dir / "logs").iterdir()
+        assert time.monotonic() < deadline, "rank 1 logged nothing"
+        time.sleep(1)
+    logs = orch("logs", str(run_dir), "--rank", "1")
+    assert logs.returncode == 0 and "node n2" in logs.stdout
+    cancelled = orch("cancel", str(run_dir))
+    assert cancelled.returncode == 0 and f"cancelled job {job_id}" in cancelled.stdout
+    assert wait_for_state(job_id, {"CANCELLED"}) == "CANCELLED"
+    assert not [p for p in run_dir.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+
+
+def test_the_script_for_an_awkward_run_directory_passes_sbatch_test_only(tmp_path):
+    """Shell characters in the run directory's path stay one quoted word; sbatch accepts every directive."""
+    run_dir = tmp_path / "a$(touch${IFS}pwned);b"
+    emitted = orch("submit", *TWO_NODES, "slurm.extra_directives=[--comment=orch, --mail-type=NONE]",
+                   "slurm.pass_env=[HOME]", "--emit-only", "--run-dir", str(run_dir))
+    assert emitted.returncode == 0, emitted.stderr
+    script = tmp_path / "job.sbatch"
+    script.write_text(emitted.stdout)
+    checked = subprocess.run(["sbatch", "--test-only", str(script)], capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0 and "to start at" in checked.stderr, checked.stderr

@@ -99,3 +99,25 @@ def test_references_and_lookalikes_are_kept(line):
 def test_known_shapes_are_redacted(line, secret):
     clean, kinds = redact_text(line)
     assert secret not in clean and MARK in clean and len(kinds) == 1
+
+
+def test_a_release_of_a_run_planned_before_redaction_holds_no_secret(tmp_path):
+    """The release's recipe.yaml is written redacted, not copied: an older run's file may hold the value."""
+    from orchestrator.gates.release import _add_records
+    from orchestrator.gates.report import GateReport
+    from orchestrator.rundir.layout import RunDir
+    from orchestrator.rundir.records import recipe_yaml, write_data
+    from tests.conftest import write_plan
+
+    run = RunDir(tmp_path / "run")
+    write_plan(run.path)
+    run.recipe.write_text(recipe_yaml(load_recipe(TINY, INLINE).recipe))
+    write_data(run, tmp_path / "data", {"vocab_size": 300, "train_tokens": 1000, "val_tokens": 100})
+    report = GateReport(checkpoint="step-00000010", step=10, checkpoint_hash="c", recipe_hash="r", evaluated_at=0.0,
+                        required=[], passed=True, results=[])
+    release = tmp_path / "release"
+    release.mkdir()
+    _add_records(run, release, report)
+    for path in release.iterdir():
+        assert_clean(path.read_text())
+    assert yaml.safe_load((release / "recipe.yaml").read_text())["slurm"]["setup"][3] == "export NCCL_DEBUG=WARN"
