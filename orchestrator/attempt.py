@@ -61,12 +61,12 @@ def hold_attempt(run_dir: Path) -> Attempt:
     except BlockingIOError:
         holder = _read_holder(fd)
         os.close(fd)
-        raise RunBusy(f"{run_dir} is in use by a live attempt: {describe_holder(holder)}; wait for it to end, "
+        raise RunBusy(f"{run_dir} is in use by a live attempt: {_describe_holder(holder)}; wait for it to end, "
                       "stop it (it checkpoints first), or use another --run-dir") from None
     return Attempt(run_dir, fd)
 
 
-def describe_holder(holder: dict | None) -> str:
+def _describe_holder(holder: dict | None) -> str:
     """Who holds the lock, in words: the `orch run` that took it, when, and the launcher to stop."""
     if not holder:
         return "another orch run, just starting"

@@ -41,8 +41,8 @@ class SubprocessRunner:
     """Starts each process in its own session so that stopping it stops all its ranks.
 
     Each process gets the attempt's lock (the same open file, so the run directory stays taken while
-    it lives) and a stdin pipe that only this process writes to: an attached node launcher reads its
-    end of file as this CLI's death.
+    it lives) and a stdin pipe whose write end only this CLI holds: an attached node launcher reads
+    its end of file as the CLI's death.
     """
 
     def __init__(self, attempt: Attempt | None = None) -> None:

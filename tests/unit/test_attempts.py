@@ -57,7 +57,7 @@ def test_the_lock_goes_with_its_holder_however_it_dies(tmp_path):
 
 def test_a_process_started_with_the_lock_keeps_it_after_its_starter_dies(tmp_path):
     """What `orch run` does for its node launcher: the launcher shares the open lock file."""
-    starter = f"""
+    starter = """
 import subprocess, sys
 from pathlib import Path
 from orchestrator.attempt import hold_attempt
