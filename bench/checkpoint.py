@@ -17,9 +17,14 @@ checkpoint and started again, to time process start -> `resumed` event -> first 
 Nothing is asserted on the numbers; the goals are commit / raw disk >= 0.8 and, at a checkpoint
 every 100 steps, an overhead within 1%.
 
+With --failures it instead measures goodput under injected failures (one SIGKILL of the whole attempt
+per --failure-every steps, resumed by the same `orch run`) against Young/Daly's expectation; see
+bench/failures.py.
+
 Run it from the repository root (about 5 minutes on a 2-core CPU machine):
 
     python bench/checkpoint.py [--steps 80] [--interval 10] [--repeats 2] [--out bench/results/checkpoint.json]
+    python bench/checkpoint.py --failures [--failure-every 100] [--failure-steps 250] [--failure-intervals opt,50]
 """
 
 from __future__ import annotations
@@ -33,25 +38,33 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from common import (DEFAULT_RECIPE, REPO, events, first_event, machine, orch_argv, read_jsonl, repo_relative, row_after,
+from common import (DEFAULT_RECIPE, FAST, REPO, events, first_event, machine, orch_argv, read_jsonl, repo_relative, row_after,
                     run_logged, wait_for, write_result)
 
 from disk import probe_disk
+from failures import measure_failures
+from failures import render as render_failures
 from tests.conftest import kill_run
-# Small corpus and short lr warmup, as the distributed tests use; every step logged.
-FAST = ["data.max_bytes=1500000", "train.schedule.warmup_steps=2", "train.log_interval=1"]
 MODES = ("async", "none", "sync")
 
 
 def main() -> None:
     args = _parse_args()
+    if args.failures:
+        with tempfile.TemporaryDirectory(prefix="orch-failure-bench-", dir=args.scratch) as scratch:
+            found = measure_failures(args, Path(scratch), run_training)
+        result = {"date": datetime.now().strftime("%Y-%m-%d"), "machine": machine("torch", "deepspeed"),
+                  "config": {"recipe": repo_relative(args.recipe), "overrides": FAST, "seed": args.seed}, **found}
+        print(render_failures(result))
+        write_result(args.out or REPO / "bench" / "results" / "checkpoint-failures.json", result)
+        return
     with tempfile.TemporaryDirectory(prefix="orch-ckpt-bench-", dir=args.scratch) as scratch:
         runs, probes, plan = _alternate(args, Path(scratch))
         print("kill and resume ...", flush=True)
         resume = measure_resume(args, Path(scratch) / "resume")
     result = summarise(args, plan, runs, probes, resume)
     print(render_table(result))
-    write_result(args.out, result)
+    write_result(args.out or REPO / "bench" / "results" / "checkpoint.json", result)
 
 
 def _parse_args() -> argparse.Namespace:
@@ -64,7 +77,16 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE)
     parser.add_argument("--scratch", type=Path, default=None,
                         help="where run directories and so checkpoints go (the filesystem measured); default the system temp dir")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "checkpoint.json")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default bench/results/checkpoint.json, or checkpoint-failures.json with --failures")
+    parser.add_argument("--failures", action="store_true",
+                        help="instead: goodput under one SIGKILL per --failure-every steps, against Young/Daly (bench/failures.py)")
+    parser.add_argument("--failure-every", type=int, default=100, help="steps an attempt runs before it is killed, on average")
+    parser.add_argument("--failure-steps", type=int, default=250, help="optimizer steps of each run with failures")
+    parser.add_argument("--failure-intervals", default="opt,50",
+                        help="checkpoint intervals (steps) of the runs with failures; opt: Young/Daly's, from the baseline")
+    parser.add_argument("--failure-baseline-steps", type=int, default=40, help="steps of the run without failures that measures s and C")
+    parser.add_argument("--seed", type=int, default=0, help="where in its interval each kill lands")
     args = parser.parse_args()
     args.recipe = args.recipe.resolve()
     if args.steps <= args.warmup_steps:
@@ -114,6 +136,7 @@ def run_training(recipe: Path, overrides: list[str], run_dir: Path) -> dict:
         "tokens_per_step": rows[0]["tokens_per_s"] * rows[0]["step_s"],
         "loop_s": times["completed"] - times["start"],
         "checkpoints": [{k: e[k] for k in ("step", "stall_s", "bytes", "write_s")} for e in history if e["event"] == "checkpoint"],
+        "summary": json.loads((run_dir / "summary.json").read_text()),
     }
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the package (and the tests' helpers) import from a checkout without installing
 DEFAULT_RECIPE = REPO / "recipes" / "tiny-pretrain.yaml"
+# Small corpus and short lr warmup, as the distributed tests use; every step logged.
+FAST = ["data.max_bytes=1500000", "train.schedule.warmup_steps=2", "train.log_interval=1"]
 POLL_S = 0.05  # metrics and events files: the resolution of every "row appeared" time
 
 
