@@ -14,7 +14,7 @@ from orchestrator.rundir.records import plan_json
 from orchestrator.slurm.script import render_sbatch
 from orchestrator.slurm.submit import cluster_env
 from orchestrator.tracking.mirror import run_config
-from tests.conftest import RECIPES, TINY, make_env
+from tests.conftest import RECIPES, TINY, make_env, orch
 
 WANDB_KEY = "0123456789abcdef0123456789abcdef01234567"
 HF_TOKEN = "hf_AbCdEfGhIjKlMnOpQrStUvWxYz01234567"
@@ -121,3 +121,11 @@ def test_a_release_of_a_run_planned_before_redaction_holds_no_secret(tmp_path):
     for path in release.iterdir():
         assert_clean(path.read_text())
     assert yaml.safe_load((release / "recipe.yaml").read_text())["slurm"]["setup"][3] == "export NCCL_DEBUG=WARN"
+
+
+def test_validate_and_plan_warn_without_repeating_the_value():
+    for command in (("validate",), ("plan",), ("plan", "--slurm")):
+        result = orch(*command, str(TINY), *INLINE)
+        assert result.returncode == 0, result.stderr
+        assert "slurm.setup[0] holds a value for WANDB_API_KEY inline" in result.stdout + result.stderr
+        assert_clean(result.stdout + result.stderr)
