@@ -18,7 +18,7 @@ import socket
 import time
 from pathlib import Path
 
-from orchestrator.errors import RunBusy
+from orchestrator.errors import LaunchError, RunBusy
 from orchestrator.rundir.layout import RunDir
 
 
@@ -54,8 +54,11 @@ class Attempt:
 
 def hold_attempt(run_dir: Path) -> Attempt:
     """Take `run_dir` (created if missing) for this attempt, or raise RunBusy naming the live one."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(RunDir(run_dir).attempt_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(RunDir(run_dir).attempt_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise LaunchError(f"{run_dir}: cannot be a run directory ({exc.strerror})") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

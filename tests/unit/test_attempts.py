@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from orchestrator.attempt import hold_attempt
 from orchestrator.cli import app
-from orchestrator.errors import EXIT_RUN_BUSY, RunBusy
+from orchestrator.errors import EXIT_RUN_BUSY, LaunchError, RunBusy
 from orchestrator.local_run import plan_local_run
 from orchestrator.plan.planner import make_plan
 from orchestrator.recipe.loader import load_recipe
@@ -44,6 +44,12 @@ def test_a_second_attempt_is_refused_naming_the_first(tmp_path):
     with hold_attempt(tmp_path / "run"):
         with pytest.raises(RunBusy, match=rf"in use by a live attempt: orch run pid {os.getpid()} on \S+ since 20\d\d-"):
             hold_attempt(tmp_path / "run")
+
+
+def test_a_file_is_no_run_directory(tmp_path):
+    (tmp_path / "notes").write_text("mine")
+    with pytest.raises(LaunchError, match="notes: cannot be a run directory"):
+        hold_attempt(tmp_path / "notes")
 
 
 def test_the_lock_goes_with_its_holder_however_it_dies(tmp_path):
