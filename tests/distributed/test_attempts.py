@@ -7,14 +7,16 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from orchestrator.errors import EXIT_RUN_BUSY
+from orchestrator.attempt import hold_attempt
+from orchestrator.errors import EXIT_RUN_BUSY, RunBusy
 from orchestrator.rundir.layout import RunDir
-from tests.conftest import FAST, ROOT, start_orch, wait_for_rows
+from tests.conftest import FAST, ROOT, orch, start_orch, wait_for_rows
 
 pytestmark = pytest.mark.distributed
 
@@ -54,6 +56,25 @@ def test_killing_orch_run_alone_stops_its_ranks_after_a_checkpoint(tmp_path):
         resumed = [e for e in history if e["event"] == "resumed"]
         assert [e["step"] for e in resumed] == [stopped], history
         assert steps(run_dir) == list(range(1, STEPS + 1))
+
+
+def test_a_detached_run_trains_on_without_orch_run_and_holds_its_directory(tmp_path):
+    run_dir = tmp_path / "run"
+    result = orch("run", "recipes/tiny-pretrain.yaml", *FAST, "train.steps=3", "--detach", "--run-dir", str(run_dir))
+    assert result.returncode == 0, result.stderr
+    assert f"follow with: orch status -f {run_dir}" in result.stdout
+    with pytest.raises(RunBusy, match=r"that orch run has exited.*kill -TERM \d+"):
+        hold_attempt(run_dir)  # the node launcher holds it: it was started with the lock before orch run returned
+    deadline = time.monotonic() + 300
+    while True:  # until the launcher ends and the kernel frees the lock with it
+        try:
+            hold_attempt(run_dir).close()
+            break
+        except RunBusy:
+            assert time.monotonic() < deadline, "the detached run still holds its directory after 300 s"
+            time.sleep(0.1)
+    assert "completed" in [e["event"] for e in RunDir(run_dir).history()] and steps(run_dir) == [1, 2, 3]
+    assert "orch run is gone" not in RunDir(run_dir).launcher_log.read_text()
 
 
 def venv_ninja_log() -> Path:
