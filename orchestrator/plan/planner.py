@@ -31,9 +31,9 @@ from orchestrator.rundir.layout import LAUNCH_LOG, PLAN_FILE, RECIPE_FILE, RunDi
 from orchestrator.rundir.records import PlanRecord, plan_json, recipe_yaml
 
 DRY_RUN_STEPS = 5
-
 DRY_RUN_SUFFIX = "-dry-run"
 """A dry run's directory is the real run's with this suffix: its checkpoint must never be resumed by the real run."""
+
 
 @dataclass(frozen=True)
 class ProcessSpec:
@@ -148,8 +148,8 @@ def make_plan(
     loaded: LoadedRecipe, env: EnvSnapshot, run_dir: Path | None = None, dry_run: bool = False, load_universal: bool = False,
     detach: bool = False,
 ) -> LaunchPlan:
-    checked = check_recipe(loaded, env)
     """`detach`: the node launcher trains on when `orch run` ends; otherwise the CLI's death stops it after a checkpoint."""
+    checked = check_recipe(loaded, env)
     recipe, topology, batch = checked.recipe, checked.topology, checked.batch
     # Every output is built from the plan's recipe: redacted here, no record or script holds a secret.
     recipe, secrets = redact_recipe(recipe)
@@ -158,11 +158,11 @@ def make_plan(
         topology = Topology(1, 1, topology.device, topology.comm_backend)
         batch = Batch(batch.micro_batch_size, batch.gradient_accumulation_steps, 1, batch.seq_len)
     run_dir = (run_dir or env.cwd / "runs" / recipe.name).absolute()
+    if dry_run:
+        run_dir = run_dir.with_name(run_dir.name + DRY_RUN_SUFFIX)
     model = _model_plan(recipe, checked.base)
     memory = _memory(recipe, model, batch, env, topology)
     host_memory = _host_memory(recipe, model, memory, env, topology)
-    if dry_run:
-        run_dir = run_dir.with_name(run_dir.name + DRY_RUN_SUFFIX)
     time = estimate_time(model.sizes, model.num_params, batch, topology, env, recipe.train.precision, recipe.train.steps)
     backend = BACKENDS[recipe.distributed.backend]
     return LaunchPlan(
