@@ -18,7 +18,7 @@ from tests.conftest import FAST, orch
 
 pytestmark = pytest.mark.distributed
 
-RUN = ["recipes/tiny-pretrain.yaml", *FAST, "train.steps=2", "checkpoint.interval_steps=2", "distributed.zero_stage=0"]
+RUN = ["recipes/tiny-pretrain.yaml", *FAST, "train.steps=3", "checkpoint.interval_steps=3", "distributed.zero_stage=0"]
 
 
 class Payload:
@@ -44,7 +44,7 @@ def hand_over(trained: Path, tmp_path: Path, name: str, content) -> tuple[Path, 
     rewritten to match, as a forger would; returns (run dir, marker)."""
     run_dir = tmp_path / "run"
     shutil.copytree(trained, run_dir)
-    checkpoint = run_dir / "checkpoints" / store.tag_for(2)
+    checkpoint = run_dir / "checkpoints" / store.tag_for(3)
     torch.save(content, checkpoint / name)
     manifest = json.loads((checkpoint / store.MANIFEST).read_text())
     manifest["files"].update(store.describe_files(checkpoint, [name]))
@@ -54,15 +54,15 @@ def hand_over(trained: Path, tmp_path: Path, name: str, content) -> tuple[Path, 
 
 
 def test_a_pickled_rank_state_is_not_run_on_resume(trained, tmp_path):
-    run_dir, marker = hand_over(trained, tmp_path, RANK_STATE.format(rank=0), {"step": 2, "data": {}, "rng": Payload(tmp_path / "ran")})
-    result = orch("run", *RUN, "train.steps=4", "--run-dir", str(run_dir))
+    run_dir, marker = hand_over(trained, tmp_path, RANK_STATE.format(rank=0), {"step": 3, "data": {}, "rng": Payload(tmp_path / "ran")})
+    result = orch("run", *RUN, "train.steps=6", "--run-dir", str(run_dir))
     assert not marker.exists()
     assert result.returncode != 0 and "start fresh with --fresh" in (run_dir / "logs" / "rank-0.log").read_text()
 
 
 @pytest.mark.parametrize("command", ["export", "gate"])
 def test_module_weights_carrying_code_are_not_run_on_export_or_gate(trained, tmp_path, command):
-    saved = torch.load(trained / "checkpoints" / store.tag_for(2) / MODULE_STATES, weights_only=True)
+    saved = torch.load(trained / "checkpoints" / store.tag_for(3) / MODULE_STATES, weights_only=True)
     run_dir, marker = hand_over(trained, tmp_path, MODULE_STATES, {**saved, "extra": Payload(tmp_path / "ran")})
     result = orch(command, str(run_dir))
     assert not marker.exists()
