@@ -17,7 +17,7 @@ from launch.engines import Engine
 from launch.memory import PeakTracker
 from launch.signals import StopFlag
 from orchestrator.checkpoint import store
-from orchestrator.checkpoint.policy import SavePolicy, job_deadline
+from orchestrator.checkpoint.policy import SavePolicy, job_deadline, last_stall
 from orchestrator.checkpoint.resume import compatibility
 from orchestrator.checkpoint.saver import CheckpointSaver, SaveReport
 from orchestrator.data.prepare import PreparedData
@@ -60,7 +60,8 @@ class Trainer:
             self.root, engine.rank, world, spec.keep_last, spec.keep_every, spec.commit_timeout_s,
             memory_stage if spec.async_save and MEMORY_STAGE_ROOT.is_dir() else None, self._committed, engine.shard_owner,
         )
-        self.policy = SavePolicy(spec, train.steps, job_deadline(run.history()))
+        history = run.history()
+        self.policy = SavePolicy(spec, train.steps, job_deadline(history), last_stall(history))
         self.step_memory = PeakTracker(plan.topology.device)
 
     def _peak_flops_per_device(self, planned: float, device: str) -> float:

@@ -19,10 +19,12 @@ FIRST_AUTO_INTERVAL_S = 60.0
 
 
 class SavePolicy:
-    def __init__(self, spec: CheckpointSpec, steps: int, deadline: float | None):
+    def __init__(self, spec: CheckpointSpec, steps: int, deadline: float | None, last_stall_s: float | None = None):
+        """`last_stall_s`: the stall an earlier attempt measured (`last_stall`). Without it, an `auto` run
+        whose attempts all die within FIRST_AUTO_INTERVAL_S would never commit a checkpoint."""
         self.spec, self.steps, self.deadline = spec, steps, deadline
         self.last_save_time = time.monotonic()
-        self.last_stall_s: float | None = None
+        self.last_stall_s = last_stall_s
         self.last_commit_s: float | None = None
 
     def step_due(self, step: int) -> bool:
@@ -56,6 +58,12 @@ class SavePolicy:
 
     def committed(self, commit_s: float) -> None:
         self.last_commit_s = commit_s
+
+
+def last_stall(history: list[dict]) -> float | None:
+    """The save stall the run's newest checkpoint measured, on whichever attempt."""
+    stalls = [e["stall_s"] for e in history if e["event"] == "checkpoint"]
+    return stalls[-1] if stalls else None
 
 
 def job_deadline(history: list[dict], job_id: str | None = None) -> float | None:

@@ -1,5 +1,7 @@
 """A rank knows its Slurm job's end time only from the batch step's `slurm_start` event of that job."""
 
+import pytest
+
 from orchestrator.checkpoint.policy import job_deadline
 
 
@@ -15,3 +17,16 @@ def test_deadline_comes_from_this_jobs_start(monkeypatch):
     assert job_deadline(history) is None
     monkeypatch.delenv("SLURM_JOB_ID")
     assert job_deadline(history) is None
+
+
+def test_an_auto_interval_starts_from_the_stall_an_earlier_attempt_measured():
+    """Attempts that each die within the first auto interval would otherwise never checkpoint."""
+    from orchestrator.checkpoint.policy import FIRST_AUTO_INTERVAL_S, SavePolicy, last_stall
+    from orchestrator.checkpoint.spec import CheckpointSpec
+
+    spec = CheckpointSpec(interval_steps="auto", mtbf_hours=0.01)  # 36 s between failures
+    history = [{"event": "start"}, {"event": "checkpoint", "stall_s": 0.5}, {"event": "checkpoint", "stall_s": 0.08}]
+    assert last_stall(history) == 0.08
+    assert SavePolicy(spec, 100, None).auto_interval_s == FIRST_AUTO_INTERVAL_S
+    resumed = SavePolicy(spec, 100, None, last_stall(history))
+    assert resumed.auto_interval_s == pytest.approx(2.4)  # sqrt(2 x 0.08 s x 36 s), not a first minute without a save
