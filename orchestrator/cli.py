@@ -208,16 +208,11 @@ def logs(
 
 @command
 def cancel(run_dir: RunDirArg) -> None:
-    """Cancel the run's Slurm job."""
+    """Cancel the run's Slurm job: its ranks checkpoint and stop, and the job is not requeued."""
     from orchestrator.rundir.layout import RunDir
-    from orchestrator.rundir.records import read_jobs
-    from orchestrator.slurm.client import slurm
+    from orchestrator.slurm.submit import cancel as cancel_job
 
-    jobs = read_jobs(RunDir(run_dir))
-    if not jobs:
-        raise SlurmError(f"{run_dir} has no Slurm job (slurm.json missing)")
-    slurm("scancel", jobs[-1])
-    typer.echo(f"cancelled job {jobs[-1]}")
+    typer.echo(f"cancelled job {cancel_job(RunDir(run_dir))}")
 
 
 @command

@@ -47,12 +47,30 @@ def node_services(nodes: int, procs_per_node: int, node_rank: int, master_port: 
     return nullcontext()
 
 
+def _import_deepspeed(hide_mlflow: bool):
+    """DeepSpeed's autotuner imports MLflow whenever it is installed: about 2 s of every rank's start-up
+    on 2 cores, for autotuning the orchestrator never uses. It is hidden from that import unless the
+    run's own tracking may need MLflow, whose sink the mirror thread could be importing meanwhile."""
+    import sys
+
+    if not hide_mlflow or "mlflow" in sys.modules:
+        import deepspeed
+
+        return deepspeed
+    sys.modules["mlflow"] = None  # `import mlflow` raises ImportError, which DeepSpeed expects
+    try:
+        import deepspeed
+    finally:
+        del sys.modules["mlflow"]
+    return deepspeed
+
+
 class Engine:
     def __init__(self, recipe: Recipe, plan: PlanRecord, local_rank: int):
         global torch
         import torch
 
-        import deepspeed
+        deepspeed = _import_deepspeed(hide_mlflow=not (recipe.tracking.mlflow.enabled or recipe.tracking.custom))
         from deepspeed.accelerator import get_accelerator
 
         comm_backend = plan.topology.comm_backend

@@ -52,6 +52,11 @@ def job_end_time(job_id: int) -> float | None:
         return None
 
 
+def cancel_requested(run: RunDir, job_id: int) -> bool:
+    """Whether `orch cancel` asked for this job to end: its SIGTERM is then no preemption to requeue after."""
+    return any(e["event"] == "cancel_requested" and str(e.get("job_id")) == str(job_id) for e in run.history())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--run-dir", type=Path, required=True)
@@ -72,7 +77,7 @@ def main() -> None:
     for signum in FORWARDED_SIGNALS:
         signal.signal(signum, forward)
     code = step.wait()
-    if code == EXIT_REQUEUE and restart < max_requeues:
+    if code == EXIT_REQUEUE and restart < max_requeues and not cancel_requested(run, job_id):
         subprocess.run(["scontrol", "requeue", str(job_id)], check=True)
         events.append(run.events, "slurm_requeued", job_id=job_id, restart=restart + 1)
         sys.exit(0)

@@ -62,3 +62,15 @@ def submit(plan: LaunchPlan, python: str, sources: list[Path]) -> str:
     write_jobs(run, [*read_jobs(run), job_id])
     events.append(run.events, "slurm_submitted", job_id=int(job_id))
     return job_id
+
+
+def cancel(run: RunDir) -> str:
+    """Cancel the run's newest job. Slurm delivers a cancel to the batch step as SIGTERM, which it
+    cannot tell from a preemption: the `cancel_requested` event, written first, tells it not to
+    requeue after the ranks' checkpoint."""
+    jobs = read_jobs(run)
+    if not jobs:
+        raise SlurmError(f"{run.path} has no Slurm job (slurm.json missing)")
+    events.append(run.events, "cancel_requested", job_id=jobs[-1])
+    slurm("scancel", jobs[-1])
+    return jobs[-1]

@@ -99,7 +99,7 @@ def test_random_kills_during_steps_and_saves_never_corrupt(tmp_path, reference):
     overrides = ["checkpoint.interval_steps=1", "distributed.zero_stage=2"]
     rng = random.Random(0)
     kills = 0
-    while kills < 7:
+    while kills < 5:
         starts = _starts(run_dir)
         process = start_orch("run", "recipes/tiny-pretrain.yaml", *BASE, *overrides, "--run-dir", str(run_dir))
         started = time.monotonic()

@@ -57,7 +57,9 @@ def test_two_process_zero_training(tmp_path, stage):
 
 
 def test_dry_run_is_a_single_process(tmp_path):
-    run_dir = run(tmp_path, flags=("--dry-run",))
+    run(tmp_path, flags=("--dry-run",))
+    assert not (tmp_path / "run").exists()  # a dry run trains beside the real run, never in it
+    run_dir = tmp_path / "run-dry-run"
     plan = json.loads((run_dir / "plan.json").read_text())
     assert plan["topology"]["world_size"] == 1 and plan["dry_run"]
     rows = metrics(run_dir)

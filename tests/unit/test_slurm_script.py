@@ -150,3 +150,16 @@ def test_pass_env_must_be_set_where_orch_submit_runs():
     check_pass_env(spec, {"WANDB_API_KEY": "x", "HF_TOKEN": "y"})
     with pytest.raises(SlurmError, match="HF_TOKEN, not set here"):
         check_pass_env(spec, {"WANDB_API_KEY": "x"})
+
+
+def test_a_cancelled_job_is_not_requeued_after_its_checkpoint(tmp_path):
+    """`orch cancel` reaches the batch step as SIGTERM, like a preemption; only its event tells them apart."""
+    from orchestrator.rundir import events
+    from orchestrator.rundir.layout import RunDir
+    from orchestrator.slurm.batch import cancel_requested
+
+    run = RunDir(tmp_path)
+    events.append(run.events, "slurm_start", job_id=7)
+    assert not cancel_requested(run, 7)
+    events.append(run.events, "cancel_requested", job_id="8")
+    assert not cancel_requested(run, 7) and cancel_requested(run, 8)
