@@ -79,17 +79,18 @@ def test_wandb_tensorboard_and_mlflow_each_hold_the_loss_series(tracked):
 
 
 def test_gate_results_and_the_release_reach_the_dashboards(tracked, tmp_path):
-    orch("gate", str(tracked))
+    gated = orch("gate", str(tracked))
+    assert gated.returncode == 0, gated.stdout + gated.stderr
     released = orch("release", str(tracked), "--to", str(tmp_path / "release"))
+    assert released.returncode == 0, released.stderr
     import mlflow
 
     ids = json.loads((tracked / "tracking.json").read_text())["ids"]
     client = mlflow.MlflowClient(tracking_uri=ids["mlflow_tracking_uri"])
     metrics = client.get_run(ids["mlflow_run_id"]).data.metrics
     assert "gates/health/passed" in metrics and "gates/passed" in metrics
-    if released.returncode == 0:
-        assert metrics["release/step"] == STEPS
-        assert client.list_artifacts(ids["mlflow_run_id"], f"release-step-{STEPS:08d}")
+    assert metrics["release/step"] == STEPS
+    assert client.list_artifacts(ids["mlflow_run_id"], f"release-step-{STEPS:08d}")
 
 
 def test_a_sink_that_raises_on_every_call_does_not_stop_the_run(tmp_path):
