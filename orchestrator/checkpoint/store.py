@@ -19,6 +19,7 @@ from pathlib import Path
 import xxhash
 
 from orchestrator.errors import CheckpointError
+from orchestrator.filetree import inside, walk
 
 MANIFEST = "manifest.json"
 LATEST = "latest"
@@ -120,9 +121,10 @@ def verify(checkpoint: Path) -> Verdict:
         return Verdict(checkpoint, False, "no manifest (the save never committed)")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return Verdict(checkpoint, False, f"unreadable manifest: {exc}")
-    present, problem = _tree(checkpoint)
-    if problem:
-        return Verdict(checkpoint, False, problem)
+    tree = walk(checkpoint)
+    if tree.links:
+        return Verdict(checkpoint, False, f"{tree.links[0]} is a symbolic link")
+    present = tree.files
     for name, expected in files.items():
         path = checkpoint / name
         if name not in present:
@@ -140,21 +142,8 @@ def verify(checkpoint: Path) -> Verdict:
 def assert_names(files: dict) -> None:
     """A manifest names files inside its checkpoint: relative, without `..`."""
     for name in files:
-        parts = Path(name).parts
-        if Path(name).is_absolute() or ".." in parts or not parts:
+        if not inside(name):
             raise ValueError(f"{name!r} is not a path inside the checkpoint")
-
-
-def _tree(checkpoint: Path) -> tuple[set[str], str]:
-    """Every regular file under the checkpoint (relative names), links never followed; or the first link found."""
-    present = set()
-    for directory, subdirs, names in os.walk(checkpoint, followlinks=False):
-        for name in [*subdirs, *names]:
-            path = Path(directory) / name
-            if path.is_symlink():
-                return set(), f"{path.relative_to(checkpoint).as_posix()} is a symbolic link"
-        present.update((Path(directory) / name).relative_to(checkpoint).as_posix() for name in names)
-    return present, ""
 
 
 def require_verified(checkpoint: Path) -> None:

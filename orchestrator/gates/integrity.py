@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import stat
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from orchestrator.errors import ReleaseInvalid
+from orchestrator.filetree import inside, walk
 from orchestrator.rundir.layout import RELEASE_MANIFEST
 
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
@@ -41,8 +40,7 @@ class ReleaseManifest(BaseModel):
     @classmethod
     def _inside_the_release(cls, files: dict[str, str]) -> dict[str, str]:
         for name in files:
-            parts = PurePosixPath(name).parts
-            if not parts or name.startswith("/") or ".." in parts or "\\" in name:
+            if not inside(name):
                 raise ValueError(f"{name!r} is not a path inside the release")
         return files
 
@@ -69,24 +67,11 @@ def read_manifest(path: Path) -> ReleaseManifest:
 
 def _walk(path: Path) -> tuple[set[str], set[str], list[str]]:
     """(regular files, links, problems: links, special files, empty directories), by relative name."""
-    files: set[str] = set()
-    links: set[str] = set()
-    problems: list[str] = []
-    for directory, subdirs, names in os.walk(path, followlinks=False):
-        here = Path(directory)
-        if not subdirs and not names and here != path:
-            problems.append(f"{here.relative_to(path).as_posix()}/: an empty directory, not in {RELEASE_MANIFEST}")
-        for name in [*subdirs, *names]:
-            relative = (here / name).relative_to(path).as_posix()
-            mode = os.lstat(here / name).st_mode
-            if stat.S_ISLNK(mode):
-                links.add(relative)
-                problems.append(f"{relative}: a symbolic link (a release holds regular files only)")
-            elif stat.S_ISREG(mode):
-                files.add(relative)
-            elif not stat.S_ISDIR(mode):
-                problems.append(f"{relative}: not a regular file")
-    return files, links, problems
+    tree = walk(path)
+    problems = [f"{name}/: an empty directory, not in {RELEASE_MANIFEST}" for name in tree.empty_dirs]
+    problems += [f"{name}: a symbolic link (a release holds regular files only)" for name in tree.links]
+    problems += [f"{name}: not a regular file" for name in tree.special]
+    return tree.files, set(tree.links), problems
 
 
 def _missing_required(listed: set[str]) -> list[str]:

@@ -21,11 +21,11 @@ SHARED_WITH_THE_NODES = (
     # every section's spec, which the recipe composes
     "orchestrator.backends.spec", "orchestrator.checkpoint.spec", "orchestrator.data.spec", "orchestrator.energy.spec",
     "orchestrator.gates.spec", "orchestrator.model.spec", "orchestrator.slurm.spec", "orchestrator.tracking.spec", "orchestrator.train.spec",
-    # libraries both planes use: models and their inputs, data, checkpoint storage and policy, the
+    # libraries both planes use: models and their inputs, data, checkpoint storage, its tree walk and policy, the
     # energy bill, the dashboards' mirror, sinks and secret redaction, the LR schedule, offline mode, matmul timing
     "orchestrator.model", "orchestrator.data", "orchestrator.train",
     "orchestrator.checkpoint.store", "orchestrator.checkpoint.saver", "orchestrator.checkpoint.policy",
-    "orchestrator.checkpoint.resume", "orchestrator.checkpoint.compat",
+    "orchestrator.checkpoint.resume", "orchestrator.checkpoint.compat", "orchestrator.filetree",
     "orchestrator.energy.bill", "orchestrator.energy.grid", "orchestrator.energy.hardware",
     "orchestrator.tracking.mirror", "orchestrator.tracking.sinks", "orchestrator.recipe.redact",
     "orchestrator.hub", "orchestrator.env", "orchestrator.hooks",
