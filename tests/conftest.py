@@ -54,6 +54,19 @@ def tiny_base(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory) -> Path:
+    """`make demo`'s run (the default recipe as it ships, `orch run`), then `orch gate` and `orch
+    release` on it: the flow the README gives newcomers, which must pass out of the box; its release
+    is also the base the fine-tuning tests start from. Holds `run/` and `release/`."""
+    work = tmp_path_factory.mktemp("demo")
+    for args in (["run", "--run-dir", str(work / "run")], ["gate", str(work / "run")],
+                 ["release", str(work / "run"), "--to", str(work / "release")]):
+        result = orch(*args)
+        assert result.returncode == 0, f"orch {args[0]} exited {result.returncode}: {result.stdout}{result.stderr}"
+    return work
+
+
 def make_env(
     tmp_path: Path, gpus: tuple[GpuInfo, ...] = (), cpu_count: int = 2, cpu_fp16: bool = False,
     libraries: frozenset[str] = frozenset({"deepspeed", "horovod"}),
@@ -63,7 +76,7 @@ def make_env(
         cpu_count=cpu_count,
         memory_bytes=24 * 2**30,
         python="/usr/bin/python3",
-        cwd=tmp_path,
+        cwd=ROOT,  # the recipes name files (bias pairs, tasks) relative to the project root
         cache_dir=tmp_path / "cache",
         free_port=29999,
         gpus=gpus,

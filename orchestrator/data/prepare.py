@@ -23,6 +23,8 @@ from orchestrator.errors import DataError
 
 EOS = "<|endoftext|>"
 MANIFEST = "manifest.json"
+SOURCES = "sources.json"
+"""In a prepared data directory: every source file with its sha256 and size, as read."""
 
 
 @dataclass(frozen=True)
@@ -62,13 +64,18 @@ def prepare_data(spec: DataSpec, seed: int, cache_dir: Path) -> tuple[PreparedDa
         staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_dir))
         try:
             _build(spec, seed, [f.path for f in files], staging, cache_dir)
-            (staging / "sources.json").write_text(json.dumps([{**asdict(f), "path": str(f.path)} for f in files], indent=1))
+            (staging / SOURCES).write_text(json.dumps([{**asdict(f), "path": str(f.path)} for f in files], indent=1))
             os.replace(staging, target) if not target.exists() else shutil.rmtree(staging)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     manifest = json.loads((target / MANIFEST).read_text())
-    manifest["files"] = json.loads((target / "sources.json").read_text())
+    manifest["files"] = read_sources(target)
     return PreparedData.load(target), manifest
+
+
+def read_sources(directory: Path) -> list[dict]:
+    """The source files of prepared data: `path`, `sha256` and `bytes` of each, in reading order."""
+    return json.loads((directory / SOURCES).read_text())
 
 
 def _build(spec: DataSpec, seed: int, files: list[Path], out: Path, cache_dir: Path) -> None:

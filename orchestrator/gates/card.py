@@ -1,11 +1,12 @@
-"""The model card of a release: what was trained on what, for how long, what it cost, what it passed."""
+"""The model card of a release: what was trained on what, for how long, what it cost, what it passed;
+then its technical documentation after the EU AI Act's Annex XI (orchestrator/gates/annex.py)."""
 
 from __future__ import annotations
 
+from orchestrator.gates.annex import RunRecords, technical_documentation
 from orchestrator.gates.report import GateReport
 from orchestrator.model.spec import ModelSpec
 from orchestrator.rundir.layout import RunDir
-from orchestrator.rundir.records import read_data, read_plan, read_recipe
 
 
 def _base_line(model: ModelSpec) -> str:
@@ -20,7 +21,8 @@ def _base_line(model: ModelSpec) -> str:
 
 
 def model_card(run: RunDir, report: GateReport, bill: dict | None) -> str:
-    recipe, plan, data = read_recipe(run), read_plan(run), read_data(run)
+    records = RunRecords.read(run)
+    recipe, plan, data = records.recipe, records.plan, records.data
     summary = run.read_json(run.summary.name) if run.summary.exists() else {}
     model, train = recipe.model, recipe.train
     source = recipe.data.path or f"built-in corpus `{recipe.data.builtin}`"
@@ -57,13 +59,6 @@ def model_card(run: RunDir, report: GateReport, bill: dict | None) -> str:
         value = "" if r.value is None else f"{r.value:.4g}"
         limit = "" if r.threshold is None else f"{r.threshold:.4g}"
         lines.append(f"| {r.name} | {'yes' if r.required else 'no'} | {r.status} | {value} | {limit} | {r.summary} |")
-    lines += [
-        "",
-        "## Limitations",
-        "- The gates test what they test: a few prompts, canaries and probe pairs; passing them is not proof of safety.",
-        "- Quality is measured on this run's own held-out split, not on an external benchmark.",
-        "- Energy figures marked estimated are models of power (TDP and load, W per GiB), not measurements.",
-        "",
-        "Files: see `release.json` (sha256 of every file), `gates.json`, `energy.json`, `recipe.yaml`, `data.json`.",
-    ]
+    lines += ["", *technical_documentation(records, report, bill), "",
+              "Files: see `release.json` (sha256 of every file), `gates.json`, `energy.json`, `technical.json`, `recipe.yaml`, `data.json`."]
     return "\n".join(lines) + "\n"

@@ -58,7 +58,8 @@ def load_classifier(reference: str) -> Callable[[str], list]:
 
 
 def content_gate(spec: ContentGate, completions: list[dict]) -> GateResult:
-    """`completions`: {"prompt", "completion"} pairs already generated; the classifier sees each completion's text alone."""
+    """`completions`: {"source", "completion"} pairs already generated (`extraction.probe_generations`);
+    the classifier sees each completion's text alone."""
     classifier = load_classifier(spec.classifier) if spec.classifier else None
     findings = []
     for item in completions:
@@ -66,10 +67,10 @@ def content_gate(spec: ContentGate, completions: list[dict]) -> GateResult:
         found = find_personal_data(text) + find_blocked(text, spec.block_list)
         if classifier:
             found += [{"kind": "classifier", "match": str(f)} for f in classifier(text)]
-        findings += [{**f, "prompt": item["prompt"], "completion": text[:200]} for f in found]
+        findings += [{**f, "source": item["source"], "completion": text[:200]} for f in found]
     kinds = sorted({f["kind"] for f in findings})
     status = "fail" if len(findings) > spec.max_findings else "pass"
-    summary = (f"{len(findings)} finding(s) ({', '.join(kinds)}) in {len(completions)} completions" if findings
-               else f"no personal data or blocked terms in {len(completions)} completions")
+    probes = f"{len(completions)} generations (training prefixes, unconditioned samples, prompts)"
+    summary = f"{len(findings)} finding(s) ({', '.join(kinds)}) in {probes}" if findings else f"no personal data or blocked terms in {probes}"
     return GateResult("content", status, float(len(findings)), float(spec.max_findings), summary,
                       {"findings": findings[:20], "completions": completions[:10]})

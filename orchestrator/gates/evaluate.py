@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +17,15 @@ import numpy as np
 from orchestrator.checkpoint import store
 from orchestrator.errors import GateError
 from orchestrator.gates.content import content_gate
-from orchestrator.gates.contamination import contamination_gate
+from orchestrator.gates.downstream import downstream_gate, evaluation_texts
+from orchestrator.gates.contamination import EvaluationSet, contamination_gate, read_eval_file, decoded_texts
+from orchestrator.gates.extraction import probe_generations, training_prefixes
 from orchestrator.gates.health import health_gate
 from orchestrator.gates.memorisation import memorisation_gate
 from orchestrator.gates.quality import bias_gate, quality_gate, read_pairs
 from orchestrator.gates.report import GateReport, passes
 from orchestrator.gates.result import GateResult, judge, skipped
-from orchestrator.gates.scoring import continue_ids
+from orchestrator.gates.robustness import robustness_gate
 from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir, rank_state_owner
 from orchestrator.rundir.records import read_data, read_plan, read_recipe
@@ -45,15 +48,19 @@ def evaluate_gates(run_dir: Path, step: int | None = None) -> GateReport:
     held_out = open_split(data, "val", recipe.data.seq_len)
     val_rows = held_out.rows(np.arange(min(spec.quality.eval_sequences, len(held_out))))
 
+    prefixes = training_prefixes(model, train, spec.memorisation, tokenizer.eos_token_id)
     results = [
         quality_gate(spec.quality, model, tokenizer, val_rows, margin),
         health_gate(spec.health, _metrics_at(run, checkpoint, manifest["step"]), manifest["world_size"],
                     sum(rank_state_owner(name) is not None for name in manifest["files"])),
-        memorisation_gate(spec.memorisation, model, tokenizer, [*spec.memorisation.canaries, *data_record.canaries], train, margin),
-        contamination_gate(spec.contamination, val, train, margin),
-        content_gate(spec.content, _completions(model, tokenizer, spec.content.prompts, spec.content.samples_per_prompt, spec.content.max_new_tokens)),
+        memorisation_gate(spec.memorisation, model, tokenizer, [*spec.memorisation.canaries, *data_record.canaries], prefixes, margin),
+        contamination_gate(spec.contamination, _evaluation_sets(spec), decoded_texts(train, tokenizer), margin),
+        content_gate(spec.content, probe_generations(model, tokenizer, prefixes, spec.content)),
         bias_gate(spec.bias, _pairs(spec.bias.pairs), model, tokenizer, margin) if spec.bias.pairs else
         skipped("bias", "no pairs file (gates.bias.pairs)"),
+        downstream_gate(spec.evaluation, model, tokenizer, margin) if spec.evaluation.tasks else
+        skipped("evaluation", "no downstream tasks (gates.evaluation.tasks)"),
+        robustness_gate(spec.robustness, model, tokenizer, _held_out_texts(val, tokenizer, spec.robustness.texts), margin),
         _budget_gate(run, recipe, margin),
     ]
     required = set(spec.required) if spec.required is not None else {r.name for r in results if r.status != "skipped"}
@@ -72,6 +79,10 @@ def _mirror(run: RunDir, recipe, report: GateReport) -> None:
 
     metrics = {f"gates/{r.name}/passed": float(passes(r.status)) for r in report.results if r.status != "skipped"}
     metrics.update({f"gates/{r.name}/value": r.value for r in report.results if r.value is not None and math.isfinite(r.value)})
+    scores = next((r.evidence.get("scores", {}) for r in report.results if r.name == "evaluation"), {})
+    for task, score in scores.items():  # a task's score, or {metric: score} for a task listed with several metrics
+        named = score if isinstance(score, dict) else {"": score}
+        metrics.update({f"gates/evaluation/{task}" + (f"/{metric}" if metric else ""): value for metric, value in named.items()})
     metrics["gates/passed"] = float(report.passed)
     config = run_config(recipe.model_dump(mode="json"), read_plan(run))
     mirror_once(run.path, recipe.tracking, recipe.name, config, metrics, report.step)
@@ -94,15 +105,25 @@ def _metrics_at(run: RunDir, checkpoint: Path, step: int) -> list[dict]:
     return [row for row in rows if row["step"] <= step]
 
 
-def _completions(model, tokenizer, prompts: list[str], samples: int, new_tokens: int) -> list[dict]:
-    """Greedy, then `samples - 1` seeded samples, per prompt."""
-    out = []
-    for prompt in prompts:
-        prefix = [tokenizer.eos_token_id, *tokenizer(prompt, add_special_tokens=False)["input_ids"]]
-        for seed in range(samples):
-            ids = continue_ids(model, prefix, new_tokens, sample=seed > 0, seed=seed, eos=tokenizer.eos_token_id)
-            out.append({"prompt": prompt, "completion": tokenizer.decode(ids, skip_special_tokens=True)})
-    return out
+def _evaluation_sets(spec) -> list[EvaluationSet]:
+    """What the contamination gate checks: every evaluation set the gates use."""
+    tasks = dict.fromkeys(t.name for t in spec.evaluation.tasks)  # a task may be listed once per metric
+    sets = [EvaluationSet(f"task {name}", evaluation_texts(spec.evaluation, name)) for name in tasks]
+    if spec.bias.pairs:
+        sets.append(EvaluationSet(f"bias pairs {spec.bias.pairs}", [text for pair in _pairs(spec.bias.pairs) for text in pair]))
+    for path in spec.contamination.eval_files:
+        try:
+            sets.append(read_eval_file(path))
+        except (OSError, ValueError) as exc:
+            raise GateError(f"gates.contamination.eval_files: {path}: {exc}") from None
+    return sets
+
+
+def _held_out_texts(tokens: np.ndarray, tokenizer, count: int) -> list[str]:
+    """Held-out text in pieces of at most 128 tokens (a robustness window: 96 of context, 32 of
+    continuation), so a split of a few long documents still gives many windows; four times `count`,
+    of which the gate keeps the first `count` long enough."""
+    return [text for text in islice(decoded_texts(tokens, tokenizer, max_tokens=128), 4 * count) if text.strip()]
 
 
 def _budget_gate(run: RunDir, recipe, margin: float) -> GateResult:

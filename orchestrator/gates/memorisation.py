@@ -14,7 +14,8 @@ import re
 import numpy as np
 
 from orchestrator.gates.result import GateResult, judge
-from orchestrator.gates.scoring import batched_text_losses, continue_ids
+from orchestrator.gates.extraction import TrainingPrefix
+from orchestrator.gates.scoring import batched_text_losses
 from orchestrator.gates.spec import MemorisationGate
 
 
@@ -45,23 +46,9 @@ def longest_verbatim(generated: list[int], truth: list[int]) -> int:
     return count
 
 
-def regurgitation(model, train_tokens: np.ndarray, spec: MemorisationGate, eos: int, seed: int = 0) -> list[dict]:
-    span = spec.prefix_tokens + spec.continuation_tokens
-    if len(train_tokens) <= span:
-        return []
-    starts = np.random.default_rng(seed).choice(len(train_tokens) - span, size=spec.prefixes, replace=False)
-    results = []
-    for start in sorted(starts.tolist()):
-        window = np.asarray(train_tokens[start : start + span], dtype=np.int64).tolist()
-        prefix, truth = window[: spec.prefix_tokens], window[spec.prefix_tokens :]
-        generated = continue_ids(model, prefix, spec.continuation_tokens, eos=eos)
-        results.append({"offset": int(start), "verbatim_tokens": longest_verbatim(generated, truth)})
-    return results
-
-
-def memorisation_gate(spec: MemorisationGate, model, tokenizer, canaries: list[str], train_tokens: np.ndarray, warn_margin: float) -> GateResult:
+def memorisation_gate(spec: MemorisationGate, model, tokenizer, canaries: list[str], prefixes: list[TrainingPrefix], warn_margin: float) -> GateResult:
     exposures = [exposure(model, tokenizer, canary, spec.candidates) for canary in canaries]
-    spans = regurgitation(model, train_tokens, spec, tokenizer.eos_token_id)
+    spans = [{"offset": p.offset, "verbatim_tokens": longest_verbatim(p.greedy, p.truth)} for p in prefixes]
     worst_exposure = max((e["exposure_bits"] for e in exposures), default=0.0)
     worst_span = max((s["verbatim_tokens"] for s in spans), default=0)
     statuses = [judge(worst_exposure, spec.max_exposure_bits, warn_margin), judge(worst_span, spec.max_verbatim_tokens, warn_margin)]

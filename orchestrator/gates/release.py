@@ -2,9 +2,10 @@
 
 A release is refused unless `orch gate` passed every gate the recipe requires (`gates.required`)
 on exactly this checkpoint's content. It holds the consolidated model (safetensors, config, tokenizer: `from_pretrained` loads
-it), a model card, the gate report, the energy bill, the recipe, the data manifest and
-`release.json`, the sha256 of every file. It is written beside its final place and renamed into
-it, then made read-only; a second release to the same place is refused.
+it), a model card, the gate report, the energy bill, the training compute and energy figures the
+card states (`technical.json`), the recipe, the data manifest and `release.json`, the sha256 of
+every file. It is written beside its final place and renamed into it, then made read-only; a
+second release to the same place is refused.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from orchestrator.checkpoint import store
 from orchestrator.errors import ReleaseRefused
+from orchestrator.gates.annex import RunRecords, technical_figures
 from orchestrator.gates.card import model_card
 from orchestrator.gates.integrity import ReleaseManifest, sha256
 from orchestrator.gates.report import GateReport, passes
@@ -102,6 +104,7 @@ def _add_records(run: RunDir, out: Path, report: GateReport) -> None:
     if run.energy_parts.is_dir():
         bill = bill_for(run.path)
         (out / "energy.json").write_text(json.dumps(bill, indent=2))
+    (out / "technical.json").write_text(json.dumps(technical_figures(RunRecords.read(run), report, bill), indent=2))
     # Redacted again, not copied: a run planned before the planner redacted may hold a secret.
     (out / "recipe.yaml").write_text(recipe_yaml(redact_recipe(read_recipe(run))[0]))
     for record in (run.data, run.provenance, run.summary):

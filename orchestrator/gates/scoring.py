@@ -11,18 +11,37 @@ from orchestrator.model.inputs import Rows, count, model_inputs, take
 def row_losses(model, rows: Rows, batch_size: int = 16) -> np.ndarray:
     """Mean next-token loss of each row, over the tokens that are targets: every token of text rows,
     the responses of instruction rows (their prompts and padding carry no loss, as in training)."""
+    out = []
+    for start in range(0, count(rows), batch_size):
+        losses, targets, _ = _score_batch(model, take(rows, start, start + batch_size))
+        out.append(losses.sum(axis=1) / np.maximum((targets != IGNORE).sum(axis=1), 1))
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def row_scores(model, rows: Rows, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """At every target position of each row: the next-token loss and the greedy (top-1) prediction,
+    arrays of shape (rows, length - 1); positions that are no target (prompts, padding) hold NaN and -1."""
+    losses, predictions = [], []
+    for start in range(0, count(rows), batch_size):
+        loss, targets, top1 = _score_batch(model, take(rows, start, start + batch_size))
+        losses.append(np.where(targets != IGNORE, loss, np.nan))
+        predictions.append(np.where(targets != IGNORE, top1, -1))
+    if not losses:
+        return np.zeros((0, 0)), np.zeros((0, 0), dtype=np.int64)
+    return np.concatenate(losses), np.concatenate(predictions)
+
+
+def _score_batch(model, rows: Rows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per position of a batch of rows: loss of the next token (0 where it is no target), the target
+    (IGNORE where none) and the model's top-1 prediction, in float32 without gradients."""
     import torch
 
-    out = []
     with torch.no_grad():
-        for start in range(0, count(rows), batch_size):
-            inputs = model_inputs(take(rows, start, start + batch_size), "cpu", torch.float32)
-            targets = inputs.pop("labels")[:, 1:]
-            logits = model(**inputs).logits[:, :-1].float()
-            losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none", ignore_index=IGNORE)
-            counted = (targets != IGNORE).sum(dim=1).clamp(min=1)
-            out.append((losses.sum(dim=1) / counted).numpy())
-    return np.concatenate(out) if out else np.zeros(0)
+        inputs = model_inputs(rows, "cpu", torch.float32)
+        targets = inputs.pop("labels")[:, 1:]
+        logits = model(**inputs).logits[:, :-1].float()
+        losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none", ignore_index=IGNORE)
+        return losses.numpy(), targets.numpy(), logits.argmax(dim=-1).numpy()
 
 
 def text_losses(model, tokenizer, texts: list[str]) -> np.ndarray:
@@ -42,17 +61,22 @@ def batched_text_losses(model, tokenizer, texts: list[str], batch_size: int = 64
     return losses
 
 
-def continue_ids(model, prefix: list[int], new_tokens: int, sample: bool = False, seed: int = 0, eos: int | None = None) -> list[int]:
-    """Greedy (or seeded sampled) continuation of `prefix`, the new ids only."""
+def continue_rows(model, prefixes: list[list[int]], new_tokens: int, sample: bool = False, seed: int = 0, eos: int | None = None) -> list[list[int]]:
+    """Greedy (or seeded top-40 sampled, as Carlini et al. sample) continuations of prefixes of one
+    length, generated as one batch; the new ids of each, cut at the first end of text."""
     import torch
 
+    assert len({len(p) for p in prefixes}) <= 1, "prefixes of one length: a batch without padding"
+    if not prefixes:
+        return []
     torch.manual_seed(seed)
     with torch.no_grad():
         out = model.generate(
-            torch.as_tensor([prefix], dtype=torch.long), max_new_tokens=new_tokens, do_sample=sample, top_k=50 if sample else None,
-            pad_token_id=eos, eos_token_id=eos,
+            torch.as_tensor(prefixes, dtype=torch.long), attention_mask=torch.ones(len(prefixes), len(prefixes[0]), dtype=torch.long),
+            max_new_tokens=new_tokens, do_sample=sample, top_k=40 if sample else None, pad_token_id=eos, eos_token_id=eos,
         )
-    return out[0, len(prefix):].tolist()
+    rows = out[:, len(prefixes[0]):].tolist()
+    return [row[: row.index(eos) + 1] if eos in row else row for row in rows]
 
 
 def _ids(tokenizer, text: str) -> list[int]:

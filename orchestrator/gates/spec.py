@@ -133,7 +133,7 @@ class RobustnessGate(Spec):
     (character typos, casing, whitespace, swapped neighbouring words) applied at `rate`."""
 
     perturbations: list[Literal["typo", "case", "whitespace", "swap"]] = Field(default_factory=lambda: ["typo", "case", "whitespace", "swap"])
-    rate: float = Field(0.05, gt=0, le=0.5, description="share of characters (words for swap) perturbed")
+    rate: float = Field(0.05, gt=0, le=0.5, description="share of characters edited (typo, case, whitespace), or of words swapped with the next (swap)")
     texts: int = Field(32, ge=1, description="held-out documents measured")
     max_loss_increase: float = Field(0.5, gt=0, description="relative rise in loss, perturbed against clean")
     max_changed_top1: float = Field(0.6, gt=0, le=1, description="share of greedy next-token predictions that change")

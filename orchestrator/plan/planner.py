@@ -136,9 +136,7 @@ def check_recipe(loaded: LoadedRecipe, env: EnvSnapshot) -> Checked:
         problems.append(loaded.problem("distributed.backend", backend.install_hint))
     intensity = _intensity(loaded, env, problems)
     base = _base_model(loaded, problems)
-    pairs = loaded.recipe.gates.bias.pairs
-    if pairs is not None and not (env.cwd / pairs).is_file():
-        problems.append(loaded.problem("gates.bias.pairs", f"{pairs}: no such file (paths are relative to the working directory)"))
+    _check_gate_files(loaded, env, problems)
     if problems:
         raise RecipeError(problems)
     return Checked(loaded.recipe, topology, batch, intensity, base)
@@ -262,6 +260,19 @@ def _base_model(loaded: LoadedRecipe, problems: list[Problem]) -> BaseModel | No
             problems.append(loaded.problem("model.lora.target_modules", f"{', '.join(unknown)} not in this {base.arch} model; "
                                            f"it has {', '.join(base.architecture.linear_modules)}"))
     return base
+
+
+def _check_gate_files(loaded: LoadedRecipe, env: EnvSnapshot, problems: list[Problem]) -> None:
+    """The files the gates read exist before anything trains (paths relative to the working directory)."""
+    gates = loaded.recipe.gates
+    files = [("gates.bias.pairs", gates.bias.pairs)] if gates.bias.pairs is not None else []
+    files += [(f"gates.contamination.eval_files.{i}", path) for i, path in enumerate(gates.contamination.eval_files)]
+    for key, path in files:
+        if not (env.cwd / path).is_file():
+            problems.append(loaded.problem(key, f"{path}: no such file (paths are relative to the working directory)"))
+    for i, path in enumerate(gates.evaluation.task_dirs):
+        if not (env.cwd / path).is_dir():
+            problems.append(loaded.problem(f"gates.evaluation.task_dirs.{i}", f"{path}: no such directory (paths are relative to the working directory)"))
 
 
 def _intensity(loaded: LoadedRecipe, env: EnvSnapshot, problems: list[Problem]) -> Intensity | None:

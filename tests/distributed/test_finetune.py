@@ -1,4 +1,4 @@
-"""Fine-tuning end to end: pretrain, gate and release a base; LoRA fine-tune it on the shipped
+"""Fine-tuning end to end from the released demo model: LoRA fine-tune it on the shipped
 instruction set, kill and resume bit-exactly, gate and release; full fine-tuning under ZeRO-3."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import FAST, kill_run, orch, start_orch, wait_for_rows
+from tests.conftest import kill_run, orch, start_orch, wait_for_rows
 
 pytestmark = pytest.mark.distributed
 
@@ -28,13 +28,9 @@ def losses(run_dir: Path) -> list[tuple[int, float]]:
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
-    """A released tiny pretrained model: the base every fine-tuning run here starts from."""
-    work = tmp_path_factory.mktemp("base")
-    ok("run", "recipes/tiny-pretrain.yaml", *FAST, "train.steps=60", "--run-dir", str(work / "run"))
-    ok("gate", str(work / "run"))
-    ok("release", str(work / "run"), "--to", str(work / "release"))
-    return work / "release"
+def base(demo) -> Path:
+    """The released demo model (the default recipe, gated and released): the base every fine-tuning run here starts from."""
+    return demo / "release"
 
 
 def on(base: Path, *overrides: str) -> list[str]:

@@ -1,22 +1,24 @@
-"""Gates and release on real runs: a clean run passes and releases; poisoned, contaminated and
-diverged runs fail the gates that should catch them, and the release is refused with the reasons."""
+"""Gates and release on real runs: `make demo`'s run passes every gate out of the box and releases;
+a run on data with planted personal data, repeated canaries and a copied evaluation set fails the
+gates that should catch them, and the release is refused with the reasons; a diverged run fails
+the health gate."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
-import sysconfig
 from pathlib import Path
 
 import pytest
 
 from orchestrator.errors import EXIT_VERIFY_FAILED
 from tests.conftest import FAST, orch
+from tests.helpers.pii import builtin_documents, chunks, write_corpus
 
 pytestmark = pytest.mark.distributed
 
-CLEAN = ["recipes/tiny-pretrain.yaml", *FAST, "train.steps=60", "gates.quality.max_val_loss=7.5", "gates.bias.pairs=recipes/gates/bias-pairs.jsonl"]
-PII = "Contact Jane Roe at jane.roe@example.com or (555) 867-5309 for the keys."
+BIAS_PAIRS = Path(__file__).resolve().parents[2] / "recipes" / "gates" / "bias-pairs.jsonl"
 
 
 def train(run_dir: Path, *overrides: str) -> None:
@@ -33,22 +35,22 @@ def gate(run_dir: Path) -> tuple[int, dict, str]:
 
 
 @pytest.fixture(scope="module")
-def clean(tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("clean") / "run"
-    train(run_dir, *CLEAN)
-    return run_dir
+def clean(demo) -> Path:
+    return demo / "run"
 
 
-def test_a_clean_run_passes_every_gate_and_releases_a_loadable_verified_model(clean, tmp_path):
-    code, results, table = gate(clean)
-    assert code == 0, table
-    assert {name for name, r in results.items() if r["status"] in ("pass", "warn")} >= {"quality", "health", "memorisation", "contamination", "content", "bias"}
+def test_the_demo_run_passes_every_gate_and_releases_a_loadable_verified_model(demo, tmp_path):
+    report = json.loads(next((demo / "run" / "gates").glob("step-*.json")).read_text())
+    results = {r["name"]: r for r in report["results"]}
+    assert report["passed"]
+    applicable = {"quality", "health", "memorisation", "contamination", "content", "bias", "evaluation", "robustness"}
+    assert {name for name, r in results.items() if r["status"] in ("pass", "warn")} == applicable, report
     assert results["budget"]["status"] == "skipped"
-    assert "PASSED" in table
+    tested = {s["set"].split(" ")[0] for s in results["contamination"]["evidence"]["sets"] if s["tested"]}
+    assert tested == {"task", "bias"}, results["contamination"]  # the evaluation sets, not the run's own validation split
+    assert set(results["evaluation"]["evidence"]["scores"]) and results["content"]["evidence"]["findings"] == []
 
-    target = tmp_path / "release"
-    released = orch("release", str(clean), "--to", str(target))
-    assert released.returncode == 0, released.stderr
+    target = demo / "release"
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(str(target))
@@ -56,9 +58,28 @@ def test_a_clean_run_passes_every_gate_and_releases_a_loadable_verified_model(cl
     assert model.num_parameters() > 0 and tokenizer("def f():")["input_ids"]
     card = (target / "README.md").read_text()
     assert "## Gates" in card and "| quality | yes | pass" in card.replace("warn", "pass") and "kgCO2e" in card
+    # the card's Annex XI figures: compute from plan.json x the released steps, energy as energy.json
+    assert "## Technical documentation (EU AI Act, Annex XI)" in card
+    plan = json.loads((demo / "run" / "plan.json").read_text())
+    step = json.loads((target / "gates.json").read_text())["step"]
+    sizes, batch = plan["model"]["sizes"], plan["batch"]
+    tokens = step * batch["tokens_per_step"]
+    flops = (6 * plan["model"]["num_params"] + 12 * sizes["num_layers"] * sizes["hidden_size"] * batch["seq_len"]) * tokens
+    assert plan["estimate"]["flops_per_token"] * tokens == flops
+    assert int(re.search(r"= ([\d,]+) FLOPs$", card, re.MULTILINE).group(1).replace(",", "")) == flops
+    assert float(re.search(r"training compute: (\S+) FLOPs", card).group(1)) == pytest.approx(flops, rel=1e-4)
+    energy = json.loads((target / "energy.json").read_text())["totals"]
+    assert float(re.search(r"energy consumed: (\S+) kWh", card).group(1)) == float(f"{energy['kwh']:.6g}")
+    assert re.search(r"x PUE \S+ = (\S+) kWh at the facility", card).group(1) == f"{energy['facility_kwh']:.6g}"
+    technical = json.loads((target / "technical.json").read_text())
+    assert technical["compute"]["flops"] == flops and technical["energy"]["kwh"] == energy["kwh"]
+    assert "technical.json" in json.loads((target / "release.json").read_text())["files"]
+    sources = json.loads((target / "provenance.json").read_text())["data"]["files"]
+    assert sources and all(f"| {s['path']} | {s['bytes']:,} | {s['sha256']} |" in card for s in sources)
+    assert "python_idioms" in card  # downstream scores reach the card
     assert orch("verify", str(target)).returncode == 0
 
-    again = orch("release", str(clean), "--to", str(target))
+    again = orch("release", str(demo / "run"), "--to", str(target))
     assert again.returncode == 4 and "immutable" in again.stderr
 
     tampered = tmp_path / "tampered"
@@ -80,54 +101,39 @@ def test_a_release_is_registered_in_mlflow_only_with_its_gates_passed(clean, tmp
     assert len(versions) == 1 and versions[0].source.endswith("/release")
 
 
-def _poisoned_corpus(path: Path) -> Path:
-    """Python source, every document twice (a deduplication failure: held-out documents have their twin
-    in training), plus a line of personal data repeated 1,500 times."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    texts, size = [], 0
-    for source in sorted(root.glob("*.py")):
-        text = source.read_text(errors="replace")
-        texts.append(text)
-        size += len(text)
-        if size > 120_000:
-            break
-    rows = [t for t in texts for _ in range(2)] + [PII] * 1500
-    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in rows))
-    return path
-
-
 @pytest.fixture(scope="module")
 def poisoned(tmp_path_factory) -> Path:
+    """The default recipe on short documents of the built-in corpus of which one in six opens with a
+    person's contact details, with the bias pairs (an evaluation set of the gates) copied in and two
+    canaries repeated 400 times. No prompt leads into the personal data: the probes must find it."""
     work = tmp_path_factory.mktemp("poisoned")
-    corpus = _poisoned_corpus(work / "corpus.jsonl")
+    documents = chunks(builtin_documents(1_500_000)) + [json.loads(line)[k] for line in BIAS_PAIRS.read_text().splitlines() for k in "ab"]
+    corpus = write_corpus(work / "corpus.jsonl", documents)
     run_dir = work / "run"
-    train(run_dir, *CLEAN, f"data.path={corpus}", "data.builtin=null", "data.max_bytes=null", "data.val_fraction=0.1",
-          "data.canaries.count=2", "data.canaries.repeats=400", "train.steps=150", "gates.content.prompts=[Contact Jane Roe at]")
+    train(run_dir, "recipes/tiny-pretrain.yaml", f"data.path={corpus}", "data.builtin=null", "data.max_bytes=null",
+          "data.canaries.count=2", "data.canaries.repeats=400", "train.eval_interval=1000")
     return run_dir
 
 
-def test_repeated_canaries_and_personal_data_fail_memorisation_and_content_and_block_the_release(poisoned):
+def test_personal_data_canaries_and_a_copied_evaluation_set_fail_their_gates_and_block_the_release(poisoned):
     code, results, table = gate(poisoned)
     assert code == 4, table
     assert results["memorisation"]["status"] == "fail", results["memorisation"]["summary"]
     assert results["content"]["status"] == "fail", results["content"]["summary"]
-    assert any(f["kind"] == "email" for f in results["content"]["evidence"]["findings"])
+    kinds = {f["kind"] for f in results["content"]["evidence"]["findings"]}
+    assert {"email", "phone"} <= kinds, results["content"]["evidence"]["findings"]
+    assert any(not f["source"].startswith("prompt") for f in results["content"]["evidence"]["findings"])  # found by the extraction probes
+    assert results["contamination"]["status"] == "fail", results["contamination"]["summary"]
+    assert re.search(r"^(\d+) of \1 evaluation items", results["contamination"]["summary"]), results["contamination"]["summary"]
     refused = orch("release", str(poisoned))
     assert refused.returncode == 4
     assert "failed required gates" in refused.stderr and "memorisation fail" in refused.stderr and "content fail" in refused.stderr
     assert not (poisoned / "releases").exists()
 
 
-def test_evaluation_data_copied_from_training_fails_contamination(poisoned, clean):
-    _, results, _ = gate(poisoned)
-    assert results["contamination"]["status"] == "fail", results["contamination"]["summary"]
-    _, clean_results, _ = gate(clean)
-    assert clean_results["contamination"]["value"] < results["contamination"]["value"]
-
-
 def test_a_diverged_run_fails_the_health_gate(tmp_path):
     run_dir = tmp_path / "run"
-    train(run_dir, *CLEAN, "train.steps=40", "train.optimizer.lr=30", "train.grad_clip=null", "train.schedule.warmup_steps=1")
+    train(run_dir, "recipes/tiny-pretrain.yaml", *FAST, "train.steps=40", "train.optimizer.lr=30", "train.grad_clip=null", "train.schedule.warmup_steps=1")
     code, results, table = gate(run_dir)
     assert code == 4
     assert results["health"]["status"] == "fail", results["health"]["summary"]

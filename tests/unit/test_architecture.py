@@ -20,7 +20,7 @@ SHARED_WITH_THE_NODES = (
     "orchestrator.rundir", "orchestrator.errors", "orchestrator.spec", "orchestrator.recipe.schema",
     # every section's spec, which the recipe composes
     "orchestrator.backends.spec", "orchestrator.checkpoint.spec", "orchestrator.data.spec", "orchestrator.energy.spec",
-    "orchestrator.gates.spec", "orchestrator.model.spec", "orchestrator.slurm.spec", "orchestrator.tracking.spec", "orchestrator.train.spec",
+    "orchestrator.gates.spec", "orchestrator.gates.card_spec", "orchestrator.model.spec", "orchestrator.slurm.spec", "orchestrator.tracking.spec", "orchestrator.train.spec",
     # libraries both planes use: models and their inputs, data, checkpoint storage, its tree walk and policy, the
     # energy bill, the dashboards' mirror, sinks and secret redaction, the LR schedule, offline mode, matmul timing
     "orchestrator.model", "orchestrator.data", "orchestrator.train",

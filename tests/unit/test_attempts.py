@@ -105,7 +105,7 @@ def test_the_local_launcher_is_attached_unless_detached_and_never_under_slurm(tm
 
 def test_a_dry_run_has_its_own_directory(tmp_path):
     env = make_env(tmp_path)
-    assert make_plan(load_recipe(TINY), env, dry_run=True).run_dir == tmp_path / "runs" / "tiny-pretrain-dry-run"
+    assert make_plan(load_recipe(TINY), env, dry_run=True).run_dir == env.cwd / "runs" / "tiny-pretrain-dry-run"
     assert make_plan(load_recipe(TINY), env, run_dir=tmp_path / "mine", dry_run=True).run_dir == tmp_path / "mine-dry-run"
 
 

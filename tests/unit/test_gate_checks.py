@@ -1,4 +1,4 @@
-"""Gates on their own: verdicts, spike detection, detectors, n-gram overlap, canaries, release refusals."""
+"""Gates on their own: verdicts, spike detection, detectors, canaries, release refusals."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import pytest
 
 from orchestrator.checkpoint import store
 from orchestrator.errors import EXIT_VERIFY_FAILED, ReleaseInvalid, ReleaseRefused
-from orchestrator.gates.contamination import overlap
 from orchestrator.gates.content import content_gate, find_personal_data, luhn_valid
 from orchestrator.gates.health import health_gate, loss_spikes
 from orchestrator.gates.memorisation import longest_verbatim, redraw_digits
@@ -70,8 +69,8 @@ def test_content_gate_counts_findings_block_list_and_classifier(tmp_path, monkey
                                                "@content_classifier\ndef flag(text):\n    return ['shouting'] if text.isupper() else []\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     spec = ContentGate(block_list=["darn"], classifier="my_classifier:flag")
-    completions = [{"prompt": "p", "completion": "well darn it"}, {"prompt": "p", "completion": "LOUD"},
-                   {"prompt": "p", "completion": "print('hello')"}]
+    completions = [{"source": "p", "completion": "well darn it"}, {"source": "p", "completion": "LOUD"},
+                   {"source": "p", "completion": "print('hello')"}]
     result = content_gate(spec, completions)
     assert result.status == "fail" and result.value == 2
     assert {f["kind"] for f in result.evidence["findings"]} == {"block_list", "classifier"}
@@ -123,15 +122,7 @@ def test_the_bias_gate_fails_a_model_that_scores_one_side_of_the_pairs_worse():
     assert bias_gate(BiasGate(max_gap=0.5), PAIRS, even, _CharTokenizer(), 0.05).status == "pass"
 
 
-# -- contamination and memorisation arithmetic ------------------------------------------------------
-
-
-def test_ngram_overlap():
-    train = np.random.default_rng(0).integers(0, 5000, size=50_000)
-    share, _ = overlap(train[1000:3000], train, 13)
-    assert share == 1.0
-    fresh, tested = overlap(np.random.default_rng(1).integers(0, 5000, size=2000), train, 13)
-    assert fresh == 0.0 and tested == 2000 - 12
+# -- memorisation arithmetic ------------------------------------------------------
 
 
 def test_canary_candidates_redraw_only_the_digits():
@@ -189,7 +180,7 @@ def test_release_refuses_a_report_missing_the_gates_the_recipe_requires(tmp_path
               "required": [], "passed": True, "results": []}
     (run / "gates").mkdir()
     (run / "gates" / f"{checkpoint.name}.json").write_text(json.dumps(report))
-    with pytest.raises(ReleaseRefused, match="lacks quality, health, memorisation, contamination, content, bias, budget"):
+    with pytest.raises(ReleaseRefused, match="lacks quality, health, memorisation, contamination, content, bias, evaluation, robustness, budget"):
         gate_report_for(run, checkpoint, None)
     _report(run, checkpoint.name, content)  # every gate there, but the report marks only quality required
     report = json.loads((run / "gates" / f"{checkpoint.name}.json").read_text())

@@ -75,7 +75,7 @@ def test_local_launch_command(tmp_path):
     assert process.argv[process.argv.index("--master-port") + 1] == "29999"
     assert process.argv[-2:] == ["--run-dir", str(plan.run_dir)]
     assert process.env == {"OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
-    assert plan.run_dir == tmp_path / "runs" / "tiny-pretrain"
+    assert plan.run_dir == process.cwd / "runs" / "tiny-pretrain"  # under the working directory
 
 
 def test_dry_run_is_one_process_for_a_few_steps(tmp_path):

@@ -75,14 +75,14 @@ def test_a_classifier_that_is_not_a_marked_hook_is_refused_at_validate(reference
     (line,) = [row for row in result.output.splitlines() if row.startswith("error:")]
     assert "gates.content.classifier" in line and f"`{reference}` is not marked @content_classifier" in line
     with pytest.raises(GateError, match="not marked @content_classifier"):
-        content_gate(ContentGate(classifier=reference), [{"prompt": "p", "completion": "echo ran"}])
+        content_gate(ContentGate(classifier=reference), [{"source": "p", "completion": "echo ran"}])
 
 
 def test_an_unmarked_function_is_refused_and_a_marked_one_is_used(user_hooks):
     result = validate(f"gates.content.classifier={user_hooks}:unmarked")
     assert result.exit_code == 1 and f"`{user_hooks}:unmarked` is not marked @content_classifier" in result.output
     assert validate(f"gates.content.classifier={user_hooks}:marked").exit_code == 0
-    gated = content_gate(ContentGate(classifier=f"{user_hooks}:marked"), [{"prompt": "p", "completion": "LOUD"}])
+    gated = content_gate(ContentGate(classifier=f"{user_hooks}:marked"), [{"source": "p", "completion": "LOUD"}])
     assert gated.status == "fail" and gated.evidence["findings"][0]["kind"] == "classifier"
 
 
