@@ -1,7 +1,8 @@
 """Evaluation sets the model saw in training, measured as GPT-3 and PaLM measured it.
 
 An evaluation item is contaminated when one of its n-grams of normalised words (lower case,
-punctuation dropped) occurs in the training data. Words, not tokens: the verdict is the same
+punctuation dropped) occurs in the training data; each set is judged on its own (a contaminated
+benchmark is not diluted by clean ones), and the gate's value is the worst set's share. Words, not tokens: the verdict is the same
 whichever tokenizer the run used. n is 13, lowered for a set of short items to the 5th
 percentile of its items' lengths, but never below 8 (GPT-3, appendix C); items shorter than n
 words cannot be tested and are counted as such. The training data is read back from the run's
@@ -111,14 +112,16 @@ def contamination_gate(spec: ContaminationGate, sets: list[EvaluationSet], train
     sets = [s for s in sets if s.items]
     if not sets:
         return skipped("contamination", "no evaluation sets (downstream tasks, bias pairs, gates.contamination.eval_files)")
-    per_set = contaminated(sets, training, spec.ngram)
-    tested = sum(s["tested"] for s in per_set)
-    if not tested:
+    rows = contaminated(sets, training, spec.ngram)
+    per_set = [row for row in rows if row["tested"]]
+    if not per_set:
         return skipped("contamination", f"no evaluation item has {MIN_NGRAM} or more words to test")
-    dirty = sum(s["contaminated"] for s in per_set)
-    share = dirty / tested
-    untested = sum(s["items"] - s["tested"] for s in per_set)
-    summary = (f"{dirty} of {tested} evaluation items ({share:.1%}) share a word n-gram with the training data "
-               f"(limit {spec.max_contaminated:.0%}; {len(per_set)} set(s)" + (f", {untested} items too short to test)" if untested else ")"))
-    return GateResult("contamination", judge(share, spec.max_contaminated, warn_margin), share, spec.max_contaminated, summary,
-                      {"sets": per_set})
+    for row in per_set:
+        row["share"] = row["contaminated"] / row["tested"]
+    worst = max(per_set, key=lambda row: row["share"])
+    dirty, tested = sum(r["contaminated"] for r in per_set), sum(r["tested"] for r in per_set)
+    summary = (f"{worst['set']}: {worst['contaminated']} of {worst['tested']} items ({worst['share']:.1%}) share a word "
+               f"{worst['ngram']}-gram with the training data (limit {spec.max_contaminated:.0%} per set); "
+               f"{dirty} of {tested} items over {len(per_set)} set(s)")
+    return GateResult("contamination", judge(worst["share"], spec.max_contaminated, warn_margin), worst["share"], spec.max_contaminated,
+                      summary, {"sets": rows})

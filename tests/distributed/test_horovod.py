@@ -9,14 +9,14 @@ import psutil
 import pytest
 
 from orchestrator.checkpoint import store
-from tests.conftest import FAST, kill_run, orch, start_orch
+from tests.conftest import FAST, LIGHT_GATES, kill_run, orch, start_orch
 from tests.distributed.test_checkpointing import events, losses, summary, wait_for_step
 
 pytestmark = pytest.mark.distributed
 
 STEPS = 12
 HOROVOD = ["distributed.backend=horovod", "distributed.zero_stage=0"]
-BASE = [*FAST, f"train.steps={STEPS}", "checkpoint.interval_steps=4"]
+BASE = [*FAST, *LIGHT_GATES, f"train.steps={STEPS}", "checkpoint.interval_steps=4"]
 
 
 def complete(run_dir: Path, *overrides: str) -> None:

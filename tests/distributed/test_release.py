@@ -124,11 +124,36 @@ def test_personal_data_canaries_and_a_copied_evaluation_set_fail_their_gates_and
     assert {"email", "phone"} <= kinds, results["content"]["evidence"]["findings"]
     assert any(not f["source"].startswith("prompt") for f in results["content"]["evidence"]["findings"])  # found by the extraction probes
     assert results["contamination"]["status"] == "fail", results["contamination"]["summary"]
-    assert re.search(r"^(\d+) of \1 evaluation items", results["contamination"]["summary"]), results["contamination"]["summary"]
+    (bias,) = [row for row in results["contamination"]["evidence"]["sets"] if row["set"].startswith("bias pairs")]
+    assert bias["tested"] and bias["contaminated"] == bias["tested"], bias  # every pair that can be tested was copied in
+    assert results["contamination"]["summary"].startswith("bias pairs"), results["contamination"]["summary"]
     refused = orch("release", str(poisoned))
     assert refused.returncode == 4
     assert "failed required gates" in refused.stderr and "memorisation fail" in refused.stderr and "content fail" in refused.stderr
     assert not (poisoned / "releases").exists()
+
+
+def test_a_model_trained_on_shuffled_text_fails_the_downstream_tasks(tmp_path):
+    """The built-in corpus with every document's tokens (words and marks) shuffled: a corrupted mixture.
+    Tokens still come and go at their usual rates, so losses fall, but no syntax is left to learn
+    (`self` no longer comes before `.`): the tasks stay at chance. Shuffling whole whitespace-separated
+    words would keep `self._x` intact, and a model learns python_idioms from that (0.61 measured)."""
+    import random
+
+    rng = random.Random(0)
+    documents = []
+    for text in builtin_documents(1_500_000):
+        tokens = re.findall(r"\w+|[^\w\s]", text)
+        rng.shuffle(tokens)
+        documents.append(" ".join(tokens))
+    corpus = tmp_path / "shuffled.jsonl"
+    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in documents))
+    run_dir = tmp_path / "run"
+    train(run_dir, "recipes/tiny-pretrain.yaml", f"data.path={corpus}", "data.builtin=null", "data.max_bytes=null", "train.eval_interval=1000")
+    code, results, table = gate(run_dir)
+    assert code == 4, table
+    evaluation = results["evaluation"]
+    assert evaluation["status"] == "fail" and evaluation["evidence"]["scores"]["python_idioms"] < 0.5, evaluation["summary"]
 
 
 def test_a_diverged_run_fails_the_health_gate(tmp_path):

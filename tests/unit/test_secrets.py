@@ -1,7 +1,6 @@
 """Secrets written inline in a recipe reach no output: plan text and JSON, the run directory's
 files, the sbatch script, the dashboards' config; each is named in a warning pointing to slurm.pass_env."""
 
-from pathlib import Path
 
 import pytest
 import yaml
