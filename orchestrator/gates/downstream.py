@@ -89,19 +89,22 @@ def task_scores(spec: EvaluationGate, model, tokenizer) -> list[TaskScore]:
 
 
 def evaluation_texts(spec: EvaluationGate, task: str | None = None) -> list[str]:
-    """Every example of the configured tasks (or of the one named), all of them whatever `limit`, one
-    string each: the prompt as the harness renders it, then the answer and every choice, one a line.
-    The contamination gate looks for these in the training data."""
-    names = [t.name for t in spec.tasks if task is None or t.name == task]
+    """Every example of the configured tasks (or of the one named), as `texts_by_task` gives them."""
+    return [text for name, texts in texts_by_task(spec).items() if task is None or name == task for text in texts]
+
+
+def texts_by_task(spec: EvaluationGate) -> dict[str, list[str]]:
+    """Each configured task's examples, all of them whatever `limit`, one string each: the prompt as
+    the harness renders it, then the answer and every choice, one a line. The contamination gate
+    looks for these in the training data; the harness loads the tasks once for all of them."""
+    names = list(dict.fromkeys(t.name for t in spec.tasks))  # a task may be listed once per metric
     if not names:
-        return []
-    texts = []
+        return {}
     with _offline_harness():
         loaded = _load_tasks(_task_manager(spec), names)
-        for objects in loaded.values():
-            for leaf in _leaf_tasks(objects):
-                texts += ["\n".join([str(leaf.doc_to_text(doc)), *_answers(leaf, doc)]) for doc in leaf.eval_docs]
-    return texts
+        return {name: ["\n".join([str(leaf.doc_to_text(doc)), *_answers(leaf, doc)])
+                       for leaf in _leaf_tasks(objects) for doc in leaf.eval_docs]
+                for name, objects in loaded.items()}
 
 
 # -- running the harness ----------------------------------------------------------------------------

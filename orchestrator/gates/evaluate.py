@@ -17,8 +17,8 @@ import numpy as np
 from orchestrator.checkpoint import store
 from orchestrator.errors import GateError
 from orchestrator.gates.content import content_gate
-from orchestrator.gates.downstream import downstream_gate, evaluation_texts
-from orchestrator.gates.contamination import EvaluationSet, contamination_gate, read_eval_file, decoded_texts
+from orchestrator.gates.contamination import EvaluationSet, contamination_gate, decoded_texts, read_eval_file
+from orchestrator.gates.downstream import downstream_gate, texts_by_task
 from orchestrator.gates.extraction import probe_generations, training_prefixes
 from orchestrator.gates.health import health_gate
 from orchestrator.gates.memorisation import memorisation_gate
@@ -107,8 +107,7 @@ def _metrics_at(run: RunDir, checkpoint: Path, step: int) -> list[dict]:
 
 def _evaluation_sets(spec) -> list[EvaluationSet]:
     """What the contamination gate checks: every evaluation set the gates use."""
-    tasks = dict.fromkeys(t.name for t in spec.evaluation.tasks)  # a task may be listed once per metric
-    sets = [EvaluationSet(f"task {name}", evaluation_texts(spec.evaluation, name)) for name in tasks]
+    sets = [EvaluationSet(f"task {name}", texts) for name, texts in texts_by_task(spec.evaluation).items()]
     if spec.bias.pairs:
         sets.append(EvaluationSet(f"bias pairs {spec.bias.pairs}", [text for pair in _pairs(spec.bias.pairs) for text in pair]))
     for path in spec.contamination.eval_files:
