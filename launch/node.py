@@ -1,7 +1,7 @@
 """Per-node launcher: `python -m launch.node --backend B --nnodes N --node-rank R --nproc P ...`
 (its argv is built by `orchestrator.rundir.entry.node_argv`).
 
-Starts this node's ranks with the standard variables (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR,
+Starts this node's ranks (see `launch.spawn` for how) with the standard variables (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR,
 MASTER_PORT) plus whatever the backend's `launch.engines` module adds (Horovod: the HOROVOD_*
 ones, and the first node serving its Gloo rendezvous on the master port), the same way locally
 and on every Slurm node; forwards preemption signals to them, and turns their exits into one exit code:
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -28,7 +27,8 @@ from pathlib import Path
 
 from launch.engines import ENGINES, backend_module
 from orchestrator.errors import EXIT_REQUEUE
-from orchestrator.rundir.entry import ATTACHED_FLAG, FORWARDED_SIGNALS, rank_argv
+from launch.spawn import Rank, start_ranks
+from orchestrator.rundir.entry import ATTACHED_FLAG, FORWARDED_SIGNALS
 
 
 def main() -> None:
@@ -50,10 +50,7 @@ def main() -> None:
 def run_node(args: argparse.Namespace) -> int:
     backend = backend_module(args.backend)
     with backend.node_services(args.nnodes, args.nproc, args.node_rank, args.master_port):
-        ranks = [
-            subprocess.Popen(rank_argv(sys.executable, args.run_dir), env=_rank_env(args, backend, local), stdin=subprocess.DEVNULL)
-            for local in range(args.nproc)
-        ]
+        ranks = start_ranks(args.run_dir, backend, [_rank_env(args, backend, local) for local in range(args.nproc)])
 
         def forward(signum, _frame):
             for rank in ranks:
@@ -103,7 +100,7 @@ def _rank_env(args: argparse.Namespace, backend, local: int) -> dict[str, str]:
     }
 
 
-def _wait(ranks: list[subprocess.Popen]) -> int:
+def _wait(ranks: list[Rank]) -> int:
     while True:
         codes = [rank.poll() for rank in ranks]
         failed = [c for c in codes if c not in (None, 0, EXIT_REQUEUE)]

@@ -65,12 +65,20 @@ def _import_deepspeed(hide_mlflow: bool):
     return deepspeed
 
 
+def preload(recipe: Recipe, plan: PlanRecord):
+    """Everything an engine imports before it builds: called by each engine, and once by a node
+    launcher that forks its CPU ranks from itself (`launch.spawn`). Returns the deepspeed module."""
+    global torch
+    import torch
+
+    deepspeed = _import_deepspeed(hide_mlflow=not (recipe.tracking.mlflow.enabled or recipe.tracking.custom))
+    import_model_code(recipe.model, plan.model.sizes)
+    return deepspeed
+
+
 class Engine:
     def __init__(self, recipe: Recipe, plan: PlanRecord, local_rank: int):
-        global torch
-        import torch
-
-        deepspeed = _import_deepspeed(hide_mlflow=not (recipe.tracking.mlflow.enabled or recipe.tracking.custom))
+        deepspeed = preload(recipe, plan)
         from deepspeed.accelerator import get_accelerator
 
         comm_backend = plan.topology.comm_backend
@@ -80,7 +88,6 @@ class Engine:
         torch.manual_seed(recipe.train.seed)
         config = plan.backend_config
         self.partitioned = recipe.distributed.partitioned_construction
-        import_model_code(recipe.model, plan.model.sizes)
         if recipe.distributed.zero_stage == 3 and plan.topology.device == "cpu":
             return_freed_memory()
         peaks = PeakTracker()

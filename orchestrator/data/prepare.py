@@ -65,12 +65,22 @@ def prepare_data(spec: DataSpec, seed: int, cache_dir: Path) -> tuple[PreparedDa
         try:
             _build(spec, seed, [f.path for f in files], staging, cache_dir)
             (staging / SOURCES).write_text(json.dumps([{**asdict(f), "path": str(f.path)} for f in files], indent=1))
-            os.replace(staging, target) if not target.exists() else shutil.rmtree(staging)
+            _publish(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     manifest = json.loads((target / MANIFEST).read_text())
     manifest["files"] = read_sources(target)
     return PreparedData.load(target), manifest
+
+
+def _publish(staging: Path, target: Path) -> None:
+    """Moves prepared data into the cache in one rename; when another process (a concurrent run, a
+    second worker) published the same key first, its copy stands and this one is dropped."""
+    try:
+        os.replace(staging, target)
+    except OSError:
+        if not (target / MANIFEST).exists():
+            raise
 
 
 def read_sources(directory: Path) -> list[dict]:
