@@ -21,7 +21,7 @@ from orchestrator.checkpoint.policy import SavePolicy, job_deadline, last_stall
 from orchestrator.checkpoint.resume import compatibility
 from orchestrator.checkpoint.saver import CheckpointSaver, SaveReport
 from orchestrator.data.prepare import PreparedData
-from orchestrator.data.stream import ShardedStream, open_split, validation_indices
+from orchestrator.data.stream import open_split, open_stream, validation_indices
 from orchestrator.env import matmul_rate
 from orchestrator.errors import EXIT_BUDGET, EXIT_REQUEUE
 from orchestrator.model.inputs import count, take
@@ -42,9 +42,8 @@ class Trainer:
         seq_len = recipe.data.seq_len
         self.train_data = open_split(data, "train", seq_len)
         self.val_data = open_split(data, "val", seq_len)
-        self.stream = ShardedStream(
-            len(self.train_data), batch.micro_batch_size, batch.gradient_accumulation_steps, world, engine.rank, train.seed
-        )
+        self.source_names = [source["name"] for source in data.sources]
+        self.stream = open_stream(self.train_data, data, batch.micro_batch_size, batch.gradient_accumulation_steps, world, engine.rank, train.seed)
         self.val_rows = self.val_data.rows(
             validation_indices(len(self.val_data), train.eval_batches * batch.micro_batch_size, world, engine.rank)
         )
@@ -133,6 +132,9 @@ class Trainer:
             "step_s": step_s,
             "peak_memory_bytes": peak_memory,
         }
+        by_source = self.stream.last_step_sources()
+        if by_source is not None:  # a mixture: what each source gave this step
+            row.update({f"samples/{name}": n for name, n in zip(self.source_names, by_source)})
         if self.account.latest_kwh is not None:
             row["energy_kwh"] = self.account.latest_kwh  # the whole run's, as of the rank 0 monitor's last aggregation
         train = self.recipe.train

@@ -79,12 +79,33 @@ def plan(
     from orchestrator.plan.render import render_plan
     from orchestrator.rundir.records import plan_json
 
+    from orchestrator.data.prepare import prepared_manifest
+
     _, launch_plan, env = load_and_plan(recipe, overrides, dry_run=dry_run, for_slurm=for_slurm)
-    typer.echo(plan_json(launch_plan.record()) if as_json else render_plan(launch_plan))
+    data = launch_plan.recipe.data
+    typer.echo(plan_json(launch_plan.record()) if as_json else render_plan(launch_plan, prepared_manifest(data, launch_plan.recipe.train.seed, launch_plan.data_cache_dir)))
     if for_slurm:
         from orchestrator.slurm.submit import render
 
         typer.echo("\n" + render(launch_plan, env.python), nl=False)
+
+
+@command
+def prepare(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Processes (default: the recipe's data.workers); the result is the same for any number.")] = None,
+) -> None:
+    """Prepare the recipe's data into the cache (curate, train the tokenizer, tokenize into shards); `run` and `submit` do it when it is missing."""
+    from orchestrator.data.prepare import prepare_data
+    from orchestrator.data.summary import describe_preparation
+    from orchestrator.hub import work_offline
+    from orchestrator.plan.load import load_and_plan
+
+    _, launch_plan, _ = load_and_plan(recipe, overrides, measure_cpu=False)
+    work_offline()
+    data, manifest = prepare_data(launch_plan.recipe.data, launch_plan.recipe.train.seed, launch_plan.data_cache_dir, workers)
+    typer.echo(describe_preparation(data.dir, manifest))
 
 
 @command

@@ -7,7 +7,8 @@ from pathlib import Path
 from orchestrator.errors import DamagedRun
 from orchestrator.gates.report import GateReport
 from orchestrator.rundir.layout import RELEASE_MANIFEST, RunDir, damaged
-from orchestrator.rundir.records import read_plan
+from orchestrator.data.summary import curation_line, source_lines
+from orchestrator.rundir.records import read_data, read_plan
 from orchestrator.status import run_status
 
 
@@ -35,6 +36,8 @@ def _describe(run_dir: Path) -> str:
         f"batch          micro {b.micro_batch_size} x accumulation {b.gradient_accumulation_steps} x data-parallel {b.data_parallel}"
         f" = {b.global_batch_size} sequences, {b.tokens_per_step:,} tokens/step",
     ]
+    if run.data.exists():
+        lines += _data_lines(read_data(run).model_dump())
     rows = [row for row in run.metric_rows() if "step" in row and "loss" in row]
     if rows:
         last = rows[-1]
@@ -63,3 +66,14 @@ def _describe(run_dir: Path) -> str:
         ids = run.read_json(run.tracking.name)["ids"]
         lines += [f"dashboard      {key} {value}" for key, value in ids.items()]
     return "\n".join(lines)
+
+
+def _data_lines(data: dict) -> list[str]:
+    """The prepared data's tokens and, for data prepared with curation, what it removed."""
+    lines = [f"data           {data['train_tokens']:,} training tokens, {data['val_tokens']:,} validation, vocabulary {data['vocab_size']:,} ({data['dir']})"]
+    if len(data.get("sources", [])) > 1:
+        lines += [f"  source       {line}" for line in source_lines(data)]
+    elif "curation" in data:
+        lines.append(f"curation       {curation_line(data['curation'])}")
+    return lines
+

@@ -1,4 +1,4 @@
-"""Documents from the recipe's source: the built-in corpus or local files, always through `datasets`.
+"""Documents from a recipe's source: the built-in corpus or local files, always through `datasets`.
 
 The built-in corpus is the Python standard library's own source: real text that every machine
 with Python has, so the default recipe needs no download.
@@ -10,8 +10,9 @@ import hashlib
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
-from orchestrator.data.spec import DataSpec
+from orchestrator.data.spec import SourceSpec
 from orchestrator.errors import DataError
 
 FORMAT_BY_SUFFIX = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".txt": "text", ".md": "text"}
@@ -25,8 +26,8 @@ class SourceFile:
     bytes: int
 
 
-def source_files(spec: DataSpec) -> list[Path]:
-    """The files behind the recipe's data, in a stable order."""
+def source_files(spec: SourceSpec) -> list[Path]:
+    """The files behind one source, in a stable order."""
     if spec.builtin == "python-stdlib":
         root = Path(sysconfig.get_paths()["stdlib"])
         files = sorted(p for p in root.rglob("*.py") if not ({"site-packages", "test", "tests"} & set(p.relative_to(root).parts)))
@@ -38,24 +39,39 @@ def source_files(spec: DataSpec) -> list[Path]:
 
 
 def fingerprint(files: list[Path]) -> list[SourceFile]:
-    return [SourceFile(p, hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_size) for p in files]
+    """Each file's sha256, read in blocks (a source file may be larger than memory)."""
+    def digest(path: Path) -> str:
+        with path.open("rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+
+    return [SourceFile(p, digest(p), p.stat().st_size) for p in files]
 
 
-def load_documents(spec: DataSpec, files: list[Path], cache_dir: Path):
-    """A `datasets.Dataset` with one `text` column, one row per document."""
+def iter_documents(spec: SourceSpec, files: list[Path], cache_dir: Path, batch_size: int = 256) -> Iterator[list[str]]:
+    """The source's documents in reading order, a batch at a time, streamed through `datasets`
+    (a row per line of JSON Lines, per row of Parquet, per text file): memory holds a batch, not the source."""
     import datasets
 
+    datasets.disable_progress_bars()
     if spec.builtin:
-        texts = [p.read_text(encoding="utf-8", errors="replace") for p in files]
-        return datasets.Dataset.from_dict({"text": texts})
+        for start in range(0, len(files), batch_size):
+            yield [p.read_text(encoding="utf-8", errors="replace") for p in files[start : start + batch_size]]
+        return
     fmt = spec.format if spec.format != "auto" else _format_of(files)
-    builder = BUILDER_BY_FORMAT[fmt]
-    kwargs = {"sample_by": "document"} if fmt == "text" else {}
-    dataset = datasets.load_dataset(builder, data_files=[str(p) for p in files], split="train", cache_dir=str(cache_dir), **kwargs)
     field = "text" if fmt == "text" else spec.text_field
-    if field not in dataset.column_names:
-        raise DataError(f"data has no `{field}` column (it has {', '.join(dataset.column_names)}): set data.text_field")
-    return dataset.select_columns([field]).rename_column(field, "text") if field != "text" else dataset.select_columns(["text"])
+    for path in files:  # one file at a time, so an error can name it
+        kwargs = {"sample_by": "document"} if fmt == "text" else {}
+        try:
+            rows = datasets.load_dataset(BUILDER_BY_FORMAT[fmt], data_files=[str(path)], split="train", streaming=True,
+                                         cache_dir=str(cache_dir), **kwargs)
+            for batch in rows.iter(batch_size=batch_size):
+                if field not in batch:
+                    raise DataError(f"{path} has no `{field}` field (it has {', '.join(batch) or 'none'}): set the source's text_field")
+                yield [t for t in batch[field] if isinstance(t, str)]
+        except DataError:
+            raise
+        except Exception as exc:  # pyarrow's and datasets' own reading errors, whatever their class
+            raise DataError(f"cannot read {path} as {fmt}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 
 
 def _format_of(files: list[Path]) -> str:

@@ -1,8 +1,12 @@
-"""Turn the recipe's data into token files once: split, train or load a tokenizer, tokenize, pack.
+"""Turn the recipe's data into token shards once: read, curate, train or load a tokenizer, tokenize.
 
-The result lives in a cache directory keyed by the data section and the content hashes of its
-files, so runs with the same data share it, and a changed file gives a new cache entry. Ranks
-only memory-map the token files (nanoGPT's `train.bin`/`val.bin` layout).
+Each source is streamed in reading order and cut into chunks; workers curate each chunk
+(`data.curate`), one process decides deduplication in order, a BPE tokenizer is trained on an even
+sample of what was kept (`data.tokenizer.sample_bytes`), and workers tokenize each chunk into its
+own training and validation shard (`data.shards`). Memory holds a few chunks and the deduplication
+index, never the corpus. The result lives in a cache directory keyed by the data section and the
+content hashes of its files, so runs with the same data share it, and a changed file gives a new
+entry; its `manifest.json` counts every document read, dropped, redacted and kept, per source.
 """
 
 from __future__ import annotations
@@ -12,19 +16,26 @@ import json
 import os
 import shutil
 import tempfile
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
-from orchestrator.data.corpus import fingerprint, load_documents, source_files
-from orchestrator.data.spec import DataSpec
+from orchestrator.data.corpus import SourceFile, fingerprint, iter_documents, source_files
+from orchestrator.data.curate import Curated, Deduplicator, contamination_from
+from orchestrator.data.shards import TokenShards, write_shard
+from orchestrator.data.spec import DataSpec, SourceSpec
+from orchestrator.data.workers import CurateTask, TokenizeTask, Workers, chunks, curate_chunk, read_texts, tokenize_chunk
 from orchestrator.errors import DataError
 
 EOS = "<|endoftext|>"
 MANIFEST = "manifest.json"
 SOURCES = "sources.json"
 """In a prepared data directory: every source file with its sha256 and size, as read."""
+FORMAT = 2
+"""Of the prepared directory (sharded, per source); part of the cache key."""
 
 
 @dataclass(frozen=True)
@@ -35,42 +46,102 @@ class PreparedData:
     val_tokens: int
     token_dtype: str
     kind: str = "text"
+    sources: tuple[dict, ...] = ()
+    """Per source: name, weight, and its shards per split (text data)."""
 
     @property
     def tokenizer_dir(self) -> Path:
         return self.dir / "tokenizer"
 
-    def tokens(self, split: str) -> np.ndarray:
-        return np.memmap(self.dir / f"{split}.bin", dtype=self.token_dtype, mode="r")
+    @property
+    def weights(self) -> list[float]:
+        return [s["weight"] for s in self.sources]
+
+    def source_tokens(self, split: str) -> list[TokenShards]:
+        """Each source's split as one flat token array (`TokenShards`), in the recipe's order."""
+        return [TokenShards([self.dir / name for name in s["shards"][split]], self.token_dtype) for s in self.sources]
+
+    def tokens(self, split: str) -> TokenShards:
+        """The whole split, every source's shards in turn (instruction data: one shard of its examples)."""
+        if self.kind == "instruction":
+            return TokenShards([self.dir / split], self.token_dtype)
+        return TokenShards([self.dir / name for s in self.sources for name in s["shards"][split]], self.token_dtype)
 
     @classmethod
     def load(cls, directory: Path) -> "PreparedData":
         manifest = json.loads((directory / MANIFEST).read_text())
         return cls(directory, manifest["vocab_size"], manifest["train_tokens"], manifest["val_tokens"], manifest["token_dtype"],
-                   manifest.get("kind", "text"))
+                   manifest.get("kind", "text"), tuple(manifest.get("sources", ())))
 
     def instruction_rows(self, split: str) -> dict[str, np.ndarray]:
         """Packed instruction rows (input_ids, labels, segments), memory-mapped."""
         return {name: np.load(self.dir / f"{split}.{name}.npy", mmap_mode="r") for name in ("input_ids", "labels", "segments")}
 
 
-def prepare_data(spec: DataSpec, seed: int, cache_dir: Path) -> tuple[PreparedData, dict]:
-    """Returns the prepared data and its manifest (files with hashes, token counts)."""
-    files = fingerprint(source_files(spec))
-    key = hashlib.sha256(json.dumps([spec.model_dump(mode="json"), seed, [f.sha256 for f in files]]).encode()).hexdigest()[:16]
-    target = cache_dir / key
+def cache_key(spec: DataSpec, seed: int, files: list[list[SourceFile]]) -> str:
+    """What the prepared data depends on: the files' content, not the number of workers, nor (for
+    text) the sequence length, which only cuts the same tokens into other windows."""
+    section = _section(spec)
+    return hashlib.sha256(json.dumps([FORMAT, section, seed, [[f.sha256 for f in fs] for fs in files]]).encode()).hexdigest()[:16]
+
+
+def find_prepared(spec: DataSpec, seed: int, cache_dir: Path) -> Path | None:
+    """The prepared directory for these files as they stand (path, size, modification time), without
+    reading them: hashing a large corpus takes minutes, so a hit here skips it."""
+    pointer = cache_dir / "index" / f"{_stat_key(spec, seed)}.json"
+    try:
+        target = cache_dir / json.loads(pointer.read_text())["key"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return target if (target / MANIFEST).exists() else None
+
+
+def prepared_manifest(spec: DataSpec, seed: int, cache_dir: Path) -> dict | None:
+    """The manifest of this data if it is prepared and its files have not changed since, else None."""
+    try:
+        target = find_prepared(spec, seed, cache_dir)
+    except OSError:  # a source file gone since validation
+        return None
+    return json.loads((target / MANIFEST).read_text()) if target else None
+
+
+def _section(spec: DataSpec) -> dict:
+    return spec.model_dump(mode="json", exclude={"workers"} | ({"seq_len"} if spec.instruction is None else set()))
+
+
+def _stat_key(spec: DataSpec, seed: int) -> str:
+    section = _section(spec)
+    stats = [[(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in source_files(s)] for s in spec.mixture()]
+    return hashlib.sha256(json.dumps([FORMAT, section, seed, stats]).encode()).hexdigest()[:24]
+
+
+def prepare_data(spec: DataSpec, seed: int, cache_dir: Path, workers: int | None = None) -> tuple[PreparedData, dict]:
+    """Returns the prepared data and its manifest (files with hashes, counts); prepares it when the
+    cache lacks it, with `workers` processes (default: `data.workers`)."""
+    target = find_prepared(spec, seed, cache_dir)
+    if target is None:
+        files = [fingerprint(source_files(source)) for source in spec.mixture()]
+        target = cache_dir / cache_key(spec, seed, files)
     if not (target / MANIFEST).exists():
         cache_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_dir))
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=cache_dir))
         try:
-            _build(spec, seed, [f.path for f in files], staging, cache_dir)
-            (staging / SOURCES).write_text(json.dumps([{**asdict(f), "path": str(f.path)} for f in files], indent=1))
+            _build(spec, seed, files, staging, cache_dir, workers or spec.workers)
             _publish(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+    (cache_dir / "index").mkdir(exist_ok=True)
+    pointer = cache_dir / "index" / f"{_stat_key(spec, seed)}.json"
+    if not pointer.exists():
+        pointer.write_text(json.dumps({"key": target.name}))
     manifest = json.loads((target / MANIFEST).read_text())
     manifest["files"] = read_sources(target)
-    return PreparedData.load(target), manifest
+    data = PreparedData.load(target)
+    short = [(split, n) for split, n in (("train", data.train_tokens), ("val", data.val_tokens)) if n < spec.seq_len]
+    if short and spec.instruction is None:
+        split, n = short[0]
+        raise DataError(f"the {split} split has {n} tokens, fewer than one sequence of data.seq_len={spec.seq_len}: add data or lower val_fraction/seq_len")
+    return data, manifest
 
 
 def _publish(staging: Path, target: Path) -> None:
@@ -88,41 +159,125 @@ def read_sources(directory: Path) -> list[dict]:
     return json.loads((directory / SOURCES).read_text())
 
 
-def _build(spec: DataSpec, seed: int, files: list[Path], out: Path, cache_dir: Path) -> None:
+def _build(spec: DataSpec, seed: int, files: list[list[SourceFile]], out: Path, cache_dir: Path, workers: int) -> None:
     import datasets
 
     datasets.disable_progress_bars()
+    (out / SOURCES).write_text(json.dumps([{**asdict(f), "path": str(f.path)} for fs in files for f in fs], indent=1))
     if spec.instruction is not None:
-        _build_instruction(spec, seed, files, out, cache_dir)
+        _build_instruction(spec, seed, [f.path for f in files[0]], out, cache_dir)
         return
-    documents = load_documents(spec, files, cache_dir / "hf")
-    held_out = _held_out(len(documents), spec.val_fraction, seed)
-    train_docs = documents.select([i for i in range(len(documents)) if i not in held_out])
-    val_docs = documents.select(sorted(held_out))
-    canaries = make_canaries(spec.canaries.count, seed)
+    scratch = out / "scratch"
+    scratch.mkdir()
+    contamination = contamination_from(spec.decontaminate)
+    with Workers(workers) as pool:
+        curated = [_curate_source(s, source, [f.path for f in fs], spec, contamination, pool, scratch, cache_dir)
+                   for s, (source, fs) in enumerate(zip(spec.mixture(), files))]
+        for source in curated:
+            source.split(spec.val_fraction, seed)
+        tokenizer = _tokenizer(spec, _sample(curated, spec.tokenizer.sample_bytes), out / "tokenizer")
+        dtype = "uint16" if len(tokenizer) <= 2**16 else "uint32"
+        canaries = make_canaries(spec.canaries.count, seed)
+        sources = [source.tokenize(pool, out, tokenizer.eos_token_id, dtype) for source in curated]
     if canaries:
-        inserted = datasets.Dataset.from_dict({"text": [c for c in canaries for _ in range(spec.canaries.repeats)]})
-        train_docs = datasets.concatenate_datasets([train_docs, inserted])
-    tokenizer = _tokenizer(spec, train_docs, out / "tokenizer")
-    vocab_size = len(tokenizer)
-    dtype = "uint16" if vocab_size <= 2**16 else "uint32"
-    counts = {}
-    for split, docs in (("train", train_docs), ("val", val_docs)):
-        ids = _tokenize(tokenizer, docs, dtype)
-        ids.tofile(out / f"{split}.bin")
-        counts[split] = int(ids.size)
-        if ids.size < spec.seq_len:
-            raise DataError(f"the {split} split has {ids.size} tokens, fewer than one sequence of data.seq_len={spec.seq_len}: add data or lower val_fraction/seq_len")
+        name = f"sources/{sources[0]['name']}/train-canaries"
+        repeated = [np.asarray(tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]) for c in canaries
+                    for _ in range(spec.canaries.repeats)]
+        sources[0]["train_tokens"] += write_shard(out / name, repeated, dtype)
+        sources[0]["shards"]["train"].append(name)
+    shutil.rmtree(scratch)
     manifest = {
-        "documents": {"train": len(train_docs), "val": len(val_docs)},
-        "train_tokens": counts["train"],
-        "val_tokens": counts["val"],
-        "vocab_size": vocab_size,
+        "format": FORMAT,
+        "documents": {split: sum(s["documents"][split] for s in sources) for split in ("train", "val")},
+        "train_tokens": sum(s["train_tokens"] for s in sources),
+        "val_tokens": sum(s["val_tokens"] for s in sources),
+        "vocab_size": len(tokenizer),
         "token_dtype": dtype,
-        "seq_len": spec.seq_len,
+        "curation": dict(sum((Counter(s["curation"]) for s in sources), Counter())),
+        "sources": sources,
         "canaries": canaries,
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
+
+
+@dataclass
+class CuratedSource:
+    """One source after curation: its chunks in the scratch directory, which of their documents
+    deduplication kept, and (after `split`) which go to validation."""
+
+    index: int
+    spec: SourceSpec
+    chunks: list[Path]
+    keep: list[np.ndarray]
+    sizes: list[np.ndarray]
+    counts: Counter
+
+    def split(self, fraction: float, seed: int) -> None:
+        """Whole kept documents to validation (code 2), the rest to training (1); 0 stays dropped."""
+        kept = int(sum(k.sum() for k in self.keep))
+        held_out = np.zeros(kept, dtype=bool)
+        held_out[list(_held_out(kept, fraction, seed + self.index))] = True
+        ordinal = 0
+        for keep in self.keep:
+            where = np.flatnonzero(keep)
+            keep[where] = np.where(held_out[ordinal : ordinal + len(where)], 2, 1)
+            ordinal += len(where)
+
+    def training_texts(self, budget: int) -> Iterator[str]:
+        """At most `budget` characters of training documents, each chunk giving its share (the last
+        document it gives cut to fit), so the sample spans the whole source."""
+        total = sum(int(s[k == 1].sum()) for s, k in zip(self.sizes, self.keep)) or 1
+        for chunk, keep, sizes in zip(self.chunks, self.keep, self.sizes):
+            left = int(budget * int(sizes[keep == 1].sum()) / total)
+            for text, code in zip(read_texts(chunk), keep.tolist()):
+                if code == 1 and left > 0:
+                    yield text[:left]
+                    left -= min(left, len(text))
+
+    def tokenize(self, pool: Workers, out: Path, eos: int, dtype: str) -> dict:
+        """The source's shards, one per chunk and split, and its entry in the manifest."""
+        name = self.spec.label
+        (out / "sources" / name).mkdir(parents=True)
+        shards: dict[str, list[str]] = {"train": [], "val": []}
+        tasks = []
+        for i, (chunk, keep) in enumerate(zip(self.chunks, self.keep)):
+            paths = {split: f"sources/{name}/{split}-{i:05d}" for split in shards}
+            for split, path in paths.items():
+                shards[split].append(path)
+            tasks.append(TokenizeTask(chunk, keep, out / "tokenizer", eos, dtype, {split: out / path for split, path in paths.items()}))
+        documents, tokens = Counter(), Counter()
+        for counts in pool.map(tokenize_chunk, tasks):
+            for split, (docs, n) in counts.items():
+                documents[split] += docs
+                tokens[split] += n
+        return {"name": name, "weight": self.spec.weight, "documents": {s: documents[s] for s in shards},
+                "train_tokens": tokens["train"], "val_tokens": tokens["val"], "curation": dict(self.counts), "shards": shards}
+
+
+def _curate_source(index: int, source: SourceSpec, files: list[Path], spec: DataSpec, contamination, pool: Workers,
+                   scratch: Path, cache_dir: Path) -> CuratedSource:
+    dedup = Deduplicator(spec.curation)
+    tasks = (CurateTask(texts, scratch / f"{index}-{i:05d}", spec.curation, contamination)
+             for i, texts in enumerate(chunks(iter_documents(source, files, cache_dir / "hf"), spec.shard_bytes)))
+    paths, keep, sizes, counts = [], [], [], Counter()
+    for i, result in enumerate(pool.map(curate_chunk, tasks)):
+        mask, duplicates = dedup.keep(Curated([""] * len(result.keys), result.keys, result.signatures))
+        paths.append(scratch / f"{index}-{i:05d}")
+        keep.append(mask.astype(np.int8))
+        sizes.append(np.asarray(result.sizes, dtype=np.int64))
+        counts.update(result.counts)
+        counts.update(duplicates)
+    counts["kept"] = int(sum(k.sum() for k in keep))
+    if counts["read"] == 0:
+        raise DataError(f"data source {source.label!r} has no documents ({len(files)} files)")
+    return CuratedSource(index, source, paths, keep, sizes, counts)
+
+
+def _sample(sources: list[CuratedSource], budget: int) -> Iterator[str]:
+    """The tokenizer's training text: each source's share of `budget` by its weight."""
+    total = sum(s.spec.weight for s in sources)
+    for source in sources:
+        yield from source.training_texts(int(budget * source.spec.weight / total))
 
 
 def _build_instruction(spec: DataSpec, seed: int, files: list[Path], out: Path, cache_dir: Path) -> None:
@@ -146,7 +301,7 @@ def _build_instruction(spec: DataSpec, seed: int, files: list[Path], out: Path, 
             raise DataError(f"the {split} split of the instruction data is empty: add rows or change data.val_fraction")
         for name, array in packed.items():
             np.save(out / f"{split}.{name}.npy", array)
-        np.fromiter((t for ids, _ in pairs for t in ids), dtype=dtype).tofile(out / f"{split}.bin")
+        write_shard(out / split, [np.asarray(ids) for ids, _ in pairs], dtype)  # each example ends with end-of-text
         counts[split] = {"examples": len(pairs), "rows": int(len(packed["input_ids"])), "tokens": sum(len(ids) for ids, _ in pairs),
                          "response_tokens": int((packed["labels"] != -100).sum())}
     manifest = {
@@ -179,8 +334,8 @@ def _held_out(num_docs: int, fraction: float, seed: int) -> set[int]:
     return set(np.random.default_rng(seed).choice(num_docs, size=count, replace=False).tolist())
 
 
-def _tokenizer(spec: DataSpec, train_docs, out: Path):
-    """A `transformers` fast tokenizer: loaded from the recipe's path, or trained on the training split."""
+def _tokenizer(spec: DataSpec, texts: Iterator[str] | None, out: Path):
+    """A `transformers` fast tokenizer: loaded from the recipe's path, or trained on `texts`."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     if spec.tokenizer.kind == "pretrained":
@@ -199,17 +354,7 @@ def _tokenizer(spec: DataSpec, train_docs, out: Path):
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,
         )
-        raw.train_from_iterator((batch["text"] for batch in train_docs.iter(batch_size=256)), trainer=trainer)
+        raw.train_from_iterator(texts, trainer=trainer)
         tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token=EOS, bos_token=EOS, unk_token=None)
     tokenizer.save_pretrained(str(out))
     return tokenizer
-
-
-def _tokenize(tokenizer, docs, dtype: str) -> np.ndarray:
-    eos = tokenizer.eos_token_id
-    encoded = docs.map(
-        lambda batch: {"ids": [ids + [eos] for ids in tokenizer(batch["text"], add_special_tokens=False)["input_ids"]]},
-        batched=True,
-        remove_columns=docs.column_names,
-    )
-    return np.fromiter((t for ids in encoded["ids"] for t in ids), dtype=dtype) if len(encoded) else np.zeros(0, dtype=dtype)

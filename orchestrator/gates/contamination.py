@@ -14,76 +14,19 @@ corpus, so its overlap with training measures the corpus's self-similarity, not 
 
 from __future__ import annotations
 
-import json
-import re
-import unicodedata
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 
+from orchestrator.data.ngrams import MIN_NGRAM, EvaluationSet, ngram_hashes, set_ngram, word_ids
+from orchestrator.data.shards import TokenShards
 from orchestrator.gates.result import GateResult, judge, skipped
 from orchestrator.gates.spec import ContaminationGate
 
-HASH_BASE = np.uint64(1_000_003)
-MIN_NGRAM = 8
-WORD = re.compile(r"\w+")
-
-
-@dataclass(frozen=True)
-class EvaluationSet:
-    name: str
-    items: list[str]
-
-
-def words(text: str) -> list[str]:
-    return WORD.findall(unicodedata.normalize("NFKC", text).lower())
-
-
-def word_ids(text: str) -> np.ndarray:
-    import xxhash
-
-    return np.fromiter((xxhash.xxh64_intdigest(w.encode()) for w in words(text)), dtype=np.uint64)
-
-
-def ngram_hashes(ids: np.ndarray, n: int) -> np.ndarray:
-    """A 64-bit polynomial hash of every n-gram of ids, vectorised (wrapping uint64 arithmetic)."""
-    ids = np.asarray(ids, dtype=np.uint64)
-    count = len(ids) - n + 1
-    if count <= 0:
-        return np.zeros(0, dtype=np.uint64)
-    hashes = np.zeros(count, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for offset in range(n):
-            hashes = hashes * HASH_BASE + ids[offset : offset + count] + np.uint64(1)
-    return hashes
-
-
-def set_ngram(items: list[str], ngram: int) -> int:
-    lengths = [len(words(item)) for item in items]
-    return int(min(ngram, max(MIN_NGRAM, np.percentile(lengths, 5)))) if lengths else ngram
-
-
-def read_eval_file(path: Path) -> EvaluationSet:
-    """jsonl: the string fields of a row are one item; any other file: paragraphs separated by blank lines."""
-    text = path.read_text(errors="replace")
-    if path.suffix == ".jsonl":
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        items = [" ".join(v for v in row.values() if isinstance(v, str)) if isinstance(row, dict) else str(row) for row in rows]
-    else:
-        items = [p for p in re.split(r"\n\s*\n", text) if p.strip()]
-    return EvaluationSet(str(path), items)
-
-
-def decoded_texts(tokens: np.ndarray, tokenizer, max_tokens: int = 1 << 16) -> Iterator[str]:
-    """A token file (the training split) as text, a document (or a piece of at most `max_tokens`) at a time."""
-    ends = np.flatnonzero(np.asarray(tokens) == tokenizer.eos_token_id).tolist() + [len(tokens)]
-    start = 0
-    for end in ends:
-        for piece in range(start, end, max_tokens):
-            yield tokenizer.decode(np.asarray(tokens[piece : min(end, piece + max_tokens)]).tolist(), skip_special_tokens=True)
-        start = end + 1
+def decoded_texts(tokens: TokenShards, tokenizer, max_tokens: int = 1 << 16) -> Iterator[str]:
+    """A split's token shards as text, a document (or a piece of at most `max_tokens`) at a time."""
+    for piece in tokens.documents(max_tokens):
+        yield tokenizer.decode(np.asarray(piece).tolist(), skip_special_tokens=True)
 
 
 def contaminated(sets: list[EvaluationSet], training: Iterable[str], ngram: int) -> list[dict]:

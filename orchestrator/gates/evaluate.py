@@ -17,7 +17,8 @@ import numpy as np
 from orchestrator.checkpoint import store
 from orchestrator.errors import GateError
 from orchestrator.gates.content import content_gate
-from orchestrator.gates.contamination import EvaluationSet, contamination_gate, decoded_texts, read_eval_file
+from orchestrator.data.ngrams import EvaluationSet, read_eval_file
+from orchestrator.gates.contamination import contamination_gate, decoded_texts
 from orchestrator.gates.downstream import downstream_gate, texts_by_task
 from orchestrator.gates.extraction import probe_generations, training_prefixes
 from orchestrator.gates.health import health_gate

@@ -63,7 +63,27 @@ def _host_line(plan: LaunchPlan) -> str:
             + f" = {_gib(h.per_node_bytes)} of {_gib(h.capacity_bytes)}" + ("" if h.fits else "  WILL NOT FIT"))
 
 
-def render_plan(plan: LaunchPlan) -> str:
+def _source_lines(plan: LaunchPlan, prepared: dict | None) -> list[str]:
+    """Each source's share of the run's tokens and, once prepared, how many epochs of it that is."""
+    sources = plan.recipe.data.mixture()
+    total_weight = sum(s.weight for s in sources)
+    run_tokens = plan.batch.tokens_per_step * plan.recipe.train.steps
+    have = {s["name"]: s["train_tokens"] for s in (prepared or {}).get("sources", [])}
+    lines = []
+    for source in sources:
+        share = source.weight / total_weight
+        line = f"data           {source.label}: {share:.0%} of samples, {run_tokens * share:,.0f} tokens over the run"
+        if source.label in have:
+            line += f"; {have[source.label]:,} prepared = {run_tokens * share / max(1, have[source.label]):.2f} epochs"
+        else:
+            line += " (epochs once prepared: orch prepare)"
+        lines.append(line)
+    return lines
+
+
+def render_plan(plan: LaunchPlan, prepared: dict | None = None) -> str:
+    """`prepared`: the manifest of the recipe's data when it is already prepared (`orch prepare`),
+    for each source's epochs over the run."""
     t, b, m, e = plan.topology, plan.batch, plan.memory, plan.time
     recipe = plan.recipe
     dist = recipe.distributed
@@ -76,6 +96,7 @@ def render_plan(plan: LaunchPlan) -> str:
         f"batch          micro {b.micro_batch_size} x accumulation {b.gradient_accumulation_steps} x data-parallel {b.data_parallel}"
         f" = global {b.global_batch_size} sequences",
         f"tokens         {b.global_batch_size} x {b.seq_len} = {b.tokens_per_step:,} per step; {b.tokens_per_step * recipe.train.steps:,} over {recipe.train.steps} steps",
+        *_source_lines(plan, prepared),
         f"model          {plan.arch}, {plan.num_params / 1e6:.2f}M parameters, {e.flops_per_token / 1e6:.1f} MFLOP/token (training)"
         + (f"; from {recipe.model.path}" if recipe.model.path else "")
         + (f"; LoRA rank {recipe.model.lora.rank} on {', '.join(recipe.model.lora.target_modules)}" if recipe.model.lora else ""),

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from orchestrator.data.prepare import prepare_data
+from orchestrator.data.shards import TokenShards, write_shard
 from orchestrator.data.spec import DataSpec
-from orchestrator.gates.contamination import EvaluationSet, contaminated, contamination_gate, decoded_texts, read_eval_file, set_ngram
+from orchestrator.data.ngrams import EvaluationSet, read_eval_file, set_ngram
+from orchestrator.gates.contamination import contaminated, contamination_gate, decoded_texts
 from orchestrator.gates.spec import ContaminationGate
 
 WORDS = ("river stone market window garden letter morning engine yellow quiet number paper silver forest bridge "
@@ -92,12 +94,16 @@ def test_no_evaluation_set_skips_the_gate():
     assert contamination_gate(ContaminationGate(), [], iter(["text"]), 0.05).status == "skipped"
 
 
-def test_decoded_texts_split_documents_at_the_end_of_text():
+def test_decoded_texts_read_whole_documents_across_shards(tmp_path):
     class Tok:
         eos_token_id = 0
 
         def decode(self, ids, skip_special_tokens=True):
             return "".join(chr(96 + i) for i in ids)
 
-    assert list(decoded_texts(np.array([1, 2, 0, 3, 0, 4, 5]), Tok())) == ["ab", "c", "de"]
-    assert list(decoded_texts(np.array([1, 2, 3, 4, 5]), Tok(), max_tokens=2)) == ["ab", "cd", "e"]
+    write_shard(tmp_path / "a", [np.array([1, 2, 0]), np.array([3, 0])], "uint16")
+    write_shard(tmp_path / "b", [np.array([4, 5, 0])], "uint16")
+    shards = TokenShards([tmp_path / "a", tmp_path / "b"], "uint16")
+    assert list(decoded_texts(shards, Tok())) == ["ab", "c", "de"]
+    assert list(decoded_texts(shards, Tok(), max_tokens=1)) == ["a", "b", "c", "d", "e"]
+    assert len(shards) == 8 and shards[1:7].tolist() == [2, 0, 3, 0, 4, 5]  # one slice across the two files
