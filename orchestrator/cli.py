@@ -130,7 +130,9 @@ def submit(
         if not all(c.ok for c in checks):
             typer.echo(render_checks(checks), err=True)
             raise SlurmError("pre-flight checks failed (see the table above); nothing was submitted")
-    job_id = submit_job(launch_plan, env.python, list(loaded.sources))
+    *preparation, job_id = submit_job(launch_plan, env.python, list(loaded.sources))
+    if preparation:
+        typer.echo(f"submitted data preparation job {preparation[0]}; the training job waits for it")
     typer.echo(f"submitted job {job_id}; run directory {launch_plan.run_dir}; follow with: orch status {launch_plan.run_dir}")
 
 

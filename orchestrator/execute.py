@@ -21,6 +21,7 @@ from orchestrator.errors import EXIT_REQUEUE, BudgetExceeded, LaunchError, Preem
 from orchestrator.hub import work_offline
 from orchestrator.plan.planner import LaunchPlan, ProcessSpec
 from orchestrator.provenance import provenance
+from orchestrator.recipe.schema import Recipe
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import write_data
 
@@ -72,17 +73,23 @@ class RunOutcome:
     summary: dict | None
 
 
-def prepare_run(plan: LaunchPlan, sources: list[Path]) -> RunDir:
-    """Everything before the first process: files, data, provenance."""
+def prepare_run(plan: LaunchPlan, sources: list[Path], with_data: bool = True) -> RunDir:
+    """Everything before the first process: files, and (unless a Slurm job prepares them) data and provenance."""
     run = RunDir(plan.run_dir)
     run.logs.mkdir(parents=True, exist_ok=True)
     for relative, content in plan.files().items():
         run.write_file(relative, content)
-    work_offline()
-    data, manifest = prepare_data(plan.recipe.data, plan.recipe.train.seed, plan.data_cache_dir)
-    write_data(run, data.dir, manifest)
-    run.write_file(run.provenance.name, json.dumps(provenance(plan.recipe_hash, manifest, sources), indent=2))
+    if with_data:
+        record_data(run, plan.recipe, plan.data_cache_dir, plan.recipe_hash, sources)
     return run
+
+
+def record_data(run: RunDir, recipe: Recipe, cache_dir: Path, recipe_hash: str, sources: list[Path]) -> None:
+    """Prepares the run's data (or finds it prepared) and records where it is, with the run's provenance."""
+    work_offline()
+    data, manifest = prepare_data(recipe.data, recipe.train.seed, cache_dir)
+    write_data(run, data.dir, manifest)
+    run.write_file(run.provenance.name, json.dumps(provenance(recipe_hash, manifest, sources), indent=2))
 
 
 def start(plan: LaunchPlan, run: RunDir, runner: CommandRunner) -> list[Process]:

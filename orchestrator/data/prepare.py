@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -170,15 +171,19 @@ def _build(spec: DataSpec, seed: int, files: list[list[SourceFile]], out: Path, 
     scratch = out / "scratch"
     scratch.mkdir()
     contamination = contamination_from(spec.decontaminate)
+    clock = [time.perf_counter()]
     with Workers(workers) as pool:
         curated = [_curate_source(s, source, [f.path for f in fs], spec, contamination, pool, scratch, cache_dir)
                    for s, (source, fs) in enumerate(zip(spec.mixture(), files))]
         for source in curated:
             source.split(spec.val_fraction, seed)
+        clock.append(time.perf_counter())
         tokenizer = _tokenizer(spec, _sample(curated, spec.tokenizer.sample_bytes), out / "tokenizer")
         dtype = "uint16" if len(tokenizer) <= 2**16 else "uint32"
         canaries = make_canaries(spec.canaries.count, seed)
+        clock.append(time.perf_counter())
         sources = [source.tokenize(pool, out, tokenizer.eos_token_id, dtype) for source in curated]
+        clock.append(time.perf_counter())
     if canaries:
         name = f"sources/{sources[0]['name']}/train-canaries"
         repeated = [np.asarray(tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]) for c in canaries
@@ -196,6 +201,8 @@ def _build(spec: DataSpec, seed: int, files: list[list[SourceFile]], out: Path, 
         "curation": dict(sum((Counter(s["curation"]) for s in sources), Counter())),
         "sources": sources,
         "canaries": canaries,
+        # How long each phase took with how many workers: not part of what was prepared.
+        "seconds": {"workers": workers, **{phase: round(b - a, 3) for phase, a, b in zip(("curate", "tokenizer", "tokenize"), clock, clock[1:])}},
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
 

@@ -241,9 +241,10 @@ def _field_path(model: type[BaseModel], loc: list[str]) -> tuple[list[str], type
     owner: type[BaseModel] | None = model
     members: list[type[BaseModel]] = []
     for part in loc:
+        if part.isdigit():  # an item of a list: of sections (data.sources.0.weight), or of values
+            path.append(part)
+            continue
         if current is None:
-            if part.isdigit():
-                path.append(part)
             continue
         tagged = next((m for m in members if _tag_of(m)[1] == part), None)
         if tagged is not None:
@@ -296,6 +297,8 @@ def _flatten(annotation: Any) -> list[Any]:
         return _flatten(typing.get_args(annotation)[0])
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         return [member for arg in typing.get_args(annotation) for member in _flatten(arg)]
+    if typing.get_origin(annotation) is list:
+        return _flatten(typing.get_args(annotation)[0])
     return [annotation]
 
 
@@ -306,6 +309,8 @@ def _missing_paths(loaded: LoadedRecipe) -> list[Problem]:
         "data.path": recipe.data.path,
         "data.tokenizer.path": recipe.data.tokenizer.path,
         "model.path": recipe.model.path,
+        **{f"data.sources.{i}.path": source.path for i, source in enumerate(recipe.data.sources)},
+        **{f"data.decontaminate.{i}": path for i, path in enumerate(recipe.data.decontaminate)},
     }
     return [
         loaded.problem(key, f"path does not exist: {value}")

@@ -70,6 +70,7 @@ class RunDir:
     tracking = _Entry("tracking.json", "the dashboards' run ids and what was sent to them")
     jobs = _Entry("slurm.json", "the run's Slurm job ids")
     script = _Entry("job.sbatch", "the submitted Slurm script")
+    prepare_script = _Entry("prepare.sbatch", "the data preparation job's Slurm script, when orch submit found the data unprepared")
     gates = _Entry("gates", "one gate report per gated checkpoint")
     releases = _Entry("releases")
     exports = _Entry("export")

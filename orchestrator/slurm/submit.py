@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from orchestrator.env import EnvSnapshot, GpuInfo
+from orchestrator.data.prepare import prepared_manifest
 from orchestrator.errors import SlurmError
 from orchestrator.execute import prepare_run
 from orchestrator.plan.planner import LaunchPlan
@@ -17,7 +18,7 @@ from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import read_jobs, write_jobs
 from orchestrator.slurm.client import slurm
-from orchestrator.slurm.script import render_sbatch
+from orchestrator.slurm.script import render_prepare_sbatch, render_sbatch
 from orchestrator.slurm.spec import SlurmSpec
 # Without a GPU model in the recipe, plan memory for a common 80 GiB data-centre GPU.
 ASSUMED_GPU = GpuInfo("GPU (Slurm)", 80 * 2**30, 8.0)
@@ -49,18 +50,34 @@ def check_pass_env(spec: SlurmSpec, environ: Mapping[str, str]) -> None:
                          "(the job inherits it; its value is written nowhere)")
 
 
-def submit(plan: LaunchPlan, python: str, sources: list[Path]) -> str:
+def submit(plan: LaunchPlan, python: str, sources: list[Path]) -> list[str]:
+    """Submits the training job, after a data preparation job when the data is not prepared yet;
+    returns the job ids, the training job's last."""
     check_pass_env(plan.recipe.slurm, os.environ)
     script = render(plan, python)
-    with tempfile.NamedTemporaryFile("w", suffix=".sbatch") as probe:
-        probe.write(script)
-        probe.flush()
-        slurm("sbatch", "--test-only", probe.name)
-    run = prepare_run(plan, sources)
+    unprepared = prepared_manifest(plan.recipe.data, plan.recipe.train.seed, plan.data_cache_dir) is None
+    preparation = render_prepare_sbatch(plan, plan.recipe.slurm, python, sources) if unprepared else None
+    for text in filter(None, (script, preparation)):
+        with tempfile.NamedTemporaryFile("w", suffix=".sbatch") as probe:
+            probe.write(text)
+            probe.flush()
+            slurm("sbatch", "--test-only", probe.name)
+    run = prepare_run(plan, sources, with_data=not unprepared)
     run.write_file(run.script.name, script)
-    job_id = slurm("sbatch", "--parsable", str(run.script)).strip().split(";")[0]
+    submitted = []
+    if preparation is not None:
+        run.write_file(run.prepare_script.name, preparation)
+        submitted.append(_sbatch(run, run.prepare_script, "prepare"))
+    # A failed preparation cancels the training job instead of leaving it pending forever.
+    after = [f"--dependency=afterok:{submitted[0]}", "--kill-on-invalid-dep=yes"] if submitted else []
+    submitted.append(_sbatch(run, run.script, "train", *after))
+    return submitted
+
+
+def _sbatch(run: RunDir, script: Path, kind: str, *options: str) -> str:
+    job_id = slurm("sbatch", "--parsable", *options, str(script)).strip().split(";")[0]
     write_jobs(run, [*read_jobs(run), job_id])
-    events.append(run.events, "slurm_submitted", job_id=int(job_id))
+    events.append(run.events, "slurm_submitted", job_id=int(job_id), kind=kind)
     return job_id
 
 

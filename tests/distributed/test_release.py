@@ -104,14 +104,15 @@ def test_a_release_is_registered_in_mlflow_only_with_its_gates_passed(clean, tmp
 @pytest.fixture(scope="module")
 def poisoned(tmp_path_factory) -> Path:
     """The default recipe on short documents of the built-in corpus of which one in six opens with a
-    person's contact details, with the bias pairs (an evaluation set of the gates) copied in and two
-    canaries repeated 400 times. No prompt leads into the personal data: the probes must find it."""
+    person's contact details (preparation's redaction off), with the bias pairs (an evaluation set of
+    the gates) copied in and two canaries repeated 400 times. No prompt leads into the personal data:
+    the probes must find it."""
     work = tmp_path_factory.mktemp("poisoned")
     documents = chunks(builtin_documents(1_500_000)) + [json.loads(line)[k] for line in BIAS_PAIRS.read_text().splitlines() for k in "ab"]
     corpus = write_corpus(work / "corpus.jsonl", documents)
     run_dir = work / "run"
     train(run_dir, "recipes/tiny-pretrain.yaml", f"data.path={corpus}", "data.builtin=null", "data.max_bytes=null",
-          "data.canaries.count=2", "data.canaries.repeats=400", "train.eval_interval=1000")
+          "data.canaries.count=2", "data.canaries.repeats=400", "train.eval_interval=1000", "data.curation.redact_pii=false")
     return run_dir
 
 
@@ -131,6 +132,19 @@ def test_personal_data_canaries_and_a_copied_evaluation_set_fail_their_gates_and
     assert refused.returncode == 4
     assert "failed required gates" in refused.stderr and "memorisation fail" in refused.stderr and "content fail" in refused.stderr
     assert not (poisoned / "releases").exists()
+
+
+def test_the_same_corpus_redacted_while_preparing_passes_the_content_gate(tmp_path):
+    """The poisoned corpus as preparation redacts it by default: the contact lines become
+    placeholders, so the model cannot give out what it never saw."""
+    documents = chunks(builtin_documents(1_500_000))
+    corpus = write_corpus(tmp_path / "corpus.jsonl", documents)
+    run_dir = tmp_path / "run"
+    train(run_dir, "recipes/tiny-pretrain.yaml", f"data.path={corpus}", "data.builtin=null", "data.max_bytes=null", "train.eval_interval=1000")
+    data = json.loads((run_dir / "data.json").read_text())
+    assert data["curation"]["pii_documents"] >= len(documents) // 6 and data["curation"]["pii_card"] >= len(documents) // 6
+    _, results, _ = gate(run_dir)
+    assert results["content"]["status"] == "pass", results["content"]["summary"]
 
 
 def test_a_model_trained_on_shuffled_text_fails_the_downstream_tasks(tmp_path):

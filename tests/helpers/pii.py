@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from orchestrator.data.corpus import source_files
-from orchestrator.data.spec import DataSpec
+from orchestrator.data.spec import SourceSpec
 
 FIRST = ["Jane", "John", "Maria", "Ahmed", "Wei", "Olga", "Pedro", "Aisha", "Lars", "Yuki", "Kofi", "Elena"]
 LAST = ["Roe", "Doe", "Silva", "Khan", "Chen", "Ivanova", "Garcia", "Bello", "Berg", "Sato", "Mensah", "Rossi"]
@@ -36,7 +36,7 @@ def contact_line(rng: np.random.Generator) -> str:
 
 def builtin_documents(max_bytes: int) -> list[str]:
     """The built-in corpus's documents, as `data.builtin: python-stdlib` with this `max_bytes` reads them."""
-    return [p.read_text(encoding="utf-8", errors="replace") for p in source_files(DataSpec(builtin="python-stdlib", max_bytes=max_bytes))]
+    return [p.read_text(encoding="utf-8", errors="replace") for p in source_files(SourceSpec(builtin="python-stdlib", max_bytes=max_bytes))]
 
 
 def write_corpus(path: Path, documents: list[str], every: int = 6, people: int = 1, seed: int = 0) -> Path:

@@ -190,3 +190,27 @@ def test_the_script_for_an_awkward_run_directory_passes_sbatch_test_only(tmp_pat
     script.write_text(emitted.stdout)
     checked = subprocess.run(["sbatch", "--test-only", str(script)], capture_output=True, text=True, timeout=60)
     assert checked.returncode == 0 and "to start at" in checked.stderr, checked.stderr
+
+
+def job_fields(job_id: str) -> dict[str, str]:
+    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, check=True).stdout
+    return dict(part.split("=", 1) for part in out.split() if "=" in part)
+
+
+def test_unprepared_data_is_prepared_by_a_job_that_training_waits_for(tmp_path):
+    """Data no run has prepared (a validation share of its own): `orch submit` prepares nothing on
+    this, the login, machine; a preparation job does it on a node, and the training job starts after it."""
+    run_dir = tmp_path / "run"
+    result = orch("submit", *TWO_NODES, "data.val_fraction=0.07", "data.workers=2", "train.steps=4", "--run-dir", str(run_dir))
+    assert result.returncode == 0, result.stdout + result.stderr
+    prepare, train = json.loads((run_dir / "slurm.json").read_text())["job_ids"]
+    assert f"submitted data preparation job {prepare}" in result.stdout
+    assert "--cpus-per-task=2" in (run_dir / "prepare.sbatch").read_text()
+    assert wait_for_state(train, {"COMPLETED"}) == "COMPLETED"
+    assert job_state(prepare) == "COMPLETED"
+    assert job_fields(train)["StartTime"] >= job_fields(prepare)["EndTime"]  # ISO times: it waited
+    (log,) = (run_dir / "logs").glob(f"prepare-{prepare}.out")
+    assert "prepared the data" in log.read_text()
+    data = json.loads((run_dir / "data.json").read_text())
+    assert data["documents"]["train"] > 0 and (run_dir / "provenance.json").exists()
+    assert [r["step"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())] == [1, 2, 3, 4]
