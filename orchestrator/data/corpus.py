@@ -7,6 +7,7 @@ with Python has, so the default recipe needs no download.
 from __future__ import annotations
 
 import hashlib
+import json
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,37 @@ def iter_documents(spec: SourceSpec, files: list[Path], cache_dir: Path, batch_s
             raise
         except Exception as exc:  # pyarrow's and datasets' own reading errors, whatever their class
             raise DataError(f"cannot read {path} as {fmt}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+
+def first_file_problem(spec: SourceSpec) -> str | None:
+    """What is wrong with the source's first file, read as cheaply as possible (its first JSON line,
+    its Parquet schema), so a recipe naming the wrong field fails at validation, not hours into a job."""
+    if spec.path is None:
+        return None
+    files = source_files(spec)
+    if not files:
+        return f"{spec.path} holds no .jsonl, .json, .parquet, .txt or .md file"
+    try:
+        fmt = spec.format if spec.format != "auto" else _format_of(files)
+    except DataError as exc:
+        return str(exc)
+    path = files[0]
+    try:
+        if fmt == "jsonl":
+            with path.open("rb") as f:
+                line = next((raw for raw in f if raw.strip()), b"{}")
+            fields = list(json.loads(line))
+        elif fmt == "parquet":
+            import pyarrow.parquet
+
+            fields = pyarrow.parquet.read_schema(path).names
+        else:
+            return None
+    except (OSError, ValueError, TypeError) as exc:
+        return f"cannot read {path} as {fmt}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    if spec.text_field not in fields:
+        return f"{path} has no `{spec.text_field}` field (it has {', '.join(map(str, fields)) or 'none'}): set text_field"
+    return None
 
 
 def _format_of(files: list[Path]) -> str:

@@ -211,14 +211,13 @@ def _data(records: RunRecords) -> list[str]:
     spec, data, extra = records.recipe.data, records.data, records.data.model_extra or {}
     unit = "examples" if spec.instruction is not None else "documents"
     kind = "instruction examples (prompt/response rows)" if spec.instruction is not None else "text documents"
-    origin = f"the built-in corpus `{spec.builtin}` ({BUILTIN_CORPORA.get(spec.builtin, 'see the files')})" if spec.builtin else str(spec.path)
-    capped = f", its first files up to {spec.max_bytes:,} bytes (`data.max_bytes`)" if spec.max_bytes else ""
+    origin = "; ".join(_origin(source, len(spec.mixture()) > 1) for source in spec.mixture())
     counts = ", ".join(f"{split} {count:,}" for split, count in (extra.get("documents") or {}).items()) or "(count not recorded)"
     canaries = (f"{len(data.canaries)} random secrets inserted {spec.canaries.repeats} time(s) each into the training split "
                 "(for the memorisation gate)") if data.canaries else "none inserted"
     lines = [
         "", "### Training data (point 2(c))",
-        f"- type and provenance: {kind} from {origin}{capped}",
+        f"- type and provenance: {kind} from {origin}",
         f"- size: {counts} {unit}; {data.train_tokens:,} training tokens, {data.val_tokens:,} held out "
         f"(the validation split: whole {unit}, {spec.val_fraction:g} of them, drawn with seed {records.recipe.train.seed})",
         f"- canaries: {canaries}",
@@ -227,6 +226,12 @@ def _data(records: RunRecords) -> list[str]:
     if "truncated_examples" in extra:
         lines.append(f"- examples longer than {spec.seq_len} tokens, truncated: {extra['truncated_examples']:,}")
     return lines + _source_lines(_sources(records))
+
+
+def _origin(source, weighted: bool) -> str:
+    origin = f"the built-in corpus `{source.builtin}` ({BUILTIN_CORPORA.get(source.builtin, 'see the files')})" if source.builtin else str(source.path)
+    capped = f", its first files up to {source.max_bytes:,} bytes (`max_bytes`)" if source.max_bytes else ""
+    return (f"`{source.label}` with weight {source.weight:g}: " if weighted else "") + origin + capped
 
 
 def _curation(curation: dict | None) -> list[str]:

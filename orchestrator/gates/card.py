@@ -25,7 +25,8 @@ def model_card(run: RunDir, report: GateReport, bill: dict | None) -> str:
     recipe, plan, data = records.recipe, records.plan, records.data
     summary = run.read_json(run.summary.name) if run.summary.exists() else {}
     model, train = recipe.model, recipe.train
-    source = recipe.data.path or f"built-in corpus `{recipe.data.builtin}`"
+    source = ", ".join(f"{s.path or f'built-in corpus `{s.builtin}`'}" + (f" (weight {s.weight:g})" if recipe.data.sources else "")
+                       for s in recipe.data.mixture())
     tokens_per_step = plan.batch.tokens_per_step
     lines = [
         f"# {recipe.name} ({report.checkpoint})",

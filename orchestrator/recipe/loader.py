@@ -68,6 +68,7 @@ def load_recipe(path: Path | str, overrides: list[str] | tuple[str, ...] = ()) -
     loaded = LoadedRecipe(recipe, locations, sources)
     hooks = hook_problems(recipe.gates.content.classifier, recipe.tracking.custom)  # code the recipe names: marked hooks only
     missing = _missing_paths(loaded) + [loaded.problem(field, why) for field, why in hooks]
+    missing = missing or _unreadable_sources(loaded)
     if missing:
         raise RecipeError(missing)
     return loaded
@@ -300,6 +301,17 @@ def _flatten(annotation: Any) -> list[Any]:
     if typing.get_origin(annotation) is list:
         return _flatten(typing.get_args(annotation)[0])
     return [annotation]
+
+
+def _unreadable_sources(loaded: LoadedRecipe) -> list[Problem]:
+    """Each text source's first file, read as far as its text field (instruction data names other fields)."""
+    from orchestrator.data.corpus import first_file_problem
+
+    data = loaded.recipe.data
+    if data.instruction is not None:
+        return []
+    keys = [f"data.sources.{i}.text_field" for i in range(len(data.sources))] if data.sources else ["data.text_field"]
+    return [loaded.problem(key, why) for key, source in zip(keys, data.mixture()) if (why := first_file_problem(source))]
 
 
 def _missing_paths(loaded: LoadedRecipe) -> list[Problem]:

@@ -105,6 +105,16 @@ def user_directory(tmp: Path) -> Path:
     return tmp / "project"
 
 
+def data_file(name: str, content: bytes, *overrides: str) -> Callable[[Path], list[str]]:
+    """The tiny recipe on a data file of the user's with `content`; `{path}` in overrides is its path."""
+    def argv(tmp: Path) -> list[str]:
+        (tmp / name).write_bytes(content)
+        given = [o.replace("{path}", str(tmp / name)) for o in overrides] or [f"data.path={tmp / name}"]
+        return ["validate", str(TINY), "data.builtin=null", *given]
+
+    return argv
+
+
 CASES = {
     # Recipes a user should not have given, and overrides mistyped.
     "binary-file": Case(recipe("binary.yaml"), "not a text file"),
@@ -125,6 +135,12 @@ CASES = {
     "absurd-model": Case(recipe("absurd-model.yaml"), "model.hidden_size: input should be less than or equal"),
     "state-beyond-all-memory": Case(recipe("cannot-fit.yaml"), "no offload can fit it"),
     "activations-beyond-a-device": Case(recipe("activations-cannot-fit.yaml"), "activations alone"),
+    "data-without-its-text-field": Case(data_file("rows.jsonl", b'{"body": "x"}\n'), "rows.jsonl has no `text` field (it has body)"),
+    "data-not-json": Case(data_file("rows.jsonl", b"<html>\n"), "cannot read"),
+    "data-not-parquet": Case(data_file("rows.parquet", b"PAR1 garbage"), "cannot read"),
+    "mixture-weight-not-positive": Case(data_file("a.jsonl", b'{"text": "x"}\n', "data.sources=[{path: {path}, weight: 0}]"),
+                                        "data.sources.0.weight: input should be greater than 0"),
+    "mixture-key-typo": Case(data_file("a.jsonl", b'{"text": "x"}\n', "data.sources=[{path: {path}, wieght: 2}]"), "did you mean `weight`"),
     "override-double-dot": Case(override("train..steps=5"), "malformed override `train..steps=5`"),
     "override-leading-dot": Case(override(".steps=5"), "malformed override `.steps=5`"),
     "override-unknown-key": Case(override("train.stepz=5"), "did you mean `steps`"),
