@@ -13,14 +13,9 @@ horovod: setup
 demo: setup
 	.venv/bin/orch run
 
-# Tiers in the order that fails fastest: seconds of unit tests before minutes of real processes,
-# on two pytest workers (a test waits on processes as much as it computes); a module's tests stay on
-# one worker, so its fixtures (the Slurm cluster among them) are built once. Then, alone, the few
-# tests that measure the whole machine.
-PYTEST = .venv/bin/python -m pytest -q -p no:cacheprovider
+# Tiers in the order that fails fastest: seconds of unit tests before minutes of real processes.
 test: setup horovod
-	$(PYTEST) -n 2 --dist loadscope --durations=25 -m "not serial" tests/unit tests/integration tests/distributed
-	$(PYTEST) -m serial tests
+	.venv/bin/python -m pytest -q -p no:cacheprovider --durations=25 tests/unit tests/distributed tests/integration
 
 bench: setup horovod
 	.venv/bin/python bench/throughput.py

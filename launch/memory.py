@@ -4,7 +4,10 @@ step), and freed memory handed back to the system where ZeRO-3 would leave it re
 On a GPU a step's peak is the device's (torch's allocator keeps it and resets it on request). On
 the host, Linux keeps a process's peak resident set (VmHWM in /proc/self/status) and resets it when 5 is
 written to /proc/self/clear_refs, so each peak read here belongs to its own stretch, not to the
-imports before it. Without those files (not Linux) getrusage's lifetime peak is the nearest bound.
+imports before it. Library code and data files mapped in during a stretch (RssFile's growth) are
+taken off its peak: they are the libraries', not the model's or the step's, and a rank forked from
+its node launcher (launch.spawn) maps in again pages of code the launcher had already touched.
+Without those files (not Linux) getrusage's lifetime peak is the nearest bound.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ class PeakTracker:
     def __init__(self, device: str = "cpu") -> None:
         self.cuda = device.startswith("cuda")
         self._reset()
-        self.before_bytes = _status_bytes("VmRSS") or 0
+        self.before_bytes = (_status_bytes("VmRSS") or 0) - (_status_bytes("RssFile") or 0)
 
     def _reset(self) -> None:
         if self.cuda:
@@ -60,12 +63,15 @@ class PeakTracker:
             pass
 
     def lap(self) -> int:
+        """The peak less the file-backed pages resident now (they only grow while mapped, so at the
+        peak there were no more of them): with `before_bytes` measured alike, growth is the
+        anonymous memory the stretch took."""
         if self.cuda:
             import torch
 
             peak = torch.cuda.max_memory_allocated()
         else:
-            peak = _status_bytes("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            peak = (_status_bytes("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) - (_status_bytes("RssFile") or 0)
         self._reset()
         return peak
 

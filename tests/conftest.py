@@ -4,7 +4,6 @@ helper that drives the real `orch` command in a subprocess."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -64,33 +63,11 @@ def demo(tmp_path_factory) -> Path:
     """`make demo`'s run (the default recipe as it ships, `orch run`), then `orch gate` and `orch
     release` on it: the flow the README gives newcomers, which must pass out of the box; its release
     is also the base the fine-tuning tests start from. Holds `run/` and `release/`."""
-    def build(work: Path) -> None:
-        for args in (["run", "--run-dir", str(work / "run")], ["gate", str(work / "run")],
-                     ["release", str(work / "run"), "--to", str(work / "release")]):
-            result = orch(*args)
-            assert result.returncode == 0, f"orch {args[0]} exited {result.returncode}: {result.stdout}{result.stderr}"
-
-    return built_once(tmp_path_factory, "demo", build)
-
-
-def built_once(tmp_path_factory, name: str, build) -> Path:
-    """A session fixture's directory, built by one test process for all: under pytest-xdist each
-    worker is its own session, and the first to ask builds it while the others wait on a lock.
-    Tests read it and never change it."""
-    from filelock import FileLock
-
-    if "PYTEST_XDIST_WORKER" not in os.environ:
-        work = tmp_path_factory.mktemp(name)
-        build(work)
-        return work
-    shared = tmp_path_factory.getbasetemp().parent  # this run's directory, above every worker's own
-    work, done = shared / name, shared / f"{name}.built"
-    with FileLock(str(shared / f"{name}.lock")):
-        if not done.exists():
-            shutil.rmtree(work, ignore_errors=True)  # a build that failed in another worker
-            work.mkdir()
-            build(work)
-            done.touch()
+    work = tmp_path_factory.mktemp("demo")
+    for args in (["run", "--run-dir", str(work / "run")], ["gate", str(work / "run")],
+                 ["release", str(work / "run"), "--to", str(work / "release")]):
+        result = orch(*args)
+        assert result.returncode == 0, f"orch {args[0]} exited {result.returncode}: {result.stdout}{result.stderr}"
     return work
 
 

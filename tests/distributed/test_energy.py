@@ -148,7 +148,6 @@ def _node_energy(run_dir: Path, ranks: int, seconds: float) -> dict[str, float]:
     return {d["device"]: d["energy_j"] / d["seconds"] for d in node["devices"]}
 
 
-@pytest.mark.serial  # measures the machine's load: alone, not beside another test
 def test_the_node_figure_does_not_grow_with_the_number_of_ranks(tmp_path):
     one = _node_energy(tmp_path / "one", 1, 4.0)
     two = _node_energy(tmp_path / "two", 2, 4.0)
@@ -157,7 +156,6 @@ def test_the_node_figure_does_not_grow_with_the_number_of_ranks(tmp_path):
     assert two["memory"] == pytest.approx(one["memory"], rel=0.15)
 
 
-@pytest.mark.serial  # measures the machine's load: alone, not beside another test
 def test_cpu_energy_agrees_with_codecarbons_tracker_given_the_same_tdp(tmp_path):
     """Both estimate TDP x CodeCarbon's load curve over the machine's load; the samplers run at
     different moments, so they agree within 15%. The carbon per kWh must match the table exactly."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import EXIT_VERIFY_FAILED
-from tests.conftest import FAST, orch
+from tests.conftest import FAST, LIGHT_GATES, orch
 from tests.helpers.pii import builtin_documents, chunks, write_corpus
 
 pytestmark = pytest.mark.distributed
@@ -140,7 +140,8 @@ def test_the_same_corpus_redacted_while_preparing_passes_the_content_gate(tmp_pa
     documents = chunks(builtin_documents(1_500_000))
     corpus = write_corpus(tmp_path / "corpus.jsonl", documents)
     run_dir = tmp_path / "run"
-    train(run_dir, "recipes/tiny-pretrain.yaml", f"data.path={corpus}", "data.builtin=null", "data.max_bytes=null", "train.eval_interval=1000")
+    train(run_dir, "recipes/tiny-pretrain.yaml", f"data.path={corpus}", "data.builtin=null", "data.max_bytes=null", "train.eval_interval=1000",
+          *(g for g in LIGHT_GATES if g.split(".")[1] not in ("memorisation", "content")))  # the probes at full power, as for the poisoned run
     data = json.loads((run_dir / "data.json").read_text())
     assert data["curation"]["pii_documents"] >= len(documents) // 6 and data["curation"]["pii_card"] >= len(documents) // 6
     _, results, _ = gate(run_dir)
@@ -163,7 +164,8 @@ def test_a_model_trained_on_shuffled_text_fails_the_downstream_tasks(tmp_path):
     corpus = tmp_path / "shuffled.jsonl"
     corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in documents))
     run_dir = tmp_path / "run"
-    train(run_dir, "recipes/tiny-pretrain.yaml", f"data.path={corpus}", "data.builtin=null", "data.max_bytes=null", "train.eval_interval=1000")
+    train(run_dir, "recipes/tiny-pretrain.yaml", f"data.path={corpus}", "data.builtin=null", "data.max_bytes=null", "train.eval_interval=1000",
+          *(g for g in LIGHT_GATES if not g.startswith("gates.evaluation.")))  # the downstream tasks at full size; the rest is not the point
     code, results, table = gate(run_dir)
     assert code == 4, table
     evaluation = results["evaluation"]
@@ -172,7 +174,8 @@ def test_a_model_trained_on_shuffled_text_fails_the_downstream_tasks(tmp_path):
 
 def test_a_diverged_run_fails_the_health_gate(tmp_path):
     run_dir = tmp_path / "run"
-    train(run_dir, "recipes/tiny-pretrain.yaml", *FAST, "train.steps=40", "train.optimizer.lr=30", "train.grad_clip=null", "train.schedule.warmup_steps=1")
+    train(run_dir, "recipes/tiny-pretrain.yaml", *FAST, "train.steps=40", "train.optimizer.lr=30", "train.grad_clip=null", "train.schedule.warmup_steps=1",
+          *LIGHT_GATES)
     code, results, table = gate(run_dir)
     assert code == 4
     assert results["health"]["status"] == "fail", results["health"]["summary"]
