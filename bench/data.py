@@ -5,7 +5,7 @@ to 2 workers, and peak memory for a corpus and one four times larger.
 
 Two synthetic corpora (JSON Lines of documents of Zipf-distributed words, S and 4S bytes) are
 prepared with `orch prepare`'s code (`prepare_data`) in a fresh process each, without curation (the
-pipeline itself: read, chunk, tokenize, write shards), with 1 and 2 workers; a last run measures
+pipeline itself: read, chunk (8 MiB), tokenize, write shards), with 1 and 2 workers; a last run measures
 curation's cost at S. In the same run, the tokenizer that preparation trained encodes the same text
 with its own `encode_batch` on one thread: the rate a worker cannot beat. Peak memory is the
 largest sum of resident memory over the preparing process and its workers, sampled every 50 ms.
@@ -28,6 +28,10 @@ import numpy as np
 import psutil
 
 from common import REPO, write_result
+
+SHARD_BYTES = 8 * 2**20
+"""Chunks of 8 MiB, so that even S is many chunks: with fewer chunks than twice the workers, every
+chunk is in flight at once and memory still grows with the corpus."""
 
 PREPARE = """
 import json, sys, time
@@ -100,7 +104,7 @@ def main() -> None:
             corpus = work / f"corpus-{label}.jsonl"
             synthetic_corpus(corpus, args.size_mb * 2**20 * factor)
             for workers in (1, 2):
-                spec = {"path": str(corpus), "val_fraction": 0.01, "tokenizer": {"sample_bytes": 32 * 2**20}, **pipeline_only}
+                spec = {"path": str(corpus), "val_fraction": 0.01, "tokenizer": {"sample_bytes": 32 * 2**20}, "shard_bytes": SHARD_BYTES, **pipeline_only}
                 result, peak = measured([sys.executable, "-c", PREPARE, json.dumps(spec), str(work / f"cache-{label}-{workers}"), str(workers)], env)
                 results[(label, workers)] = {**result, "peak_rss": peak, "bytes": corpus.stat().st_size}
                 print(f"{label} ({corpus.stat().st_size / 2**20:.0f} MiB), {workers} worker(s): {result['seconds']:.1f} s, "
@@ -117,7 +121,7 @@ def main() -> None:
                     break
         limit, _ = measured([sys.executable, "-c", ENCODE, str(tokenizer), str(sample)], env)
         limit_rate = limit["tokens"] / limit["seconds"]
-        spec = {"path": str(work / "corpus-S.jsonl"), "val_fraction": 0.01, "tokenizer": {"sample_bytes": 32 * 2**20}}
+        spec = {"path": str(work / "corpus-S.jsonl"), "val_fraction": 0.01, "tokenizer": {"sample_bytes": 32 * 2**20}, "shard_bytes": SHARD_BYTES}
         curated, curated_peak = measured([sys.executable, "-c", PREPARE, json.dumps(spec), str(work / "cache-curated"), "2"], env)
     rate = {key: r["tokens"] / r["seconds"] for key, r in results.items()}
     for (label, workers), r in results.items():

@@ -101,6 +101,11 @@ def test_a_release_is_registered_in_mlflow_only_with_its_gates_passed(clean, tmp
     assert len(versions) == 1 and versions[0].source.endswith("/release")
 
 
+AS_READ = ["data.curation.near_dedup=null", "data.curation.quality=null"]
+"""The poisoned corpus and its redacted twin differ by redaction alone (the bias pairs copied in are
+near duplicates of one another, which near-deduplication would thin out)."""
+
+
 @pytest.fixture(scope="module")
 def poisoned(tmp_path_factory) -> Path:
     """The default recipe on short documents of the built-in corpus of which one in six opens with a
@@ -112,7 +117,7 @@ def poisoned(tmp_path_factory) -> Path:
     corpus = write_corpus(work / "corpus.jsonl", documents)
     run_dir = work / "run"
     train(run_dir, "recipes/tiny-pretrain.yaml", f"data.path={corpus}", "data.builtin=null", "data.max_bytes=null",
-          "data.canaries.count=2", "data.canaries.repeats=400", "train.eval_interval=1000", "data.curation.redact_pii=false")
+          "data.canaries.count=2", "data.canaries.repeats=400", "train.eval_interval=1000", *AS_READ, "data.curation.redact_pii=false")
     return run_dir
 
 
@@ -140,7 +145,7 @@ def test_the_same_corpus_redacted_while_preparing_passes_the_content_gate(tmp_pa
     documents = chunks(builtin_documents(1_500_000))
     corpus = write_corpus(tmp_path / "corpus.jsonl", documents)
     run_dir = tmp_path / "run"
-    train(run_dir, "recipes/tiny-pretrain.yaml", f"data.path={corpus}", "data.builtin=null", "data.max_bytes=null", "train.eval_interval=1000",
+    train(run_dir, "recipes/tiny-pretrain.yaml", f"data.path={corpus}", "data.builtin=null", "data.max_bytes=null", "train.eval_interval=1000", *AS_READ,
           *(g for g in LIGHT_GATES if g.split(".")[1] not in ("memorisation", "content")))  # the probes at full power, as for the poisoned run
     data = json.loads((run_dir / "data.json").read_text())
     assert data["curation"]["pii_documents"] >= len(documents) // 6 and data["curation"]["pii_card"] >= len(documents) // 6
