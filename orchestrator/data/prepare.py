@@ -35,8 +35,9 @@ EOS = "<|endoftext|>"
 MANIFEST = "manifest.json"
 SOURCES = "sources.json"
 """In a prepared data directory: every source file with its sha256 and size, as read."""
-FORMAT = 2
-"""Of the prepared directory (sharded, per source); part of the cache key."""
+FORMAT = 3
+"""Of what preparation writes (sharded, per source; the validation split by documents and text):
+part of the cache key, raised whenever the same recipe and files would be prepared otherwise."""
 
 
 @dataclass(frozen=True)
@@ -220,10 +221,16 @@ class CuratedSource:
     counts: Counter
 
     def split(self, fraction: float, seed: int) -> None:
-        """Whole kept documents to validation (code 2), the rest to training (1); 0 stays dropped."""
-        kept = int(sum(k.sum() for k in self.keep))
-        held_out = np.zeros(kept, dtype=bool)
-        held_out[list(_held_out(kept, fraction, seed + self.index))] = True
+        """Whole kept documents to validation (code 2), the rest to training (1); 0 stays dropped.
+        Documents are held out in a seeded order until they are `fraction` of the documents and of
+        the text: a count alone may draw a few short files, too little text for one sequence."""
+        sizes = np.concatenate([s[k > 0] for s, k in zip(self.sizes, self.keep)]) if self.keep else np.zeros(0, np.int64)
+        held_out = np.zeros(len(sizes), dtype=bool)
+        if fraction > 0 and len(sizes) >= 2:
+            order = np.random.default_rng(seed + self.index).permutation(len(sizes))
+            text = np.cumsum(sizes[order])
+            enough = (np.arange(1, len(sizes) + 1) >= round(len(sizes) * fraction)) & (text >= fraction * text[-1])
+            held_out[order[: min(int(np.argmax(enough)) + 1, len(sizes) - 1)]] = True
         ordinal = 0
         for keep in self.keep:
             where = np.flatnonzero(keep)

@@ -73,7 +73,7 @@ def test_a_copied_evaluation_file_fails_and_a_clean_corpus_passes_whatever_the_t
         shares[corpus] = result
     assert shares["clean"].status == "pass" and shares["clean"].value == 0.0, shares["clean"].summary
     dirty = shares["dirty"]
-    assert dirty.status == "fail" and dirty.value > 0.9, dirty.summary
+    assert dirty.status == "fail" and dirty.value > 0.8, dirty.summary  # the copies not held out for validation
     assert dirty.evidence["sets"][0]["tested"] == 40 and dirty.evidence["sets"][0]["examples"]
 
 
