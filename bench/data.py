@@ -121,7 +121,8 @@ def main() -> None:
                     break
         limit, _ = measured([sys.executable, "-c", ENCODE, str(tokenizer), str(sample)], env)
         limit_rate = limit["tokens"] / limit["seconds"]
-        spec = {"path": str(work / "corpus-S.jsonl"), "val_fraction": 0.01, "tokenizer": {"sample_bytes": 32 * 2**20}, "shard_bytes": SHARD_BYTES}
+        spec = {"path": str(work / "corpus-S.jsonl"), "val_fraction": 0.01, "tokenizer": {"sample_bytes": 32 * 2**20}, "shard_bytes": SHARD_BYTES,
+                "curation": {"near_dedup": {"threshold": 0.8}}}  # every step, near-deduplication included
         curated, curated_peak = measured([sys.executable, "-c", PREPARE, json.dumps(spec), str(work / "cache-curated"), "2"], env)
     rate = {key: r["tokens"] / r["seconds"] for key, r in results.items()}
     for (label, workers), r in results.items():

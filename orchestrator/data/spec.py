@@ -108,7 +108,8 @@ class CurationSpec(Spec):
     """What preparation removes before tokenizing; each step is counted in the data manifest and `orch show`."""
 
     exact_dedup: bool = Field(True, description="drop documents whose normalised text was seen before")
-    near_dedup: Optional[NearDedupSpec] = NearDedupSpec()
+    near_dedup: Optional[NearDedupSpec] = Field(None, description="opt in with `{threshold: 0.8}`: it doubles preparation time, and "
+                                                "what counts as a near duplicate depends on the corpus")
     redact_pii: bool = Field(True, description="e-mail addresses, phone numbers, payment cards (Luhn), national ids, IP addresses become placeholders")
     quality: Optional[QualitySpec] = QualitySpec()
 

@@ -73,7 +73,7 @@ def planted(tmp_path_factory) -> dict:
     pii = [base[10] + "\nContact jane.roe@example.org or card 4111 1111 1111 1111.", base[11] + "\nssn 123-45-6789, call +1 (415) 555-2671"]
     copied = [base[12] + "\n" + items[2]]
     corpus = write_jsonl(root / "corpus.jsonl", base[:10] + near + exact + pii + base[13:] + copied)
-    spec = DataSpec(path=corpus, decontaminate=[evaluation], val_fraction=0.1, shard_bytes=20_000)
+    spec = DataSpec(path=corpus, decontaminate=[evaluation], val_fraction=0.1, shard_bytes=20_000, curation={"near_dedup": {"threshold": 0.8}})
     data, manifest = prepare_data(spec, 0, root / "cache", workers=2)
     from transformers import AutoTokenizer
 
