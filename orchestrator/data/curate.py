@@ -191,10 +191,11 @@ class Deduplicator:
         self.exact = spec.exact_dedup
         self.kept = 0
 
-    def keep(self, chunk: Curated) -> tuple[np.ndarray, Counter]:
-        """Which of the chunk's documents stay, and how many of each kind of duplicate went."""
-        mask, counts = np.ones(len(chunk.texts), dtype=bool), Counter()
-        for i, (key, signature) in enumerate(zip(chunk.keys, chunk.signatures)):
+    def keep(self, keys: list[bytes], signatures: list) -> tuple[np.ndarray, Counter]:
+        """Which of a chunk's documents (their exact keys and MinHash signatures) stay, and how many
+        of each kind of duplicate went."""
+        mask, counts = np.ones(len(keys), dtype=bool), Counter()
+        for i, (key, signature) in enumerate(zip(keys, signatures)):
             if self.exact and key in self.seen:
                 mask[i] = False
                 counts["exact_duplicates"] += 1

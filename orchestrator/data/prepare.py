@@ -25,7 +25,7 @@ from typing import Iterator
 import numpy as np
 
 from orchestrator.data.corpus import SourceFile, fingerprint, iter_documents, source_files
-from orchestrator.data.curate import Curated, Deduplicator, contamination_from
+from orchestrator.data.curate import Deduplicator, contamination_from
 from orchestrator.data.shards import TokenShards, write_shard
 from orchestrator.data.spec import DataSpec, SourceSpec
 from orchestrator.data.workers import CurateTask, TokenizeTask, Workers, chunks, curate_chunk, read_texts, tokenize_chunk
@@ -113,8 +113,13 @@ def _section(spec: DataSpec) -> dict:
 
 def _stat_key(spec: DataSpec, seed: int) -> str:
     section = _section(spec)
-    stats = [[(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in source_files(s)] for s in spec.mixture()]
+    stats = [[(str(p.resolve()), *_size_and_mtime(p)) for p in source_files(s)] for s in spec.mixture()]
     return hashlib.sha256(json.dumps([FORMAT, section, seed, stats]).encode()).hexdigest()[:24]
+
+
+def _size_and_mtime(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
 
 
 def prepare_data(spec: DataSpec, seed: int, cache_dir: Path, workers: int | None = None) -> tuple[PreparedData, dict]:
@@ -275,7 +280,7 @@ def _curate_source(index: int, source: SourceSpec, files: list[Path], spec: Data
              for i, texts in enumerate(chunks(iter_documents(source, files, cache_dir / "hf"), spec.shard_bytes)))
     paths, keep, sizes, counts = [], [], [], Counter()
     for i, result in enumerate(pool.map(curate_chunk, tasks)):
-        mask, duplicates = dedup.keep(Curated([""] * len(result.keys), result.keys, result.signatures))
+        mask, duplicates = dedup.keep(result.keys, result.signatures)
         paths.append(scratch / f"{index}-{i:05d}")
         keep.append(mask.astype(np.int8))
         sizes.append(np.asarray(result.sizes, dtype=np.int64))
