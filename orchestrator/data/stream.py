@@ -115,20 +115,22 @@ class Mixture:
         sources, local = np.empty(len(positions), np.int64), np.empty(len(positions), np.int64)
         for i, p in enumerate(positions.tolist()):
             block, j = divmod(p, MIX_BLOCK)
-            labels, rank_in_source = self._labels(block)
-            sources[i] = labels[j]
-            local[i] = self.before(block)[labels[j]] + rank_in_source[j]
+            labels, local_positions = self._labels(block)
+            sources[i], local[i] = labels[j], local_positions[j]
         return sources, local
 
     def _labels(self, block: int) -> tuple[np.ndarray, np.ndarray]:
+        """The block's source per position and each position's place within its source (kept for the
+        block in use: a step reads consecutive positions)."""
         if self._block is None or self._block[0] != block:
-            counts = self.before(block + 1) - self.before(block)
+            before = self.before(block)
+            counts = self.before(block + 1) - before
             labels = np.random.default_rng([self.seed, 0x313C, block]).permutation(np.repeat(np.arange(len(counts)), counts))
-            rank_in_source = np.empty(MIX_BLOCK, np.int64)
+            local = np.empty(MIX_BLOCK, np.int64)
             for source in range(len(counts)):
                 where = labels == source
-                rank_in_source[where] = np.arange(where.sum())
-            self._block = (block, labels, rank_in_source)
+                local[where] = before[source] + np.arange(where.sum())
+            self._block = (block, labels, local)
         return self._block[1], self._block[2]
 
     def fingerprint(self) -> int:
