@@ -1,5 +1,5 @@
 """`python -m orchestrator` is the same as the `orch` command."""
 
-from orchestrator.cli import app
+from orchestrator.cli import main
 
-app()
+main()

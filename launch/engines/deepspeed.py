@@ -16,6 +16,7 @@ from pathlib import Path
 from launch.engines.replica import parameter_digest
 from launch.memory import PeakTracker, StartupMemory, return_freed_memory
 from launch.rank_state import state_owner
+from orchestrator.backends.deepspeed import import_deepspeed
 from orchestrator.model.architectures import Sizes
 from orchestrator.model.build import build_model, import_model_code
 from orchestrator.model.inputs import Rows, model_inputs
@@ -47,31 +48,13 @@ def node_services(nodes: int, procs_per_node: int, node_rank: int, master_port: 
     return nullcontext()
 
 
-def _import_deepspeed(hide_mlflow: bool):
-    """DeepSpeed's autotuner imports MLflow whenever it is installed: about 2 s of every rank's start-up
-    on 2 cores, for autotuning the orchestrator never uses. It is hidden from that import unless the
-    run's own tracking may need MLflow, whose sink the mirror thread could be importing meanwhile."""
-    import sys
-
-    if not hide_mlflow or "mlflow" in sys.modules:
-        import deepspeed
-
-        return deepspeed
-    sys.modules["mlflow"] = None  # `import mlflow` raises ImportError, which DeepSpeed expects
-    try:
-        import deepspeed
-    finally:
-        del sys.modules["mlflow"]
-    return deepspeed
-
-
 def preload(recipe: Recipe, plan: PlanRecord):
     """Everything an engine imports before it builds: called by each engine, and once by a node
     launcher that forks its CPU ranks from itself (`launch.spawn`). Returns the deepspeed module."""
     global torch
     import torch
 
-    deepspeed = _import_deepspeed(hide_mlflow=not (recipe.tracking.mlflow.enabled or recipe.tracking.custom))
+    deepspeed = import_deepspeed(hide_mlflow=not (recipe.tracking.mlflow.enabled or recipe.tracking.custom))
     import_model_code(recipe.model, plan.model.sizes)
     return deepspeed
 

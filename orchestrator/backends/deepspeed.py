@@ -33,6 +33,23 @@ BUCKET_FLOOR = 10**7
 SUB_GROUP_FLOOR = 10**8
 
 
+def import_deepspeed(hide_mlflow: bool = True):
+    """DeepSpeed's autotuner imports MLflow whenever it is installed: about 2 s of every rank's
+    start-up, and of every `orch gate`, `export` and `release`, on 2 cores, for autotuning the
+    orchestrator never uses. It is hidden from that import unless the caller may need MLflow in
+    another thread meanwhile (a rank whose tracking mirror could be importing it)."""
+    if not hide_mlflow or "mlflow" in sys.modules:
+        import deepspeed
+
+        return deepspeed
+    sys.modules["mlflow"] = None  # `import mlflow` raises ImportError, which DeepSpeed expects
+    try:
+        import deepspeed
+    finally:
+        del sys.modules["mlflow"]
+    return deepspeed
+
+
 def zero3_buffers(sizes: Sizes, num_params: int) -> dict:
     """ZeRO-3's buffers sized to the model. Buckets as transformers' Trainer fills DeepSpeed's `auto`
     values (hidden_size^2, 10 x hidden_size for parameters kept whole); at most about two layers of
@@ -118,6 +135,7 @@ class DeepSpeedBackend:
                 raise CheckpointError(f"{tag}/{MODULE_STATES} holds more than tensors and plain data, so it is not loaded: "
                                       f"{str(exc).splitlines()[0]}") from None
             return {name: tensor.float() for name, tensor in saved["module"].items()}, "module weights (ZeRO-0, no shards)"
+        import_deepspeed()
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         # It prints its progress; the CLI's output should be ours alone.

@@ -178,10 +178,12 @@ def _save(model, dtype: ExportDtype, tokenizer_dir: Path, out: Path) -> None:
 
 def _record(checkpoint: Path, manifest: dict, dtype: ExportDtype, weights_from: str, num_params: int, tokenizer_dir: Path) -> dict:
     """What `export.json` says: enough to find and re-check the exact checkpoint that was exported."""
-    import deepspeed
     import torch
     import transformers
 
+    from orchestrator.backends.deepspeed import import_deepspeed
+
+    deepspeed = import_deepspeed()
     files = manifest["files"]
     return {
         "checkpoint": str(checkpoint),

@@ -6,8 +6,10 @@ with Python has, so the default recipe needs no download.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import os
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,13 +32,24 @@ class SourceFile:
 def source_files(spec: SourceSpec) -> list[Path]:
     """The files behind one source, in a stable order."""
     if spec.builtin == "python-stdlib":
-        root = Path(sysconfig.get_paths()["stdlib"])
-        files = sorted(p for p in root.rglob("*.py") if not ({"site-packages", "test", "tests"} & set(p.relative_to(root).parts)))
+        files = list(_stdlib_sources())
     elif spec.path.is_dir():
         files = sorted(p for p in spec.path.rglob("*") if p.is_file() and p.suffix in FORMAT_BY_SUFFIX)
     else:
         files = [spec.path]
     return _cap(files, spec.max_bytes)
+
+
+@functools.cache
+def _stdlib_sources() -> tuple[Path, ...]:
+    """The standard library's modules, without its tests and installed packages. Pruned while
+    walking: every `orch run` looks them up, and descending into site-packages first took seconds."""
+    root = sysconfig.get_paths()["stdlib"]
+    found = []
+    for directory, subdirectories, names in os.walk(root):
+        subdirectories[:] = [d for d in subdirectories if d not in ("site-packages", "test", "tests")]
+        found += [Path(directory, name) for name in names if name.endswith(".py")]
+    return tuple(sorted(found))
 
 
 def fingerprint(files: list[Path]) -> list[SourceFile]:
