@@ -32,6 +32,7 @@ OverridesArg = Annotated[Optional[list[str]], typer.Argument(help="Overrides in 
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="One process, a few steps: the smoke test before a big job.")]
 RunDirOpt = Annotated[Optional[Path], typer.Option("--run-dir", help="Run directory (default runs/<name>).")]
 RunDirArg = Annotated[Path, typer.Argument(help="Run directory (as given to or printed by `orch run`).", show_default=False)]
+ThenOpt = Annotated[Optional[str], typer.Option("--then", help="Chain `gate` or `gate,release` after training as Slurm jobs (afterok); a failed gate ends the chain.")]
 CheckpointOpt = Annotated[Optional[int], typer.Option("--checkpoint", help="The checkpoint's step (default: the newest that verifies).")]
 
 
@@ -137,25 +138,106 @@ def submit(
     run_dir: RunDirOpt = None,
     emit_only: Annotated[bool, typer.Option("--emit-only", help="Print the sbatch script; submit nothing.")] = False,
     skip_doctor: Annotated[bool, typer.Option("--skip-doctor", help="Skip the pre-flight checks.")] = False,
+    then: ThenOpt = None,
 ) -> None:
     """Submit the recipe as a Slurm job (one launcher per node via srun); records the job id in the run directory."""
     from orchestrator.plan.load import load_and_plan
-    from orchestrator.slurm.doctor import render_checks, run_checks
-    from orchestrator.slurm.submit import render, submit as submit_job
+    from orchestrator.slurm.submit import parse_then, render, submit as submit_job
 
+    steps = parse_then(then)
     loaded, launch_plan, env = load_and_plan(recipe, overrides, run_dir=run_dir, for_slurm=True)
     if emit_only:
         typer.echo(render(launch_plan, env.python), nl=False)
         return
     if not skip_doctor:
-        checks = run_checks(launch_plan)
-        if not all(c.ok for c in checks):
-            typer.echo(render_checks(checks), err=True)
-            raise SlurmError("pre-flight checks failed (see the table above); nothing was submitted")
-    *preparation, job_id = submit_job(launch_plan, env.python, list(loaded.sources))
-    if preparation:
-        typer.echo(f"submitted data preparation job {preparation[0]}; the training job waits for it")
-    typer.echo(f"submitted job {job_id}; run directory {launch_plan.run_dir}; follow with: orch status {launch_plan.run_dir}")
+        _preflight(launch_plan)
+    jobs = submit_job(launch_plan, env.python, list(loaded.sources), steps)
+    _say_submitted(jobs, ["prepare"] * (len(jobs) - 1 - len(steps)) + ["train", *steps])
+    typer.echo(f"run directory {launch_plan.run_dir}; follow with: orch status {launch_plan.run_dir}")
+
+
+def _preflight(launch_plan) -> None:
+    from orchestrator.slurm.doctor import render_checks, run_checks
+
+    checks = run_checks(launch_plan)
+    if not all(c.ok for c in checks):
+        typer.echo(render_checks(checks), err=True)
+        raise SlurmError("pre-flight checks failed (see the table above); nothing was submitted")
+
+
+def _say_submitted(jobs: list[str], kinds: list[str]) -> None:
+    waits = {"prepare": "", "train": "", "sweep": "", "gate": " (after training succeeds)", "release": " (after the gates pass)"}
+    waits["train"] = waits["sweep"] = " (after the data is prepared)" if "prepare" in kinds else ""
+    for kind, job in zip(kinds, jobs):
+        typer.echo(f"submitted {kind} job {job}{waits[kind]}")
+
+
+SWEEP_ACTIONS = ("status", "report", "gate", "release")
+
+
+@command
+def sweep(
+    target: Annotated[str, typer.Argument(help="A recipe with a `sweep` section; or status, report, gate, release followed by the sweep directory.", show_default=False)],
+    rest: Annotated[Optional[list[str]], typer.Argument(help="Overrides of the recipe; or the sweep directory.", show_default=False)] = None,
+    local: Annotated[bool, typer.Option("--local", help="Run the trials here, one after another (the default).")] = False,
+    on_slurm: Annotated[bool, typer.Option("--slurm", help="Submit the trials as one Slurm array job, sweep.parallel at a time.")] = False,
+    sweep_dir: Annotated[Optional[Path], typer.Option("--sweep-dir", help="Sweep directory (default sweeps/<name>).")] = None,
+    then: ThenOpt = None,
+) -> None:
+    """Search hyperparameters: one trial (a whole run) per point, pruned early when it falls behind.
+
+    `orch sweep RECIPE [--local|--slurm]` starts or continues the sweep (finished trials are kept,
+    unfinished ones resume); `orch sweep status|report DIR` ranks the trials and writes best.yaml
+    (report: also report.html); `orch sweep gate|release DIR` gates or releases the best trial."""
+    if target in SWEEP_ACTIONS:
+        _sweep_action(target, rest or [])
+        return
+    from orchestrator.slurm.submit import parse_then
+
+    if local and on_slurm:
+        raise OrchestratorError("--local and --slurm: choose one")
+    steps = parse_then(then)
+    if on_slurm:
+        from orchestrator.sweep.start import submit_sweep
+
+        swept, jobs, kinds = submit_sweep(Path(target), list(rest or []), sweep_dir, steps)
+        if not jobs:
+            typer.echo(f"every trial of {swept.path} has finished; see: orch sweep status {swept.path}")
+            return
+        _say_submitted(jobs, kinds)
+        typer.echo(f"sweep directory {swept.path}; follow with: orch sweep status {swept.path}")
+        return
+    from orchestrator.sweep.start import sweep_locally
+
+    swept = sweep_locally(Path(target), list(rest or []), sweep_dir, typer.echo)
+    _sweep_action("report", [str(swept.path)])
+    for step in steps:
+        _sweep_action(step, [str(swept.path)])
+
+
+def _sweep_action(action: str, rest: list[str]) -> None:
+    from orchestrator.sweep.report import render_status, render_sweep_report, trial_rows, write_best
+    from orchestrator.sweep.study import SweepDir
+
+    if len(rest) != 1:
+        raise OrchestratorError(f"orch sweep {action} takes one sweep directory")
+    swept = SweepDir(Path(rest[0]))
+    rows, metric, direction = trial_rows(swept)
+    if action in ("status", "report"):
+        typer.echo(render_status(rows, metric, direction, swept))
+        if any(r.state == "complete" for r in rows):
+            best = write_best(swept, rows)
+            typer.echo(f"best: trial {best.slot}, {metric} {best.value:.4f}; its recipe: {swept.best}")
+        if action == "report":
+            swept.report.write_text(render_sweep_report(swept))
+            typer.echo(f"wrote {swept.report}")
+        return
+    best = write_best(swept, rows)
+    typer.echo(f"{action} of the best trial {best.slot} ({best.run_dir})")
+    if action == "gate":
+        gate(best.run_dir)
+    else:
+        release(best.run_dir)
 
 
 @command

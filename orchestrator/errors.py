@@ -100,6 +100,10 @@ class SlurmError(OrchestratorError):
     """Slurm is missing, unreachable, or refused the request."""
 
 
+class SweepError(OrchestratorError):
+    """A sweep cannot start or continue as asked (another sweep in its directory, an array still running)."""
+
+
 class DamagedRun(OrchestratorError):
     """A file of a run directory cannot be read: a crash, a full disk or a hand edit left it damaged."""
 

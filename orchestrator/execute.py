@@ -98,30 +98,40 @@ def start(plan: LaunchPlan, run: RunDir, runner: CommandRunner) -> list[Process]
 
 
 def launch(
-    plan: LaunchPlan, run: RunDir, runner: CommandRunner, on_progress: Callable[[list[dict], list[dict]], None] = lambda rows, events: None
+    plan: LaunchPlan, run: RunDir, runner: CommandRunner, on_progress: Callable[[list[dict], list[dict]], None] = lambda rows, events: None,
+    stop_when: Callable[[list[dict]], bool] | None = None,
 ) -> RunOutcome:
     """Start the plan's processes and wait for them, reporting new metric rows and events as they appear.
 
     Ctrl-C or SIGTERM is forwarded once to the launchers, whose ranks checkpoint and stop with the
-    requeue code; a second one makes them stop at once.
+    requeue code; a second one makes them stop at once. `stop_when` (given the new metric rows)
+    stops the run the same way from here, once: how a sweep prunes a trial.
     """
     seen = (len(run.metric_rows()), len(run.history()))
     processes = start(plan, run, runner)
     first_event = seen[1]
+    stopping = False
 
     def forward(signum, _frame):
         for process in processes:
             runner.signal(process, signum)
 
+    def observe(rows: list[dict], history: list[dict]) -> None:
+        nonlocal stopping
+        on_progress(rows, history)
+        if stop_when is not None and not stopping and stop_when(rows):
+            stopping = True
+            forward(signal.SIGTERM, None)
+
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         while any(p.poll() is None for p in processes):
-            seen = _report(run, seen, on_progress)
+            seen = _report(run, seen, observe)
             time.sleep(POLL_S)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    _report(run, seen, on_progress)
+    _report(run, seen, observe)
     codes = [p.wait() for p in processes]
     code = next((c for c in codes if c != 0), 0)
     if code == EXIT_REQUEUE:

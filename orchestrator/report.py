@@ -86,7 +86,7 @@ def _energy_series(run: RunDir) -> Series:
     return series
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def html_table(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -110,20 +110,25 @@ def render_report(run_dir: Path) -> str:
     sections = [f"<h1>{html.escape(status.name)}</h1>", f"<p>{html.escape(status.line())}</p>", '<div class="charts">', *charts, "</div>"]
     if run.energy.exists():
         t = json.loads(run.energy.read_text())["totals"]
-        sections += ["<h2>Energy and carbon</h2>", _table(
+        sections += ["<h2>Energy and carbon</h2>", html_table(
             ["IT kWh", "measured kWh", "estimated kWh", "coverage", "PUE", "kgCO2e", "intensity g/kWh", "source"],
             [[f"{t['kwh']:.6g}", f"{t['measured_kwh']:.6g}", f"{t['estimated_kwh']:.6g}", f"{t['coverage']:.0%}", f"{t['pue']:g}",
               f"{t['kgco2e']:.6g}", f"{t['intensity']['g_per_kwh']:.1f}", t["intensity"]["source"]]],
         )]
     report = newest_report(run)
     if report:
-        sections += [f"<h2>Gates ({html.escape(report.checkpoint)}: {'passed' if report.passed else 'FAILED'})</h2>", _table(
+        sections += [f"<h2>Gates ({html.escape(report.checkpoint)}: {'passed' if report.passed else 'FAILED'})</h2>", html_table(
             ["gate", "required", "status", "value", "limit", "evidence"],
             [[r.name, "yes" if r.required else "no", r.status, "" if r.value is None else f"{r.value:.4g}",
               "" if r.threshold is None else f"{r.threshold:.4g}", r.summary] for r in report.results],
         )]
+    return html_page(f"{status.name}: run report", sections)
+
+
+def html_page(title: str, sections: list[str]) -> str:
+    """A self-contained page (no script, no external file) around the sections."""
     style = ("body{font-family:sans-serif;margin:24px;color:#222}.charts{display:flex;flex-wrap:wrap;gap:16px}"
              "figure{margin:0}figcaption{font-weight:bold;margin-bottom:4px}table{border-collapse:collapse;margin:8px 0}"
              "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;font-size:13px}.empty{color:#888}")
-    return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(status.name)}: run report</title>"
+    return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(sections)}</body></html>\n")

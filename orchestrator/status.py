@@ -29,6 +29,8 @@ class RunStatus:
     gates: str = "-"
     damage: str | None = None
     """Why the run's files cannot be read (state DAMAGED): `orch runs` lists it rather than dropping it."""
+    chain: tuple[tuple[str, str, str], ...] = ()
+    """(kind, job id, state) of each job `orch submit` chained (prepare, train, gate, release)."""
 
     @property
     def finished(self) -> bool:
@@ -38,7 +40,10 @@ class RunStatus:
     def line(self) -> str:
         loss = f"{self.loss:.4f}" if self.loss is not None else "-"
         job = f"  slurm job {self.job_id}" if self.job_id else ""
-        return f"{self.name}: {self.state}, step {self.step}/{self.steps}, loss {loss}, restarts {self.restarts}{job}  ({self.run_dir})"
+        line = f"{self.name}: {self.state}, step {self.step}/{self.steps}, loss {loss}, restarts {self.restarts}{job}  ({self.run_dir})"
+        if self.chain:
+            line += "\n  jobs: " + " -> ".join(f"{kind} {job} {state}" for kind, job, state in self.chain)
+        return line
 
 
 def run_status(path: Path) -> RunStatus:
@@ -50,12 +55,14 @@ def run_status(path: Path) -> RunStatus:
     rows = [row for row in run.metric_rows() if "step" in row and "loss" in row]
     history = [event for event in run.history() if "event" in event]
     jobs = read_jobs(run)
+    training = jobs.of_kind("train")
     state = _local_state(run, history)
-    if jobs:
+    if training:
         try:
-            state = job_fields(jobs[-1]).get("JobState", state)
+            state = job_fields(training[-1]).get("JobState", state)
         except SlurmError:
             state = f"{state} (scheduler unreachable)"
+    chain = tuple((kind, job, _job_state(job)) for kind, job in jobs.chain()) if len(jobs.kinds) > 1 else ()
     return RunStatus(
         run_dir=path,
         name=recipe.name,
@@ -64,13 +71,24 @@ def run_status(path: Path) -> RunStatus:
         steps=recipe.train.steps,
         loss=rows[-1]["loss"] if rows else None,
         restarts=max(0, sum(e["event"] == "start" for e in history) - 1),
-        job_id=jobs[-1] if jobs else None,
+        job_id=training[-1] if training else None,
+        chain=chain,
         task=recipe.task,
         backend=recipe.distributed.backend,
         nodes=recipe.distributed.nodes,
         energy_kwh=_energy_kwh(run),
         gates=_gates(run),
     )
+
+
+def _job_state(job_id: str) -> str:
+    """The job's state, with its exit code once it failed; `?` when the scheduler no longer knows it."""
+    try:
+        fields = job_fields(job_id)
+    except SlurmError:
+        return "?"
+    state = fields.get("JobState", "?")
+    return f"{state} (exit {fields['ExitCode'].split(':')[0]})" if state == "FAILED" and "ExitCode" in fields else state
 
 
 def _energy_kwh(run: RunDir) -> float | None:

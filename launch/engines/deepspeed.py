@@ -16,7 +16,7 @@ from pathlib import Path
 from launch.engines.replica import parameter_digest
 from launch.memory import PeakTracker, StartupMemory, return_freed_memory
 from launch.rank_state import state_owner
-from orchestrator.backends.deepspeed import import_deepspeed
+from orchestrator.backends.imports import import_deepspeed
 from orchestrator.model.architectures import Sizes
 from orchestrator.model.build import build_model, import_model_code
 from orchestrator.model.inputs import Rows, model_inputs

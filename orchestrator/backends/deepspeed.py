@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from orchestrator.backends.imports import import_deepspeed
 from orchestrator.checkpoint import store
 from orchestrator.errors import CheckpointError, ResumeError
 
@@ -31,23 +32,6 @@ MODULE_STATES = "mp_rank_00_model_states.pt"
 BUCKET_FLOOR = 10**7
 """Elements: below this a bucket would cut a small model into thousands of tiny collectives."""
 SUB_GROUP_FLOOR = 10**8
-
-
-def import_deepspeed(hide_mlflow: bool = True):
-    """DeepSpeed's autotuner imports MLflow whenever it is installed: about 2 s of every rank's
-    start-up, and of every `orch gate`, `export` and `release`, on 2 cores, for autotuning the
-    orchestrator never uses. It is hidden from that import unless the caller may need MLflow in
-    another thread meanwhile (a rank whose tracking mirror could be importing it)."""
-    if not hide_mlflow or "mlflow" in sys.modules:
-        import deepspeed
-
-        return deepspeed
-    sys.modules["mlflow"] = None  # `import mlflow` raises ImportError, which DeepSpeed expects
-    try:
-        import deepspeed
-    finally:
-        del sys.modules["mlflow"]
-    return deepspeed
 
 
 def zero3_buffers(sizes: Sizes, num_params: int) -> dict:

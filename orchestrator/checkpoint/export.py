@@ -181,7 +181,7 @@ def _record(checkpoint: Path, manifest: dict, dtype: ExportDtype, weights_from: 
     import torch
     import transformers
 
-    from orchestrator.backends.deepspeed import import_deepspeed
+    from orchestrator.backends.imports import import_deepspeed
 
     deepspeed = import_deepspeed()
     files = manifest["files"]

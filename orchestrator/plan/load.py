@@ -35,6 +35,10 @@ def validate_recipe(recipe: Path, overrides: list[str] | None) -> tuple[LoadedRe
     problems = cannot_run(loaded, plan)
     if problems:
         raise RecipeError(problems)
+    if loaded.recipe.sweep is not None:
+        from orchestrator.sweep.space import check_space
+
+        check_space(loaded, recipe, list(overrides or []))
     return loaded, plan
 
 

@@ -46,7 +46,8 @@ class LoadedRecipe:
 
 
 def recipe_hash(recipe: Recipe) -> str:
-    canonical = json.dumps(recipe.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    """What the run trains: a sweep section only says how `orch sweep` varies it."""
+    canonical = json.dumps(recipe.model_dump(mode="json", exclude={"sweep"}), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
@@ -273,7 +274,7 @@ def _members(model: type[BaseModel] | None, key: str) -> list[type[BaseModel]]:
     info = model.model_fields.get(key) if model else None
     if info is None:
         return []
-    return [t for t in _flatten(info.annotation) if isinstance(t, type) and issubclass(t, BaseModel)]
+    return [t for t in annotation_members(info.annotation) if isinstance(t, type) and issubclass(t, BaseModel)]
 
 
 def _tag_of(member: type[BaseModel]) -> tuple[str, str]:
@@ -289,17 +290,17 @@ def _literal_values(model: type[BaseModel] | None, key: str) -> list[Any]:
     info = model.model_fields.get(key) if model else None
     if info is None:
         return []
-    return [arg for t in _flatten(info.annotation) if typing.get_origin(t) is typing.Literal for arg in typing.get_args(t)]
+    return [arg for t in annotation_members(info.annotation) if typing.get_origin(t) is typing.Literal for arg in typing.get_args(t)]
 
 
-def _flatten(annotation: Any) -> list[Any]:
+def annotation_members(annotation: Any) -> list[Any]:
     """Unwrap Optional/Union/Annotated into their members; everything else is itself."""
     if typing.get_origin(annotation) is typing.Annotated:
-        return _flatten(typing.get_args(annotation)[0])
+        return annotation_members(typing.get_args(annotation)[0])
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return [member for arg in typing.get_args(annotation) for member in _flatten(arg)]
+        return [member for arg in typing.get_args(annotation) for member in annotation_members(arg)]
     if typing.get_origin(annotation) is list:
-        return _flatten(typing.get_args(annotation)[0])
+        return annotation_members(typing.get_args(annotation)[0])
     return [annotation]
 
 

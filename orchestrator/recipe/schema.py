@@ -15,6 +15,7 @@ from orchestrator.gates.spec import GatesSpec
 from orchestrator.model.spec import ModelSpec
 from orchestrator.slurm.spec import SlurmSpec
 from orchestrator.spec import RuleViolation, Spec
+from orchestrator.sweep.spec import SweepSpec
 from orchestrator.tracking.spec import TrackingSpec
 from orchestrator.train.spec import TrainSpec
 
@@ -33,6 +34,7 @@ class Recipe(Spec):
     gates: GatesSpec = GatesSpec()
     card: CardSpec = CardSpec()
     slurm: SlurmSpec = SlurmSpec()
+    sweep: Optional[SweepSpec] = Field(None, description="what `orch sweep` searches; `orch run` trains the recipe as written")
 
     @model_validator(mode="after")
     def _cross_section(self) -> "Recipe":

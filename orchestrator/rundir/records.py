@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Callable, TypeVar
+from typing import Annotated, Callable, Literal, TypeVar
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, model_validator
 
 from orchestrator.model.architectures import Sizes
 from orchestrator.recipe.schema import Recipe
@@ -135,6 +135,23 @@ class JobsRecord(Record):
     to scancel and scontrol, where a hand-edited `--user=...` would be an option."""
 
     job_ids: list[Annotated[str, AfterValidator(_job_id)]]
+    kinds: list[Literal["prepare", "train", "sweep", "gate", "release"]] = []
+    """Each job's part, in the order of `job_ids` (a record without them holds training jobs only)."""
+
+    @model_validator(mode="after")
+    def _a_kind_per_job(self) -> "JobsRecord":
+        if self.kinds and len(self.kinds) != len(self.job_ids):
+            raise ValueError(f"{len(self.kinds)} kinds for {len(self.job_ids)} job ids: correct or remove the file")
+        return self
+
+    def of_kind(self, kind: str) -> list[str]:
+        if not self.kinds:
+            return list(self.job_ids) if kind == "train" else []
+        return [job for job, k in zip(self.job_ids, self.kinds) if k == kind]
+
+    def chain(self) -> list[tuple[str, str]]:
+        """(kind, job id) for each job, oldest first."""
+        return list(zip(self.kinds or ["train"] * len(self.job_ids), self.job_ids))
 
 
 class ElasticRecord(Record):
@@ -188,12 +205,14 @@ def write_data(run: RunDir, directory: Path, manifest: dict) -> None:
     run.write_file(run.data.name, DataRecord(dir=directory, **figures).model_dump_json(indent=2))
 
 
-def read_jobs(run: RunDir) -> list[str]:
-    return _read(run.jobs, JobsRecord.model_validate_json).job_ids if run.jobs.exists() else []
+def read_jobs(run: RunDir) -> JobsRecord:
+    return _read(run.jobs, JobsRecord.model_validate_json) if run.jobs.exists() else JobsRecord(job_ids=[])
 
 
-def write_jobs(run: RunDir, job_ids: list[str]) -> None:
-    run.write_file(run.jobs.name, JobsRecord(job_ids=job_ids).model_dump_json())
+def add_job(run: RunDir, job_id: str, kind: str) -> None:
+    jobs = read_jobs(run)
+    kinds = jobs.kinds or ["train"] * len(jobs.job_ids)
+    run.write_file(run.jobs.name, JobsRecord(job_ids=[*jobs.job_ids, job_id], kinds=[*kinds, kind]).model_dump_json())
 
 
 def read_elastic(run: RunDir) -> ElasticRecord | None:

@@ -14,14 +14,18 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 from orchestrator.errors import EXIT_REQUEUE
 from orchestrator.rundir import events
 from orchestrator.rundir.entry import FORWARDED_SIGNALS, node_argv
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import PlanRecord, read_plan, read_recipe
+
+FOLLOW_S = 1.0
 
 
 def node_command(plan: PlanRecord, python: str, master_addr: str, master_port: int) -> list[str]:
@@ -60,7 +64,20 @@ def cancel_requested(run: RunDir, job_id: int) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--run-dir", type=Path, required=True)
-    run = RunDir(parser.parse_args().run_dir)
+    sys.exit(run_job_step(RunDir(parser.parse_args().run_dir)).code)
+
+
+class JobStep(NamedTuple):
+    code: int
+    """The job's exit code: 0 when it was requeued, else the ranks'."""
+    requeued: bool
+
+
+def run_job_step(run: RunDir, stop_when: Callable[[list[dict]], bool] | None = None) -> JobStep:
+    """Trains the run as this job's step; requeues the job when the ranks stopped on a preemption.
+
+    `stop_when`, given each new metric row, stops the ranks after a checkpoint as a preemption
+    would, but for good: the job is not requeued (how a sweep prunes a trial)."""
     plan = read_plan(run)
     max_requeues = read_recipe(run).slurm.max_requeues
     job_id = int(os.environ["SLURM_JOB_ID"])
@@ -76,13 +93,31 @@ def main() -> None:
 
     for signum in FORWARDED_SIGNALS:
         signal.signal(signum, forward)
+    stopped = stop_when is not None and _follow(run, step, stop_when)
     code = step.wait()
-    if code == EXIT_REQUEUE and restart < max_requeues and not cancel_requested(run, job_id):
-        subprocess.run(["scontrol", "requeue", str(job_id)], check=True)
-        events.append(run.events, "slurm_requeued", job_id=job_id, restart=restart + 1)
-        sys.exit(0)
+    if code == EXIT_REQUEUE and restart < max_requeues and not stopped and not cancel_requested(run, job_id):
+        requeued = subprocess.run(["scontrol", "requeue", str(job_id)], capture_output=True, text=True)
+        if requeued.returncode == 0:
+            events.append(run.events, "slurm_requeued", job_id=job_id, restart=restart + 1)
+            return JobStep(0, True)
+        # A job cancelled with scancel (not `orch cancel`) cannot be requeued: it ends here.
+        print(f"orchestrator: not requeued: {requeued.stderr.strip()}", file=sys.stderr)
     events.append(run.events, "slurm_end", job_id=job_id, exit_code=code)
-    sys.exit(code)
+    return JobStep(code, False)
+
+
+def _follow(run: RunDir, step: subprocess.Popen, stop_when: Callable[[list[dict]], bool]) -> bool:
+    """Feeds new metric rows to `stop_when` while the step runs; True once it asked the ranks to stop."""
+    seen = len(run.metric_rows())
+    while step.poll() is None:
+        rows = run.metric_rows()
+        if stop_when(rows[seen:]):
+            events.append(run.events, "stop_requested", reason="pruned")
+            step.send_signal(signal.SIGTERM)
+            return True
+        seen = len(rows)
+        time.sleep(FOLLOW_S)
+    return False
 
 
 if __name__ == "__main__":

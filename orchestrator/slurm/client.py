@@ -28,3 +28,9 @@ def job_fields(job_id: str) -> dict[str, str]:
     """`scontrol show job` as a dict (JobState, RunTime, Restarts, NodeList, ...)."""
     out = slurm("scontrol", "show", "job", "-o", job_id)
     return dict(part.split("=", 1) for part in out.split() if "=" in part)
+
+
+def job_states(job_id: str) -> list[str]:
+    """The state of each task of a job: one for a plain job, one per task (and pending range) of an array."""
+    out = slurm("scontrol", "show", "job", "-o", job_id)
+    return [dict(part.split("=", 1) for part in line.split() if "=" in part).get("JobState", "") for line in out.splitlines() if line.strip()]

@@ -63,15 +63,15 @@ def _required_env(name: str) -> str:
     return f': "${{{name}:?is not set in the job: export it where orch submit runs (slurm.pass_env)}}"'
 
 
-def prepare_directives(plan: LaunchPlan, spec: SlurmSpec) -> list[str]:
-    """The data preparation job: one task on one node with a core per `data.workers`, where the
-    cluster's own directives (partition, account, time) still apply."""
+def step_directives(plan: LaunchPlan, spec: SlurmSpec, role: str, cpus: int | None) -> list[str]:
+    """A one-task job beside the training job (data preparation, gates, release): one node, `cpus`
+    cores, the cluster's own directives (partition, account, time) still applying."""
     lines = [
-        f"--job-name={plan.recipe.name}-prepare",
+        f"--job-name={plan.recipe.name}-{role}",
         "--nodes=1",
         "--ntasks=1",
-        f"--cpus-per-task={plan.recipe.data.workers}",
-        f"--output={_directive_path(RunDir(plan.run_dir).logs)}/prepare-%j.out",
+        *([f"--cpus-per-task={cpus}"] if cpus else []),
+        f"--output={_directive_path(RunDir(plan.run_dir).logs)}/{role}-%j.out",
     ]
     optional = {"partition": spec.partition, "account": spec.account, "qos": spec.qos, "time": spec.time_limit,
                 "mem": spec.mem, "constraint": spec.constraint}
@@ -84,10 +84,34 @@ def render_sbatch(plan: LaunchPlan, spec: SlurmSpec, python: str, grace_s: int) 
     return _script(plan, spec, directives(plan, spec, grace_s), [python, "-m", "orchestrator.slurm.batch", "--run-dir", str(plan.run_dir)])
 
 
+def render_array_sbatch(plan: LaunchPlan, spec: SlurmSpec, python: str, grace_s: int, slots: list[int], parallel: int) -> str:
+    """A sweep's array job: one task per trial slot (`orchestrator.sweep.trial`), `parallel` at once;
+    each task's resources are the training job's. `plan` is the sweep's recipe planned into the sweep directory."""
+    array = f"--array={array_ranges(slots)}%{parallel}"
+    command = [python, "-m", "orchestrator.sweep.trial", "--sweep-dir", str(plan.run_dir)]
+    return _script(plan, spec, [*directives(plan, spec, grace_s), array], command)
+
+
+def array_ranges(slots: list[int]) -> str:
+    """Slots as sbatch writes an array: `0-3`, `1,4-6`."""
+    ranges: list[list[int]] = []
+    for slot in sorted(slots):
+        if ranges and slot == ranges[-1][1] + 1:
+            ranges[-1][1] = slot
+        else:
+            ranges.append([slot, slot])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
+
+
 def render_prepare_sbatch(plan: LaunchPlan, spec: SlurmSpec, python: str, recipe_sources: list[Path]) -> str:
     """The data preparation job's script, which the training job waits for (`--dependency=afterok`)."""
     command = [python, "-m", "orchestrator.slurm.prepare", "--run-dir", str(plan.run_dir), *(str(p) for p in recipe_sources)]
-    return _script(plan, spec, prepare_directives(plan, spec), command)
+    return _script(plan, spec, step_directives(plan, spec, "prepare", plan.recipe.data.workers), command)
+
+
+def render_step_sbatch(plan: LaunchPlan, spec: SlurmSpec, python: str, role: str, arguments: list[str]) -> str:
+    """A job that runs one `orch` command after training (`gate`, `release`, or their sweep forms)."""
+    return _script(plan, spec, step_directives(plan, spec, role, spec.cpus_per_task), [python, "-m", "orchestrator", *arguments])
 
 
 def _script(plan: LaunchPlan, spec: SlurmSpec, job_directives: list[str], command: list[str]) -> str:

@@ -16,9 +16,9 @@ from orchestrator.execute import prepare_run
 from orchestrator.plan.planner import LaunchPlan
 from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir
-from orchestrator.rundir.records import read_jobs, write_jobs
+from orchestrator.rundir.records import add_job, read_jobs
 from orchestrator.slurm.client import slurm
-from orchestrator.slurm.script import render_prepare_sbatch, render_sbatch
+from orchestrator.slurm.script import render_prepare_sbatch, render_sbatch, render_step_sbatch
 from orchestrator.slurm.spec import SlurmSpec
 # Without a GPU model in the recipe, plan memory for a common 80 GiB data-centre GPU.
 ASSUMED_GPU = GpuInfo("GPU (Slurm)", 80 * 2**30, 8.0)
@@ -50,33 +50,58 @@ def check_pass_env(spec: SlurmSpec, environ: Mapping[str, str]) -> None:
                          "(the job inherits it; its value is written nowhere)")
 
 
-def submit(plan: LaunchPlan, python: str, sources: list[Path]) -> list[str]:
-    """Submits the training job, after a data preparation job when the data is not prepared yet;
-    returns the job ids, the training job's last."""
+THEN = ("gate", "release")
+"""What `--then` may chain after training, in this order."""
+
+
+def parse_then(value: str | None) -> tuple[str, ...]:
+    """`gate` or `gate,release`: the jobs to chain after training (a release needs its gates)."""
+    steps = tuple(part.strip() for part in (value or "").split(",") if part.strip())
+    if steps not in ((), ("gate",), ("gate", "release")):
+        raise SlurmError(f"--then {value}: give `gate` or `gate,release` (a release needs the gates before it)")
+    return steps
+
+
+def submit(plan: LaunchPlan, python: str, sources: list[Path], then: tuple[str, ...] = ()) -> list[str]:
+    """Submits the training job, after a data preparation job when the data is not prepared yet and
+    before the `then` jobs (gates, release) that run on its result; returns the job ids in order."""
+    training = render(plan, python)
+    after = [("gate", render_step_sbatch(plan, plan.recipe.slurm, python, "gate", ["gate", str(plan.run_dir)])),
+             ("release", render_step_sbatch(plan, plan.recipe.slurm, python, "release", ["release", str(plan.run_dir)]))]
+    return submit_chain(plan, python, sources, ("train", training), [job for job in after if job[0] in then])
+
+
+def submit_chain(plan: LaunchPlan, python: str, sources: list[Path], main: tuple[str, str], then: list[tuple[str, str]]) -> list[str]:
+    """Submits `main` (kind, script) into the plan's run directory, each job after the one before it:
+    a preparation job first when the data is missing, the `then` jobs after. Every script passes
+    `sbatch --test-only` before anything is written or submitted. A job whose predecessor fails is
+    cancelled by Slurm (`--kill-on-invalid-dep`), so a failed gate ends the chain: no release runs."""
     check_pass_env(plan.recipe.slurm, os.environ)
-    script = render(plan, python)
     unprepared = prepared_manifest(plan.recipe.data, plan.recipe.train.seed, plan.data_cache_dir) is None
-    preparation = render_prepare_sbatch(plan, plan.recipe.slurm, python, sources) if unprepared else None
-    for text in filter(None, (script, preparation)):
+    jobs = [("prepare", render_prepare_sbatch(plan, plan.recipe.slurm, python, sources))] if unprepared else []
+    jobs += [main, *then]
+    for _, text in jobs:
         with tempfile.NamedTemporaryFile("w", suffix=".sbatch") as probe:
             probe.write(text)
             probe.flush()
             slurm("sbatch", "--test-only", probe.name)
     run = prepare_run(plan, sources, with_data=not unprepared)
-    run.write_file(run.script.name, script)
-    submitted = []
-    if preparation is not None:
-        run.write_file(run.prepare_script.name, preparation)
-        submitted.append(_sbatch(run, run.prepare_script, "prepare"))
-    # A failed preparation cancels the training job instead of leaving it pending forever.
-    after = [f"--dependency=afterok:{submitted[0]}", "--kill-on-invalid-dep=yes"] if submitted else []
-    submitted.append(_sbatch(run, run.script, "train", *after))
+    submitted: list[str] = []
+    for kind, text in jobs:
+        script = getattr(run, SCRIPTS[kind])
+        run.write_file(script.name, text)
+        after = [f"--dependency=afterok:{submitted[-1]}", "--kill-on-invalid-dep=yes"] if submitted else []
+        submitted.append(_sbatch(run, script, kind, *after))
     return submitted
+
+
+SCRIPTS = {"prepare": "prepare_script", "train": "script", "sweep": "script", "gate": "gate_script", "release": "release_script"}
+"""Where each kind of job's script is kept in the run directory (a `RunDir` entry)."""
 
 
 def _sbatch(run: RunDir, script: Path, kind: str, *options: str) -> str:
     job_id = slurm("sbatch", "--parsable", *options, str(script)).strip().split(";")[0]
-    write_jobs(run, [*read_jobs(run), job_id])
+    add_job(run, job_id, kind)
     events.append(run.events, "slurm_submitted", job_id=int(job_id), kind=kind)
     return job_id
 
@@ -85,7 +110,7 @@ def cancel(run: RunDir) -> str:
     """Cancel the run's newest job. Slurm delivers a cancel to the batch step as SIGTERM, which it
     cannot tell from a preemption: the `cancel_requested` event, written first, tells it not to
     requeue after the ranks' checkpoint."""
-    jobs = read_jobs(run)
+    jobs = read_jobs(run).of_kind("train")
     if not jobs:
         raise SlurmError(f"{run.path} has no Slurm job (slurm.json missing)")
     events.append(run.events, "cancel_requested", job_id=jobs[-1])

@@ -204,7 +204,7 @@ def test_unprepared_data_is_prepared_by_a_job_that_training_waits_for(tmp_path):
     result = orch("submit", *TWO_NODES, "data.val_fraction=0.07", "data.workers=2", "train.steps=4", "--run-dir", str(run_dir))
     assert result.returncode == 0, result.stdout + result.stderr
     prepare, train = json.loads((run_dir / "slurm.json").read_text())["job_ids"]
-    assert f"submitted data preparation job {prepare}" in result.stdout
+    assert f"submitted prepare job {prepare}" in result.stdout and f"submitted train job {train} (after the data is prepared)" in result.stdout
     assert "--cpus-per-task=2" in (run_dir / "prepare.sbatch").read_text()
     assert wait_for_state(train, {"COMPLETED"}) == "COMPLETED"
     assert job_state(prepare) == "COMPLETED"

@@ -28,7 +28,8 @@ SHARED_WITH_THE_NODES = (
     "orchestrator.checkpoint.resume", "orchestrator.checkpoint.compat", "orchestrator.filetree",
     "orchestrator.energy.bill", "orchestrator.energy.grid", "orchestrator.energy.hardware",
     "orchestrator.tracking.mirror", "orchestrator.tracking.sinks", "orchestrator.recipe.redact",
-    "orchestrator.hub", "orchestrator.env", "orchestrator.hooks",
+    "orchestrator.hub", "orchestrator.env", "orchestrator.hooks", "orchestrator.backends.imports",
+    "orchestrator.sweep.spec",
 )
 NEVER_FROM_THE_NODES = ("orchestrator.cli", "orchestrator.plan", "orchestrator.slurm.submit", "orchestrator.execute", "orchestrator.gates.evaluate")
 

@@ -1,0 +1,115 @@
+"""`orch sweep RECIPE`: check the search space, set up the sweep directory, then run the trials here
+(`--local`) or submit them as one Slurm array job (`--slurm`).
+
+The sweep directory is laid out as a run directory of the sweep's recipe (its `recipe.yaml`,
+`plan.json`, data record, scripts, Slurm jobs and logs), plus the study's journal, `trials/NNN`
+(each trial's own run directory), `best.yaml` and `report.html`. Running the same command again
+continues the sweep: finished trials are kept, unfinished ones resume from their checkpoints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from orchestrator.errors import SweepError
+from orchestrator.plan.planner import LaunchPlan
+from orchestrator.recipe.loader import LoadedRecipe, load_recipe
+from orchestrator.rundir.layout import RunDir
+from orchestrator.sweep.space import check_space
+from orchestrator.sweep.study import FINISHED, SweepDir, open_study, slot_trials
+
+LIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "RESIZING", "SUSPENDED", "CONFIGURING", "COMPLETING"}
+
+
+def plan_sweep(recipe: Path, overrides: list[str], sweep_dir: Path | None, for_slurm: bool):
+    """The sweep's recipe planned into its directory (default `sweeps/<name>`), after its space is
+    checked; a directory that holds another sweep is refused rather than mixed into."""
+    from orchestrator.plan.load import load_and_plan
+    from orchestrator.rundir.records import read_plan, read_recipe
+
+    name = load_recipe(recipe, overrides).recipe.name
+    loaded, plan, env = load_and_plan(recipe, overrides, run_dir=sweep_dir or Path("sweeps") / name, for_slurm=for_slurm,
+                                      measure_cpu=False)
+    check_space(loaded, recipe, overrides)
+    run = RunDir(plan.run_dir)
+    if run.plan.exists():
+        same = read_plan(run).recipe_hash == plan.recipe_hash and read_recipe(run).sweep == loaded.recipe.sweep
+        if not same:
+            raise SweepError(f"{plan.run_dir} holds a sweep of another recipe or search space: give another --sweep-dir "
+                             "(or remove that directory) to start this one")
+    return loaded, plan, env
+
+
+def sweep_locally(recipe: Path, overrides: list[str], sweep_dir: Path | None, say: Callable[[str], None]) -> SweepDir:
+    """Every trial on this machine, one after another, while holding the sweep directory."""
+    from orchestrator.attempt import hold_attempt
+    from orchestrator.execute import prepare_run
+    from orchestrator.sweep.trial import run_locally
+
+    loaded, plan, _ = plan_sweep(recipe, overrides, sweep_dir, for_slurm=False)
+    with hold_attempt(plan.run_dir):
+        prepare_run(plan, list(loaded.sources))
+        sweep = SweepDir(plan.run_dir)
+        run_locally(sweep, say)
+    return sweep
+
+
+def submit_sweep(recipe: Path, overrides: list[str], sweep_dir: Path | None, then: tuple[str, ...]) -> tuple[SweepDir, list[str], list[str]]:
+    """One array job for the slots whose trial has not finished, `sweep.parallel` at a time, after a
+    data preparation job if needed and before the `then` jobs (gate, release) on the best trial.
+    Returns the sweep, the job ids and their kinds (none when every trial has finished)."""
+    from orchestrator.slurm.script import render_array_sbatch, render_step_sbatch
+    from orchestrator.slurm.submit import signal_grace_s, submit_chain
+
+    loaded, plan, env = plan_sweep(recipe, overrides, sweep_dir, for_slurm=True)
+    spec = loaded.recipe.sweep
+    check_capacity(plan, spec.parallel)
+    sweep = SweepDir(plan.run_dir)
+    _refuse_live_array(RunDir(plan.run_dir))
+    slots = unfinished_slots(sweep, loaded)
+    if not slots:
+        return sweep, [], []
+    slurm_spec = plan.recipe.slurm
+    array = render_array_sbatch(plan, slurm_spec, env.python, signal_grace_s(plan.run_dir, slurm_spec), slots, min(spec.parallel, len(slots)))
+    after = [(step, render_step_sbatch(plan, slurm_spec, env.python, step, ["sweep", step, str(plan.run_dir)])) for step in then]
+    jobs = submit_chain(plan, env.python, list(loaded.sources), ("sweep", array), after)
+    kinds = ["prepare"] * (len(jobs) - 1 - len(then)) + ["sweep", *then]
+    return sweep, jobs, kinds
+
+
+def unfinished_slots(sweep: SweepDir, loaded: LoadedRecipe) -> list[int]:
+    if not sweep.journal.exists():
+        return list(range(loaded.recipe.sweep.trials))
+    finished = {slot for slot, trial in slot_trials(open_study(sweep, loaded.recipe.sweep, loaded.recipe.name)).items()
+                if trial.state.name in FINISHED}
+    return [slot for slot in range(loaded.recipe.sweep.trials) if slot not in finished]
+
+
+def check_capacity(plan: LaunchPlan, parallel: int) -> None:
+    """`parallel` trials of `distributed.nodes` nodes each must fit the partition at once, or the
+    array's limit is a promise the cluster cannot keep."""
+    from orchestrator.slurm.client import slurm
+
+    partition = plan.recipe.slurm.partition
+    out = slurm("sinfo", "-h", "-o", "%D", *(["-p", partition] if partition else []))
+    nodes = sum(int(line) for line in out.split() if line.strip().isdigit())
+    needed = parallel * plan.topology.nodes
+    if needed > nodes:
+        raise SweepError(f"sweep.parallel {parallel} trials of {plan.topology.nodes} node(s) need {needed} nodes at once, but "
+                         f"partition {partition or '(default)'} has {nodes}: lower sweep.parallel")
+
+
+def _refuse_live_array(run: RunDir) -> None:
+    """A re-run while the sweep's previous array still runs would start its trials twice."""
+    from orchestrator.errors import SlurmError
+    from orchestrator.rundir.records import read_jobs
+    from orchestrator.slurm.client import job_states
+
+    for job in read_jobs(run).of_kind("sweep"):
+        try:
+            live = [state for state in job_states(job) if state in LIVE_STATES]
+        except SlurmError:
+            continue  # gone from the scheduler: long finished
+        if live:
+            raise SweepError(f"the sweep's array job {job} is still {live[0]}: wait for it, or scancel {job}, before running the sweep again")

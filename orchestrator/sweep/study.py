@@ -1,0 +1,169 @@
+"""A sweep's Optuna study: its storage in the sweep directory, which trial each slot runs, and the
+pruning decision at each evaluation.
+
+Storage is Optuna's journal file with its open(2)-based lock (`JournalFileOpenLock`): an append-only
+log that array tasks on several nodes share through the cluster's filesystem, which SQLite over NFS
+is not safe for. A slot is a trial's place in the sweep (the array index on Slurm, the loop index
+locally); the slot is stored on its trial, so a requeued task or a re-run sweep finds the trial it
+started, resumes it, and never asks for a second one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator.sweep.space import distributions
+from orchestrator.sweep.spec import SweepSpec
+
+SLOT = "slot"
+FINISHED = ("COMPLETE", "PRUNED", "FAIL")
+
+
+@dataclass(frozen=True)
+class SweepDir:
+    """A sweep's directory: the study's journal, one run directory per slot, and what `orch sweep` writes."""
+
+    path: Path
+
+    @property
+    def journal(self) -> Path:
+        return self.path / "study.journal"
+
+    @property
+    def recipe(self) -> Path:
+        """The sweep's recipe as submitted, with the command line's overrides applied."""
+        return self.path / "recipe.yaml"
+
+    @property
+    def best(self) -> Path:
+        return self.path / "best.yaml"
+
+    @property
+    def report(self) -> Path:
+        return self.path / "report.html"
+
+    def trial(self, slot: int) -> Path:
+        return self.path / "trials" / f"{slot:03d}"
+
+    def read_recipe(self):
+        """The sweep's recipe (validated again: the file may have been edited by hand)."""
+        import yaml
+
+        from orchestrator.recipe.schema import Recipe
+
+        return Recipe.model_validate(yaml.safe_load(self.recipe.read_text()))
+
+
+def open_study(sweep: SweepDir, spec: SweepSpec, name: str):
+    """The study in `sweep`, created on first use with the spec's sampler, pruner and direction."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sweep.path.mkdir(parents=True, exist_ok=True)
+    path = str(sweep.journal)
+    storage = JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
+    return optuna.create_study(study_name=name, storage=storage, sampler=_sampler(spec), pruner=_pruner(spec),
+                               direction=spec.direction, load_if_exists=True)
+
+
+def _sampler(spec: SweepSpec):
+    from optuna import samplers
+
+    if spec.sampler in ("grid", "random"):  # a grid trial's values are fixed by its slot (`grid_point`)
+        return samplers.RandomSampler(seed=spec.seed)
+    return samplers.TPESampler(seed=spec.seed)
+
+
+def _pruner(spec: SweepSpec):
+    from optuna import pruners
+
+    rule = spec.pruner
+    if rule.kind == "median":
+        return pruners.MedianPruner(n_startup_trials=rule.startup_trials, n_warmup_steps=rule.warmup_steps)
+    if rule.kind == "successive_halving":
+        return pruners.SuccessiveHalvingPruner(reduction_factor=rule.reduction_factor)
+    return pruners.NopPruner()
+
+
+def slot_trials(study) -> dict[int, object]:
+    """Each slot's trial (FrozenTrial), the newest where a slot was ever asked twice."""
+    return {t.user_attrs[SLOT]: t for t in study.get_trials(deepcopy=False) if SLOT in t.user_attrs}
+
+
+def claim(study, spec: SweepSpec, slot: int):
+    """The trial slot `slot` runs: the one it started before (still running: resume it), a new one
+    drawn by the sampler, or None when the slot's trial has finished (complete, pruned or failed)."""
+    import optuna
+
+    started = slot_trials(study).get(slot)
+    if started is not None:
+        if started.state.name in FINISHED:
+            return None
+        return optuna.trial.Trial(study, started._trial_id)
+    if spec.sampler == "grid":
+        import warnings
+
+        from optuna.exceptions import ExperimentalWarning
+        from optuna.samplers import PartialFixedSampler
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            fixed = PartialFixedSampler(grid_point(spec, slot), study.sampler)
+        sampler, study.sampler = study.sampler, fixed
+        try:
+            trial = study.ask(distributions(spec))
+        finally:
+            study.sampler = sampler
+    else:
+        trial = study.ask(distributions(spec))
+    trial.set_user_attr(SLOT, slot)
+    return trial
+
+
+def grid_point(spec: SweepSpec, slot: int) -> dict[str, object]:
+    """The slot-th point of the grid, the first parameter varying slowest: a grid sweep is the same
+    trials in the same places however its tasks start. (Optuna's GridSampler draws points in random
+    order and ends the study from inside `tell`, which only works within `study.optimize`.)"""
+    point = {}
+    for key, parameter in reversed(spec.parameters.items()):
+        slot, index = divmod(slot, len(parameter.choices))
+        point[key] = parameter.choices[index]
+    return dict(reversed(point.items()))
+
+
+@dataclass
+class Judge:
+    """Reports a trial's metric at each evaluation and says when to stop it: the pruner's verdict,
+    or at once for a value that is not finite (the run has diverged)."""
+
+    trial: object
+    metric: str
+    reported: set[int] = field(default_factory=set)
+    pruned_at: int | None = None
+
+    def __post_init__(self) -> None:
+        started = next(t for t in self.trial.study.get_trials(deepcopy=False) if t.number == self.trial.number)
+        self.reported |= set(started.intermediate_values)
+
+    def observe(self, rows: list[dict]) -> bool:
+        """True once the trial should stop; rows are metric rows (any, in order)."""
+        for row in rows:
+            value, step = row.get(self.metric), row.get("step")
+            if value is None or step is None or step in self.reported or self.pruned_at is not None:
+                continue
+            value = float(value)
+            self.trial.report(value if math.isfinite(value) else float("nan"), step)
+            self.reported.add(step)
+            if not math.isfinite(value) or self.trial.should_prune():
+                self.pruned_at = step
+        return self.pruned_at is not None
+
+
+def final_value(rows: list[dict], metric: str) -> float | None:
+    """A trial's result: the last value of the metric it logged."""
+    values = [row[metric] for row in rows if row.get(metric) is not None]
+    return float(values[-1]) if values else None

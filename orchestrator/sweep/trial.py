@@ -1,0 +1,114 @@
+"""One trial of a sweep, run to its end: locally by `orch sweep --local`, on Slurm by each array task
+(`python -m orchestrator.sweep.trial --sweep-dir DIR`, its slot the array index).
+
+A trial is an ordinary run in `trials/NNN` of the sweep directory (checkpoints, resume, energy,
+tracking), trained from the sweep's recipe with the trial's parameters as overrides. Its metric goes
+to the study at each evaluation; a pruned trial stops the way a preempted run does (checkpoint, exit
+code) and is told to the study as pruned, so its job ends without a requeue and with exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+from orchestrator.errors import BudgetExceeded, LaunchError, OrchestratorError, Preempted
+from orchestrator.sweep.space import NO_SWEEP, trial_overrides
+from orchestrator.sweep.study import Judge, SweepDir, claim, final_value, open_study
+
+
+def trial_args(trial) -> list[str]:
+    """The overrides that turn the sweep's recipe into this trial's."""
+    return [NO_SWEEP, *trial_overrides(trial.params)]
+
+
+def tell(study, trial, spec, rows: list[dict], judge: Judge, failed: str | None = None) -> str:
+    """Records how the trial ended and returns it in a word: complete, pruned or failed."""
+    from optuna.trial import TrialState
+
+    if judge.pruned_at is not None:
+        study.tell(trial, state=TrialState.PRUNED)
+        return f"pruned at step {judge.pruned_at}"
+    value = final_value(rows, spec.metric)
+    if failed or value is None:
+        trial.set_user_attr("failure", failed or f"no {spec.metric} was logged")
+        study.tell(trial, state=TrialState.FAIL)
+        return f"failed: {failed or f'no {spec.metric} was logged'}"
+    study.tell(trial, value)
+    return f"complete, {spec.metric} {value:.4f}"
+
+
+def run_locally(sweep: SweepDir, say: Callable[[str], None]) -> None:
+    """Every slot in order, one trial at a time; a finished trial is skipped, an interrupted one resumes."""
+    from orchestrator.execute import SubprocessRunner, launch, prepare_run
+    from orchestrator.local_run import plan_local_run
+
+    recipe = sweep.read_recipe()
+    spec = recipe.sweep
+    study = open_study(sweep, spec, recipe.name)
+    for slot in range(spec.trials):
+        trial = claim(study, spec, slot)
+        if trial is None:
+            continue
+        say(f"trial {slot}: {', '.join(f'{k}={v}' for k, v in trial.params.items())}")
+        loaded, plan, attempt = plan_local_run(sweep.recipe, trial_args(trial), sweep.trial(slot), None, False, False, say)
+        judge = Judge(trial, spec.metric)
+        failed = None
+        with attempt:
+            run = prepare_run(plan, list(loaded.sources))
+            try:
+                launch(plan, run, SubprocessRunner(attempt), stop_when=judge.observe)
+            except Preempted:
+                if judge.pruned_at is None:
+                    raise  # Ctrl-C or a signal to `orch sweep`: the trial stays unfinished and resumes next time
+            except (LaunchError, BudgetExceeded) as exc:
+                failed = str(exc)
+        say(f"trial {slot}: {tell(study, trial, spec, run.metric_rows(), judge, failed)}")
+
+
+def main() -> None:
+    """An array task: its slot's trial, planned for this cluster on first start, then the job step."""
+    from orchestrator.errors import EXIT_REQUEUE
+    from orchestrator.execute import prepare_run
+    from orchestrator.plan.load import load_and_plan
+    from orchestrator.rundir.layout import RunDir
+    from orchestrator.rundir.records import read_jobs, write_jobs
+    from orchestrator.slurm.batch import run_job_step
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sweep-dir", type=Path, required=True)
+    sweep = SweepDir(parser.parse_args().sweep_dir)
+    slot = int(os.environ["SLURM_ARRAY_TASK_ID"])
+    recipe = sweep.read_recipe()
+    spec = recipe.sweep
+    study = open_study(sweep, spec, recipe.name)
+    trial = claim(study, spec, slot)
+    if trial is None:
+        print(f"trial {slot} has finished; nothing to run", flush=True)
+        return
+    run = RunDir(sweep.trial(slot))
+    if not run.plan.exists():
+        loaded, plan, _ = load_and_plan(sweep.recipe, trial_args(trial), run_dir=run.path, for_slurm=True)
+        prepare_run(plan, list(loaded.sources))
+    write_jobs(run, [*read_jobs(run), os.environ["SLURM_JOB_ID"]])
+    judge = Judge(trial, spec.metric)
+    step = run_job_step(run, stop_when=judge.observe)
+    if step.requeued or (step.code == EXIT_REQUEUE and judge.pruned_at is None):
+        # Requeued, or stopped by a cancel: the trial is unfinished and resumes at this slot's next start.
+        print(f"trial {slot}: stopped after a checkpoint; it resumes when its slot runs again", flush=True)
+        sys.exit(step.code)
+    failed = None if step.code in (0, EXIT_REQUEUE) else f"the job step exited {step.code}"
+    print(f"trial {slot}: {tell(study, trial, spec, run.metric_rows(), judge, failed)}", flush=True)
+    sys.exit(step.code if failed else 0)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except OrchestratorError as exc:
+        for line in exc.lines():
+            print(f"error: {line}", file=sys.stderr)
+        sys.exit(exc.exit_code)
