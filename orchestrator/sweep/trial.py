@@ -20,9 +20,15 @@ from orchestrator.sweep.space import NO_SWEEP, trial_overrides
 from orchestrator.sweep.study import Judge, SweepDir, claim, final_value, open_study
 
 
-def trial_args(trial) -> list[str]:
-    """The overrides that turn the sweep's recipe into this trial's."""
-    return [NO_SWEEP, *trial_overrides(trial.params)]
+def trial_args(trial, sweep: SweepDir, recipe) -> list[str]:
+    """The overrides that turn the sweep's recipe into this trial's: its parameters, and dashboards
+    grouped by sweep (wandb's group; one MLflow store with a parent run, where the recipe names no store)."""
+    args = [NO_SWEEP, *trial_overrides(trial.params)]
+    if recipe.tracking.any:
+        args.append(f"tracking.group={sweep.path.name}")
+    if recipe.tracking.mlflow.enabled and recipe.tracking.mlflow.tracking_uri is None:
+        args.append(f"tracking.mlflow.tracking_uri=sqlite:///{(sweep.path / 'mlflow.db').resolve()}")
+    return args
 
 
 def tell(study, trial, spec, rows: list[dict], judge: Judge, failed: str | None = None) -> str:
@@ -54,7 +60,7 @@ def run_locally(sweep: SweepDir, say: Callable[[str], None]) -> None:
         if trial is None:
             continue
         say(f"trial {slot}: {', '.join(f'{k}={v}' for k, v in trial.params.items())}")
-        loaded, plan, attempt = plan_local_run(sweep.recipe, trial_args(trial), sweep.trial(slot), None, False, False, say)
+        loaded, plan, attempt = plan_local_run(sweep.recipe, trial_args(trial, sweep, recipe), sweep.trial(slot), None, False, False, say)
         judge = Judge(trial, spec.metric)
         failed = None
         with attempt:
@@ -91,7 +97,7 @@ def main() -> None:
         return
     run = RunDir(sweep.trial(slot))
     if not run.plan.exists():
-        loaded, plan, _ = load_and_plan(sweep.recipe, trial_args(trial), run_dir=run.path, for_slurm=True)
+        loaded, plan, _ = load_and_plan(sweep.recipe, trial_args(trial, sweep, recipe), run_dir=run.path, for_slurm=True)
         prepare_run(plan, list(loaded.sources))
     write_jobs(run, [*read_jobs(run), os.environ["SLURM_JOB_ID"]])
     judge = Judge(trial, spec.metric)

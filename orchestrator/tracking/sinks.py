@@ -40,8 +40,8 @@ class Sink(Protocol):
 class WandbSink:
     name = "wandb"
 
-    def __init__(self, spec: WandbSpec):
-        self.spec = spec
+    def __init__(self, spec: WandbSpec, group: str | None = None):
+        self.spec, self.group = spec, group
 
     def open(self, identity: RunIdentity) -> dict:
         import wandb
@@ -50,7 +50,7 @@ class WandbSink:
         run_id = identity.ids.get("wandb_id") or wandb.util.generate_id()
         online = self.spec.mode == "online"
         self.run = wandb.init(
-            project=self.spec.project, entity=self.spec.entity, id=run_id, name=identity.name, mode=self.spec.mode,
+            project=self.spec.project, entity=self.spec.entity, id=run_id, name=identity.name, mode=self.spec.mode, group=self.group,
             dir=str(identity.run_dir), config=identity.config, resume="allow" if online else None,
             settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
         )
@@ -116,12 +116,15 @@ class TensorBoardSink:
         self.writer.close()
 
 
+GROUP_TAG, PARENT_TAG = "orchestrator.group", "orchestrator.parent"
+
+
 class MlflowSink:
     name = "mlflow"
     MAX_PARAM = 500
 
-    def __init__(self, spec: MlflowSpec):
-        self.spec = spec
+    def __init__(self, spec: MlflowSpec, group: str | None = None):
+        self.spec, self.group = spec, group
 
     def open(self, identity: RunIdentity) -> dict:
         import logging
@@ -139,12 +142,26 @@ class MlflowSink:
         if run_id:
             self.client.update_run(run_id, status="RUNNING")
         else:
-            run_id = self.client.create_run(experiment_id, run_name=identity.name).info.run_id
+            tags = {GROUP_TAG: self.group, "mlflow.parentRunId": self._parent(experiment_id)} if self.group else None
+            run_id = self.client.create_run(experiment_id, run_name=identity.name, tags=tags).info.run_id
             params = [mlflow.entities.Param(k, str(v)[: self.MAX_PARAM]) for k, v in _flatten(identity.config).items()]
             for start in range(0, len(params), 100):
                 self.client.log_batch(run_id, params=params[start : start + 100])
         self.run_id = run_id
         return {"mlflow_run_id": run_id, "mlflow_tracking_uri": uri}
+
+    def _parent(self, experiment_id: str) -> str:
+        """The group's parent run, created by the first run of the group. Trials starting together may
+        each create one: every run then takes the oldest, and a later one deletes its own."""
+        query = f"tags.`{GROUP_TAG}` = '{self.group}' and tags.`{PARENT_TAG}` = 'true'"
+        found = self.client.search_runs([experiment_id], query, order_by=["attributes.start_time ASC"])
+        if found:
+            return found[0].info.run_id
+        mine = self.client.create_run(experiment_id, run_name=self.group, tags={GROUP_TAG: self.group, PARENT_TAG: "true"}).info.run_id
+        oldest = self.client.search_runs([experiment_id], query, order_by=["attributes.start_time ASC"])[0].info.run_id
+        if oldest != mine:
+            self.client.delete_run(mine)
+        return oldest
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -173,11 +190,11 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 def make_sinks(spec: TrackingSpec) -> list[Sink]:
     sinks: list[Sink] = []
     if spec.wandb.enabled:
-        sinks.append(WandbSink(spec.wandb))
+        sinks.append(WandbSink(spec.wandb, spec.group))
     if spec.tensorboard.enabled:
         sinks.append(TensorBoardSink(spec.tensorboard))
     if spec.mlflow.enabled:
-        sinks.append(MlflowSink(spec.mlflow))
+        sinks.append(MlflowSink(spec.mlflow, spec.group))
     for reference in spec.custom:
         sinks.append(_custom(reference))
     return sinks
