@@ -79,7 +79,7 @@ def run_job_step(run: RunDir, stop_when: Callable[[list[dict]], bool] | None = N
     `stop_when`, given each new metric row, stops the ranks after a checkpoint as a preemption
     would, but for good: the job is not requeued (how a sweep prunes a trial)."""
     plan = read_plan(run)
-    max_requeues = read_recipe(run).slurm.max_requeues
+    spec = read_recipe(run).slurm
     job_id = int(os.environ["SLURM_JOB_ID"])
     restart = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
     master_addr, master_port = rendezvous(job_id, os.environ["SLURM_JOB_NODELIST"])
@@ -87,15 +87,22 @@ def run_job_step(run: RunDir, stop_when: Callable[[list[dict]], bool] | None = N
                   end_time=job_end_time(job_id))
     step = subprocess.Popen(node_command(plan, sys.executable, master_addr, master_port))
 
+    received: list[int] = []
+
     def forward(signum, _frame):
+        received.append(signum)
         events.append(run.events, "slurm_signal", job_id=job_id, signal=signum)
         step.send_signal(signum)
 
     for signum in FORWARDED_SIGNALS:
         signal.signal(signum, forward)
-    stopped = stop_when is not None and _follow(run, step, stop_when)
+    warning = getattr(signal, f"SIG{spec.signal}")
+    stopped = stop_when is not None and _follow(run, step, stop_when, warning)
     code = step.wait()
-    if code == EXIT_REQUEUE and restart < max_requeues and not stopped and not cancel_requested(run, job_id):
+    # Requeued only after the warning this job asked for (`--signal=B:<slurm.signal>`): a plain SIGTERM
+    # is `scancel` (or Slurm preempting the job, which requeues it itself).
+    warned = warning in received
+    if code == EXIT_REQUEUE and warned and restart < spec.max_requeues and not stopped and not cancel_requested(run, job_id):
         requeued = subprocess.run(["scontrol", "requeue", str(job_id)], capture_output=True, text=True)
         if requeued.returncode == 0:
             events.append(run.events, "slurm_requeued", job_id=job_id, restart=restart + 1)
@@ -106,14 +113,16 @@ def run_job_step(run: RunDir, stop_when: Callable[[list[dict]], bool] | None = N
     return JobStep(code, False)
 
 
-def _follow(run: RunDir, step: subprocess.Popen, stop_when: Callable[[list[dict]], bool]) -> bool:
-    """Feeds new metric rows to `stop_when` while the step runs; True once it asked the ranks to stop."""
+def _follow(run: RunDir, step: subprocess.Popen, stop_when: Callable[[list[dict]], bool], warning: int) -> bool:
+    """Feeds new metric rows to `stop_when` while the step runs; True once it asked the ranks to stop,
+    with the job's own warning signal: srun passes it to the nodes as it is, where a SIGTERM would
+    have srun end the step itself and kill the ranks mid-save."""
     seen = len(run.metric_rows())
     while step.poll() is None:
         rows = run.metric_rows()
         if stop_when(rows[seen:]):
             events.append(run.events, "stop_requested", reason="pruned")
-            step.send_signal(signal.SIGTERM)
+            step.send_signal(warning)
             return True
         seen = len(rows)
         time.sleep(FOLLOW_S)

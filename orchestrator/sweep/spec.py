@@ -57,13 +57,14 @@ class PrunerSpec(Spec):
     `median`: a trial whose best value so far is worse than the median of finished trials at the
     same step. `successive_halving`: only the best 1/`reduction_factor` of trials at each rung
     go on. `none`: every trial runs to its last step. Whatever the rule, a trial whose metric is
-    not finite has diverged and is pruned at once.
+    not finite, or past `diverged_above` (below it, when maximising), has diverged and is pruned at once.
     """
 
     kind: Literal["median", "successive_halving", "none"] = "median"
     startup_trials: int = Field(1, ge=0, description="finished trials before `median` prunes anything")
     warmup_steps: int = Field(0, ge=0, description="training steps of a trial before it can be pruned")
     reduction_factor: int = Field(3, ge=2, description="successive_halving: 1 in this many trials go on at each rung")
+    diverged_above: Optional[float] = Field(None, description="a metric past this bound prunes the trial at its first evaluation")
 
 
 class SweepSpec(Spec):

@@ -138,10 +138,12 @@ def grid_point(spec: SweepSpec, slot: int) -> dict[str, object]:
 @dataclass
 class Judge:
     """Reports a trial's metric at each evaluation and says when to stop it: the pruner's verdict,
-    or at once for a value that is not finite (the run has diverged)."""
+    or at once for a value that is not finite or past `diverged_above` (the run has diverged)."""
 
     trial: object
     metric: str
+    diverged_above: float | None = None
+    maximize: bool = False
     reported: set[int] = field(default_factory=set)
     pruned_at: int | None = None
 
@@ -158,9 +160,18 @@ class Judge:
             value = float(value)
             self.trial.report(value if math.isfinite(value) else float("nan"), step)
             self.reported.add(step)
-            if not math.isfinite(value) or self.trial.should_prune():
+            if not math.isfinite(value) or self._past_bound(value) or self.trial.should_prune():
                 self.pruned_at = step
         return self.pruned_at is not None
+
+    def _past_bound(self, value: float) -> bool:
+        if self.diverged_above is None:
+            return False
+        return value < self.diverged_above if self.maximize else value > self.diverged_above
+
+    @classmethod
+    def of(cls, trial, spec: SweepSpec) -> "Judge":
+        return cls(trial, spec.metric, spec.pruner.diverged_above, spec.direction == "maximize")
 
 
 def final_value(rows: list[dict], metric: str) -> float | None:

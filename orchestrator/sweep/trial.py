@@ -61,7 +61,7 @@ def run_locally(sweep: SweepDir, say: Callable[[str], None]) -> None:
             continue
         say(f"trial {slot}: {', '.join(f'{k}={v}' for k, v in trial.params.items())}")
         loaded, plan, attempt = plan_local_run(sweep.recipe, trial_args(trial, sweep, recipe), sweep.trial(slot), None, False, False, say)
-        judge = Judge(trial, spec.metric)
+        judge = Judge.of(trial, spec)
         failed = None
         with attempt:
             run = prepare_run(plan, list(loaded.sources))
@@ -81,7 +81,7 @@ def main() -> None:
     from orchestrator.execute import prepare_run
     from orchestrator.plan.load import load_and_plan
     from orchestrator.rundir.layout import RunDir
-    from orchestrator.rundir.records import read_jobs, write_jobs
+    from orchestrator.rundir.records import add_job
     from orchestrator.slurm.batch import run_job_step
 
     parser = argparse.ArgumentParser(description=__doc__)
@@ -99,16 +99,16 @@ def main() -> None:
     if not run.plan.exists():
         loaded, plan, _ = load_and_plan(sweep.recipe, trial_args(trial, sweep, recipe), run_dir=run.path, for_slurm=True)
         prepare_run(plan, list(loaded.sources))
-    write_jobs(run, [*read_jobs(run), os.environ["SLURM_JOB_ID"]])
-    judge = Judge(trial, spec.metric)
+    add_job(run, os.environ["SLURM_JOB_ID"], "train")
+    judge = Judge.of(trial, spec)
     step = run_job_step(run, stop_when=judge.observe)
-    if step.requeued or (step.code == EXIT_REQUEUE and judge.pruned_at is None):
+    if judge.pruned_at is None and (step.requeued or step.code == EXIT_REQUEUE):
         # Requeued, or stopped by a cancel: the trial is unfinished and resumes at this slot's next start.
         print(f"trial {slot}: stopped after a checkpoint; it resumes when its slot runs again", flush=True)
         sys.exit(step.code)
-    failed = None if step.code in (0, EXIT_REQUEUE) else f"the job step exited {step.code}"
+    failed = None if judge.pruned_at is not None or step.code == 0 else f"the job step exited {step.code}"
     print(f"trial {slot}: {tell(study, trial, spec, run.metric_rows(), judge, failed)}", flush=True)
-    sys.exit(step.code if failed else 0)
+    sys.exit(step.code if failed else 0)  # a pruned trial's task ends COMPLETED: the sweep did what it should
 
 
 if __name__ == "__main__":

@@ -201,7 +201,10 @@ def test_unprepared_data_is_prepared_by_a_job_that_training_waits_for(tmp_path):
     """Data no run has prepared (a validation share of its own): `orch submit` prepares nothing on
     this, the login, machine; a preparation job does it on a node, and the training job starts after it."""
     run_dir = tmp_path / "run"
-    result = orch("submit", *TWO_NODES, "data.val_fraction=0.07", "data.workers=2", "train.steps=4", "--run-dir", str(run_dir))
+    # A data cache of its own: the session's may hold this data from an earlier run on this machine.
+    result = subprocess.run([sys.executable, "-m", "orchestrator", "submit", *TWO_NODES, "data.val_fraction=0.07", "data.workers=2", "train.steps=4",
+                             "--run-dir", str(run_dir)], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "ORCH_CACHE_DIR": str(tmp_path / "cache")})
     assert result.returncode == 0, result.stdout + result.stderr
     prepare, train = json.loads((run_dir / "slurm.json").read_text())["job_ids"]
     assert f"submitted prepare job {prepare}" in result.stdout and f"submitted train job {train} (after the data is prepared)" in result.stdout

@@ -103,6 +103,8 @@ def test_the_judge_reports_each_evaluation_once_and_prunes_a_diverged_trial_at_o
     assert judge.observe([{"step": 4, "val_loss": math.inf}]) and judge.pruned_at == 4
     (frozen,) = study.get_trials()
     assert frozen.intermediate_values[2] == 4.5 and math.isnan(frozen.intermediate_values[4])
+    bounded = Judge.of(claim(study, spec, 1), spec.model_copy(update={"pruner": spec.pruner.model_copy(update={"diverged_above": 20.0})}))
+    assert not bounded.observe([{"step": 2, "val_loss": 19.0}]) and bounded.observe([{"step": 4, "val_loss": 38448.9}])
     assert final_value([{"step": 2, "val_loss": 4.5}, {"step": 3}, {"step": 4, "val_loss": 4.0}], "val_loss") == 4.0
 
 
