@@ -46,8 +46,9 @@ class LoadedRecipe:
 
 
 def recipe_hash(recipe: Recipe) -> str:
-    """What the run trains: a sweep section only says how `orch sweep` varies it."""
-    canonical = json.dumps(recipe.model_dump(mode="json", exclude={"sweep"}), sort_keys=True, separators=(",", ":"))
+    """What the run trains: a sweep section only says how `orch sweep` varies it, and a dashboard group
+    where its trials show."""
+    canonical = json.dumps(recipe.model_dump(mode="json", exclude={"sweep": True, "tracking": {"group"}}), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
