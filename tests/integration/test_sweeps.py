@@ -25,7 +25,8 @@ DIVERGING = LEARNING_RATES.index(30.0)
 SWEEP = ["recipes/tiny-sweep.yaml", *FAST, *ON_SLURM, "train.steps=12", "train.eval_interval=4", "train.eval_batches=1",
          "train.schedule.warmup_steps=2", "train.grad_clip=null", "checkpoint.interval_steps=4",
          f"sweep.parameters={{train.optimizer.lr: {{choices: {LEARNING_RATES}}}}}", "sweep.sampler=grid", "sweep.trials=4",
-         "sweep.parallel=2", "sweep.pruner.kind=none", "sweep.pruner.diverged_above=20"]
+         "sweep.parallel=2", "sweep.pruner.kind=none", "sweep.pruner.diverged_above=20",
+         *LIGHT_GATES, "gates.evaluation.tasks=[{name: python_idioms, metric: acc}]"]  # gated as a 12-step model can be
 """Four learning rates in grid order, one of them far too large. The divergence bound (the untrained
 loss is ln 2048 = 7.6) prunes it whatever ran before it; a median rule would also prune the slowest
 good rate, depending on which trial finished first (tests/distributed/test_sweep_local.py and the
@@ -92,9 +93,9 @@ def test_a_sweep_array_cancelled_mid_way_and_run_again_finishes_every_trial_once
     interrupted = [t for t in trials if rows(t) and t not in finished]
     assert finished and len(finished) < 4
 
-    again = orch("sweep", *SWEEP, "--slurm", "--sweep-dir", str(sweep_dir))
+    again = orch("sweep", *SWEEP, "--slurm", "--then", "gate", "--sweep-dir", str(sweep_dir))
     assert again.returncode == 0, again.stdout + again.stderr
-    second = jobs_of(sweep_dir)["sweep"]
+    second, gate = jobs_of(sweep_dir)["sweep"], jobs_of(sweep_dir)["gate"]
     unfinished = [slot for slot, t in enumerate(trials) if t not in finished]
     assert second != array and f"#SBATCH --array={array_ranges(unfinished)}%" in (sweep_dir / "job.sbatch").read_text()
     wait_until(lambda: all(s in TERMINAL for s in states(second)), what="the second array")
@@ -110,6 +111,8 @@ def test_a_sweep_array_cancelled_mid_way_and_run_again_finishes_every_trial_once
         starts = [e for e in map(json.loads, (t / "events.jsonl").read_text().splitlines()) if e["event"] == "start"]
         assert len(starts) >= 2 and starts[-1]["step"] > 0, starts
 
+    wait_until(lambda: states(gate)[0] in TERMINAL, what="the gate job after the array")
+    assert states(gate) == ["COMPLETED"], logs(sweep_dir)
     report = orch("sweep", "report", str(sweep_dir))
     assert report.returncode == 0, report.stderr
     finals = {s: json.loads((trials[s] / "summary.json").read_text())["final_val_loss"] for s in range(4) if s != DIVERGING}
@@ -122,6 +125,7 @@ def test_a_sweep_array_cancelled_mid_way_and_run_again_finishes_every_trial_once
     bill = sum(json.loads((t / "energy.json").read_text())["totals"]["facility_kwh"] for t in trials)
     assert f"energy {bill:.4g} kWh" in table[0]
 
+    assert list((trials[best] / "gates").glob("step-*.json"))  # the gate job gated the best trial
     again_best = orch("run", str(sweep_dir / "best.yaml"), "--run-dir", str(tmp_path / "best"))
     assert again_best.returncode == 0, again_best.stderr
     assert json.loads((tmp_path / "best" / "summary.json").read_text())["final_val_loss"] == pytest.approx(finals[best], rel=1e-6)
