@@ -39,10 +39,11 @@ def tell(study, trial, spec, rows: list[dict], judge: Judge, failed: str | None 
         study.tell(trial, state=TrialState.PRUNED)
         return f"pruned at step {judge.pruned_at}"
     value = final_value(rows, spec.metric)
-    if failed or value is None:
-        trial.set_user_attr("failure", failed or f"no {spec.metric} was logged")
+    failed = failed or (f"no {spec.metric} was logged" if value is None else None)
+    if failed:
+        trial.set_user_attr("failure", failed)
         study.tell(trial, state=TrialState.FAIL)
-        return f"failed: {failed or f'no {spec.metric} was logged'}"
+        return f"failed: {failed}"
     study.tell(trial, value)
     return f"complete, {spec.metric} {value:.4f}"
 
