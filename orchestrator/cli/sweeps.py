@@ -1,0 +1,80 @@
+"""`orch sweep`: start or continue a hyperparameter sweep, and rank, gate or release its trials."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from orchestrator.cli.app import ThenOpt, command, say_submitted
+from orchestrator.cli.models import gate, release
+from orchestrator.errors import OrchestratorError
+
+
+SWEEP_ACTIONS = ("status", "report", "gate", "release")
+
+
+@command
+def sweep(
+    target: Annotated[str, typer.Argument(help="A recipe with a `sweep` section; or status, report, gate, release followed by the sweep directory.", show_default=False)],
+    rest: Annotated[Optional[list[str]], typer.Argument(help="Overrides of the recipe; or the sweep directory.", show_default=False)] = None,
+    local: Annotated[bool, typer.Option("--local", help="Run the trials here, one after another (the default).")] = False,
+    on_slurm: Annotated[bool, typer.Option("--slurm", help="Submit the trials as one Slurm array job, sweep.parallel at a time.")] = False,
+    sweep_dir: Annotated[Optional[Path], typer.Option("--sweep-dir", help="Sweep directory (default sweeps/<name>).")] = None,
+    then: ThenOpt = None,
+) -> None:
+    """Search hyperparameters: one trial (a whole run) per point, pruned early when it falls behind.
+
+    `orch sweep RECIPE [--local|--slurm]` starts or continues the sweep (finished trials are kept,
+    unfinished ones resume); `orch sweep status|report DIR` ranks the trials and writes best.yaml
+    (report: also report.html); `orch sweep gate|release DIR` gates or releases the best trial."""
+    if target in SWEEP_ACTIONS:
+        _sweep_action(target, rest or [])
+        return
+    from orchestrator.slurm.submit import parse_then
+
+    if local and on_slurm:
+        raise OrchestratorError("--local and --slurm: choose one")
+    steps = parse_then(then)
+    if on_slurm:
+        from orchestrator.sweep.start import submit_sweep
+
+        swept, jobs, kinds = submit_sweep(Path(target), list(rest or []), sweep_dir, steps)
+        if not jobs:
+            typer.echo(f"every trial of {swept.path} has finished; see: orch sweep status {swept.path}")
+            return
+        say_submitted(jobs, kinds)
+        typer.echo(f"sweep directory {swept.path}; follow with: orch sweep status {swept.path}")
+        return
+    from orchestrator.sweep.start import sweep_locally
+
+    swept = sweep_locally(Path(target), list(rest or []), sweep_dir, typer.echo)
+    _sweep_action("report", [str(swept.path)])
+    for step in steps:
+        _sweep_action(step, [str(swept.path)])
+
+
+def _sweep_action(action: str, rest: list[str]) -> None:
+    from orchestrator.sweep.report import render_status, render_sweep_report, trial_rows, write_best
+    from orchestrator.sweep.study import SweepDir
+
+    if len(rest) != 1:
+        raise OrchestratorError(f"orch sweep {action} takes one sweep directory")
+    swept = SweepDir(Path(rest[0]))
+    rows, metric, direction = trial_rows(swept)
+    if action in ("status", "report"):
+        typer.echo(render_status(rows, metric, direction, swept))
+        if any(r.state == "complete" for r in rows):
+            best = write_best(swept, rows)
+            typer.echo(f"best: trial {best.slot}, {metric} {best.value:.4f}; its recipe: {swept.best}")
+        if action == "report":
+            swept.report.write_text(render_sweep_report(swept))
+            typer.echo(f"wrote {swept.report}")
+        return
+    best = write_best(swept, rows)
+    typer.echo(f"{action} of the best trial {best.slot} ({best.run_dir})")
+    if action == "gate":
+        gate(best.run_dir)
+    else:
+        release(best.run_dir)
