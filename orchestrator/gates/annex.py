@@ -27,7 +27,6 @@ FIXED_LIMITATIONS = (
     "Energy figures marked estimated are models of power (TDP and load, W per GiB), not measurements.",
 )
 BUILTIN_CORPORA = {"python-stdlib": "the Python standard library's source files on the machine that prepared the data"}
-FLOPS_FORMULA = "(6 x parameters + 12 x layers x hidden_size x seq_len) x steps x tokens_per_step"
 
 
 @dataclass(frozen=True)
@@ -47,10 +46,12 @@ class RunRecords:
 @dataclass(frozen=True)
 class Compute:
     """Training compute by the plan's own formula (PaLM, appendix B): per token, 6 x parameters for the
-    dense matmuls forward and backward plus 12 x layers x hidden x sequence for attention; times the
-    tokens the released checkpoint was trained on (its steps, each of the plan's tokens per step)."""
+    dense matmuls forward and backward (4 x for a frozen one: no weight gradient) plus 12 x layers x
+    hidden x sequence for attention; times the tokens the released checkpoint was trained on (its
+    steps, each of the plan's tokens per step)."""
 
     num_params: int
+    frozen_params: int
     num_layers: int
     hidden_size: int
     seq_len: int
@@ -62,12 +63,24 @@ class Compute:
     @classmethod
     def of(cls, plan: PlanRecord, steps: int) -> "Compute":
         sizes = plan.model.sizes
-        return cls(plan.model.num_params, sizes.num_layers, sizes.hidden_size, plan.batch.seq_len, plan.estimate.flops_per_token,
-                   steps, plan.batch.tokens_per_step)
+        return cls(plan.model.num_params, plan.model.frozen_params, sizes.num_layers, sizes.hidden_size, plan.batch.seq_len,
+                   plan.estimate.flops_per_token, steps, plan.batch.tokens_per_step)
 
     @property
     def dense_per_token(self) -> int:
-        return 6 * self.num_params
+        return 6 * self.num_params - 2 * self.frozen_params
+
+    @property
+    def formula(self) -> str:
+        dense = "6 x trained parameters + 4 x frozen parameters" if self.frozen_params else "6 x parameters"
+        return f"({dense} + 12 x layers x hidden_size x seq_len) x steps x tokens_per_step"
+
+    @property
+    def dense_terms(self) -> str:
+        """The formula's dense part with this model's numbers."""
+        if not self.frozen_params:
+            return f"6 x {self.num_params:,}"
+        return f"6 x {self.num_params - self.frozen_params:,} + 4 x {self.frozen_params:,}"
 
     @property
     def attention_per_token(self) -> int:
@@ -102,7 +115,7 @@ def technical_figures(records: RunRecords, report: GateReport, bill: dict | None
         "checkpoint_hash": report.checkpoint_hash,
         "parameters": compute.num_params,
         "compute": {
-            "flops": compute.flops, "formula": FLOPS_FORMULA, "flops_per_token": compute.flops_per_token,
+            "flops": compute.flops, "formula": compute.formula, "flops_per_token": compute.flops_per_token,
             "dense_flops_per_token": compute.dense_per_token, "attention_flops_per_token": compute.attention_per_token,
             "num_layers": compute.num_layers, "hidden_size": compute.hidden_size, "seq_len": compute.seq_len,
             "steps": compute.steps, "tokens_per_step": compute.tokens_per_step, "tokens": compute.tokens,
@@ -260,14 +273,14 @@ def _compute(records: RunRecords, compute: Compute, wall_s: float | None) -> lis
     c, model, topology = compute, records.recipe.model, records.plan.topology
     lines = [
         "", "### Computational resources (point 2(d))",
-        f"- training compute: {c.flops:.4e} FLOPs = {FLOPS_FORMULA}",
-        f"  - = (6 x {c.num_params:,} + 12 x {c.num_layers} x {c.hidden_size} x {c.seq_len}) x {c.steps:,} x {c.tokens_per_step:,}",
+        f"- training compute: {c.flops:.4e} FLOPs = {c.formula}",
+        f"  - = ({c.dense_terms} + 12 x {c.num_layers} x {c.hidden_size} x {c.seq_len}) x {c.steps:,} x {c.tokens_per_step:,}",
         f"  - = {c.flops_per_token:,.0f} FLOPs per token x {c.tokens:,} tokens = {c.flops:,} FLOPs",
     ]
     if not c.formula_holds:
         lines.append("  - plan.json's FLOPs per token differ from this formula (a plan made by another version): its figure is used")
     if model.lora:
-        lines.append("  - with LoRA the frozen weights need no weight gradients: the formula's 6 x parameters is an upper bound")
+        lines.append("  - LoRA: the base's weights are frozen (forward and input-gradient matmuls, no weight gradient); the adapters train")
     if model.path:
         lines.append(f"  - this training only: the base model's compute is documented with it ({model.path})")
     return lines + [

@@ -1,8 +1,9 @@
 """Throughput and wall-time estimates from model FLOPs and the device's peak.
 
 FLOPs per token follow the PaLM appendix: 6 x parameters for the dense matmuls (forward and
-backward) plus 12 x layers x hidden x sequence for attention. Achieved utilisation is an
-assumption, shown as such; the benchmark measures the real figure.
+backward) plus 12 x layers x hidden x sequence for attention. A frozen weight (a LoRA fine-tune's
+base) still takes its forward and its input-gradient matmul but no weight gradient: 4 x, not 6 x.
+Achieved utilisation is an assumption, shown as such; the benchmark measures the real figure.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from orchestrator.rundir.records import EstimateRecord
 ASSUMED_MFU = {"cuda": 0.40, "cpu": 0.25}
 
 
-def flops_per_token(sizes: Sizes, num_params: int, seq_len: int) -> float:
-    return 6.0 * num_params + 12.0 * sizes.num_layers * sizes.hidden_size * seq_len
+def flops_per_token(sizes: Sizes, num_params: int, seq_len: int, frozen_params: int = 0) -> float:
+    return 6.0 * num_params - 2.0 * frozen_params + 12.0 * sizes.num_layers * sizes.hidden_size * seq_len
 
 
 def peak_flops_per_device(env: EnvSnapshot, topology: Topology, precision: str) -> float:
@@ -33,9 +34,10 @@ TimeEstimate = EstimateRecord
 
 
 def estimate_time(
-    sizes: Sizes, num_params: int, batch: Batch, topology: Topology, env: EnvSnapshot, precision: str, steps: int
+    sizes: Sizes, num_params: int, batch: Batch, topology: Topology, env: EnvSnapshot, precision: str, steps: int,
+    frozen_params: int = 0,
 ) -> TimeEstimate:
-    fpt = flops_per_token(sizes, num_params, batch.seq_len)
+    fpt = flops_per_token(sizes, num_params, batch.seq_len, frozen_params)
     peak = peak_flops_per_device(env, topology, precision)
     mfu = ASSUMED_MFU[topology.device]
     tokens_per_s = peak * topology.world_size * mfu / fpt if peak else 0.0

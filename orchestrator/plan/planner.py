@@ -55,6 +55,11 @@ class ModelPlan:
     largest_layer: int
     """The biggest single parameter tensor: ZeRO-3 gathers it whole on one device."""
 
+    @property
+    def frozen_params(self) -> int:
+        """The parameters that take no weight gradient: a LoRA fine-tune's base."""
+        return 0 if self.adapters is None else self.num_params - self.adapters
+
 
 @dataclass(frozen=True)
 class LaunchPlan:
@@ -67,6 +72,7 @@ class LaunchPlan:
     arch: str
     sizes: Sizes
     num_params: int
+    frozen_params: int
     memory: MemoryEstimate
     host_memory: HostMemoryEstimate
     time: TimeEstimate
@@ -93,7 +99,8 @@ class LaunchPlan:
             backend=self.recipe.distributed.backend,
             topology={**vars(self.topology), "world_size": self.topology.world_size},
             batch={**vars(self.batch), "global_batch_size": self.batch.global_batch_size, "tokens_per_step": self.batch.tokens_per_step},
-            model={"arch": self.arch, "num_params": self.num_params, "sizes": self.sizes, "base": self.base_path},
+            model={"arch": self.arch, "num_params": self.num_params, "frozen_params": self.frozen_params, "sizes": self.sizes,
+                   "base": self.base_path},
             memory_per_device={**vars(self.memory), "total_bytes": self.memory.total_bytes, "fits": self.memory.fits},
             host_memory_per_node={**vars(self.host_memory), "per_node_bytes": self.host_memory.per_node_bytes,
                                   "fits": self.host_memory.fits},
@@ -161,7 +168,8 @@ def make_plan(
     model = _model_plan(recipe, checked.base)
     memory = _memory(recipe, model, batch, env, topology)
     host_memory = _host_memory(recipe, model, memory, env, topology)
-    time = estimate_time(model.sizes, model.num_params, batch, topology, env, recipe.train.precision, recipe.train.steps)
+    time = estimate_time(model.sizes, model.num_params, batch, topology, env, recipe.train.precision, recipe.train.steps,
+                         model.frozen_params)
     backend = BACKENDS[recipe.distributed.backend]
     return LaunchPlan(
         run_dir=run_dir,
@@ -173,6 +181,7 @@ def make_plan(
         arch=model.arch.model_type,
         sizes=model.sizes,
         num_params=model.num_params,
+        frozen_params=model.frozen_params,
         memory=memory,
         host_memory=host_memory,
         time=time,

@@ -50,6 +50,9 @@ class BatchRecord(Record):
 class ModelRecord(Record):
     arch: str
     num_params: int
+    frozen_params: int = 0
+    """Parameters that take no weight gradient (a LoRA fine-tune's base): 4 training FLOPs per token
+    each, not 6. Absent from plans made before it was recorded."""
     sizes: Sizes
     base: str | None
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import kill_run, orch, start_orch, wait_for_rows
+from tests.helpers.mfu import assert_mfu_matches_plan
 
 pytestmark = pytest.mark.distributed
 
@@ -64,6 +65,7 @@ def test_lora_fine_tuning_resumes_bit_exactly_passes_its_gates_and_beats_the_bas
     ok("run", *on(base), "--run-dir", str(resumed))
     assert losses(resumed) == losses(reference)  # every per-step loss, to the last bit
     assert losses(reference)[-1][1] < losses(reference)[0][1]
+    assert_mfu_matches_plan(resumed)  # the frozen base counted at 4 FLOPs per token, across the kill
 
     gate = orch("gate", str(resumed))
     assert gate.returncode == 0, gate.stdout

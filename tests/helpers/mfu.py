@@ -2,6 +2,7 @@
 step, each attempt's peak per device and world size (its `start` event), each row's measured step time.
 
     mfu = tokens_per_step x flops_per_token / (step_s x peak_flops_per_device x world_size)
+    flops_per_token = 6 x parameters (4 x for frozen ones) + 12 x layers x hidden x sequence
 
 Called on the run directories of real runs that the distributed tests start anyway.
 """
@@ -23,7 +24,9 @@ def assert_mfu_matches_plan(run_dir: Path) -> None:
     batch, estimate, sizes = plan.batch, plan.estimate, plan.model.sizes
     # The plan's own figures are the ones its docstrings promise: PaLM's count, and every
     # accumulation micro-batch of every data-parallel rank in a step.
-    assert estimate.flops_per_token == 6 * plan.model.num_params + 12 * sizes.num_layers * sizes.hidden_size * batch.seq_len
+    # A frozen weight (LoRA's base) takes no weight gradient: 4 FLOPs per token, not 6.
+    dense = 6 * plan.model.num_params - 2 * plan.model.frozen_params
+    assert estimate.flops_per_token == dense + 12 * sizes.num_layers * sizes.hidden_size * batch.seq_len
     assert batch.tokens_per_step == batch.micro_batch_size * batch.gradient_accumulation_steps * batch.data_parallel * batch.seq_len
     starts = [e for e in run.history() if e["event"] == "start"]
     rows = run.metric_rows()

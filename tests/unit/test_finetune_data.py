@@ -12,6 +12,7 @@ import pytest
 from orchestrator.data.instruct import IGNORE, pack, read_examples, tokenize
 from orchestrator.data.spec import InstructionSpec
 from orchestrator.errors import DataError, RecipeError
+from orchestrator.gates.annex import Compute
 from orchestrator.plan.planner import make_plan
 from orchestrator.recipe.loader import load_recipe
 from orchestrator.model.inputs import model_inputs
@@ -148,3 +149,18 @@ def test_the_plan_counts_gradients_and_optimizer_state_for_the_adapters_alone(tm
     # fp32 master copy, momentum and variance: ZeRO keeps its own fp32 copy even of fp32 weights
     assert lora.memory.optimizer_bytes == adapters * 12 / 2
     assert full.memory.optimizer_bytes == full.num_params * 12 / 2
+
+
+def test_lora_compute_counts_no_weight_gradients_for_the_frozen_base(tmp_path, tiny_base):
+    """The frozen base's weights take their forward and input-gradient matmuls (4 FLOPs per token
+    each), the adapters all three (6): the figure MFU divides by and the model card documents."""
+    lora = plan_for(tmp_path, tiny_base, "model.lora.target_modules=[q_proj, v_proj]", "model.lora.rank=4").record()
+    full = plan_for(tmp_path, tiny_base, "model.lora=null").record()
+    adapters = lora.model.num_params - full.model.num_params
+    attention = 12 * 2 * 64 * lora.batch.seq_len  # layers x hidden x sequence
+    assert lora.model.frozen_params == full.model.num_params and full.model.frozen_params == 0
+    assert lora.estimate.flops_per_token == 6 * adapters + 4 * full.model.num_params + attention
+    assert full.estimate.flops_per_token == 6 * full.model.num_params + attention
+    compute = Compute.of(lora, steps=10)
+    assert compute.formula_holds and compute.flops == lora.estimate.flops_per_token * 10 * lora.batch.tokens_per_step
+    assert compute.dense_terms == f"6 x {adapters:,} + 4 x {full.model.num_params:,}" and "4 x frozen parameters" in compute.formula
