@@ -17,7 +17,7 @@ from orchestrator.plan.planner import LaunchPlan
 from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import add_job, read_jobs
-from orchestrator.slurm.client import slurm
+from orchestrator.slurm.client import job_states, slurm
 from orchestrator.slurm.script import render_prepare_sbatch, render_sbatch, render_step_sbatch
 from orchestrator.slurm.spec import SlurmSpec
 # Without a GPU model in the recipe, plan memory for a common 80 GiB data-centre GPU.
@@ -77,6 +77,7 @@ def submit_chain(plan: LaunchPlan, python: str, sources: list[Path], main: tuple
     `sbatch --test-only` before anything is written or submitted. A job whose predecessor fails is
     cancelled by Slurm (`--kill-on-invalid-dep`), so a failed gate ends the chain: no release runs."""
     check_pass_env(plan.recipe.slurm, os.environ)
+    _refuse_live_jobs(RunDir(plan.run_dir), main[0])
     unprepared = prepared_manifest(plan.recipe.data, plan.recipe.train.seed, plan.data_cache_dir) is None
     jobs = [("prepare", render_prepare_sbatch(plan, plan.recipe.slurm, python, sources))] if unprepared else []
     jobs += [main, *then]
@@ -93,6 +94,22 @@ def submit_chain(plan: LaunchPlan, python: str, sources: list[Path], main: tuple
         after = [f"--dependency=afterok:{submitted[-1]}", "--kill-on-invalid-dep=yes"] if submitted else []
         submitted.append(_sbatch(run, script, kind, *after))
     return submitted
+
+
+LIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "RESIZING", "SUSPENDED", "CONFIGURING", "COMPLETING"}
+
+
+def _refuse_live_jobs(run: RunDir, kind: str) -> None:
+    """A second submission while the run's previous job of this kind (training, or a sweep's array)
+    is still queued or running would train twice into one directory: refused, naming the job."""
+    for job in read_jobs(run).of_kind(kind):
+        try:
+            live = [state for state in job_states(job) if state in LIVE_STATES]
+        except SlurmError:
+            continue  # gone from the scheduler: long finished
+        if live:
+            raise SlurmError(f"{kind} job {job} of {run.path} is still {live[0]}: wait for it, or cancel it (scancel {job}), "
+                             "before submitting again")
 
 
 SCRIPTS = {"prepare": "prepare_script", "train": "script", "sweep": "script", "gate": "gate_script", "release": "release_script"}

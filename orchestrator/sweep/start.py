@@ -19,9 +19,6 @@ from orchestrator.rundir.layout import RunDir
 from orchestrator.sweep.space import check_space
 from orchestrator.sweep.study import FINISHED, SweepDir, open_study, slot_trials
 
-LIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "RESIZING", "SUSPENDED", "CONFIGURING", "COMPLETING"}
-
-
 def plan_sweep(recipe: Path, overrides: list[str], sweep_dir: Path | None, for_slurm: bool):
     """The sweep's recipe planned into its directory (default `sweeps/<name>`), after its space is
     checked; a directory that holds another sweep is refused rather than mixed into."""
@@ -66,7 +63,6 @@ def submit_sweep(recipe: Path, overrides: list[str], sweep_dir: Path | None, the
     spec = loaded.recipe.sweep
     check_capacity(plan, spec.parallel)
     sweep = SweepDir(plan.run_dir)
-    _refuse_live_array(RunDir(plan.run_dir))
     slots = unfinished_slots(sweep, loaded)
     if not slots:
         return sweep, [], []
@@ -98,18 +94,3 @@ def check_capacity(plan: LaunchPlan, parallel: int) -> None:
     if needed > nodes:
         raise SweepError(f"sweep.parallel {parallel} trials of {plan.topology.nodes} node(s) need {needed} nodes at once, but "
                          f"partition {partition or '(default)'} has {nodes}: lower sweep.parallel")
-
-
-def _refuse_live_array(run: RunDir) -> None:
-    """A re-run while the sweep's previous array still runs would start its trials twice."""
-    from orchestrator.errors import SlurmError
-    from orchestrator.rundir.records import read_jobs
-    from orchestrator.slurm.client import job_states
-
-    for job in read_jobs(run).of_kind("sweep"):
-        try:
-            live = [state for state in job_states(job) if state in LIVE_STATES]
-        except SlurmError:
-            continue  # gone from the scheduler: long finished
-        if live:
-            raise SweepError(f"the sweep's array job {job} is still {live[0]}: wait for it, or scancel {job}, before running the sweep again")

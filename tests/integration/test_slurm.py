@@ -100,6 +100,9 @@ def test_preemption_signal_requeues_and_resumes_to_the_same_losses(tmp_path, com
     while not ((run_dir / "metrics.jsonl").exists() and len((run_dir / "metrics.jsonl").read_text().splitlines()) >= 5):
         assert time.monotonic() < deadline
         time.sleep(0.5)
+    again = orch("submit", *TWO_NODES, "slurm.signal=USR1", "--skip-doctor", "--run-dir", str(run_dir))
+    assert again.returncode == 1 and f"train job {job_id} of " in again.stderr and "is still RUNNING" in again.stderr, again.stderr
+    assert json.loads((run_dir / "slurm.json").read_text())["job_ids"] == [job_id]  # a second job would train beside it
     subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True)
     wait_for_state(job_id, {"COMPLETED"}, timeout_s=900)
     records = [json.loads(l) for l in (run_dir / "events.jsonl").read_text().splitlines()]
