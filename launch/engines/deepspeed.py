@@ -16,7 +16,7 @@ from pathlib import Path
 from launch.engines.replica import parameter_digest
 from launch.memory import PeakTracker, StartupMemory, return_freed_memory
 from launch.rank_state import state_owner
-from orchestrator.backends.imports import import_deepspeed
+from orchestrator.backends.imports import import_deepspeed, import_muon_uncompiled
 from orchestrator.model.architectures import Sizes
 from orchestrator.model.build import build_model, import_model_code
 from orchestrator.model.inputs import Rows, model_inputs
@@ -55,6 +55,7 @@ def preload(recipe: Recipe, plan: PlanRecord):
     import torch
 
     deepspeed = import_deepspeed(hide_mlflow=not (recipe.tracking.mlflow.enabled or recipe.tracking.custom))
+    import_muon_uncompiled()
     import_model_code(recipe.model, plan.model.sizes)
     return deepspeed
 

@@ -3,6 +3,8 @@ that read checkpoints (gate, export, release)."""
 
 from __future__ import annotations
 
+import importlib
+import os
 import sys
 
 
@@ -13,11 +15,29 @@ def import_deepspeed(hide_mlflow: bool = True):
     another thread meanwhile (a rank whose tracking mirror could be importing it)."""
     if not hide_mlflow or "mlflow" in sys.modules:
         import deepspeed
-
-        return deepspeed
-    sys.modules["mlflow"] = None  # `import mlflow` raises ImportError, which DeepSpeed expects
-    try:
-        import deepspeed
-    finally:
-        del sys.modules["mlflow"]
+    else:
+        sys.modules["mlflow"] = None  # `import mlflow` raises ImportError, which DeepSpeed expects
+        try:
+            import deepspeed
+        finally:
+            del sys.modules["mlflow"]
     return deepspeed
+
+
+def import_muon_uncompiled() -> None:
+    """For the processes that train with DeepSpeed. DeepSpeed imports its Muon optimizer wherever it
+    asks whether an optimizer is a Muon one (ZeRO's optimizer set-up, every gradient reduction), and
+    that module compiles Muon's kernels with torch.compile as it is imported, which sets up Dynamo
+    and Inductor: about 2.6 s of CPU in every rank of every attempt, on 2 cores, for an optimizer the
+    orchestrator never uses (it trains with AdamW). Imported here first with Dynamo off
+    (`TORCHDYNAMO_DISABLE`, read when torch.compile is called), its functions stay plain Python,
+    and the module is then only looked up."""
+    previous = os.environ.get("TORCHDYNAMO_DISABLE")
+    os.environ["TORCHDYNAMO_DISABLE"] = "1"
+    try:
+        importlib.import_module("deepspeed.runtime.zero.muon.muon_optimizer")
+    finally:
+        if previous is None:
+            del os.environ["TORCHDYNAMO_DISABLE"]
+        else:
+            os.environ["TORCHDYNAMO_DISABLE"] = previous

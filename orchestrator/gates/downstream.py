@@ -72,9 +72,13 @@ def downstream_gate(spec: EvaluationGate, model, tokenizer, warn_margin: float) 
 def task_scores(spec: EvaluationGate, model, tokenizer) -> list[TaskScore]:
     """The harness's score of each task of `spec` (in order), in the task's metric, with its standard error."""
     import lm_eval
+    import lm_eval.evaluator
     from lm_eval.models.huggingface import HFLM
 
-    with _offline_harness():
+    # The harness describes the machine into its results (`pip list`, git, torch's collect_env in
+    # subprocesses: about a second per gate); the report records only the scores.
+    undescribed = _patched(lm_eval.evaluator, add_env_info=lambda results: None, get_git_commit_hash=lambda: None)
+    with _offline_harness(), undescribed:
         manager = _task_manager(spec)
         loaded = _load_tasks(manager, list(dict.fromkeys(t.name for t in spec.tasks)))
         # The harness gives a pad token to a tokenizer without one: a copy keeps the caller's as it was.
