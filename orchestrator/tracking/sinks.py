@@ -7,9 +7,11 @@ artifacts. The libraries are imported when a sink opens, in the mirror's thread.
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,8 +46,7 @@ class WandbSink:
         self.spec, self.group = spec, group
 
     def open(self, identity: RunIdentity) -> dict:
-        import wandb
-
+        wandb = import_wandb()
         drop_empty_offline_runs(identity.run_dir / "wandb")
         run_id = identity.ids.get("wandb_id") or wandb.util.generate_id()
         online = self.spec.mode == "online"
@@ -60,14 +61,44 @@ class WandbSink:
         self.run.log(metrics, step=step)
 
     def artifact(self, path: Path, name: str) -> None:
-        import wandb
-
-        artifact = wandb.Artifact(name, type="model")
+        artifact = import_wandb().Artifact(name, type="model")
         artifact.add_dir(str(path))
         self.run.log_artifact(artifact)
 
     def close(self) -> None:
         self.run.finish()
+
+
+def import_wandb():
+    """wandb, imported in seconds where torch and transformers are already loaded (a rank, a gate).
+
+    wandb's pydantic models describe their fields in attribute docstrings. Before Python 3.13,
+    pydantic finds a class's source by walking the frames of the import and asking
+    `inspect.getmodule` of each, which scans every loaded module: wandb took 5 s of CPU to import
+    beside torch, transformers and datasets, in rank 0 of every attempt. For this import pydantic
+    reads each class's source with `inspect.getsourcelines`, as it does itself from Python 3.13:
+    1.3 s, the same models and descriptions."""
+    if "wandb" in sys.modules or sys.version_info >= (3, 13):
+        import wandb
+
+        return wandb
+    from pydantic._internal import _docs_extraction
+
+    walk = _docs_extraction._extract_source_from_frame
+    _docs_extraction._extract_source_from_frame = _class_source
+    try:
+        import wandb
+        import wandb.sdk.internal.datastore  # noqa: F401  (read by drop_empty_offline_runs)
+    finally:
+        _docs_extraction._extract_source_from_frame = walk
+    return wandb
+
+
+def _class_source(cls: type) -> list[str] | None:
+    try:
+        return inspect.getsourcelines(cls)[0]
+    except (OSError, TypeError):
+        return None
 
 
 def drop_empty_offline_runs(wandb_dir: Path) -> list[Path]:
@@ -76,6 +107,7 @@ def drop_empty_offline_runs(wandb_dir: Path) -> list[Path]:
     wandb keeps an offline run in memory until it closes, so an attempt killed outright leaves a file
     with only its header: no run id, no step. `wandb sync` would upload it as a separate, empty run
     beside the one the resumed attempts continue."""
+    import_wandb()
     from wandb.sdk.internal import datastore
 
     dropped = []
