@@ -133,3 +133,37 @@ def test_an_offline_wandb_run_killed_before_writing_is_dropped_and_a_closed_one_
 
     assert drop_empty_offline_runs(tmp_path / "wandb") == [runs["killedrun"]]
     assert runs["closedrun"].is_dir() and not runs["killedrun"].exists()
+
+
+WANDB_FIELD_DESCRIPTIONS = """
+import json, sys
+from pydantic import BaseModel
+from pydantic._internal import _docs_extraction
+walk = _docs_extraction._extract_source_from_frame
+if sys.argv[1] == "import_wandb":
+    from orchestrator.tracking.sinks import import_wandb
+    import_wandb()
+else:
+    import wandb, wandb.sdk.internal.datastore
+assert _docs_extraction._extract_source_from_frame is walk, "pydantic left patched"
+found = {}
+for name, module in list(sys.modules.items()):
+    for attr, value in vars(module).items() if name.startswith("wandb") and module else ():
+        if isinstance(value, type) and issubclass(value, BaseModel) and value.__module__ == name:
+            found.update({f"{name}.{attr}.{f}": info.description for f, info in value.model_fields.items() if info.description})
+print(json.dumps(found))
+"""
+
+
+def test_import_wandb_gives_wandb_models_the_same_field_descriptions_and_leaves_pydantic_as_it_was():
+    """`import_wandb` changes how pydantic finds wandb's source, for that import only: the models
+    describe their fields exactly as after a plain `import wandb`."""
+    import subprocess
+    import sys
+
+    found = {}
+    for how in ("import_wandb", "plain"):
+        result = subprocess.run([sys.executable, "-c", WANDB_FIELD_DESCRIPTIONS, how], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        found[how] = json.loads(result.stdout)
+    assert len(found["plain"]) > 100 and found["import_wandb"] == found["plain"]
