@@ -86,7 +86,8 @@ def base_210m(tiny_base, tmp_path_factory) -> Path:
 
 def test_lora_on_a_zero3_base_loads_it_partitioned(tmp_path, base_210m):
     result = run(tmp_path / "run", "recipes/tiny-finetune-lora.yaml", f"model.path={base_210m}", f"data.tokenizer.path={base_210m}",
-                 *SHORT, "data.seq_len=128", "distributed.zero_stage=3",  # every instruction example's response fits
+                 *SHORT, "data.seq_len=128",  # every instruction example's response fits
+                 "train.micro_batch_size=2", "train.global_batch_size=4", "distributed.zero_stage=3",  # 512 tokens a step: the base's forward and backward are most of it
                  "train.optimizer.lr=0.002")  # the recipe's 0.01 suits its tiny base; a 210M one spikes at the third step
     whole = result["plan"]["model"]["num_params"] * 4
     growth = construction_growth(result["built"])
@@ -102,7 +103,7 @@ def test_lora_on_a_zero3_base_loads_it_partitioned(tmp_path, base_210m):
 def test_activation_checkpointing_recomputes_the_same_losses_in_less_memory(tmp_path):
     # Long sequences through a narrow, deep model: the activations, not the weights, fill memory.
     shape = ["model.hidden_size=256", "model.num_layers=8", "model.num_heads=4", "model.num_kv_heads=4", "model.intermediate_size=688",
-             "model.max_position_embeddings=1024", "data.seq_len=1024", "train.micro_batch_size=4", "train.global_batch_size=8",
+             "model.max_position_embeddings=1024", "data.seq_len=1024", "train.micro_batch_size=2", "train.global_batch_size=4",
              "train.steps=2", "train.schedule.warmup_steps=1", "train.eval_batches=1"]
     plain, checkpointed = (run(tmp_path / str(on), "recipes/tiny-pretrain.yaml", *FAST, *shape, f"train.activation_checkpointing={on}")
                            for on in ("false", "true"))
