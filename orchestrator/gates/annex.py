@@ -134,12 +134,12 @@ def wall_to_checkpoint(run: RunDir, step: int) -> float | None:
     return saves[-1] - starts[0] if starts and saves else None
 
 
-def technical_documentation(records: RunRecords, report: GateReport, bill: dict | None) -> list[str]:
+def technical_documentation(records: RunRecords, report: GateReport, bill: dict | None, released: datetime) -> list[str]:
     """The card's Annex XI section, as Markdown lines."""
     compute, wall_s = Compute.of(records.plan, report.step), wall_to_checkpoint(records.run, report.step)
     return [HEADING, "", "Every figure below is computed from the run's records (plan, data manifest, event log, "
             "energy bill, gate report); only provider, licence, uses and further limitations are declared in the recipe's `card`.",
-            *_general(records, report), *_design(records), *_data(records), *_compute(records, compute, wall_s),
+            *_general(records, report, released), *_design(records), *_data(records), *_compute(records, compute, wall_s),
             *_energy(records, bill), *_evaluation(report), *_limitations(records.recipe)]
 
 
@@ -151,7 +151,7 @@ def _listed(items: list[str], key: str) -> list[str]:
     return [f"  - {item}" for item in items] or [f"  - not stated (`card.{key}` in the recipe)"]
 
 
-def _general(records: RunRecords, report: GateReport) -> list[str]:
+def _general(records: RunRecords, report: GateReport, released: datetime) -> list[str]:
     recipe, plan, card = records.recipe, records.plan, records.recipe.card
     sizes, vocab = plan.model.sizes, records.data.vocab_size
     gated = datetime.fromtimestamp(report.evaluated_at, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -161,7 +161,8 @@ def _general(records: RunRecords, report: GateReport) -> list[str]:
         "- intended tasks and the systems it may be built into (1(a)):", *_listed(card.intended_uses, "intended_uses"),
         "- excluded uses (1(b)):", *_listed(card.excluded_uses, "excluded_uses"),
         f"- acceptable-use policy (1(b)): {_stated(card.acceptable_use_policy, 'acceptable_use_policy')}",
-        f"- release (1(c)): checkpoint {report.checkpoint} (content hash {report.checkpoint_hash}), gated {gated}; distributed as "
+        f"- release (1(c)): released {released.astimezone(timezone.utc):%Y-%m-%d %H:%M UTC}, checkpoint {report.checkpoint} "
+        f"(content hash {report.checkpoint_hash}), gated {gated}; distributed as "
         "this directory, whose `release.json` holds the sha256 of every file (`orch verify DIR` checks them)",
         f"- architecture and size (1(d)): {plan.model.arch}, {plan.model.num_params:,} parameters: {sizes.num_layers} layers, "
         f"hidden size {sizes.hidden_size}, {sizes.num_heads} attention heads ({sizes.num_kv_heads} key/value), "

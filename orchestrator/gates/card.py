@@ -3,6 +3,8 @@ then its technical documentation after the EU AI Act's Annex XI (orchestrator/ga
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from orchestrator.gates.annex import RunRecords, technical_documentation
 from orchestrator.gates.report import GateReport
 from orchestrator.model.spec import ModelSpec
@@ -20,7 +22,7 @@ def _base_line(model: ModelSpec) -> str:
     return f"- base model: {model.path}" + (f" (its release manifest sha256 {digest})" if digest else "") + adapter
 
 
-def model_card(run: RunDir, report: GateReport, bill: dict | None) -> str:
+def model_card(run: RunDir, report: GateReport, bill: dict | None, released: datetime) -> str:
     records = RunRecords.read(run)
     recipe, plan, data = records.recipe, records.plan, records.data
     summary = run.read_json(run.summary.name) if run.summary.exists() else {}
@@ -60,6 +62,6 @@ def model_card(run: RunDir, report: GateReport, bill: dict | None) -> str:
         value = "" if r.value is None else f"{r.value:.4g}"
         limit = "" if r.threshold is None else f"{r.threshold:.4g}"
         lines.append(f"| {r.name} | {'yes' if r.required else 'no'} | {r.status} | {value} | {limit} | {r.summary} |")
-    lines += ["", *technical_documentation(records, report, bill), "",
+    lines += ["", *technical_documentation(records, report, bill, released), "",
               "Files: see `release.json` (sha256 of every file), `gates.json`, `energy.json`, `technical.json`, `recipe.yaml`, `data.json`."]
     return "\n".join(lines) + "\n"

@@ -15,6 +15,7 @@ import os
 import shutil
 import stat
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from orchestrator.checkpoint import store
@@ -110,7 +111,7 @@ def _add_records(run: RunDir, out: Path, report: GateReport) -> None:
     for record in (run.data, run.provenance, run.summary):
         if record.exists():
             shutil.copy2(record, out / record.name)
-    (out / "README.md").write_text(model_card(run, report, bill))
+    (out / "README.md").write_text(model_card(run, report, bill, released=datetime.now(timezone.utc)))
 
 
 def _write_manifest(run: RunDir, out: Path, checkpoint: Path, report: GateReport) -> int:

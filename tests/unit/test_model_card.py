@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ from orchestrator.rundir.records import read_plan, recipe_yaml, write_data
 from tests.conftest import TINY, write_plan
 
 STEP = 20
+RELEASED = datetime(2026, 11, 30, 9, 15, tzinfo=timezone.utc)
 SOURCES = [{"path": f"/corpus/part-{i}.txt", "sha256": f"{i:x}" * 64, "bytes": 1000 + i} for i in range(1, 4)]
 CARD = ["card.provider=Example Lab", "card.licence=Apache-2.0", "card.intended_uses=[code completion research]",
         "card.excluded_uses=[medical advice, hiring decisions]", "card.limitations=[knows only Python]"]
@@ -81,7 +83,7 @@ def figure(card: str, pattern: str) -> str:
 
 def test_the_training_compute_is_the_plans_formula_times_the_tokens_of_the_released_steps(tmp_path):
     run = make_run(tmp_path, *CARD)
-    card = model_card(run, gate_report(), energy_bill())
+    card = model_card(run, gate_report(), energy_bill(), RELEASED)
     plan = read_plan(run)
     sizes, tokens = plan.model.sizes, STEP * plan.batch.tokens_per_step
     expected = (6 * plan.model.num_params + 12 * sizes.num_layers * sizes.hidden_size * plan.batch.seq_len) * tokens
@@ -96,7 +98,7 @@ def test_the_training_compute_is_the_plans_formula_times_the_tokens_of_the_relea
 
 def test_the_energy_is_the_bills_total_and_says_how_it_was_obtained(tmp_path):
     bill = energy_bill()
-    card = model_card(make_run(tmp_path), gate_report(), bill)
+    card = model_card(make_run(tmp_path), gate_report(), bill, RELEASED)
     totals = json.loads(json.dumps(bill))["totals"]  # as energy.json holds it
     assert float(figure(card, r"energy consumed: (\S+) kWh")) == float(f"{totals['kwh']:.6g}")
     assert f"= {totals['facility_kwh']:.6g} kWh at the facility" in card
@@ -107,13 +109,13 @@ def test_the_energy_is_the_bills_total_and_says_how_it_was_obtained(tmp_path):
 
 def test_a_run_without_energy_says_it_was_not_measured(tmp_path):
     run = make_run(tmp_path)
-    card = model_card(run, gate_report(), None)
+    card = model_card(run, gate_report(), None, RELEASED)
     assert "- energy consumed: not measured (energy.enabled was false for this run)" in card
     assert technical_figures(RunRecords.read(run), gate_report(), None)["energy"] is None
 
 
 def test_every_source_file_and_the_data_counts_appear(tmp_path):
-    card = model_card(make_run(tmp_path), gate_report(), None)
+    card = model_card(make_run(tmp_path), gate_report(), None, RELEASED)
     for source in SOURCES:
         assert f"| {source['path']} | {source['bytes']:,} | {source['sha256']} |" in card
     assert "- source files: 3, 3,006 bytes" in card
@@ -124,28 +126,35 @@ def test_every_source_file_and_the_data_counts_appear(tmp_path):
 
 def test_curation_recorded_in_the_manifest_is_printed_as_it_is(tmp_path):
     curation = {"dedup": {"method": "minhash", "removed_documents": 12_345}, "pii": {"emails_redacted": 7}}
-    card = model_card(make_run(tmp_path, curation=curation), gate_report(), None)
+    card = model_card(make_run(tmp_path, curation=curation), gate_report(), None, RELEASED)
     assert "- curation:\n  - dedup.method: minhash\n  - dedup.removed_documents: 12,345\n  - pii.emails_redacted: 7" in card
     assert "curation: none ran" not in card
 
 
 def test_uses_licence_and_limitations_come_from_the_recipe(tmp_path):
-    card = model_card(make_run(tmp_path, *CARD), gate_report(), None)
+    card = model_card(make_run(tmp_path, *CARD), gate_report(), None, RELEASED)
     annex = card[card.index(HEADING):]
     assert "- provider: Example Lab" in annex and "- licence (1(f)): Apache-2.0" in annex
     assert "(1(a)):\n  - code completion research\n- excluded uses (1(b)):\n  - medical advice\n  - hiring decisions" in annex
     assert "### Known limitations\n- knows only Python\n- The gates test what they test" in annex
 
 
+def test_the_release_date_is_stated_in_utc(tmp_path):
+    """Annex XI 1(c) asks for the date of release: the moment `orch release` writes the card."""
+    eastern = RELEASED.astimezone(timezone(timedelta(hours=-5)))
+    card = model_card(make_run(tmp_path), gate_report(), None, eastern)
+    assert "- release (1(c)): released 2026-11-30 09:15 UTC, checkpoint step-00000020" in card
+
+
 def test_undeclared_uses_are_marked_not_stated(tmp_path):
-    card = model_card(make_run(tmp_path, "card.licence=null", "card.intended_uses=[]", "card.excluded_uses=[]"), gate_report(), None)
+    card = model_card(make_run(tmp_path, "card.licence=null", "card.intended_uses=[]", "card.excluded_uses=[]"), gate_report(), None, RELEASED)
     assert "  - not stated (`card.intended_uses` in the recipe)" in card
     assert "  - not stated (`card.excluded_uses` in the recipe)" in card
     assert "- licence (1(f)): not stated (`card.licence` in the recipe)" in card
 
 
 def test_every_gate_and_the_downstream_scores_are_listed(tmp_path):
-    card = model_card(make_run(tmp_path), gate_report(), None)
+    card = model_card(make_run(tmp_path), gate_report(), None, RELEASED)
     assert "Gates on this checkpoint: passed; required: quality, evaluation." in card
     assert "- quality: pass, value 5.25 (limit 7.5): val loss 5.25, perplexity 190" in card
     assert "- evaluation: warn, value 0.4125 (limit 0.4): 2 tasks\n  - arc_easy: 0.4125\n  - hellaswag: acc 0.3, acc_norm 0.31" in card
@@ -157,7 +166,7 @@ def test_the_training_time_runs_from_the_first_start_to_the_checkpoints_save(tmp
     times = [e["time"] for e in run.history()]
     wall = technical_figures(RunRecords.read(run), gate_report(), None)["wall_s_to_checkpoint"]
     assert wall == pytest.approx(times[1] - times[0])
-    assert f"- training time: {wall:,.0f} s from the run's first start" in model_card(run, gate_report(), None)
+    assert f"- training time: {wall:,.0f} s from the run's first start" in model_card(run, gate_report(), None, RELEASED)
 
 
 def test_the_shipped_tiny_recipes_declare_a_research_and_test_model():
