@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import re
+import warnings
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
@@ -56,6 +57,10 @@ def preload(recipe: Recipe, plan: PlanRecord):
 
     deepspeed = import_deepspeed(hide_mlflow=not (recipe.tracking.mlflow.enabled or recipe.tracking.custom))
     import_muon_uncompiled()
+    # ZeRO gathers and reduces through torch.distributed's all_gather_into_tensor and
+    # reduce_scatter_tensor, which this torch deprecates: their warning was printed again at every
+    # call, 40 lines a step in each rank's log under ZeRO-3, about DeepSpeed's code, not the user's.
+    warnings.filterwarnings("ignore", r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated", FutureWarning)
     import_model_code(recipe.model, plan.model.sizes)
     return deepspeed
 

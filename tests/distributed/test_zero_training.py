@@ -54,6 +54,7 @@ def test_two_process_zero_training(tmp_path, stage):
     assert provenance["libraries"]["deepspeed"] and provenance["data"]["train_tokens"] > 0
     assert all(len(f["sha256"]) == 64 for f in provenance["data"]["files"])
     assert {"rank-0.log", "rank-1.log"} <= {p.name for p in (run_dir / "logs").iterdir()}
+    assert "is deprecated" not in (run_dir / "logs" / "rank-0.log").read_text()  # DeepSpeed's use of torch's old collectives, not repeated each step
 
 
 def test_dry_run_is_a_single_process(tmp_path):
