@@ -57,7 +57,8 @@ class SweepDir:
 
 
 def open_study(sweep: SweepDir, spec: SweepSpec, name: str):
-    """The study in `sweep`, created on first use with the spec's sampler, pruner and direction."""
+    """The study in `sweep`, created on first use with the spec's pruner and direction. Its sampler
+    is Optuna's default and draws nothing: `claim` asks with the slot's own (`slot_sampler`)."""
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
@@ -66,16 +67,31 @@ def open_study(sweep: SweepDir, spec: SweepSpec, name: str):
     sweep.path.mkdir(parents=True, exist_ok=True)
     path = str(sweep.journal)
     storage = JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
-    return optuna.create_study(study_name=name, storage=storage, sampler=_sampler(spec), pruner=_pruner(spec),
-                               direction=spec.direction, load_if_exists=True)
+    return optuna.create_study(study_name=name, storage=storage, pruner=_pruner(spec), direction=spec.direction, load_if_exists=True)
 
 
-def _sampler(spec: SweepSpec):
+def slot_sampler(spec: SweepSpec, slot: int):
+    """The sampler that draws slot `slot`'s trial, seeded from the sweep's seed and the slot.
+
+    Array tasks are separate processes that each open the study afresh: with one seed for all, every
+    task's sampler drew the same first point. Seeded by slot, a random trial's point (and a TPE
+    start-up trial's) is fixed by the sweep's seed and the slot, whichever process asks and in
+    whatever order, so a local and a Slurm sweep draw the same; TPE's later draws also depend on the
+    trials finished by then. A grid trial's point is its slot's (`grid_point`)."""
+    import warnings
+
+    import numpy as np
     from optuna import samplers
+    from optuna.exceptions import ExperimentalWarning
 
-    if spec.sampler in ("grid", "random"):  # a grid trial's values are fixed by its slot (`grid_point`)
-        return samplers.RandomSampler(seed=spec.seed)
-    return samplers.TPESampler(seed=spec.seed)
+    seed = int(np.random.SeedSequence([spec.seed, slot]).generate_state(1)[0])
+    if spec.sampler == "tpe":
+        return samplers.TPESampler(seed=seed)
+    if spec.sampler == "random":
+        return samplers.RandomSampler(seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        return samplers.PartialFixedSampler(grid_point(spec, slot), samplers.RandomSampler(seed=seed))
 
 
 def _pruner(spec: SweepSpec):
@@ -104,22 +120,8 @@ def claim(study, spec: SweepSpec, slot: int):
         if started.state.name in FINISHED:
             return None
         return optuna.trial.Trial(study, started._trial_id)
-    if spec.sampler == "grid":
-        import warnings
-
-        from optuna.exceptions import ExperimentalWarning
-        from optuna.samplers import PartialFixedSampler
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            fixed = PartialFixedSampler(grid_point(spec, slot), study.sampler)
-        sampler, study.sampler = study.sampler, fixed
-        try:
-            trial = study.ask(distributions(spec))
-        finally:
-            study.sampler = sampler
-    else:
-        trial = study.ask(distributions(spec))
+    study.sampler = slot_sampler(spec, slot)  # every slot asks with its own, in one process or many
+    trial = study.ask(distributions(spec))
     trial.set_user_attr(SLOT, slot)
     return trial
 

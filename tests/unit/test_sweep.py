@@ -93,6 +93,23 @@ def test_a_slot_keeps_its_trial_across_claims_and_a_finished_one_is_never_asked_
     assert sorted(slot_trials(open_study(sweep, spec, "s"))) == [0, 1] and sweep.journal.exists()
 
 
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_each_slot_draws_its_own_point_whichever_process_asks_and_in_whatever_order(tmp_path, sampler):
+    """Array tasks are separate processes, each opening the study afresh: the same sampler seed in
+    each once gave every task the same first draw. A slot's draw is its own, and the same again."""
+    spec = SweepSpec.model_validate({"parameters": {"train.optimizer.lr": {"log_uniform": [1e-4, 1e-2]},
+                                                    "train.schedule.warmup_steps": {"choices": [5, 15, 30]}},
+                                     "trials": 4, "sampler": sampler})
+    def draws(sweep: SweepDir, slots: list[int]) -> dict[int, dict]:
+        return {slot: claim(open_study(sweep, spec, "s"), spec, slot).params for slot in slots}  # a fresh study: a task's process
+
+    first = draws(SweepDir(tmp_path / "a"), [0, 1, 2, 3])
+    assert len({params["train.optimizer.lr"] for params in first.values()}) == 4, first
+    assert draws(SweepDir(tmp_path / "b"), [3, 1, 0, 2]) == first  # reproducible: the slot fixes the draw, not the order
+    reseeded = spec.model_copy(update={"seed": 1})
+    assert claim(open_study(SweepDir(tmp_path / "c"), reseeded, "s"), reseeded, 0).params != first[0]
+
+
 def test_the_judge_reports_each_evaluation_once_and_prunes_a_diverged_trial_at_once(tmp_path):
     spec = SweepSpec.model_validate({"parameters": {"x": {"choices": [1, 2]}}, "trials": 2, "pruner": {"kind": "none"}})
     study = open_study(SweepDir(tmp_path), spec, "s")
