@@ -15,15 +15,22 @@ from typing import Callable
 from orchestrator.errors import SweepError
 from orchestrator.plan.planner import LaunchPlan
 from orchestrator.recipe.loader import LoadedRecipe, load_recipe
+from orchestrator.recipe.schema import Recipe
 from orchestrator.rundir.layout import RunDir
 from orchestrator.sweep.space import check_space
 from orchestrator.sweep.study import FINISHED, SweepDir, open_study, slot_trials
+
+
+EXTENDABLE = {"sweep": {"trials", "parallel"}, "slurm": {"time_limit"}}
+"""What a re-run may change and still continue the same sweep: how many trials, how many at once,
+and how long each may run. Anything else changes what the trials train or how they are searched."""
+
 
 def plan_sweep(recipe: Path, overrides: list[str], sweep_dir: Path | None, for_slurm: bool):
     """The sweep's recipe planned into its directory (default `sweeps/<name>`), after its space is
     checked; a directory that holds another sweep is refused rather than mixed into."""
     from orchestrator.plan.load import load_and_plan
-    from orchestrator.rundir.records import read_plan, read_recipe
+    from orchestrator.rundir.records import read_recipe
 
     name = load_recipe(recipe, overrides).recipe.name
     loaded, plan, env = load_and_plan(recipe, overrides, run_dir=sweep_dir or Path("sweeps") / name, for_slurm=for_slurm,
@@ -31,11 +38,21 @@ def plan_sweep(recipe: Path, overrides: list[str], sweep_dir: Path | None, for_s
     check_space(loaded, recipe, overrides)
     run = RunDir(plan.run_dir)
     if run.plan.exists():
-        same = read_plan(run).recipe_hash == plan.recipe_hash and read_recipe(run).sweep == loaded.recipe.sweep
-        if not same:
-            raise SweepError(f"{plan.run_dir} holds a sweep of another recipe or search space: give another --sweep-dir "
-                             "(or remove that directory) to start this one")
+        changes = sweep_changes(read_recipe(run), plan.recipe)
+        if changes:
+            raise SweepError(f"{plan.run_dir} holds a sweep of another recipe or search space ({'; '.join(changes)}): only "
+                             "sweep.trials, sweep.parallel and slurm.time_limit may change to continue it; give another "
+                             "--sweep-dir (or remove that directory) to start this one")
     return loaded, plan, env
+
+
+def sweep_changes(before: Recipe, now: Recipe) -> list[str]:
+    """What differs between a sweep directory's recipe and this one beyond `EXTENDABLE`, each as `key: old -> new`."""
+    from orchestrator.checkpoint.compat import recipe_changes
+
+    unsafe, safe = recipe_changes(before.model_dump(mode="json", exclude=EXTENDABLE), now.model_dump(mode="json", exclude=EXTENDABLE))
+    renamed = [f"name: {before.name!r} -> {now.name!r}"] if before.name != now.name else []  # the study's name
+    return renamed + sorted(unsafe + safe)
 
 
 def sweep_locally(recipe: Path, overrides: list[str], sweep_dir: Path | None, say: Callable[[str], None]) -> SweepDir:

@@ -5,13 +5,15 @@ the pruning judge, and the Slurm scripts of an array and a `--then` chain."""
 from __future__ import annotations
 
 import math
+import re
 import shlex
 from pathlib import Path
 
 import pytest
 import yaml
 
-from orchestrator.errors import RecipeError, SlurmError
+from orchestrator.errors import RecipeError, SlurmError, SweepError
+from orchestrator.execute import prepare_run
 from orchestrator.plan.planner import make_plan
 from orchestrator.recipe.loader import load_recipe
 from orchestrator.rundir.records import JobsRecord
@@ -19,6 +21,7 @@ from orchestrator.slurm.script import array_ranges, render_array_sbatch, render_
 from orchestrator.slurm.submit import cluster_env, parse_then
 from orchestrator.sweep.space import check_space, trial_overrides
 from orchestrator.sweep.spec import SweepSpec
+from orchestrator.sweep.start import plan_sweep, unfinished_slots
 from orchestrator.sweep.study import Judge, SweepDir, claim, final_value, grid_point, open_study, slot_trials
 from tests.conftest import RECIPES, make_env, orch
 
@@ -108,6 +111,28 @@ def test_each_slot_draws_its_own_point_whichever_process_asks_and_in_whatever_or
     assert draws(SweepDir(tmp_path / "b"), [3, 1, 0, 2]) == first  # reproducible: the slot fixes the draw, not the order
     reseeded = spec.model_copy(update={"seed": 1})
     assert claim(open_study(SweepDir(tmp_path / "c"), reseeded, "s"), reseeded, 0).params != first[0]
+
+
+def test_a_finished_sweep_takes_more_trials_and_time_but_not_another_space_or_recipe(tmp_path):
+    """Re-running with more trials (or a longer time limit) continues the same study with the new
+    slots only; a changed space or recipe is refused with what changed."""
+    path = sweep_file(tmp_path, {"train.optimizer.lr": {"log_uniform": [1e-4, 1e-2]}}, trials=3)
+    sweep_dir = tmp_path / "sweep"
+    loaded, plan, _ = plan_sweep(path, [], sweep_dir, for_slurm=False)
+    prepare_run(plan, [], with_data=False)
+    sweep = SweepDir(sweep_dir)
+    study = open_study(sweep, loaded.recipe.sweep, loaded.recipe.name)
+    for slot in range(3):
+        study.tell(claim(study, loaded.recipe.sweep, slot), 3.0 + slot)
+    assert unfinished_slots(sweep, loaded) == []
+
+    more, plan, _ = plan_sweep(path, ["sweep.trials=4", "sweep.parallel=2", "slurm.time_limit=02:00:00"], sweep_dir, for_slurm=False)
+    prepare_run(plan, [], with_data=False)
+    assert unfinished_slots(sweep, more) == [3] and sweep.read_recipe().sweep.trials == 4
+    for change, what in (("sweep.parameters={train.optimizer.lr: {log_uniform: [0.001, 0.01]}}", "sweep.parameters.train.optimizer.lr"),
+                         ("sweep.sampler=random", "sweep.sampler: 'tpe' -> 'random'"), ("train.steps=70", "train.steps: 150 -> 70")):
+        with pytest.raises(SweepError, match=rf"holds a sweep of another recipe or search space \(.*{re.escape(what)}"):
+            plan_sweep(path, ["sweep.trials=4", change], sweep_dir, for_slurm=False)
 
 
 def test_the_judge_reports_each_evaluation_once_and_prunes_a_diverged_trial_at_once(tmp_path):
