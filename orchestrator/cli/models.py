@@ -39,7 +39,7 @@ def gate(
     as_json: Annotated[bool, typer.Option("--json", help="The report as JSON (as written to gates/<checkpoint>.json).")] = False,
 ) -> None:
     """Evaluate the recipe's gates on one checkpoint (quality, health, memorisation, contamination,
-    content, bias, budget); exit 4 when a required gate fails."""
+    content, bias, evaluation, robustness, budget); exit 4 when a required gate fails."""
     from orchestrator.gates.evaluate import evaluate_gates, render_report
 
     report = evaluate_gates(run_dir, checkpoint)

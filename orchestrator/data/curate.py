@@ -2,16 +2,14 @@
 
 Per document, in a preparation worker: decontamination (a word n-gram shared with an evaluation
 file drops it), quality rules (Gopher's, Rae et al. 2021: too short, mostly repeated lines, a long
-run of one character), personal-data redaction (placeholders for e-mail addresses, payment cards
-that pass the Luhn check, national id numbers, phone numbers, IP addresses), then the fingerprints
-deduplication needs: a hash of the normalised text (exact) and a MinHash signature of its word
-5-grams (near). Which documents deduplication drops is decided in one process, in document order
-(`Deduplicator`), so the result does not depend on how many workers computed the fingerprints.
+run of one character), personal-data redaction (`pii`: placeholders for e-mail addresses, payment
+cards, national id numbers, phone numbers, IP addresses), then the fingerprints deduplication needs:
+a hash of the normalised text (exact) and a MinHash signature of its word 5-grams (near). Which
+documents deduplication drops is decided in one process, in document order (`Deduplicator`), so the
+result does not depend on how many workers computed the fingerprints.
 
-The PII patterns are regular expressions in the spirit of datatrove's `PIIFormatter` (which covers
-e-mail and IPv4 addresses only), extended to the kinds named above; like any pattern matcher they
-miss what they were not written for (names, postal addresses) and are the first line, not the gate:
-the release's content gate still probes the trained model.
+Redaction is the first line, not the gate: the release's content gate still probes the trained
+model, with the same detector.
 """
 
 from __future__ import annotations
@@ -24,71 +22,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from orchestrator.data import ngrams
+from orchestrator.data.pii import redact
 from orchestrator.data.spec import CurationSpec, NearDedupSpec, QualitySpec
 
-PLACEHOLDERS = {"email": "<EMAIL>", "card": "<CARD_NUMBER>", "national_id": "<NATIONAL_ID>", "phone": "<PHONE>", "ip": "<IP_ADDRESS>"}
-
-_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
-PATTERNS = {
-    "email": re.compile(r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}\b"),
-    # 13 to 19 digits, optionally grouped by spaces or dashes; a card only with an issuer's prefix and a valid Luhn digit
-    "card": re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])"),
-    # US social security numbers (never area 000, 666 or 9xx, group 00, serial 0000) and UK national insurance numbers
-    "national_id": re.compile(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b|\b[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b"),
-    # international (+CC ...) or North American ((415) 555-2671, 415-555-2671) numbers
-    "phone": re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]\d{2,4}){1,4}|\(\d{3}\) ?\d{3}[ .-]\d{4}|\d{3}[.-]\d{3}[.-]\d{4})(?![\w-])"),
-    "ip": re.compile(rf"(?<![\d.]){_OCTET}(?:\.{_OCTET}){{3}}(?![\d.])|(?<![\w:])(?:[0-9A-Fa-f]{{1,4}}:){{7}}[0-9A-Fa-f]{{1,4}}(?![\w:])"
-                     r"|(?<![\w:])(?=[0-9A-Fa-f:]*[0-9A-Fa-f]{3})(?:[0-9A-Fa-f]{1,4}:){1,6}:(?:[0-9A-Fa-f]{1,4}:){0,5}[0-9A-Fa-f]{1,4}(?![\w:])"),
-}
-"""Applied in this order, each on what the previous ones left (a card number is not also a phone number)."""
-
 SHINGLE = 5
-
-
-CARD_PREFIX = re.compile(r"4\d{12}(?:\d{3}){0,2}|5[1-5]\d{14}|2(?:2[2-9]|[3-6]\d|7[01])\d{13}|2720\d{12}|3[47]\d{13}|6(?:011|5\d\d)\d{12,15}")
-"""Lengths and issuer prefixes of Visa, Mastercard, American Express and Discover: digit runs that
-pass Luhn by chance (one in ten does) and are constants, not cards, mostly fail this."""
-VERSION_CONTEXT = re.compile(r"(?i)(?:version|release|rev|section|rfc|\bv)[\s:=(\"']*$")
-"""Before a dotted quad, a version or section number, not an address."""
-
-
-def luhn_valid(digits: str) -> bool:
-    total = 0
-    for i, d in enumerate(int(c) for c in reversed(digits)):
-        total += d if i % 2 == 0 else (d * 2 - 9 if d > 4 else d * 2)
-    return total % 10 == 0
-
-
-def _is_personal(kind: str, match: re.Match) -> bool:
-    """The checks a pattern cannot make: a card's issuer and checksum; an IP address that routes
-    on the internet (not loopback, private or documentation ranges) and is not a version number."""
-    found = match.group()
-    if kind == "card":
-        digits = re.sub(r"\D", "", found)
-        return bool(CARD_PREFIX.fullmatch(digits)) and luhn_valid(digits)
-    if kind == "ip":
-        import ipaddress
-
-        try:
-            address = ipaddress.ip_address(found)
-        except ValueError:
-            return False
-        return address.is_global and not VERSION_CONTEXT.search(match.string[max(0, match.start() - 24) : match.start()])
-    return True
-
-
-def redact(text: str) -> tuple[str, Counter]:
-    """The text with personal data replaced by placeholders, and how many of each kind were replaced."""
-    counts: Counter = Counter()
-    for kind, pattern in PATTERNS.items():
-        def replace(match: re.Match, kind: str = kind) -> str:
-            if not _is_personal(kind, match):
-                return match.group()
-            counts[kind] += 1
-            return PLACEHOLDERS[kind]
-
-        text = pattern.sub(replace, text)
-    return text, counts
 
 
 def quality_failure(text: str, spec: QualitySpec) -> str | None:

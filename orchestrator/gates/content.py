@@ -1,8 +1,8 @@
 """Content safety of generations: personal data, a block list, and a pluggable classifier.
 
-Detectors are patterns with a validity check where one exists: e-mail addresses, phone numbers
-(North American and international notation), payment card numbers that pass the Luhn check, US
-social security numbers and UK national insurance numbers.
+Personal data is what data curation would have redacted (`orchestrator.data.pii`, one detector for
+both): e-mail addresses, phone numbers, payment cards (issuer prefix, length and Luhn; not a digit
+repeated or counted), US social security and UK national insurance numbers, public IP addresses.
 """
 
 from __future__ import annotations
@@ -11,36 +11,14 @@ import re
 from typing import Callable
 
 from orchestrator import hooks
+from orchestrator.data import pii
 from orchestrator.errors import GateError
 from orchestrator.gates.result import GateResult
 from orchestrator.gates.spec import ContentGate
 
-EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
-PHONE = re.compile(r"(?<!\d)(?:\+?1[\s.-]?)?(?:\(\d{3}\)|\d{3})[\s.-]\d{3}[\s.-]\d{4}(?!\d)|\+\d{1,3}(?:[\s.-]\d{2,4}){3,5}(?!\d)")
-CARD = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
-US_SSN = re.compile(r"(?<!\d)(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?!\d)")
-UK_NINO = re.compile(r"\b(?![DFIQUV])[A-CEGHJ-PR-TW-Z](?![DFIQUVO])[A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b")
-
-
-def luhn_valid(digits: str) -> bool:
-    total = 0
-    for index, char in enumerate(reversed(digits)):
-        value = int(char)
-        if index % 2 == 1:
-            value = value * 2 - 9 if value > 4 else value * 2
-        total += value
-    return total % 10 == 0
-
 
 def find_personal_data(text: str) -> list[dict]:
-    findings = [{"kind": "email", "match": m.group()} for m in EMAIL.finditer(text)]
-    findings += [{"kind": "phone", "match": m.group()} for m in PHONE.finditer(text)]
-    for match in CARD.finditer(text):
-        digits = re.sub(r"\D", "", match.group())
-        if 13 <= len(digits) <= 19 and luhn_valid(digits):
-            findings.append({"kind": "payment_card", "match": match.group()})
-    findings += [{"kind": "national_id", "match": m.group()} for m in (*US_SSN.finditer(text), *UK_NINO.finditer(text))]
-    return findings
+    return [{"kind": f.kind, "match": f.match} for f in pii.find(text)]
 
 
 def find_blocked(text: str, block_list: list[str]) -> list[dict]:

@@ -7,9 +7,13 @@ import math
 
 import pytest
 
+from typer.testing import CliRunner
+
 from orchestrator.checkpoint import store
+from orchestrator.cli import app
+from orchestrator.data.pii import luhn_valid
 from orchestrator.errors import EXIT_VERIFY_FAILED, ReleaseInvalid, ReleaseRefused
-from orchestrator.gates.content import content_gate, find_personal_data, luhn_valid
+from orchestrator.gates.content import content_gate, find_personal_data
 from orchestrator.gates.health import health_gate, loss_spikes
 from orchestrator.gates.memorisation import longest_verbatim, redraw_digits
 from orchestrator.gates.integrity import REQUIRED_FILES, ReleaseManifest, sha256, verify_release
@@ -17,6 +21,11 @@ from orchestrator.gates.release import gate_report_for
 from orchestrator.gates.spec import GATE_NAMES
 from orchestrator.gates.result import judge
 from orchestrator.gates.spec import ContentGate, HealthGate, MemorisationGate
+
+
+def test_gate_help_names_every_gate():
+    text = " ".join(CliRunner().invoke(app, ["gate", "--help"], terminal_width=200).output.split())
+    assert all(name in text for name in GATE_NAMES), text
 
 
 def test_verdicts_fail_above_the_threshold_and_warn_close_to_it():
@@ -57,10 +66,22 @@ def test_personal_data_detectors():
     text = ("write to jane.roe@example.com or call (555) 867-5309 / +44 20 7946 0958; card 4111 1111 1111 1111; "
             "not a card 4111 1111 1111 1112; SSN 123-45-6789; NINO AB 12 34 56 C; code: x = a @ b")
     kinds = [f["kind"] for f in find_personal_data(text)]
-    assert kinds.count("email") == 1 and kinds.count("phone") == 2 and kinds.count("payment_card") == 1
+    assert kinds.count("email") == 1 and kinds.count("phone") == 2 and kinds.count("card") == 1
     assert kinds.count("national_id") == 2
     assert luhn_valid("79927398713") and not luhn_valid("79927398710")
     assert find_personal_data("def f(self): return self.x @ other.y  # 2024-01-01") == []
+
+
+def test_degenerate_digit_runs_are_not_cards_but_real_card_shapes_are():
+    """An under-trained model repeating "0 " or counting is not leaking cards, though each of these passes Luhn."""
+    degenerate = ["0 " * 17, "0000 0000 0000 0000", "4242 4242 4242 4242", "4000 4000 4000 4000 400", "4040404040404040404",
+                  "4567 8901 2345 6789 012", "6543 2109 8765 4321 09"]
+    for text in degenerate:
+        assert luhn_valid("".join(c for c in text if c.isdigit())), text
+        assert find_personal_data(text) == [], text
+    assert find_personal_data("0 " * 40) == []  # the gate once counted 17 cards in this
+    for number in ("4111 1111 1111 1111", "5555 5555 5555 4444", "3782 822463 10005", "6011 1111 1111 1117", "4012-8888-8888-1881"):
+        assert [f["kind"] for f in find_personal_data(f"card {number} on file")] == ["card"], number
 
 
 def test_content_gate_counts_findings_block_list_and_classifier(tmp_path, monkeypatch):
