@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import stat
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +29,7 @@ from orchestrator.recipe.redact import redact_recipe
 from orchestrator.rundir.records import read_plan, read_recipe, recipe_yaml
 
 RELEASE_FILE = RELEASE_MANIFEST
+READ_ONLY_FILE, READ_ONLY_DIR = 0o444, 0o555
 
 
 @dataclass(frozen=True)
@@ -148,6 +148,7 @@ def register_release(path: Path, name: str) -> str:
 
 
 def _make_read_only(path: Path) -> None:
-    writable = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
+    """Readable by everyone and writable by no one, whatever mode each writer chose (safetensors writes
+    0600): a release on a shared filesystem is loaded by other users, and never changed in place."""
     for item in [*path.rglob("*"), path]:
-        item.chmod(item.stat().st_mode & ~writable)
+        item.chmod(READ_ONLY_DIR if item.is_dir() else READ_ONLY_FILE)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,9 @@ def test_the_demo_run_passes_every_gate_and_releases_a_loadable_verified_model(d
     assert set(results["evaluation"]["evidence"]["scores"]) and results["content"]["evidence"]["findings"] == []
 
     target = demo / "release"
+    modes = {p.relative_to(target).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in [target, *target.rglob("*")]}
+    assert modes["model.safetensors"] == 0o444 and modes["."] == 0o555, modes  # other users of a shared filesystem load it
+    assert set(modes.values()) == {0o444, 0o555}, modes
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(str(target))
