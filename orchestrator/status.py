@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from orchestrator.errors import DamagedRun, OrchestratorError, SlurmError
 from orchestrator.gates.report import newest_report
 from orchestrator.rundir.layout import RunDir, damaged
 from orchestrator.rundir.records import read_jobs, read_recipe
-from orchestrator.slurm.client import job_fields
+from orchestrator.slurm.client import Job, job_table
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class RunStatus:
     """Why the run's files cannot be read (state DAMAGED): `orch runs` lists it rather than dropping it."""
     chain: tuple[tuple[str, str, str], ...] = ()
     """(kind, job id, state) of each job `orch submit` chained (prepare, train, gate, release)."""
+    jobs: tuple[tuple[str, str], ...] = ()
+    """(kind, job id) of each of the run's Slurm jobs, oldest first."""
 
     @property
     def finished(self) -> bool:
@@ -47,6 +50,18 @@ class RunStatus:
 
 
 def run_status(path: Path) -> RunStatus:
+    """The run's state, from Slurm (one query for all its jobs) when it was submitted; from its
+    directory, marked so, when the scheduler cannot be asked."""
+    local = local_status(path)
+    try:
+        return with_jobs(local, job_table([job for _, job in local.jobs]))
+    except SlurmError:
+        status = with_jobs(local, None)
+        return dataclasses.replace(status, state=f"{status.state} (scheduler unreachable)") if status.job_id else status
+
+
+def local_status(path: Path) -> RunStatus:
+    """The run as its directory records it, without asking the scheduler."""
     run = RunDir(path)
     if not run.recipe.exists():
         raise OrchestratorError(f"{path} is not a run directory (no recipe.yaml)")
@@ -56,23 +71,16 @@ def run_status(path: Path) -> RunStatus:
     history = [event for event in run.history() if "event" in event]
     jobs = read_jobs(run)
     training = jobs.of_kind("train")
-    state = _local_state(run, history)
-    if training:
-        try:
-            state = job_fields(training[-1]).get("JobState", state)
-        except SlurmError:
-            state = f"{state} (scheduler unreachable)"
-    chain = tuple((kind, job, _job_state(job)) for kind, job in jobs.chain()) if len(jobs.kinds) > 1 else ()
     return RunStatus(
         run_dir=path,
         name=recipe.name,
-        state=state,
+        state=_local_state(run, history),
         step=rows[-1]["step"] if rows else 0,
         steps=recipe.train.steps,
         loss=rows[-1]["loss"] if rows else None,
         restarts=max(0, sum(e["event"] == "start" for e in history) - 1),
         job_id=training[-1] if training else None,
-        chain=chain,
+        jobs=tuple(jobs.chain()),
         task=recipe.task,
         backend=recipe.distributed.backend,
         nodes=recipe.distributed.nodes,
@@ -81,14 +89,22 @@ def run_status(path: Path) -> RunStatus:
     )
 
 
-def _job_state(job_id: str) -> str:
+def with_jobs(status: RunStatus, table: dict[str, Job] | None) -> RunStatus:
+    """The run's state as the scheduler's `table` has its training job, and each chained job's state;
+    the directory's state where the table lacks the job or is None (the scheduler could not be asked)."""
+    state = status.state
+    if table is not None and status.job_id in table:
+        state = table[status.job_id].state
+    chain = tuple((kind, job, _job_state(table, job)) for kind, job in status.jobs) if len(status.jobs) > 1 else ()
+    return dataclasses.replace(status, state=state, chain=chain)
+
+
+def _job_state(table: dict[str, Job] | None, job_id: str) -> str:
     """The job's state, with its exit code once it failed; `?` when the scheduler no longer knows it."""
-    try:
-        fields = job_fields(job_id)
-    except SlurmError:
+    job = (table or {}).get(job_id)
+    if job is None:
         return "?"
-    state = fields.get("JobState", "?")
-    return f"{state} (exit {fields['ExitCode'].split(':')[0]})" if state == "FAILED" and "ExitCode" in fields else state
+    return f"{job.state} (exit {job.exit_code})" if job.state == "FAILED" else job.state
 
 
 def _energy_kwh(run: RunDir) -> float | None:
@@ -111,21 +127,23 @@ def _gates(run: RunDir) -> str:
     return f"{'passed' if report.passed else 'failed'}@{report.step}"
 
 
-TERMINAL_STATES = ("COMPLETED", "PREEMPTED", "STOPPED_OVER_BUDGET", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL")
+TERMINAL_STATES = ("COMPLETED", "PREEMPTED", "PRUNED", "STOPPED_OVER_BUDGET", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL")
 
 
 def _local_state(run: RunDir, history: list[dict]) -> str:
     if run.summary.exists() and run.read_json(run.summary.name).get("status") == "completed":
         return "COMPLETED"
-    last = next((e["event"] for e in reversed(history) if e["event"] in ("start", "preempted", "completed", "stopped_over_budget")), None)
-    return {"start": "STARTED", "preempted": "PREEMPTED", "stopped_over_budget": "STOPPED_OVER_BUDGET"}.get(last, "PREPARED")
+    # `pruned`: a sweep stopped the run for good (after its `preempted`), and told its study so.
+    last = next((e["event"] for e in reversed(history) if e["event"] in ("start", "preempted", "pruned", "completed", "stopped_over_budget")), None)
+    return {"start": "STARTED", "preempted": "PREEMPTED", "pruned": "PRUNED", "stopped_over_budget": "STOPPED_OVER_BUDGET"}.get(last, "PREPARED")
 
 
 def matches(status: RunStatus, filters: dict[str, str | None]) -> bool:
-    """Filters on state (prefix, any case), name (substring), task, backend; None matches all."""
+    """Filters on state (prefix, any case), name (substring of the recipe's name or the run directory's,
+    any case), task, backend; None matches all."""
     checks = {
         "state": lambda v: status.state.upper().startswith(v.upper()),
-        "name": lambda v: v.lower() in status.name.lower(),
+        "name": lambda v: v.lower() in status.name.lower() or v.lower() in status.run_dir.name.lower(),
         "task": lambda v: status.task == v,
         "backend": lambda v: status.backend == v,
     }
@@ -142,17 +160,34 @@ def render_runs(rows: list[RunStatus]) -> str:
     return "\n".join(lines)
 
 
-def find_runs(root: Path) -> list[RunStatus]:
-    """Every run directory below `root` (one level), newest first. One whose files cannot be read is
-    listed as DAMAGED with the reason, so the others still show and it is not silently lost."""
+@dataclass(frozen=True)
+class RunTable:
+    rows: list[RunStatus]
+    scheduler_error: str | None = None
+    """Why the scheduler could not be asked: the Slurm runs' states are then their directories'."""
+
+
+def find_runs(root: Path, filters: dict[str, str | None] | None = None) -> RunTable:
+    """Every run directory below `root` (one level) that `filters` match, newest first. One whose files
+    cannot be read is listed as DAMAGED with the reason, so the others still show and it is not
+    silently lost. The scheduler is asked once, for the jobs of the runs left after every filter but
+    the state (which it decides)."""
+    filters = filters or {}
     found = []
     for path in sorted(root.glob("*/recipe.yaml"), key=lambda p: p.stat().st_mtime, reverse=True):
         try:
-            found.append(run_status(path.parent))
+            found.append(local_status(path.parent))
         except (OrchestratorError, OSError) as exc:
             found.append(RunStatus(path.parent, path.parent.name, "DAMAGED", 0, 0, None, 0, task="-", backend="-",
                                    damage=_reason(exc, path.parent)))
-    return found
+    found = [row for row in found if matches(row, {**filters, "state": None})]
+    error = None
+    try:
+        table = job_table([job for row in found for _, job in row.jobs])
+    except SlurmError as exc:
+        table, error = None, str(exc)
+    rows = [with_jobs(row, table) for row in found]
+    return RunTable([row for row in rows if matches(row, {"state": filters.get("state")})], error)
 
 
 def _reason(exc: Exception, run_dir: Path) -> str:

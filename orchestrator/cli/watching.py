@@ -32,16 +32,21 @@ def status(
 def runs(
     root: Annotated[Path, typer.Argument(help="Directory holding run directories.")] = Path("runs"),
     state: Annotated[Optional[str], typer.Option("--state", help="Only runs in this state (e.g. COMPLETED, RUNNING).")] = None,
-    name: Annotated[Optional[str], typer.Option("--name", help="Only runs whose name contains this.")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Only runs whose recipe name or run directory name contains this (any case).")] = None,
     task: Annotated[Optional[str], typer.Option("--task", help="Only pretrain or finetune runs.")] = None,
     backend: Annotated[Optional[str], typer.Option("--backend", help="Only deepspeed or horovod runs.")] = None,
 ) -> None:
-    """A table of the runs under a directory: name, task, backend, nodes, state, step, loss, energy, gates, Slurm job."""
-    from orchestrator.status import find_runs, matches, render_runs
+    """A table of the runs under a directory: name, task, backend, nodes, state, step, loss, energy, gates, Slurm job.
+
+    The states of submitted runs come from one scheduler query for all of them; when the scheduler
+    cannot be asked, the table says so once and shows the states their run directories record."""
+    from orchestrator.status import find_runs, render_runs
 
     filters = {"state": state, "name": name, "task": task, "backend": backend}
-    rows = [r for r in find_runs(root) if matches(r, filters)]
-    typer.echo(render_runs(rows) if rows else f"no runs under {root}" + (" match" if any(filters.values()) else ""))
+    table = find_runs(root, filters)
+    typer.echo(render_runs(table.rows) if table.rows else f"no runs under {root}" + (" match" if any(filters.values()) else ""))
+    if table.scheduler_error:
+        typer.echo(f"scheduler unreachable ({table.scheduler_error}): Slurm runs show the state their run directories record", err=True)
 
 
 @command

@@ -17,7 +17,7 @@ from orchestrator.plan.planner import LaunchPlan
 from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import add_job, read_jobs
-from orchestrator.slurm.client import job_states, slurm
+from orchestrator.slurm.client import LIVE_STATES, job_states, slurm
 from orchestrator.slurm.script import render_prepare_sbatch, render_sbatch, render_step_sbatch
 from orchestrator.slurm.spec import SlurmSpec
 # Without a GPU model in the recipe, plan memory for a common 80 GiB data-centre GPU.
@@ -94,9 +94,6 @@ def submit_chain(plan: LaunchPlan, python: str, sources: list[Path], main: tuple
         after = [f"--dependency=afterok:{submitted[-1]}", "--kill-on-invalid-dep=yes"] if submitted else []
         submitted.append(_sbatch(run, script, kind, *after))
     return submitted
-
-
-LIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "RESIZING", "SUSPENDED", "CONFIGURING", "COMPLETING"}
 
 
 def _refuse_live_jobs(run: RunDir, kind: str) -> None:
