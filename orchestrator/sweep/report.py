@@ -13,7 +13,7 @@ from pathlib import Path
 
 from orchestrator.errors import SweepError
 from orchestrator.rundir.layout import RunDir
-from orchestrator.sweep.study import SweepDir, open_study, slot_trials
+from orchestrator.sweep.study import PRUNED, SweepDir, open_study, slot_trials
 
 STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
 
@@ -47,7 +47,7 @@ def trial_rows(sweep: SweepDir) -> tuple[list[TrialRow], str, str]:
             slot=slot, state=STATES.get(trial.state.name, trial.state.name.lower()),
             value=trial.value if trial.state.name == "COMPLETE" else _last(trial.intermediate_values), params=dict(trial.params),
             step=metrics[-1]["step"] if metrics else 0, steps=recipe.train.steps, kwh=_kwh(run), run_dir=run.path,
-            note=str(trial.user_attrs.get("failure", "")),
+            note=str(trial.user_attrs.get("failure") or trial.user_attrs.get(PRUNED, "")),
         ))
     sign = 1 if spec.direction == "minimize" else -1
     order = {"complete": 0, "running": 1, "waiting": 1, "pruned": 2, "failed": 3}

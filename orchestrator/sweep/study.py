@@ -18,6 +18,8 @@ from orchestrator.sweep.space import distributions
 from orchestrator.sweep.spec import SweepSpec
 
 SLOT = "slot"
+PRUNED = "pruned"
+"""A pruned trial's note: the evaluation that stopped it, in words (`Judge.why`)."""
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 
 
@@ -148,6 +150,9 @@ class Judge:
     maximize: bool = False
     reported: set[int] = field(default_factory=set)
     pruned_at: int | None = None
+    """The evaluation's step that stopped the trial (the ranks train on while it is told: they stop a step or more later)."""
+    why: str = ""
+    """That evaluation's value and what was wrong with it, in words."""
 
     def __post_init__(self) -> None:
         started = next(t for t in self.trial.study.get_trials(deepcopy=False) if t.number == self.trial.number)
@@ -162,14 +167,18 @@ class Judge:
             value = float(value)
             self.trial.report(value if math.isfinite(value) else float("nan"), step)
             self.reported.add(step)
-            if not math.isfinite(value) or self._past_bound(value) or self.trial.should_prune():
-                self.pruned_at = step
+            why = self._verdict(value)
+            if why:
+                self.pruned_at, self.why = step, f"{self.metric} {value:.4g} at step {step} {why}"
         return self.pruned_at is not None
 
-    def _past_bound(self, value: float) -> bool:
-        if self.diverged_above is None:
-            return False
-        return value < self.diverged_above if self.maximize else value > self.diverged_above
+    def _verdict(self, value: float) -> str:
+        """Why a trial with this value just reported stops, or "" when it goes on."""
+        if not math.isfinite(value):
+            return "was not finite"
+        if self.diverged_above is not None and (value < self.diverged_above if self.maximize else value > self.diverged_above):
+            return f"was past diverged_above {self.diverged_above:g}"
+        return "was behind the other trials by the pruner's rule" if self.trial.should_prune() else ""
 
     @classmethod
     def of(cls, trial, spec: SweepSpec) -> "Judge":

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Callable
 
 from orchestrator.errors import BudgetExceeded, LaunchError, OrchestratorError, Preempted
+from orchestrator.rundir import events
+from orchestrator.rundir.layout import RunDir
 from orchestrator.sweep.space import NO_SWEEP, trial_overrides
-from orchestrator.sweep.study import Judge, SweepDir, claim, final_value, open_study
+from orchestrator.sweep.study import PRUNED, Judge, SweepDir, claim, final_value, open_study
 
 
 def trial_args(trial, sweep: SweepDir, recipe) -> list[str]:
@@ -31,13 +33,18 @@ def trial_args(trial, sweep: SweepDir, recipe) -> list[str]:
     return args
 
 
-def tell(study, trial, spec, rows: list[dict], judge: Judge, failed: str | None = None) -> str:
-    """Records how the trial ended and returns it in a word: complete, pruned or failed."""
+def tell(study, trial, spec, run: RunDir, judge: Judge, failed: str | None = None) -> str:
+    """Records how the trial ended, in the study and (pruned) in the run's history, where `orch runs`
+    reads it, and says it in a line: complete, pruned or failed."""
     from optuna.trial import TrialState
 
+    rows = run.metric_rows()
     if judge.pruned_at is not None:
+        step = rows[-1]["step"]  # where the ranks stopped, past the evaluation that pruned it (a logged row): as the tables show
+        events.append(run.events, "pruned", step=step, reason=judge.why)
+        trial.set_user_attr(PRUNED, judge.why)
         study.tell(trial, state=TrialState.PRUNED)
-        return f"pruned at step {judge.pruned_at}"
+        return f"pruned at step {step} ({judge.why})"
     value = final_value(rows, spec.metric)
     failed = failed or (f"no {spec.metric} was logged" if value is None else None)
     if failed:
@@ -73,7 +80,7 @@ def run_locally(sweep: SweepDir, say: Callable[[str], None]) -> None:
                     raise  # Ctrl-C or a signal to `orch sweep`: the trial stays unfinished and resumes next time
             except (LaunchError, BudgetExceeded) as exc:
                 failed = str(exc)
-        say(f"trial {slot}: {tell(study, trial, spec, run.metric_rows(), judge, failed)}")
+        say(f"trial {slot}: {tell(study, trial, spec, run, judge, failed)}")
 
 
 def main() -> None:
@@ -81,7 +88,6 @@ def main() -> None:
     from orchestrator.errors import EXIT_REQUEUE
     from orchestrator.execute import prepare_run
     from orchestrator.plan.load import load_and_plan
-    from orchestrator.rundir.layout import RunDir
     from orchestrator.rundir.records import add_job
     from orchestrator.slurm.batch import run_job_step
 
@@ -108,7 +114,7 @@ def main() -> None:
         print(f"trial {slot}: stopped after a checkpoint; it resumes when its slot runs again", flush=True)
         sys.exit(step.code)
     failed = None if judge.pruned_at is not None or step.code == 0 else f"the job step exited {step.code}"
-    print(f"trial {slot}: {tell(study, trial, spec, run.metric_rows(), judge, failed)}", flush=True)
+    print(f"trial {slot}: {tell(study, trial, spec, run, judge, failed)}", flush=True)
     sys.exit(step.code if failed else 0)  # a pruned trial's task ends COMPLETED: the sweep did what it should
 
 

@@ -4,6 +4,7 @@ run's own stop path, and the trials grouped in the dashboards (an MLflow parent 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -21,11 +22,17 @@ def test_a_local_sweep_prunes_the_diverging_trial_and_groups_the_trials_in_the_d
                   "sweep.trials=2", "sweep.pruner.startup_trials=1", "sweep.pruner.warmup_steps=0",
                   "tracking.wandb.enabled=true", "tracking.mlflow.enabled=true", "--local", "--sweep-dir", str(sweep_dir))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "trial 0: complete" in result.stdout and "trial 1: pruned at step 2" in result.stdout
     trials = [sweep_dir / "trials" / f"{slot:03d}" for slot in (0, 1)]
     pruned = [json.loads(line) for line in (trials[1] / "events.jsonl").read_text().splitlines()]
-    # stopped as a preempted run is: a checkpoint at the step it stopped, then the signal's event
-    assert [e["event"] for e in pruned][-2:] == ["checkpoint", "preempted"] and pruned[-1]["saved"]
+    # stopped as a preempted run is (a checkpoint at the step it stopped, then the signal's event), then told pruned
+    assert [e["event"] for e in pruned][-3:] == ["checkpoint", "preempted", "pruned"] and pruned[-2]["saved"]
+    stopped = pruned[-1]["step"]  # the ranks train on while the judge decides: at or past the evaluation at step 2
+    assert stopped == pruned[-2]["step"] >= 2
+    assert "trial 0: complete" in result.stdout
+    assert re.search(rf"trial 1: pruned at step {stopped} \(val_loss \S+ at step 2 was (not finite|past diverged_above 20)\)", result.stdout)
+    table = orch("runs", str(sweep_dir / "trials")).stdout
+    (row,) = [line.split() for line in table.splitlines() if line.endswith(str(trials[1]))]
+    assert row[4:6] == ["PRUNED", f"{stopped}/6"], table  # not PREEMPTED, and the step the sweep said
     assert not (trials[1] / "summary.json").exists() and (sweep_dir / "best.yaml").exists() and (sweep_dir / "report.html").exists()
 
     import mlflow
