@@ -7,12 +7,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from orchestrator.cli.app import ThenOpt, command, say_submitted
+from orchestrator.cli.app import command, say_submitted
 from orchestrator.cli.models import gate, release
 from orchestrator.errors import OrchestratorError
 
 
 SWEEP_ACTIONS = ("status", "report", "gate", "release")
+SweepThenOpt = Annotated[Optional[str], typer.Option(
+    "--then", help="Then `gate` or `gate,release` the best trial: here after the last trial, or with --slurm as jobs that wait "
+                   "for the whole array (afterok); a failed gate ends the chain.")]
 
 
 @command
@@ -22,12 +25,12 @@ def sweep(
     local: Annotated[bool, typer.Option("--local", help="Run the trials here, one after another (the default).")] = False,
     on_slurm: Annotated[bool, typer.Option("--slurm", help="Submit the trials as one Slurm array job, sweep.parallel at a time.")] = False,
     sweep_dir: Annotated[Optional[Path], typer.Option("--sweep-dir", help="Sweep directory (default sweeps/<name>).")] = None,
-    then: ThenOpt = None,
+    then: SweepThenOpt = None,
 ) -> None:
     """Search hyperparameters: one trial (a whole run) per point, pruned early when it falls behind.
 
     `orch sweep RECIPE [--local|--slurm]` starts or continues the sweep (finished trials are kept,
-    unfinished ones resume); `orch sweep status|report DIR` ranks the trials and writes best.yaml
+    unfinished ones resume; a larger sweep.trials adds trials); `orch sweep status|report DIR` ranks the trials and writes best.yaml
     (report: also report.html); `orch sweep gate|release DIR` gates or releases the best trial."""
     if target in SWEEP_ACTIONS:
         _sweep_action(target, rest or [])

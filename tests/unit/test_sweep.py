@@ -7,11 +7,14 @@ from __future__ import annotations
 import math
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from orchestrator.cli import app
 from orchestrator.errors import RecipeError, SlurmError, SweepError
 from orchestrator.execute import prepare_run
 from orchestrator.plan.planner import make_plan
@@ -23,7 +26,7 @@ from orchestrator.sweep.space import check_space, trial_overrides
 from orchestrator.sweep.spec import SweepSpec
 from orchestrator.sweep.start import plan_sweep, unfinished_slots
 from orchestrator.sweep.study import Judge, SweepDir, claim, final_value, grid_point, open_study, slot_trials
-from tests.conftest import RECIPES, make_env, orch
+from tests.conftest import RECIPES, ROOT, make_env, orch
 
 SWEEP = RECIPES / "tiny-sweep.yaml"
 
@@ -135,6 +138,11 @@ def test_a_finished_sweep_takes_more_trials_and_time_but_not_another_space_or_re
             plan_sweep(path, ["sweep.trials=4", change], sweep_dir, for_slurm=False)
 
 
+@pytest.mark.parametrize("path", ["sweeps/tiny-sweep/study.journal", "runs/tiny-pretrain/plan.json"])
+def test_the_default_sweep_directory_is_ignored_by_git_as_runs_is(path):
+    assert subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT).returncode == 0
+
+
 def test_the_judge_reports_each_evaluation_once_and_prunes_a_diverged_trial_at_once(tmp_path):
     spec = SweepSpec.model_validate({"parameters": {"x": {"choices": [1, 2]}}, "trials": 2, "pruner": {"kind": "none"}})
     study = open_study(SweepDir(tmp_path), spec, "s")
@@ -173,8 +181,10 @@ def test_array_ranges_and_the_array_script(tmp_path):
     assert shlex.split(gate[-1])[-4:] == ["orchestrator", "sweep", "gate", "/shared/sweeps/lr"]
 
 
-def test_then_takes_gate_or_gate_and_release_only():
+def test_then_takes_gate_or_gate_and_release_only_and_a_sweeps_runs_here_too():
     assert parse_then(None) == () and parse_then("gate") == ("gate",) and parse_then("gate, release") == ("gate", "release")
+    sweep_help = " ".join(word for word in CliRunner().invoke(app, ["sweep", "--help"]).output.split() if word != "│")  # unboxed
+    assert "the best trial: here after the last trial, or with --slurm as jobs that wait for the whole array" in sweep_help, sweep_help
     for bad in ("release", "release,gate", "gate,gate", "deploy"):
         with pytest.raises(SlurmError, match="give `gate` or `gate,release`"):
             parse_then(bad)
