@@ -4,7 +4,8 @@
 A trial is an ordinary run in `trials/NNN` of the sweep directory (checkpoints, resume, energy,
 tracking), trained from the sweep's recipe with the trial's parameters as overrides. Its metric goes
 to the study at each evaluation; a pruned trial stops the way a preempted run does (checkpoint, exit
-code) and is told to the study as pruned, so its job ends without a requeue and with exit 0.
+code), is told to the study as pruned and says so in its run's history (`orch runs`: PRUNED), so its job
+ends without a requeue and with exit 0.
 """
 
 from __future__ import annotations
