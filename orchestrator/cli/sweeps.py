@@ -30,8 +30,9 @@ def sweep(
     """Search hyperparameters: one trial (a whole run) per point, pruned early when it falls behind.
 
     `orch sweep RECIPE [--local|--slurm]` starts or continues the sweep (finished trials are kept,
-    unfinished ones resume; a larger sweep.trials adds trials); `orch sweep status|report DIR` ranks the trials and writes best.yaml
-    (report: also report.html); `orch sweep gate|release DIR` gates or releases the best trial."""
+    unfinished ones resume; a larger sweep.trials adds trials); `orch sweep status|report DIR` ranks
+    the trials and writes best.yaml (report: also report.html); `orch sweep gate|release DIR` gates
+    or releases the best trial."""
     if target in SWEEP_ACTIONS:
         _sweep_action(target, rest or [])
         return

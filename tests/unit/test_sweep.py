@@ -150,11 +150,12 @@ def test_the_judge_reports_each_evaluation_once_and_prunes_a_diverged_trial_at_o
     judge = Judge(trial, "val_loss")
     assert not judge.observe([{"step": 1, "loss": 5.0}, {"step": 2, "loss": 4.0, "val_loss": 4.5}])
     assert not Judge(trial, "val_loss").observe([{"step": 2, "val_loss": 4.5}])  # resumed: step 2 is not reported twice
-    assert judge.observe([{"step": 4, "val_loss": math.inf}]) and judge.pruned_at == 4
+    assert judge.observe([{"step": 4, "val_loss": math.inf}]) and judge.pruned_at == 4 and judge.why == "val_loss inf at step 4 was not finite"
     (frozen,) = study.get_trials()
     assert frozen.intermediate_values[2] == 4.5 and math.isnan(frozen.intermediate_values[4])
     bounded = Judge.of(claim(study, spec, 1), spec.model_copy(update={"pruner": spec.pruner.model_copy(update={"diverged_above": 20.0})}))
     assert not bounded.observe([{"step": 2, "val_loss": 19.0}]) and bounded.observe([{"step": 4, "val_loss": 38448.9}])
+    assert bounded.why == "val_loss 3.845e+04 at step 4 was past diverged_above 20"
     assert final_value([{"step": 2, "val_loss": 4.5}, {"step": 3}, {"step": 4, "val_loss": 4.0}], "val_loss") == 4.0
 
 
@@ -165,7 +166,8 @@ def test_the_median_pruner_stops_a_trial_behind_the_finished_ones(tmp_path):
     Judge(done, "val_loss").observe([{"step": 10, "val_loss": 3.0}])
     study.tell(done, 3.0)
     assert not Judge(claim(study, spec, 1), "val_loss").observe([{"step": 10, "val_loss": 2.5}])
-    assert Judge(claim(study, spec, 2), "val_loss").observe([{"step": 10, "val_loss": 3.5}])
+    behind = Judge(claim(study, spec, 2), "val_loss")
+    assert behind.observe([{"step": 10, "val_loss": 3.5}]) and behind.why == "val_loss 3.5 at step 10 was behind the other trials by the pruner's rule"
 
 
 def test_array_ranges_and_the_array_script(tmp_path):
