@@ -93,7 +93,7 @@ def with_jobs(status: RunStatus, table: dict[str, Job] | None) -> RunStatus:
     """The run's state as the scheduler's `table` has its training job, and each chained job's state;
     the directory's state where the table lacks the job or is None (the scheduler could not be asked)."""
     state = status.state
-    if table is not None and status.job_id in table:
+    if table is not None and status.job_id in table and state != "PRUNED":  # a sweep's pruned trial: its task ends COMPLETED
         state = table[status.job_id].state
     chain = tuple((kind, job, _job_state(table, job)) for kind, job in status.jobs) if len(status.jobs) > 1 else ()
     return dataclasses.replace(status, state=state, chain=chain)

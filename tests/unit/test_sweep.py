@@ -20,8 +20,10 @@ from orchestrator.execute import prepare_run
 from orchestrator.plan.planner import make_plan
 from orchestrator.recipe.loader import load_recipe
 from orchestrator.rundir.records import JobsRecord
+from orchestrator.slurm.client import Job
 from orchestrator.slurm.script import array_ranges, render_array_sbatch, render_step_sbatch
 from orchestrator.slurm.submit import cluster_env, parse_then
+from orchestrator.status import RunStatus, with_jobs
 from orchestrator.sweep.space import check_space, trial_overrides
 from orchestrator.sweep.spec import SweepSpec
 from orchestrator.sweep.start import plan_sweep, unfinished_slots
@@ -168,6 +170,11 @@ def test_the_median_pruner_stops_a_trial_behind_the_finished_ones(tmp_path):
     assert not Judge(claim(study, spec, 1), "val_loss").observe([{"step": 10, "val_loss": 2.5}])
     behind = Judge(claim(study, spec, 2), "val_loss")
     assert behind.observe([{"step": 10, "val_loss": 3.5}]) and behind.why == "val_loss 3.5 at step 10 was behind the other trials by the pruner's rule"
+
+
+def test_a_pruned_trial_submitted_to_slurm_shows_pruned_not_its_tasks_completed(tmp_path):
+    pruned = RunStatus(tmp_path, "tiny-sweep", "PRUNED", 3, 6, 7.5, 0, job_id="41", jobs=(("train", "41"),))
+    assert with_jobs(pruned, {"41": Job("COMPLETED", 0)}).state == "PRUNED" and pruned.finished
 
 
 def test_array_ranges_and_the_array_script(tmp_path):
