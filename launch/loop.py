@@ -274,8 +274,9 @@ class Trainer:
             return
         rows = self.run.metric_rows()
         history = self.run.history()
-        first_start = min(e["time"] for e in history if e["event"] == "start")
-        wall_s = time.time() - first_start
+        starts = [e["time"] for e in history if e["event"] == "start"]
+        now = time.time()
+        wall_s = now - min(starts)
         productive_s = sum(r["step_s"] for r in rows)
         last = rows[-1]
         steady = [r["tokens_per_s"] for r in rows[1:]] or [last["tokens_per_s"]]
@@ -287,9 +288,10 @@ class Trainer:
             "final_loss": last["loss"],
             "final_val_loss": last.get("val_loss"),
             "tokens": last["tokens"],
-            "wall_s": wall_s,
+            "wall_s": wall_s,  # since the first attempt's start: the gaps between attempts count, as in goodput
+            "attempt_wall_s": now - max(starts),  # this attempt's own, from its start to here
             "goodput": productive_s / wall_s if wall_s else None,
-            "restarts": sum(e["event"] == "start" for e in history) - 1,
+            "restarts": len(starts) - 1,
             "tokens_per_s": float(np.median(steady)),
             "mfu": float(np.median([r["mfu"] for r in rows[1:] if r["mfu"]] or [0.0])),
             "checkpoint_stall_s": [e["stall_s"] for e in checkpoints],

@@ -1,6 +1,7 @@
 """`orch run`'s decisions before anything starts: a fresh run, a resume, a resume at another world
-size (the checkpoint converted first), or a refusal (another attempt lives there, or the checkpoint
-cannot continue), ending in the plan to launch and this attempt's hold on its run directory."""
+size (the checkpoint converted first), nothing at all (the run is complete), or a refusal (another
+attempt lives there, or the checkpoint cannot continue), ending in the plan to launch and this
+attempt's hold on its run directory."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from pathlib import Path
 from typing import Callable
 
 from orchestrator.attempt import Attempt, hold_attempt
-from orchestrator.checkpoint.resume import check_resume, check_run_dir, set_run_aside
-from orchestrator.errors import ResumeError
+from orchestrator.checkpoint.resume import ResumePoint, check_resume, check_run_dir, set_run_aside
+from orchestrator.errors import DamagedRun, OrchestratorError, ResumeError
 from orchestrator.plan.load import load_and_plan
 from orchestrator.plan.planner import LaunchPlan
 from orchestrator.recipe.loader import LoadedRecipe
@@ -18,13 +19,26 @@ from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import read_plan
 
 
+class RunComplete(OrchestratorError):
+    """Not a failure: the run directory holds this very recipe's finished run, so nothing is launched
+    (starting the ranks would build the engine, about 10 s of billed energy, to train no step). The
+    line saying so went through `say`; the command exits 0."""
+
+    exit_code = 0
+
+    def lines(self) -> list[str]:
+        return []
+
+
 def plan_local_run(
     recipe: Path, overrides: list[str], run_dir: Path | None, resume: Path | None, fresh: bool, dry_run: bool,
-    say: Callable[[str], None], detach: bool = False,
+    say: Callable[[str], None], detach: bool = False, stop_if_complete: bool = False,
 ) -> tuple[LoadedRecipe, LaunchPlan, Attempt]:
     """The plan to launch, after setting an old run aside (`fresh`; a dry run always starts over) or
     checking that its newest checkpoint can continue under this recipe; `say` gets a line for each
-    decision. The run directory is held (`Attempt`) before anything in it changes."""
+    decision. The run directory is held (`Attempt`) before anything in it changes. With
+    `stop_if_complete` (`orch run`) a complete run raises RunComplete instead; a sweep relaunches
+    it, which records its summary again, since the sweep tells its study what the trial's run says."""
     if resume is not None and not resume.is_dir():
         raise ResumeError(f"--resume {resume}: no such run directory")
     if resume is not None and dry_run:
@@ -38,7 +52,7 @@ def plan_local_run(
             say(_start_over(plan.run_dir, dry_run))
             attempt.close()
             attempt = hold_attempt(plan.run_dir)
-        loaded, plan = _plan_resume(recipe, overrides, loaded, plan, resume, dry_run, detach, say)
+        loaded, plan = _plan_resume(recipe, overrides, loaded, plan, resume, dry_run, detach, say, stop_if_complete)
     except BaseException:
         attempt.close()
         raise
@@ -62,17 +76,20 @@ def _is_dry_run(run_dir: Path) -> bool:
 
 def _plan_resume(
     recipe: Path, overrides: list[str], loaded: LoadedRecipe, plan: LaunchPlan, resume: Path | None, dry_run: bool, detach: bool,
-    say: Callable[[str], None],
+    say: Callable[[str], None], stop_if_complete: bool,
 ) -> tuple[LoadedRecipe, LaunchPlan]:
-    """Check that the newest checkpoint can continue under this recipe, converting it for another world size."""
+    """Check that the newest verified checkpoint can continue under this recipe, converting it for another world size."""
     from orchestrator.checkpoint.elastic import prepare_elastic_resume
 
     world = plan.topology.world_size
-    manifest, safe = check_resume(plan.checkpoint_dir, plan.recipe.model_dump(mode="json"), world)
+    point = check_resume(plan.checkpoint_dir, plan.recipe.model_dump(mode="json"), world)
+    manifest = point.manifest
     if resume is not None and manifest is None:
         raise ResumeError(f"--resume {resume}: it has no committed checkpoint to continue from")
+    if manifest:
+        _check_steps_left(plan, point, stop_if_complete, say)
     if manifest and manifest["world_size"] != world:
-        record = prepare_elastic_resume(RunDir(plan.run_dir), plan.checkpoint_dir, plan.recipe.distributed.backend, world)
+        record = prepare_elastic_resume(RunDir(plan.run_dir), point.checkpoint, plan.recipe.distributed.backend, world)
         if record.converted:
             say(f"converted {record.tag} (world size {record.from_world_size}) to a universal checkpoint")
         else:
@@ -81,5 +98,31 @@ def _plan_resume(
     t = plan.topology
     say(f"{plan.recipe.name}: {t.world_size} process(es) on {t.device}, run directory {plan.run_dir}")
     if manifest:
-        say(f"resuming after step {manifest['step']}" + (f" with changes: {'; '.join(safe)}" if safe else ""))
+        say(point.line())
     return loaded, plan
+
+
+def _check_steps_left(plan: LaunchPlan, point: ResumePoint, stop_if_complete: bool, say: Callable[[str], None]) -> None:
+    """A checkpoint past `train.steps` cannot continue (the ranks would save it under an earlier
+    step); one at `train.steps` of this very recipe (same hash) whose summary is written is a complete
+    run. One at `train.steps` without a summary (stopped right after its last save) still launches:
+    the ranks train nothing and write the summary. Raising `train.steps` changes the hash and resumes."""
+    step, steps = point.manifest["step"], plan.recipe.train.steps
+    if step > steps:
+        raise ResumeError(f"{point.checkpoint.name} in {plan.run_dir} is past train.steps={steps}: nothing to train; "
+                          f"raise train.steps to continue it, or pass --fresh (or another --run-dir) to train {steps} steps anew")
+    if not stop_if_complete or step != steps or point.manifest.get("recipe_hash") != plan.recipe_hash:
+        return
+    if _summary_steps(RunDir(plan.run_dir)) == step:
+        say(f"{plan.recipe.name}: complete, {step} of {steps} steps trained ({point.checkpoint}, recipe hash {plan.recipe_hash}); "
+            f"nothing to launch. Raise train.steps to train on, or pass --fresh to start over (`orch show {plan.run_dir}`)")
+        raise RunComplete(f"{plan.run_dir} is complete")
+
+
+def _summary_steps(run: RunDir) -> int | None:
+    """The steps of the run's completed summary; None without one (a damaged one is rewritten by a launch)."""
+    try:
+        summary = run.read_json(run.summary.name) if run.summary.exists() else {}
+    except DamagedRun:
+        return None
+    return summary.get("steps") if summary.get("status") == "completed" else None

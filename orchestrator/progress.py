@@ -11,7 +11,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 class ProgressView:
     def __init__(self, total_steps: int, interactive: bool):
         self.total = total_steps
-        self.console = Console(stderr=True)
+        # Off a terminal each line is a log line, whole: rich would break any longer than 80 columns.
+        self.console = Console(stderr=True, soft_wrap=not interactive)
         self.interactive = interactive
         self.progress = Progress(
             TextColumn("step {task.completed}/{task.total}"),
@@ -55,9 +56,19 @@ class ProgressView:
                 f"(counter coverage {energy['coverage']:.0%}; `orch energy {run_dir}` for the bill)") if energy else ""
         return (
             f"done: {summary['steps']} steps, loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f}{val}, "
-            f"{summary['tokens_per_s']:,.0f} tokens/s, MFU {summary['mfu']:.1%}, {summary['wall_s']:.0f}s\n"
+            f"{summary['tokens_per_s']:,.0f} tokens/s, MFU {summary['mfu']:.1%}, {wall_time(summary)}\n"
             f"run directory {run_dir}\ncheckpoint    {summary['checkpoint']}{bill}"
         )
+
+
+def wall_time(summary: dict) -> str:
+    """A completed run's time: after a resume, this attempt's apart from the time since the first
+    attempt's start (which counts the gaps between attempts: a resume 15 minutes later is not 15
+    minutes of training)."""
+    attempt_s = summary.get("attempt_wall_s")  # absent from summaries written by earlier versions
+    if attempt_s is None or not summary["restarts"]:
+        return f"{summary['wall_s']:.0f}s"
+    return f"{attempt_s:.0f}s this attempt ({summary['wall_s']:.0f}s since the first of {summary['restarts'] + 1} attempts)"
 
 
 def describe_event(event: dict) -> str | None:
@@ -68,7 +79,7 @@ def describe_event(event: dict) -> str | None:
         return f"resumed from {event['checkpoint']} (step {event['step']})" + (f"; {recomputed} later steps are recomputed" if recomputed else "")
     if kind == "engine_built":
         growth = max(peak - before for peak, before in zip(event["peak_rss_bytes"], event["rss_before_bytes"]))
-        return f"model built and engine set up: start-up took at most {growth / 2**30:.2f} GiB of memory per rank at its peak"
+        return f"model and engine ready: start-up peaked at {growth / 2**30:.2f} GiB of memory per rank"
     if kind == "started_over":
         return f"no checkpoint to resume from: starting over ({event['recomputed_steps']} logged steps are recomputed)"
     if kind == "checkpoint_set_aside":

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from orchestrator.errors import DamagedRun
 from orchestrator.gates.report import GateReport
+from orchestrator.progress import wall_time
 from orchestrator.rundir.layout import RELEASE_MANIFEST, RunDir, damaged
 from orchestrator.data.summary import curation_line, source_lines
 from orchestrator.rundir.records import read_data, read_plan
@@ -46,7 +47,7 @@ def _describe(run_dir: Path) -> str:
                      + f", {last['tokens_per_s']:,.0f} tokens/s, lr {last['lr']:.3g}")
     if run.summary.exists():
         summary = run.read_json(run.summary.name)
-        lines.append(f"summary        {summary['steps']} steps in {summary['wall_s']:.0f} s, goodput {summary['goodput']:.0%}, "
+        lines.append(f"summary        {summary['steps']} steps in {wall_time(summary)}, goodput {summary['goodput']:.0%}, "
                      f"median {summary['tokens_per_s']:,.0f} tokens/s, MFU {summary['mfu']:.1%}")
     checkpoints = store.committed(checkpoint_root(run.path))
     lines.append(f"checkpoints    {len(checkpoints)}" + (f", newest {checkpoints[0].name} ({checkpoints[0]})" if checkpoints else ""))

@@ -13,22 +13,14 @@ from pathlib import Path
 
 from orchestrator.backends.registry import BACKENDS
 from orchestrator.checkpoint import store
-from orchestrator.errors import ResumeError
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import ElasticRecord, write_elastic
 
 
-def newest_verified(checkpoint_dir: Path) -> Path | None:
-    return next((c for c in store.committed(checkpoint_dir) if store.verify(c).ok), None)
-
-
-def prepare_elastic_resume(run: RunDir, checkpoint_dir: Path, backend: str, world_size: int) -> ElasticRecord:
-    """Convert the newest verified checkpoint (once) and record it for the ranks."""
-    checkpoint = newest_verified(checkpoint_dir)
-    if checkpoint is None:
-        raise ResumeError(f"no verified checkpoint in {checkpoint_dir} to resume at world size {world_size}")
+def prepare_elastic_resume(run: RunDir, checkpoint: Path, backend: str, world_size: int) -> ElasticRecord:
+    """Convert the checkpoint the resume continues from (verified by `check_resume`) once, and record it for the ranks."""
     universal_root = BACKENDS[backend].universal_checkpoint(checkpoint, run.universal / checkpoint.name)
-    record = ElasticRecord(tag=checkpoint.name, universal_root=universal_root or checkpoint_dir,
+    record = ElasticRecord(tag=checkpoint.name, universal_root=universal_root or checkpoint.parent,
                            from_world_size=store.read_manifest(checkpoint)["world_size"], to_world_size=world_size,
                            converted=universal_root is not None)
     write_elastic(run, record)

@@ -8,21 +8,13 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.checkpoint import store
 from orchestrator.checkpoint.compat import recipe_changes, world_change
 from orchestrator.errors import ResumeError
 from orchestrator.rundir.layout import PLAN_FILE, RECIPE_FILE, RunDir
-
-
-def newest_manifest(checkpoint_dir: Path) -> dict | None:
-    for checkpoint in store.committed(checkpoint_dir):
-        try:
-            return store.read_manifest(checkpoint)
-        except (OSError, ValueError):
-            continue
-    return None
 
 
 def compatibility(manifest: dict, recipe: dict, world_size: int, elastic_ready: bool) -> tuple[list[str], list[str]]:
@@ -38,19 +30,42 @@ def compatibility(manifest: dict, recipe: dict, world_size: int, elastic_ready: 
     return unsafe, safe
 
 
-def check_resume(checkpoint_dir: Path, recipe: dict, world_size: int) -> tuple[dict | None, list[str]]:
-    """(newest checkpoint's manifest or None, safe changes); raises ResumeError for unsafe ones.
+@dataclass(frozen=True)
+class ResumePoint:
+    """What an attempt continues from, decided before anything starts: the newest checkpoint that
+    verifies (the one the ranks will load; None for a fresh start) and its manifest, the recipe
+    changes it accepts, and the newer checkpoints that fail verification (the ranks set them aside)."""
+
+    checkpoint: Path | None
+    manifest: dict | None
+    safe: list[str]
+    unverified: list[store.Verdict]
+
+    def line(self) -> str | None:
+        """What `orch run` says about it: the step the ranks will resume after, and why not a newer one."""
+        if self.manifest is None:
+            return None
+        line = f"resuming after step {self.manifest['step']}"
+        if self.unverified:
+            line += "; newer " + "; ".join(f"{v.path.name} does not verify ({v.reason})" for v in self.unverified) + ": set aside"
+        return line + (f"; with changes: {'; '.join(self.safe)}" if self.safe else "")
+
+
+def check_resume(checkpoint_dir: Path, recipe: dict, world_size: int) -> ResumePoint:
+    """The resume point; raises ResumeError for unsafe changes. The checkpoints are verified here, as
+    the ranks will verify them (a resume reads them anyway), so the step named is the one resumed.
     A different world size alone is safe: `orch run` resumes it through a universal checkpoint."""
-    manifest = newest_manifest(checkpoint_dir)
-    if manifest is None:
-        return None, []
+    checkpoint, unverified = store.newest_verified(checkpoint_dir)
+    if checkpoint is None:
+        return ResumePoint(None, None, [], unverified)
+    manifest = store.read_manifest(checkpoint)
     unsafe, safe = compatibility(manifest, recipe, world_size, elastic_ready=True)
     if unsafe:
         raise ResumeError(
             f"cannot resume step {manifest['step']} in {checkpoint_dir.parent}: {'; '.join(unsafe)}. "
             "Undo the change, use another --run-dir, or pass --fresh to set this run aside and start over"
         )
-    return manifest, safe
+    return ResumePoint(checkpoint, manifest, safe, unverified)
 
 
 def check_run_dir(run_dir: Path, fresh: bool) -> None:

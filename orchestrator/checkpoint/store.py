@@ -179,6 +179,19 @@ def set_aside(root: Path, path: Path, reason: str) -> Path:
     return target
 
 
+def newest_verified(root: Path) -> tuple[Path | None, list[Verdict]]:
+    """The checkpoint a resume loads (the newest that verifies) and the verdicts on the newer ones
+    that fail, read without changing anything: the CLI decides and says what the ranks will do
+    (they set the failed ones aside in `find_resumable`)."""
+    failed = []
+    for checkpoint in committed(root):
+        verdict = verify(checkpoint)
+        if verdict.ok:
+            return checkpoint, failed
+        failed.append(verdict)
+    return None, failed
+
+
 def find_resumable(root: Path, events: list[dict]) -> Path | None:
     """Newest checkpoint that verifies. Partial saves and failed checkpoints are set aside, and each
     decision is appended to `events` so the run can say what it did."""

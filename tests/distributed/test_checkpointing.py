@@ -11,8 +11,11 @@ from pathlib import Path
 import psutil
 import pytest
 
+from orchestrator.errors import ResumeError
+from orchestrator.local_run import plan_local_run
 from orchestrator.rundir.layout import RunDir
-from tests.conftest import FAST, kill_run, orch, start_orch
+from orchestrator.show import describe_run
+from tests.conftest import FAST, TINY, kill_run, orch, start_orch
 from tests.helpers.mfu import assert_mfu_matches_plan
 
 pytestmark = pytest.mark.distributed
@@ -33,9 +36,11 @@ def events(run_dir: Path) -> list[dict]:
     return RunDir(run_dir).history()
 
 
-def complete(run_dir: Path, *overrides: str) -> None:
+def complete(run_dir: Path, *overrides: str) -> str:
+    """The run trained to its end by `orch run`; returns what the command printed."""
     result = orch("run", "recipes/tiny-pretrain.yaml", *BASE, *overrides, "--run-dir", str(run_dir))
     assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
 
 
 def wait_for_step(run_dir: Path, step: int, timeout_s: float = 240) -> None:
@@ -70,13 +75,19 @@ def test_sigkill_and_auto_resume_is_bit_exact(tmp_path, reference, stage):
         log.write('{"event": "checkpoint", "time": 1.0, "st')
     with (run_dir / "metrics.jsonl").open("a") as log:
         log.write('{"step": 11, "lo')
-    complete(run_dir, f"distributed.zero_stage={stage}")
+    output = complete(run_dir, f"distributed.zero_stage={stage}")
 
     assert losses(run_dir) == losses(reference[stage])  # every per-step loss, to the last bit
     assert summary(run_dir)["param_fingerprints"] == summary(reference[stage])["param_fingerprints"]
     resumed = [e for e in events(run_dir) if e["event"] == "resumed"]
     assert resumed and resumed[0]["step"] == 8 and resumed[0]["recomputed_steps"] >= 2
     assert summary(run_dir)["restarts"] == 1 and 0 < summary(run_dir)["goodput"] < 1
+    # This attempt's time apart from the time since the first start, which counts the gap between attempts.
+    first, last = [e["time"] for e in events(run_dir) if e["event"] == "start"]
+    total_s, attempt_s = summary(run_dir)["wall_s"], summary(run_dir)["attempt_wall_s"]
+    assert attempt_s > 0 and total_s - attempt_s == pytest.approx(last - first, abs=1e-3)
+    assert f"{attempt_s:.0f}s this attempt ({total_s:.0f}s since the first of 2 attempts)" in output
+    assert "s this attempt (" in describe_run(run_dir)
 
 
 def test_random_kills_during_steps_and_saves_never_corrupt(tmp_path, reference):
@@ -128,6 +139,9 @@ def test_corrupted_newest_checkpoint_falls_back(tmp_path, reference):
 
     result = orch("run", "recipes/tiny-pretrain.yaml", *BASE, "distributed.zero_stage=2", "checkpoint.async_save=false", "--run-dir", str(run_dir))
     assert result.returncode == 0, result.stderr
+    # Decided before it is said: the summary of the run is there, but its newest checkpoint does not verify.
+    assert "resuming after step 8; newer step-00000012 does not verify (zero_pp_rank_1_" in result.stdout
+    assert "after step 12" not in result.stdout and "complete" not in result.stdout
     assert "set aside" in result.stderr and "resumed from step-00000008" in result.stderr
     aside = list((run_dir / "checkpoints" / "set-aside").iterdir())
     assert len(aside) == 1 and aside[0].name.startswith("step-00000012")
@@ -150,6 +164,36 @@ def test_preemption_signal_checkpoints_and_requeues(tmp_path, reference):
 
     complete(run_dir, "distributed.zero_stage=2")
     assert losses(run_dir) == losses(reference[2])
+
+
+def test_a_complete_run_is_not_launched_again(tmp_path, reference):
+    """The same command again on the finished run: said so, exit 0, and no rank started (no start
+    event, rank log, energy record or rewritten plan). Raising train.steps resumes it instead;
+    lowering it below the checkpoint's step is refused, as nothing would train."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference[2], run_dir)
+    before = _files(run_dir)
+    args = ["recipes/tiny-pretrain.yaml", *BASE, "distributed.zero_stage=2", "--run-dir", str(run_dir)]
+    result = orch("run", *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"complete, {STEPS} of {STEPS} steps trained" in result.stdout and "nothing to launch" in result.stdout
+    assert result.stderr == ""
+    assert _files(run_dir) == before
+
+    said = []
+    _, plan, attempt = plan_local_run(TINY, [*BASE, "distributed.zero_stage=2", f"train.steps={STEPS + 4}"], run_dir, None,
+                                      False, False, said.append, stop_if_complete=True)
+    attempt.close()
+    assert plan.recipe.train.steps == STEPS + 4 and said[-1].startswith(f"resuming after step {STEPS}; with changes: train.steps")
+    with pytest.raises(ResumeError, match=f"step-{STEPS:08d} .* is past train.steps={STEPS - 4}"):
+        plan_local_run(TINY, [*BASE, "distributed.zero_stage=2", f"train.steps={STEPS - 4}"], run_dir, None,
+                       False, False, said.append, stop_if_complete=True)
+    assert _files(run_dir) == before
+
+
+def _files(run_dir: Path) -> dict[str, bytes]:
+    """Every file of the run but the attempt lock (its holder record names whoever held it last)."""
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file() and p.name != "attempt.lock"}
 
 
 def test_unsafe_recipe_change_is_refused_before_launch(tmp_path, reference):
