@@ -122,7 +122,8 @@ class DataSpec(Spec):
     path: Optional[Path] = None
     format: Format = "auto"
     text_field: str = "text"
-    max_bytes: Optional[int] = Field(None, gt=0, description="cap on the text read, for quick runs")
+    max_bytes: Optional[int] = Field(None, gt=0, description="cap on the text read, for quick runs; with `sources`, "
+                                     "the cap of each source that sets none of its own")
     sources: list[SourceSpec] = Field(default_factory=list, max_length=MAX_SOURCES)
     seq_len: int = Field(256, gt=1, le=MAX_TOKENS)
     val_fraction: float = Field(0.05, ge=0.0, lt=0.5)
@@ -148,7 +149,9 @@ class DataSpec(Spec):
         return self
 
     def mixture(self) -> list[SourceSpec]:
-        """The sources, the one-source form included."""
+        """The sources, the one-source form included. `data.max_bytes` caps each source without a cap
+        of its own: a mixture on a base recipe that caps its one source (tiny-pretrain's 4 MB) reads
+        as much of each source, not every byte of them."""
         if self.sources:
-            return list(self.sources)
+            return [s if s.max_bytes is not None else s.model_copy(update={"max_bytes": self.max_bytes}) for s in self.sources]
         return [SourceSpec(builtin=self.builtin, path=self.path, format=self.format, text_field=self.text_field, max_bytes=self.max_bytes)]

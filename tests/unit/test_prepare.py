@@ -1,6 +1,6 @@
 """Data preparation for real (datasets, tokenizers, worker processes): the same shards whatever the
 number of workers, curation that counts and removes what was planted, a tokenizer trained on a
-bounded sample, mixtures per source, and one readable line for bad sources."""
+bounded sample, mixtures per source (each capped), and one readable line for bad sources."""
 
 from __future__ import annotations
 
@@ -126,6 +126,27 @@ def test_a_mixture_is_prepared_per_source_with_its_weight(tmp_path):
     assert [s["name"] for s in manifest["sources"]] == ["a", "small"] and data.weights == [3, 1]
     assert [len(t) for t in data.source_tokens("train")] == [s["train_tokens"] for s in manifest["sources"]]
     assert manifest["train_tokens"] == sum(s["train_tokens"] for s in manifest["sources"])
+
+
+def test_a_mixture_caps_each_source_at_data_max_bytes_unless_it_sets_its_own(tmp_path):
+    """A mixture on `base: tiny-pretrain.yaml` (which caps its one source at 4 MB): each source reads
+    about 4 MB, as the base's source did, not all of its text; a source's own cap still wins."""
+    from orchestrator.data.corpus import source_files
+    from orchestrator.recipe.loader import load_recipe
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(40):
+        write_jsonl(docs / f"part-{i:02d}.jsonl", paragraphs(20))
+    recipe = tmp_path / "mixture.yaml"
+    recipe.write_text(f"base: {Path(__file__).parents[2] / 'recipes' / 'tiny-pretrain.yaml'}\n"
+                      f"data:\n  builtin: null\n  sources:\n    - {{builtin: python-stdlib, name: code}}\n"
+                      f"    - {{path: {docs}, max_bytes: 5000}}\n")
+    code, own = load_recipe(recipe).recipe.data.mixture()
+    assert code.max_bytes == 4_000_000 and own.max_bytes == 5000
+    read = sum(p.stat().st_size for p in source_files(code))
+    assert 4_000_000 <= read < 4_000_000 + max(p.stat().st_size for p in source_files(code))  # whole files, up to the cap
+    assert len(source_files(own)) < 40
 
 
 def test_bad_sources_are_one_readable_line(tmp_path):
