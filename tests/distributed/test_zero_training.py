@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,8 @@ def run(tmp_path: Path, *overrides: str, flags: tuple[str, ...] = ()) -> Path:
     result = orch("run", "recipes/tiny-pretrain.yaml", *FAST, f"train.steps={STEPS}", *overrides, "--run-dir", str(run_dir), *flags)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "done:" in result.stdout
+    assert "Setting accelerator" not in result.stdout + result.stderr  # DeepSpeed's CPU warning, at every start
+    assert re.search(r"^model and engine ready: start-up peaked at [\d.]+ GiB of memory per rank$", result.stderr, re.M), result.stderr  # one line
     return run_dir
 
 
@@ -54,7 +57,9 @@ def test_two_process_zero_training(tmp_path, stage):
     assert provenance["libraries"]["deepspeed"] and provenance["data"]["train_tokens"] > 0
     assert all(len(f["sha256"]) == 64 for f in provenance["data"]["files"])
     assert {"rank-0.log", "rank-1.log"} <= {p.name for p in (run_dir / "logs").iterdir()}
-    assert "is deprecated" not in (run_dir / "logs" / "rank-0.log").read_text()  # DeepSpeed's use of torch's old collectives, not repeated each step
+    rank_log = (run_dir / "logs" / "rank-0.log").read_text()
+    assert "is deprecated" not in rank_log  # DeepSpeed's use of torch's old collectives, not repeated each step
+    assert "Setting accelerator" not in rank_log
 
 
 def test_dry_run_is_a_single_process(tmp_path):
