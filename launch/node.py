@@ -9,6 +9,8 @@ and on every Slurm node; forwards preemption signals to them, and turns their ex
 first failure. A rank that crashes takes its peers down at once (SIGKILL): they would otherwise
 hang in a collective, and checkpoints are atomic, so killing them loses nothing committed.
 torchrun and horovodrun cannot be used here: both die on SIGUSR1 and report any non-zero rank as 1.
+What it does (ranks started, signals forwarded, exits) it says on its standard output, the run's
+`logs/launcher.log` locally and `logs/node-<name>.out` on Slurm (`launch.launcher_log`).
 
 Started by a local `orch run` (`--attached`), it also stops the ranks after a checkpoint when that
 CLI dies: it runs in its own session, so a SIGKILL, the OOM killer or a closed terminal's SIGHUP
@@ -26,6 +28,7 @@ import time
 from pathlib import Path
 
 from launch.engines import ENGINES, backend_module
+from launch.launcher_log import say
 from orchestrator.errors import EXIT_REQUEUE
 from launch.spawn import Rank, start_ranks
 from orchestrator.rundir.entry import ATTACHED_FLAG, FORWARDED_SIGNALS
@@ -45,6 +48,7 @@ def main() -> None:
                         help="started by `orch run`, which holds this process's stdin: its end means the CLI is gone")
     args = parser.parse_args()
     code = run_node(args)
+    say(f"node {args.node_rank} exits {code}" + (" (the ranks checkpointed and stopped on a signal)" if code == EXIT_REQUEUE else ""))
     # The ranks have exited and everything they wrote is closed. Skip interpreter finalisation:
     # tearing down the torch, DeepSpeed and transformers modules a forking launcher preloaded
     # takes seconds on 2 cores, at the end of every run and every attempt.
@@ -55,19 +59,22 @@ def main() -> None:
 
 def run_node(args: argparse.Namespace) -> int:
     backend = backend_module(args.backend)
+    say(f"node {args.node_rank} of {args.nnodes} ({args.backend}, {args.nproc} rank(s) here), rendezvous {args.master_addr}:{args.master_port}")
     with backend.node_services(args.nnodes, args.nproc, args.node_rank, args.master_port):
         ranks = start_ranks(args.run_dir, backend, [_rank_env(args, backend, local) for local in range(args.nproc)])
+        first = args.node_rank * args.nproc
 
         def forward(signum, _frame):
-            for rank in ranks:
-                if rank.poll() is None:
-                    rank.send_signal(signum)
+            live = [local for local, rank in enumerate(ranks) if rank.poll() is None]
+            for local in live:
+                ranks[local].send_signal(signum)
+            say(f"{signal.Signals(signum).name} forwarded to {_ranks(live, first)}")
 
         for signum in FORWARDED_SIGNALS:
             signal.signal(signum, forward)
         if args.attached:
             threading.Thread(target=_stop_when_cli_ends, name="cli-watch", daemon=True).start()
-        return _wait(ranks)
+        return _wait(ranks, first)
 
 
 def _stop_when_cli_ends() -> None:
@@ -79,7 +86,7 @@ def _stop_when_cli_ends() -> None:
             pass
     except OSError:
         pass
-    print("launch.node: orch run is gone; the ranks checkpoint and stop, as on SIGTERM", flush=True)
+    say("orch run is gone; the ranks checkpoint and stop, as on SIGTERM")
     os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -106,20 +113,41 @@ def _rank_env(args: argparse.Namespace, backend, local: int) -> dict[str, str]:
     }
 
 
-def _wait(ranks: list[Rank]) -> int:
+def _wait(ranks: list[Rank], first: int) -> int:
+    """Until every rank has ended, or one failed (its peers then killed); each end is logged once.
+    `first` is the global rank of `ranks[0]`."""
+    reported: set[int] = set()
     while True:
         codes = [rank.poll() for rank in ranks]
+        for local, code in enumerate(codes):
+            if code is not None and local not in reported:
+                reported.add(local)
+                say(f"rank {first + local} (pid {ranks[local].pid}) {_ended(code)}")
         failed = [c for c in codes if c not in (None, 0, EXIT_REQUEUE)]
         if failed:
-            for rank in ranks:
-                if rank.poll() is None:
-                    rank.kill()
+            live = [local for local, rank in enumerate(ranks) if rank.poll() is None]
+            if live:
+                say(f"killing {_ranks(live, first)}: a peer failed, and they would hang in a collective")
+            for local in live:
+                ranks[local].kill()
             for rank in ranks:
                 rank.wait()
             return failed[0] if failed[0] > 0 else 128 - failed[0]
         if all(c is not None for c in codes):
             return EXIT_REQUEUE if EXIT_REQUEUE in codes else 0
         time.sleep(0.2)
+
+
+def _ranks(local_ranks: list[int], first: int) -> str:
+    return f"rank(s) {', '.join(str(first + local) for local in local_ranks)}" if local_ranks else "no rank (all had ended)"
+
+
+def _ended(code: int) -> str:
+    if code == 0:
+        return "finished"
+    if code == EXIT_REQUEUE:
+        return f"checkpointed and stopped (exit {EXIT_REQUEUE})"
+    return f"killed by {signal.Signals(-code).name}" if code < 0 else f"failed (exit {code})"
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Protocol
 
+from launch.launcher_log import say
 from orchestrator.rundir.entry import FORWARDED_SIGNALS, rank_argv
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import read_plan, read_recipe
@@ -45,10 +46,16 @@ def start_ranks(run_dir: Path, backend: ModuleType, envs: list[dict[str, str]]) 
     plan, recipe = read_plan(RunDir(run_dir)), read_recipe(RunDir(run_dir))
     preload = getattr(backend, "preload", None)
     if plan.topology.device != "cpu" or preload is None:
-        return [subprocess.Popen(rank_argv(sys.executable, run_dir), env=env, stdin=subprocess.DEVNULL) for env in envs]
-    importlib.import_module("launch.rank")  # the rank's own modules, once for every rank
-    preload(recipe, plan)
-    return [ForkedRank.start(run_dir, env) for env in envs]
+        ranks = [subprocess.Popen(rank_argv(sys.executable, run_dir), env=env, stdin=subprocess.DEVNULL) for env in envs]
+        how = "each in a fresh interpreter"
+    else:
+        importlib.import_module("launch.rank")  # the rank's own modules, once for every rank
+        preload(recipe, plan)
+        ranks = [ForkedRank.start(run_dir, env) for env in envs]
+        how = f"forked from this launcher after it imported {plan.backend}'s libraries"
+    started = [f"rank {env['RANK']} (pid {rank.pid})" for env, rank in zip(envs, ranks)]
+    say(f"started {', '.join(started)}, {how}")
+    return ranks
 
 
 class ForkedRank:
