@@ -1,16 +1,19 @@
-"""Shared fixtures: a persistent data cache for the whole session, an env snapshot for planning, and a
-helper that drives the real `orch` command in a subprocess."""
+"""Shared fixtures: a persistent data cache for the whole session, an env snapshot for planning, the
+local Slurm cluster, a check that the session leaves no process running, and a helper that drives the
+real `orch` command in a subprocess."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from orchestrator.env import EnvSnapshot, GpuInfo
+from tests.helpers.cluster import left_running, naming, session_cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes"
@@ -29,6 +32,26 @@ def data_cache() -> Path:
     cache = ROOT / ".cache" / "tests"
     os.environ["ORCH_CACHE_DIR"] = str(cache)
     return cache
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_running(tmp_path_factory) -> Iterator[None]:
+    """Fails the session when a process whose command line names its temporary directory (a run, a
+    Slurm job's steps) outlives it: the tests stop what they start. Torn down after every other
+    session fixture (it is set up first), so after the cluster's jobs are cancelled."""
+    marker = f"{tmp_path_factory.getbasetemp()}/"
+    yield
+    left = left_running(naming(marker))
+    assert not left, f"processes the tests started are still running: {left}"
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[bool]:
+    """The local Slurm cluster for the integration tests (`slurm/dev-cluster.sh up`), whether this
+    session started it. One started here is stopped when the session ends, and then no daemon it
+    started may still run; one that was up before is left alone (tests/helpers/cluster.py)."""
+    with session_cluster(ROOT / "slurm" / "dev-cluster.sh") as started:
+        yield started
 
 
 @pytest.fixture(scope="session")

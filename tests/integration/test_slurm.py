@@ -1,5 +1,6 @@
 """`orch submit` on a real Slurm cluster: two slurmd daemons acting as two nodes on this machine,
-started by `slurm/dev-cluster.sh up` (which installs Debian's slurm-wlm and munge if missing)."""
+started by `slurm/dev-cluster.sh up` (which installs Debian's slurm-wlm and munge if missing) for the
+session, and stopped at its end when the session started it (the `slurm_cluster` fixture)."""
 
 import json
 import os
@@ -22,9 +23,8 @@ TWO_NODES = [
 
 
 @pytest.fixture(scope="module", autouse=True)
-def cluster():
-    up = subprocess.run(["bash", str(ROOT / "slurm" / "dev-cluster.sh"), "up"], capture_output=True, text=True, timeout=900)
-    assert up.returncode == 0, up.stdout + up.stderr
+def cluster(slurm_cluster):
+    """Every test here runs on the local cluster, started once a session and stopped at its end (conftest)."""
 
 
 def job_state(job_id: str) -> str:
