@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import warnings
 from contextlib import nullcontext
 
 from orchestrator.model.architectures import ARCHITECTURES, Sizes
@@ -39,8 +40,10 @@ def build_model(spec: ModelSpec, sizes: Sizes, dtype: str = "float32", device: s
     `deepspeed.zero.Init`, so each rank only ever holds its partition plus one gathered layer."""
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging
 
     if spec.path is not None:
+        logging.disable_progress_bar()  # a "Loading weights" bar per process, in logs and gate output that are not terminals
         placement = {} if device is None else {"device_map": {"": device}}
         model = AutoModelForCausalLM.from_pretrained(str(spec.path), dtype=getattr(torch, dtype), **placement)
     else:
@@ -57,4 +60,7 @@ def build_model(spec: ModelSpec, sizes: Sizes, dtype: str = "float32", device: s
     lora = spec.lora
     config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules),
                         task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # peft asks for `is_gradient_checkpointing`, which transformers 5 deprecates in favour of a name peft does not know yet
+        warnings.filterwarnings("ignore", r"`is_gradient_checkpointing` is deprecated", FutureWarning)
+        return get_peft_model(model, config)

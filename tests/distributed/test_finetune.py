@@ -69,6 +69,7 @@ def test_lora_fine_tuning_resumes_bit_exactly_passes_its_gates_and_beats_the_bas
 
     gate = orch("gate", str(resumed))
     assert gate.returncode == 0, gate.stdout
+    assert "Loading weights" not in gate.stderr and "Warning" not in gate.stderr, gate.stderr  # a report, not library noise
     release = tmp_path / "release"
     ok("release", str(resumed), "--to", str(release))
     assert (release / "adapter" / "adapter_config.json").is_file() and (release / "adapter" / "adapter_model.safetensors").is_file()
