@@ -21,8 +21,7 @@ def validate(recipe: RecipeArg, overrides: OverridesArg = None) -> None:
     from orchestrator.plan.load import validate_recipe
 
     loaded, launch_plan = validate_recipe(recipe, overrides)
-    for warning in launch_plan.warnings:
-        typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
+    _say_warnings(launch_plan)
     typer.echo(f"{recipe}: valid ({loaded.recipe.name}, hash {launch_plan.recipe_hash})")
 
 
@@ -34,20 +33,23 @@ def plan(
     dry_run: DryRunOpt = False,
     for_slurm: Annotated[bool, typer.Option("--slurm", help="Plan for the Slurm nodes the recipe asks for and print the sbatch script.")] = False,
 ) -> None:
-    """Show what a run would do: topology, batch arithmetic, memory per device, estimates, commands, DeepSpeed config."""
-    from orchestrator.plan.load import load_and_plan
+    """Show what a run would do: topology, batch arithmetic, memory per device, estimates, commands, DeepSpeed config.
+
+    Exits 1 after the plan where `validate` would (a plan nothing can fit, a sweep space the recipe does not take)."""
+    from orchestrator.plan.load import check_runnable, load_and_plan
     from orchestrator.plan.render import render_plan
     from orchestrator.rundir.records import plan_json
 
     from orchestrator.data.prepare import prepared_manifest
 
-    _, launch_plan, env = load_and_plan(recipe, overrides, dry_run=dry_run, for_slurm=for_slurm)
+    loaded, launch_plan, env = load_and_plan(recipe, overrides, dry_run=dry_run, for_slurm=for_slurm)
     data = launch_plan.recipe.data
     typer.echo(plan_json(launch_plan.record()) if as_json else render_plan(launch_plan, prepared_manifest(data, launch_plan.recipe.train.seed, launch_plan.data_cache_dir)))
     if for_slurm:
         from orchestrator.slurm.submit import render
 
         typer.echo("\n" + render(launch_plan, env.python), nl=False)
+    check_runnable(loaded, launch_plan, recipe, overrides)
 
 
 @command
@@ -83,6 +85,7 @@ def submit(
 
     steps = parse_then(then)
     loaded, launch_plan, env = load_and_plan(recipe, overrides, run_dir=run_dir, for_slurm=True)
+    _say_warnings(launch_plan)
     if emit_only:
         typer.echo(render(launch_plan, env.python), nl=False)
         return
@@ -91,6 +94,12 @@ def submit(
     jobs = submit_job(launch_plan, env.python, list(loaded.sources), steps)
     say_submitted(jobs, ["prepare"] * (len(jobs) - 1 - len(steps)) + ["train", *steps])
     typer.echo(f"run directory {launch_plan.run_dir}; follow with: orch status {launch_plan.run_dir}")
+
+
+def _say_warnings(launch_plan) -> None:
+    """The plan's warnings (memory, inline secrets), on stderr: apart from a script or plan on stdout."""
+    for warning in launch_plan.warnings:
+        typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
 
 
 def _preflight(launch_plan) -> None:
@@ -147,4 +156,8 @@ def run(
             return
         with ProgressView(launch_plan.recipe.train.steps, sys.stderr.isatty()) as view:
             outcome = launch(launch_plan, run_directory, SubprocessRunner(attempt), view.update)
+    if outcome.exit_code == 0 and outcome.summary:
+        from orchestrator.plan.calibration import record_run
+
+        record_run(outcome.run_dir, launch_plan.cache_dir)  # the next plan of this shape forecasts from it
     typer.echo(ProgressView.describe_summary(outcome.summary or {}, outcome.run_dir))

@@ -24,32 +24,60 @@ class EnergyForecast:
     facility_kwh: float | None
     kgco2e: float | None
     basis: str
+    kwh_range: tuple[float, float] | None = None
+    """IT energy over the time estimate's range."""
 
     def summary(self) -> dict:
         return asdict(self)
 
 
-def forecast_energy(device_hours: float, power_per_device_w: float | None, pue: float, intensity_g_per_kwh: float, basis: str) -> EnergyForecast:
+def forecast_energy(
+    device_hours: float, power_per_device_w: float | None, pue: float, intensity_g_per_kwh: float, basis: str,
+    hours_range: tuple[float, float] | None = None,
+) -> EnergyForecast:
     """kWh = device-hours x kW per device; kgCO2e = kWh x PUE x g/kWh / 1000."""
     if power_per_device_w is None:
         return EnergyForecast(device_hours, None, None, None, None, basis)
     kwh = device_hours * power_per_device_w / 1000
-    return EnergyForecast(device_hours, power_per_device_w, kwh, kwh * pue, kwh * pue * intensity_g_per_kwh / 1000, basis)
+    kwh_range = tuple(hours * power_per_device_w / 1000 for hours in hours_range) if hours_range else None
+    return EnergyForecast(device_hours, power_per_device_w, kwh, kwh * pue, kwh * pue * intensity_g_per_kwh / 1000, basis, kwh_range)
 
 
-def plan_forecast(
-    spec: EnergySpec, device: str, gpu_name: str | None, cpu: CpuPower, nodes: int, procs_per_node: int,
-    wall_s: float, memory_per_process_bytes: int, intensity_g_per_kwh: float,
-) -> EnergyForecast:
-    hours = wall_s / 3600
-    if device == "cuda":
-        watts = gpu_board_power_w(gpu_name or "")
-        basis = f"GPU board power of {gpu_name} ({watts:g} W)" if watts else f"no board power known for {gpu_name}"
-        return forecast_energy(hours * nodes * procs_per_node, watts, spec.pue_value, intensity_g_per_kwh, basis)
-    memory_w = spec.memory_w_per_gib * memory_per_process_bytes * procs_per_node / GiB
-    node_w = cpu_load_power_w(cpu.tdp_w, 1.0) + memory_w
-    basis = f"per node: CPU at full load {cpu.tdp_w:g} W ({cpu.source}) + memory {memory_w:.1f} W"
-    return forecast_energy(hours * nodes, node_w, spec.pue_value, intensity_g_per_kwh, basis)
+@dataclass(frozen=True)
+class EnergyRequest:
+    """What the forecast needs of the plan: where it runs, for how long, and what earlier runs of
+    the same shape on the same machine were billed (`measured_w`, per GPU or per node)."""
+
+    device: str
+    gpu_name: str | None
+    cpu: CpuPower
+    nodes: int
+    procs_per_node: int
+    wall_s: float
+    wall_s_range: tuple[float, float] | None
+    memory_per_process_bytes: int
+    measured_w: float | None = None
+
+
+def plan_forecast(spec: EnergySpec, request: EnergyRequest, intensity_g_per_kwh: float) -> EnergyForecast:
+    r = request
+    if not r.wall_s:
+        return forecast_energy(0.0, None, spec.pue_value, intensity_g_per_kwh, "no time estimate to forecast from")
+    units = r.nodes * r.procs_per_node if r.device == "cuda" else r.nodes
+    hours = r.wall_s / 3600 * units
+    hours_range = tuple(s / 3600 * units for s in r.wall_s_range) if r.wall_s_range else None
+    unit = "GPU" if r.device == "cuda" else "node"
+    if r.measured_w is not None:
+        basis = f"billed power of earlier runs of this shape on this machine ({r.measured_w:.4g} W per {unit})"
+        return forecast_energy(hours, r.measured_w, spec.pue_value, intensity_g_per_kwh, basis, hours_range)
+    if r.device == "cuda":
+        watts = gpu_board_power_w(r.gpu_name or "")
+        basis = f"GPU board power of {r.gpu_name} ({watts:g} W)" if watts else f"no board power known for {r.gpu_name}"
+        return forecast_energy(hours, watts, spec.pue_value, intensity_g_per_kwh, basis, hours_range)
+    memory_w = spec.memory_w_per_gib * r.memory_per_process_bytes * r.procs_per_node / GiB
+    node_w = cpu_load_power_w(r.cpu.tdp_w, 1.0) + memory_w
+    basis = f"per node: CPU at full load {r.cpu.tdp_w:g} W ({r.cpu.source}) + memory {memory_w:.1f} W"
+    return forecast_energy(hours, node_w, spec.pue_value, intensity_g_per_kwh, basis, hours_range)
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
-"""Throughput and wall-time estimates from model FLOPs and the device's peak.
+"""Throughput and wall-time estimates: measured by earlier runs of the same shape where there are
+any, else from model FLOPs, the device's peak and an assumed utilisation, given as a range.
 
 FLOPs per token follow the PaLM appendix: 6 x parameters for the dense matmuls (forward and
 backward) plus 12 x layers x hidden x sequence for attention. A frozen weight (a LoRA fine-tune's
 base) still takes its forward and its input-gradient matmul but no weight gradient: 4 x, not 6 x.
-Achieved utilisation is an assumption, shown as such; the benchmark measures the real figure.
 """
 
 from __future__ import annotations
@@ -11,9 +11,14 @@ from __future__ import annotations
 from orchestrator.env import EnvSnapshot
 from orchestrator.model.architectures import Sizes
 from orchestrator.plan.arithmetic import Batch, Topology
+from orchestrator.plan.calibration import Calibration
 from orchestrator.rundir.records import EstimateRecord
 
-ASSUMED_MFU = {"cuda": 0.40, "cpu": 0.25}
+ASSUMED_MFU = {"cuda": (0.25, 0.40, 0.55), "cpu": (0.20, 0.40, 0.70)}
+"""(low, assumed, high) utilisation with no run to calibrate from. GPUs: what dense transformer
+training commonly reaches of the datasheet peak. CPUs, of the matmul rate measured at planning:
+the default recipe trained at 38-41% of it on a 2-core machine shared with other work."""
+UNKNOWN_GPU_PEAK_FLOPS = 100e12
 
 
 def flops_per_token(sizes: Sizes, num_params: int, seq_len: int, frozen_params: int = 0) -> float:
@@ -24,9 +29,16 @@ def peak_flops_per_device(env: EnvSnapshot, topology: Topology, precision: str) 
     """bf16/fp16 tensor peak on GPUs (half that for fp32 via TF32); on CPU the measured matmul rate
     shared by the processes of the node."""
     if topology.device == "cuda":
-        peak = env.gpus[0].peak_flops or 100e12
+        peak = env.gpus[0].peak_flops or UNKNOWN_GPU_PEAK_FLOPS
         return peak if precision != "fp32" else peak / 2
     return env.cpu_matmul_flops / topology.procs_per_node if env.cpu_matmul_flops else 0.0
+
+
+def _peak_source(env: EnvSnapshot, topology: Topology) -> str:
+    if topology.device == "cuda":
+        name = env.gpus[0].name
+        return f"{name}'s datasheet peak" if env.gpus[0].peak_flops else f"{UNKNOWN_GPU_PEAK_FLOPS / 1e12:g} TFLOP/s (no datasheet peak known for {name})"
+    return f"the fp32 matmul rate {env.cpu_matmul_source}"
 
 
 TimeEstimate = EstimateRecord
@@ -35,12 +47,27 @@ TimeEstimate = EstimateRecord
 
 def estimate_time(
     sizes: Sizes, num_params: int, batch: Batch, topology: Topology, env: EnvSnapshot, precision: str, steps: int,
-    frozen_params: int = 0,
+    frozen_params: int = 0, calibration: Calibration | None = None, calibration_key: str = "",
 ) -> TimeEstimate:
+    """`calibration`: what earlier runs of this shape on this machine measured; without it the
+    utilisation is assumed and the wall time given as the range the assumption spans."""
     fpt = flops_per_token(sizes, num_params, batch.seq_len, frozen_params)
     peak = peak_flops_per_device(env, topology, precision)
-    mfu = ASSUMED_MFU[topology.device]
-    tokens_per_s = peak * topology.world_size * mfu / fpt if peak else 0.0
-    wall = steps * batch.tokens_per_step / tokens_per_s if tokens_per_s else 0.0
+    tokens = steps * batch.tokens_per_step
+    if calibration:
+        mfu, overhead = calibration.mfu, calibration.wall_per_step_time
+        tokens_per_s, (slowest, fastest) = calibration.tokens_per_s, calibration.tokens_per_s_range
+        basis = (f"measured: the median of {calibration.runs} earlier run(s) of this shape on this machine "
+                 f"(newest {calibration.newest_run_dir}), evaluation and checkpoints included")
+    else:
+        low, mfu, high = ASSUMED_MFU[topology.device]
+        at_full_use = peak * topology.world_size / fpt
+        tokens_per_s, slowest, fastest, overhead = at_full_use * mfu, at_full_use * low, at_full_use * high, 1.0
+        basis = (f"assumed: {mfu:.0%} MFU (likely {low:.0%}-{high:.0%}) of {_peak_source(env, topology)}, "
+                 "with no earlier run of this shape on this hardware to calibrate from"
+                 if peak else "none: no peak FLOP/s known for this device (the CPU's matmul rate was not measured)")
+    wall = tokens / tokens_per_s * overhead if tokens_per_s else 0.0
+    wall_range = (tokens / fastest * overhead, tokens / slowest * overhead) if tokens_per_s else None
     return TimeEstimate(flops_per_token=fpt, peak_flops_per_device=peak, assumed_mfu=mfu, tokens_per_s=tokens_per_s, wall_s=wall,
-                        device_hours=wall * topology.world_size / 3600)
+                        device_hours=wall * topology.world_size / 3600, wall_s_range=wall_range, basis=basis,
+                        calibration_key=calibration_key)

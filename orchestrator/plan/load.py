@@ -3,13 +3,16 @@ the edge, once), plan for it or for the recipe's Slurm nodes. Every command that
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from orchestrator.env import EnvSnapshot, probe
 from orchestrator.errors import Problem, RecipeError
+from orchestrator.plan.calibration import read_calibrations
 from orchestrator.plan.memory import GiB, model_state_bytes
 from orchestrator.plan.planner import LaunchPlan, make_plan
 from orchestrator.recipe.loader import LoadedRecipe, load_recipe
+from orchestrator.slurm.spec import SlurmSpec
 
 
 def load_and_plan(
@@ -17,21 +20,44 @@ def load_and_plan(
     measure_cpu: bool = True, load_universal: bool = False, detach: bool = False,
 ) -> tuple[LoadedRecipe, LaunchPlan, EnvSnapshot]:
     """`for_slurm` plans for the compute nodes the recipe's `slurm` section describes, not this
-    machine; `measure_cpu` times this machine's matmul rate for the time estimate (a second)."""
+    machine; `measure_cpu` times this machine's matmul rate for the time estimate (a fifth of a
+    second). What earlier runs measured is read here and handed to the planner."""
     loaded = load_recipe(recipe, overrides or [])
-    env = probe(measure_cpu=measure_cpu and not for_slurm)
-    target = env
-    if for_slurm:
-        from orchestrator.slurm.submit import cluster_env
+    env = probe(measure_cpu=measure_cpu)
+    target = _slurm_nodes(env, loaded.recipe.slurm) if for_slurm else env
+    plan = make_plan(loaded, target, run_dir=run_dir, dry_run=dry_run, load_universal=load_universal, detach=detach,
+                     calibrations=read_calibrations(env.cache_dir))
+    return loaded, plan, env
 
-        target = cluster_env(env, loaded.recipe.slurm)
-    return loaded, make_plan(loaded, target, run_dir=run_dir, dry_run=dry_run, load_universal=load_universal, detach=detach), env
+
+def _slurm_nodes(env: EnvSnapshot, spec: SlurmSpec) -> EnvSnapshot:
+    """The compute nodes as the recipe describes them. Their CPUs are unknown until a job runs on
+    them, so a CPU node is taken to have this machine's cores (measured here), as many as
+    `slurm.cpus_per_task` asks for; the forecast says so. Named apart from this machine, so no
+    local run's measurements stand in for the nodes'."""
+    from orchestrator.slurm.submit import cluster_env
+
+    nodes = cluster_env(env, spec)
+    if not env.cpu_matmul_flops:
+        return dataclasses.replace(nodes, hostname=f"Slurm nodes of {env.hostname}")
+    return dataclasses.replace(
+        nodes, hostname=f"Slurm nodes of {env.hostname}", cpu_matmul_flops=env.cpu_matmul_flops / env.cpu_count * nodes.cpu_count,
+        cpu_matmul_source=(f"of {nodes.cpu_count} cores per node, each as fast as this machine's (measured here; "
+                           "the nodes' own CPUs are not known before a job runs on them)"),
+    )
 
 
 def validate_recipe(recipe: Path, overrides: list[str] | None) -> tuple[LoadedRecipe, LaunchPlan]:
-    """`orch validate`: the recipe loads, plans on this machine, and could run here at all. A plan
-    that no offload or partitioning can fit is an error; a tight one stays a warning of the plan."""
+    """`orch validate`: the recipe loads, plans on this machine, and could run here at all."""
     loaded, plan, _ = load_and_plan(recipe, overrides, measure_cpu=False)
+    check_runnable(loaded, plan, recipe, overrides)
+    return loaded, plan
+
+
+def check_runnable(loaded: LoadedRecipe, plan: LaunchPlan, recipe: Path, overrides: list[str] | None) -> None:
+    """What `validate` refuses and `plan` refuses too, after showing the plan: a plan that no
+    offload or partitioning can fit (a tight one stays a warning of the plan), a sweep's space
+    that names keys or values the recipe does not take."""
     problems = cannot_run(loaded, plan)
     if problems:
         raise RecipeError(problems)
@@ -39,7 +65,6 @@ def validate_recipe(recipe: Path, overrides: list[str] | None) -> tuple[LoadedRe
         from orchestrator.sweep.space import check_space
 
         check_space(loaded, recipe, list(overrides or []))
-    return loaded, plan
 
 
 def cannot_run(loaded: LoadedRecipe, plan: LaunchPlan) -> list[Problem]:

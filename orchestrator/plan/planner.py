@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.backends.registry import BACKENDS
-from orchestrator.energy.forecast import EnergyPlan, plan_forecast
+from orchestrator.energy.forecast import EnergyPlan, EnergyRequest, plan_forecast
 from orchestrator.energy.grid import Intensity, IntensityError, resolve_intensity
 from orchestrator.energy.hardware import cpu_power
 from orchestrator.env import EnvSnapshot
@@ -21,6 +21,7 @@ from orchestrator.errors import Problem, RecipeError
 from orchestrator.model.architectures import ARCHITECTURES, Architecture, Sizes
 from orchestrator.model.pretrained import BaseModel, read_base_model
 from orchestrator.plan.arithmetic import Batch, Topology, check_offload, check_precision, resolve_batch, resolve_topology
+from orchestrator.plan.calibration import Calibration, Calibrations, calibration_key
 from orchestrator.plan.estimate import TimeEstimate, estimate_time
 from orchestrator.plan.memory import GiB, HostMemoryEstimate, MemoryEstimate, construction_bytes, estimate_memory
 from orchestrator.recipe.loader import LoadedRecipe, recipe_hash
@@ -79,8 +80,13 @@ class LaunchPlan:
     backend_files: dict[str, dict]
     energy: EnergyPlan
     processes: list[ProcessSpec]
-    data_cache_dir: Path
+    cache_dir: Path
+    """This machine's cache: prepared data, and completed runs' measurements for later forecasts."""
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def data_cache_dir(self) -> Path:
+        return self.cache_dir / "data"
 
     @property
     def base_path(self) -> str | None:
@@ -151,9 +157,10 @@ def check_recipe(loaded: LoadedRecipe, env: EnvSnapshot) -> Checked:
 
 def make_plan(
     loaded: LoadedRecipe, env: EnvSnapshot, run_dir: Path | None = None, dry_run: bool = False, load_universal: bool = False,
-    detach: bool = False,
+    detach: bool = False, calibrations: Calibrations = Calibrations(),
 ) -> LaunchPlan:
-    """`detach`: the node launcher trains on when `orch run` ends; otherwise the CLI's death stops it after a checkpoint."""
+    """`detach`: the node launcher trains on when `orch run` ends; otherwise the CLI's death stops it after a checkpoint.
+    `calibrations`: what earlier runs measured (read at the edge), for the time and energy forecast."""
     checked = check_recipe(loaded, env)
     recipe, topology, batch = checked.recipe, checked.topology, checked.batch
     # Every output is built from the plan's recipe: redacted here, no record or script holds a secret.
@@ -168,8 +175,10 @@ def make_plan(
     model = _model_plan(recipe, checked.base)
     memory = _memory(recipe, model, batch, env, topology)
     host_memory = _host_memory(recipe, model, memory, env, topology)
+    key = calibration_key(recipe, model.arch.model_type, model.sizes, batch, topology, env)
+    calibration = calibrations.lookup(key)
     time = estimate_time(model.sizes, model.num_params, batch, topology, env, recipe.train.precision, recipe.train.steps,
-                         model.frozen_params)
+                         model.frozen_params, calibration, key)
     backend = BACKENDS[recipe.distributed.backend]
     return LaunchPlan(
         run_dir=run_dir,
@@ -186,9 +195,9 @@ def make_plan(
         host_memory=host_memory,
         time=time,
         backend_files=backend.config_files(recipe, batch, model.sizes, model.num_params, load_universal),
-        energy=_energy(recipe, env, topology, time, memory, checked.intensity),
+        energy=_energy(recipe, env, topology, time, memory, checked.intensity, calibration),
         processes=[_local_process(backend.name, backend.process_env(topology), env, topology, run_dir, attached=not detach)],
-        data_cache_dir=env.cache_dir / "data",
+        cache_dir=env.cache_dir,
         warnings=_memory_warnings(recipe, memory, host_memory) + [secret.warning() for secret in secrets],
     )
 
@@ -243,12 +252,15 @@ def _memory_warnings(recipe: Recipe, memory: MemoryEstimate, host: HostMemoryEst
 
 
 def _energy(recipe: Recipe, env: EnvSnapshot, topology: Topology, time: TimeEstimate, memory: MemoryEstimate,
-            intensity: Intensity) -> EnergyPlan:
+            intensity: Intensity, calibration: Calibration | None) -> EnergyPlan:
     spec = recipe.energy
-    gpu_name = env.gpus[0].name if env.gpus else None
     cpu = cpu_power(env.cpu_model, env.cpu_count, spec.cpu_tdp_w)
-    forecast = plan_forecast(spec, topology.device, gpu_name, cpu, topology.nodes, topology.procs_per_node, time.wall_s,
-                             memory.total_bytes, intensity.g_per_kwh)
+    request = EnergyRequest(
+        device=topology.device, gpu_name=env.gpus[0].name if env.gpus else None, cpu=cpu, nodes=topology.nodes,
+        procs_per_node=topology.procs_per_node, wall_s=time.wall_s, wall_s_range=time.wall_s_range,
+        memory_per_process_bytes=memory.total_bytes, measured_w=calibration.power_per_device_w if calibration else None,
+    )
+    forecast = plan_forecast(spec, request, intensity.g_per_kwh)
     return EnergyPlan(spec.pue_value, intensity, cpu, forecast)
 
 

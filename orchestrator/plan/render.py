@@ -17,10 +17,18 @@ def _gib(n: float) -> str:
 
 
 def _duration(seconds: float) -> str:
-    if not seconds:
-        return "unknown (no peak FLOP/s known for this device)"
     hours, rest = divmod(int(seconds), 3600)
     return f"{hours}h{rest // 60:02d}m{rest % 60:02d}s"
+
+
+def _estimate_lines(plan: LaunchPlan) -> list[str]:
+    """The forecast with its range and what it rests on: earlier runs' measurements, or an assumption."""
+    e, device = plan.time, plan.topology.device.replace("cuda", "GPU")
+    if not e.wall_s:
+        return [f"estimate       {e.basis}"]
+    likely = f" (likely {_duration(e.wall_s_range[0])}-{_duration(e.wall_s_range[1])})" if e.wall_s_range and e.wall_s_range[0] < e.wall_s_range[1] else ""
+    return [f"estimate       {e.tokens_per_s:,.0f} tokens/s -> wall {_duration(e.wall_s)}{likely}, {e.device_hours:.3f} {device}-hours",
+            f"               {e.basis}; peak {e.peak_flops_per_device / 1e12:.3f} TFLOP/s per device"]
 
 
 def _energy_lines(plan: LaunchPlan) -> list[str]:
@@ -31,7 +39,8 @@ def _energy_lines(plan: LaunchPlan) -> list[str]:
         forecast = f"unknown ({f.basis}); {f.device_hours:.3f} device-hours"
     else:
         unit = "GPU-hours" if plan.topology.device == "cuda" else "node-hours"
-        forecast = (f"{f.kwh:.4g} kWh IT x PUE {energy.pue:g} = {f.facility_kwh:.4g} kWh -> {f.kgco2e:.4g} kgCO2e"
+        likely = f" (likely {f.kwh_range[0]:.4g}-{f.kwh_range[1]:.4g})" if f.kwh_range and f.kwh_range[0] < f.kwh_range[1] else ""
+        forecast = (f"{f.kwh:.4g} kWh{likely} IT x PUE {energy.pue:g} = {f.facility_kwh:.4g} kWh -> {f.kgco2e:.4g} kgCO2e"
                     f" ({f.device_hours:.4g} {unit} x {f.power_per_device_w:.4g} W; {f.basis})")
     lines = [f"energy         {forecast}", f"grid           {intensity}"]
     if not spec.enabled:
@@ -109,9 +118,8 @@ def render_plan(plan: LaunchPlan, prepared: dict | None = None) -> str:
         + ("" if m.fits else "  WILL NOT FIT"),
         *_activation_lines(plan),
         _host_line(plan),
-        f"estimate       {e.tokens_per_s:,.0f} tokens/s at an assumed {e.assumed_mfu:.0%} MFU of {e.peak_flops_per_device / 1e12:.3f} TFLOP/s per device"
-        f" -> wall {_duration(e.wall_s)}, {e.device_hours:.3f} {t.device.replace('cuda', 'GPU')}-hours",
     ]
+    lines += _estimate_lines(plan)
     lines += _energy_lines(plan)
     lines += [f"warning        {w}" for w in plan.warnings]
     lines.append("")

@@ -64,6 +64,12 @@ class EstimateRecord(Record):
     tokens_per_s: float
     wall_s: float
     device_hours: float
+    wall_s_range: tuple[float, float] | None = None
+    """Fastest and slowest wall time the estimate allows (absent from plans made before it was given)."""
+    basis: str = ""
+    """Measured by earlier runs of this shape on this machine, or assumed (and from what)."""
+    calibration_key: str = ""
+    """What the run's measurements are filed under once it completes (`orchestrator.plan.calibration`)."""
 
 
 class EnergyRecord(Record):

@@ -117,3 +117,37 @@ def test_fresh_sets_an_earlier_run_aside_but_refuses_other_directories(tmp_path)
     for directory, fresh in ((tmp_path, True), (Path("/"), False)):
         with pytest.raises(ResumeError):
             check_run_dir(directory, fresh)
+
+
+@pytest.mark.parametrize("case", ["cannot run", "sweep space"])
+def test_plan_refuses_what_validate_refuses_after_showing_the_plan(tmp_path, case):
+    """`plan` exited 0 where `validate` with the same overrides exited 1: now both fail, with the same lines."""
+    if case == "cannot run":  # the activations alone exceed a device's memory
+        args = [str(TINY), "train.micro_batch_size=65536", "train.global_batch_size=131072"]
+    else:
+        sweep = tmp_path / "sweep.yaml"
+        sweep.write_text(f"base: {TINY.parent / 'tiny-sweep.yaml'}\nsweep:\n  parameters:\n    train.optimizer.lrr: {{choices: [0.001]}}\n")
+        args = [str(sweep)]
+    validated, planned = runner.invoke(app, ["validate", *args]), runner.invoke(app, ["plan", *args])
+    assert validated.exit_code == planned.exit_code == 1, planned.output
+    errors = [line for line in validated.output.splitlines() if line.startswith("error: ")]
+    assert errors and [line for line in planned.stderr.splitlines() if line.startswith("error: ")] == errors
+    assert "memory/device" in planned.stdout  # the plan is shown, with the arithmetic behind the problem
+
+
+def test_plan_for_slurm_cpu_nodes_forecasts_and_says_what_it_assumes():
+    """It said "0 tokens/s ... wall unknown" and "0 kWh"."""
+    result = runner.invoke(app, ["plan", str(TINY), "--slurm", "slurm.cpus_per_task=4"])
+    assert result.exit_code == 0, result.output
+    estimate = result.stdout[result.stdout.index("estimate"):result.stdout.index("grid ")]
+    assert " 0 tokens/s" not in estimate and "unknown" not in estimate and " 0 kWh" not in estimate
+    assert "4 cores per node, each as fast as this machine's" in estimate and "-> wall 0h" in estimate
+
+
+def test_submit_emit_only_warns_of_an_inline_secret_as_validate_and_plan_do():
+    setup = "slurm.setup=['export WANDB_API_KEY=0123456789abcdef0123456789abcdef01234567']"
+    for command in (["validate"], ["plan"], ["submit", "--emit-only"]):
+        result = runner.invoke(app, [*command, str(TINY), setup])
+        assert result.exit_code == 0, result.output
+        assert "slurm.setup[0]" in result.output and "slurm.pass_env" in result.output, command
+    assert "#SBATCH" in result.stdout and "warning:" not in result.stdout and "warning:" in result.stderr  # the script alone on stdout
