@@ -8,7 +8,9 @@ gradients). Nothing is asserted on the numbers.
 
 Run it from the repository root (about 3 minutes on a 2-core CPU machine; needs `make horovod`):
 
-    python bench/backends.py [--steps 30] [--warmup-steps 5] [--repeats 2] [--out bench/results/backends.json]
+    python bench/backends.py [--steps 30] [--warmup-steps 5] [--repeats 2] [--backends horovod,zero0,zero1,zero2]
+                             [--out bench/results/backends.json]
+    python bench/backends.py --smoke --out /tmp/backends.json     # Horovod and ZeRO-0, a few steps (the test suite's)
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common import DEFAULT_RECIPE, REPO, write_result
+from common import DEFAULT_RECIPE, REPO, chosen, parse_args, write_result
 from throughput import interleaved_medians
 
 BACKENDS = {
@@ -26,6 +28,7 @@ BACKENDS = {
     "zero2": ("distributed.zero_stage=2",),
 }
 BASELINE = "zero0"
+SMOKE = {"steps": 3, "warmup_steps": 1, "repeats": 1, "backends": f"horovod,{BASELINE}"}
 
 
 def main() -> None:
@@ -33,18 +36,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup-steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--backends", default=",".join(BACKENDS), help=f"comma-separated, {BASELINE} included")
     parser.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "backends.json")
-    args = parser.parse_args()
-    medians, losses = interleaved_medians(args.recipe, BACKENDS, args.steps, args.warmup_steps, args.repeats)
+    args = parse_args(parser, SMOKE)
+    backends = chosen(BACKENDS, args.backends, BASELINE)
+    medians, losses = interleaved_medians(args.recipe, backends, args.steps, args.warmup_steps, args.repeats)
     result = {
         "recipe": str(args.recipe), "steps": args.steps, "warmup_steps": args.warmup_steps, "repeats": args.repeats,
+        "smoke": args.smoke,
         "tokens_per_s": medians,
-        "ratio_to_zero0": {name: medians[name] / medians[BASELINE] for name in BACKENDS},
+        "ratio_to_zero0": {name: medians[name] / medians[BASELINE] for name in backends},
         "final_loss": losses,
     }
     print(f"{'backend':<10}{'tokens/s':>12}{'vs ZeRO-0':>12}{'final loss':>12}")
-    for name in BACKENDS:
+    for name in backends:
         print(f"{name:<10}{medians[name]:>12,.0f}{result['ratio_to_zero0'][name]:>12.3f}{losses[name]:>12.4f}")
     write_result(args.out, result)
 

@@ -3,15 +3,17 @@
 It trains the same model, with the same DeepSpeed JSON, micro batch, sequence length and token
 data as an `orch run` that already ran, read from that run's directory (plan.json, ds_config.json,
 data.json), and nothing else: no recipe schema, no sharded sampler, no metrics rows, no
-evaluation. Differences kept on purpose, because they are not throughput: no lr scheduler (the
-orchestrator passes a LambdaLR), and data read sequentially (each rank its own slice of each
-global batch) instead of through the seeded permutation. Rank 0 writes the wall time of every
-optimizer step to --out.
+evaluation. The prepared tokens are read with the project's own reader (`PreparedData`,
+`open_split`): their format is the data pipeline's, not this loop's. Differences kept on purpose,
+because they are not throughput: no lr scheduler (the orchestrator passes a LambdaLR), and data
+read sequentially (each rank its own slice of each global batch) instead of through the seeded
+permutation. Rank 0 writes the wall time of every optimizer step to --out.
 
 `bench/throughput.py` starts it; by hand, after an `orch run ... --run-dir RUN`:
 
-    DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 python -m torch.distributed.run --nproc_per_node 2 \\
-        --master_port 29511 bench/bare_deepspeed.py --run-dir RUN --steps 40 --out bare.json
+    DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 TORCH_EXTENSIONS_DIR=.venv/torch-extensions PATH=.venv/bin:$PATH \\
+        python -m torch.distributed.run --nproc_per_node 2 --master_port 29511 \\
+        bench/bare_deepspeed.py --run-dir RUN --steps 40 --out bare.json
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ import numpy as np
 import torch
 import yaml
 
+import common  # noqa: F401  puts the checkout on sys.path
+from orchestrator.data.prepare import PreparedData
+from orchestrator.data.stream import open_split
+from orchestrator.rundir.layout import RunDir
+from orchestrator.rundir.records import read_data
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -36,12 +44,13 @@ def main() -> None:
 
     plan = json.loads((args.run_dir / "plan.json").read_text())
     ds_config = json.loads((args.run_dir / "ds_config.json").read_text())
-    data_dir = Path(json.loads((args.run_dir / "data.json").read_text())["dir"])
+    data = PreparedData.load(read_data(RunDir(args.run_dir)).dir)
     seed = yaml.safe_load((args.run_dir / "recipe.yaml").read_text())["train"]["seed"]
-    assert plan["model"]["arch"] == "llama", "the bare loop builds a Llama model only"
+    if plan["model"]["arch"] != "llama" or data.kind != "text":
+        raise SystemExit(f"the bare loop trains a Llama on text; this run is {plan['model']['arch']} on {data.kind} data")
 
     engine, model, device = build_engine(plan, ds_config, seed)
-    step_s, losses = train(engine, device, plan["batch"], data_dir, args.steps)
+    step_s, losses = train(engine, device, plan["batch"], data, args.steps)
     if torch.distributed.get_rank() == 0:
         result = {
             "step_s": step_s,
@@ -83,19 +92,16 @@ def build_engine(plan: dict, ds_config: dict, seed: int):
     return engine, model, get_accelerator().current_device_name()
 
 
-def train(engine, device, batch: dict, data_dir: Path, steps: int) -> tuple[list[float], list[float]]:
+def train(engine, device, batch: dict, data: PreparedData, steps: int) -> tuple[list[float], list[float]]:
     """`steps` optimizer steps over sequential data; the wall time and last loss of each."""
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     micro, accumulation, seq_len = batch["micro_batch_size"], batch["gradient_accumulation_steps"], batch["seq_len"]
-    dtype = json.loads((data_dir / "manifest.json").read_text())["token_dtype"]
-    tokens = np.memmap(data_dir / "train.bin", dtype=dtype, mode="r")
-    num_sequences = len(tokens) // seq_len
+    sequences = open_split(data, "train", seq_len)  # every source's windows in turn
 
     def micro_batch(index: int) -> torch.Tensor:
         """Micro-batch `index` of this rank: `micro` consecutive sequences, ranks side by side."""
         first = (index * world + rank) * micro
-        rows = [(first + i) % num_sequences for i in range(micro)]
-        ids = np.stack([np.asarray(tokens[r * seq_len : (r + 1) * seq_len], dtype=np.int64) for r in rows])
+        ids = sequences.rows(np.arange(first, first + micro) % len(sequences))
         return torch.from_numpy(ids).to(device)
 
     step_s, losses = [], []

@@ -25,6 +25,7 @@ Run it from the repository root (about 5 minutes on a 2-core CPU machine):
 
     python bench/checkpoint.py [--steps 80] [--interval 10] [--repeats 2] [--out bench/results/checkpoint.json]
     python bench/checkpoint.py --failures [--failure-every 100] [--failure-steps 250] [--failure-intervals opt,50]
+    python bench/checkpoint.py [--failures] --smoke --out /tmp/checkpoint.json     # every part, a few steps (the test suite's)
 """
 
 from __future__ import annotations
@@ -38,14 +39,17 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from common import (DEFAULT_RECIPE, FAST, REPO, events, first_event, machine, orch_argv, read_jsonl, repo_relative, row_after,
-                    run_logged, wait_for, write_result)
+from common import (DEFAULT_RECIPE, FAST, REPO, events, first_event, machine, orch_argv, parse_args, read_jsonl, repo_relative,
+                    row_after, run_logged, wait_for, write_result)
 
 from disk import probe_disk
 from failures import measure_failures
 from failures import render as render_failures
 from tests.conftest import kill_run
 MODES = ("async", "none", "sync")
+# A periodic and a final save in each mode, and one kill and resume; with --failures, one kill.
+SMOKE = {"steps": 4, "interval": 2, "repeats": 1, "warmup_steps": 1, "resume_interval": 2,
+         "failure_baseline_steps": 6, "failure_every": 3, "failure_steps": 5, "failure_intervals": "opt"}
 
 
 def main() -> None:
@@ -54,7 +58,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="orch-failure-bench-", dir=args.scratch) as scratch:
             found = measure_failures(args, Path(scratch), run_training)
         result = {"date": datetime.now().strftime("%Y-%m-%d"), "machine": machine("torch", "deepspeed"),
-                  "config": {"recipe": repo_relative(args.recipe), "overrides": FAST, "seed": args.seed}, **found}
+                  "config": {"recipe": repo_relative(args.recipe), "overrides": FAST, "seed": args.seed, "smoke": args.smoke}, **found}
         print(render_failures(result))
         write_result(args.out or REPO / "bench" / "results" / "checkpoint-failures.json", result)
         return
@@ -87,7 +91,7 @@ def _parse_args() -> argparse.Namespace:
                         help="checkpoint intervals (steps) of the runs with failures; opt: Young/Daly's, from the baseline")
     parser.add_argument("--failure-baseline-steps", type=int, default=40, help="steps of the run without failures that measures s and C")
     parser.add_argument("--seed", type=int, default=0, help="where in its interval each kill lands")
-    args = parser.parse_args()
+    args = parse_args(parser, SMOKE)
     args.recipe = args.recipe.resolve()
     if args.steps <= args.warmup_steps:
         parser.error(f"--steps ({args.steps}) must exceed --warmup-steps ({args.warmup_steps})")
@@ -127,7 +131,7 @@ def _alternate(args: argparse.Namespace, scratch: Path) -> tuple[dict, dict, dic
 
 def run_training(recipe: Path, overrides: list[str], run_dir: Path) -> dict:
     """One `orch run` to completion; its per-step metrics and its events."""
-    run_logged(orch_argv("run", run_dir, str(recipe), *overrides), run_dir.with_suffix(".log"))
+    run_logged(orch_argv("run", run_dir, str(recipe), *overrides), run_dir.with_suffix(".log"), logs=run_dir / "logs")
     rows, history = read_jsonl(run_dir / "metrics.jsonl"), read_jsonl(run_dir / "events.jsonl")
     times = {e["event"]: e["time"] for e in history if e["event"] in ("start", "completed")}
     return {
@@ -156,17 +160,17 @@ def measure_resume(args: argparse.Namespace, run_dir: Path) -> dict:
     fresh_t0 = time.time()
     process = _start(argv, log)
     try:
-        fresh_row_s = _wait_for_run(lambda: row_after(run_dir, 0), process, log, "metrics row") - fresh_t0
-        saved = _wait_for_run(lambda: first_event(run_dir, "checkpoint", fresh_t0), process, log, "checkpoint event")
-        _wait_for_run(lambda: row_after(run_dir, saved["step"] + 1), process, log, "row after the checkpoint")
+        fresh_row_s = _wait_for_run(lambda: row_after(run_dir, 0), process, run_dir, "metrics row") - fresh_t0
+        saved = _wait_for_run(lambda: first_event(run_dir, "checkpoint", fresh_t0), process, run_dir, "checkpoint event")
+        _wait_for_run(lambda: row_after(run_dir, saved["step"] + 1), process, run_dir, "row after the checkpoint")
     finally:
         _kill(run_dir, process)
     fresh_start = first_event(run_dir, "start", fresh_t0)
     t0 = time.time()
     process = _start(argv, log)
     try:
-        resumed = _wait_for_run(lambda: first_event(run_dir, "resumed", t0), process, log, "resumed event")
-        first_new = _wait_for_run(lambda: row_after(run_dir, resumed["step"]), process, log, "row after the resume")
+        resumed = _wait_for_run(lambda: first_event(run_dir, "resumed", t0), process, run_dir, "resumed event")
+        first_new = _wait_for_run(lambda: row_after(run_dir, resumed["step"]), process, run_dir, "row after the resume")
     finally:
         _kill(run_dir, process)
     start = first_event(run_dir, "start", t0)
@@ -195,10 +199,10 @@ def _kill(run_dir: Path, process: subprocess.Popen) -> None:
     process.wait(timeout=30)
 
 
-def _wait_for_run(found, process: subprocess.Popen, log: Path, what: str):
+def _wait_for_run(found, process: subprocess.Popen, run_dir: Path, what: str):
     """common.wait_for, failing early if the `orch run` process exits first."""
     return wait_for(found, lambda: None if process.poll() is None else f"orch run exited with code {process.returncode}",
-                    log, what)
+                    run_dir.with_suffix(".log"), what, logs=run_dir / "logs")
 
 
 # -- summary --------------------------------------------------------------------------------------
@@ -215,6 +219,7 @@ def summarise(args: argparse.Namespace, plan: dict, runs: dict, probes: dict, re
             "steps": args.steps,
             "interval_steps": args.interval,
             "repeats": args.repeats,
+            "smoke": args.smoke,
             "order": ", ".join(MODES) + (", alternating" if args.repeats > 1 else ""),
             "warmup_steps": args.warmup_steps,
             "tokens_per_step": plan["batch"]["tokens_per_step"],

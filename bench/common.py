@@ -1,10 +1,12 @@
-"""What the benchmark scripts share: starting `orch`, reading a run's files while it runs, the result file.
+"""What the benchmark scripts share: their smoke mode, starting `orch`, reading a run's files while it
+runs, a failing process's own logs, the result file.
 
 The scripts run as `python bench/X.py`, so bench/ is on sys.path and they import this as `common`.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -22,6 +24,34 @@ DEFAULT_RECIPE = REPO / "recipes" / "tiny-pretrain.yaml"
 # Small corpus and short lr warmup, as the distributed tests use; every step logged.
 FAST = ["data.max_bytes=1500000", "train.schedule.warmup_steps=2", "train.log_interval=1"]
 POLL_S = 0.05  # metrics and events files: the resolution of every "row appeared" time
+CHILD_LOGS = ("*.log", "*.out")  # what the processes a benchmark starts write: rank, launcher and Slurm logs
+CHILD_LOGS_SHOWN = 3
+
+
+def parse_args(parser: argparse.ArgumentParser, smoke: dict) -> argparse.Namespace:
+    """The command line, with `--smoke`: then `smoke`'s values are the defaults (options given still win).
+
+    A smoke run takes the fewest steps, repeats and sizes that still run every part of a benchmark
+    and write its whole result; its figures mean nothing. The test suite runs every benchmark so
+    (tests/distributed/test_benchmarks.py), so that none stops working unnoticed.
+    """
+    parser.add_argument("--smoke", action="store_true",
+                        help="the fewest steps, repeats and sizes that run every part and write the result: "
+                             + ", ".join(f"--{key.replace('_', '-')} {value}" for key, value in smoke.items()))
+    args = parser.parse_args()
+    if args.smoke:
+        parser.set_defaults(**smoke)
+        args = parser.parse_args()
+    return args
+
+
+def chosen(configs: dict[str, tuple[str, ...]], names: str, baseline: str) -> dict[str, tuple[str, ...]]:
+    """The configurations named in `names` (comma-separated), in `configs`' order; `baseline`, which the
+    others are compared with, must be one of them."""
+    wanted = names.split(",")
+    if not set(wanted) <= set(configs) or baseline not in wanted:
+        raise SystemExit(f"choose from {', '.join(configs)} (comma-separated), {baseline} included; not {names!r}")
+    return {name: overrides for name, overrides in configs.items() if name in wanted}
 
 
 def orch_argv(command: str, run_dir: Path, *args: str) -> list[str]:
@@ -29,12 +59,13 @@ def orch_argv(command: str, run_dir: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "orchestrator", command, *args, "--run-dir", str(run_dir)]
 
 
-def run_logged(argv: list[str], log: Path, env: dict | None = None) -> None:
-    """Run `argv` from the repository root to completion, output to `log`; a failure raises with the log's tail."""
+def run_logged(argv: list[str], log: Path, env: dict | None = None, logs: Path | None = None) -> None:
+    """Run `argv` from the repository root to completion, output to `log`. A failure raises with the tails
+    of `log` and of the logs under `logs`, where the processes it started (ranks) say why they failed."""
     with log.open("w") as out:
         code = subprocess.run(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
     if code != 0:
-        raise RuntimeError(f"{' '.join(argv[:6])} ... failed with exit code {code}; last lines of {log}:\n{tail(log)}")
+        raise RuntimeError(f"{' '.join(argv[:6])} ... failed with exit code {code}; {last_lines(log, logs)}")
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -67,11 +98,12 @@ def first_event(run_dir: Path, name: str, since: float = 0.0) -> dict | None:
 
 
 def wait_for(found: Callable, ended: Callable[[], str | None], log: Path, what: str, timeout_s: float = 300,
-             check_every_s: float = POLL_S):
+             check_every_s: float = POLL_S, logs: Path | None = None):
     """Poll `found()` every POLL_S until it returns something (a value, or the time the condition was first seen).
 
     `ended()`, asked every `check_every_s`, says why nothing more will come (the process or job is over) or None;
-    it is asked before `found()`, so what just ended has had its last chance. Failures end with the tail of `log`.
+    it is asked before `found()`, so what just ended has had its last chance. Failures end with the tails of
+    `log` and of the logs under `logs` (see last_lines).
     """
     deadline, next_check = time.monotonic() + timeout_s, 0.0
     while time.monotonic() < deadline:
@@ -82,14 +114,23 @@ def wait_for(found: Callable, ended: Callable[[], str | None], log: Path, what: 
         if value:
             return value
         if over:
-            raise RuntimeError(f"{over} and still no {what}; last lines of {log}:\n{tail(log)}")
+            raise RuntimeError(f"{over} and still no {what}; {last_lines(log, logs)}")
         time.sleep(POLL_S)
-    raise TimeoutError(f"no {what} after {timeout_s:.0f}s; last lines of {log}:\n{tail(log)}")
+    raise TimeoutError(f"no {what} after {timeout_s:.0f}s; {last_lines(log, logs)}")
 
 
 def tail(log: Path, lines: int = 30) -> str:
     """The last lines of a log, for an error message."""
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else f"({log} missing)"
+
+
+def last_lines(log: Path, logs: Path | None = None) -> str:
+    """For an error message, read before the scratch directory holding them is deleted: the tail of `log`
+    (a command's own output), then of the CHILD_LOGS_SHOWN most recently written, non-empty logs under
+    `logs` (a run's `logs/`: the rank that failed wrote its traceback there, not to its parent's output)."""
+    children = [p for pattern in CHILD_LOGS for p in logs.rglob(pattern)] if logs is not None and logs.is_dir() else []
+    children = sorted((p for p in children if p != log and p.stat().st_size), key=lambda p: p.stat().st_mtime)[-CHILD_LOGS_SHOWN:]
+    return "\n".join([f"last lines of {log}:\n{tail(log)}", *(f"last lines of {p}:\n{tail(p, 20)}" for p in children)])
 
 
 def machine(*packages: str, **extra) -> dict:

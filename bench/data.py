@@ -2,6 +2,7 @@
 to 2 workers, and peak memory for a corpus and one four times larger.
 
     python bench/data.py [--size-mb 200] [--out bench/results/data.json]
+    python bench/data.py --smoke --out /tmp/data.json     # corpora of 1 and 4 MiB (the test suite's)
 
 Two synthetic corpora (JSON Lines of documents of Zipf-distributed words, S and 4S bytes) are
 prepared with `orch prepare`'s code (`prepare_data`) in a fresh process each, without curation (the
@@ -27,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from common import REPO, write_result
+from common import REPO, parse_args, tail, write_result
 
+SMOKE = {"size_mb": 1}
 SHARD_BYTES = 8 * 2**20
 """Chunks of 8 MiB, so that even S is many chunks: with fewer chunks than twice the workers, every
 chunk is in flight at once and memory still grows with the corpus."""
@@ -73,9 +75,11 @@ def synthetic_corpus(path: Path, size_bytes: int, seed: int = 0) -> None:
             written += len(line)
 
 
-def measured(argv: list[str], env: dict) -> tuple[dict, int]:
-    """The command's JSON result and the peak of the summed resident memory of it and its children."""
-    process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+def measured(argv: list[str], env: dict, log: Path) -> tuple[dict, int]:
+    """The command's JSON result and the peak of the summed resident memory of it and its children; its
+    error output goes to `log`, whose tail a failure shows."""
+    with log.open("w") as errors:
+        process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=errors, text=True)
     root, peak = psutil.Process(process.pid), 0
     while process.poll() is None:
         try:
@@ -86,7 +90,7 @@ def measured(argv: list[str], env: dict) -> tuple[dict, int]:
         time.sleep(0.05)
     out = process.stdout.read()
     if process.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv[:3])} failed with exit code {process.returncode}")
+        raise RuntimeError(f"{log.stem} failed with exit code {process.returncode}; last lines of {log}:\n{tail(log)}")
     return json.loads(out.strip().splitlines()[-1]), peak
 
 
@@ -94,7 +98,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mb", type=int, default=200, help="S, the smaller corpus (the larger is 4S)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "data.json")
-    args = parser.parse_args()
+    args = parse_args(parser, SMOKE)
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "RAYON_NUM_THREADS": "1", "HF_DATASETS_OFFLINE": "1"}
     rows, results = [], {}
     with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
@@ -105,7 +109,8 @@ def main() -> None:
             synthetic_corpus(corpus, args.size_mb * 2**20 * factor)
             for workers in (1, 2):
                 spec = {"path": str(corpus), "val_fraction": 0.01, "tokenizer": {"sample_bytes": 32 * 2**20}, "shard_bytes": SHARD_BYTES, **pipeline_only}
-                result, peak = measured([sys.executable, "-c", PREPARE, json.dumps(spec), str(work / f"cache-{label}-{workers}"), str(workers)], env)
+                result, peak = measured([sys.executable, "-c", PREPARE, json.dumps(spec), str(work / f"cache-{label}-{workers}"), str(workers)], env,
+                                        work / f"prepare-{label}-{workers}.log")
                 results[(label, workers)] = {**result, "peak_rss": peak, "bytes": corpus.stat().st_size}
                 print(f"{label} ({corpus.stat().st_size / 2**20:.0f} MiB), {workers} worker(s): {result['seconds']:.1f} s, "
                       f"{result['tokens'] / result['seconds']:,.0f} tokens/s, peak {peak / 2**20:.0f} MiB", flush=True)
@@ -119,11 +124,12 @@ def main() -> None:
                 size += len(line)
                 if size > 64 * 2**20:
                     break
-        limit, _ = measured([sys.executable, "-c", ENCODE, str(tokenizer), str(sample)], env)
+        limit, _ = measured([sys.executable, "-c", ENCODE, str(tokenizer), str(sample)], env, work / "encode.log")
         limit_rate = limit["tokens"] / limit["seconds"]
         spec = {"path": str(work / "corpus-S.jsonl"), "val_fraction": 0.01, "tokenizer": {"sample_bytes": 32 * 2**20}, "shard_bytes": SHARD_BYTES,
                 "curation": {"near_dedup": {"threshold": 0.8}}}  # every step, near-deduplication included
-        curated, curated_peak = measured([sys.executable, "-c", PREPARE, json.dumps(spec), str(work / "cache-curated"), "2"], env)
+        curated, curated_peak = measured([sys.executable, "-c", PREPARE, json.dumps(spec), str(work / "cache-curated"), "2"], env,
+                                         work / "prepare-curated.log")
     rate = {key: r["tokens"] / r["seconds"] for key, r in results.items()}
     for (label, workers), r in results.items():
         tokenize_rate = r["tokens"] / r["phases"]["tokenize"]
@@ -145,7 +151,7 @@ def main() -> None:
     for row in rows:
         print(row)
     print(json.dumps(summary, indent=1))
-    write_result(args.out, {"size_mb": args.size_mb, "rows": rows, "summary": summary})
+    write_result(args.out, {"size_mb": args.size_mb, "smoke": args.smoke, "rows": rows, "summary": summary})
 
 
 if __name__ == "__main__":

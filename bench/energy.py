@@ -10,7 +10,9 @@ Two measurements, side by side in one run:
 
 Run it from the repository root (about 3 minutes on a 2-core CPU machine):
 
-    python bench/energy.py [--steps 40] [--warmup-steps 5] [--repeats 3] [--out bench/results/energy.json]
+    python bench/energy.py [--steps 40] [--warmup-steps 5] [--repeats 3] [--configs off,on-1s,on-0.1s]
+                           [--out bench/results/energy.json]
+    python bench/energy.py --smoke --out /tmp/energy.json     # off and on at 0.1 s, a few steps (the test suite's)
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import DEFAULT_RECIPE, REPO, write_result
+from common import DEFAULT_RECIPE, REPO, chosen, parse_args, write_result
 from throughput import interleaved_medians
 
 CONFIGS = {
@@ -29,9 +31,10 @@ CONFIGS = {
     "on-0.1s": ("energy.interval_s=0.1",),
 }
 GOAL = 0.005
+SMOKE = {"steps": 3, "warmup_steps": 1, "repeats": 1, "configs": "off,on-0.1s", "samples": 20}
 
 
-def sample_cost_s(samples: int = 200) -> float:
+def sample_cost_s(samples: int) -> float:
     """Wall seconds per sample of the monitor with this machine's node meters (the local leader's set)."""
     from orchestrator.energy.hardware import cpu_power
     from launch.energy.meters import node_meters
@@ -51,21 +54,25 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup-steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated, off included")
+    parser.add_argument("--samples", type=int, default=200, help="monitor samples timed for the cost of one")
     parser.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "energy.json")
-    args = parser.parse_args()
-    medians, _ = interleaved_medians(args.recipe, CONFIGS, args.steps, args.warmup_steps, args.repeats)
-    cost = sample_cost_s()
+    args = parse_args(parser, SMOKE)
+    configs = chosen(CONFIGS, args.configs, "off")
+    medians, _ = interleaved_medians(args.recipe, configs, args.steps, args.warmup_steps, args.repeats)
+    cost = sample_cost_s(args.samples)
     result = {
         "recipe": str(args.recipe), "steps": args.steps, "warmup_steps": args.warmup_steps, "repeats": args.repeats,
+        "smoke": args.smoke,
         "tokens_per_s": medians,
-        "overhead_end_to_end": {name: 1 - medians[name] / medians["off"] for name in CONFIGS if name != "off"},
+        "overhead_end_to_end": {name: 1 - medians[name] / medians["off"] for name in configs if name != "off"},
         "sample_cost_ms": cost * 1000,
         "core_share_at_1s": cost / 1.0,
         "goal": GOAL,
     }
     print(f"{'config':<10}{'tokens/s':>12}{'overhead':>12}")
-    for name in CONFIGS:
+    for name in configs:
         overhead = result["overhead_end_to_end"].get(name)
         print(f"{name:<10}{medians[name]:>12,.0f}{'' if overhead is None else f'{overhead:>12.2%}'}")
     print(f"one sample: {cost * 1000:.3f} ms -> {cost:.3%} of one core at the default 1 s interval (goal: overhead < {GOAL:.1%})")

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import psutil
-from common import FAST, REPO, events, first_event, orch_argv, read_jsonl, row_after, wait_for
+from common import FAST, REPO, events, first_event, last_lines, orch_argv, read_jsonl, row_after, wait_for
 
 from tests.conftest import kill_run
 
@@ -73,10 +73,10 @@ def run_with_failures(args, run_dir: Path, interval: int, rng: random.Random) ->
     restarts, launched = [], time.time()
     while True:
         process = _start(argv, log)
-        start = _wait(lambda: first_event(run_dir, "start", launched), process, log, "start event")
+        start = _wait(lambda: first_event(run_dir, "start", launched), process, run_dir, "start event")
         if restarts:  # this attempt's own figures, from the kill before it
             resumed = first_event(run_dir, "resumed", launched)
-            first_new = _wait(lambda: row_after(run_dir, start["step"]), process, log, "row after the resume")
+            first_new = _wait(lambda: row_after(run_dir, start["step"]), process, run_dir, "row after the resume")
             restarts[-1].update(restart_to_resumed_s=resumed["time"] - launched if resumed else None,
                                 restart_to_start_s=start["time"] - launched, restart_to_first_new_step_s=first_new - launched,
                                 restart_cost_s=start["time"] - restarts[-1]["kill_time"], resumed_step=start["step"],
@@ -85,9 +85,9 @@ def run_with_failures(args, run_dir: Path, interval: int, rng: random.Random) ->
         if start["step"] + run_for >= args.failure_steps:  # the run ends before the next failure is due
             code = process.wait(timeout=600)
             if code != 0:
-                raise RuntimeError(f"the last attempt of {run_dir} exited with code {code}; see {log}")
+                raise RuntimeError(f"the last attempt of {run_dir} exited with code {code}; {last_lines(log, run_dir / 'logs')}")
             break
-        _wait(lambda: row_after(run_dir, start["step"] + run_for - 1), process, log, f"step {start['step'] + run_for}")
+        _wait(lambda: row_after(run_dir, start["step"] + run_for - 1), process, run_dir, f"step {start['step'] + run_for}")
         kill_time = time.time()
         _kill_attempt(run_dir, process)
         rows = read_jsonl(run_dir / "metrics.jsonl")
@@ -161,8 +161,9 @@ def _start(argv: list[str], log: Path) -> subprocess.Popen:
         return subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
 
-def _wait(found, process: subprocess.Popen, log: Path, what: str):
-    return wait_for(found, lambda: None if process.poll() is None else f"orch run exited with code {process.returncode}", log, what)
+def _wait(found, process: subprocess.Popen, run_dir: Path, what: str):
+    return wait_for(found, lambda: None if process.poll() is None else f"orch run exited with code {process.returncode}",
+                    run_dir.with_suffix(".log"), what, logs=run_dir / "logs")
 
 
 def _kill_attempt(run_dir: Path, process: subprocess.Popen, timeout_s: float = 60) -> None:

@@ -12,6 +12,7 @@ Run it from the repository root, on an otherwise idle machine (a size that does 
 by the kernel's OOM killer; about 20 minutes on 2 cores and 24 GiB):
 
     python bench/scale.py [--sizes 0.3,0.5,0.7,0.85,1.0] [--seq-len 32] [--out bench/results/scale.json]
+    python bench/scale.py --smoke --out /tmp/scale.json     # a 0.7M-parameter model, every variant (the test suite's)
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import DEFAULT_RECIPE, REPO, machine, orch_argv, read_jsonl, tail, write_result
+from common import DEFAULT_RECIPE, REPO, last_lines, machine, orch_argv, parse_args, read_jsonl, write_result
 
 SHAPES = {
     # billions of parameters (approximate): hidden, layers, intermediate; heads of 128 dimensions
+    "0.001": (128, 2, 352),  # the smoke run's: every part in seconds
     "0.3": (1024, 24, 2816),
     "0.5": (1536, 18, 4096),
     "0.7": (1536, 25, 4096),
@@ -41,6 +43,7 @@ VARIANTS = {
     "no activation checkpointing": ("distributed.zero3_init=true", "train.activation_checkpointing=false"),
 }
 STEPS = 3
+SMOKE = {"sizes": "0.001"}
 
 
 def overrides(size: str, seq_len: int) -> list[str]:
@@ -76,7 +79,7 @@ def measure(size: str, variant: str, seq_len: int, work: Path) -> dict:
         result["s_per_step"] = sum(r["step_s"] for r in rows[1:] or rows) / len(rows[1:] or rows)
         result["losses"] = [r["loss"] for r in rows]
     if not result["trained"]:
-        result["log_tail"] = tail(log, 5)
+        result["log_tail"] = last_lines(log, run_dir / "logs")  # the OOM killer's victim, or a rank's traceback
     shutil.rmtree(run_dir, ignore_errors=True)  # several GB of ZeRO shards per size
     return result
 
@@ -98,7 +101,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="0.3,0.5,0.7,0.85,1.0", help=f"comma-separated, from {', '.join(SHAPES)}")
     parser.add_argument("--seq-len", type=int, default=32)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "scale.json")
-    args = parser.parse_args()
+    args = parse_args(parser, SMOKE)
     print(f"{'params':>8}  {'variant':<28}{'build GiB':>9}{'x fp32':>7}{'start GiB':>9}{'step GiB':>9}{'s/step':>9}")
     results, largest = [], None
     with tempfile.TemporaryDirectory(prefix="orch-scale-") as tmp:
@@ -113,7 +116,7 @@ def main() -> None:
             result = measure(largest, variant, args.seq_len, Path(tmp))
             results.append(result)
             print_row(result)
-    write_result(args.out, {"machine": machine("torch", "deepspeed", "transformers"), "seq_len": args.seq_len, "steps": STEPS,
+    write_result(args.out, {"machine": machine("torch", "deepspeed", "transformers"), "smoke": args.smoke, "seq_len": args.seq_len, "steps": STEPS,
                             "largest_trained": largest, "runs": results})
 
 

@@ -19,6 +19,7 @@ the next is submitted. Nothing is asserted on the numbers.
 Run it from the repository root, as root like dev-cluster.sh (about 2 minutes on a 2-core machine):
 
     python bench/slurm.py [--repeats 2] [--requeue-repeats 1] [--out bench/results/slurm.json]
+    python bench/slurm.py --smoke --out /tmp/slurm.json     # one job of each, 6 steps (the test suite's)
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from common import POLL_S, REPO, events, first_event, machine, orch_argv, read_jsonl, row_after, wait_for, write_result
+from common import POLL_S, REPO, events, first_event, machine, orch_argv, parse_args, read_jsonl, row_after, wait_for, write_result
 
 # The job tests/integration/test_slurm.py submits (TWO_NODES, with tests/conftest.py's FAST); train.steps from --steps.
 TWO_NODES = [
@@ -43,6 +44,7 @@ TWO_NODES = [
 FAILED = {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 STATE_POLL_S = 1.0  # scontrol, a subprocess: less often
 TIMEOUT_S = 300
+SMOKE = {"steps": 6, "repeats": 1, "requeue_repeats": 1, "signal_at_step": 2}
 
 SUBMIT_PHASES = {  # key: (label, from, to)
     "submit_command_s": ("submit command (start -> exit)", "t0", "submit_exit"),
@@ -89,7 +91,7 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--requeue-repeats", type=int, default=1, help="jobs preempted with USR1 and requeued")
     parser.add_argument("--signal-at-step", type=int, default=4, help="send USR1 once a metrics row with this step appears")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "slurm.json")
-    args = parser.parse_args()
+    args = parse_args(parser, SMOKE)
     if args.repeats < 1 or args.requeue_repeats < 0:
         parser.error("--repeats must be at least 1 and --requeue-repeats at least 0")
     # The signal lands a step or two later; the job must still be training then.
@@ -140,7 +142,8 @@ def wait_for_job(found, job_id: str, run_dir: Path, what: str):
         state = job_state(job_id)
         return f"job {job_id} is {state}" if state in FAILED or state == "COMPLETED" else None
 
-    return wait_for(found, ended, run_dir / "logs" / f"slurm-{job_id}.out", what, TIMEOUT_S, check_every_s=STATE_POLL_S)
+    return wait_for(found, ended, run_dir / "logs" / f"slurm-{job_id}.out", what, TIMEOUT_S, check_every_s=STATE_POLL_S,
+                    logs=run_dir / "logs")
 
 
 def wait_until_completed(job_id: str, run_dir: Path) -> None:
@@ -216,6 +219,7 @@ def summarise(args: argparse.Namespace, firsts: list[dict], requeues: list[dict]
             "requeue_overrides": ["slurm.signal=USR1"],
             "repeats": args.repeats,
             "requeue_repeats": args.requeue_repeats,
+            "smoke": args.smoke,
             "signal_at_step": args.signal_at_step,
             "poll_s": POLL_S,
         },

@@ -13,7 +13,8 @@ The orchestration overhead is the `none` sweep's wall time against the sum of th
 saving is the share of training steps and of wall time the `median` sweep did not spend, and
 whether it found the same best trial.
 
-    python bench/sweep.py [--steps 40] [--out bench/results/sweep.json]     (about 8 minutes here)
+    python bench/sweep.py [--steps 40] [--learning-rates 0.003,0.001,...] [--out bench/results/sweep.json]     (about 8 minutes here)
+    python bench/sweep.py --smoke --out /tmp/sweep.json     # two trials, 4 steps (the test suite's)
 """
 
 from __future__ import annotations
@@ -26,19 +27,24 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from common import FAST, REPO, machine, read_jsonl, run_logged, write_result
+from common import FAST, REPO, machine, parse_args, read_jsonl, run_logged, write_result
 
 LEARNING_RATES = [0.003, 0.001, 0.3, 0.0002, 3.0, 0.006]
+SMOKE = {"steps": 4, "learning_rates": "0.003,3.0"}  # two at a time, as the recipe runs them; 3.0 diverges
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--learning-rates", default=",".join(map(str, LEARNING_RATES)), help="the grid, comma-separated")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "sweep.json")
-    args = parser.parse_args()
+    args = parse_args(parser, SMOKE)
+    if args.steps < 4:
+        parser.error(f"--steps ({args.steps}) must be at least 4: an evaluation every quarter of the run")
+    rates = [float(rate) for rate in args.learning_rates.split(",")]
     overrides = [*FAST, "train.log_interval=10", f"train.steps={args.steps}", f"train.eval_interval={args.steps // 4}", "train.eval_batches=2",
-                 "train.grad_clip=null", f"sweep.parameters={{train.optimizer.lr: {{choices: {LEARNING_RATES}}}}}", "sweep.sampler=grid",
-                 f"sweep.trials={len(LEARNING_RATES)}", "sweep.pruner.startup_trials=1", "sweep.pruner.warmup_steps=0"]
+                 "train.grad_clip=null", f"sweep.parameters={{train.optimizer.lr: {{choices: {rates}}}}}", "sweep.sampler=grid",
+                 f"sweep.trials={len(rates)}", "sweep.pruner.startup_trials=1", "sweep.pruner.warmup_steps=0"]
     with tempfile.TemporaryDirectory(prefix="orch-sweep-bench-") as scratch:
         work = Path(scratch)
         none = sweep(work / "none", [*overrides, "sweep.pruner.kind=none"])
@@ -46,7 +52,8 @@ def main() -> None:
         median = sweep(work / "median", [*overrides, "sweep.pruner.kind=median"])
     result = {
         "date": datetime.now().strftime("%Y-%m-%d"), "machine": machine("torch", "deepspeed", "optuna"),
-        "config": {"recipe": "recipes/tiny-sweep.yaml", "learning_rates": LEARNING_RATES, "steps": args.steps, "overrides": overrides},
+        "config": {"recipe": "recipes/tiny-sweep.yaml", "learning_rates": rates, "steps": args.steps, "smoke": args.smoke,
+                   "overrides": overrides},
         "none": none, "alone": alone, "median": median,
         "summary": {
             "overhead_sweep_over_trials_alone": round(none["wall_s"] / alone["wall_s"], 3),
@@ -63,7 +70,7 @@ def sweep(directory: Path, overrides: list[str]) -> dict:
     """One local sweep, timed; its trials' steps and states from their run directories and the report."""
     start = time.perf_counter()
     run_logged([sys.executable, "-m", "orchestrator", "sweep", str(REPO / "recipes" / "tiny-sweep.yaml"), *overrides, "--local",
-                "--sweep-dir", str(directory)], directory.with_suffix(".log"))
+                "--sweep-dir", str(directory)], directory.with_suffix(".log"), logs=directory / "trials")
     wall = time.perf_counter() - start
     trials = sorted((directory / "trials").iterdir())
     steps = [max((r["step"] for r in read_jsonl(t / "metrics.jsonl")), default=0) for t in trials]
@@ -77,8 +84,9 @@ def trials_alone(swept: Path, directory: Path) -> dict:
     directory.mkdir()
     start = time.perf_counter()
     for trial in sorted((swept / "trials").iterdir()):
-        run_logged([sys.executable, "-m", "orchestrator", "run", str(trial / "recipe.yaml"), "--run-dir", str(directory / trial.name)],
-                   directory / f"{trial.name}.log")
+        run_dir = directory / trial.name
+        run_logged([sys.executable, "-m", "orchestrator", "run", str(trial / "recipe.yaml"), "--run-dir", str(run_dir)],
+                   directory / f"{trial.name}.log", logs=run_dir / "logs")
     return {"wall_s": round(time.perf_counter() - start, 1), "runs": len(list(directory.glob("*.log")))}
 
 

@@ -12,6 +12,7 @@ numbers; the goal for orchestrator / bare is >= 0.97.
 Run it from the repository root (about 2 minutes on a 2-core CPU machine):
 
     python bench/throughput.py [--steps 40] [--warmup-steps 5] [--repeats 3] [--out bench/results/throughput.json]
+    python bench/throughput.py --smoke --out /tmp/throughput.json     # every part, a few steps (the test suite's)
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from common import DEFAULT_RECIPE, REPO, machine, orch_argv, read_jsonl, repo_relative, run_logged, write_result
+from common import DEFAULT_RECIPE, REPO, machine, orch_argv, parse_args, read_jsonl, repo_relative, run_logged, write_result
 
 BARE_SCRIPT = REPO / "bench" / "bare_deepspeed.py"
-MATMUL_SECONDS = 3.0
 MATMUL_SIZE = {"cpu": 2048, "cuda": 8192}
+SMOKE = {"steps": 3, "warmup_steps": 1, "repeats": 1, "peak_seconds": 0.2}
 
 
 def main() -> None:
@@ -40,7 +41,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="orch-bench-") as scratch:
         runs = _alternate(args, Path(scratch))
     plan = runs["plan"]
-    peak = measure_peak(plan)
+    peak = measure_peak(plan, args.peak_seconds)
     result = summarise(args, plan, runs, peak)
     print(render_table(result))
     write_result(args.out, result)
@@ -52,8 +53,9 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup-steps", type=int, default=5, help="first steps of each run left out of the medians")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each side, alternating orch and bare")
     parser.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE, help="a Llama recipe (the bare loop builds Llama only)")
+    parser.add_argument("--peak-seconds", type=float, default=3.0, help="seconds of each matmul timing of the machine's peak")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "throughput.json")
-    args = parser.parse_args()
+    args = parse_args(parser, SMOKE)
     args.recipe = args.recipe.resolve()
     if args.steps <= args.warmup_steps:
         parser.error(f"--steps ({args.steps}) must exceed --warmup-steps ({args.warmup_steps}) to leave steps to measure")
@@ -86,7 +88,7 @@ def run_orchestrator(recipe: Path, steps: int, run_dir: Path, extra: tuple[str, 
     overrides = [f"train.steps={steps}", f"train.eval_interval={steps + 1}", "train.log_interval=1"]
     if warmup >= steps:  # the recipe schema requires lr warmup below the step count
         overrides.append(f"train.schedule.warmup_steps={steps - 1}")
-    run_logged(orch_argv("run", run_dir, str(recipe), *overrides, *extra), run_dir.with_suffix(".log"))
+    run_logged(orch_argv("run", run_dir, str(recipe), *overrides, *extra), run_dir.with_suffix(".log"), logs=run_dir / "logs")
     rows = read_jsonl(run_dir / "metrics.jsonl")
     if len(rows) != steps:
         raise RuntimeError(f"expected {steps} metric rows in {run_dir}, found {len(rows)}")
@@ -116,6 +118,8 @@ def interleaved_medians(recipe: Path, configs: dict[str, tuple[str, ...]], steps
 
 def run_bare(orch_run_dir: Path, steps: int, work: Path) -> dict:
     """bench/bare_deepspeed.py on as many ranks, with the same added environment, as the orch run."""
+    from launch.node import toolchain_env
+
     plan = json.loads((orch_run_dir / "plan.json").read_text())
     work.mkdir(parents=True)
     out = work / "steps.json"
@@ -123,11 +127,14 @@ def run_bare(orch_run_dir: Path, steps: int, work: Path) -> dict:
         sys.executable, "-m", "torch.distributed.run",
         "--nproc_per_node", str(plan["topology"]["procs_per_node"]),
         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+        "--log-dir", str(work / "ranks"), "--redirects", "3",  # each rank's own output, for a failure's message
         str(BARE_SCRIPT), "--run-dir", str(orch_run_dir), "--steps", str(steps), "--out", str(out),
     ]
-    # The ranks get exactly the environment the orchestrator gave its own (on CPU:
-    # DS_ACCELERATOR=cpu and OMP_NUM_THREADS = cores / ranks).
-    run_logged(argv, work / "bare.log", {**os.environ, **plan["commands"][0]["env"]})
+    # The ranks get exactly the environment the orchestrator gave its own: the plan's (on CPU:
+    # DS_ACCELERATOR=cpu and OMP_NUM_THREADS = cores / ranks), and the node launcher's toolchain
+    # (DeepSpeed's CPU op as scripts/setup.sh built it, not compiled afresh).
+    env = {**os.environ, **plan["commands"][0]["env"]}
+    run_logged(argv, work / "bare.log", env | toolchain_env(env), logs=work / "ranks")
     result = json.loads(out.read_text())
     result["tokens_per_s"] = [result["tokens_per_step"] / s for s in result["step_s"]]
     result["final_loss"] = result["loss"][-1]
@@ -140,7 +147,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def measure_peak(plan: dict) -> dict:
+def measure_peak(plan: dict, seconds: float) -> dict:
     """The whole machine's matmul FLOP/s: fp32 on CPU, bf16 on CUDA.
 
     On CPU two ways, and the larger counts: one process with all of torch's threads, and the
@@ -151,13 +158,13 @@ def measure_peak(plan: dict) -> dict:
 
     device = plan["topology"]["device"]
     if device == "cuda":
-        per_device = _matmul_flops("cuda", torch.bfloat16, MATMUL_SIZE["cuda"], MATMUL_SECONDS)
+        per_device = _matmul_flops("cuda", torch.bfloat16, MATMUL_SIZE["cuda"], seconds)
         world = plan["topology"]["world_size"]
         return {"dtype": "bf16", "peak_flops": per_device * world, "per_device_flops": per_device, "devices": world}
     procs = plan["topology"]["procs_per_node"]
     rank_threads = int(plan["rank_env"].get("OMP_NUM_THREADS", 1))
-    single = _matmul_flops("cpu", torch.float32, MATMUL_SIZE["cpu"], MATMUL_SECONDS)
-    concurrent = _concurrent_cpu_matmul(procs, rank_threads)
+    single = _matmul_flops("cpu", torch.float32, MATMUL_SIZE["cpu"], seconds)
+    concurrent = _concurrent_cpu_matmul(procs, rank_threads, seconds)
     return {
         "dtype": "fp32",
         "peak_flops": max(single, concurrent),
@@ -187,20 +194,20 @@ def _matmul_flops(device: str, dtype, size: int, seconds: float) -> float:
     return 2 * size**3 * count / (time.perf_counter() - start)
 
 
-def _matmul_worker(threads: int, barrier, results) -> None:
+def _matmul_worker(threads: int, seconds: float, barrier, results) -> None:
     import torch
 
     torch.set_num_threads(threads)
     _matmul_flops("cpu", torch.float32, MATMUL_SIZE["cpu"], 0.3)  # warm caches and the thread pool
     barrier.wait()
-    results.put(_matmul_flops("cpu", torch.float32, MATMUL_SIZE["cpu"], MATMUL_SECONDS))
+    results.put(_matmul_flops("cpu", torch.float32, MATMUL_SIZE["cpu"], seconds))
 
 
-def _concurrent_cpu_matmul(procs: int, threads: int) -> float:
+def _concurrent_cpu_matmul(procs: int, threads: int, seconds: float) -> float:
     """Sum of FLOP/s of `procs` processes multiplying at the same time, like the ranks do."""
     context = multiprocessing.get_context("spawn")
     barrier, results = context.Barrier(procs), context.Queue()
-    workers = [context.Process(target=_matmul_worker, args=(threads, barrier, results)) for _ in range(procs)]
+    workers = [context.Process(target=_matmul_worker, args=(threads, seconds, barrier, results)) for _ in range(procs)]
     for worker in workers:
         worker.start()
     total = sum(results.get(timeout=120) for _ in workers)
@@ -237,6 +244,7 @@ def summarise(args: argparse.Namespace, plan: dict, runs: dict, peak: dict) -> d
             "steps": args.steps,
             "warmup_steps": args.warmup_steps,
             "repeats": args.repeats,
+            "smoke": args.smoke,
             "order": "orch, bare, alternating" if args.repeats > 1 else "orch, bare",
             "topology": {k: plan["topology"][k] for k in ("world_size", "device", "comm_backend")},
             "batch": plan["batch"],

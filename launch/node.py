@@ -101,15 +101,23 @@ def _rank_env(args: argparse.Namespace, backend, local: int) -> dict[str, str]:
         "NODE_RANK": str(args.node_rank),
         "MASTER_ADDR": args.master_addr,
         "MASTER_PORT": str(args.master_port),
+        **toolchain_env(os.environ),
+        **backend.rank_env(args.nnodes, args.nproc, args.node_rank, local, args.master_addr, args.master_port),
+    }
+
+
+def toolchain_env(environ: dict[str, str]) -> dict[str, str]:
+    """Where a rank finds the DeepSpeed op that scripts/setup.sh built, so that it does not compile it afresh
+    (bench/bare_deepspeed.py's ranks get the same)."""
+    return {
         # This interpreter's bin first, unresolved (a virtualenv's python is a symlink): DeepSpeed
         # compiles its CPU op with the first `ninja` on PATH, and two ninja versions log different
         # hashes for the same command, so ranks started with and without an activated virtualenv
         # would each rebuild it (a minute) after the other. scripts/setup.sh builds it the same way.
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)]),
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), environ.get("PATH", os.defpath)]),
         # Extensions DeepSpeed compiles belong to this interpreter's environment: two virtualenvs
         # sharing ~/.cache/torch_extensions would rebuild over each other at every start.
-        "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch-extensions")),
-        **backend.rank_env(args.nnodes, args.nproc, args.node_rank, local, args.master_addr, args.master_port),
+        "TORCH_EXTENSIONS_DIR": environ.get("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch-extensions")),
     }
 
 
