@@ -8,7 +8,9 @@
 #   slurm/dev-cluster.sh status   which daemons run, sinfo; exit 0 only if all are up
 #
 # State (config, logs, spool, controller state, pid files) lives in ORCH_SLURM_DIR (default
-# /tmp/orch-slurm). Needs root: it installs packages, edits /etc/hosts and writes /etc/slurm/slurm.conf.
+# /tmp/orch-slurm). `up` and `down` need root: they install packages, edit /etc/hosts, write
+# /etc/slurm/slurm.conf and run the daemons as root; as another user, run them with sudo. `status`
+# works as any user, as do the client commands (sinfo, squeue) once the cluster is up.
 # slurm/README.md explains the non-obvious parts and what does not work (sacct).
 set -euo pipefail
 
@@ -64,7 +66,7 @@ all_daemons() {
     for node in "${NODES[@]}"; do alive "$(slurmd_pidfile "$node")" slurmd || return 1; done
 }
 
-need_root() { [[ $EUID -eq 0 ]] || die "run as root (it installs packages and writes /etc/hosts and $SYSTEM_CONF)"; }
+need_root() { [[ $EUID -eq 0 ]] || die "run as root, e.g. sudo $0 ${1:-up} (it installs packages, writes /etc/hosts and $SYSTEM_CONF, and runs the daemons as root)"; }
 
 install_packages() {
     local missing=() pkg
@@ -255,7 +257,7 @@ wait_ready() {
 one_line() { echo "slurm dev cluster up: nodes $(node_states)(config $CONF, logs $STATE/log)"; }
 
 cmd_up() {
-    need_root
+    need_root up
     mkdir -p "$STATE"
     if all_daemons && nodes_ready; then
         # Already running: leave it alone; a changed config would not reach the running daemons.
@@ -288,7 +290,7 @@ stop_pidfile() {
 }
 
 cmd_down() {
-    need_root
+    need_root down
     local node active=RUNNING,PENDING,SUSPENDED,CONFIGURING,COMPLETING
     # Cancel jobs first: slurmstepd and the job's processes outlive slurmd and would keep running
     # with nobody to report to, and pending jobs would come back on the next `up`.

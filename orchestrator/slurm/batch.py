@@ -4,7 +4,8 @@ Starts one node launcher per node with srun, the rendezvous on the first node of
 at a port derived from the job id; forwards the preemption signal (Slurm sends it to this batch
 step only) to srun, which passes it to every node; and when the ranks stop with the requeue
 code, requeues the job itself up to `slurm.max_requeues` times. Every start and requeue is
-appended to the run's `events.jsonl`.
+appended to the run's `events.jsonl`, and said, with the signals it forwarded and how the step
+ended, in the job's own log (`logs/slurm-<job>.out`, its standard output).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def node_command(plan: PlanRecord, python: str, master_addr: str, master_port: i
         # with it would have srun kill the others mid-save. --wait ends the other nodes a minute after
         # the first one exits, so a crashed node cannot leave its peers hanging in a collective.
         "srun", "--wait=60", f"--nodes={topology.nodes}", "--ntasks-per-node=1",
-        f"--output={RunDir(plan.run_dir).node_output_pattern}",
+        # Appended to, like the job's own log: a requeued job's launchers add to what the first attempt's said.
+        f"--output={RunDir(plan.run_dir).node_output_pattern}", "--open-mode=append",
         *node_argv(python, plan.backend, topology.nodes, topology.procs_per_node, plan.run_dir, master_addr, master_port),
     ]
 
@@ -86,6 +88,8 @@ def run_job_step(run: RunDir, stop_when: Callable[[list[dict]], bool] | None = N
     events.append(run.events, "slurm_start", job_id=job_id, restart=restart, nodes=os.environ["SLURM_JOB_NODELIST"],
                   end_time=job_end_time(job_id))
     step = subprocess.Popen(node_command(plan, sys.executable, master_addr, master_port))
+    _say(f"job {job_id} (restart {restart}) on {os.environ['SLURM_JOB_NODELIST']}: started srun (pid {step.pid}), one node launcher "
+         f"on each of {plan.topology.nodes} node(s), rendezvous {master_addr}:{master_port}; their logs are node-<name>.out, the ranks' rank-<n>.log")
 
     received: list[int] = []
 
@@ -93,6 +97,7 @@ def run_job_step(run: RunDir, stop_when: Callable[[list[dict]], bool] | None = N
         received.append(signum)
         events.append(run.events, "slurm_signal", job_id=job_id, signal=signum)
         step.send_signal(signum)
+        _say(f"{signal.Signals(signum).name} forwarded to srun, which passes it to every node launcher")
 
     for signum in FORWARDED_SIGNALS:
         signal.signal(signum, forward)
@@ -106,11 +111,19 @@ def run_job_step(run: RunDir, stop_when: Callable[[list[dict]], bool] | None = N
         requeued = subprocess.run(["scontrol", "requeue", str(job_id)], capture_output=True, text=True)
         if requeued.returncode == 0:
             events.append(run.events, "slurm_requeued", job_id=job_id, restart=restart + 1)
+            _say(f"the ranks checkpointed on {spec.signal}: requeued the job (restart {restart + 1} of at most {spec.max_requeues})")
             return JobStep(0, True)
         # A job cancelled with scancel (not `orch cancel`) cannot be requeued: it ends here.
-        print(f"orchestrator: not requeued: {requeued.stderr.strip()}", file=sys.stderr)
+        _say(f"not requeued: {requeued.stderr.strip()}")
     events.append(run.events, "slurm_end", job_id=job_id, exit_code=code)
+    _say(f"the nodes ended: the job exits {code}")
     return JobStep(code, False)
+
+
+def _say(message: str) -> None:
+    """A line of the job's own log. One unbuffered write: safe from the signal handler, whatever the
+    main code was writing."""
+    os.write(1, f"{time.strftime('%Y-%m-%d %H:%M:%S')} orchestrator.slurm.batch: {message}\n".encode())
 
 
 def _follow(run: RunDir, step: subprocess.Popen, stop_when: Callable[[list[dict]], bool], warning: int) -> bool:
@@ -123,6 +136,7 @@ def _follow(run: RunDir, step: subprocess.Popen, stop_when: Callable[[list[dict]
         if stop_when(rows[seen:]):
             events.append(run.events, "stop_requested", reason="pruned")
             step.send_signal(warning)
+            _say(f"stopping the ranks after a checkpoint, for good (pruned): {signal.Signals(warning).name} to srun")
             return True
         seen = len(rows)
         time.sleep(FOLLOW_S)

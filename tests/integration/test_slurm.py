@@ -4,6 +4,7 @@ session, and stopped at its end when the session started it (the `slurm_cluster`
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -75,6 +76,41 @@ def test_two_node_job_completes_with_both_nodes(completed):
     for node in bill["nodes"].values():
         assert {d["device"] for d in node["devices"]} == {"cpu", "memory"} and node["kwh"] > 0
     assert bill["totals"]["kwh"] == pytest.approx(sum(node["kwh"] for node in bill["nodes"].values()))
+    # Every log the job wrote says something: the batch step's and each node launcher's own lines.
+    logs = run_dir / "logs"
+    assert not [p.name for p in logs.iterdir() if p.stat().st_size == 0]
+    job_id = json.loads((run_dir / "slurm.json").read_text())["job_ids"][-1]
+    said = said_by(logs / f"slurm-{job_id}.out", "orchestrator.slurm.batch")
+    assert said[0].startswith(f"job {job_id} (restart 0) on n[1-2]: started srun") and said[-1] == "the nodes ended: the job exits 0"
+    for node_rank, node in enumerate(("n1", "n2")):
+        said = said_by(logs / f"node-{node}.out", "launch.node")
+        assert said[0].startswith(f"node {node_rank} of 2 (deepspeed, 1 rank(s) here), rendezvous n1:"), said
+        assert f"rank {node_rank} (pid" in said[1] and said[-2:] == [said[-2], f"node {node_rank} exits 0"] and said[-2].endswith("finished")
+
+
+def said_by(log: Path, who: str) -> list[str]:
+    """What `who` wrote in the log, line by line, without the time and its name."""
+    return [line.split(f" {who}: ", 1)[1] for line in log.read_text().splitlines() if f" {who}: " in line]
+
+
+def test_runs_with_the_controller_down_asks_once_and_says_so_once(tmp_path, completed):
+    """A controller nobody answers at: `orch runs` asks about all the runs' jobs at once, says so once,
+    and shows each run's state as its directory records it."""
+    runs = tmp_path / "runs"
+    for name in ("first", "second"):
+        shutil.copytree(completed, runs / name, ignore=shutil.ignore_patterns("checkpoints"))
+    result = subprocess.run([sys.executable, "-m", "orchestrator", "runs", str(runs)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "SLURM_CONF": str(controller_down(tmp_path))})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("scheduler unreachable") == 1, result.stderr
+    assert [line.split()[4] for line in result.stdout.splitlines()[1:]] == ["COMPLETED", "COMPLETED"], result.stdout
+
+
+def controller_down(tmp_path: Path) -> Path:
+    """This cluster's configuration with the controller's port changed to one nobody listens on."""
+    conf = tmp_path / "slurm.conf"
+    conf.write_text(Path("/etc/slurm/slurm.conf").read_text().replace("SlurmctldPort=", "SlurmctldPort=1"))
+    return conf
 
 
 def test_two_node_horovod_job_completes_without_ssh(tmp_path, completed):
@@ -114,6 +150,15 @@ def test_preemption_signal_requeues_and_resumes_to_the_same_losses(tmp_path, com
     assert "preempted" in history and "slurm_requeued" in history and "resumed" in history
     assert history.count("slurm_start") == 2
     assert losses(run_dir) == losses(completed)
+    # Each attempt's lines, in the logs both attempts appended to.
+    said = said_by(run_dir / "logs" / f"slurm-{job_id}.out", "orchestrator.slurm.batch")
+    assert "SIGUSR1 forwarded to srun, which passes it to every node launcher" in said
+    assert "the ranks checkpointed on USR1: requeued the job (restart 1 of at most 3)" in said
+    assert said[-1] == "the nodes ended: the job exits 0" and any(line.startswith(f"job {job_id} (restart 1) on") for line in said)
+    for node_rank, node in enumerate(("n1", "n2")):
+        said = said_by(run_dir / "logs" / f"node-{node}.out", "launch.node")
+        assert f"SIGUSR1 forwarded to rank(s) {node_rank}" in said and f"node {node_rank} exits 75 (the ranks checkpointed and stopped on a signal)" in said
+        assert said[-1] == f"node {node_rank} exits 0"
 
 
 @pytest.mark.parametrize(
@@ -137,12 +182,9 @@ def test_impossible_requests_submit_nothing(tmp_path, override, flags, message):
 
 
 def test_unreachable_controller_is_one_line(tmp_path):
-    conf = tmp_path / "slurm.conf"
-    # The same cluster with the controller's port changed to one nobody listens on.
-    conf.write_text(Path("/etc/slurm/slurm.conf").read_text().replace("SlurmctldPort=", "SlurmctldPort=1"))
     result = subprocess.run(
         [sys.executable, "-m", "orchestrator", "submit", *TWO_NODES, "--skip-doctor", "--run-dir", str(tmp_path / "run")],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "SLURM_CONF": str(conf)},
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "SLURM_CONF": str(controller_down(tmp_path))},
     )
     assert result.returncode == 1 and result.stderr.startswith("error: sbatch failed")
     assert not (tmp_path / "run").exists()

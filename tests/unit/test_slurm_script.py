@@ -69,6 +69,8 @@ def test_node_command_starts_one_launcher_per_node(tmp_path, backend):
     assert argv[argv.index("-m") + 1] == "launch.node" and argv[argv.index("--backend") + 1] == backend
     assert argv[argv.index("--nproc") + 1] == "4" and argv[argv.index("--master-addr") + 1] == "n1"
     assert "--node-rank" not in argv  # each node takes SLURM_NODEID
+    # Each node launcher's log, added to by every attempt of a requeued job.
+    assert argv[4:6] == ["--output=/r/logs/node-%N.out", "--open-mode=append"]
 
 
 # Every option orch itself writes, plus the recipe's own ones; sbatch reads all of them.
