@@ -131,10 +131,11 @@ TERMINAL_STATES = ("COMPLETED", "PREEMPTED", "PRUNED", "STOPPED_OVER_BUDGET", "F
 
 
 def _local_state(run: RunDir, history: list[dict]) -> str:
-    if run.summary.exists() and run.read_json(run.summary.name).get("status") == "completed":
-        return "COMPLETED"
     # `pruned`: a sweep stopped the run for good (after its `preempted`), and told its study so.
     last = next((e["event"] for e in reversed(history) if e["event"] in ("start", "preempted", "pruned", "completed", "stopped_over_budget")), None)
+    # The summary of an earlier attempt stays while a later one (more steps) trains: a start after it wins.
+    if last != "start" and run.summary.exists() and run.read_json(run.summary.name).get("status") == "completed":
+        return "COMPLETED"
     return {"start": "STARTED", "preempted": "PREEMPTED", "pruned": "PRUNED", "stopped_over_budget": "STOPPED_OVER_BUDGET"}.get(last, "PREPARED")
 
 

@@ -38,6 +38,11 @@ def test_status_and_runs_table(tmp_path):
     assert "stopped" in only.output and "done " not in only.output
 
 
+def test_a_completed_run_resumed_for_more_steps_is_training_not_completed(tmp_path):
+    longer = fake_run(tmp_path, "longer", ["start", "completed", "start"], [(10, 2.0)], {"status": "completed"})
+    assert "STARTED" in CliRunner().invoke(app, ["status", str(longer)]).output
+
+
 def test_status_of_a_non_run_is_one_line(tmp_path):
     result = CliRunner().invoke(app, ["status", str(tmp_path)])
     assert result.exit_code == 1 and result.output.startswith("error: ") and "not a run directory" in result.output
