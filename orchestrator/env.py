@@ -47,6 +47,8 @@ class EnvSnapshot:
     """fp32 matmul FLOP/s of all the CPU's cores at once; 0 where not measured."""
     cpu_matmul_source: str = "measured on this machine (a single-threaded worker per core, all at once)"
     cpu_model: str = "unknown"
+    memory_in_use_bytes: int = 0
+    """Held by whatever runs here now: a CPU run's energy meter bills the whole machine's memory in use."""
     libraries: frozenset[str] = frozenset()
     """The training libraries importable here (found, not imported: importing DeepSpeed takes seconds)."""
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -75,6 +77,7 @@ def probe(measure_cpu: bool = True) -> EnvSnapshot:
         gpus=gpus,
         cpu_fp16=_cpu_has_fp16(),
         cpu_model=_cpu_model(),
+        memory_in_use_bytes=_memory_in_use(),
         cpu_matmul_flops=_measure_cpu_matmul(os.cpu_count() or 1) if measure_cpu and not gpus else 0.0,
         libraries=frozenset(name for name in TRAINING_LIBRARIES if importlib.util.find_spec(name) is not None),
     )
@@ -107,6 +110,15 @@ def _cpu_model() -> str:
     except OSError:
         return "unknown"
     return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
+
+
+def _memory_in_use() -> int:
+    """Total less available memory, as the energy meter reads it (psutil's figure, from /proc/meminfo)."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+        return (int(fields["MemTotal"].split()[0]) - int(fields["MemAvailable"].split()[0])) * 1024
+    except (OSError, KeyError, ValueError):
+        return 0
 
 
 def _cpu_has_fp16() -> bool:

@@ -56,6 +56,8 @@ class EnergyRequest:
     wall_s: float
     wall_s_range: tuple[float, float] | None
     memory_per_process_bytes: int
+    memory_in_use_bytes: int = 0
+    """What the machine's other work holds now: the CPU meter bills all memory in use, not the run's alone."""
     measured_w: float | None = None
 
 
@@ -74,9 +76,11 @@ def plan_forecast(spec: EnergySpec, request: EnergyRequest, intensity_g_per_kwh:
         watts = gpu_board_power_w(r.gpu_name or "")
         basis = f"GPU board power of {r.gpu_name} ({watts:g} W)" if watts else f"no board power known for {r.gpu_name}"
         return forecast_energy(hours, watts, spec.pue_value, intensity_g_per_kwh, basis, hours_range)
-    memory_w = spec.memory_w_per_gib * r.memory_per_process_bytes * r.procs_per_node / GiB
+    memory_gib = (r.memory_in_use_bytes + r.memory_per_process_bytes * r.procs_per_node) / GiB
+    memory_w = spec.memory_w_per_gib * memory_gib
     node_w = cpu_load_power_w(r.cpu.tdp_w, 1.0) + memory_w
-    basis = f"per node: CPU at full load {r.cpu.tdp_w:g} W ({r.cpu.source}) + memory {memory_w:.1f} W"
+    held = f"{memory_gib:.1f} GiB in use with this run's" if r.memory_in_use_bytes else "this run's"
+    basis = f"per node: CPU at full load {r.cpu.tdp_w:g} W ({r.cpu.source}) + memory {memory_w:.1f} W ({held})"
     return forecast_energy(hours, node_w, spec.pue_value, intensity_g_per_kwh, basis, hours_range)
 
 

@@ -27,6 +27,9 @@ from orchestrator.rundir.records import read_plan
 
 CALIBRATION_FILE = "calibration.jsonl"
 NEWEST_PER_KEY = 5
+MIN_STEPS = 50
+"""Shorter runs measure mostly their start (the first step's warm-up, the final checkpoint), which
+longer runs of the same shape spread thin: they are not recorded."""
 MAX_LINES = 2000
 """Past this the file is rewritten with the newest runs of each key alone."""
 
@@ -117,13 +120,14 @@ def read_calibrations(cache_dir: Path) -> Calibrations:
 
 def measure_run(run_dir: Path) -> Measured | None:
     """A completed run's figures, from its directory; None for what measures nothing reusable: a dry
-    run (a smoke check), a run resumed (its wall time holds the gaps between attempts), a plan
-    from before plans had a calibration key."""
+    run or one under MIN_STEPS (mostly start-up), a run resumed (its wall time holds the gaps
+    between attempts), a plan from before plans had a calibration key."""
     run = RunDir(run_dir)
     if not run.summary.is_file():
         return None
     plan, summary = read_plan(run), run.read_json(run.summary.name)
-    if plan.dry_run or not plan.estimate.calibration_key or summary.get("restarts") or not summary.get("tokens_per_s"):
+    if (plan.dry_run or not plan.estimate.calibration_key or summary.get("restarts") or not summary.get("tokens_per_s")
+            or summary.get("steps", 0) < MIN_STEPS):
         return None
     tokens_per_s, wall_s = summary["tokens_per_s"], summary["wall_s"]
     step_time_s = summary["tokens"] / tokens_per_s

@@ -20,7 +20,7 @@ def load_and_plan(
     measure_cpu: bool = True, load_universal: bool = False, detach: bool = False,
 ) -> tuple[LoadedRecipe, LaunchPlan, EnvSnapshot]:
     """`for_slurm` plans for the compute nodes the recipe's `slurm` section describes, not this
-    machine; `measure_cpu` times this machine's matmul rate for the time estimate (a fifth of a
+    machine; `measure_cpu` times this machine's matmul rate for the time estimate (a tenth of a
     second). What earlier runs measured is read here and handed to the planner."""
     loaded = load_recipe(recipe, overrides or [])
     env = probe(measure_cpu=measure_cpu)
@@ -37,11 +37,11 @@ def _slurm_nodes(env: EnvSnapshot, spec: SlurmSpec) -> EnvSnapshot:
     local run's measurements stand in for the nodes'."""
     from orchestrator.slurm.submit import cluster_env
 
-    nodes = cluster_env(env, spec)
+    nodes = dataclasses.replace(cluster_env(env, spec), hostname=f"Slurm nodes of {env.hostname}", memory_in_use_bytes=0)
     if not env.cpu_matmul_flops:
-        return dataclasses.replace(nodes, hostname=f"Slurm nodes of {env.hostname}")
+        return nodes
     return dataclasses.replace(
-        nodes, hostname=f"Slurm nodes of {env.hostname}", cpu_matmul_flops=env.cpu_matmul_flops / env.cpu_count * nodes.cpu_count,
+        nodes, cpu_matmul_flops=env.cpu_matmul_flops / env.cpu_count * nodes.cpu_count,
         cpu_matmul_source=(f"of {nodes.cpu_count} cores per node, each as fast as this machine's (measured here; "
                            "the nodes' own CPUs are not known before a job runs on them)"),
     )

@@ -258,7 +258,8 @@ def _energy(recipe: Recipe, env: EnvSnapshot, topology: Topology, time: TimeEsti
     request = EnergyRequest(
         device=topology.device, gpu_name=env.gpus[0].name if env.gpus else None, cpu=cpu, nodes=topology.nodes,
         procs_per_node=topology.procs_per_node, wall_s=time.wall_s, wall_s_range=time.wall_s_range,
-        memory_per_process_bytes=memory.total_bytes, measured_w=calibration.power_per_device_w if calibration else None,
+        memory_per_process_bytes=memory.total_bytes, memory_in_use_bytes=env.memory_in_use_bytes,
+        measured_w=calibration.power_per_device_w if calibration else None,
     )
     forecast = plan_forecast(spec, request, intensity.g_per_kwh)
     return EnergyPlan(spec.pue_value, intensity, cpu, forecast)

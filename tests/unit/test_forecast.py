@@ -22,13 +22,13 @@ def plan_for(tmp_path, overrides=(), calibrations=Calibrations(), env=None):
     return make_plan(load_recipe(TINY, list(overrides)), env or make_env(tmp_path), calibrations=calibrations)
 
 
-def finished_run(tmp_path, plan, tokens_per_s=5000.0, wall_s=70.0, kwh=0.0002, restarts=0, name="run"):
+def finished_run(tmp_path, plan, tokens_per_s=5000.0, wall_s=70.0, kwh=0.0002, restarts=0, steps=None):
     """A completed run's directory as the ranks leave it: the plan, and the summary with its bill."""
-    run = RunDir(tmp_path / name)
+    run = RunDir(tmp_path / "run")
     run.path.mkdir(parents=True)
     write_plan(run, plan.record())
-    tokens = plan.recipe.train.steps * plan.batch.tokens_per_step
-    run.write_json(run.summary, {"status": "completed", "tokens": tokens, "tokens_per_s": tokens_per_s, "mfu": 0.5,
+    steps = steps or plan.recipe.train.steps
+    run.write_json(run.summary, {"status": "completed", "steps": steps, "tokens": steps * plan.batch.tokens_per_step, "tokens_per_s": tokens_per_s, "mfu": 0.5,
                                  "wall_s": wall_s, "restarts": restarts, "energy": {"kwh": kwh}})
     return run.path
 
@@ -87,11 +87,11 @@ def test_the_median_of_the_newest_runs_counts_and_a_run_recorded_twice_once(tmp_
     assert calibration.tokens_per_s_range == (1000.0, 5000.0)
 
 
-@pytest.mark.parametrize("why", ["dry run", "resumed", "not completed"])
+@pytest.mark.parametrize("why", ["dry run", "short", "resumed", "not completed"])
 def test_runs_that_measure_nothing_reusable_are_not_recorded(tmp_path, why):
     loaded = load_recipe(TINY)
     plan = make_plan(loaded, make_env(tmp_path), dry_run=why == "dry run")
-    run = finished_run(tmp_path, plan, restarts=1 if why == "resumed" else 0)
+    run = finished_run(tmp_path, plan, restarts=1 if why == "resumed" else 0, steps=10 if why == "short" else None)
     if why == "not completed":
         RunDir(run).summary.unlink()
     assert record_run(run, tmp_path / "cache") is None
@@ -136,3 +136,11 @@ def test_gpu_plans_use_the_datasheet_peak_and_their_range(tmp_path):
     assert plan.time.peak_flops_per_device == 989e12 and plan.time.assumed_mfu == ASSUMED_MFU["cuda"][1]
     assert "datasheet peak" in plan.time.basis
     assert json.loads(plan.files()["plan.json"])["estimate"]["wall_s_range"][0] < plan.time.wall_s
+
+
+def test_the_cpu_energy_forecast_counts_the_memory_the_meter_bills(tmp_path):
+    """The CPU meter bills the whole machine's memory in use, so the forecast counts what is in use now too."""
+    idle = plan_for(tmp_path).energy.forecast
+    busy = plan_for(tmp_path, env=dataclasses.replace(make_env(tmp_path), memory_in_use_bytes=8 * 2**30)).energy.forecast
+    assert busy.power_per_device_w - idle.power_per_device_w == pytest.approx(8 * 0.375)
+    assert "GiB in use with this run's" in busy.basis
