@@ -1,12 +1,18 @@
 """What earlier runs of the same model shape on the same hardware measured, so that the plan's time
 and energy forecast is a measurement where there is one, not an assumption.
 
-A completed `orch run` adds a line to `calibration.jsonl` in the cache directory: its steady
-throughput, the time it spent beyond its steps (evaluation, checkpoints, the first step's warm-up)
-and its billed power, under the key its plan computed from everything that decides them (model
-shape, batch, precision, backend, ZeRO stage, topology, and the machine). The CLI edge reads the
-file and hands it to the pure planner, which looks up its own key; the newest few runs of a key
-count, their median taken, so one run slowed by a busy machine does not decide the forecast.
+A completed `orch run` adds a line to `calibration.jsonl` in the cache directory: the share of the
+peak its plan measured that it reached, the time it spent beyond its steps, and its billed power,
+under the key its plan computed. The CLI edge reads the file and hands it to the pure planner, which
+looks up its own key; the newest few runs count, their median taken, so one run slowed down does
+not decide the forecast.
+
+Utilisation is kept against the peak measured at planning, not as tokens/s: on a CPU shared with
+other work the rate changes from one minute to the next, and the planner's probe, taken just
+before each run, follows it (a shared 2-core machine trained the default recipe at 2,900 and
+5,800 tokens/s ten minutes apart, at 39-41% of the probe's rate both times). The time beyond the
+steps (evaluation, checkpoints, the first step's warm-up) depends on the schedule as well, so it
+is taken from runs with the same steps, evaluation and checkpoint settings alone.
 """
 
 from __future__ import annotations
@@ -39,11 +45,15 @@ class Measured:
     """One completed run's figures, as a line of the store."""
 
     key: str
+    """The shape and hardware (`calibration_key`'s first part)."""
+    schedule: str
+    """Its steps, evaluation and checkpoint settings (the second part)."""
     run_dir: str
     time: float
-    tokens_per_s: float
-    """Median of the steady steps (the first, warming up, left out)."""
     mfu: float
+    """Its steady tokens/s (the mean step after the first) x FLOPs per token over the peak its plan
+    measured, all devices. The mean, not the median: on a busy machine a few slow steps take much
+    of the time (a shared 2-core machine's mean step was up to 1.3 x its median)."""
     wall_per_step_time: float
     """The run's wall time over the time its steps alone take at that rate: evaluation,
     checkpoints and the first step on top."""
@@ -53,15 +63,22 @@ class Measured:
 
 @dataclass(frozen=True)
 class Calibration:
-    """The median of the newest runs of one key, with the spread of their throughput."""
+    """The median of the newest runs of one shape, with the spread of their utilisation."""
 
     runs: int
-    tokens_per_s: float
-    tokens_per_s_range: tuple[float, float]
     mfu: float
+    mfu_range: tuple[float, float]
     wall_per_step_time: float
+    """1.0 where no run had the same schedule."""
+    same_schedule: int
     power_per_device_w: float | None
     newest_run_dir: str
+
+
+def _newest(runs: list[Measured]) -> list[Measured]:
+    """The newest NEWEST_PER_KEY, a run recorded twice (run again once complete) counted once."""
+    by_dir = {m.run_dir: m for m in sorted(runs, key=lambda m: m.time)}
+    return sorted(by_dir.values(), key=lambda m: m.time)[-NEWEST_PER_KEY:]
 
 
 @dataclass(frozen=True)
@@ -71,36 +88,44 @@ class Calibrations:
     measured: tuple[Measured, ...] = ()
 
     def lookup(self, key: str) -> Calibration | None:
-        newest = {m.run_dir: m for m in sorted(self.measured, key=lambda m: m.time) if m.key == key}  # a run recorded twice counts once
-        runs = sorted(newest.values(), key=lambda m: m.time)[-NEWEST_PER_KEY:]
+        shape, schedule = key.split("-")
+        runs = _newest([m for m in self.measured if m.key == shape])
         if not runs:
             return None
+        same = _newest([m for m in self.measured if m.key == shape and m.schedule == schedule])
         powers = [m.power_per_device_w for m in runs if m.power_per_device_w]
-        throughput = [m.tokens_per_s for m in runs]
+        mfus = [m.mfu for m in runs]
         return Calibration(
             runs=len(runs),
-            tokens_per_s=statistics.median(throughput),
-            tokens_per_s_range=(min(throughput), max(throughput)),
-            mfu=statistics.median(m.mfu for m in runs),
-            wall_per_step_time=statistics.median(m.wall_per_step_time for m in runs),
+            mfu=statistics.median(mfus),
+            mfu_range=(min(mfus), max(mfus)),
+            wall_per_step_time=statistics.median(m.wall_per_step_time for m in same) if same else 1.0,
+            same_schedule=len(same),
             power_per_device_w=statistics.median(powers) if powers else None,
             newest_run_dir=runs[-1].run_dir,
         )
 
 
+def _digest(content: dict) -> str:
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def calibration_key(recipe: Recipe, arch: str, sizes: Sizes, batch: Batch, topology: Topology, env: EnvSnapshot) -> str:
-    """Everything that decides a step's time and power, hashed: runs that differ in anything else
-    (steps, learning rate, data) share their measurements. A CPU machine is its host, model and
-    core count; GPUs are their product names."""
-    dist, model = recipe.distributed, recipe.model
+    """`shape-schedule`, two digests. The shape is everything that decides a step's time and power
+    (a CPU machine is its host, model and core count; GPUs are their product names); the schedule,
+    what decides the time around the steps. Runs that differ in anything else (learning rate,
+    data) share their measurements."""
+    dist, model, train = recipe.distributed, recipe.model, recipe.train
     hardware = [gpu.name for gpu in env.gpus] if topology.device == "cuda" else [env.hostname, env.cpu_model, env.cpu_count]
     shape = {
         "arch": arch, "sizes": asdict(sizes), "lora": model.lora.model_dump(mode="json") if model.lora else None,
-        "batch": asdict(batch), "topology": asdict(topology), "precision": recipe.train.precision,
-        "activation_checkpointing": recipe.train.activation_checkpointing, "backend": dist.backend,
+        "batch": asdict(batch), "topology": asdict(topology), "precision": train.precision,
+        "activation_checkpointing": train.activation_checkpointing, "backend": dist.backend,
         "zero_stage": dist.zero_stage, "offload": [dist.offload_optimizer, dist.offload_params], "hardware": hardware,
     }
-    return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
+    schedule = {"steps": train.steps, "eval_interval": train.eval_interval, "eval_batches": train.eval_batches,
+                "checkpoint": recipe.checkpoint.model_dump(mode="json", exclude={"dir"})}
+    return f"{_digest(shape)}-{_digest(schedule)}"
 
 
 def read_calibrations(cache_dir: Path) -> Calibrations:
@@ -121,21 +146,27 @@ def read_calibrations(cache_dir: Path) -> Calibrations:
 def measure_run(run_dir: Path) -> Measured | None:
     """A completed run's figures, from its directory; None for what measures nothing reusable: a dry
     run or one under MIN_STEPS (mostly start-up), a run resumed (its wall time holds the gaps
-    between attempts), a plan from before plans had a calibration key."""
+    between attempts), a plan with no peak or from before plans had a calibration key."""
     run = RunDir(run_dir)
     if not run.summary.is_file():
         return None
     plan, summary = read_plan(run), run.read_json(run.summary.name)
-    if (plan.dry_run or not plan.estimate.calibration_key or summary.get("restarts") or not summary.get("tokens_per_s")
+    estimate, topology = plan.estimate, plan.topology
+    if (plan.dry_run or "-" not in estimate.calibration_key or not estimate.peak_flops_per_device or summary.get("restarts")
             or summary.get("steps", 0) < MIN_STEPS):
         return None
-    tokens_per_s, wall_s = summary["tokens_per_s"], summary["wall_s"]
-    step_time_s = summary["tokens"] / tokens_per_s
-    units = plan.topology.world_size if plan.topology.device == "cuda" else plan.topology.nodes
+    steady = [row["step_s"] for row in run.metric_rows()[1:]]
+    if not steady:
+        return None
+    step_s, wall_s = statistics.mean(steady), summary["wall_s"]
+    tokens_per_s = plan.batch.tokens_per_step / step_s
+    units = topology.world_size if topology.device == "cuda" else topology.nodes
     kwh = (summary.get("energy") or {}).get("kwh")
+    shape, schedule = estimate.calibration_key.split("-")
     return Measured(
-        key=plan.estimate.calibration_key, run_dir=str(run.path), time=time.time(), tokens_per_s=tokens_per_s,
-        mfu=summary["mfu"], wall_per_step_time=max(1.0, wall_s / step_time_s),
+        key=shape, schedule=schedule, run_dir=str(run.path), time=time.time(),
+        mfu=tokens_per_s * estimate.flops_per_token / (estimate.peak_flops_per_device * topology.world_size),
+        wall_per_step_time=max(1.0, wall_s / (summary["steps"] * step_s)),
         power_per_device_w=kwh * 3.6e6 / wall_s / units if kwh and wall_s else None,
     )
 
@@ -158,15 +189,13 @@ def record_run(run_dir: Path, cache_dir: Path) -> Measured | None:
 
 
 def _compact(path: Path) -> None:
-    """The newest runs of each key alone, once the file is long (one line per run directory)."""
-    lines = path.read_text().splitlines()
-    if len(lines) <= MAX_LINES:
+    """The newest runs of each shape and schedule alone, once the file is long."""
+    if len(path.read_text().splitlines()) <= MAX_LINES:
         return
-    runs = {m.run_dir: m for m in sorted(read_calibrations(path.parent).measured, key=lambda m: m.time)}
-    by_key: dict[str, list[Measured]] = {}
-    for measured in runs.values():
-        by_key.setdefault(measured.key, []).append(measured)
-    kept = sorted((m for group in by_key.values() for m in group[-NEWEST_PER_KEY:]), key=lambda m: m.time)
+    groups: dict[tuple[str, str], list[Measured]] = {}
+    for measured in read_calibrations(path.parent).measured:
+        groups.setdefault((measured.key, measured.schedule), []).append(measured)
+    kept = sorted((m for group in groups.values() for m in _newest(group)), key=lambda m: m.time)
     partial = path.with_suffix(".tmp")
     partial.write_text("".join(json.dumps(asdict(m)) + "\n" for m in kept))
     partial.replace(path)

@@ -49,23 +49,25 @@ def estimate_time(
     sizes: Sizes, num_params: int, batch: Batch, topology: Topology, env: EnvSnapshot, precision: str, steps: int,
     frozen_params: int = 0, calibration: Calibration | None = None, calibration_key: str = "",
 ) -> TimeEstimate:
-    """`calibration`: what earlier runs of this shape on this machine measured; without it the
-    utilisation is assumed and the wall time given as the range the assumption spans."""
+    """`calibration`: what earlier runs of this shape on this hardware measured; without it the
+    utilisation is assumed. Either way the wall time comes with the range the utilisation spans."""
     fpt = flops_per_token(sizes, num_params, batch.seq_len, frozen_params)
     peak = peak_flops_per_device(env, topology, precision)
     tokens = steps * batch.tokens_per_step
     if calibration:
-        mfu, overhead = calibration.mfu, calibration.wall_per_step_time
-        tokens_per_s, (slowest, fastest) = calibration.tokens_per_s, calibration.tokens_per_s_range
-        basis = (f"measured: the median of {calibration.runs} earlier run(s) of this shape on this machine "
-                 f"(newest {calibration.newest_run_dir}), evaluation and checkpoints included")
+        mfu, (low, high), overhead = calibration.mfu, calibration.mfu_range, calibration.wall_per_step_time
+        schedule = (f"; evaluation and checkpoints as {calibration.same_schedule} of them had them" if calibration.same_schedule
+                    else "; steps alone (none had these steps, evaluation and checkpoint settings)")
+        basis = (f"measured: {mfu:.0%} MFU ({low:.0%}-{high:.0%}) of {_peak_source(env, topology)}, the median of "
+                 f"{calibration.runs} earlier run(s) of this shape on this hardware (newest {calibration.newest_run_dir}){schedule}")
     else:
-        low, mfu, high = ASSUMED_MFU[topology.device]
-        at_full_use = peak * topology.world_size / fpt
-        tokens_per_s, slowest, fastest, overhead = at_full_use * mfu, at_full_use * low, at_full_use * high, 1.0
+        (low, mfu, high), overhead = ASSUMED_MFU[topology.device], 1.0
         basis = (f"assumed: {mfu:.0%} MFU (likely {low:.0%}-{high:.0%}) of {_peak_source(env, topology)}, "
-                 "with no earlier run of this shape on this hardware to calibrate from"
-                 if peak else "none: no peak FLOP/s known for this device (the CPU's matmul rate was not measured)")
+                 "with no earlier run of this shape on this hardware to calibrate from")
+    if not peak:
+        basis = "none: no peak FLOP/s known for this device (the CPU's matmul rate was not measured)"
+    at_full_use = peak * topology.world_size / fpt
+    tokens_per_s, slowest, fastest = at_full_use * mfu, at_full_use * low, at_full_use * high
     wall = tokens / tokens_per_s * overhead if tokens_per_s else 0.0
     wall_range = (tokens / fastest * overhead, tokens / slowest * overhead) if tokens_per_s else None
     return TimeEstimate(flops_per_token=fpt, peak_flops_per_device=peak, assumed_mfu=mfu, tokens_per_s=tokens_per_s, wall_s=wall,

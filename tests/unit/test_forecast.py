@@ -23,13 +23,16 @@ def plan_for(tmp_path, overrides=(), calibrations=Calibrations(), env=None):
 
 
 def finished_run(tmp_path, plan, tokens_per_s=5000.0, wall_s=70.0, kwh=0.0002, restarts=0, steps=None):
-    """A completed run's directory as the ranks leave it: the plan, and the summary with its bill."""
+    """A completed run's directory as the ranks leave it: the plan, a row per step (the first
+    warming up), and the summary with its bill."""
     run = RunDir(tmp_path / "run")
     run.path.mkdir(parents=True)
     write_plan(run, plan.record())
-    steps = steps or plan.recipe.train.steps
-    run.write_json(run.summary, {"status": "completed", "steps": steps, "tokens": steps * plan.batch.tokens_per_step, "tokens_per_s": tokens_per_s, "mfu": 0.5,
-                                 "wall_s": wall_s, "restarts": restarts, "energy": {"kwh": kwh}})
+    steps, per_step = steps or plan.recipe.train.steps, plan.batch.tokens_per_step
+    step_s = per_step / tokens_per_s
+    run.metrics.write_text("".join(json.dumps({"step": i, "step_s": step_s * (5 if i == 1 else 1)}) + "\n" for i in range(1, steps + 1)))
+    run.write_json(run.summary, {"status": "completed", "steps": steps, "tokens": steps * per_step, "tokens_per_s": tokens_per_s,
+                                 "mfu": 0.5, "wall_s": wall_s, "restarts": restarts, "energy": {"kwh": kwh}})
     return run.path
 
 
@@ -46,20 +49,31 @@ def test_without_earlier_runs_the_forecast_is_an_assumption_with_its_range(tmp_p
 
 
 def test_a_completed_run_calibrates_the_next_plan_of_its_shape(tmp_path):
-    """Its steady throughput, the time beyond its steps, and its billed power make the forecast."""
+    """Its utilisation of the peak its plan measured, the time beyond its steps, and its billed power."""
     first = plan_for(tmp_path)
     tokens = first.recipe.train.steps * first.batch.tokens_per_step
     store = tmp_path / "cache"
     assert record_run(finished_run(tmp_path, first, tokens_per_s=5000.0, wall_s=tokens / 5000.0 * 1.2, kwh=0.0002), store)
-    # Another run of the same shape, longer, with another learning rate: the same measurements apply.
-    again = plan_for(tmp_path, ["train.steps=300", "train.optimizer.lr=0.001"], read_calibrations(store))
-    assert again.time.tokens_per_s == 5000.0
-    assert again.time.wall_s == pytest.approx(2 * tokens / 5000.0 * 1.2)
+    # The same recipe with another learning rate: the same measurements apply, the time around the steps too.
+    again = plan_for(tmp_path, ["train.optimizer.lr=0.001"], read_calibrations(store))
+    assert again.time.tokens_per_s == pytest.approx(5000.0)
+    assert again.time.wall_s == pytest.approx(tokens / 5000.0 * 1.2)
     assert again.time.basis.startswith("measured") and str(tmp_path / "run") in again.time.basis
     watts = 0.0002 * 3.6e6 / (tokens / 5000.0 * 1.2)  # per node: one node
     assert again.energy.forecast.power_per_device_w == pytest.approx(watts)
-    assert again.energy.forecast.kwh == pytest.approx(2 * 0.0002)
+    assert again.energy.forecast.kwh == pytest.approx(0.0002)
     assert "billed power of earlier runs" in render_plan(again)
+    # Twice the steps: the steps' time is measured, the time around them is not (another schedule).
+    longer = plan_for(tmp_path, ["train.steps=300"], read_calibrations(store))
+    assert longer.time.wall_s == pytest.approx(2 * tokens / 5000.0) and "steps alone" in longer.time.basis
+
+
+def test_a_calibrated_forecast_follows_the_peak_measured_now(tmp_path):
+    """On a machine shared with other work the rate changes by the minute; the probe before each plan follows it."""
+    store = tmp_path / "cache"
+    record_run(finished_run(tmp_path, plan_for(tmp_path), tokens_per_s=5000.0), store)
+    busier = dataclasses.replace(make_env(tmp_path), cpu_matmul_flops=50e9)  # half the rate the run's plan measured
+    assert plan_for(tmp_path, calibrations=read_calibrations(store), env=busier).time.tokens_per_s == pytest.approx(2500.0)
 
 
 @pytest.mark.parametrize("other", [
@@ -78,13 +92,13 @@ def test_runs_of_another_shape_or_machine_do_not_calibrate(tmp_path, other):
 
 def test_the_median_of_the_newest_runs_counts_and_a_run_recorded_twice_once(tmp_path):
     plan = plan_for(tmp_path)
-    key = plan.time.calibration_key
-    runs = [Measured(key, f"/runs/{i}", time=float(i), tokens_per_s=rate, mfu=0.5, wall_per_step_time=1.0, power_per_device_w=None)
-            for i, rate in enumerate([100.0, 1000.0, 2000.0, 3000.0, 4000.0, 5000.0])]
-    repeated = dataclasses.replace(runs[-1], time=9.0)  # the newest run recorded again (re-run when complete)
-    calibration = Calibrations((*runs, repeated)).lookup(key)
-    assert calibration.runs == 5 and calibration.tokens_per_s == 3000.0  # the oldest (100 tokens/s) left out
-    assert calibration.tokens_per_s_range == (1000.0, 5000.0)
+    shape, schedule = plan.time.calibration_key.split("-")
+    runs = [Measured(shape, schedule, f"/runs/{i}", time=float(i), mfu=mfu, wall_per_step_time=1.0, power_per_device_w=None)
+            for i, mfu in enumerate([0.01, 0.1, 0.2, 0.3, 0.4, 0.5])]
+    repeated = dataclasses.replace(runs[-1], time=9.0)  # the newest run recorded again (run again once complete)
+    calibration = Calibrations((*runs, repeated)).lookup(plan.time.calibration_key)
+    assert calibration.runs == 5 and calibration.mfu == 0.3  # the oldest (1%) left out
+    assert calibration.mfu_range == (0.1, 0.5)
 
 
 @pytest.mark.parametrize("why", ["dry run", "short", "resumed", "not completed"])
@@ -144,3 +158,17 @@ def test_the_cpu_energy_forecast_counts_the_memory_the_meter_bills(tmp_path):
     busy = plan_for(tmp_path, env=dataclasses.replace(make_env(tmp_path), memory_in_use_bytes=8 * 2**30)).energy.forecast
     assert busy.power_per_device_w - idle.power_per_device_w == pytest.approx(8 * 0.375)
     assert "GiB in use with this run's" in busy.basis
+
+
+def test_slow_steps_count_at_their_time_not_at_the_median(tmp_path):
+    """On a busy machine a few slow steps take much of a run's time: the mean step is what it measures."""
+    plan = plan_for(tmp_path)
+    run = RunDir(finished_run(tmp_path, plan, tokens_per_s=5000.0))
+    rows = run.metric_rows()
+    for row in rows[1::3]:
+        row["step_s"] *= 4
+    run.metrics.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    record_run(run.path, tmp_path / "cache")
+    mean_step_s = sum(row["step_s"] for row in rows[1:]) / len(rows[1:])
+    again = plan_for(tmp_path, calibrations=read_calibrations(tmp_path / "cache"))
+    assert again.time.tokens_per_s == pytest.approx(plan.batch.tokens_per_step / mean_step_s)
