@@ -46,7 +46,7 @@ def forecast_energy(
 @dataclass(frozen=True)
 class EnergyRequest:
     """What the forecast needs of the plan: where it runs, for how long, and what earlier runs of
-    the same shape on the same machine were billed (`measured_w`, per GPU or per node)."""
+    the same shape on the same hardware were billed (`measured_w`, per GPU or per node)."""
 
     device: str
     gpu_name: str | None
@@ -70,7 +70,7 @@ def plan_forecast(spec: EnergySpec, request: EnergyRequest, intensity_g_per_kwh:
     hours_range = tuple(s / 3600 * units for s in r.wall_s_range) if r.wall_s_range else None
     unit = "GPU" if r.device == "cuda" else "node"
     if r.measured_w is not None:
-        basis = f"billed power of earlier runs of this shape on this machine ({r.measured_w:.4g} W per {unit})"
+        basis = f"billed power of earlier runs of this shape on this hardware ({r.measured_w:.4g} W per {unit})"
         return forecast_energy(hours, r.measured_w, spec.pue_value, intensity_g_per_kwh, basis, hours_range)
     if r.device == "cuda":
         watts = gpu_board_power_w(r.gpu_name or "")

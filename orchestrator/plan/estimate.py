@@ -14,10 +14,11 @@ from orchestrator.plan.arithmetic import Batch, Topology
 from orchestrator.plan.calibration import Calibration
 from orchestrator.rundir.records import EstimateRecord
 
-ASSUMED_MFU = {"cuda": (0.25, 0.40, 0.55), "cpu": (0.20, 0.40, 0.70)}
+ASSUMED_MFU = {"cuda": (0.25, 0.40, 0.55), "cpu": (0.20, 0.33, 0.60)}
 """(low, assumed, high) utilisation with no run to calibrate from. GPUs: what dense transformer
 training commonly reaches of the datasheet peak. CPUs, of the matmul rate measured at planning:
-the default recipe trained at 38-41% of it on a 2-core machine shared with other work."""
+the default recipe trained at 24-41% of it on a 2-core machine, the lower shares where the machine
+was quiet when planned (its small matmuls use a core less fully than the probe's)."""
 UNKNOWN_GPU_PEAK_FLOPS = 100e12
 
 
@@ -56,10 +57,11 @@ def estimate_time(
     tokens = steps * batch.tokens_per_step
     if calibration:
         mfu, (low, high), overhead = calibration.mfu, calibration.mfu_range, calibration.wall_per_step_time
-        schedule = (f"; evaluation and checkpoints as {calibration.same_schedule} of them had them" if calibration.same_schedule
-                    else "; steps alone (none had these steps, evaluation and checkpoint settings)")
-        basis = (f"measured: {mfu:.0%} MFU ({low:.0%}-{high:.0%}) of {_peak_source(env, topology)}, the median of "
-                 f"{calibration.runs} earlier run(s) of this shape on this hardware (newest {calibration.newest_run_dir}){schedule}")
+        schedule = ("; evaluation and checkpoints included, as measured with these settings" if calibration.same_schedule
+                    else "; the steps alone (no run had these steps, evaluation and checkpoint settings)")
+        runs = (f"the median of {calibration.runs} earlier runs ({low:.0%}-{high:.0%})" if calibration.runs > 1 else "an earlier run")
+        basis = (f"measured: {mfu:.0%} MFU of {_peak_source(env, topology)}, {runs} of this shape on this hardware "
+                 f"(newest {calibration.newest_run_dir}){schedule}")
     else:
         (low, mfu, high), overhead = ASSUMED_MFU[topology.device], 1.0
         basis = (f"assumed: {mfu:.0%} MFU (likely {low:.0%}-{high:.0%}) of {_peak_source(env, topology)}, "
