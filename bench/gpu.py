@@ -5,6 +5,7 @@ on a machine with pip access) carried into the tree:
 
     bash scripts/gpu-check.sh                  # a venv from the carried wheels, then this module
     python bench/gpu.py [--budget-s 420]       # the steps alone, where the project and its wheels are installed
+    python bench/gpu.py --smoke --runs DIR     # the same steps on CPU with a 4M-parameter model (the test suite's)
 
 Steps, in this order (every run trains on the carried corpus, whose prepared data the bundle's cache holds):
 
@@ -41,23 +42,74 @@ from common import REPO, tail
 from orchestrator.rundir.layout import RunDir
 
 RECIPE = Path("recipes/llama-1b-gpu.yaml")
-BUNDLE = Path("gpu-bundle")
-CORPUS = BUNDLE / "data" / "python-stdlib.parquet"
-BUNDLE_CACHE = BUNDLE / "cache"
-"""ORCH_CACHE_DIR for every command: the prepared data is found there under the key `orch` computes."""
-DATA_OVERRIDES = ("data.builtin=null", f"data.path={CORPUS}")
 SHORT_RUN = ("train.steps=20", "train.schedule.warmup_steps=2", "train.eval_interval=1000")
 ZERO3_RUN = ("distributed.zero_stage=3", "train.steps=4", "train.schedule.warmup_steps=1", "train.eval_interval=1000")
 # `orch gate` evaluates in one CPU process in fp32, where the defaults (64 held-out sequences of 2,048 tokens,
 # 20 sampled completions) would take many minutes for 1.1B parameters; these keep it near a minute.
 SMALL_GATES = ("gates.quality.eval_sequences=2", "gates.memorisation.prefixes=2", "gates.memorisation.continuation_tokens=16",
-               "gates.content.samples_per_prompt=1", "gates.content.max_new_tokens=16")
+               "gates.content.samples_per_prompt=1", "gates.content.max_new_tokens=16", "gates.content.unconditioned=2",
+               "gates.robustness.texts=2")
 WARMUP_STEPS = 2
 """Metric rows left out of the medians: the first steps carry allocation and kernel selection."""
+# --smoke: every step on CPU in seconds, so that the test suite runs the check as the GPU machine will
+# (tests/integration/test_gpu_bundle.py); the data stays the carried data (the sequence length is not in its key).
+SMOKE = ("model.hidden_size=64", "model.num_layers=2", "model.num_heads=4", "model.num_kv_heads=2", "model.intermediate_size=128",
+         "model.max_position_embeddings=64", "data.seq_len=64", "train.micro_batch_size=1", "train.gradient_accumulation_steps=1")
 STEP_LIMITS_S = {"dry_run": 150, "bf16": 180, "energy": 60, "gates": 150, "zero3": 150}
 MIN_STEP_S = 20
 RUNS = Path("runs/gpu-check")
 RESULT = "gpu-check.json"
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """What `scripts/gpu-bundle.sh` fills and the check reads: gpu-bundle/ in the tree unless GPU_BUNDLE says
+    elsewhere (the tests keep theirs in a temporary directory). A relative root is relative to the tree."""
+
+    root: Path = Path("gpu-bundle")
+
+    @property
+    def corpus(self) -> Path:
+        return self.root / "data" / "python-stdlib.parquet"
+
+    @property
+    def cache(self) -> Path:
+        """ORCH_CACHE_DIR for every command: the prepared data is found there under the key `orch` computes."""
+        return self.root / "cache"
+
+    @property
+    def wheels(self) -> Path:
+        return self.root / "wheels"
+
+    @property
+    def wheel_list(self) -> Path:
+        """name==version of every carried wheel, as tested here."""
+        return self.root / "wheels.txt"
+
+    @property
+    def install_list(self) -> Path:
+        """What gpu-check.sh installs from the carried wheels: the project's own requirements less the left out."""
+        return self.root / "requirements.txt"
+
+    @property
+    def data_overrides(self) -> tuple[str, ...]:
+        """The recipe's data as the carried corpus; the path is part of the data's cache key, so the bundle and the
+        check must name the same one."""
+        return ("data.builtin=null", f"data.path={self.corpus}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """One check: the bundle it reads, where its runs go (emptied first), whether it is the CPU smoke."""
+
+    bundle: Bundle
+    runs: Path
+    smoke: bool
+
+    @property
+    def overrides(self) -> tuple[str, ...]:
+        """For every training run: the carried data, and the smoke's small model where it is the smoke."""
+        return (*self.bundle.data_overrides, *(SMOKE if self.smoke else ()))
 
 
 class StepFailed(Exception):
@@ -159,7 +211,7 @@ def describe(record: StepRecord) -> str:
     s = record.summary
     parts = []
     if "tokens_per_s" in s:
-        mfu = f"MFU {s['mfu']:.1%} of {s['peak_tflops']:.0f} TFLOP/s" if s["mfu"] is not None else "no MFU"
+        mfu = f"MFU {s['mfu']:.1%} of {s['peak_tflops']:.3g} TFLOP/s" if s["mfu"] is not None else "no MFU"
         parts.append(f"{s['steps']} steps, {s['tokens_per_s']:,.0f} tokens/s, {mfu}, {s['step_s']:.2f} s/step, "
                      f"loss {s['first_loss']:.3f} -> {s['final_loss']:.3f}")
     if s.get("startup_memory"):
@@ -185,12 +237,13 @@ def describe(record: StepRecord) -> str:
 class Check:
     """The steps so far, the budget left, and the commands' environment."""
 
-    def __init__(self, budget_s: float, out_dir: Path):
+    def __init__(self, settings: Settings, budget_s: float, out_dir: Path):
+        self.settings = settings
         self.deadline = time.monotonic() + budget_s
         self.out_dir = out_dir
         self.records: list[StepRecord] = []
-        self.env = {**os.environ, "ORCH_CACHE_DIR": str(REPO / BUNDLE_CACHE), "PYTHONUNBUFFERED": "1"}
-        data = REPO / BUNDLE_CACHE / "data"
+        self.env = {**os.environ, "ORCH_CACHE_DIR": str(REPO / settings.bundle.cache), "PYTHONUNBUFFERED": "1"}
+        data = REPO / settings.bundle.cache / "data"
         self.carried = {p.parent.name for p in data.glob("*/manifest.json")}
 
     def step(self, name: str, body: Callable[[float], dict]) -> StepRecord:
@@ -212,9 +265,9 @@ class Check:
         return record
 
     def orch(self, name: str, args: list[str], limit_s: float) -> Path:
-        """`orch ARGS` from the repository root with this interpreter, output to RUNS/<name>.log; a non-zero
+        """`orch ARGS` from the repository root with this interpreter, output to <runs>/<name>.log; a non-zero
         exit or the time limit raises StepFailed with the output's last lines."""
-        log = REPO / RUNS / f"{name}.log"
+        log = REPO / self.settings.runs / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("w") as out:
             process = subprocess.Popen([sys.executable, "-m", "orchestrator", *args], cwd=REPO, env=self.env, stdout=out,
@@ -228,12 +281,19 @@ class Check:
             raise StepFailed(f"exit code {code}; last lines of {log}:\n{tail(log, 15)}", {"exit_code": code})
         return log
 
-    def train(self, name: str, overrides: tuple[str, ...], limit_s: float, *flags: str) -> RunDir:
-        """`orch run` of the recipe on the carried data into RUNS/<name>; its rank-0 log is kept in the
+    def run(self, name: str, dry_run: bool = False) -> RunDir:
+        """<runs>/<name>, where a dry run's directory is named as `orch run --dry-run` names it."""
+        from orchestrator.plan.planner import DRY_RUN_SUFFIX
+
+        return RunDir(REPO / self.settings.runs / (name + (DRY_RUN_SUFFIX if dry_run else "")))
+
+    def train(self, name: str, overrides: tuple[str, ...], limit_s: float, dry_run: bool = False) -> RunDir:
+        """`orch run` of the recipe on the carried data into <runs>/<name>; its rank-0 log is kept in the
         output folder if it fails."""
-        run = RunDir(REPO / RUNS / name)
+        run = self.run(name, dry_run)
+        argv = ["run", str(RECIPE), *self.settings.overrides, *overrides, "--run-dir", str(self.run(name).path)]
         try:
-            self.orch(name, ["run", str(RECIPE), *DATA_OVERRIDES, *overrides, "--run-dir", str(run.path), *flags], limit_s)
+            self.orch(name, argv + (["--dry-run"] if dry_run else []), limit_s)
         except StepFailed:
             if run.rank_log(0).exists():
                 shutil.copyfile(run.rank_log(0), self.out_dir / f"{name}-rank-0.log")
@@ -270,11 +330,11 @@ def drop_checkpoints(run: RunDir) -> None:
 
 def run_steps(check: Check) -> None:
     """The five steps; each later one runs whatever happened to the earlier ones."""
-    runs = {name: RunDir(REPO / RUNS / name) for name in ("dry_run", "bf16", "zero3")}
+    runs = {"dry_run": check.run("dry_run", dry_run=True), "bf16": check.run("bf16"), "zero3": check.run("zero3")}
 
     def dry_run(limit_s: float) -> dict:
         try:
-            run = check.train("dry_run", (), limit_s, "--dry-run")
+            run = check.train("dry_run", (), limit_s, dry_run=True)
             return {**throughput(run), "data": data_origin(run, check.carried)}
         finally:
             drop_checkpoints(runs["dry_run"])
@@ -286,7 +346,7 @@ def run_steps(check: Check) -> None:
     def energy(limit_s: float) -> dict:
         check.orch("energy", ["energy", str(runs["bf16"].path)], limit_s)
         summary = energy_summary(runs["bf16"])
-        if summary["gpu_methods"] != ["counter"]:
+        if not check.settings.smoke and summary["gpu_methods"] != ["counter"]:  # the smoke runs on CPU: no GPU figure
             raise StepFailed(f"the GPU's energy figure is {summary['gpu_methods'] or 'absent'}, not NVML's counter", summary)
         return summary
 
@@ -346,10 +406,12 @@ def setup_record(args: argparse.Namespace) -> StepRecord | None:
     return record
 
 
-def write_result(out_dir: Path, records: list[StepRecord], info: dict, started: float, seconds: float) -> bool:
+def write_result(out_dir: Path, settings: Settings, records: list[StepRecord], info: dict, started: float,
+                 seconds: float) -> bool:
     """gpu-check.json: the recipe and its overrides, the machine, every step's record; True when all passed."""
     ok = all(r.ok for r in records)
-    result = {"recipe": str(RECIPE), "overrides": {"data": DATA_OVERRIDES, "bf16": SHORT_RUN + SMALL_GATES, "zero3": ZERO3_RUN},
+    result = {"recipe": str(RECIPE), "smoke": settings.smoke,
+              "overrides": {"every": settings.overrides, "bf16": SHORT_RUN + SMALL_GATES, "zero3": ZERO3_RUN},
               "started_at": started, "seconds": seconds, "ok": ok, "machine": info, "steps": [asdict(r) for r in records]}
     (out_dir / RESULT).write_text(json.dumps(result, indent=2) + "\n")
     failed = ", ".join(r.name for r in records if not r.ok)
@@ -363,20 +425,26 @@ def main() -> int:
     parser.add_argument("--install", choices=("resolved", "fallback", "failed"), help="from gpu-check.sh: how the venv was made")
     parser.add_argument("--setup-s", type=float, default=0.0, help="from gpu-check.sh: seconds spent making the venv")
     parser.add_argument("--pip-check", type=Path, help="from gpu-check.sh: a file holding `pip check`'s output")
+    parser.add_argument("--bundle", type=Path, default=Bundle().root, help="the bundle's directory (default: %(default)s)")
+    parser.add_argument("--runs", type=Path, default=RUNS, help="where the check's runs go, emptied first (default: %(default)s)")
+    parser.add_argument("--smoke", action="store_true", help="every step on CPU with a 4M-parameter model, in about a minute")
     args = parser.parse_args()
+    settings = Settings(bundle=Bundle(args.bundle), runs=args.runs, smoke=args.smoke)
     out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else Path.cwd()
     out_dir.mkdir(parents=True, exist_ok=True)
-    if not (REPO / CORPUS).is_file():
-        print(f"gpu check: {CORPUS} is missing: run `bash scripts/gpu-bundle.sh` where pip works and carry gpu-bundle/", file=sys.stderr)
+    if not (REPO / settings.bundle.corpus).is_file():
+        print(f"gpu check: {settings.bundle.corpus} is missing: run `bash scripts/gpu-bundle.sh` where pip works and carry "
+              f"{settings.bundle.root}/", file=sys.stderr)
         return 2
-    shutil.rmtree(REPO / RUNS, ignore_errors=True)  # a second check starts fresh, never resuming the first's runs
+    shutil.rmtree(REPO / settings.runs, ignore_errors=True)  # a second check starts fresh, never resuming the first's runs
     started, tic, info = time.time(), time.monotonic(), machine()
-    print(f"gpu check: {RECIPE} on {', '.join(info['gpus']) or 'no GPU found'}; budget {args.budget_s:.0f} s", flush=True)
+    print(f"gpu check{' (CPU smoke)' if settings.smoke else ''}: {RECIPE} on {', '.join(info['gpus']) or 'no GPU found'}; "
+          f"budget {args.budget_s:.0f} s", flush=True)
     setup = setup_record(args)
-    check = Check(args.budget_s, out_dir)
+    check = Check(settings, args.budget_s, out_dir)
     run_steps(check)
     records = ([setup] if setup else []) + check.records
-    return 0 if write_result(out_dir, records, info, started, time.monotonic() - tic) else 1
+    return 0 if write_result(out_dir, settings, records, info, started, time.monotonic() - tic) else 1
 
 
 if __name__ == "__main__":

@@ -1,36 +1,26 @@
 #!/usr/bin/env bash
 # Prepare gpu-bundle/ for the GPU check (README "GPU path"), on this machine, where pip can download:
 #   bash scripts/gpu-bundle.sh        then, on the GPU machine with gpu-bundle/ carried:  bash scripts/gpu-check.sh
-# It holds (a) wheels for Python 3.12 on manylinux x86_64 of what the project needs and the GPU machine lacks
-# (not torch, transformers, accelerate, pyarrow or anything CUDA: the machine's own are used), DeepSpeed built
-# without ops (it has no wheel on PyPI), and the project's own wheel; (b) the llama-1b-gpu recipe's corpus and
-# its prepared token data, copied from orch's data cache (prepared there first if missing: a minute or so).
+# It holds (a) wheels for CPython 3.12 on manylinux x86_64 of what the project needs and the GPU machine lacks
+# (not torch, transformers, accelerate, pyarrow or anything CUDA: the machine's own are used): PyPI's wheel
+# where it has one, else the sdist built into a wheel here (DeepSpeed without ops, rouge-score, ...), and the
+# project's own wheel; (b) the llama-1b-gpu recipe's corpus and its prepared token data, copied from orch's
+# data cache (prepared there first if missing: a minute or so).
 # Idempotent: what is already there is kept. Fails if the bundle exceeds 60 MiB (the carry limit is 64 MiB).
+# GPU_BUNDLE=DIR puts it elsewhere (gpu-check.sh reads the same variable); GPU_PYTHON=X.Y[.Z] builds it for
+# another Python (the tests build one for their own, to install it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PY:-.venv/bin/python}
-BUNDLE=gpu-bundle
+BUNDLE=${GPU_BUNDLE:-gpu-bundle}
+TARGET_PYTHON=${GPU_PYTHON:-3.12.3}
 WHEELS=$BUNDLE/wheels
 LIMIT_MIB=60
 mkdir -p "$WHEELS"
 
-# The pins (versions installed and tested here), and the requirements gpu-check.sh installs; stale wheels go.
-"$PY" bench/gpu_bundle.py lists
-
-# DeepSpeed: sdist only; DS_BUILD_OPS=0 gives a pure-Python wheel whose ops would be compiled on first use
-# (the recipes use torch's AdamW and need none).
-ds_version=$(sed -n 's/^deepspeed==//p' "$BUNDLE/wheels.txt")
-if ! ls "$WHEELS"/deepspeed-"$ds_version"-*.whl >/dev/null 2>&1; then
-  DS_BUILD_OPS=0 "$PY" -m pip wheel -q --no-deps -w "$WHEELS" "deepspeed==$ds_version"
-fi
-
-# Everything else as binary wheels for the GPU machine's Python (pip keeps files it already downloaded).
-grep -v '^deepspeed==' "$BUNDLE/wheels.txt" > "$BUNDLE/.download.txt"
-"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
-  --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$WHEELS" -r "$BUNDLE/.download.txt"
-rm -f "$BUNDLE/.download.txt"
+# The pins (versions installed and tested here), the requirements gpu-check.sh installs, and a wheel of each.
+"$PY" bench/gpu_bundle.py wheels --bundle "$BUNDLE" --python "$TARGET_PYTHON"
 
 # The project itself, rebuilt every time (the tree changes), from a copy so that no build/ is left in the tree.
 src=$(mktemp -d)
@@ -39,7 +29,7 @@ cp -r pyproject.toml orchestrator launch "$src"/
 rm -f "$WHEELS"/orchestrator-*.whl
 "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$WHEELS" "$src" >/dev/null
 
-"$PY" bench/gpu_bundle.py data
+"$PY" bench/gpu_bundle.py data --bundle "$BUNDLE"
 
 bundle_bytes=$(du -sb "$BUNDLE" | cut -f1)
 tree_bytes=$(git ls-files -z --cached --others --exclude-standard | xargs -0 -r du -cb 2>/dev/null | tail -1 | cut -f1)

@@ -5,6 +5,7 @@ record; and the bundle's wheel list (`bench/gpu_bundle.py`), which must leave CU
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -116,7 +117,21 @@ def test_data_origin_says_whether_the_run_used_the_carried_data(tmp_path):
 
 
 def test_the_bundle_carries_the_projects_needs_but_not_torch_cuda_or_the_left_out():
-    pins = gpu_bundle.closure()
+    pins = gpu_bundle.closure(gpu_bundle.Target())
     assert {"deepspeed", "datasets", "pydantic", "pydantic-core", "codecarbon"} <= set(pins)
     assert not {name for name in pins if gpu_bundle.PROVIDED.match(name)}
     assert "torch" not in pins and "transformers" not in pins and "wandb" not in pins
+    assert not set(pins) & set(gpu_bundle.LEFT_OUT)
+
+
+def test_a_wheel_fits_the_target_by_its_tags_so_a_c_extension_built_here_does_not_fit_the_gpu_machine():
+    gpu, here = gpu_bundle.Target("3.12.3"), gpu_bundle.Target("3.11.7")
+    pure, built_here = Path("rouge_score-0.1.2-py3-none-any.whl"), Path("fast-1.0-cp311-cp311-linux_x86_64.whl")
+    for_gpu = Path("scipy-1.17.1-cp312-cp312-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl")
+    abi3 = Path("cryptography-51.0.1-cp311-abi3-manylinux_2_28_x86_64.whl")
+    assert gpu.fits(pure) and here.fits(pure) and gpu.fits(abi3) and here.fits(abi3)
+    assert gpu.fits(for_gpu) and not here.fits(for_gpu)
+    assert here.fits(built_here) and not gpu.fits(built_here)  # built from an sdist with C extensions: for this Python only
+    assert not gpu.fits(Path("x-1.0-cp312-cp312-macosx_11_0_arm64.whl"))
+    assert gpu.markers()["python_version"] == "3.12" and gpu.markers()["python_full_version"] == "3.12.3"
+    assert gpu.pip_flags()[:4] == ["--python-version", "3.12.3", "--implementation", "cp"]
