@@ -120,6 +120,10 @@ def test_a_sweep_array_cancelled_mid_way_and_run_again_finishes_every_trial_once
     table = report.stdout.splitlines()
     assert table[2].split()[:3] == ["1", str(best), "complete"] and "1 pruned" in table[0], report.stdout
     assert any(line.split()[1:3] == [str(DIVERGING), "pruned"] for line in table[2:]), report.stdout
+    runs = orch("runs", str(sweep_dir / "trials")).stdout
+    (row,) = [line.split() for line in runs.splitlines() if line.endswith(str(trials[DIVERGING]))]
+    assert row[4:6] == ["PRUNED", f"{rows(trials[DIVERGING])[-1]['step']}/12"], runs  # the step its task's log said it was pruned at
+    assert f"trial {DIVERGING}: pruned at step {rows(trials[DIVERGING])[-1]['step']} (" in logs(sweep_dir), logs(sweep_dir)
     page = (sweep_dir / "report.html").read_text()
     assert page.count("<figure>") == 2 and "pruned" in page
     bill = sum(json.loads((t / "energy.json").read_text())["totals"]["facility_kwh"] for t in trials)
