@@ -56,7 +56,7 @@ class RunDir:
     data = _Entry("data.json", "the prepared data's location and figures")
     provenance = _Entry("provenance.json")
     metrics = _Entry("metrics.jsonl", "one row per logged step, appended by rank 0")
-    events = _Entry("events.jsonl", "the run's history, appended by rank 0 and the Slurm batch step")
+    events = _Entry("events.jsonl", "the run's history, appended by rank 0, the Slurm batch step and a sweep's trial runner")
     summary = _Entry("summary.json", "the final figures of a completed run")
     attempt_lock = _Entry("attempt.lock", "locked while an attempt lives (`orch run` and its node launcher); names the holder")
     logs = _Entry("logs")
