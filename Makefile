@@ -17,7 +17,9 @@ demo: setup
 test: setup horovod
 	.venv/bin/python -m pytest -q -p no:cacheprovider --durations=25 tests/unit tests/distributed tests/integration
 
+# The three headline benchmarks (bench/README.md has every benchmark and what it measures), each with
+# its own defaults; `make bench BENCH_ARGS=--smoke` runs them for a few steps, as the test suite does.
 bench: setup horovod
-	.venv/bin/python bench/throughput.py
-	.venv/bin/python bench/backends.py
-	.venv/bin/python bench/energy.py
+	.venv/bin/python bench/throughput.py $(BENCH_ARGS)
+	.venv/bin/python bench/backends.py $(BENCH_ARGS)
+	.venv/bin/python bench/energy.py $(BENCH_ARGS)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common import DEFAULT_RECIPE, REPO, chosen, parse_args, write_result
+from common import DEFAULT_RECIPE, RESULTS, chosen, parse_args, write_result
 from throughput import interleaved_medians
 
 BACKENDS = {
@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--backends", default=",".join(BACKENDS), help=f"comma-separated, {BASELINE} included")
     parser.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE)
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "backends.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "backends.json")
     args = parse_args(parser, SMOKE)
     backends = chosen(BACKENDS, args.backends, BASELINE)
     medians, losses = interleaved_medians(args.recipe, backends, args.steps, args.warmup_steps, args.repeats)

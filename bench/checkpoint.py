@@ -40,7 +40,7 @@ from datetime import datetime
 from pathlib import Path
 
 from common import (DEFAULT_RECIPE, FAST, REPO, events, first_event, machine, orch_argv, parse_args, read_jsonl, repo_relative,
-                    row_after, run_logged, wait_for, write_result)
+                    results_dir, row_after, run_logged, wait_for, write_result)
 
 from disk import probe_disk
 from failures import measure_failures
@@ -60,7 +60,7 @@ def main() -> None:
         result = {"date": datetime.now().strftime("%Y-%m-%d"), "machine": machine("torch", "deepspeed"),
                   "config": {"recipe": repo_relative(args.recipe), "overrides": FAST, "seed": args.seed, "smoke": args.smoke}, **found}
         print(render_failures(result))
-        write_result(args.out or REPO / "bench" / "results" / "checkpoint-failures.json", result)
+        write_result(args.out or results_dir(args.smoke) / "checkpoint-failures.json", result)
         return
     with tempfile.TemporaryDirectory(prefix="orch-ckpt-bench-", dir=args.scratch) as scratch:
         runs, probes, plan = _alternate(args, Path(scratch))
@@ -68,7 +68,7 @@ def main() -> None:
         resume = measure_resume(args, Path(scratch) / "resume")
     result = summarise(args, plan, runs, probes, resume)
     print(render_table(result))
-    write_result(args.out or REPO / "bench" / "results" / "checkpoint.json", result)
+    write_result(args.out or results_dir(args.smoke) / "checkpoint.json", result)
 
 
 def _parse_args() -> argparse.Namespace:
@@ -82,7 +82,8 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--scratch", type=Path, default=None,
                         help="where run directories and so checkpoints go (the filesystem measured); default the system temp dir")
     parser.add_argument("--out", type=Path, default=None,
-                        help="default bench/results/checkpoint.json, or checkpoint-failures.json with --failures")
+                        help="default bench/results/checkpoint.json, or checkpoint-failures.json with --failures "
+                             "(under bench/results/smoke/ with --smoke)")
     parser.add_argument("--failures", action="store_true",
                         help="instead: goodput under one SIGKILL per --failure-every steps, against Young/Daly (bench/failures.py)")
     parser.add_argument("--failure-every", type=int, default=100, help="steps an attempt runs before it is killed, on average")

@@ -21,6 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the package (and the tests' helpers) import from a checkout without installing
 DEFAULT_RECIPE = REPO / "recipes" / "tiny-pretrain.yaml"
+RESULTS = REPO / "bench" / "results"
 # Small corpus and short lr warmup, as the distributed tests use; every step logged.
 FAST = ["data.max_bytes=1500000", "train.schedule.warmup_steps=2", "train.log_interval=1"]
 POLL_S = 0.05  # metrics and events files: the resolution of every "row appeared" time
@@ -32,7 +33,8 @@ def parse_args(parser: argparse.ArgumentParser, smoke: dict) -> argparse.Namespa
     """The command line, with `--smoke`: then `smoke`'s values are the defaults (options given still win).
 
     A smoke run takes the fewest steps, repeats and sizes that still run every part of a benchmark
-    and write its whole result; its figures mean nothing. The test suite runs every benchmark so
+    and write its whole result; its figures mean nothing, so by default it writes under
+    bench/results/smoke/, never over a measured result. The test suite runs every benchmark so
     (tests/distributed/test_benchmarks.py), so that none stops working unnoticed.
     """
     parser.add_argument("--smoke", action="store_true",
@@ -41,8 +43,14 @@ def parse_args(parser: argparse.ArgumentParser, smoke: dict) -> argparse.Namespa
     args = parser.parse_args()
     if args.smoke:
         parser.set_defaults(**smoke)
+        if isinstance(out := parser.get_default("out"), Path):
+            parser.set_defaults(out=results_dir(smoke=True) / out.name)
         args = parser.parse_args()
     return args
+
+
+def results_dir(smoke: bool) -> Path:
+    return RESULTS / "smoke" if smoke else RESULTS
 
 
 def chosen(configs: dict[str, tuple[str, ...]], names: str, baseline: str) -> dict[str, tuple[str, ...]]:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from common import REPO, parse_args, tail, write_result
+from common import REPO, RESULTS, parse_args, tail, write_result
 
 SMOKE = {"size_mb": 1}
 SHARD_BYTES = 8 * 2**20
@@ -97,7 +97,7 @@ def measured(argv: list[str], env: dict, log: Path) -> tuple[dict, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mb", type=int, default=200, help="S, the smaller corpus (the larger is 4S)")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "data.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "data.json")
     args = parse_args(parser, SMOKE)
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "RAYON_NUM_THREADS": "1", "HF_DATASETS_OFFLINE": "1"}
     rows, results = [], {}
@@ -109,8 +109,8 @@ def main() -> None:
             synthetic_corpus(corpus, args.size_mb * 2**20 * factor)
             for workers in (1, 2):
                 spec = {"path": str(corpus), "val_fraction": 0.01, "tokenizer": {"sample_bytes": 32 * 2**20}, "shard_bytes": SHARD_BYTES, **pipeline_only}
-                result, peak = measured([sys.executable, "-c", PREPARE, json.dumps(spec), str(work / f"cache-{label}-{workers}"), str(workers)], env,
-                                        work / f"prepare-{label}-{workers}.log")
+                argv = [sys.executable, "-c", PREPARE, json.dumps(spec), str(work / f"cache-{label}-{workers}"), str(workers)]
+                result, peak = measured(argv, env, work / f"prepare-{label}-{workers}.log")
                 results[(label, workers)] = {**result, "peak_rss": peak, "bytes": corpus.stat().st_size}
                 print(f"{label} ({corpus.stat().st_size / 2**20:.0f} MiB), {workers} worker(s): {result['seconds']:.1f} s, "
                       f"{result['tokens'] / result['seconds']:,.0f} tokens/s, peak {peak / 2**20:.0f} MiB", flush=True)

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import DEFAULT_RECIPE, REPO, chosen, parse_args, write_result
+from common import DEFAULT_RECIPE, RESULTS, chosen, parse_args, write_result
 from throughput import interleaved_medians
 
 CONFIGS = {
@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated, off included")
     parser.add_argument("--samples", type=int, default=200, help="monitor samples timed for the cost of one")
     parser.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE)
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "energy.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "energy.json")
     args = parse_args(parser, SMOKE)
     configs = chosen(CONFIGS, args.configs, "off")
     medians, _ = interleaved_medians(args.recipe, configs, args.steps, args.warmup_steps, args.repeats)

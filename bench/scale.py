@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import DEFAULT_RECIPE, REPO, last_lines, machine, orch_argv, parse_args, read_jsonl, write_result
+from common import DEFAULT_RECIPE, REPO, RESULTS, last_lines, machine, orch_argv, parse_args, read_jsonl, write_result
 
 SHAPES = {
     # billions of parameters (approximate): hidden, layers, intermediate; heads of 128 dimensions
@@ -100,7 +100,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="0.3,0.5,0.7,0.85,1.0", help=f"comma-separated, from {', '.join(SHAPES)}")
     parser.add_argument("--seq-len", type=int, default=32)
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "scale.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "scale.json")
     args = parse_args(parser, SMOKE)
     print(f"{'params':>8}  {'variant':<28}{'build GiB':>9}{'x fp32':>7}{'start GiB':>9}{'step GiB':>9}{'s/step':>9}")
     results, largest = [], None
@@ -116,8 +116,8 @@ def main() -> None:
             result = measure(largest, variant, args.seq_len, Path(tmp))
             results.append(result)
             print_row(result)
-    write_result(args.out, {"machine": machine("torch", "deepspeed", "transformers"), "smoke": args.smoke, "seq_len": args.seq_len, "steps": STEPS,
-                            "largest_trained": largest, "runs": results})
+    write_result(args.out, {"machine": machine("torch", "deepspeed", "transformers"), "smoke": args.smoke, "seq_len": args.seq_len,
+                            "steps": STEPS, "largest_trained": largest, "runs": results})
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from common import POLL_S, REPO, events, first_event, machine, orch_argv, parse_args, read_jsonl, row_after, wait_for, write_result
+from common import POLL_S, REPO, RESULTS, events, first_event, machine, orch_argv, parse_args, read_jsonl, row_after, wait_for, write_result
 
 # The job tests/integration/test_slurm.py submits (TWO_NODES, with tests/conftest.py's FAST); train.steps from --steps.
 TWO_NODES = [
@@ -90,7 +90,7 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2, help="jobs timed from orch submit to the first step")
     parser.add_argument("--requeue-repeats", type=int, default=1, help="jobs preempted with USR1 and requeued")
     parser.add_argument("--signal-at-step", type=int, default=4, help="send USR1 once a metrics row with this step appears")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "slurm.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "slurm.json")
     args = parse_args(parser, SMOKE)
     if args.repeats < 1 or args.requeue_repeats < 0:
         parser.error("--repeats must be at least 1 and --requeue-repeats at least 0")

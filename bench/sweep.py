@@ -27,7 +27,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from common import FAST, REPO, machine, parse_args, read_jsonl, run_logged, write_result
+from common import FAST, REPO, RESULTS, machine, parse_args, read_jsonl, run_logged, write_result
 
 LEARNING_RATES = [0.003, 0.001, 0.3, 0.0002, 3.0, 0.006]
 SMOKE = {"steps": 4, "learning_rates": "0.003,3.0"}  # two at a time, as the recipe runs them; 3.0 diverges
@@ -37,7 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--learning-rates", default=",".join(map(str, LEARNING_RATES)), help="the grid, comma-separated")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "sweep.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "sweep.json")
     args = parse_args(parser, SMOKE)
     if args.steps < 4:
         parser.error(f"--steps ({args.steps}) must be at least 4: an evaluation every quarter of the run")

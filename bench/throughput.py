@@ -29,7 +29,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from common import DEFAULT_RECIPE, REPO, machine, orch_argv, parse_args, read_jsonl, repo_relative, run_logged, write_result
+from common import DEFAULT_RECIPE, REPO, RESULTS, machine, orch_argv, parse_args, read_jsonl, repo_relative, run_logged, write_result
 
 BARE_SCRIPT = REPO / "bench" / "bare_deepspeed.py"
 MATMUL_SIZE = {"cpu": 2048, "cuda": 8192}
@@ -54,7 +54,7 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="runs of each side, alternating orch and bare")
     parser.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE, help="a Llama recipe (the bare loop builds Llama only)")
     parser.add_argument("--peak-seconds", type=float, default=3.0, help="seconds of each matmul timing of the machine's peak")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "throughput.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "throughput.json")
     args = parse_args(parser, SMOKE)
     args.recipe = args.recipe.resolve()
     if args.steps <= args.warmup_steps:
