@@ -36,6 +36,8 @@ NEWEST_PER_KEY = 5
 MIN_STEPS = 50
 """Shorter runs measure mostly their start (the first step's warm-up, the final checkpoint), which
 longer runs of the same shape spread thin: they are not recorded."""
+MEASURED_COVERAGE = 0.9
+"""The share of device-seconds with counter-grade energy data for a bill's power to count."""
 MAX_LINES = 2000
 """Past this the file is rewritten with the newest runs of each key alone."""
 
@@ -58,7 +60,9 @@ class Measured:
     """The run's wall time over the time its steps alone take at that rate: evaluation,
     checkpoints and the first step on top."""
     power_per_device_w: float | None
-    """Billed IT energy per second of wall time, per GPU (on GPUs) or per node (on CPUs)."""
+    """Billed IT energy per second of wall time, per GPU (on GPUs) or per node (on CPUs); None
+    unless energy counters (NVML, RAPL) measured most of it. An estimated bill is the same model
+    the forecast applies (TDP x load, the machine's memory in use), at another moment's load."""
 
 
 @dataclass(frozen=True)
@@ -161,7 +165,8 @@ def measure_run(run_dir: Path) -> Measured | None:
     step_s, wall_s = statistics.mean(steady), summary["wall_s"]
     tokens_per_s = plan.batch.tokens_per_step / step_s
     units = topology.world_size if topology.device == "cuda" else topology.nodes
-    kwh = (summary.get("energy") or {}).get("kwh")
+    bill = summary.get("energy") or {}
+    kwh = bill.get("kwh") if bill.get("coverage", 0.0) >= MEASURED_COVERAGE else None
     shape, schedule = estimate.calibration_key.split("-")
     return Measured(
         key=shape, schedule=schedule, run_dir=str(run.path), time=time.time(),

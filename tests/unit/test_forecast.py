@@ -22,7 +22,7 @@ def plan_for(tmp_path, overrides=(), calibrations=Calibrations(), env=None):
     return make_plan(load_recipe(TINY, list(overrides)), env or make_env(tmp_path), calibrations=calibrations)
 
 
-def finished_run(tmp_path, plan, tokens_per_s=5000.0, wall_s=70.0, kwh=0.0002, restarts=0, steps=None):
+def finished_run(tmp_path, plan, tokens_per_s=5000.0, wall_s=70.0, kwh=0.0002, restarts=0, steps=None, coverage=1.0):
     """A completed run's directory as the ranks leave it: the plan, a row per step (the first
     warming up), and the summary with its bill."""
     run = RunDir(tmp_path / "run")
@@ -32,7 +32,8 @@ def finished_run(tmp_path, plan, tokens_per_s=5000.0, wall_s=70.0, kwh=0.0002, r
     step_s = per_step / tokens_per_s
     run.metrics.write_text("".join(json.dumps({"step": i, "step_s": step_s * (5 if i == 1 else 1)}) + "\n" for i in range(1, steps + 1)))
     run.write_json(run.summary, {"status": "completed", "steps": steps, "tokens": steps * per_step, "tokens_per_s": tokens_per_s,
-                                 "mfu": 0.5, "wall_s": wall_s, "restarts": restarts, "energy": {"kwh": kwh}})
+                                 "mfu": 0.5, "wall_s": wall_s, "restarts": restarts,
+                                 "energy": {"kwh": kwh, "coverage": coverage}})
     return run.path
 
 
@@ -172,3 +173,11 @@ def test_slow_steps_count_at_their_time_not_at_the_median(tmp_path):
     mean_step_s = sum(row["step_s"] for row in rows[1:]) / len(rows[1:])
     again = plan_for(tmp_path, calibrations=read_calibrations(tmp_path / "cache"))
     assert again.time.tokens_per_s == pytest.approx(plan.batch.tokens_per_step / mean_step_s)
+
+
+def test_an_estimated_bill_does_not_calibrate_the_power(tmp_path):
+    """Without energy counters the bill is the forecast's own model at another moment's load and memory."""
+    store = tmp_path / "cache"
+    record_run(finished_run(tmp_path, plan_for(tmp_path), kwh=0.0002, coverage=0.0), store)
+    again = plan_for(tmp_path, calibrations=read_calibrations(store))
+    assert again.time.basis.startswith("measured") and again.energy.forecast.basis.startswith("per node: CPU at full load")
