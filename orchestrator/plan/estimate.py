@@ -55,21 +55,22 @@ def estimate_time(
     fpt = flops_per_token(sizes, num_params, batch.seq_len, frozen_params)
     peak = peak_flops_per_device(env, topology, precision)
     tokens = steps * batch.tokens_per_step
+    at_full_use = peak * topology.world_size / fpt
     if calibration:
-        mfu, (low, high), overhead = calibration.mfu, calibration.mfu_range, calibration.wall_per_step_time
+        tokens_per_s, (slowest, fastest), overhead = calibration.tokens_per_s, calibration.tokens_per_s_range, calibration.wall_per_step_time
+        mfu = tokens_per_s / at_full_use if peak else 0.0
+        runs = (f"the median of {calibration.runs} earlier runs ({slowest:,.0f}-{fastest:,.0f} tokens/s)" if calibration.runs > 1
+                else "an earlier run")
         schedule = ("; evaluation and checkpoints included, as measured with these settings" if calibration.same_schedule
                     else "; the steps alone (no run had these steps, evaluation and checkpoint settings)")
-        runs = (f"the median of {calibration.runs} earlier runs ({low:.0%}-{high:.0%})" if calibration.runs > 1 else "an earlier run")
-        basis = (f"measured: {mfu:.0%} MFU of {_peak_source(env, topology)}, {runs} of this shape on this hardware "
-                 f"(newest {calibration.newest_run_dir}){schedule}")
+        now = f", {mfu:.0%} MFU of the peak measured now" if peak else ""
+        basis = f"measured: {runs} of this shape on this hardware (newest {calibration.newest_run_dir}){now}{schedule}"
     else:
         (low, mfu, high), overhead = ASSUMED_MFU[topology.device], 1.0
+        tokens_per_s, slowest, fastest = at_full_use * mfu, at_full_use * low, at_full_use * high
         basis = (f"assumed: {mfu:.0%} MFU (likely {low:.0%}-{high:.0%}) of {_peak_source(env, topology)}, "
-                 "with no earlier run of this shape on this hardware to calibrate from")
-    if not peak:
-        basis = "none: no peak FLOP/s known for this device (the CPU's matmul rate was not measured)"
-    at_full_use = peak * topology.world_size / fpt
-    tokens_per_s, slowest, fastest = at_full_use * mfu, at_full_use * low, at_full_use * high
+                 "with no earlier run of this shape on this hardware to calibrate from"
+                 if peak else "none: no peak FLOP/s known for this device (the CPU's matmul rate was not measured)")
     wall = tokens / tokens_per_s * overhead if tokens_per_s else 0.0
     wall_range = (tokens / fastest * overhead, tokens / slowest * overhead) if tokens_per_s else None
     return TimeEstimate(flops_per_token=fpt, peak_flops_per_device=peak, assumed_mfu=mfu, tokens_per_s=tokens_per_s, wall_s=wall,

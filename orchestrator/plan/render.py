@@ -28,7 +28,7 @@ def _estimate_lines(plan: LaunchPlan) -> list[str]:
         return [f"estimate       {e.basis}"]
     likely = f" (likely {_duration(e.wall_s_range[0])}-{_duration(e.wall_s_range[1])})" if e.wall_s_range and e.wall_s_range[0] < e.wall_s_range[1] else ""
     return [f"estimate       {e.tokens_per_s:,.0f} tokens/s -> wall {_duration(e.wall_s)}{likely}, {e.device_hours:.3f} {device}-hours",
-            f"               {e.basis}; peak {e.peak_flops_per_device / 1e12:.3f} TFLOP/s per device"]
+            f"               {e.basis}" + (f"; peak {e.peak_flops_per_device / 1e12:.3f} TFLOP/s per device" if e.peak_flops_per_device else "")]
 
 
 def _energy_lines(plan: LaunchPlan) -> list[str]:

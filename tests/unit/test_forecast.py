@@ -69,12 +69,14 @@ def test_a_completed_run_calibrates_the_next_plan_of_its_shape(tmp_path):
     assert longer.time.wall_s == pytest.approx(2 * tokens / 5000.0) and "steps alone" in longer.time.basis
 
 
-def test_a_calibrated_forecast_follows_the_peak_measured_now(tmp_path):
-    """On a machine shared with other work the rate changes by the minute; the probe before each plan follows it."""
+def test_a_calibrated_forecast_is_the_measured_throughput_whatever_the_probe_says(tmp_path):
+    """A tenth of a second of matmuls follows the moment's load, not the run's: the measurement wins,
+    and it stands where no peak was measured at all (`orch validate`)."""
     store = tmp_path / "cache"
     record_run(finished_run(tmp_path, plan_for(tmp_path), tokens_per_s=5000.0), store)
-    busier = dataclasses.replace(make_env(tmp_path), cpu_matmul_flops=50e9)  # half the rate the run's plan measured
-    assert plan_for(tmp_path, calibrations=read_calibrations(store), env=busier).time.tokens_per_s == pytest.approx(2500.0)
+    for flops in (50e9, 0.0):
+        env = dataclasses.replace(make_env(tmp_path), cpu_matmul_flops=flops)
+        assert plan_for(tmp_path, calibrations=read_calibrations(store), env=env).time.tokens_per_s == pytest.approx(5000.0)
 
 
 @pytest.mark.parametrize("other", [
@@ -94,12 +96,14 @@ def test_runs_of_another_shape_or_machine_do_not_calibrate(tmp_path, other):
 def test_the_median_of_the_newest_runs_counts_and_a_run_recorded_twice_once(tmp_path):
     plan = plan_for(tmp_path)
     shape, schedule = plan.time.calibration_key.split("-")
-    runs = [Measured(shape, schedule, f"/runs/{i}", time=float(i), mfu=mfu, wall_per_step_time=1.0, power_per_device_w=None)
-            for i, mfu in enumerate([0.01, 0.1, 0.2, 0.3, 0.4, 0.5])]
+    runs = [Measured(shape, schedule, f"/runs/{i}", time=float(i), tokens_per_s=rate, wall_per_step_time=1.0, power_per_device_w=None)
+            for i, rate in enumerate([100.0, 1000.0, 2000.0, 3000.0, 4000.0, 5000.0])]
     repeated = dataclasses.replace(runs[-1], time=9.0)  # the newest run recorded again (run again once complete)
     calibration = Calibrations((*runs, repeated)).lookup(plan.time.calibration_key)
-    assert calibration.runs == 5 and calibration.mfu == 0.3  # the oldest (1%) left out
-    assert calibration.mfu_range == (0.1, 0.5)
+    assert calibration.runs == 5 and calibration.tokens_per_s == 3000.0  # the oldest (100 tokens/s) left out
+    assert calibration.tokens_per_s_range == (1000.0, 5000.0)
+    again = make_plan(load_recipe(TINY), make_env(tmp_path), calibrations=Calibrations((*runs, repeated)))
+    assert "(1,000-5,000 tokens/s)" in again.time.basis and again.time.wall_s_range[0] < again.time.wall_s < again.time.wall_s_range[1]
 
 
 @pytest.mark.parametrize("why", ["dry run", "short", "resumed", "not completed"])
