@@ -19,6 +19,11 @@ A checkpoint of the 1.1B model (about 14 GB with its optimizer state) is deleted
 it, so the disk holds one at a time. Each step has a time limit inside the budget; a step that passes it is
 stopped (all its processes) and fails. The results go to $OUT/gpu-check.json where OUT is set, else to
 ./gpu-check.json, and the rank-0 log of a failed run beside it; the exit code is 1 when a step failed.
+
+`--smoke` runs the same steps, commands and readers on CPU with a 4M-parameter model of the recipe (`SMOKE`),
+on the carried data; only the energy step's demand for NVML's counter is dropped (there is no GPU). The
+test suite runs it through gpu-check.sh (tests/integration/test_gpu_bundle.py), so that the check the GPU
+machine gets has run end to end before it gets there.
 """
 
 from __future__ import annotations
