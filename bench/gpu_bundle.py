@@ -1,5 +1,6 @@
-"""What the GPU check carries to a machine without a package registry: wheels of what the project needs
-there, and the token data of its recipe. Run on the CPU machine by `scripts/gpu-bundle.sh`, from the repository root:
+"""What the GPU check carries to a machine without a package registry: wheels, and its recipe's token data.
+
+Run on the CPU machine by `scripts/gpu-bundle.sh`, from the repository root:
 
     .venv/bin/python bench/gpu_bundle.py wheels [--bundle DIR] [--python 3.12.3]   # lists, then the wheels
     .venv/bin/python bench/gpu_bundle.py data [--bundle DIR]     # the corpus, then its prepared data from the cache
@@ -42,7 +43,7 @@ PROVIDED = re.compile(r"^(torch|transformers|accelerate|pyarrow|triton|nvidia-.*
 PRESENT_LARGE = {"pandas", "grpcio", "pillow", "tensorboard", "hf-xet", "pygments", "scipy", "scikit-learn", "lxml", "aiohttp"}
 LEFT_OUT = {"wandb": "20 MB, imported only with tracking.wandb.enabled",
             "mlflow-skinny": "8 MB with its needs, imported only by orch release's registry and tracking.mlflow",
-            "sqlalchemy": "5 MB, for MLflow's registry and optuna's storage", "alembic": "the same",
+            "sqlalchemy": "5 MB, for MLflow's registry and optuna's storage", "alembic": "for MLflow's registry and optuna's storage",
             "optuna": "imported only by orch sweep"}
 """Runtime dependencies not carried at all, with the reason: what the check does not run, left out to keep the
 bundle under 60 MiB; gpu-check.sh installs the project without them."""
