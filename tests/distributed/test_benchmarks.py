@@ -124,7 +124,6 @@ def test_scale(tmp_path):
 
 def test_sweep_overhead(tmp_path):
     result, _ = run_bench("sweep", tmp_path)
-    for pruning in ("none", "median"):  # two trials each; the second's learning rate diverges
-        assert result[pruning]["states"]["0"] == "complete" and result[pruning]["steps_per_trial"][0] == 4
-        assert result[pruning]["best"] == "0" and set(result[pruning]["states"]) == {"0", "1"}
-    assert result["alone"]["runs"] == 2 and positive(result["summary"]["overhead_sweep_over_trials_alone"])
+    for pruning in ("none", "median"):
+        assert result[pruning]["states"] == {"0": "complete"} and result[pruning]["steps"] == 4 and result[pruning]["best"] == "0"
+    assert result["alone"]["runs"] == 1 and positive(result["summary"]["overhead_sweep_over_trials_alone"])
