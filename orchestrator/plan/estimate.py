@@ -55,18 +55,17 @@ def estimate_time(
     fpt = flops_per_token(sizes, num_params, batch.seq_len, frozen_params)
     peak = peak_flops_per_device(env, topology, precision)
     tokens = steps * batch.tokens_per_step
-    at_full_use = peak * topology.world_size / fpt
     if calibration:
         tokens_per_s, (slowest, fastest), overhead = calibration.tokens_per_s, calibration.tokens_per_s_range, calibration.wall_per_step_time
-        mfu = tokens_per_s / at_full_use if peak else 0.0
+        mfu = 0.0  # nothing assumed; a share of a peak probed in a tenth of a second would say little
         runs = (f"the median of {calibration.runs} earlier runs ({slowest:,.0f}-{fastest:,.0f} tokens/s)" if calibration.runs > 1
                 else "an earlier run")
         schedule = ("; evaluation and checkpoints included, as measured with these settings" if calibration.same_schedule
                     else "; the steps alone (no run had these steps, evaluation and checkpoint settings)")
-        now = f", {mfu:.0%} MFU of the peak measured now" if peak else ""
-        basis = f"measured: {runs} of this shape on this hardware (newest {calibration.newest_run_dir}){now}{schedule}"
+        basis = f"measured: {runs} of this shape on this hardware (newest {calibration.newest_run_dir}){schedule}"
     else:
         (low, mfu, high), overhead = ASSUMED_MFU[topology.device], 1.0
+        at_full_use = peak * topology.world_size / fpt
         tokens_per_s, slowest, fastest = at_full_use * mfu, at_full_use * low, at_full_use * high
         basis = (f"assumed: {mfu:.0%} MFU (likely {low:.0%}-{high:.0%}) of {_peak_source(env, topology)}, "
                  "with no earlier run of this shape on this hardware to calibrate from"

@@ -61,6 +61,7 @@ class EstimateRecord(Record):
     flops_per_token: float
     peak_flops_per_device: float
     assumed_mfu: float
+    """0 where the estimate rests on earlier runs' measured throughput (see `basis`)."""
     tokens_per_s: float
     wall_s: float
     device_hours: float

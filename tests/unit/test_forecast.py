@@ -60,6 +60,7 @@ def test_a_completed_run_calibrates_the_next_plan_of_its_shape(tmp_path):
     assert again.time.tokens_per_s == pytest.approx(5000.0)
     assert again.time.wall_s == pytest.approx(tokens / 5000.0 * 1.2)
     assert again.time.basis.startswith("measured") and str(tmp_path / "run") in again.time.basis
+    assert again.time.assumed_mfu == 0  # nothing assumed
     watts = 0.0002 * 3.6e6 / (tokens / 5000.0 * 1.2)  # per node: one node
     assert again.energy.forecast.power_per_device_w == pytest.approx(watts)
     assert again.energy.forecast.kwh == pytest.approx(0.0002)
