@@ -109,7 +109,7 @@ def load_checkpoint_model(run_dir: Path, checkpoint: Path):
     from transformers import AutoTokenizer
 
     run = RunDir(run_dir)
-    tokenizer = AutoTokenizer.from_pretrained(str(_tokenizer_dir(run)))
+    tokenizer = AutoTokenizer.from_pretrained(str(_tokenizer_dir(run)), trust_remote_code=False)
     manifest = store.read_manifest(checkpoint)
     state, _ = consolidated_state_dict(run, checkpoint, manifest["zero_stage"])
     model = _model_with(run, state)
@@ -162,7 +162,7 @@ def _save(model, dtype: ExportDtype, tokenizer_dir: Path, out: Path) -> None:
     from transformers.utils import logging
 
     # The model was built from sizes alone; generation should stop at the run tokenizer's end-of-text.
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), trust_remote_code=False)
     for config in (model.config, getattr(model, "generation_config", None)):
         if config is not None:
             config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id

@@ -358,7 +358,7 @@ def _tokenizer(spec: DataSpec, texts: Iterator[str] | None, out: Path):
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     if spec.tokenizer.kind == "pretrained":
-        tokenizer = AutoTokenizer.from_pretrained(str(spec.tokenizer.path))
+        tokenizer = AutoTokenizer.from_pretrained(str(spec.tokenizer.path), trust_remote_code=False)
         if tokenizer.eos_token is None:
             tokenizer.add_special_tokens({"eos_token": EOS})
     else:

@@ -24,6 +24,7 @@ import yaml
 from orchestrator.errors import GateError
 from orchestrator.gates.result import GateResult, skipped
 from orchestrator.gates.spec import EvaluationGate, TaskThreshold
+from orchestrator.model.remote_code import remote_code_problem
 
 SEED = 1234
 BOOTSTRAP_ITERS = 1000
@@ -249,9 +250,11 @@ def _baseline_scores(spec: EvaluationGate) -> list[TaskScore]:
 
     if not (spec.baseline / "config.json").is_file():
         raise GateError(f"gates.evaluation.baseline: {spec.baseline} is not a model directory (no config.json): give a release or an export")
+    if why := remote_code_problem(spec.baseline):
+        raise GateError(f"gates.evaluation.baseline: {why}")
     with _offline_harness():
-        model = AutoModelForCausalLM.from_pretrained(str(spec.baseline)).float().eval()
-        tokenizer = AutoTokenizer.from_pretrained(str(spec.baseline))
+        model = AutoModelForCausalLM.from_pretrained(str(spec.baseline), trust_remote_code=False).float().eval()
+        tokenizer = AutoTokenizer.from_pretrained(str(spec.baseline), trust_remote_code=False)
     return task_scores(spec, model, tokenizer)
 
 

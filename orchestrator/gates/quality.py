@@ -12,6 +12,7 @@ from orchestrator.gates.result import GateResult, judge
 from orchestrator.gates.scoring import row_losses, text_losses
 from orchestrator.gates.spec import BiasGate, QualityGate
 from orchestrator.model.inputs import Rows, count
+from orchestrator.model.remote_code import remote_code_problem
 
 
 def quality_gate(spec: QualityGate, model, tokenizer, val_rows: Rows, warn_margin: float) -> GateResult:
@@ -40,9 +41,11 @@ def _baseline_loss(baseline: Path, tokenizer, val_rows: Rows) -> tuple[float, st
 
     if not (baseline / "config.json").is_file():
         return 0.0, f"baseline {baseline} is not a model directory (no config.json): give a release or an export"
-    if AutoTokenizer.from_pretrained(str(baseline)).get_vocab() != tokenizer.get_vocab():
+    if why := remote_code_problem(baseline):
+        return 0.0, f"baseline: {why}"
+    if AutoTokenizer.from_pretrained(str(baseline), trust_remote_code=False).get_vocab() != tokenizer.get_vocab():
         return 0.0, f"baseline {baseline} has another tokenizer: losses are not comparable"
-    model = AutoModelForCausalLM.from_pretrained(str(baseline)).float().eval()
+    model = AutoModelForCausalLM.from_pretrained(str(baseline), trust_remote_code=False).float().eval()
     return float(row_losses(model, val_rows).mean()), None
 
 

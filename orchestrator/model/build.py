@@ -14,7 +14,7 @@ def _config(spec: ModelSpec, sizes: Sizes):
     from transformers import AutoConfig
 
     if spec.path is not None:
-        return AutoConfig.from_pretrained(str(spec.path))
+        return AutoConfig.from_pretrained(str(spec.path), trust_remote_code=False)
     arch = ARCHITECTURES[spec.arch]
     return AutoConfig.for_model(arch.model_type, **arch.to_hf_config(sizes))
 
@@ -45,7 +45,7 @@ def build_model(spec: ModelSpec, sizes: Sizes, dtype: str = "float32", device: s
     if spec.path is not None:
         logging.disable_progress_bar()  # a "Loading weights" bar per process, in logs and gate output that are not terminals
         placement = {} if device is None else {"device_map": {"": device}}
-        model = AutoModelForCausalLM.from_pretrained(str(spec.path), dtype=getattr(torch, dtype), **placement)
+        model = AutoModelForCausalLM.from_pretrained(str(spec.path), dtype=getattr(torch, dtype), trust_remote_code=False, **placement)
     else:
         with nullcontext() if device is None else torch.device(device):
             model = AutoModelForCausalLM.from_config(_config(spec, sizes), dtype=getattr(torch, dtype))

@@ -30,7 +30,7 @@ def measure_architecture(path: Path) -> tuple[Architecture, Sizes]:
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.pytorch_utils import Conv1D
 
-    config = AutoConfig.from_pretrained(str(path))
+    config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config)
     params = list(model.parameters())  # a tied output projection is the embedding's parameter, counted once
