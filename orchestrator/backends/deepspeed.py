@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from orchestrator.backends.imports import import_deepspeed
 from orchestrator.checkpoint import store
 from orchestrator.errors import CheckpointError, ResumeError
+from orchestrator.rundir.entry import module_argv
 
 if TYPE_CHECKING:
     from orchestrator.model.architectures import Sizes
@@ -133,8 +134,8 @@ class DeepSpeedBackend:
         conversion gets a manifest of its own: a later resume reuses it only if it still verifies."""
         if not store.verify(target).ok:
             shutil.rmtree(target, ignore_errors=True)
-            command = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(checkpoint),
-                       "--output_folder", str(target), "--inject_missing_state"]
+            command = module_argv(sys.executable, "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(checkpoint),
+                                  "--output_folder", str(target), "--inject_missing_state")
             result = subprocess.run(command, capture_output=True, text=True, env={"DS_ACCELERATOR": "cpu", **os.environ})
             if result.returncode != 0:
                 lines = (result.stderr or result.stdout).strip().splitlines() or ["no output"]

@@ -3,11 +3,17 @@
 `python -m launch.node ...` runs on each node (started by `orch run` locally, by srun under
 Slurm) and starts that node's ranks as `python -m launch.rank --run-dir DIR`; everything else a
 rank needs it reads from the run directory.
+
+Every Python process orch starts (these, and the Slurm jobs' `python -m orchestrator...`) starts
+through `module_argv`, with the safe-path option: `python -m` otherwise puts the working directory
+first on `sys.path`, so a `launch.py` or an `orchestrator/` folder where the user types `orch run`
+would run in place of the project's modules (and a `torch.py` in place of torch).
 """
 
 from __future__ import annotations
 
 import signal
+import sys
 from pathlib import Path
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
@@ -19,6 +25,18 @@ ATTACHED_FLAG = "--attached"
 """The node launcher's stdin is a pipe from `orch run`: end of file there means the CLI is gone."""
 RANK_MODULE = "launch.rank"
 
+SAFE_PATH = ("-P",) if sys.version_info >= (3, 11) else ()
+"""`-P` (Python 3.11+): no working directory on `sys.path`; the project is found where it is installed
+(site-packages, or an editable install's finder), as by the `orch` script. The interpreter started is
+always this one (`EnvSnapshot.python`, or the launcher's and the batch step's own `sys.executable`),
+so this one's version decides. Python 3.10 has neither `-P` nor `PYTHONSAFEPATH` and `-I` would also
+drop PYTHONPATH and the user's site-packages, where declared hooks live: there processes start as before."""
+
+
+def module_argv(python: str, module: str, *arguments: str) -> list[str]:
+    """`python -P -m module arguments...`: a module of an installed package, never one of the working directory."""
+    return [python, *SAFE_PATH, "-m", module, *arguments]
+
 
 def node_argv(
     python: str, backend: str, nodes: int, procs_per_node: int, run_dir: Path | str, master_addr: str, master_port: int | str,
@@ -27,7 +45,7 @@ def node_argv(
     """The command that runs the node launcher on one node; without `node_rank`, Slurm's node id is used.
     `attached`: started by a local `orch run`, whose end stops the ranks after a checkpoint (never
     under Slurm, where srun and the batch step own the launcher's life)."""
-    argv = [python, "-m", NODE_MODULE, "--backend", backend, "--nnodes", str(nodes)]
+    argv = module_argv(python, NODE_MODULE, "--backend", backend, "--nnodes", str(nodes))
     if node_rank is not None:
         argv += ["--node-rank", str(node_rank)]
     if attached:
@@ -38,4 +56,4 @@ def node_argv(
 
 
 def rank_argv(python: str, run_dir: Path | str) -> list[str]:
-    return [python, "-m", RANK_MODULE, "--run-dir", str(run_dir)]
+    return module_argv(python, RANK_MODULE, "--run-dir", str(run_dir))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from orchestrator.errors import SlurmError
 from orchestrator.plan.planner import LaunchPlan
+from orchestrator.rundir.entry import module_argv
 from orchestrator.slurm.client import slurm
 
 PROBE_BYTES = 64 << 20
@@ -72,8 +73,8 @@ def _allocation_checks(plan: LaunchPlan, allocation: dict[str, str]) -> list[Che
     nodes = int(allocation.get("SLURM_JOB_NUM_NODES", "1"))
     master, port = rendezvous(int(allocation["SLURM_JOB_ID"]), allocation["SLURM_JOB_NODELIST"])
     try:
-        out = slurm("srun", f"--nodes={nodes}", "--ntasks-per-node=1", plan.processes[0].argv[0], "-m", "orchestrator.slurm.probe",
-                    "--master-addr", master, "--master-port", str(port + 1))
+        out = slurm("srun", f"--nodes={nodes}", "--ntasks-per-node=1", *module_argv(plan.processes[0].argv[0], "orchestrator.slurm.probe",
+                    "--master-addr", master, "--master-port", str(port + 1)))
     except SlurmError as exc:
         return [Check("all-reduce", False, str(exc), "check the nodes' network (NCCL_SOCKET_IFNAME, GLOO_SOCKET_IFNAME)")]
     result = json.loads(out.strip().splitlines()[-1])

@@ -16,6 +16,7 @@ from orchestrator.errors import SlurmError
 from orchestrator.hub import OFFLINE_ENV
 from orchestrator.plan.planner import LaunchPlan
 from orchestrator.recipe.redact import MARK
+from orchestrator.rundir.entry import module_argv
 from orchestrator.rundir.layout import RunDir
 from orchestrator.slurm.spec import SlurmSpec
 
@@ -81,14 +82,14 @@ def step_directives(plan: LaunchPlan, spec: SlurmSpec, role: str, cpus: int | No
 
 def render_sbatch(plan: LaunchPlan, spec: SlurmSpec, python: str, grace_s: int) -> str:
     """The training job's script: the batch step (`orchestrator.slurm.batch`) in the prepared environment."""
-    return _script(plan, spec, directives(plan, spec, grace_s), [python, "-m", "orchestrator.slurm.batch", "--run-dir", str(plan.run_dir)])
+    return _script(plan, spec, directives(plan, spec, grace_s), module_argv(python, "orchestrator.slurm.batch", "--run-dir", str(plan.run_dir)))
 
 
 def render_array_sbatch(plan: LaunchPlan, spec: SlurmSpec, python: str, grace_s: int, slots: list[int], parallel: int) -> str:
     """A sweep's array job: one task per trial slot (`orchestrator.sweep.trial`), `parallel` at once;
     each task's resources are the training job's. `plan` is the sweep's recipe planned into the sweep directory."""
     array = f"--array={array_ranges(slots)}%{parallel}"
-    command = [python, "-m", "orchestrator.sweep.trial", "--sweep-dir", str(plan.run_dir)]
+    command = module_argv(python, "orchestrator.sweep.trial", "--sweep-dir", str(plan.run_dir))
     return _script(plan, spec, [*directives(plan, spec, grace_s), array], command)
 
 
@@ -105,13 +106,13 @@ def array_ranges(slots: list[int]) -> str:
 
 def render_prepare_sbatch(plan: LaunchPlan, spec: SlurmSpec, python: str, recipe_sources: list[Path]) -> str:
     """The data preparation job's script, which the training job waits for (`--dependency=afterok`)."""
-    command = [python, "-m", "orchestrator.slurm.prepare", "--run-dir", str(plan.run_dir), *(str(p) for p in recipe_sources)]
+    command = module_argv(python, "orchestrator.slurm.prepare", "--run-dir", str(plan.run_dir), *(str(p) for p in recipe_sources))
     return _script(plan, spec, step_directives(plan, spec, "prepare", plan.recipe.data.workers), command)
 
 
 def render_step_sbatch(plan: LaunchPlan, spec: SlurmSpec, python: str, role: str, arguments: list[str]) -> str:
     """A job that runs one `orch` command after training (`gate`, `release`, or their sweep forms)."""
-    return _script(plan, spec, step_directives(plan, spec, role, spec.cpus_per_task), [python, "-m", "orchestrator", *arguments])
+    return _script(plan, spec, step_directives(plan, spec, role, spec.cpus_per_task), module_argv(python, "orchestrator", *arguments))
 
 
 def _script(plan: LaunchPlan, spec: SlurmSpec, job_directives: list[str], command: list[str]) -> str:

@@ -101,8 +101,9 @@ def test_gate_results_and_the_release_reach_the_dashboards(tracked, tmp_path):
     assert client.list_artifacts(ids["mlflow_run_id"], f"release-step-{STEPS:08d}")
 
 
-def test_a_sink_that_raises_on_every_call_does_not_stop_the_run(tmp_path):
+def test_a_sink_that_raises_on_every_call_does_not_stop_the_run(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # where the ranks find `tests`: the working directory is not on their path
     result = orch("run", *RUN, "tracking.tensorboard.enabled=true", "tracking.custom=[tests.helpers.sinks:Exploding]", "--run-dir", str(run_dir))
     assert result.returncode == 0, result.stderr
     history = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]

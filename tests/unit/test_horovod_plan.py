@@ -8,7 +8,7 @@ from launch.engines.horovod import rank_env, slot_hostname
 from orchestrator.errors import RecipeError
 from orchestrator.plan.planner import make_plan
 from orchestrator.recipe.loader import load_recipe
-from orchestrator.rundir.entry import node_argv
+from orchestrator.rundir.entry import SAFE_PATH, node_argv
 from tests.conftest import TINY, make_env
 
 HOROVOD = ["distributed.backend=horovod", "distributed.zero_stage=0"]
@@ -22,7 +22,7 @@ def test_local_launch_is_the_node_launcher_as_on_slurm(tmp_path):
     """No horovodrun: the same node launcher that runs on every Slurm node starts the local ranks."""
     plan = plan_for(tmp_path, ["distributed.compression=fp16", "train.gradient_accumulation_steps=2", "train.global_batch_size=null"])
     (process,) = plan.processes
-    assert process.argv[:3] == ["/usr/bin/python3", "-m", "launch.node"]
+    assert process.argv[:process.argv.index("launch.node") + 1] == ["/usr/bin/python3", *SAFE_PATH, "-m", "launch.node"]
     assert process.argv[process.argv.index("--backend") + 1] == "horovod" and process.argv[process.argv.index("--nproc") + 1] == "2"
     assert process.argv[-2:] == ["--run-dir", str(plan.run_dir)] and "DS_ACCELERATOR" not in process.env
     config = json.loads(plan.files()["horovod_config.json"])
@@ -58,4 +58,5 @@ def test_node_launchers_agree_on_one_rendezvous_without_talking():
     assert {e["HOROVOD_SIZE"] for e in envs} == {"4"} and {e["HOROVOD_CROSS_SIZE"] for e in envs} == {"2"}
     assert [e["HOROVOD_HOSTNAME"] for e in envs] == [slot_hostname(0)] * 2 + [slot_hostname(1)] * 2
     assert {e["HOROVOD_GLOO_IFACE"] for e in envs} == {"lo"}
-    assert node_argv("/py", "horovod", 2, 2, "/r", "n1", 20001)[3:5] == ["--backend", "horovod"]
+    argv = node_argv("/py", "horovod", 2, 2, "/r", "n1", 20001)
+    assert argv[argv.index("launch.node") + 1:][:2] == ["--backend", "horovod"]

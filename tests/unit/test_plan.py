@@ -11,6 +11,7 @@ from orchestrator.plan.memory import model_state_bytes
 from orchestrator.plan.planner import make_plan
 from orchestrator.plan.render import render_plan
 from orchestrator.recipe.loader import load_recipe
+from orchestrator.rundir.entry import SAFE_PATH
 from orchestrator.env import GpuInfo
 from tests.conftest import H100, TINY, V100, make_env
 
@@ -70,7 +71,7 @@ def test_bf16_on_pre_ampere_gpu_is_refused(tmp_path):
 def test_local_launch_command(tmp_path):
     plan = plan_for(tmp_path)
     (process,) = plan.processes
-    assert process.argv[:3] == ["/usr/bin/python3", "-m", "launch.node"]
+    assert process.argv[:process.argv.index("launch.node") + 1] == ["/usr/bin/python3", *SAFE_PATH, "-m", "launch.node"]
     assert process.argv[process.argv.index("--nproc") + 1] == "2"
     assert process.argv[process.argv.index("--master-port") + 1] == "29999"
     assert process.argv[-2:] == ["--run-dir", str(plan.run_dir)]

@@ -19,6 +19,7 @@ from orchestrator.errors import RecipeError, SlurmError, SweepError
 from orchestrator.execute import prepare_run
 from orchestrator.plan.planner import make_plan
 from orchestrator.recipe.loader import load_recipe
+from orchestrator.rundir.entry import SAFE_PATH
 from orchestrator.rundir.records import JobsRecord
 from orchestrator.slurm.client import Job
 from orchestrator.slurm.script import array_ranges, render_array_sbatch, render_step_sbatch
@@ -184,7 +185,7 @@ def test_array_ranges_and_the_array_script(tmp_path):
     script = render_array_sbatch(plan, loaded.recipe.slurm, "/venv/bin/python", 120, [1, 2, 3], 2)
     lines = script.splitlines()
     assert "#SBATCH --array=1-3%2" in lines and "#SBATCH --nodes=2" in lines and "#SBATCH --partition=debug" in lines
-    assert shlex.split(lines[-1]) == ["exec", "/venv/bin/python", "-m", "orchestrator.sweep.trial", "--sweep-dir", "/shared/sweeps/lr"]
+    assert shlex.split(lines[-1]) == ["exec", "/venv/bin/python", *SAFE_PATH, "-m", "orchestrator.sweep.trial", "--sweep-dir", "/shared/sweeps/lr"]
     gate = render_step_sbatch(plan, loaded.recipe.slurm, "/venv/bin/python", "gate", ["sweep", "gate", "/shared/sweeps/lr"]).splitlines()
     assert "#SBATCH --nodes=1" in gate and "#SBATCH --output=/shared/sweeps/lr/logs/gate-%j.out" in gate
     assert shlex.split(gate[-1])[-4:] == ["orchestrator", "sweep", "gate", "/shared/sweeps/lr"]
