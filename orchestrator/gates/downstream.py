@@ -24,6 +24,7 @@ import yaml
 from orchestrator.errors import GateError
 from orchestrator.gates.result import GateResult, skipped
 from orchestrator.gates.spec import EvaluationGate, TaskThreshold
+from orchestrator.gates.task_code import sandboxed_templates, task_code_problems
 from orchestrator.model.remote_code import remote_code_problem
 
 SEED = 1234
@@ -79,7 +80,7 @@ def task_scores(spec: EvaluationGate, model, tokenizer) -> list[TaskScore]:
     # The harness describes the machine into its results (`pip list`, git, torch's collect_env in
     # subprocesses: about a second per gate); the report records only the scores.
     undescribed = _patched(lm_eval.evaluator, add_env_info=lambda results: None, get_git_commit_hash=lambda: None)
-    with _offline_harness(), undescribed:
+    with _offline_harness(), sandboxed_templates(spec), undescribed:
         manager = _task_manager(spec)
         loaded = _load_tasks(manager, list(dict.fromkeys(t.name for t in spec.tasks)))
         # The harness gives a pad token to a tokenizer without one: a copy keeps the caller's as it was.
@@ -105,7 +106,7 @@ def texts_by_task(spec: EvaluationGate) -> dict[str, list[str]]:
     names = list(dict.fromkeys(t.name for t in spec.tasks))  # a task may be listed once per metric
     if not names:
         return {}
-    with _offline_harness():
+    with _offline_harness(), sandboxed_templates(spec):
         loaded = _load_tasks(_task_manager(spec), names)
         return {name: ["\n".join([str(leaf.doc_to_text(doc)), *_answers(leaf, doc)])
                        for leaf in _leaf_tasks(objects) for doc in leaf.eval_docs]
@@ -150,12 +151,16 @@ def _patched(module, **values):
 
 
 def _task_manager(spec: EvaluationGate):
-    """The harness's index of the task directories' configs (and not of its built-in tasks, which need the hub)."""
+    """The harness's index of the task directories' configs (and not of its built-in tasks, which need the hub),
+    once their code is known to be declared (checked again here: a run's recipe may be edited after validate)."""
     from lm_eval.tasks import TaskManager
 
     for directory in spec.task_dirs:
         if not directory.is_dir():
             raise GateError(f"gates.evaluation.task_dirs: {directory} is not a directory")
+    undeclared = task_code_problems(spec)
+    if undeclared:
+        raise GateError("; ".join(f"{field}: {why}" for field, why in undeclared))
     return TaskManager(include_path=[str(d) for d in spec.task_dirs], include_defaults=False)
 
 

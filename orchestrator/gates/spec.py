@@ -122,6 +122,8 @@ class EvaluationGate(Spec):
 
     tasks: list[TaskThreshold] = Field(default_factory=list)
     task_dirs: list[Path] = Field(default_factory=list, description="local harness task directories (YAML task configs)")
+    trust_task_code: bool = Field(False, description="run the task directories' code: `!function` references and templates "
+                                  "outside Jinja's sandbox (refused, and sandboxed, unless set)")
     baseline: Optional[Path] = Field(None, description="a release or exported model scored on the same tasks")
     limit: Optional[int] = Field(None, ge=1, description="examples per task (all by default)")
     num_fewshot: int = Field(0, ge=0)

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from orchestrator.errors import Location, Problem, RecipeError
+from orchestrator.gates.task_code import task_code_problems
 from orchestrator.hooks import hook_problems
 from orchestrator.model.remote_code import remote_code_problems
 from orchestrator.recipe.schema import Recipe
@@ -70,7 +71,8 @@ def load_recipe(path: Path | str, overrides: list[str] | tuple[str, ...] = ()) -
         raise RecipeError(problems)
     loaded = LoadedRecipe(recipe, locations, sources)
     hooks = hook_problems(recipe.gates.content.classifier, recipe.tracking.custom)  # code the recipe names: marked hooks only
-    code = remote_code_problems(recipe)  # pretrained directories whose own code transformers would run
+    # Pretrained directories whose own code transformers would run; harness task code not declared trusted.
+    code = remote_code_problems(recipe) + task_code_problems(recipe.gates.evaluation)
     missing = _missing_paths(loaded) + [loaded.problem(field, why) for field, why in hooks + code]
     missing = missing or _unreadable_sources(loaded)
     if missing:
