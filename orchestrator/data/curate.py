@@ -35,7 +35,9 @@ def quality_failure(text: str, spec: QualitySpec) -> str | None:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if lines and 1 - len(set(lines)) / len(lines) > spec.max_duplicate_line_fraction:
         return "duplicate_lines"
-    if re.search(r"(.)\1{%d,}" % spec.max_char_run, text, flags=re.DOTALL):
+    # Only from the first character of a run (the lookbehind), so that a run just short of the limit is read once,
+    # not once from each of its characters; and only as far as the limit, not to the end of a longer run.
+    if re.search(r"(.)(?<!\1\1)\1{%d}" % spec.max_char_run, text, flags=re.DOTALL):
         return "char_run"
     return None
 

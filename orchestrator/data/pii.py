@@ -19,7 +19,10 @@ KINDS = tuple(PLACEHOLDERS)
 
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 PATTERNS = {
-    "email": re.compile(r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}\b"),
+    # An address's local part starts at its run's first letter or digit that no word character precedes (inside a
+    # run, one after a "%"); a run with a "%" and no address is consumed whole (`_is_personal` lets it be) so that
+    # the search does not restart at each of its "%x": `a%a%a%...` cost the square of its length.
+    "email": re.compile(r"(?<![\w.+-])[A-Za-z0-9](?:[A-Za-z0-9._%+-]*+@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}\b|[A-Za-z0-9._+-]*+%[A-Za-z0-9._%+-]*+)"),
     # 13 to 19 digits, optionally grouped by spaces or dashes; a card only with an issuer's prefix and a valid Luhn digit
     "card": re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])"),
     # US social security numbers (never area 000, 666 or 9xx, group 00, serial 0000) and UK national insurance numbers
@@ -62,6 +65,8 @@ def degenerate(digits: str) -> bool:
 
 def _is_personal(kind: str, match: re.Match) -> bool:
     found = match.group()
+    if kind == "email":
+        return "@" in found
     if kind == "card":
         digits = re.sub(r"\D", "", found)
         return bool(CARD_PREFIX.fullmatch(digits)) and luhn_valid(digits) and not degenerate(digits)
