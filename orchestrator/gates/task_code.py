@@ -25,19 +25,25 @@ from orchestrator.gates.spec import EvaluationGate
 TRUST = "gates.evaluation.trust_task_code"
 
 
-class _FunctionFinder(yaml.SafeLoader):
-    """A safe loader that records each `!function` reference instead of importing it."""
+class _FunctionFinder(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml's parser when there is one, as the harness's
+    """A safe loader that records each reference to code (`!function module.fn`; `!!python/name:...` too, which
+    the harness's loader accepts where PyYAML has no libyaml) instead of importing it."""
 
     functions: list[str]
 
 
 def _record_function(loader: _FunctionFinder, node: yaml.Node) -> str:
-    reference = str(loader.construct_scalar(node))  # type: ignore[arg-type]
+    reference = f"!function {loader.construct_scalar(node)}"  # type: ignore[arg-type]
     loader.functions.append(reference)
     return reference
 
 
+def _record_python(loader: _FunctionFinder, suffix: str, node: yaml.Node) -> None:
+    loader.functions.append(f"!!python/{suffix}")
+
+
 _FunctionFinder.add_constructor("!function", _record_function)
+_FunctionFinder.add_multi_constructor("tag:yaml.org,2002:python/", _record_python)
 _FunctionFinder.add_multi_constructor("!", lambda loader, tag, node: None)  # the harness refuses other tags itself
 
 
@@ -54,13 +60,13 @@ def task_code_problems(spec: EvaluationGate) -> list[tuple[str, str]]:
             if found:
                 where, reference = found
                 problems.append((f"gates.evaluation.task_dirs.{i}",
-                                 f"{where} runs code (`!function {reference}`): set {TRUST}: true if you trust this directory's code"))
+                                 f"{where} runs code (`{reference}`): set {TRUST}: true if you trust this directory's code"))
                 break
     return problems
 
 
 def _functions(config: Path, seen: set[Path]) -> tuple[Path, str] | None:
-    """The first `!function` in `config` or in a config it includes (as the harness resolves `include`)."""
+    """The first reference to code in `config` or in a config it includes (as the harness resolves `include`)."""
     config = config.resolve()
     if config in seen or not config.is_file():
         return None  # a cycle, or a missing include: the harness says so when it loads the task

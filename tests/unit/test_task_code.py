@@ -45,6 +45,14 @@ def included_function_dir(tmp: Path) -> Path:
     return directory
 
 
+def python_tag_dir(tmp: Path) -> Path:
+    """A function named by PyYAML's own tag, which the harness's loader takes where PyYAML has no libyaml."""
+    directory = tmp / "python-tag-tasks"
+    directory.mkdir()
+    (directory / "hostile.yaml").write_text(task_yaml("hostile", doc_to_text="context", process_docs="!!python/name:os.system"))
+    return directory
+
+
 def template_dir(tmp: Path) -> Path:
     """A task whose prompt template reaches `os` through a Jinja global's function."""
     directory = tmp / "template-tasks"
@@ -63,13 +71,15 @@ def ran(tmp: Path) -> list[Path]:
     return sorted(tmp.rglob("RAN"))
 
 
-@pytest.mark.parametrize("build", [function_dir, included_function_dir])
-def test_validate_refuses_task_functions_not_declared_trusted(tmp_path, build):
+@pytest.mark.parametrize("build, reference", [(function_dir, "!function utils.process_docs"),
+                                              (included_function_dir, "!function utils.process_docs"),
+                                              (python_tag_dir, "!!python/name:os.system")])
+def test_validate_refuses_task_functions_not_declared_trusted(tmp_path, build, reference):
     directory = build(tmp_path)
     result = CliRunner().invoke(app, ["validate", str(TINY), f"gates.evaluation.task_dirs=[{directory}]"])
     assert isinstance(result.exception, SystemExit) and result.exit_code != 0, result.output
     assert result.output.startswith("error: ") and len(result.output.strip().splitlines()) == 1, result.output
-    assert "gates.evaluation.task_dirs.0:" in result.output and "runs code (`!function utils.process_docs`)" in result.output
+    assert "gates.evaluation.task_dirs.0:" in result.output and f"runs code (`{reference}`)" in result.output
     assert "trust_task_code: true" in result.output and not ran(tmp_path)
 
 
