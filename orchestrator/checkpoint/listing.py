@@ -14,10 +14,13 @@ from pathlib import Path
 
 from orchestrator.checkpoint import store
 from orchestrator.errors import CheckpointError
+from orchestrator.filetree import read_file, shown, walk
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import read_plan
 
 REASON_FILE = "SET_ASIDE_REASON"
+MAX_NOTE_BYTES = 64 << 10
+"""`latest` and a set-aside reason are a line each: a larger file is not read."""
 
 
 @dataclass(frozen=True)
@@ -68,8 +71,7 @@ def checkpoint_root(run_dir: Path) -> Path:
 
 def list_checkpoints(run_dir: Path, verify: bool = True) -> CheckpointListing:
     root = checkpoint_root(run_dir)
-    latest_file = root / store.LATEST
-    latest = latest_file.read_text().strip() if latest_file.is_file() else None
+    latest = _latest(root)
     rows = [_row(path, verify, path.name == latest) for path in store.committed(root)]
     aside = _set_aside(root / store.SET_ASIDE)
     if not rows and not aside:
@@ -77,10 +79,19 @@ def list_checkpoints(run_dir: Path, verify: bool = True) -> CheckpointListing:
     return CheckpointListing(root, latest, rows, aside)
 
 
+def _latest(root: Path) -> str | None:
+    """The tag `latest` names, if it is a small regular file: it is only a hint."""
+    try:
+        return read_file(root, store.LATEST, MAX_NOTE_BYTES).decode(errors="replace").strip()
+    except (OSError, ValueError):
+        return None
+
+
 def _row(path: Path, verify: bool, latest: bool) -> CheckpointRow:
     step = store.step_of(path.name)
     try:
         manifest = store.read_manifest(path)
+        files = store.listed_files(manifest)
     except FileNotFoundError:
         return CheckpointRow(path.name, step, None, None, None, None, None, False, "no manifest (the save never committed)", latest)
     except (OSError, ValueError) as exc:
@@ -90,7 +101,7 @@ def _row(path: Path, verify: bool, latest: bool) -> CheckpointRow:
         tag=path.name,
         step=manifest.get("step", step),
         tokens=manifest.get("tokens"),
-        size_bytes=sum(entry["bytes"] for entry in manifest.get("files", {}).values()),
+        size_bytes=sum(entry["bytes"] for entry in files.values()),
         world_size=manifest.get("world_size"),
         zero_stage=manifest.get("zero_stage"),
         committed_at=manifest.get("committed_at"),
@@ -101,15 +112,18 @@ def _row(path: Path, verify: bool, latest: bool) -> CheckpointRow:
 
 
 def _set_aside(directory: Path) -> list[SetAsideRow]:
-    """Newest first; the reason file's time is when the checkpoint was moved aside."""
+    """Newest first; the reason file's time is when the checkpoint was moved aside. What was set
+    aside failed to verify, so it is read as verification reads: no links followed, the walk bounded."""
     if not directory.is_dir():
         return []
     rows = []
-    for path in (p for p in directory.iterdir() if p.is_dir()):
-        reason_file = path / REASON_FILE
-        reason = reason_file.read_text().strip() if reason_file.is_file() else "(no reason recorded)"
-        moved_at = (reason_file if reason_file.is_file() else path).stat().st_mtime
-        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.name != REASON_FILE)
+    for path in (p for p in directory.iterdir() if p.is_dir() and not p.is_symlink()):
+        try:
+            reason = read_file(path, REASON_FILE, MAX_NOTE_BYTES).decode(errors="replace").strip()
+            moved_at = (path / REASON_FILE).stat().st_mtime
+        except (OSError, ValueError):
+            reason, moved_at = "(no reason recorded)", path.stat().st_mtime
+        size = sum(size for name, size in walk(path).files.items() if name != REASON_FILE)
         rows.append(SetAsideRow(path.name, reason, size, moved_at))
     return sorted(rows, key=lambda r: r.set_aside_at, reverse=True)
 
@@ -118,7 +132,7 @@ def _set_aside(directory: Path) -> list[SetAsideRow]:
 
 
 def render_listing(listing: CheckpointListing) -> str:
-    lines = [f"checkpoints in {listing.root}" + (f" (latest -> {listing.latest})" if listing.latest else "")]
+    lines = [f"checkpoints in {listing.root}" + (f" (latest -> {shown(listing.latest)})" if listing.latest else "")]
     if listing.checkpoints:
         header = ["", "TAG", "STEP", "TOKENS", "SIZE", "WORLD", "ZERO", "COMMITTED", "VERIFIED"]
         body = [
@@ -133,7 +147,7 @@ def render_listing(listing: CheckpointListing) -> str:
         lines.append("  (no committed checkpoints)")
     if listing.set_aside:
         lines.append(f"set aside in {listing.root / store.SET_ASIDE}:")
-        body = [[r.name, human_bytes(r.size_bytes), _when(r.set_aside_at), r.reason] for r in listing.set_aside]
+        body = [[shown(r.name), human_bytes(r.size_bytes), _when(r.set_aside_at), shown(r.reason)] for r in listing.set_aside]
         lines += _table(["NAME", "SIZE", "SET ASIDE", "REASON"], body, right={1})
     return "\n".join(lines)
 
@@ -149,17 +163,25 @@ def human_bytes(size: int | None) -> str:
 
 
 def _count(value: int | None) -> str:
-    return "-" if value is None else f"{value:,}"
+    """A manifest's figure; one edited into something else is shown as it is, not a traceback."""
+    if value is None:
+        return "-"
+    return f"{value:,}" if isinstance(value, int) else shown(repr(value))
 
 
 def _when(timestamp: float | None) -> str:
-    return "-" if timestamp is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+    if timestamp is None:
+        return "-"
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+    except (TypeError, ValueError, OverflowError, OSError):
+        return shown(repr(timestamp))
 
 
 def _verdict(row: CheckpointRow) -> str:
     if row.verified is None:
         return "not checked"
-    return "yes" if row.verified else f"no: {row.reason}"
+    return "yes" if row.verified else f"no: {shown(row.reason)}"
 
 
 def _table(header: list[str], body: list[list[str]], right: set[int]) -> list[str]:

@@ -70,14 +70,15 @@ def check_resume(checkpoint_dir: Path, recipe: dict, world_size: int) -> ResumeP
 
 def check_run_dir(run_dir: Path, fresh: bool) -> None:
     """Refuse a run directory `orch run` must not take, before it writes anything there: the root (it
-    has no name to set aside under), or, with `fresh`, a directory that is not a run's and is not empty
-    (`--run-dir .` by mistake): `--fresh` would rename the user's own directory."""
+    has no name to set aside under), or a directory that is not a run's and is not empty (`--run-dir .`
+    by mistake): a run would write its recipe.yaml, plan and logs over and among the user's own files,
+    and `--fresh` would rename the user's directory."""
     if not run_dir.absolute().name:
         raise ResumeError(f"--run-dir {run_dir}: the root directory cannot be a run directory; give a directory for this run")
-    run = RunDir(run_dir)
-    if fresh and run_dir.is_dir() and not (run.plan.is_file() or run.recipe.is_file()) and any(run_dir.iterdir()):
-        raise ResumeError(f"--fresh --run-dir {run_dir}: not a run directory (no {PLAN_FILE} or {RECIPE_FILE}) and not empty, "
-                          "so it is not set aside; give a new directory or an earlier run's")
+    if run_dir.is_dir() and not RunDir(run_dir).is_run() and any(run_dir.iterdir()):
+        flag, consequence = ("--fresh ", "it is not set aside") if fresh else ("", f"nothing is written there ({RECIPE_FILE}, {PLAN_FILE}, logs)")
+        raise ResumeError(f"{flag}--run-dir {run_dir}: not a run directory (no {PLAN_FILE}) and not empty, so {consequence}; "
+                          "give a new directory or an earlier run's")
 
 
 def set_run_aside(run_dir: Path) -> Path:

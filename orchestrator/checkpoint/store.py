@@ -19,15 +19,17 @@ from pathlib import Path
 import xxhash
 
 from orchestrator.errors import CheckpointError
-from orchestrator.filetree import inside, walk
+from orchestrator.filetree import Refused, Tree, digest_file, inside, read_json, shown, walk
 
 MANIFEST = "manifest.json"
 LATEST = "latest"
 STAGING_PREFIX = ".staging-"
 SET_ASIDE = "set-aside"
 RANK_MANIFEST = "rank-{rank}.files.json"
-_RANK_LIST = re.compile(r"^rank-\d+\.files\.json$")
-TAG = re.compile(r"^step-(\d{8})$")
+_RANK_LIST = re.compile(r"rank-\d+\.files\.json")
+TAG = re.compile(r"step-(\d{8})")
+MAX_MANIFEST_BYTES = 64 << 20
+"""Far above any manifest's size (about 100 bytes a file): a larger one is not read."""
 
 
 def tag_for(step: int) -> str:
@@ -35,15 +37,7 @@ def tag_for(step: int) -> str:
 
 
 def step_of(tag: str) -> int:
-    return int(TAG.match(tag).group(1))
-
-
-def file_hash(path: Path, chunk: int = 8 << 20) -> str:
-    digest = xxhash.xxh3_128()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+    return int(TAG.fullmatch(tag).group(1))
 
 
 def fsync_path(path: Path) -> None:
@@ -71,7 +65,7 @@ def describe_files(directory: Path, names: list[str]) -> dict[str, dict]:
     for name in names:
         path = directory / name
         fsync_path(path)
-        entries[name] = {"bytes": path.stat().st_size, "xxh3_128": file_hash(path)}
+        entries[name] = {"bytes": path.stat().st_size, "xxh3_128": digest_file(directory, name, xxhash.xxh3_128())}
     return entries
 
 
@@ -112,38 +106,56 @@ class Verdict:
 def verify(checkpoint: Path) -> Verdict:
     """Whether the directory holds exactly the files its manifest lists, each with its size and hash.
     DeepSpeed's shards are pickles, unpickled only after this passes: a file added beside them
-    (DeepSpeed globs for its shards), a link, or a changed file fails it."""
-    manifest_path = checkpoint / MANIFEST
+    (DeepSpeed globs for its shards), a link, a FIFO or an empty directory named like a shard (it
+    would hang or break the load), or a changed file fails it."""
     try:
-        files = json.loads(manifest_path.read_text())["files"]
-        assert_names(files)
+        files = listed_files(read_manifest(checkpoint))
     except FileNotFoundError:
         return Verdict(checkpoint, False, "no manifest (the save never committed)")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError) as exc:
         return Verdict(checkpoint, False, f"unreadable manifest: {exc}")
-    tree = walk(checkpoint)
+    problem = _first_problem(checkpoint, files, walk(checkpoint))
+    return Verdict(checkpoint, problem is None, problem or "")
+
+
+def _first_problem(checkpoint: Path, files: dict[str, dict], tree: Tree) -> str | None:
+    """What is wrong with the tree, cheapest to find first: anything but regular files, anything not
+    listed, then each listed file by size and content hash. None when nothing is."""
     if tree.links:
-        return Verdict(checkpoint, False, f"{tree.links[0]} is a symbolic link")
-    present = tree.files
-    for name, expected in files.items():
-        path = checkpoint / name
-        if name not in present:
-            return Verdict(checkpoint, False, f"{name} is missing")
-        if path.stat().st_size != expected["bytes"]:
-            return Verdict(checkpoint, False, f"{name} has {path.stat().st_size} bytes, the manifest says {expected['bytes']}")
-        if file_hash(path) != expected["xxh3_128"]:
-            return Verdict(checkpoint, False, f"{name} does not match its content hash")
-    unlisted = sorted(name for name in present - set(files) if name != MANIFEST and not _RANK_LIST.match(name))
+        return f"{shown(tree.links[0])} is a symbolic link"
+    if tree.others:
+        name, what = tree.others[0]
+        return f"{shown(name)}: {what}"
+    if tree.empty_dirs:
+        return f"{shown(tree.empty_dirs[0])}/: an empty directory, not in the manifest"
+    unlisted = sorted(name for name in tree.files.keys() - set(files) if name != MANIFEST and not _RANK_LIST.fullmatch(name))
     if unlisted:
-        return Verdict(checkpoint, False, f"{unlisted[0]} is not in the manifest")
-    return Verdict(checkpoint, True)
+        return f"{shown(unlisted[0])} is not in the manifest"
+    for name, expected in files.items():
+        try:
+            digest = digest_file(checkpoint, name, xxhash.xxh3_128(), expected["bytes"])
+        except FileNotFoundError:
+            return f"{shown(name)} is missing"
+        except (Refused, OSError) as exc:
+            return f"{shown(name)}: {exc}"
+        if digest != expected["xxh3_128"]:
+            return f"{shown(name)} does not match its content hash"
+    return None
 
 
-def assert_names(files: dict) -> None:
-    """A manifest names files inside its checkpoint: relative, without `..`."""
-    for name in files:
+def listed_files(manifest: object) -> dict[str, dict]:
+    """A manifest's files, each checked to be a name inside the checkpoint (relative, without `..`)
+    with its size and hash; ValueError, in one line, otherwise."""
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict):
+        raise ValueError("it has no `files` mapping")
+    for name, entry in files.items():
         if not inside(name):
             raise ValueError(f"{name!r} is not a path inside the checkpoint")
+        if not (isinstance(entry, dict) and type(entry.get("bytes")) is int and entry["bytes"] >= 0
+                and isinstance(entry.get("xxh3_128"), str)):
+            raise ValueError(f"{shown(name)} has no size (`bytes`) and content hash (`xxh3_128`)")
+    return files
 
 
 def require_verified(checkpoint: Path) -> None:
@@ -154,7 +166,9 @@ def require_verified(checkpoint: Path) -> None:
 
 
 def read_manifest(checkpoint: Path) -> dict:
-    return json.loads((checkpoint / MANIFEST).read_text())
+    """The manifest as it is on disk, read as a listed file is (a FIFO or a link in its place is
+    refused, not waited on); FileNotFoundError without one, ValueError for one that is no JSON."""
+    return read_json(checkpoint, MANIFEST, MAX_MANIFEST_BYTES)
 
 
 def content_hash(manifest: dict) -> str:
@@ -166,7 +180,7 @@ def committed(root: Path) -> list[Path]:
     """Checkpoint directories by step, newest first (verified or not)."""
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and TAG.match(p.name)]
+    found = [p for p in root.iterdir() if p.is_dir() and TAG.fullmatch(p.name)]
     return sorted(found, key=lambda p: step_of(p.name), reverse=True)
 
 

@@ -21,7 +21,7 @@ from orchestrator.checkpoint import store
 from orchestrator.errors import ReleaseRefused
 from orchestrator.gates.annex import RunRecords, technical_figures
 from orchestrator.gates.card import model_card
-from orchestrator.gates.integrity import ReleaseManifest, sha256
+from orchestrator.gates.integrity import ReleaseManifest, describe
 from orchestrator.gates.report import GateReport, passes
 from orchestrator.gates.spec import GATE_NAMES
 from orchestrator.rundir.layout import RELEASE_MANIFEST, RunDir
@@ -115,9 +115,9 @@ def _add_records(run: RunDir, out: Path, report: GateReport) -> None:
 
 
 def _write_manifest(run: RunDir, out: Path, checkpoint: Path, report: GateReport) -> int:
-    files = {p.relative_to(out).as_posix(): sha256(p) for p in sorted(out.rglob("*")) if p.is_file()}
+    files, sizes = describe(out)
     manifest = ReleaseManifest(checkpoint=checkpoint.name, checkpoint_hash=report.checkpoint_hash, recipe_hash=report.recipe_hash,
-                               data_manifest_sha256=files.get(run.data.name), gates_passed=report.passed, files=files)
+                               data_manifest_sha256=files.get(run.data.name), gates_passed=report.passed, files=files, sizes=sizes)
     (out / RELEASE_FILE).write_text(manifest.model_dump_json(indent=2))
     return len(files) + 1
 

@@ -81,6 +81,11 @@ class RunDir:
     mlflow_db = _Entry("mlflow.db")
     mlflow_artifacts = _Entry("mlartifacts")
 
+    def is_run(self) -> bool:
+        """Whether `orch` made this directory: it holds a plan, or the lock an attempt takes before it
+        writes one. A `recipe.yaml` is no sign: a project's own directory often has one."""
+        return self.plan.is_file() or self.attempt_lock.is_file()
+
     def rank_log(self, rank: int) -> Path:
         return self.logs / f"rank-{rank}.log"
 

@@ -89,7 +89,8 @@ def test_the_demo_run_passes_every_gate_and_releases_a_loadable_verified_model(d
     tampered = tmp_path / "tampered"
     shutil.copytree(target, tampered)
     (tampered / "README.md").chmod(0o644)
-    (tampered / "README.md").write_text("a different card")
+    card = (tampered / "README.md").read_bytes()
+    (tampered / "README.md").write_bytes(bytes([card[0] ^ 1]) + card[1:])  # the same size: the hash tells
     check = orch("verify", str(tampered))
     assert check.returncode == EXIT_VERIFY_FAILED and "README.md: sha256 differs" in check.stderr
 

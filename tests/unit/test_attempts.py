@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from orchestrator.attempt import hold_attempt
 from orchestrator.cli import app
-from orchestrator.errors import EXIT_RUN_BUSY, LaunchError, RunBusy
+from orchestrator.errors import EXIT_RUN_BUSY, LaunchError, ResumeError, RunBusy
 from orchestrator.local_run import plan_local_run
 from orchestrator.plan.planner import make_plan
 from orchestrator.recipe.loader import load_recipe
@@ -118,3 +118,19 @@ def test_a_dry_run_always_starts_over(tmp_path):
     attempt.close()
     assert plan.run_dir == previous and not (previous / "metrics.jsonl").exists()
     assert said[0] == f"removed the previous dry run in {previous}"
+
+
+def test_run_refuses_a_directory_of_the_users_own_and_writes_nothing_there(tmp_path):
+    """`--run-dir .` where the user keeps a recipe: a run would overwrite it and write its plan and
+    logs beside it. A directory holding a plan or an attempt's lock is a run's and is taken."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "recipe.yaml").write_text("# mine\n")
+    for fresh in (False, True):
+        with pytest.raises(ResumeError, match="not a run directory .* and not empty"):
+            plan_local_run(TINY, [], project, None, fresh, False, lambda line: None)
+    assert sorted(p.name for p in project.iterdir()) == ["recipe.yaml"] and (project / "recipe.yaml").read_text() == "# mine\n"
+    hold_attempt(project).close()  # an attempt's lock: a run that stopped before writing its plan
+    _, plan, attempt = plan_local_run(TINY, [], project, None, False, False, lambda line: None)
+    attempt.close()
+    assert plan.run_dir == project

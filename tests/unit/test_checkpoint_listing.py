@@ -1,5 +1,6 @@
 """`orch checkpoints` and the checkpoint choice of `orch export` on plain files (no torch)."""
 
+import json
 
 import pytest
 from typer.testing import CliRunner
@@ -10,6 +11,7 @@ from orchestrator.checkpoint.listing import checkpoint_root, human_bytes, list_c
 from orchestrator.cli import app
 from orchestrator.errors import CheckpointError
 from tests.conftest import write_plan
+from tests.helpers.hostile_files import deep_chain
 
 runner = CliRunner()
 
@@ -119,3 +121,24 @@ def test_cli_errors_are_one_line(tmp_path, run_dir):
 
 def test_human_bytes():
     assert [human_bytes(n) for n in (None, 512, 2048, 5 * 2**20, 3 * 2**40)] == ["-", "512 B", "2.0 KiB", "5.0 MiB", "3072.0 GiB"]
+
+
+def test_hostile_checkpoints_list_one_line_each(run_dir):
+    """Trees deeper than Python's recursion, names with newlines and manifests edited into other
+    shapes, in committed and set-aside checkpoints alike: each is one row, none a traceback."""
+    root = run_dir / "checkpoints"
+    store.set_aside(root, root / "step-00000006", "x\nstep-00000099  yes")
+    aside = root / store.SET_ASIDE
+    (aside / "named\nstep-00000098  yes").mkdir()
+    manifest = store.read_manifest(root / "step-00000002")
+    (root / "step-00000002" / store.MANIFEST).write_text(json.dumps({**manifest, "files": {"a.pt": 3}, "tokens": "many"}))
+    with deep_chain(root / "step-00000004" / "deep"), deep_chain(aside / "deep-step"):
+        listing = list_checkpoints(run_dir)
+        result = runner.invoke(app, ["checkpoints", str(run_dir)])
+    rows = {r.step: r for r in listing.checkpoints}
+    assert rows[4].verified is False and rows[4].reason.endswith("a directory more than 32 levels deep")
+    assert rows[2].verified is False and rows[2].reason.startswith("unreadable manifest: a.pt has no size")
+    assert {r.name for r in listing.set_aside} >= {"deep-step", "named\nstep-00000098  yes"}
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert not any(line.lstrip().startswith(("step-00000098", "step-00000099")) for line in result.output.splitlines())
+    assert "'named\\nstep-00000098  yes'" in result.output and "'x\\nstep-00000099  yes'" in result.output

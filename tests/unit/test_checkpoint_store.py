@@ -1,12 +1,14 @@
 """Checkpoint store on plain files: commit, verify, resume scan, set-aside and retention."""
 
 import json
+import os
 
 import pytest
 
 from orchestrator.checkpoint import store
 from orchestrator.checkpoint.compat import recipe_changes
 from launch.engines.deepspeed import shard_owner as owner_of
+from tests.helpers.hostile_files import deep_chain, fifo_unblocked
 
 
 def stage(root, step, payload=b"weights"):
@@ -114,3 +116,71 @@ def test_world_layout_may_change_for_an_elastic_resume():
     assert recipe_changes(saved, current, ignore_world_layout=True) == ([], ["distributed.procs_per_node: 2 -> 1"])
     current["distributed"]["zero_stage"] = 3
     assert recipe_changes(saved, current, ignore_world_layout=True)[0] == ["distributed.zero_stage: 2 -> 3"]
+
+
+# -- what verification refuses beside a checkpoint's listed files --------------------------------------
+
+SHARD = "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+"""Named as DeepSpeed globs for its shards: whatever is there gets opened by the load."""
+
+
+def test_a_fifo_named_like_a_shard_fails_verification_and_export_refuses_it(tmp_path):
+    from orchestrator.checkpoint.export import choose_checkpoint
+    from orchestrator.errors import CheckpointError
+
+    checkpoint = make_checkpoint(tmp_path, 4)
+    os.mkfifo(checkpoint / SHARD)
+    verdict = store.verify(checkpoint)
+    assert not verdict.ok and verdict.reason == f"{SHARD}: not a regular file (a FIFO)"
+    with pytest.raises(CheckpointError, match="no checkpoint in .* verifies"):
+        choose_checkpoint(tmp_path, None)
+
+
+def test_an_empty_directory_named_like_a_shard_fails_verification(tmp_path):
+    checkpoint = make_checkpoint(tmp_path, 4)
+    (checkpoint / SHARD).mkdir()
+    verdict = store.verify(checkpoint)
+    assert not verdict.ok and verdict.reason == f"{SHARD}/: an empty directory, not in the manifest"
+
+
+@pytest.mark.parametrize("swapped", ["shard.pt", store.MANIFEST])
+def test_a_file_swapped_for_a_fifo_after_the_walk_is_refused_when_opened(tmp_path, monkeypatch, swapped):
+    checkpoint = make_checkpoint(tmp_path, 4)
+    walked = store.walk(checkpoint)  # the tree as the walk saw it, before the swap
+    (checkpoint / swapped).unlink()
+    os.mkfifo(checkpoint / swapped)
+    monkeypatch.setattr(store, "walk", lambda path: walked)
+    with fifo_unblocked(checkpoint / swapped):
+        verdict = store.verify(checkpoint)
+    expected = "unreadable manifest: not a regular file (a FIFO)" if swapped == store.MANIFEST else "shard.pt: not a regular file (a FIFO)"
+    assert not verdict.ok and verdict.reason == expected
+
+
+def test_a_listed_file_with_a_second_name_fails_verification(tmp_path):
+    checkpoint = make_checkpoint(tmp_path, 4)
+    os.link(checkpoint / "shard.pt", tmp_path / "outside.pt")  # written there, the checkpoint's file changes
+    verdict = store.verify(checkpoint)
+    assert not verdict.ok and verdict.reason.startswith("shard.pt: a hard link (one file under 2 names")
+
+
+def test_a_tree_deeper_than_the_recursion_limit_fails_verification(tmp_path):
+    checkpoint = make_checkpoint(tmp_path, 4)
+    with deep_chain(checkpoint / "deep"):
+        verdict = store.verify(checkpoint)
+    assert not verdict.ok and verdict.reason.endswith(": a directory more than 32 levels deep")
+
+
+def test_a_file_name_cannot_forge_a_line_of_the_verdict(tmp_path):
+    checkpoint = make_checkpoint(tmp_path, 4)
+    (checkpoint / "x\nstep-00000004 verified").write_bytes(b"x")
+    verdict = store.verify(checkpoint)
+    assert not verdict.ok and verdict.reason == "'x\\nstep-00000004 verified' is not in the manifest"
+
+
+@pytest.mark.parametrize("files", [[], {"shard.pt": 8}, {"shard.pt": {"bytes": "8", "xxh3_128": "0"}}])
+def test_a_manifest_whose_files_are_not_entries_does_not_verify(tmp_path, files):
+    checkpoint = make_checkpoint(tmp_path, 4)
+    manifest = store.read_manifest(checkpoint)
+    (checkpoint / store.MANIFEST).write_text(json.dumps({**manifest, "files": files}))
+    verdict = store.verify(checkpoint)
+    assert not verdict.ok and verdict.reason.startswith("unreadable manifest: ")

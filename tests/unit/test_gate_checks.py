@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 
 import pytest
 
@@ -16,11 +18,13 @@ from orchestrator.errors import EXIT_VERIFY_FAILED, ReleaseInvalid, ReleaseRefus
 from orchestrator.gates.content import content_gate, find_personal_data
 from orchestrator.gates.health import health_gate, loss_spikes
 from orchestrator.gates.memorisation import longest_verbatim, redraw_digits
-from orchestrator.gates.integrity import REQUIRED_FILES, ReleaseManifest, sha256, verify_release
+from orchestrator.gates import integrity
+from orchestrator.gates.integrity import REQUIRED_FILES, ReleaseManifest, describe, verify_release
 from orchestrator.gates.release import gate_report_for
 from orchestrator.gates.spec import GATE_NAMES
 from orchestrator.gates.result import judge
 from orchestrator.gates.spec import ContentGate, HealthGate, MemorisationGate
+from tests.helpers.hostile_files import deep_chain, fifo_unblocked
 
 
 def test_gate_help_names_every_gate():
@@ -218,9 +222,9 @@ def _release(path):
         (path / name).write_text(f"content of {name}")
     (path / "adapter").mkdir()
     (path / "adapter" / "adapter_config.json").write_text("{}")
-    files = {p.relative_to(path).as_posix(): sha256(p) for p in sorted(path.rglob("*")) if p.is_file()}
+    files, sizes = describe(path)
     manifest = ReleaseManifest(checkpoint="step-00000010", checkpoint_hash="c", recipe_hash="r", data_manifest_sha256=None,
-                               gates_passed=True, files=files)
+                               gates_passed=True, files=files, sizes=sizes)
     (path / "release.json").write_text(manifest.model_dump_json())
     return path
 
@@ -231,8 +235,20 @@ def _edit_manifest(path, change):
     (path / "release.json").write_text(json.dumps(manifest))
 
 
+def _add_listed(path, name, content: bytes):
+    """A file added with its entry, as if `orch release` had written it."""
+    (path / name).write_bytes(content)
+    _edit_manifest(path, lambda m: (m["files"].update({name: hashlib.sha256(content).hexdigest()}), m["sizes"].update({name: len(content)})))
+
+
+def _swap_for_fifo(path):
+    path.unlink()
+    os.mkfifo(path)
+
+
 TAMPERING = {
-    "changed file": (lambda r, o: (r / "README.md").write_text("a different card"), "README.md: sha256 differs"),
+    "changed file": (lambda r, o: (r / "README.md").write_text("CONTENT OF README.MD"), "README.md: sha256 differs"),
+    "file of another size": (lambda r, o: (r / "README.md").write_text("a different card"), "README.md: 16 bytes, the manifest says 20"),
     "deleted file": (lambda r, o: (r / "config.json").unlink(), "config.json: missing"),
     "added file": (lambda r, o: (r / "extra.bin").write_bytes(b"x"), "extra.bin: not in release.json"),
     "linked directory": (lambda r, o: (r / "more").symlink_to(o, target_is_directory=True), "more: a symbolic link"),
@@ -250,6 +266,15 @@ TAMPERING = {
     "malformed release.json": (lambda r, o: (r / "release.json").write_text("{not json"), "release.json is not a release manifest: top level: Invalid JSON"),
     "release.json of another shape": (lambda r, o: (r / "release.json").write_text('{"files": []}'), "release.json is not a release manifest: checkpoint: Field required"),
     "no release.json": (lambda r, o: (r / "release.json").unlink(), "not a release (no release.json)"),
+    "release.json swapped for a FIFO": (lambda r, o: _swap_for_fifo(r / "release.json"), "not a release (release.json: not a regular file (a FIFO))"),
+    "file swapped for a FIFO": (lambda r, o: _swap_for_fifo(r / "config.json"), "config.json: not a regular file (a FIFO)"),
+    "file hard-linked to one outside": (lambda r, o: ((r / "README.md").unlink(), os.link(o / "README.md", r / "README.md")),
+                                        "README.md: a hard link (one file under 2 names"),
+    "large sparse file in a listed file's place": (lambda r, o: os.truncate(r / "README.md", 1 << 28),
+                                                   "README.md: 268435456 bytes, the manifest says 20"),
+    "newline in a file name": (lambda r, o: (r / "x\nerror: forged").write_bytes(b"x"), "'x\\nerror: forged': not in release.json"),
+    "mixed-type weight_map": (lambda r, o: _add_listed(r, "model.safetensors.index.json", b'{"weight_map": {"a": "model.safetensors", "b": 1}}'),
+                              "model.safetensors.index.json: not a safetensors index"),
 }
 
 
@@ -259,7 +284,8 @@ def test_an_intact_release_verifies(tmp_path):
     from orchestrator.cli import app
 
     release = _release(tmp_path / "release")
-    assert len(verify_release(release).files) == len(REQUIRED_FILES) + 2
+    manifest = verify_release(release)
+    assert len(manifest.files) == len(REQUIRED_FILES) + 2 and manifest.sizes["README.md"] == len("content of README.md")
     result = CliRunner().invoke(app, ["verify", str(release)])
     assert result.exit_code == 0 and "match release.json" in result.output
 
@@ -280,6 +306,36 @@ def test_every_kind_of_release_tampering_fails_verify_with_one_line(tmp_path, ca
     assert result.exit_code == EXIT_VERIFY_FAILED and "Traceback" not in result.output
     (error,) = [row for row in result.output.splitlines() if row.startswith("error:")]
     assert line in error
+
+
+def test_a_release_made_before_sizes_were_recorded_still_verifies(tmp_path):
+    release = _release(tmp_path / "release")
+    _edit_manifest(release, lambda m: m.pop("sizes"))
+    assert verify_release(release).sizes == {}
+    os.truncate(release / "README.md", 64)
+    with pytest.raises(ReleaseInvalid, match="README.md: sha256 differs"):
+        verify_release(release)
+
+
+def test_a_file_swapped_for_a_fifo_after_the_walk_is_refused_when_opened(tmp_path, monkeypatch):
+    release = _release(tmp_path / "release")
+    walked = integrity.walk(release)  # the tree as the walk saw it, before the swap
+    _swap_for_fifo(release / "config.json")
+    monkeypatch.setattr(integrity, "walk", lambda path: walked)
+    with fifo_unblocked(release / "config.json"), pytest.raises(ReleaseInvalid) as raised:
+        verify_release(release)
+    assert raised.value.lines() == ["config.json: not a regular file (a FIFO)"]
+
+
+def test_a_tree_deeper_than_the_recursion_limit_fails_verify_with_one_line(tmp_path):
+    release = _release(tmp_path / "release")
+    with deep_chain(release / "deep"):
+        with pytest.raises(ReleaseInvalid) as raised:
+            verify_release(release)
+        (line,) = raised.value.lines()
+        assert line.startswith("deep/d/d/") and line.endswith(": a directory more than 32 levels deep")
+        result = CliRunner().invoke(app, ["verify", str(release)])
+        assert result.exit_code == EXIT_VERIFY_FAILED and "Traceback" not in result.output
 
 
 def test_an_early_blow_up_is_caught_as_divergence():
