@@ -105,6 +105,13 @@ def user_directory(tmp: Path) -> Path:
     return tmp / "project"
 
 
+def project_with_recipe(tmp: Path) -> Path:
+    """`--run-dir .` in a project that keeps its recipe there: a run would overwrite it."""
+    project = user_directory(tmp)
+    (project / "recipe.yaml").write_text("# mine\n")
+    return project
+
+
 def data_file(name: str, content: bytes, *overrides: str) -> Callable[[Path], list[str]]:
     """The tiny recipe on a data file of the user's with `content`; `{path}` in overrides is its path."""
     def argv(tmp: Path) -> list[str]:
@@ -165,6 +172,8 @@ CASES = {
     # Directories `orch run` must not take.
     "fresh-into-user-directory": Case(fresh_into(user_directory), "not a run directory", kept="project/notes.txt"),
     "fresh-into-root": Case(fresh_into(lambda tmp: Path("/")), "root directory"),
+    "run-into-project-directory": Case(lambda tmp: ["run", str(TINY), "--run-dir", str(project_with_recipe(tmp))], "not a run directory",
+                                       kept="project/recipe.yaml"),
 }
 
 
