@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -28,6 +26,7 @@ from orchestrator.data.corpus import SourceFile, fingerprint, iter_documents, so
 from orchestrator.data.curate import Deduplicator, contamination_from
 from orchestrator.data.shards import TokenShards, write_shard
 from orchestrator.data.spec import DataSpec, SourceSpec
+from orchestrator.data.staging import publish, staged
 from orchestrator.data.workers import CurateTask, TokenizeTask, Workers, chunks, curate_chunk, read_texts, tokenize_chunk
 from orchestrator.errors import DataError
 
@@ -131,12 +130,9 @@ def prepare_data(spec: DataSpec, seed: int, cache_dir: Path, workers: int | None
         target = cache_dir / cache_key(spec, seed, files)
     if not (target / MANIFEST).exists():
         cache_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=cache_dir))
-        try:
+        with staged(cache_dir, target.name) as staging:
             _build(spec, seed, files, staging, cache_dir, workers or spec.workers)
-            _publish(staging, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            publish(staging, target, MANIFEST)
     (cache_dir / "index").mkdir(exist_ok=True)
     pointer = cache_dir / "index" / f"{_stat_key(spec, seed)}.json"
     if not pointer.exists():
@@ -149,16 +145,6 @@ def prepare_data(spec: DataSpec, seed: int, cache_dir: Path, workers: int | None
         split, n = short[0]
         raise DataError(f"the {split} split has {n} tokens, fewer than one sequence of data.seq_len={spec.seq_len}: add data or lower val_fraction/seq_len")
     return data, manifest
-
-
-def _publish(staging: Path, target: Path) -> None:
-    """Moves prepared data into the cache in one rename; when another process (a concurrent run, a
-    second worker) published the same key first, its copy stands and this one is dropped."""
-    try:
-        os.replace(staging, target)
-    except OSError:
-        if not (target / MANIFEST).exists():
-            raise
 
 
 def read_sources(directory: Path) -> list[dict]:

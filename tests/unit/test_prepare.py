@@ -5,6 +5,8 @@ bounded sample, mixtures per source (each capped), and one readable line for bad
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -161,3 +163,49 @@ def test_bad_sources_are_one_readable_line(tmp_path):
     tiny = write_jsonl(tmp_path / "tiny.jsonl", ["a few words", "and a few more"])
     with pytest.raises(DataError, match="fewer than one sequence"):
         prepare_data(DataSpec(path=tiny, val_fraction=0.4), 0, tmp_path / "cache")
+
+
+BLOCKED_PREPARATION = """
+import sys
+from pathlib import Path
+from orchestrator.data import prepare
+from orchestrator.data.spec import DataSpec
+
+def build(spec, seed, files, out, cache_dir, workers):
+    print(out, flush=True)
+    sys.stdin.read()  # until the test lets it go
+
+prepare._build = build
+prepare.prepare_data(DataSpec.model_validate_json(sys.argv[1]), 0, Path(sys.argv[2]))
+"""
+
+
+def blocked_preparation(spec: DataSpec, cache: Path) -> tuple[subprocess.Popen, Path]:
+    """A preparation of `spec` in its own process, stopped while it builds: the process and its staging directory."""
+    process = subprocess.Popen([sys.executable, "-c", BLOCKED_PREPARATION, spec.model_dump_json(), str(cache)],
+                               cwd=Path(__file__).parents[2], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    return process, Path(process.stdout.readline().strip())
+
+
+def test_a_killed_preparation_leaves_nothing_a_running_one_keeps_its_staging(tmp_path):
+    """Staging directories of preparations that were killed (or left by versions before owner locks) go at
+    the next preparation; one a concurrent preparation of the same key is still building stays, and that
+    preparation then finds the data published and drops its own."""
+    spec = DataSpec(path=write_jsonl(tmp_path / "docs.jsonl", paragraphs(12)), curation={"near_dedup": None})
+    cache = tmp_path / "cache"
+    killed, abandoned = blocked_preparation(spec, cache)
+    killed.kill()
+    killed.wait()
+    running, building = blocked_preparation(spec, cache)
+    ownerless = abandoned.with_name(abandoned.name.split("-")[0] + "-old")
+    ownerless.mkdir()
+    try:
+        data, _ = prepare_data(spec, 0, cache, workers=1)
+        assert data.dir.name == abandoned.name.split("-")[0][1:]  # the same key as the killed and the running one
+        assert not abandoned.exists() and not ownerless.exists()
+        assert building.is_dir()
+    finally:
+        running.stdin.close()
+        assert running.wait() == 0
+    assert not building.exists()
+    assert sorted(p.name for p in cache.iterdir() if p.name.startswith(".")) == [".staging.lock"]
