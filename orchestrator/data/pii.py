@@ -5,7 +5,8 @@ extended to payment cards, national id numbers, phone numbers and IPv6; each kin
 make (a card's issuer, length and checksum; an address that routes on the internet). Both users share it so that
 what curation lets through and what the gate fails a model for cannot disagree: a gate with looser rules failed an
 under-trained model whose "0 0 0 0 ..." passed a Luhn check that curation never counted as a card. Like any pattern
-matcher it misses what it was not written for (names, postal addresses).
+matcher it misses what it was not written for (names, postal addresses). Every pattern costs time linear in the text's
+length, whatever the text (`tests/unit/test_curation_speed.py`): a corpus is not trusted input.
 """
 
 from __future__ import annotations

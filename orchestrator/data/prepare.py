@@ -6,7 +6,8 @@ sample of what was kept (`data.tokenizer.sample_bytes`), and workers tokenize ea
 own training and validation shard (`data.shards`). Memory holds a few chunks and the deduplication
 index, never the corpus. The result lives in a cache directory keyed by the data section and the
 content hashes of its files, so runs with the same data share it, and a changed file gives a new
-entry; its `manifest.json` counts every document read, dropped, redacted and kept, per source.
+entry (built in a staging directory and published with one rename: `data.staging`); its
+`manifest.json` counts every document read, dropped, redacted and kept, per source.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Data preparation for real (datasets, tokenizers, worker processes): the same shards whatever the
 number of workers, curation that counts and removes what was planted, a tokenizer trained on a
-bounded sample, mixtures per source (each capped), and one readable line for bad sources."""
+bounded sample, mixtures per source (each capped), one readable line for bad sources, and no staging
+directory left behind by a killed preparation."""
 
 from __future__ import annotations
 
