@@ -1,12 +1,21 @@
-"""The base every recipe section derives from, and the error its cross-field rules raise."""
+"""The base every recipe section derives from, the types sections share, and the error their
+cross-field rules raise."""
 
-from pydantic import BaseModel, ConfigDict
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Spec(BaseModel):
-    """Closed (unknown keys are errors, reported with the nearest valid key) and immutable."""
+    """Closed (unknown keys are errors, reported with the nearest valid key) and immutable. Numbers are
+    finite: YAML reads `.inf`, `.nan` and `1e400` as numbers, and not one recipe value means them (an
+    infinite learning rate fails inside a rank; a NaN power-usage factor makes a bill no budget stops)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+"""A random seed: what numpy's and torch's generators both accept."""
 
 
 class RuleViolation(ValueError):

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from orchestrator.errors import Location, Problem, RecipeError
 from orchestrator.gates.task_code import task_code_problems
 from orchestrator.hooks import hook_problems
+from orchestrator.recipe.document import not_text, printable, read_document
 from orchestrator.model.remote_code import remote_code_problems
 from orchestrator.recipe.schema import Recipe
 from orchestrator.spec import RuleViolation
@@ -59,9 +60,7 @@ def load_recipe(path: Path | str, overrides: list[str] | tuple[str, ...] = ()) -
     data, locations, sources = _read_with_bases(path, ())
     problems: list[Problem] = []
     for override in overrides:
-        problem = _apply_override(data, locations, override)
-        if problem:
-            problems.append(problem)
+        problems.extend(_apply_override(data, locations, override))
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
@@ -126,9 +125,7 @@ def _parse_yaml(path: Path) -> tuple[dict, dict[str, Location]]:
     except OSError as exc:
         raise RecipeError([Problem("", f"cannot read the recipe: {exc.strerror}", where)]) from None
     try:
-        root = yaml.compose(text)
-        _refuse_recursive_aliases(root, (), str(path))
-        data = yaml.safe_load(text)
+        data, root = read_document(text, str(path))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else None
@@ -143,23 +140,6 @@ def _parse_yaml(path: Path) -> tuple[dict, dict[str, Location]]:
     locations: dict[str, Location] = {}
     _collect_lines(root, "", str(path), locations)
     return data, locations
-
-
-def _refuse_recursive_aliases(node: yaml.Node | None, ancestors: tuple[yaml.Node, ...], source: str,
-                              checked: set[int] | None = None) -> None:
-    """An anchor used inside itself (`a: &x [*x]`) makes an endless value that validation would recurse
-    into forever: refused, with the anchor's line. A node reached again through another alias is
-    checked once (`checked`), so a chain of aliases costs no more than the text."""
-    checked = set() if checked is None else checked
-    if node is None or isinstance(node, yaml.ScalarNode) or id(node) in checked:
-        return
-    if any(node is ancestor for ancestor in ancestors):
-        raise RecipeError([Problem("", "a YAML anchor is used inside itself (a recursive alias): write the value out",
-                                   Location(source, node.start_mark.line + 1))])
-    children = [child for pair in node.value for child in pair] if isinstance(node, yaml.MappingNode) else node.value
-    for child in children:
-        _refuse_recursive_aliases(child, (*ancestors, node), source, checked)
-    checked.add(id(node))
 
 
 def _collect_lines(node: yaml.Node | None, prefix: str, source: str, out: dict[str, Location]) -> None:
@@ -181,32 +161,39 @@ def _deep_merge(base: dict, child: dict) -> dict:
     return merged
 
 
-def _apply_override(data: dict, locations: dict[str, Location], override: str) -> Problem | None:
-    where = Location(f"{COMMAND_LINE} `{override}`")
+def _apply_override(data: dict, locations: dict[str, Location], override: str) -> list[Problem]:
+    where = Location(f"{COMMAND_LINE} `{printable(override)}`")
+    why = not_text(override)
+    if why:
+        return [Problem("", why, where)]
     key, sep, raw = override.partition("=")
     key = key.strip()
     if not sep or not key:
-        return Problem("", "an override is written `section.key=value`", where)
+        return [Problem("", "an override is written `section.key=value`", where)]
     parts = key.split(".")
     if not all(part.strip() == part and part for part in parts):
-        return Problem("", f"malformed override `{override}`: its key has an empty or spaced part; write `section.key=value`", where)
+        return [Problem("", f"malformed override `{printable(override)}`: its key has an empty or spaced part; write `section.key=value`", where)]
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = read_document(raw, where.source, prefix=key, lines=False)[0] if raw.strip() else None
     except yaml.YAMLError:
         value = raw
+    except RecursionError:
+        return [Problem(key, "its value is nested too deeply to read", where)]
+    except RecipeError as exc:
+        return exc.problems
     node = data
     for part in parts[:-1]:
         child = node.get(part)
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
-            return Problem(key, f"`{part}` is a value, not a section, so `{key}` cannot be set", where)
+            return [Problem(key, f"`{part}` is a value, not a section, so `{key}` cannot be set", where)]
         node = child
     node[parts[-1]] = value
     for known in [k for k in locations if k == key or k.startswith(key + ".")]:
         del locations[known]
     locations[key] = where
-    return None
+    return []
 
 
 def _problems_from(exc: ValidationError, locations: dict[str, Location]) -> list[Problem]:
@@ -247,9 +234,11 @@ def _field_path(model: type[BaseModel], loc: list[str]) -> tuple[list[str], type
     current: type[BaseModel] | None = model
     owner: type[BaseModel] | None = model
     members: list[type[BaseModel]] = []
+    keyed = False
     for part in loc:
-        if part.isdigit():  # an item of a list: of sections (data.sources.0.weight), or of values
+        if part.isdigit() or keyed:  # an item of a list (data.sources.0.weight), a key of a dict (sweep.parameters.<key>)
             path.append(part)
+            keyed = False
             continue
         if current is None:
             continue
@@ -265,6 +254,7 @@ def _field_path(model: type[BaseModel], loc: list[str]) -> tuple[list[str], type
             continue
         path.append(part)
         owner, members = current, _members(current, part)
+        keyed = any(typing.get_origin(t) is dict for t in annotation_members(current.model_fields[part].annotation))
         current = members[0] if members else None
     return path, owner
 
@@ -275,11 +265,13 @@ def _did_you_mean(word: str, candidates: list[str]) -> str:
 
 
 def _members(model: type[BaseModel] | None, key: str) -> list[type[BaseModel]]:
-    """The section models a key may hold: one, or the members of a union."""
+    """The section models a key may hold: one, or the members of a union (of a dict's values: the sweep's parameters)."""
     info = model.model_fields.get(key) if model else None
     if info is None:
         return []
-    return [t for t in annotation_members(info.annotation) if isinstance(t, type) and issubclass(t, BaseModel)]
+    held = [value for t in annotation_members(info.annotation)
+            for value in (annotation_members(typing.get_args(t)[1]) if typing.get_origin(t) is dict else [t])]
+    return [t for t in held if isinstance(t, type) and issubclass(t, BaseModel)]
 
 
 def _tag_of(member: type[BaseModel]) -> tuple[str, str]:

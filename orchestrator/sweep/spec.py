@@ -11,7 +11,7 @@ from typing import Literal, Optional
 
 from pydantic import ConfigDict, Field, model_validator
 
-from orchestrator.spec import RuleViolation, Spec
+from orchestrator.spec import RuleViolation, Seed, Spec
 
 RANGES = ("uniform", "log_uniform", "int")
 
@@ -75,7 +75,7 @@ class SweepSpec(Spec):
     trials: int = Field(8, ge=1, le=10_000, description="for grid: at most the number of grid points")
     parallel: int = Field(1, ge=1, description="trials running at once (a Slurm array's %limit)")
     pruner: PrunerSpec = PrunerSpec()
-    seed: int = 0
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _grid_is_choices(self) -> "SweepSpec":

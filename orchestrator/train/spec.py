@@ -6,7 +6,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from orchestrator.spec import RuleViolation, Spec
+from orchestrator.spec import RuleViolation, Seed, Spec
 
 Precision = Literal["fp32", "bf16", "fp16"]
 
@@ -45,7 +45,7 @@ class TrainSpec(Spec):
     schedule: ScheduleSpec = ScheduleSpec()
     precision: Precision = "fp32"
     grad_clip: Optional[float] = Field(1.0, gt=0)
-    seed: int = 1234
+    seed: Seed = 1234
     eval_interval: int = Field(50, gt=0)
     eval_batches: int = Field(4, gt=0)
     log_interval: int = Field(1, gt=0)

@@ -88,6 +88,13 @@ def deeply_nested(tmp: Path) -> list[str]:
     return ["validate", str(path)]
 
 
+def long_integer(tmp: Path) -> list[str]:
+    """An integer past Python's 4,300-digit limit for reading one (was a ValueError traceback)."""
+    path = tmp / "long.yaml"
+    path.write_text(f"base: {TINY}\ntrain:\n  seed: 1{'0' * 5000}\n")
+    return ["validate", str(path)]
+
+
 def _recipe_as_directory(run: Path) -> Path:
     (run / "recipe.yaml").unlink()
     (run / "recipe.yaml").mkdir()
@@ -152,6 +159,25 @@ CASES = {
     "override-leading-dot": Case(override(".steps=5"), "malformed override `.steps=5`"),
     "override-unknown-key": Case(override("train.stepz=5"), "did you mean `steps`"),
     "override-without-value": Case(override("train.steps"), "written `section.key=value`"),
+    # Values no recipe means: each validated, then failed far from its cause (a rank, a bill, a sampler, a release).
+    "lr-infinite": Case(override("train.optimizer.lr=.inf"), "train.optimizer.lr: input should be a finite number"),
+    "lr-overflowing": Case(override("train.optimizer.lr=1e400"), "train.optimizer.lr: input should be a finite number"),
+    "eps-nan": Case(override("train.optimizer.eps=.nan"), "train.optimizer.eps: input should be a finite number"),
+    "betas-non-finite": Case(override("train.optimizer.betas=[.nan,.inf]"), "train.optimizer.betas.1: input should be a finite number"),
+    "pue-nan": Case(override("energy.pue=.nan"), "energy.pue: input should be a finite number"),
+    "sweep-range-infinite": Case(recipe("sweep-range-infinite.yaml"),
+                                 "sweep.parameters.train.optimizer.lr.log_uniform.1: input should be a finite number"),
+    "seed-negative": Case(override("train.seed=-1"), "train.seed: input should be greater than or equal to 0"),
+    "seed-past-32-bits": Case(override("train.seed=4294967296"), "train.seed: input should be less than or equal to 4294967295"),
+    "sweep-seed-negative": Case(recipe("sweep-seed-negative.yaml"), "sweep.seed: input should be greater than or equal to 0"),
+    "integer-too-long": Case(long_integer, "train.seed: a 5,001-digit integer"),
+    "integer-too-long-override": Case(override("train.seed=1" + "0" * 5000), "train.seed: a 5,001-digit integer"),
+    "override-not-utf8": Case(override("description=caf\udce9"), "not UTF-8 text"),
+    "escape-not-utf8": Case(recipe("surrogate-escape.yaml"), "description: not UTF-8 text"),
+    "override-nested-too-deeply": Case(override("train.x=" + "[" * 5000), "nested too deeply"),
+    # YAML that reads as something else than it says.
+    "billion-laughs": Case(recipe("billion-laughs.yaml"), "billion-laughs.yaml:12: sweep.parameters.train.schedule.warmup_steps.choices.4: YAML aliases expand"),
+    "duplicate-key": Case(recipe("duplicate-key.yaml"), "duplicate-key.yaml:6: train.steps: written twice (lines 4 and 6)"),
     # Run directories a crash, a full disk or a hand edit damaged.
     "torn-metrics-status": Case(on_run("status", **{"+metrics.jsonl": TORN}), "step 2/", succeeds=True),
     "torn-events-show": Case(on_run("show", **{"+events.jsonl": '{"event": "checkp'}), "latest         step 2", succeeds=True),

@@ -116,3 +116,31 @@ def test_placeholder_sections_are_closed():
 def test_nested_typo_in_slurm_section():
     (line,) = problems(TINY, ["slurm.partiton=gpu"])
     assert "slurm.partiton: unknown key; did you mean `partition`?" in line
+
+
+def test_aliases_are_bounded_and_written_values_are_not(tmp_path):
+    """Aliases may add at most ALIAS_BUDGET values (in an override too); values written out cost their text."""
+    bomb = "[" + ", ".join(["&a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"] + ["*a"] * 1_200) + "]"
+    (line,) = problems(TINY, [f"description={bomb}"])
+    assert line.startswith("command line `description=[&a") and "description: YAML aliases expand this value to 13,212 values" in line
+    choices = ", ".join(str(i) for i in range(1, 12_001))
+    path = write(tmp_path, "r.yaml", f"base: {TINY}\nname: t\nsweep:\n  parameters:\n    train.steps: {{choices: [{choices}]}}\n")
+    assert len(load_recipe(path).recipe.sweep.parameters["train.steps"].choices) == 12_000
+
+
+def test_duplicate_keys_are_refused_in_every_mapping_but_merge_keys_are_not_duplicates(tmp_path):
+    path = write(tmp_path, "r.yaml", f"base: {TINY}\nname: t\nname: u\ntrain: {{steps: 3, steps: 4}}\n")
+    assert problems(path) == [f"{path}:3: name: written twice (lines 2 and 3): keep one",
+                              f"{path}:4: train.steps: written twice (lines 4 and 4): keep one"]
+    merged = write(tmp_path, "m.yaml", f"base: {TINY}\nname: t\nsweep:\n  parameters:\n"
+                                       "    train.schedule.warmup_steps: &ws {choices: [1, 2]}\n"
+                                       "    train.eval_interval:\n      <<: *ws\n      choices: [5, 10]\n")
+    assert load_recipe(merged).recipe.sweep.parameters["train.eval_interval"].choices == [5, 10]
+
+
+def test_a_sweep_parameter_problem_names_the_parameter(tmp_path):
+    path = write(tmp_path, "r.yaml", f"base: {TINY}\nname: t\nsweep:\n  parameters:\n"
+                                     "    train.optimizer.lr: {log_uniform: [0, 1]}\n    train.steps: {chioces: [1]}\n")
+    lines = problems(path)
+    assert f"{path}:5: sweep.parameters.train.optimizer.lr.log_uniform: log_uniform needs a positive low end (got 0.0)" in lines
+    assert f"{path}:6: sweep.parameters.train.steps.chioces: unknown key; did you mean `choices`?" in lines
