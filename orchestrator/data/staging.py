@@ -6,11 +6,13 @@ with one rename. For as long as it builds, it holds an exclusive lock (`flock`) 
 file; the kernel drops the lock when the process ends, however it ends, so a staging directory whose owner
 file nobody holds was abandoned. Each preparation that stages removes those first, whatever their key,
 and leaves alone those a concurrent preparation still holds. Creating, publishing and clearing take the
-cache's own lock for a moment, so that none of them sees another half done.
+cache's own lock for a moment, so that none of them sees another half done. On a file system without
+locks (Lustre mounted without `flock`), preparations stage as before and nothing is cleared.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import re
@@ -29,11 +31,12 @@ STAGING_NAME = re.compile(r"\.[0-9a-f]{16}-.+")
 @contextmanager
 def staged(cache_dir: Path, key: str) -> Iterator[Path]:
     """A new staging directory for `key`, held until the block ends, then removed unless published."""
-    with _cache_locked(cache_dir):
-        _clear_abandoned(cache_dir)
+    with _cache_locked(cache_dir) as locked:
+        if locked:
+            _clear_abandoned(cache_dir)
         staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_dir))
         owner = open(staging / OWNER, "w")
-        fcntl.flock(owner, fcntl.LOCK_EX)
+        _lock(owner)
     try:
         yield staging
     finally:
@@ -55,10 +58,20 @@ def publish(staging: Path, target: Path, marker: str) -> None:
 
 
 @contextmanager
-def _cache_locked(cache_dir: Path) -> Iterator[None]:
+def _cache_locked(cache_dir: Path) -> Iterator[bool]:
+    """Holds the cache's lock for the block; whether the file system has locks."""
     with open(cache_dir / CACHE_LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+        yield _lock(lock)
+
+
+def _lock(file) -> bool:
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX)
+    except OSError as error:
+        if error.errno in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP):
+            return False
+        raise
+    return True
 
 
 def _clear_abandoned(cache_dir: Path) -> None:

@@ -196,7 +196,7 @@ def test_a_killed_preparation_leaves_nothing_a_running_one_keeps_its_staging(tmp
     cache = tmp_path / "cache"
     killed, abandoned = blocked_preparation(spec, cache)
     killed.kill()
-    killed.wait()
+    killed.communicate()
     running, building = blocked_preparation(spec, cache)
     ownerless = abandoned.with_name(abandoned.name.split("-")[0] + "-old")
     ownerless.mkdir()
@@ -206,7 +206,25 @@ def test_a_killed_preparation_leaves_nothing_a_running_one_keeps_its_staging(tmp
         assert not abandoned.exists() and not ownerless.exists()
         assert building.is_dir()
     finally:
-        running.stdin.close()
-        assert running.wait() == 0
+        running.communicate()  # lets it go
+    assert running.returncode == 0
     assert not building.exists()
     assert sorted(p.name for p in cache.iterdir() if p.name.startswith(".")) == [".staging.lock"]
+
+
+def test_a_file_system_without_locks_stages_as_before(tmp_path, monkeypatch):
+    """Lustre mounted without `flock` answers ENOSYS: preparation goes on, and clears nothing it cannot tell is abandoned."""
+    import errno
+    import fcntl
+
+    from orchestrator.data import staging
+
+    def unsupported(file, operation):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", unsupported)
+    other = tmp_path / ".0123456789abcdef-other"
+    other.mkdir()
+    with staging.staged(tmp_path, "fedcba9876543210") as staged:
+        assert staged.is_dir() and other.is_dir()
+    assert not staged.exists() and other.is_dir()
