@@ -18,7 +18,6 @@ from orchestrator.filetree import read_file, shown, walk
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import read_plan
 
-REASON_FILE = "SET_ASIDE_REASON"
 MAX_NOTE_BYTES = 64 << 10
 """`latest` and a set-aside reason are a line each: a larger file is not read."""
 
@@ -119,11 +118,11 @@ def _set_aside(directory: Path) -> list[SetAsideRow]:
     rows = []
     for path in (p for p in directory.iterdir() if p.is_dir() and not p.is_symlink()):
         try:
-            reason = read_file(path, REASON_FILE, MAX_NOTE_BYTES).decode(errors="replace").strip()
-            moved_at = (path / REASON_FILE).stat().st_mtime
+            reason = read_file(path, store.REASON_FILE, MAX_NOTE_BYTES).decode(errors="replace").strip()
+            moved_at = (path / store.REASON_FILE).stat().st_mtime
         except (OSError, ValueError):
             reason, moved_at = "(no reason recorded)", path.stat().st_mtime
-        size = sum(size for name, size in walk(path).files.items() if name != REASON_FILE)
+        size = sum(size for name, size in walk(path).files.items() if name != store.REASON_FILE)
         rows.append(SetAsideRow(path.name, reason, size, moved_at))
     return sorted(rows, key=lambda r: r.set_aside_at, reverse=True)
 

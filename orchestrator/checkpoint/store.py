@@ -25,6 +25,7 @@ MANIFEST = "manifest.json"
 LATEST = "latest"
 STAGING_PREFIX = ".staging-"
 SET_ASIDE = "set-aside"
+REASON_FILE = "SET_ASIDE_REASON"
 RANK_MANIFEST = "rank-{rank}.files.json"
 _RANK_LIST = re.compile(r"rank-\d+\.files\.json")
 TAG = re.compile(r"step-(\d{8})")
@@ -189,8 +190,21 @@ def set_aside(root: Path, path: Path, reason: str) -> Path:
     target_dir.mkdir(exist_ok=True)
     target = target_dir / f"{path.name.lstrip('.')}-{int(time.time() * 1000)}"
     os.rename(path, target)
-    (target / "SET_ASIDE_REASON").write_text(reason + "\n")
+    _record_reason(target / REASON_FILE, reason)
     return target
+
+
+def _record_reason(path: Path, reason: str) -> None:
+    """Written as a new file: what the set-aside directory held under that name (a link planted to a
+    file outside, in a checkpoint from elsewhere) is removed, never written through. Where that
+    cannot be done (a directory by that name), the reason stays in the run's events alone."""
+    try:
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError:
+        return
+    with open(fd, "w") as out:
+        out.write(reason + "\n")
 
 
 def newest_verified(root: Path) -> tuple[Path | None, list[Verdict]]:

@@ -184,3 +184,16 @@ def test_a_manifest_whose_files_are_not_entries_does_not_verify(tmp_path, files)
     (checkpoint / store.MANIFEST).write_text(json.dumps({**manifest, "files": files}))
     verdict = store.verify(checkpoint)
     assert not verdict.ok and verdict.reason.startswith("unreadable manifest: ")
+
+
+def test_setting_aside_never_writes_through_a_link_the_checkpoint_holds(tmp_path):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("the user's file\n")
+    root = tmp_path / "ckpt"
+    make_checkpoint(root, 4)
+    (root / "step-00000004" / store.REASON_FILE).symlink_to(outside)
+    events = []
+    assert store.find_resumable(root, events) is None
+    (aside,) = (root / store.SET_ASIDE).iterdir()
+    assert outside.read_text() == "the user's file\n"
+    assert (aside / store.REASON_FILE).read_text() == f"{store.REASON_FILE} is a symbolic link\n" == events[0]["reason"] + "\n"
