@@ -169,10 +169,10 @@ def _open_regular(root: Path, name: str) -> tuple[int, int]:
     *directories, last = PurePosixPath(name).parts
     try:
         parent = _open_dir(root, tuple(directories))
-    except FileNotFoundError:
-        raise
-    except OSError as exc:  # a link or a file where a directory should be
-        raise Refused(f"not reached through directories alone ({exc.strerror})") from None
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError) or not directories:
+            raise  # missing, or the root itself is not a directory one can open
+        raise Refused(f"not reached through directories alone ({exc.strerror})") from None  # a link or a file on the way
     try:
         _require_regular(os.stat(last, dir_fd=parent, follow_symlinks=False))
         fd = os.open(last, _FILE, dir_fd=parent)

@@ -61,8 +61,10 @@ def read_manifest(path: Path) -> ReleaseManifest:
         content = read_file(path, RELEASE_MANIFEST, MAX_MANIFEST_BYTES)
     except FileNotFoundError:
         raise ReleaseInvalid([f"{shown(str(path))}: not a release (no {RELEASE_MANIFEST})"]) from None
-    except (Refused, OSError) as exc:
+    except Refused as exc:
         raise ReleaseInvalid([f"{shown(str(path))}: not a release ({RELEASE_MANIFEST}: {exc})"]) from None
+    except OSError as exc:
+        raise ReleaseInvalid([f"{shown(str(path))}: not a release ({exc.strerror})"]) from None
     try:
         return ReleaseManifest.model_validate_json(content)
     except ValidationError as exc:
