@@ -13,7 +13,6 @@ would run in place of the project's modules (and a `torch.py` in place of torch)
 from __future__ import annotations
 
 import signal
-import sys
 from pathlib import Path
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
@@ -25,12 +24,11 @@ ATTACHED_FLAG = "--attached"
 """The node launcher's stdin is a pipe from `orch run`: end of file there means the CLI is gone."""
 RANK_MODULE = "launch.rank"
 
-SAFE_PATH = ("-P",) if sys.version_info >= (3, 11) else ()
-"""`-P` (Python 3.11+): no working directory on `sys.path`; the project is found where it is installed
-(site-packages, or an editable install's finder), as by the `orch` script. The interpreter started is
-always this one (`EnvSnapshot.python`, or the launcher's and the batch step's own `sys.executable`),
-so this one's version decides. Python 3.10 has neither `-P` nor `PYTHONSAFEPATH` and `-I` would also
-drop PYTHONPATH and the user's site-packages, where declared hooks live: there processes start as before."""
+SAFE_PATH = ("-P",)
+"""No working directory on `sys.path` (Python 3.11+, which the project requires for it): the project is
+found where it is installed (site-packages, or an editable install's finder), as by the `orch` script.
+The interpreter started is always this one (`EnvSnapshot.python`, or the launcher's and the batch step's
+own `sys.executable`)."""
 
 
 def module_argv(python: str, module: str, *arguments: str) -> list[str]:
