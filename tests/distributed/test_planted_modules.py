@@ -10,10 +10,7 @@ import pytest
 
 from tests.conftest import FAST, RECIPES, TINY
 
-pytestmark = [
-    pytest.mark.distributed,
-    pytest.mark.skipif(sys.version_info < (3, 11), reason="-P exists from Python 3.11 (3.10 starts them as before)"),
-]
+pytestmark = pytest.mark.distributed
 
 PLANTED = "import pathlib, sys; pathlib.Path(__file__).with_name('ran').write_text(__file__); sys.exit(99)\n"
 

@@ -20,7 +20,6 @@ from orchestrator.slurm.script import render_array_sbatch, render_prepare_sbatch
 from orchestrator.slurm.submit import cluster_env
 from tests.conftest import RECIPES, ROOT, TINY, make_env
 
-needs_safe_path = pytest.mark.skipif(sys.version_info < (3, 11), reason="-P exists from Python 3.11 (3.10 starts them as before)")
 
 PLANTED = "import pathlib, sys; pathlib.Path(__file__).with_name('ran').write_text(__file__); sys.exit(99)\n"
 
@@ -54,7 +53,6 @@ def module_of(argv: list[str]) -> tuple[list[str], str]:
     return argv[python + 1:at], argv[at + 1]
 
 
-@needs_safe_path
 def test_every_planned_python_process_starts_with_safe_path(tmp_path):
     for name, argv in planned_commands(tmp_path).items():
         options, module = module_of(argv)
@@ -76,7 +74,6 @@ def test_no_python_process_is_started_by_module_but_through_module_argv():
     assert not found, f"start Python through orchestrator.rundir.entry.module_argv: {found}"
 
 
-@needs_safe_path
 def test_planted_modules_in_the_working_directory_do_not_run(tmp_path):
     """Real interpreters, started as planned, in a directory holding a `launch/` package and an
     `orchestrator.py` that would exit 99: each module runs its own `--help` (the project imported
