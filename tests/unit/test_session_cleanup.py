@@ -21,7 +21,9 @@ pidfile={state}/daemon.pid
 case $1 in
     up) [[ -s $pidfile ]] && kill -0 "$(<"$pidfile")" 2>/dev/null && exit 0
         {daemon} 600 >/dev/null 2>&1 </dev/null &
-        echo $! >"$pidfile" ;;
+        echo $! >"$pidfile"
+        # as the real script, return once the daemon runs (not while its fork is still called bash)
+        until [[ $(cat /proc/$!/comm 2>/dev/null) == {name} ]]; do sleep 0.01; done ;;
     down) [[ -n ${{BROKEN_DOWN:-}} ]] || kill "$(<"$pidfile")" ;;
 esac
 """
@@ -32,7 +34,7 @@ def fake_cluster(tmp_path):
     daemon = tmp_path / FAKE
     shutil.copy(shutil.which("sleep"), daemon)
     script = tmp_path / "dev-cluster.sh"
-    script.write_text(SCRIPT.format(state=tmp_path, daemon=daemon))
+    script.write_text(SCRIPT.format(state=tmp_path, daemon=daemon, name=FAKE))
     yield script
     for process in running([FAKE]):
         process.kill()
