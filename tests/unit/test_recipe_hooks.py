@@ -1,9 +1,11 @@
 """Code a recipe names must be written as a hook: `os:system` as a classifier, `subprocess:Popen` as
-a sink, or any unmarked function is refused at `orch validate` (and again before use), naming the field."""
+a sink, or any unmarked function is refused at `orch validate` (and again before use), naming the field,
+and without importing the module: importing runs it."""
 
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -86,11 +88,76 @@ def test_an_unmarked_function_is_refused_and_a_marked_one_is_used(user_hooks):
     assert gated.status == "fail" and gated.evidence["findings"][0]["kind"] == "classifier"
 
 
-def test_a_classifier_that_cannot_be_imported_is_one_line(tmp_path, monkeypatch):
-    (tmp_path / "broken_hooks.py").write_text("raise RuntimeError('half written')\n")
+MARKED_THEN = "from orchestrator.hooks import content_classifier\n\n@content_classifier\ndef flag(text):\n    return []\n\n"
+
+
+@pytest.mark.parametrize(("raises", "says"), [("raise RuntimeError('half written')", "RuntimeError: half written"), ("raise SystemExit(3)", "SystemExit: 3")])
+def test_a_marked_classifier_whose_module_fails_to_import_is_one_line(raises, says, tmp_path, monkeypatch):
+    (tmp_path / "broken_hooks.py").write_text(MARKED_THEN + raises + "\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "broken_hooks", raising=False)
     result = validate("gates.content.classifier=broken_hooks:flag")
-    assert result.exit_code == 1 and "cannot import `broken_hooks:flag` (RuntimeError: half written)" in result.output
+    assert result.exit_code == 1 and f"cannot import `broken_hooks:flag` ({says})" in result.output
+
+
+@pytest.fixture
+def fresh_modules(monkeypatch):
+    """Forgets the named modules for the test, so that importing them would run them again."""
+    return lambda *names: [monkeypatch.delitem(sys.modules, name, raising=False) for name in names]
+
+
+def test_a_module_that_runs_on_import_is_refused_unrun(fresh_modules, capsys):
+    """`this` prints the Zen of Python when imported; naming it must not import it."""
+    fresh_modules("this")
+    result = validate("gates.content.classifier=this:x")
+    assert result.exit_code == 1 and "`this:x` is not marked @content_classifier" in result.output
+    assert "Beautiful is better" not in result.output + capsys.readouterr().out and "this" not in sys.modules
+
+
+def test_a_programs_main_module_is_refused_unrun(fresh_modules, tmp_path, monkeypatch):
+    """`venv.__main__` creates the virtual environment its command line names when imported."""
+    fresh_modules("venv.__main__")
+    made = tmp_path / "made"
+    monkeypatch.setattr(sys, "argv", ["venv", "--without-pip", str(made)])
+    result = validate("tracking.custom=[venv.__main__:X]")
+    assert result.exit_code == 1 and "`venv.__main__:X` is not marked @tracking_sink" in result.output
+    assert not made.exists() and "venv.__main__" not in sys.modules
+
+
+def test_neither_an_unmarked_module_nor_its_package_runs(tmp_path, monkeypatch, fresh_modules):
+    """The marker is read from the source: a package whose `__init__` or hook module does something
+    on import is not imported unless the name is a marked definition."""
+    package = tmp_path / "side_effect_pkg"
+    package.mkdir()
+    ran = tmp_path / "ran"
+    (package / "__init__.py").write_text(f"open({str(ran / 'package')!r}, 'w').close()\n")
+    (package / "hooks.py").write_text(MARKED_THEN.replace("flag", "other") + f"open({str(ran / 'module')!r}, 'w').close()\ndef flag(text):\n    return []\n")
+    ran.mkdir()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fresh_modules("side_effect_pkg", "side_effect_pkg.hooks")
+    result = validate("gates.content.classifier=side_effect_pkg.hooks:flag")
+    assert result.exit_code == 1 and "`side_effect_pkg.hooks:flag` is not marked @content_classifier" in result.output
+    assert list(ran.iterdir()) == [] and "side_effect_pkg" not in sys.modules
+    assert validate("gates.content.classifier=side_effect_pkg.hooks:other").exit_code == 0  # the marked one loads
+
+
+def test_a_hook_marked_through_its_module_loads_and_a_lookalike_marker_does_not(tmp_path, monkeypatch, fresh_modules):
+    (tmp_path / "dotted_hooks.py").write_text(
+        "from orchestrator import hooks\n\n@hooks.content_classifier\ndef flag(text):\n    return []\n\n"
+        "def content_classifier(function):\n    return function\n\n@content_classifier\ndef fake(text):\n    return []\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fresh_modules("dotted_hooks")
+    assert validate("gates.content.classifier=dotted_hooks:flag").exit_code == 0
+    result = validate("gates.content.classifier=dotted_hooks:fake")
+    assert result.exit_code == 1 and "`dotted_hooks:fake` is not marked @content_classifier" in result.output
+
+
+@pytest.mark.parametrize("reference", ["no_such_hooks_module:flag", "os.path.nowhere:flag", "flag", "os:a.b"])
+def test_a_reference_that_names_nothing_is_one_line(reference):
+    result = validate(f"gates.content.classifier={reference}")
+    (line,) = [row for row in result.output.splitlines() if row.startswith("error:")]
+    assert result.exit_code == 1 and "Traceback" not in result.output and "gates.content.classifier" in line
 
 
 @pytest.mark.parametrize("reference", ["subprocess:Popen", "unmarked"])
