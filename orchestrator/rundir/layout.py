@@ -105,11 +105,11 @@ class RunDir:
         return sorted(self.gates.glob("step-*.json"))
 
     def metric_rows(self) -> list[dict]:
-        return events.read(self.metrics)
+        return events.read(self.metrics, events.METRIC_ROW)
 
     def history(self) -> list[dict]:
         """Every event of the run, oldest first."""
-        return events.read(self.events)
+        return events.read(self.events, events.EVENT)
 
     def read_json(self, name: str) -> dict:
         """A JSON object of the run, or DamagedRun naming the file and what is wrong with it."""

@@ -25,6 +25,14 @@ CORPUS = Path(__file__).parent / "corpus"
 MAX_LINES = 3
 TORN = '{"step": 3, "loss": 1.9, "tok'
 """What a crash or a full disk leaves at the end of a JSON-lines log: a row cut short, no newline."""
+NOT_ROWS = '{}\n[]\n1\n{"step": true, "loss": 1.0}\n{"step": 3, "loss": "x", "lr": null}\n{"step": "x"}\n'
+"""JSON lines that parse but are no metric row (a hand edit, another tool's output): read past like a torn one."""
+NOT_EVENTS = '{}\n[]\n{"event": 3}\n{"event": "start", "time": "x"}\n{"event": "checkpoint", "time": 1.0}\n'
+"""The same for events: no name, a name or time of the wrong type, a checkpoint without its figures."""
+ENERGY_PART = json.dumps([{"node": "n1", "device": "cpu", "kind": "cpu", "method": "estimated", "detail": "", "rank": 0, "pid": 1,
+                           "start": 0.0, "end": 10.0, "seconds": 10.0, "energy_j": 1000.0, "by_phase": {"train": 1000.0},
+                           "by_hour": {"0": 1000.0}, "train_j_at_save": {}, "first_step": 1, "last_step": 2}])
+"""One rank's energy record, so that `orch energy` has a bill to make."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,7 @@ def run_dir(tmp: Path, name: str = "run", **damage: str | bytes) -> Path:
     for file, content in damage.items():
         path = run / file.lstrip("+")
         data = content.encode() if isinstance(content, str) else content
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes((path.read_bytes() if file.startswith("+") else b"") + data)
     return run
 
@@ -185,6 +194,12 @@ CASES = {
     "torn-events-emit-only": Case(lambda tmp: ["submit", str(TINY), "--emit-only", "--run-dir",
                                                str(run_dir(tmp, **{"+events.jsonl": '{"event": "checkpoint", "st'}))],
                                   "#SBATCH", succeeds=True),
+    "not-rows-metrics-status": Case(on_run("status", **{"+metrics.jsonl": NOT_ROWS}), "step 2/", succeeds=True),
+    "not-rows-metrics-show": Case(on_run("show", **{"+metrics.jsonl": NOT_ROWS}), "latest         step 2", succeeds=True),
+    "not-rows-metrics-runs": Case(listing(**{"+metrics.jsonl": NOT_ROWS}), "2/150", succeeds=True),
+    "not-rows-report": Case(on_run("report", **{"+metrics.jsonl": NOT_ROWS, "+events.jsonl": NOT_EVENTS}), "report.html", succeeds=True),
+    "not-rows-energy": Case(on_run("energy", **{"+metrics.jsonl": NOT_ROWS, "+events.jsonl": NOT_EVENTS,
+                                                "energy/parts/n1/rank0.json": ENERGY_PART}), "kWh", succeeds=True),
     "garbage-recipe-runs": Case(listing(**{"recipe.yaml": "name: [unclosed\n"}), "DAMAGED", succeeds=True),
     "garbage-slurm-runs": Case(listing(**{"slurm.json": "{not json"}), "slurm.json: damaged", succeeds=True),
     "garbage-recipe-status": Case(on_run("status", **{"recipe.yaml": "name: [unclosed\n"}), "recipe.yaml: damaged"),

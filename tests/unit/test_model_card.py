@@ -47,7 +47,7 @@ def make_run(root: Path, *overrides: str, curation: dict | None = None) -> RunDi
                 "canaries": ["the secret code of canary 0 is 1234 5678 9012"]}
     write_data(run, data_dir, {**manifest, **({"curation": curation} if curation else {})})
     events.append(run.events, "start", step=0)
-    events.append(run.events, "checkpoint", step=STEP)
+    events.append(run.events, "checkpoint", step=STEP, stall_s=0.1, write_s=0.2, bytes=100)
     return run
 
 

@@ -52,3 +52,17 @@ def test_status_show_and_runs_read_a_crashed_run(tmp_path):
     assert show.exit_code == 0 and "latest         step 3: loss 7.7000" in show.output
     runs = runner.invoke(app, ["runs", str(tmp_path)])
     assert runs.exit_code == 0 and "crashed" in runs.output and "STARTED" in runs.output
+
+
+def test_readers_skip_lines_that_parse_but_are_no_rows(tmp_path):
+    """A hand edit or another tool's output: JSON, but not what the CLI indexes; read past like a torn line."""
+    run = crashed_run(tmp_path)
+    run.metrics.write_text(run.metrics.read_text() + "\n" + "\n".join(
+        ['{}', '[]', '1', '{"step": "x"}', '{"step": true}', '{"step": 4.5}', '{"step": 4, "loss": "x"}', '{"step": 4, "lr": null}']) + "\n")
+    run.events.write_text(run.events.read_text() + "\n" + "\n".join(
+        ['{}', '"start"', '{"event": 3}', '{"event": "resumed", "time": "x"}', '{"event": "resumed", "step": "3"}',
+         '{"event": "checkpoint", "time": 2.0, "step": 3}', "[" * 100_000]) + "\n")
+    events.append_row(run.metrics, {"step": 4, "loss": 6.9, "mfu": None})
+    events.append(run.events, "checkpoint", step=4, stall_s=0.1, write_s=0.2, bytes=10)
+    assert [r["step"] for r in run.metric_rows()] == [1, 2, 3, 4]
+    assert [e["event"] for e in run.history()] == ["start", "checkpoint"]

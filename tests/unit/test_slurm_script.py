@@ -55,7 +55,7 @@ def test_gpus_make_one_process_per_gpu_and_nccl(tmp_path):
 def test_grace_grows_with_measured_checkpoint_time(tmp_path):
     spec = load_recipe(TINY).recipe.slurm
     assert signal_grace_s(tmp_path, spec) == 120
-    (tmp_path / "events.jsonl").write_text('{"event": "checkpoint", "stall_s": 40.0, "write_s": 60.0}\n')
+    (tmp_path / "events.jsonl").write_text('{"event": "checkpoint", "step": 10, "stall_s": 40.0, "write_s": 60.0, "bytes": 1000}\n')
     assert signal_grace_s(tmp_path, spec) == 201
 
 
