@@ -102,7 +102,7 @@ def _pairs(path: Path) -> list[tuple[str, str]]:
 def _metrics_at(run: RunDir, checkpoint: Path, step: int) -> list[dict]:
     """The metrics the checkpoint itself carries (its history exactly), else the run's up to its step."""
     saved = checkpoint / run.metrics.name
-    rows = events.read(saved) if saved.exists() else run.metric_rows()
+    rows = events.read(saved, events.METRIC_ROW) if saved.exists() else run.metric_rows()
     return [row for row in rows if row["step"] <= step]
 
 
