@@ -8,8 +8,11 @@ import shutil
 import time
 from pathlib import Path
 
+import xxhash
+
 import common  # noqa: F401  puts the checkout on sys.path
-from orchestrator.checkpoint.store import file_hash, fsync_path  # the saver's own fsync and hash
+from orchestrator.checkpoint.store import fsync_path  # the saver's own fsync
+from orchestrator.filetree import digest_file  # and the hash it records
 
 MEMORY = Path("/dev/shm")
 PROBES_PER_RUN = 3
@@ -40,7 +43,7 @@ def probe_disk(directory: Path, nbytes: int) -> dict[str, list[float]]:
                 tic = time.perf_counter()
                 shutil.copyfile(source, target)
                 fsync_path(target)
-                file_hash(target)
+                digest_file(target.parent, target.name, xxhash.xxh3_128())
                 fsync_path(directory)
                 found["copy_fsync_hash_s"].append(time.perf_counter() - tic)
                 target.unlink()
