@@ -20,11 +20,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-from orchestrator.errors import EXIT_REQUEUE
+from orchestrator.errors import EXIT_REQUEUE, SlurmError
 from orchestrator.rundir import events
 from orchestrator.rundir.entry import FORWARDED_SIGNALS, node_argv
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import PlanRecord, read_plan, read_recipe
+from orchestrator.slurm.client import slurm
 
 FOLLOW_S = 1.0
 
@@ -44,13 +45,16 @@ def node_command(plan: PlanRecord, python: str, master_addr: str, master_port: i
 
 def rendezvous(job_id: int, nodelist: str) -> tuple[str, int]:
     """The first host of the allocation, and a port every node derives alike from the job id."""
-    hosts = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True).stdout.split()
+    hosts = slurm("scontrol", "show", "hostnames", nodelist).split()
     return hosts[0], 20000 + job_id % 20000
 
 
 def job_end_time(job_id: int) -> float | None:
     """When Slurm will end this job (unix time), so the ranks can tell whether a save still fits."""
-    fields = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True).stdout.split()
+    try:
+        fields = slurm("scontrol", "show", "job", "-o", str(job_id)).split()
+    except SlurmError:
+        return None
     end = dict(f.split("=", 1) for f in fields if "=" in f).get("EndTime", "Unknown")
     try:
         return datetime.fromisoformat(end).timestamp()
@@ -66,7 +70,11 @@ def cancel_requested(run: RunDir, job_id: int) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--run-dir", type=Path, required=True)
-    sys.exit(run_job_step(RunDir(parser.parse_args().run_dir)).code)
+    try:
+        sys.exit(run_job_step(RunDir(parser.parse_args().run_dir)).code)
+    except SlurmError as exc:  # the scheduler did not answer the step's own queries: one line in the job's log
+        _say(f"error: {exc}")
+        sys.exit(1)
 
 
 class JobStep(NamedTuple):
@@ -108,13 +116,15 @@ def run_job_step(run: RunDir, stop_when: Callable[[list[dict]], bool] | None = N
     # is `scancel` (or Slurm preempting the job, which requeues it itself).
     warned = warning in received
     if code == EXIT_REQUEUE and warned and restart < spec.max_requeues and not stopped and not cancel_requested(run, job_id):
-        requeued = subprocess.run(["scontrol", "requeue", str(job_id)], capture_output=True, text=True)
-        if requeued.returncode == 0:
+        try:
+            slurm("scontrol", "requeue", str(job_id))
+        except SlurmError as exc:
+            # A job cancelled with scancel (not `orch cancel`) cannot be requeued: it ends here.
+            _say(f"not requeued: {exc}")
+        else:
             events.append(run.events, "slurm_requeued", job_id=job_id, restart=restart + 1)
             _say(f"the ranks checkpointed on {spec.signal}: requeued the job (restart {restart + 1} of at most {spec.max_requeues})")
             return JobStep(0, True)
-        # A job cancelled with scancel (not `orch cancel`) cannot be requeued: it ends here.
-        _say(f"not requeued: {requeued.stderr.strip()}")
     events.append(run.events, "slurm_end", job_id=job_id, exit_code=code)
     _say(f"the nodes ended: the job exits {code}")
     return JobStep(code, False)

@@ -1,11 +1,18 @@
-"""Slurm's client commands, each failure turned into one readable line."""
+"""Slurm's client commands, each failure turned into one readable line.
+
+Every Slurm command the orchestrator issues (sbatch, squeue, scontrol, scancel, sinfo, a doctor's
+srun) goes through `slurm()`, and `slurm()` through `runner`: the one seam a test points at a
+recorder to see what a code path asks the scheduler, with no cluster (`tests/unit/test_slurm_seam.py`
+also fails on a module that calls a Slurm command beside it). The job step's own long-running
+`srun` is a process the batch step starts and signals, not a command: it is not here.
+"""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
 from collections.abc import Collection
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from orchestrator.errors import SlurmError
 
@@ -15,11 +22,29 @@ QUERY_TIMEOUT_S = 5
 once, instead of the client's own retries (squeue 9 s, scontrol 18 s here) for every run they show."""
 
 
-def slurm(*argv: str, timeout_s: float = TIMEOUT_S) -> str:
+class Answer(NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_command(argv: list[str], timeout_s: float) -> Answer:
+    """The command itself, on this machine; raises `subprocess.TimeoutExpired` past `timeout_s`."""
     if shutil.which(argv[0]) is None:
         raise SlurmError(f"`{argv[0]}` not found: Slurm's client commands are not installed here (for a local cluster: slurm/dev-cluster.sh up)")
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
+    return Answer(result.returncode, result.stdout, result.stderr)
+
+
+runner: Callable[[list[str], float], Answer] = run_command
+"""Where `slurm()` sends every command: `run_command`, or in a test a recorder with the same signature."""
+
+
+def slurm(*argv: str, timeout_s: float = TIMEOUT_S) -> str:
+    """The command's standard output; SlurmError with one readable line when it fails or the
+    controller does not answer within `timeout_s`."""
     try:
-        result = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout_s)
+        result = runner(list(argv), timeout_s)
     except subprocess.TimeoutExpired:
         raise SlurmError(f"`{' '.join(argv[:2])}` did not answer within {timeout_s:g}s: is the Slurm controller reachable?") from None
     if result.returncode != 0:
