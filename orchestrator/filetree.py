@@ -1,5 +1,6 @@
 """A directory tree as a manifest sees it, shared by checkpoint and release verification: names that
-stay inside it, what is really there, and its listed files read as what they claim to be.
+stay inside it, what is really there, and its listed files read as what they claim to be; and the
+one way every plane writes a file into such a tree (`write_file`).
 
 Nothing here follows a link: the tree is walked and every file opened one directory at a time,
 each step relative to the last with `O_NOFOLLOW`, so a file or directory swapped for a link while a
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -24,6 +26,7 @@ MAX_DEPTH = 32
 _CHUNK = 8 << 20
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _KINDS = {stat.S_ISFIFO: "a FIFO", stat.S_ISSOCK: "a socket", stat.S_ISCHR: "a character device",
           stat.S_ISBLK: "a block device", stat.S_ISDIR: "a directory", stat.S_ISLNK: "a symbolic link"}
 
@@ -192,3 +195,31 @@ def _require_regular(status: os.stat_result) -> None:
         raise Refused(_kind(status.st_mode) if stat.S_ISLNK(status.st_mode) else f"not a regular file ({_kind(status.st_mode)})")
     if status.st_nlink > 1:
         raise Refused(f"a hard link (one file under {status.st_nlink} names, so it can change from outside)")
+
+
+def write_file(path: Path, content: str, *, durable: bool = False) -> None:
+    """Replace `path` with `content` whole, so a reader sees the old file or the new one, never half.
+
+    The content goes to a temporary file beside it, created exclusively under a random name, then
+    renamed over `path`: a link planted at `path` is replaced, not written through, and one planted
+    at a temporary name cannot be guessed (a fixed `.name.tmp`, opened with `write_text`, followed
+    a link there to a file outside). `durable` also fsyncs the file and then its directory, so after
+    a crash the file is the old or the new one (checkpoint manifests, `latest`)."""
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(temp, _NEW_FILE, 0o666)  # the umask applies, as for any new file
+    try:
+        with open(fd, "w", encoding="utf-8") as out:
+            out.write(content)
+            if durable:
+                out.flush()
+                os.fsync(out.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    if durable:
+        directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)

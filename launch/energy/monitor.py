@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from launch.energy.meters import Meter
+from orchestrator.filetree import write_file
 from orchestrator.rundir.layout import RunDir
 
 HOUR_S = 3600
@@ -149,6 +150,4 @@ class EnergyMonitor:
 
     def _write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        temp = self.path.with_name(f".{self.path.name}.tmp")
-        temp.write_text(json.dumps([r.to_json(self._steps) for r in self.records]))
-        os.replace(temp, self.path)
+        write_file(self.path, json.dumps([r.to_json(self._steps) for r in self.records]))

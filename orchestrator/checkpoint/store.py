@@ -19,7 +19,7 @@ from pathlib import Path
 import xxhash
 
 from orchestrator.errors import CheckpointError
-from orchestrator.filetree import Refused, Tree, digest_file, inside, read_json, shown, walk
+from orchestrator.filetree import Refused, Tree, digest_file, inside, read_json, shown, walk, write_file
 
 MANIFEST = "manifest.json"
 LATEST = "latest"
@@ -50,14 +50,8 @@ def fsync_path(path: Path) -> None:
 
 
 def write_durably(path: Path, text: str) -> None:
-    """Write-temp, fsync, rename, fsync the directory: after a crash the file is old or new, never torn."""
-    temp = path.with_name(f".{path.name}.tmp")
-    with temp.open("w") as out:
-        out.write(text)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(temp, path)
-    fsync_path(path.parent)
+    """After a crash the file is old or new, never torn (`filetree.write_file`, durable)."""
+    write_file(path, text, durable=True)
 
 
 def describe_files(directory: Path, names: list[str]) -> dict[str, dict]:

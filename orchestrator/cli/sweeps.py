@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from orchestrator.cli.app import command, say_submitted
 from orchestrator.cli.models import gate, release
+from orchestrator.cli.watching import write_output
 from orchestrator.errors import OrchestratorError
+
+if TYPE_CHECKING:
+    from orchestrator.sweep.report import TrialRow
+    from orchestrator.sweep.study import SweepDir
 
 
 SWEEP_ACTIONS = ("status", "report", "gate", "release")
@@ -60,7 +65,7 @@ def sweep(
 
 
 def _sweep_action(action: str, rest: list[str]) -> None:
-    from orchestrator.sweep.report import render_status, render_sweep_report, trial_rows, write_best
+    from orchestrator.sweep.report import render_status, render_sweep_report, trial_rows
     from orchestrator.sweep.study import SweepDir
 
     if len(rest) != 1:
@@ -68,17 +73,26 @@ def _sweep_action(action: str, rest: list[str]) -> None:
     swept = SweepDir(Path(rest[0]))
     rows, metric, direction = trial_rows(swept)
     if action in ("status", "report"):
+        best = _write_best(swept, rows) if any(r.state == "complete" for r in rows) else None
         typer.echo(render_status(rows, metric, direction, swept))
-        if any(r.state == "complete" for r in rows):
-            best = write_best(swept, rows)
+        if best is not None:
             typer.echo(f"best: trial {best.slot}, {metric} {best.value:.4f}; its recipe: {swept.best}")
         if action == "report":
-            swept.report.write_text(render_sweep_report(swept))
+            write_output(swept.report, render_sweep_report(swept))
             typer.echo(f"wrote {swept.report}")
         return
-    best = write_best(swept, rows)
+    best = _write_best(swept, rows)
     typer.echo(f"{action} of the best trial {best.slot} ({best.run_dir})")
     if action == "gate":
         gate(best.run_dir)
     else:
         release(best.run_dir)
+
+
+def _write_best(swept: SweepDir, rows: list[TrialRow]) -> TrialRow:
+    """best.yaml, written before anything is printed: a best trial whose recipe is gone is one line."""
+    from orchestrator.sweep.report import best_recipe
+
+    best, text = best_recipe(swept, rows)
+    write_output(swept.best, text)
+    return best

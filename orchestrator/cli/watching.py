@@ -68,8 +68,19 @@ def report(
 
     page = render_report(run_dir)
     target = out or RunDir(run_dir).report
-    target.write_text(page)
+    write_output(target, page)
     typer.echo(f"wrote {target}")
+
+
+def write_output(path: Path, content: str) -> None:
+    """A file a command writes for the user (a report, a sweep's best.yaml): whole and never through a
+    link planted at its name (`filetree.write_file`); a path that cannot take it is one line."""
+    from orchestrator.filetree import write_file
+
+    try:
+        write_file(path, content)
+    except OSError as exc:
+        raise OrchestratorError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 @command

@@ -8,7 +8,6 @@ gate reports, releases and the dashboards' state.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import yaml
 from pydantic import ValidationError
 
 from orchestrator.errors import DamagedRun
+from orchestrator.filetree import write_file
 from orchestrator.rundir import events
 
 RECIPE_FILE = "recipe.yaml"
@@ -123,12 +123,10 @@ class RunDir:
         return content
 
     def write_file(self, relative: str, content: str) -> None:
-        """Write-temp-then-rename, so a reader never sees half a file."""
+        """Written whole and never through a link (`filetree.write_file`): a reader never sees half a file."""
         target = self.path / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        temp = target.with_name(f".{target.name}.tmp")
-        temp.write_text(content)
-        os.replace(temp, target)
+        write_file(target, content)
 
     def write_json(self, path: Path, content: dict | list) -> None:
         self.write_file(str(path.relative_to(self.path)), json.dumps(content, indent=2))

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import html
 import math
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.errors import SweepError
-from orchestrator.rundir.layout import RunDir
-from orchestrator.sweep.study import PRUNED, SweepDir, open_study, slot_trials
+from orchestrator.filetree import Refused, read_file, shown
+from orchestrator.rundir.layout import RECIPE_FILE, RunDir
+from orchestrator.sweep.study import PRUNED, SweepDir, read_study, slot_trials
+
+MAX_RECIPE_BYTES = 1 << 20
+"""A trial's resolved recipe is a few kilobytes; more is not one `orch sweep` wrote."""
 
 STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
 
@@ -38,7 +43,7 @@ def trial_rows(sweep: SweepDir) -> tuple[list[TrialRow], str, str]:
         raise SweepError(f"{sweep.path} is not a sweep directory (no {sweep.journal.name}): give the directory `orch sweep` printed")
     recipe = sweep.read_recipe()
     spec = recipe.sweep
-    study = open_study(sweep, spec, recipe.name)
+    study = read_study(sweep, recipe.name)
     rows = []
     for slot, trial in sorted(slot_trials(study).items()):
         run = RunDir(sweep.trial(slot))
@@ -62,12 +67,19 @@ def best_trial(rows: list[TrialRow]) -> TrialRow:
     return best
 
 
-def write_best(sweep: SweepDir, rows: list[TrialRow]) -> TrialRow:
-    """The best trial's resolved recipe as `best.yaml`: `orch run best.yaml` trains it again."""
+def best_recipe(sweep: SweepDir, rows: list[TrialRow]) -> tuple[TrialRow, str]:
+    """The best trial and its resolved recipe as `best.yaml` says it: `orch run best.yaml` trains it
+    again. The trial's recipe is read as a listed file is (no link followed, bounded), and the first
+    line names the sweep on one line whatever the directory is called."""
     best = best_trial(rows)
-    sweep.best.write_text(f"# The best trial of sweep {sweep.path} (trial {best.slot}); train it again with: orch run {sweep.best}\n"
-                          + RunDir(best.run_dir).recipe.read_text())
-    return best
+    try:
+        recipe = read_file(best.run_dir, RECIPE_FILE, MAX_RECIPE_BYTES).decode()
+    except (OSError, Refused, UnicodeDecodeError) as exc:
+        why = exc.what if isinstance(exc, Refused) else getattr(exc, "strerror", None) or "not UTF-8 text"
+        raise SweepError(f"the best trial {best.slot} has no readable recipe ({best.run_dir / RECIPE_FILE}: {why}): "
+                         "its run directory was removed or changed; best.yaml was not written") from None
+    again = f"orch run {shown(shlex.quote(str(sweep.best)))}"
+    return best, f"# The best trial of sweep {shown(str(sweep.path))} (trial {best.slot}); train it again with: {again}\n{recipe}"
 
 
 def render_status(rows: list[TrialRow], metric: str, direction: str, sweep: SweepDir) -> str:

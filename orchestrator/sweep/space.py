@@ -7,11 +7,12 @@ Pure but for Optuna's distribution classes, so `orch validate` refuses a bad spa
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from pydantic import BaseModel
 
-from orchestrator.errors import Location, Problem, RecipeError
+from orchestrator.errors import Location, Problem, RecipeError, SweepError
 from orchestrator.recipe.loader import LoadedRecipe, annotation_members, load_recipe
 from orchestrator.recipe.schema import Recipe
 from orchestrator.sweep.spec import ParameterSpec, SweepSpec
@@ -54,6 +55,32 @@ def _at_parameter(loaded: LoadedRecipe, problem: Problem, values: dict[str, obje
 def trial_overrides(values: dict[str, object]) -> list[str]:
     """A trial's parameter values as `key=value` overrides (JSON is YAML, so every value reads back as written)."""
     return [f"{key}={json.dumps(value)}" for key, value in values.items()]
+
+
+def checked_values(spec: SweepSpec, values: dict[str, object]) -> dict[str, object]:
+    """A trial's values as read back from the journal, accepted only as a point of the sweep's space:
+    exactly its parameters, each one of its choices or inside its range, of the range's kind. The
+    journal is a file anyone who can write the sweep directory can edit, and a trial's values become
+    overrides: unchecked, a crafted journal set `checkpoint.dir` outside the sweep."""
+    keys = set(values)
+    if keys != set(spec.parameters):
+        extra, missing = sorted(keys - set(spec.parameters)), sorted(set(spec.parameters) - keys)
+        what = f"parameter {extra[0]}, which the sweep does not search" if extra else f"no value for parameter {missing[0]}"
+        raise SweepError(f"the sweep's journal gives a trial {what}: refused (the journal was edited, or is another sweep's)")
+    for key, parameter in spec.parameters.items():
+        if not _in_space(parameter, values[key]):
+            raise SweepError(f"the sweep's journal gives a trial {key} = {json.dumps(values[key])[:60]}, outside the sweep's "
+                             "space: refused (the journal was edited, or is another sweep's)")
+    return values
+
+
+def _in_space(parameter: ParameterSpec, value: object) -> bool:
+    if parameter.kind == "choices":
+        return any(type(value) is type(choice) and value == choice for choice in parameter.choices)
+    low, high = parameter.range
+    if parameter.kind == "int":
+        return type(value) is int and low <= value <= high
+    return type(value) in (int, float) and math.isfinite(value) and low <= value <= high
 
 
 def distributions(spec: SweepSpec) -> dict:

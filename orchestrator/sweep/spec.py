@@ -14,6 +14,7 @@ from pydantic import ConfigDict, Field, model_validator
 from orchestrator.spec import RuleViolation, Seed, Spec
 
 RANGES = ("uniform", "log_uniform", "int")
+MAX_TRIALS = 10_000
 
 
 class ParameterSpec(Spec):
@@ -72,7 +73,7 @@ class SweepSpec(Spec):
     direction: Literal["minimize", "maximize"] = "minimize"
     parameters: dict[str, ParameterSpec] = Field(min_length=1, description="dotted recipe keys, as for overrides")
     sampler: Literal["grid", "random", "tpe"] = Field("tpe", description="grid needs choices for every parameter")
-    trials: int = Field(8, ge=1, le=10_000, description="for grid: at most the number of grid points")
+    trials: int = Field(8, ge=1, le=MAX_TRIALS, description="for grid: at most the number of grid points")
     parallel: int = Field(1, ge=1, description="trials running at once (a Slurm array's %limit)")
     pruner: PrunerSpec = PrunerSpec()
     seed: Seed = 0

@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Callable
 
 from orchestrator.errors import SweepError
+from orchestrator.filetree import shown
 from orchestrator.plan.planner import LaunchPlan
 from orchestrator.recipe.loader import LoadedRecipe, load_recipe
 from orchestrator.recipe.schema import Recipe
 from orchestrator.rundir.layout import RunDir
 from orchestrator.sweep.space import check_space
-from orchestrator.sweep.study import FINISHED, SweepDir, open_study, slot_trials
+from orchestrator.sweep.study import FINISHED, SweepDir, read_study, slot_trials
+from orchestrator.sweep.trial import sweep_overrides
 
 
 EXTENDABLE = {"sweep": {"trials", "parallel"}, "slurm": {"time_limit"}}
@@ -33,9 +35,10 @@ def plan_sweep(recipe: Path, overrides: list[str], sweep_dir: Path | None, for_s
     from orchestrator.rundir.records import read_recipe
 
     name = load_recipe(recipe, overrides).recipe.name
+    check_sweep_dir(sweep_dir or Path("sweeps") / name)
     loaded, plan, env = load_and_plan(recipe, overrides, run_dir=sweep_dir or Path("sweeps") / name, for_slurm=for_slurm,
                                       measure_cpu=False)
-    check_space(loaded, recipe, overrides)
+    check_space(loaded, recipe, [*overrides, *sweep_overrides(SweepDir(plan.run_dir), loaded.recipe)])
     run = RunDir(plan.run_dir)
     if run.plan.exists():
         changes = sweep_changes(read_recipe(run), plan.recipe)
@@ -44,6 +47,15 @@ def plan_sweep(recipe: Path, overrides: list[str], sweep_dir: Path | None, for_s
                              "sweep.trials, sweep.parallel and slurm.time_limit may change to continue it; give another "
                              "--sweep-dir (or remove that directory) to start this one")
     return loaded, plan, env
+
+
+def check_sweep_dir(path: Path) -> None:
+    """The sweep directory's name goes into every trial's recipe (its dashboards' group and store) and
+    into best.yaml's first line: a line break, another unprintable character or bytes that are not
+    UTF-8 cannot be written there as themselves, so such a name is refused before anything starts."""
+    if not str(path).isprintable():
+        raise SweepError(f"sweep directory {shown(str(path))}: its name holds a line break, another unprintable character or "
+                         "bytes that are not UTF-8, which its trials' recipes cannot hold: give another --sweep-dir")
 
 
 def sweep_changes(before: Recipe, now: Recipe) -> list[str]:
@@ -94,8 +106,7 @@ def submit_sweep(recipe: Path, overrides: list[str], sweep_dir: Path | None, the
 def unfinished_slots(sweep: SweepDir, loaded: LoadedRecipe) -> list[int]:
     if not sweep.journal.exists():
         return list(range(loaded.recipe.sweep.trials))
-    finished = {slot for slot, trial in slot_trials(open_study(sweep, loaded.recipe.sweep, loaded.recipe.name)).items()
-                if trial.state.name in FINISHED}
+    finished = {slot for slot, trial in slot_trials(read_study(sweep, loaded.recipe.name)).items() if trial.state.name in FINISHED}
     return [slot for slot in range(loaded.recipe.sweep.trials) if slot not in finished]
 
 

@@ -10,12 +10,15 @@ started, resumes it, and never asks for a second one.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from orchestrator.errors import SweepError
+from orchestrator.filetree import shown
 from orchestrator.sweep.space import distributions
-from orchestrator.sweep.spec import SweepSpec
+from orchestrator.sweep.spec import MAX_TRIALS, SweepSpec
 
 SLOT = "slot"
 PRUNED = "pruned"
@@ -50,26 +53,61 @@ class SweepDir:
         return self.path / "trials" / f"{slot:03d}"
 
     def read_recipe(self):
-        """The sweep's recipe (validated again: the file may have been edited by hand)."""
-        import yaml
+        """The sweep's recipe (validated again: the file may have been edited by hand; a damaged one
+        is one line), which must still have its sweep section."""
+        from orchestrator.rundir.layout import RunDir
+        from orchestrator.rundir.records import read_recipe
 
-        from orchestrator.recipe.schema import Recipe
-
-        return Recipe.model_validate(yaml.safe_load(self.recipe.read_text()))
+        recipe = read_recipe(RunDir(self.path))
+        if recipe.sweep is None:
+            raise SweepError(f"{self.recipe} has no `sweep` section: {self.path} is not a sweep directory, or its recipe was edited")
+        return recipe
 
 
 def open_study(sweep: SweepDir, spec: SweepSpec, name: str):
-    """The study in `sweep`, created on first use with the spec's pruner and direction. Its sampler
-    is Optuna's default and draws nothing: `claim` asks with the slot's own (`slot_sampler`)."""
+    """The study in `sweep`, to run trials in: created on first use with the spec's pruner and
+    direction. Its sampler is Optuna's default and draws nothing: `claim` asks with the slot's own
+    (`slot_sampler`)."""
+    sweep.path.mkdir(parents=True, exist_ok=True)
+    return _study(sweep, name, writable=True, pruner=_pruner(spec), direction=spec.direction)
+
+
+def read_study(sweep: SweepDir, name: str):
+    """The study in `sweep`, to look at: nothing is written to its journal, whatever is asked of it."""
+    if not sweep.journal.is_file():
+        raise SweepError(f"{sweep.path} is not a sweep directory (no {sweep.journal.name}): give the directory `orch sweep` printed")
+    return _study(sweep, name, writable=False)
+
+
+REPLAY_ERRORS = (KeyError, TypeError, ValueError, AssertionError, AttributeError, IndexError, OverflowError)
+"""What Optuna's replay of a record with missing or mistyped fields raises."""
+
+
+def _study(sweep: SweepDir, name: str, writable: bool, **create):
+    """The study named `name`, loaded (created, when writable and absent, with `create`), its whole
+    journal replayed once and every trial's slot checked: a damaged journal is one line here."""
     import optuna
     from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+    from orchestrator.sweep.journal import Journal, damaged
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sweep.path.mkdir(parents=True, exist_ok=True)
-    path = str(sweep.journal)
-    storage = JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
-    return optuna.create_study(study_name=name, storage=storage, pruner=_pruner(spec), direction=spec.direction, load_if_exists=True)
+    try:
+        storage = JournalStorage(Journal(sweep.journal, writable))
+        names = {study.study_name for study in storage.get_all_studies()}
+        if name in names:
+            study = optuna.load_study(study_name=name, storage=storage, pruner=create.get("pruner"))
+        elif writable:
+            study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True, **create)
+        elif not names:  # the first trial's process has made the file but not yet the study: no trials
+            study = optuna.create_study(study_name=name)
+        else:
+            raise SweepError(f"{sweep.journal} holds no study named {name!r} (the name in {sweep.recipe.name}): "
+                             "it is another sweep's journal, or its recipe was edited")
+        slot_trials(study)
+    except REPLAY_ERRORS as exc:
+        raise damaged(sweep.journal, f"a record Optuna cannot replay: {type(exc).__name__} {shown(str(exc)[:200])}") from None
+    return study
 
 
 def slot_sampler(spec: SweepSpec, slot: int):
@@ -108,8 +146,18 @@ def _pruner(spec: SweepSpec):
 
 
 def slot_trials(study) -> dict[int, object]:
-    """Each slot's trial (FrozenTrial), the newest where a slot was ever asked twice."""
-    return {t.user_attrs[SLOT]: t for t in study.get_trials(deepcopy=False) if SLOT in t.user_attrs}
+    """Each slot's trial (FrozenTrial), the newest where a slot was ever asked twice. A slot that is not
+    a whole number a sweep can have (a hand-edited journal) is refused: it names a run directory."""
+    slots = {}
+    for trial in study.get_trials(deepcopy=False):
+        slot = trial.user_attrs.get(SLOT)
+        if slot is None:
+            continue
+        if type(slot) is not int or not 0 <= slot < MAX_TRIALS:
+            raise SweepError(f"the sweep's journal is damaged: trial {trial.number}'s slot is {json.dumps(slot)[:40]}, "
+                             f"not a whole number from 0 to {MAX_TRIALS - 1}")
+        slots[slot] = trial
+    return slots
 
 
 def claim(study, spec: SweepSpec, slot: int):

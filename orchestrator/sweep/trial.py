@@ -15,23 +15,32 @@ import os
 import sys
 from pathlib import Path
 from typing import Callable
+from urllib.parse import quote
 
 from orchestrator.errors import BudgetExceeded, LaunchError, OrchestratorError, Preempted
 from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir
-from orchestrator.sweep.space import NO_SWEEP, trial_overrides
+from orchestrator.sweep.space import NO_SWEEP, checked_values, trial_overrides
 from orchestrator.sweep.study import PRUNED, Judge, SweepDir, claim, final_value, open_study
 
 
 def trial_args(trial, sweep: SweepDir, recipe) -> list[str]:
-    """The overrides that turn the sweep's recipe into this trial's: its parameters, and dashboards
-    grouped by sweep (wandb's group; one MLflow store with a parent run, where the recipe names no store)."""
-    args = [NO_SWEEP, *trial_overrides(trial.params)]
+    """The overrides that turn the sweep's recipe into this trial's: its parameters (checked against
+    the sweep's space: they come from a file), then the sweep's own (`sweep_overrides`)."""
+    return [NO_SWEEP, *trial_overrides(checked_values(recipe.sweep, trial.params)), *sweep_overrides(sweep, recipe)]
+
+
+def sweep_overrides(sweep: SweepDir, recipe) -> list[str]:
+    """What every trial of the sweep shares: dashboards grouped by sweep (wandb's group; one MLflow
+    store with a parent run, where the recipe names no store). Written as JSON values and a
+    percent-quoted URI, so the directory's name reads back as itself: pasted in, a `#` cut the store's
+    path short and `[x]` made the group a list."""
+    values = {}
     if recipe.tracking.any:
-        args.append(f"tracking.group={sweep.path.name}")
+        values["tracking.group"] = sweep.path.name
     if recipe.tracking.mlflow.enabled and recipe.tracking.mlflow.tracking_uri is None:
-        args.append(f"tracking.mlflow.tracking_uri=sqlite:///{(sweep.path / 'mlflow.db').resolve()}")
-    return args
+        values["tracking.mlflow.tracking_uri"] = "sqlite:///" + quote(str((sweep.path / "mlflow.db").resolve()))
+    return trial_overrides(values)
 
 
 def tell(study, trial, spec, run: RunDir, judge: Judge, failed: str | None = None) -> str:

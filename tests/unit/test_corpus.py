@@ -9,6 +9,7 @@ Add a case here for every such input found in the field.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -19,7 +20,9 @@ from typer.testing import CliRunner
 from orchestrator.cli import app
 from orchestrator.recipe.loader import load_recipe
 from orchestrator.rundir.records import recipe_yaml
+from orchestrator.sweep.study import SweepDir
 from tests.conftest import TINY, write_plan
+from tests.helpers.sweeps import SET_TRIAL_USER_ATTR, SWEEP, journal_record, make_sweep
 
 CORPUS = Path(__file__).parent / "corpus"
 MAX_LINES = 3
@@ -128,6 +131,13 @@ def project_with_recipe(tmp: Path) -> Path:
     return project
 
 
+def _link_recipe_outside(sweep: SweepDir) -> None:
+    """The best trial's recipe swapped for a link to a file outside: best.yaml must not copy it."""
+    recipe = sweep.trial(0) / "recipe.yaml"
+    recipe.unlink()
+    recipe.symlink_to("/etc/passwd")
+
+
 def data_file(name: str, content: bytes, *overrides: str) -> Callable[[Path], list[str]]:
     """The tiny recipe on a data file of the user's with `content`; `{path}` in overrides is its path."""
     def argv(tmp: Path) -> list[str]:
@@ -136,6 +146,34 @@ def data_file(name: str, content: bytes, *overrides: str) -> Callable[[Path], li
         return ["validate", str(TINY), "data.builtin=null", *given]
 
     return argv
+
+
+def on_sweep(command: str, damage: Callable[[SweepDir], object]) -> Callable[[Path], list[str]]:
+    """`orch sweep COMMAND` on a sweep directory with one complete and one running trial, then `damage`."""
+    def argv(tmp: Path) -> list[str]:
+        sweep = make_sweep(tmp / "sweep")
+        damage(sweep)
+        return ["sweep", command, str(sweep.path)]
+
+    return argv
+
+
+def journal_line(text: str, at: int | None = None) -> Callable[[SweepDir], None]:
+    """A line put into the journal: appended, or inserted before line `at` (1-based)."""
+    def damage(sweep: SweepDir) -> None:
+        lines = sweep.journal.read_text().splitlines(keepends=True)
+        lines.insert(len(lines) if at is None else at - 1, text)
+        sweep.journal.write_text("".join(lines))
+
+    return damage
+
+
+def slot_of_trial_1(slot: object) -> Callable[[SweepDir], None]:
+    return journal_line(journal_record(SET_TRIAL_USER_ATTR, trial_id=1, user_attr={"slot": slot}))
+
+
+def sweep_recipe(content: str) -> Callable[[SweepDir], None]:
+    return lambda sweep: sweep.recipe.write_text(content)
 
 
 CASES = {
@@ -198,6 +236,7 @@ CASES = {
     "not-rows-metrics-show": Case(on_run("show", **{"+metrics.jsonl": NOT_ROWS}), "latest         step 2", succeeds=True),
     "not-rows-metrics-runs": Case(listing(**{"+metrics.jsonl": NOT_ROWS}), "2/150", succeeds=True),
     "not-rows-report": Case(on_run("report", **{"+metrics.jsonl": NOT_ROWS, "+events.jsonl": NOT_EVENTS}), "report.html", succeeds=True),
+    "not-points-report": Case(on_run("report", **{"energy/series.jsonl": NOT_POINTS}), "report.html", succeeds=True),
     "not-rows-energy": Case(on_run("energy", **{"+metrics.jsonl": NOT_ROWS, "+events.jsonl": NOT_EVENTS,
                                                 "energy/parts/n1/rank0.json": ENERGY_PART}), "kWh", succeeds=True),
     "garbage-recipe-runs": Case(listing(**{"recipe.yaml": "name: [unclosed\n"}), "DAMAGED", succeeds=True),
@@ -215,6 +254,32 @@ CASES = {
     "fresh-into-root": Case(fresh_into(lambda tmp: Path("/")), "root directory"),
     "run-into-project-directory": Case(lambda tmp: ["run", str(TINY), "--run-dir", str(project_with_recipe(tmp))], "not a run directory",
                                        kept="project/recipe.yaml"),
+    # Sweep directories a crash or a hand edit damaged: the journal and the recipe are kept as they are.
+    "sweep-torn-journal-status": Case(on_sweep("status", journal_line('{"op_code":7,"worker_id":"w","tri')), "1 complete, 1 running",
+                                      succeeds=True),
+    "sweep-torn-journal-report": Case(on_sweep("report", journal_line('{"op_code":7,"worker_id":"w","tri')), "report.html",
+                                      succeeds=True),
+    "sweep-journal-garbage-line": Case(on_sweep("status", journal_line("garbage\n", at=4)),
+                                       "study.journal: damaged (line 4: not a JSON record)", kept="sweep/study.journal"),
+    "sweep-journal-not-an-object": Case(on_sweep("report", journal_line("[1, 2]\n", at=2)),
+                                        "study.journal: damaged (line 2: not a journal record", kept="sweep/study.journal"),
+    "sweep-journal-unknown-op-code": Case(on_sweep("status", journal_line(journal_record(99))),
+                                          "study.journal: damaged (line 11: an unknown op code 99)", kept="sweep/study.journal"),
+    "sweep-journal-record-missing-fields": Case(on_sweep("status", journal_line(journal_record(4))),
+                                                "a record Optuna cannot replay: KeyError 'study_id'", kept="sweep/study.journal"),
+    "sweep-journal-slot-string": Case(on_sweep("status", slot_of_trial_1("1")), "trial 1's slot is \"1\", not a whole number"),
+    "sweep-journal-slot-float": Case(on_sweep("gate", slot_of_trial_1(1.5)), "trial 1's slot is 1.5, not a whole number"),
+    "sweep-journal-slot-negative": Case(on_sweep("status", slot_of_trial_1(-1)), "trial 1's slot is -1, not a whole number"),
+    "sweep-best-trial-deleted": Case(on_sweep("status", lambda sweep: shutil.rmtree(sweep.trial(0))),
+                                     "the best trial 0 has no readable recipe", kept="sweep/study.journal"),
+    "sweep-best-trial-recipe-linked": Case(on_sweep("report", lambda sweep: _link_recipe_outside(sweep)),
+                                           "the best trial 0 has no readable recipe", kept="sweep/study.journal"),
+    "sweep-recipe-garbage": Case(on_sweep("status", sweep_recipe("name: [unclosed\n")), "recipe.yaml: damaged (not valid YAML",
+                                 kept="sweep/study.journal"),
+    "sweep-recipe-without-sweep": Case(on_sweep("report", sweep_recipe(recipe_yaml(load_recipe(TINY).recipe))), "has no `sweep` section",
+                                       kept="sweep/study.journal"),
+    "sweep-recipe-renamed": Case(on_sweep("status", sweep_recipe(recipe_yaml(load_recipe(SWEEP, ["name=other"]).recipe))),
+                                 "holds no study named 'other'", kept="sweep/study.journal"),
 }
 
 
