@@ -29,6 +29,8 @@ from orchestrator.recipe.schema import Recipe
 from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import PlanRecord, read_elastic
+from orchestrator.rundir.rows import (BaseEvent, Checkpoint, CheckpointSetAside, Completed, ElasticResume, Preempted, RecipeChangedOnResume,
+                                      ReplicasDiverged, Resumed, Start, StartedOver, StoppedOverBudget)
 
 MEMORY_STAGE_ROOT = Path("/dev/shm")
 
@@ -77,7 +79,7 @@ class Trainer:
     def train(self) -> int:
         start = self.resume()
         steps = self.recipe.train.steps
-        self.event("start", step=start, world_size=self.world, peak_flops_per_device=self.peak_flops_per_device)
+        self.event(Start(step=start, world_size=self.world, peak_flops_per_device=self.peak_flops_per_device))
         self.account.settle(start)  # earlier attempts count against the budget too
         if self.engine.any_across_ranks([self.account.over_budget])[0]:
             return self.stop_over_budget(start, saved=start > 0)
@@ -94,7 +96,7 @@ class Trainer:
                 saved = True
             if stop:
                 self.saver.close()
-                self.event("preempted", step=step, signal=self.stop.signum, saved=not no_time)
+                self.event(Preempted(step=step, signal=self.stop.signum, saved=not no_time))
                 return EXIT_REQUEUE
             if over_budget:
                 return self.stop_over_budget(step, saved=True)
@@ -109,7 +111,7 @@ class Trainer:
         self.saver.close()
         bill = self.account.settle(step)
         if bill:
-            self.event("stopped_over_budget", step=step, kwh=bill["totals"]["facility_kwh"], kgco2e=bill["totals"]["kgco2e"], saved=saved)
+            self.event(StoppedOverBudget(step=step, kwh=bill["totals"]["facility_kwh"], kgco2e=bill["totals"]["kgco2e"], saved=saved))
         return EXIT_BUDGET
 
     def step(self, step: int) -> dict:
@@ -149,7 +151,7 @@ class Trainer:
     def check_replicas(self, step: int) -> str:
         digests = self.engine.gather(self.engine.fingerprint())
         if len(set(digests)) > 1:
-            self.event("replicas_diverged", step=step, digests=digests)
+            self.event(ReplicasDiverged(step=step, digests=digests))
             raise SystemExit(f"step {step}: the ranks' parameters differ (digests {digests}); the last checkpoint is intact")
         return digests[0]
 
@@ -184,8 +186,8 @@ class Trainer:
 
     def _committed(self, report: SaveReport) -> None:
         self.policy.committed(report.stall_s + report.write_s)
-        self.event("checkpoint", step=report.step, stall_s=report.stall_s, bytes=report.bytes, write_s=report.write_s,
-                   write_gb_per_s=report.bytes / report.write_s / 1e9 if report.write_s else None, path=report.path)
+        self.event(Checkpoint(step=report.step, stall_s=report.stall_s, bytes=report.bytes, write_s=report.write_s,
+                              write_gb_per_s=report.bytes / report.write_s / 1e9 if report.write_s else None, path=report.path))
 
     def resume(self) -> int:
         """Continue from the newest verified checkpoint, if any; returns the step it holds (0 for a fresh start)."""
@@ -194,7 +196,7 @@ class Trainer:
             decisions: list[dict] = []
             checkpoint = store.find_resumable(self.root, decisions)
             for decision in decisions:
-                self.event(decision.pop("event"), **decision)
+                self.event(CheckpointSetAside.model_validate(decision))
             found = {"tag": None, "problem": None, "elastic": None}
             if checkpoint:
                 found.update(tag=checkpoint.name, **self._compatibility(checkpoint))
@@ -221,8 +223,8 @@ class Trainer:
         if self.is_logger:
             self._restore_metrics(checkpoint, state.step)
             if elastic:
-                self.event("elastic_resume", checkpoint=found["tag"], from_world_size=elastic["from_world_size"],
-                           to_world_size=self.world, consumed_samples=state.data["consumed_samples"])
+                self.event(ElasticResume(checkpoint=found["tag"], from_world_size=elastic["from_world_size"],
+                                         to_world_size=self.world, consumed_samples=state.data["consumed_samples"]))
         self.engine.barrier()
         return state.step
 
@@ -236,7 +238,7 @@ class Trainer:
         if unsafe:
             return {"problem": "; ".join(unsafe)}
         if safe:
-            self.event("recipe_changed_on_resume", checkpoint=checkpoint.name, changes=safe)
+            self.event(RecipeChangedOnResume(checkpoint=checkpoint.name, changes=safe))
         return {"elastic": elastic.model_dump(mode="json") if ready else None}
 
     def _restore_metrics(self, checkpoint: Path, step: int) -> None:
@@ -245,7 +247,7 @@ class Trainer:
         saved = checkpoint / self.run.metrics.name
         self.run.write_file(self.run.metrics.name, saved.read_text() if saved.exists() else "")
         recomputed = before - len(self.run.metric_rows())
-        self.event("resumed", checkpoint=checkpoint.name, step=step, recomputed_steps=max(0, recomputed))
+        self.event(Resumed(checkpoint=checkpoint.name, step=step, recomputed_steps=max(0, recomputed)))
 
     def _discard_uncheckpointed_rows(self) -> None:
         """A start with no checkpoint to resume from recomputes every step an earlier attempt logged
@@ -253,13 +255,13 @@ class Trainer:
         recomputed = len(self.run.metric_rows())
         if recomputed:
             self.run.write_file(self.run.metrics.name, "")
-            self.event("started_over", recomputed_steps=recomputed)
+            self.event(StartedOver(recomputed_steps=recomputed))
 
     # -- reporting ------------------------------------------------------------------------
 
-    def event(self, name: str, **fields) -> None:
+    def event(self, event: BaseEvent) -> None:
         if self.is_logger:
-            events.append(self.run.events, name, **fields)
+            events.append(self.run.events, event)
 
     def log(self, row: dict) -> None:
         if self.is_logger:
@@ -274,13 +276,13 @@ class Trainer:
             return
         rows = self.run.metric_rows()
         history = self.run.history()
-        starts = [e["time"] for e in history if e["event"] == "start"]
+        starts = [e.time for e in history if isinstance(e, Start)]
         now = time.time()
         wall_s = now - min(starts)
         productive_s = sum(r["step_s"] for r in rows)
         last = rows[-1]
         steady = [r["tokens_per_s"] for r in rows[1:]] or [last["tokens_per_s"]]
-        checkpoints = [e for e in history if e["event"] == "checkpoint"]
+        checkpoints = [e for e in history if isinstance(e, Checkpoint)]
         summary = {
             "status": "completed",
             "steps": last["step"],
@@ -294,13 +296,13 @@ class Trainer:
             "restarts": len(starts) - 1,
             "tokens_per_s": float(np.median(steady)),
             "mfu": float(np.median([r["mfu"] for r in rows[1:] if r["mfu"]] or [0.0])),
-            "checkpoint_stall_s": [e["stall_s"] for e in checkpoints],
+            "checkpoint_stall_s": [e.stall_s for e in checkpoints],
             "param_fingerprints": fingerprints,
             "checkpoint": str(self.root / store.tag_for(last["step"])),
             "energy": _energy_summary(bill),
         }
         self.run.write_json(self.run.summary, summary)
-        self.event("completed", step=last["step"])
+        self.event(Completed(step=last["step"]))
 
 
 def _energy_summary(bill: dict | None) -> dict | None:

@@ -24,6 +24,7 @@ from orchestrator.hub import work_offline
 from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import PlanRecord, read_data, read_plan, read_recipe
+from orchestrator.rundir.rows import EngineBuilt
 from orchestrator.recipe.schema import Recipe
 from orchestrator.tracking.mirror import run_config
 
@@ -73,9 +74,9 @@ def _record_startup_memory(engine: Engine, run: RunDir) -> None:
     """Every rank's measured start-up memory, in one event: what the plan's host-memory figure is checked against."""
     ranks = engine.gather(engine.startup_memory)
     if engine.rank == 0:
-        events.append(run.events, "engine_built", rss_before_bytes=[m.before_bytes for m in ranks],
-                      construction_peak_bytes=[m.construction_peak_bytes for m in ranks],
-                      peak_rss_bytes=[max(m.construction_peak_bytes, m.setup_peak_bytes) for m in ranks])
+        events.append(run.events, EngineBuilt(rss_before_bytes=[m.before_bytes for m in ranks],
+                                              construction_peak_bytes=[m.construction_peak_bytes for m in ranks],
+                                              peak_rss_bytes=[max(m.construction_peak_bytes, m.setup_peak_bytes) for m in ranks]))
 
 
 def _redirect_output(log: Path) -> None:

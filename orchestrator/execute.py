@@ -24,6 +24,7 @@ from orchestrator.provenance import provenance
 from orchestrator.recipe.schema import Recipe
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import write_data
+from orchestrator.rundir.rows import BaseEvent, MetricRow, StoppedOverBudget
 
 POLL_S = 0.5
 
@@ -98,8 +99,8 @@ def start(plan: LaunchPlan, run: RunDir, runner: CommandRunner) -> list[Process]
 
 
 def launch(
-    plan: LaunchPlan, run: RunDir, runner: CommandRunner, on_progress: Callable[[list[dict], list[dict]], None] = lambda rows, events: None,
-    stop_when: Callable[[list[dict]], bool] | None = None,
+    plan: LaunchPlan, run: RunDir, runner: CommandRunner, on_progress: Callable[[list[MetricRow], list[BaseEvent]], None] = lambda rows, events: None,
+    stop_when: Callable[[list[MetricRow]], bool] | None = None,
 ) -> RunOutcome:
     """Start the plan's processes and wait for them, reporting new metric rows and events as they appear.
 
@@ -116,7 +117,7 @@ def launch(
         for process in processes:
             runner.signal(process, signum)
 
-    def observe(rows: list[dict], history: list[dict]) -> None:
+    def observe(rows: list[MetricRow], history: list[BaseEvent]) -> None:
         nonlocal stopping
         on_progress(rows, history)
         if stop_when is not None and not stopping and stop_when(rows):
@@ -136,11 +137,11 @@ def launch(
     code = next((c for c in codes if c != 0), 0)
     if code == EXIT_REQUEUE:
         raise Preempted(f"stopped on a signal after checkpointing; run the same command again to resume ({run.path})")
-    over = [e for e in run.history()[first_event:] if e["event"] == "stopped_over_budget"]
+    over = [e for e in run.history()[first_event:] if isinstance(e, StoppedOverBudget)]
     if code != 0 and over:
         raise BudgetExceeded(
-            f"stopped at step {over[-1]['step']}: energy budget spent ({over[-1]['kwh']:.4g} kWh, {over[-1]['kgco2e']:.4g} kgCO2e)"
-            f"{', checkpoint saved' if over[-1]['saved'] else ''}; raise energy.budget_kwh / budget_kgco2e and run again to continue"
+            f"stopped at step {over[-1].step}: energy budget spent ({over[-1].kwh:.4g} kWh, {over[-1].kgco2e:.4g} kgCO2e)"
+            f"{', checkpoint saved' if over[-1].saved else ''}; raise energy.budget_kwh / budget_kgco2e and run again to continue"
         )
     if code != 0:
         raise LaunchError(f"training failed (exit code {code}){_failure_hint(run)}; logs are in {run.logs}")
@@ -148,7 +149,7 @@ def launch(
     return RunOutcome(run.path, code, summary)
 
 
-def _report(run: RunDir, seen: tuple[int, int], on_progress: Callable[[list[dict], list[dict]], None]) -> tuple[int, int]:
+def _report(run: RunDir, seen: tuple[int, int], on_progress: Callable[[list[MetricRow], list[BaseEvent]], None]) -> tuple[int, int]:
     rows, history = run.metric_rows(), run.history()
     if len(rows) > seen[0] or len(history) > seen[1]:
         on_progress(rows[seen[0]:], history[seen[1]:])

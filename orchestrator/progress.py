@@ -7,6 +7,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from orchestrator.rundir.rows import BaseEvent, MetricRow, as_event
+
 
 class ProgressView:
     def __init__(self, total_steps: int, interactive: bool):
@@ -33,7 +35,7 @@ class ProgressView:
     def __exit__(self, *exc) -> None:
         self.progress.stop()
 
-    def update(self, rows: list[dict], events: list[dict]) -> None:
+    def update(self, rows: list[MetricRow], events: list[BaseEvent | dict]) -> None:
         for event in events:
             line = describe_event(event)
             if line:
@@ -71,30 +73,11 @@ def wall_time(summary: dict) -> str:
     return f"{attempt_s:.0f}s this attempt ({summary['wall_s']:.0f}s since the first of {summary['restarts'] + 1} attempts)"
 
 
-def describe_event(event: dict) -> str | None:
-    """The run-history events a person should see as they happen."""
-    kind = event["event"]
-    if kind == "resumed":
-        recomputed = event.get("recomputed_steps") or 0
-        return f"resumed from {event['checkpoint']} (step {event['step']})" + (f"; {recomputed} later steps are recomputed" if recomputed else "")
-    if kind == "engine_built":
-        growth = max(peak - before for peak, before in zip(event["peak_rss_bytes"], event["rss_before_bytes"]))
-        return f"model and engine ready: start-up peaked at {growth / 2**30:.2f} GiB of memory per rank"
-    if kind == "started_over":
-        return f"no checkpoint to resume from: starting over ({event['recomputed_steps']} logged steps are recomputed)"
-    if kind == "checkpoint_set_aside":
-        return f"set aside {event['path']}: {event['reason']}"
-    if kind == "recipe_changed_on_resume":
-        return "recipe changes accepted on resume: " + "; ".join(event["changes"])
-    if kind == "preempted":
-        return f"signal received: checkpointed step {event['step']}, stopping"
-    if kind == "tracking_failed":
-        return f"tracking: {event['sink']} failed ({event['error']}); dropped, the run goes on (metrics stay in the run directory)"
-    if kind == "energy_budget_warning":
-        return f"energy budget: {event['used']:.4g} of {event['budget']:g} {event['unit']} spent"
-    if kind == "energy_budget_exceeded":
-        return f"energy budget exceeded: {event['used']:.4g} of {event['budget']:g} {event['unit']}; checkpointing and stopping"
-    return None
+def describe_event(event: BaseEvent | dict) -> str | None:
+    """The line a person should see as the event happens (each kind's `describe()`), None for the
+    kinds that are not shown and for a row that is no event. Takes a log row as well."""
+    event = as_event(event)
+    return event.describe() if event is not None else None
 
 
 def follow_run(run_dir: Path, interactive: bool, poll_s: float = 1.0) -> None:

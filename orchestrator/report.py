@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 
 from orchestrator.gates.report import newest_report
-from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir
+from orchestrator.rundir.rows import Checkpoint, MetricRow
 
 WIDTH, HEIGHT, PAD = 640, 260, 44
 LEFT, RIGHT = 72, 130  # room for tick labels, and for the legend
@@ -72,17 +72,17 @@ def svg_chart(title: str, series: Series, x_label: str, y_label: str, lines: boo
     return head + "".join(parts) + "</figure>"
 
 
-def _points(rows: list[dict], key: str) -> list[tuple[float, float]]:
-    return [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+def _points(rows: list[MetricRow], key: str) -> list[tuple[float, float]]:
+    return [(r["step"], r[key]) for r in rows if key in r]
 
 
 def _energy_series(run: RunDir) -> Series:
-    lines = events.read(run.energy_series)
-    start = lines[0]["time"] if lines else 0.0
+    points = run.energy_points()
+    start = points[0].time if points else 0.0
     series: Series = {}
-    for line in lines:
-        for node, figures in line["nodes"].items():
-            series.setdefault(node, []).append((line["time"] - start, figures["kwh"] * 1000))
+    for point in points:
+        for node, figures in point.nodes.items():
+            series.setdefault(node, []).append((point.time - start, figures["kwh"] * 1000))
     return series
 
 
@@ -99,7 +99,7 @@ def render_report(run_dir: Path) -> str:
     status = run_status(run.path)
     rows = run.metric_rows()
     history = run.history()
-    stalls = [(e["step"], e["stall_s"]) for e in history if e["event"] == "checkpoint"]
+    stalls = [(e.step, e.stall_s) for e in history if isinstance(e, Checkpoint)]
     charts = [
         svg_chart("Loss", {"training loss": _points(rows, "loss"), "validation loss": _points(rows, "val_loss")}, "step", "loss"),
         svg_chart("Learning rate", {"lr": _points(rows, "lr")}, "step", "learning rate"),

@@ -39,7 +39,7 @@ def _describe(run_dir: Path) -> str:
     ]
     if run.data.exists():
         lines += _data_lines(read_data(run).model_dump())
-    rows = [row for row in run.metric_rows() if "step" in row and "loss" in row]
+    rows = [row for row in run.metric_rows() if "loss" in row]
     if rows:
         last = rows[-1]
         val = next((r["val_loss"] for r in reversed(rows) if "val_loss" in r), None)

@@ -10,6 +10,7 @@ from orchestrator.errors import DamagedRun, OrchestratorError, SlurmError
 from orchestrator.gates.report import newest_report
 from orchestrator.rundir.layout import RunDir, damaged
 from orchestrator.rundir.records import read_jobs, read_recipe
+from orchestrator.rundir.rows import BaseEvent, Completed, Preempted, Pruned, Start, StoppedOverBudget
 from orchestrator.slurm.client import Job, job_table
 
 
@@ -66,9 +67,9 @@ def local_status(path: Path) -> RunStatus:
     if not run.recipe.exists():
         raise OrchestratorError(f"{path} is not a run directory (no recipe.yaml)")
     recipe = read_recipe(run)
-    # The logs' readers already skip torn lines; a whole line without these fields (a hand edit) is no step either.
-    rows = [row for row in run.metric_rows() if "step" in row and "loss" in row]
-    history = [event for event in run.history() if "event" in event]
+    # The logs' readers already skip torn lines; a row without a loss (a hand edit) is no step either.
+    rows = [row for row in run.metric_rows() if "loss" in row]
+    history = run.history()
     jobs = read_jobs(run)
     training = jobs.of_kind("train")
     return RunStatus(
@@ -78,7 +79,7 @@ def local_status(path: Path) -> RunStatus:
         step=rows[-1]["step"] if rows else 0,
         steps=recipe.train.steps,
         loss=rows[-1]["loss"] if rows else None,
-        restarts=max(0, sum(e["event"] == "start" for e in history) - 1),
+        restarts=max(0, sum(isinstance(e, Start) for e in history) - 1),
         job_id=training[-1] if training else None,
         jobs=tuple(jobs.chain()),
         task=recipe.task,
@@ -130,13 +131,17 @@ def _gates(run: RunDir) -> str:
 TERMINAL_STATES = ("COMPLETED", "PREEMPTED", "PRUNED", "STOPPED_OVER_BUDGET", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL")
 
 
-def _local_state(run: RunDir, history: list[dict]) -> str:
+_STATE_EVENTS = (Start, Preempted, Pruned, Completed, StoppedOverBudget)
+_STATE_OF = {Start: "STARTED", Preempted: "PREEMPTED", Pruned: "PRUNED", StoppedOverBudget: "STOPPED_OVER_BUDGET"}
+
+
+def _local_state(run: RunDir, history: list[BaseEvent]) -> str:
     # `pruned`: a sweep stopped the run for good (after its `preempted`), and told its study so.
-    last = next((e["event"] for e in reversed(history) if e["event"] in ("start", "preempted", "pruned", "completed", "stopped_over_budget")), None)
+    last = next((type(e) for e in reversed(history) if isinstance(e, _STATE_EVENTS)), None)
     # The summary of an earlier attempt stays while a later one (more steps) trains: a start after it wins.
-    if last != "start" and run.summary.exists() and run.read_json(run.summary.name).get("status") == "completed":
+    if last is not Start and run.summary.exists() and run.read_json(run.summary.name).get("status") == "completed":
         return "COMPLETED"
-    return {"start": "STARTED", "preempted": "PREEMPTED", "pruned": "PRUNED", "stopped_over_budget": "STOPPED_OVER_BUDGET"}.get(last, "PREPARED")
+    return _STATE_OF.get(last, "PREPARED")
 
 
 def matches(status: RunStatus, filters: dict[str, str | None]) -> bool:

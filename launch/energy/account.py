@@ -20,6 +20,7 @@ from orchestrator.energy.spec import EnergySpec
 from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import EnergyRecord
+from orchestrator.rundir.rows import EnergyBudgetExceeded, EnergyBudgetWarning
 
 WATCH_INTERVAL_S = 5.0
 
@@ -86,10 +87,10 @@ class EnergyAccount:
                 continue
             if value > budget and not self.over_budget:
                 self.over_budget = True
-                events.append(self.run.events, "energy_budget_exceeded", used=value, budget=budget, unit=unit, step=self.step)
+                events.append(self.run.events, EnergyBudgetExceeded(used=value, budget=budget, unit=unit, step=self.step))
             elif value > budget * self.spec.budget_warn_fraction and not self._warned:
                 self._warned = True
-                events.append(self.run.events, "energy_budget_warning", used=value, budget=budget, unit=unit, step=self.step)
+                events.append(self.run.events, EnergyBudgetWarning(used=value, budget=budget, unit=unit, step=self.step))
                 print(f"energy budget: {value:.4g} of {budget:g} {unit} used at step {self.step}", flush=True)
 
     @property

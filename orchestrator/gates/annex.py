@@ -19,6 +19,7 @@ from orchestrator.gates.report import GateReport
 from orchestrator.recipe.schema import Recipe
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import DataRecord, PlanRecord, read_data, read_plan, read_recipe
+from orchestrator.rundir.rows import Checkpoint, Start
 
 HEADING = "## Technical documentation (EU AI Act, Annex XI)"
 FIXED_LIMITATIONS = (
@@ -129,8 +130,8 @@ def wall_to_checkpoint(run: RunDir, step: int) -> float | None:
     """Seconds from the run's first start to the save of checkpoint `step` (restarts, and any wait
     between attempts, included); None when the event log does not hold both."""
     history = run.history()
-    starts = [e["time"] for e in history if e["event"] == "start"]
-    saves = [e["time"] for e in history if e["event"] == "checkpoint" and e.get("step") == step]
+    starts = [e.time for e in history if isinstance(e, Start)]
+    saves = [e.time for e in history if isinstance(e, Checkpoint) and e.step == step]
     return saves[-1] - starts[0] if starts and saves else None
 
 

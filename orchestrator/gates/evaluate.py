@@ -30,6 +30,7 @@ from orchestrator.gates.robustness import robustness_gate
 from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir, rank_state_owner
 from orchestrator.rundir.records import read_data, read_plan, read_recipe
+from orchestrator.rundir.rows import MetricRow, parse_metric_row
 
 def evaluate_gates(run_dir: Path, step: int | None = None) -> GateReport:
     from orchestrator.checkpoint.export import choose_checkpoint, load_checkpoint_model
@@ -99,10 +100,10 @@ def _pairs(path: Path) -> list[tuple[str, str]]:
     return pairs
 
 
-def _metrics_at(run: RunDir, checkpoint: Path, step: int) -> list[dict]:
+def _metrics_at(run: RunDir, checkpoint: Path, step: int) -> list[MetricRow]:
     """The metrics the checkpoint itself carries (its history exactly), else the run's up to its step."""
     saved = checkpoint / run.metrics.name
-    rows = events.read(saved, events.METRIC_ROW) if saved.exists() else run.metric_rows()
+    rows = events.read(saved, parse_metric_row) if saved.exists() else run.metric_rows()
     return [row for row in rows if row["step"] <= step]
 
 

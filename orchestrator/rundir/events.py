@@ -1,5 +1,5 @@
 """The append-only logs of a run: `events.jsonl` (starts, resumes, checkpoints, preemptions, Slurm
-job changes) and `metrics.jsonl` (one row per logged step).
+job changes) and `metrics.jsonl` (one row per logged step), and `energy/series.jsonl` (each node's energy over time).
 
 Rank 0 and the batch step append; the CLI, the dashboards' mirror and a resuming rank read. A
 crash, a kill or a full disk can leave the last line half written. Readers skip a torn line (the
@@ -13,40 +13,26 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, TypeVar
 
-Kind = type | tuple[type, ...]
-_NUMBER = (int, float)
+from orchestrator.rundir.rows import BaseEvent, parse_event
 
-
-@dataclass(frozen=True)
-class RowShape:
-    """The fields a log's readers index without looking: `required` ones must be there, `typed` ones
-    are of their type where given, and an event named in `by_event` carries that event's fields."""
-
-    required: dict[str, Kind]
-    typed: dict[str, Kind]
-    by_event: dict[str, dict[str, Kind]] = field(default_factory=dict)
-
-    def fits(self, row: dict) -> bool:
-        return (all(_is(row.get(key), kind) for key, kind in self.required.items())
-                and all(key not in row or _is(row[key], kind) for key, kind in self.typed.items())
-                and all(_is(row.get(key), kind) for key, kind in self.by_event.get(row.get("event"), {}).items()))
+R = TypeVar("R")
 
 
-def _is(value, kind: Kind) -> bool:
-    return isinstance(value, kind) and not isinstance(value, bool)  # JSON's true is no step and no loss
-
-
-METRIC_ROW = RowShape(required={"step": int},
-                      typed={key: _NUMBER for key in ("loss", "val_loss", "lr", "tokens_per_s", "step_s", "energy_kwh")})
-EVENT = RowShape(required={"event": str}, typed={"time": _NUMBER, "step": int},
-                 by_event={"checkpoint": {"step": int, "stall_s": _NUMBER, "write_s": _NUMBER, "bytes": int}})
-
-
-def append(log: Path, event: str, /, **fields) -> None:
-    append_row(log, {"event": event, "time": time.time(), **fields})
+def append(log: Path, event: BaseEvent | str, /, **fields) -> BaseEvent:
+    """The event, stamped with the time it is written, as a line of `log`; returns what was written.
+    Given by name and fields (the form the batch step, the sweep's trial runner and tests use), it
+    is checked as its kind first: a writer's mistake fails here, not in every later reader."""
+    if isinstance(event, str):
+        parsed = parse_event({"event": event, **fields})
+        if parsed is None:
+            raise ValueError(f"not a {event!r} event: {fields}")
+        event = parsed
+    stamped = event.model_copy(update={"time": time.time()})
+    append_row(log, stamped.line())
+    return stamped
 
 
 def append_row(log: Path, row: dict) -> None:
@@ -60,13 +46,13 @@ def append_row(log: Path, row: dict) -> None:
         out.write((("\n" if cut_short else "") + json.dumps(row) + "\n").encode())
 
 
-def read(log: Path, shape: RowShape | None = None) -> list[dict]:
-    """Every whole line of a JSON-lines log that is an object (of `shape`, if given); torn ones and
-    any other line are left out."""
+def read(log: Path, parse: Callable[[dict], R | None] | None = None) -> list[R] | list[dict]:
+    """Every whole line of a JSON-lines log that is an object and that `parse` (if given) makes a row
+    of (see `rows`); torn ones and any other line are left out."""
     if not log.exists():
         return []
-    rows = (_parse(line) for line in log.read_text(errors="replace").splitlines())
-    return [row for row in rows if row is not None and (shape is None or shape.fits(row))]
+    objects = [o for o in (_parse(line) for line in log.read_text(errors="replace").splitlines()) if o is not None]
+    return objects if parse is None else [row for row in map(parse, objects) if row is not None]
 
 
 def _parse(line: str) -> dict | None:

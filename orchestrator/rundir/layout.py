@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from orchestrator.errors import DamagedRun
 from orchestrator.filetree import write_file
 from orchestrator.rundir import events
+from orchestrator.rundir.rows import BaseEvent, MetricRow, SeriesPoint, parse_event, parse_metric_row, parse_series_point
 
 RECIPE_FILE = "recipe.yaml"
 PLAN_FILE = "plan.json"
@@ -104,12 +105,16 @@ class RunDir:
         """Every checkpoint's gate report, oldest step first."""
         return sorted(self.gates.glob("step-*.json"))
 
-    def metric_rows(self) -> list[dict]:
-        return events.read(self.metrics, events.METRIC_ROW)
+    def metric_rows(self) -> list[MetricRow]:
+        return events.read(self.metrics, parse_metric_row)
 
-    def history(self) -> list[dict]:
+    def history(self) -> list[BaseEvent]:
         """Every event of the run, oldest first."""
-        return events.read(self.events, events.EVENT)
+        return events.read(self.events, parse_event)
+
+    def energy_points(self) -> list[SeriesPoint]:
+        """Every point of the energy series, oldest first."""
+        return events.read(self.energy_series, parse_series_point)
 
     def read_json(self, name: str) -> dict:
         """A JSON object of the run, or DamagedRun naming the file and what is wrong with it."""

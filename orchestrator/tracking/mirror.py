@@ -22,6 +22,8 @@ from orchestrator.recipe.redact import redact_tree
 from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import PlanRecord
+from orchestrator.rundir.rows import (BaseEvent, Checkpoint, EnergyBudgetExceeded, Preempted, Resumed, StoppedOverBudget,
+                                      TrackingFailed, as_event)
 from orchestrator.tracking.sinks import RunIdentity, Sink, make_sinks
 from orchestrator.tracking.spec import TrackingSpec
 
@@ -47,16 +49,16 @@ class GuardedSink:
             return None
 
 
-def event_metrics(event: dict) -> dict[str, float]:
-    """The scalars an event contributes, by name."""
-    kind = event["event"]
-    if kind == "checkpoint":
-        return {"checkpoint/stall_s": event["stall_s"], "checkpoint/bytes": event["bytes"], "checkpoint/write_s": event["write_s"]}
-    if kind == "resumed":
-        return {"restarts/resumed_from_step": event["step"], "restarts/recomputed_steps": event.get("recomputed_steps") or 0}
-    if kind == "preempted":
+def event_metrics(event: BaseEvent | dict) -> dict[str, float]:
+    """The scalars an event (or a log row) contributes, by name."""
+    event = as_event(event)
+    if isinstance(event, Checkpoint):
+        return {"checkpoint/stall_s": event.stall_s, "checkpoint/bytes": event.bytes, "checkpoint/write_s": event.write_s}
+    if isinstance(event, Resumed):
+        return {"restarts/resumed_from_step": event.step, "restarts/recomputed_steps": event.recomputed_steps or 0}
+    if isinstance(event, Preempted):
         return {"restarts/preempted": 1.0}
-    if kind in ("stopped_over_budget", "energy_budget_exceeded"):
+    if isinstance(event, (StoppedOverBudget, EnergyBudgetExceeded)):
         return {"energy/budget_exceeded": 1.0}
     return {}
 
@@ -84,12 +86,12 @@ class Mirror:
         for event in history[self.state["events"]:]:
             metrics = event_metrics(event)
             if metrics:
-                self.log(metrics, event.get("step") or self.state["last_step"])
+                self.log(metrics, getattr(event, "step", None) or self.state["last_step"])
         self.state["events"] = len(history)
-        points = events.read(self.run.energy_series)
+        points = self.run.energy_points()
         for point in points[self.state["series"]:]:
-            metrics = {f"energy/{node}/{key}": value for node, figures in point["nodes"].items() for key, value in figures.items()}
-            self.log({**metrics, "energy/total_kwh": point["kwh"]}, point["step"])
+            metrics = {f"energy/{node}/{key}": value for node, figures in point.nodes.items() for key, value in figures.items()}
+            self.log({**metrics, "energy/total_kwh": point.kwh}, point.step)
         self.state["series"] = len(points)
         self._save()
 
@@ -112,7 +114,7 @@ class Mirror:
     def report(self, sink: str, method: str, error: str) -> None:
         print(f"tracking: {sink} failed in {method} ({error}); it is dropped, the run goes on and its metrics stay in the run directory",
               flush=True)
-        events.append(self.run.events, "tracking_failed", sink=sink, method=method, error=error)
+        events.append(self.run.events, TrackingFailed(sink=sink, method=method, error=error))
 
 
 def _is_number(value) -> bool:

@@ -32,6 +32,8 @@ NOT_ROWS = '{}\n[]\n1\n{"step": true, "loss": 1.0}\n{"step": 3, "loss": "x", "lr
 """JSON lines that parse but are no metric row (a hand edit, another tool's output): read past like a torn one."""
 NOT_EVENTS = '{}\n[]\n{"event": 3}\n{"event": "start", "time": "x"}\n{"event": "checkpoint", "time": 1.0}\n'
 """The same for events: no name, a name or time of the wrong type, a checkpoint without its figures."""
+NOT_POINTS = '{}\n{"t": "x"}\n[]\n{"time": 1.0, "step": 1, "kwh": 0.1, "nodes": {"n1": {}}}\n{"time": 2.0, "step": 2, "kwh": 0.2, "nodes": {"n1": {"kwh": 0.2}}}\n'
+"""Lines of energy/series.jsonl that parse but are no point (the last one is), read past alike."""
 ENERGY_PART = json.dumps([{"node": "n1", "device": "cpu", "kind": "cpu", "method": "estimated", "detail": "", "rank": 0, "pid": 1,
                            "start": 0.0, "end": 10.0, "seconds": 10.0, "energy_j": 1000.0, "by_phase": {"train": 1000.0},
                            "by_hour": {"0": 1000.0}, "train_j_at_save": {}, "first_step": 1, "last_step": 2}])
