@@ -90,7 +90,12 @@ def test_best_yaml_is_the_best_trials_recipe_whatever_the_sweep_is_called(tmp_pa
     assert yaml.safe_load(best) == yaml.safe_load((sweep.trial(0) / "recipe.yaml").read_text())
 
 
-def test_a_sweep_directory_name_that_cannot_be_written_is_refused_at_the_start(tmp_path):
-    result = CliRunner().invoke(app, ["sweep", str(SWEEP), "--local", "--sweep-dir", str(tmp_path / "a\nb")])
-    assert result.exit_code == 1 and result.output.startswith("error: sweep directory ") and "line break" in result.output
-    assert not (tmp_path / "a\nb").exists()
+@pytest.mark.parametrize("name, overrides, says", [
+    ("a\nb", [], "its name holds a line break"),
+    ("x" * 200, ["tracking.wandb.enabled=true"], "tracking.group: string should have at most 128 characters"),
+])
+def test_a_sweep_directory_name_its_trials_cannot_take_is_refused_at_the_start(tmp_path, name, overrides, says):
+    """Before anything is claimed: a trial that cannot be planned once stayed RUNNING in the study."""
+    result = CliRunner().invoke(app, ["sweep", str(SWEEP), *overrides, "--local", "--sweep-dir", str(tmp_path / name)])
+    assert result.exit_code == 1 and result.output.startswith("error: ") and says in result.output, result.output
+    assert not (tmp_path / name).exists()
