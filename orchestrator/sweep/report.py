@@ -19,6 +19,8 @@ from orchestrator.sweep.study import PRUNED, SweepDir, read_study, slot_trials
 
 MAX_RECIPE_BYTES = 1 << 20
 """A trial's resolved recipe is a few kilobytes; more is not one `orch sweep` wrote."""
+_NOTE_CHARS = 300
+"""A trial's note (why it failed or was pruned) as the table shows it: on one line, this long at most."""
 
 STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
 
@@ -52,7 +54,7 @@ def trial_rows(sweep: SweepDir) -> tuple[list[TrialRow], str, str]:
             slot=slot, state=STATES.get(trial.state.name, trial.state.name.lower()),
             value=trial.value if trial.state.name == "COMPLETE" else _last(trial.intermediate_values), params=dict(trial.params),
             step=metrics[-1]["step"] if metrics else 0, steps=recipe.train.steps, kwh=_kwh(run), run_dir=run.path,
-            note=str(trial.user_attrs.get("failure") or trial.user_attrs.get(PRUNED, "")),
+            note=shown(str(trial.user_attrs.get("failure") or trial.user_attrs.get(PRUNED, "")))[:_NOTE_CHARS],
         ))
     sign = 1 if spec.direction == "minimize" else -1
     order = {"complete": 0, "running": 1, "waiting": 1, "pruned": 2, "failed": 3}
@@ -91,7 +93,7 @@ def render_status(rows: list[TrialRow], metric: str, direction: str, sweep: Swee
     for rank, r in enumerate(rows, 1):
         value = "" if r.value is None else f"{r.value:.4f}"
         kwh = "" if r.kwh is None else f"{r.kwh:.4g}"
-        params = ", ".join(f"{k}={_fmt(v)}" for k, v in r.params.items())
+        params = shown(", ".join(f"{k}={_fmt(v)}" for k, v in r.params.items()))
         note = f"  ({r.note})" if r.note else ""
         lines.append(f"{rank:<5} {r.slot:<6} {r.state:<9} {value:>12} {f'{r.step}/{r.steps}':>11} {kwh:>10}  {params}{note}")
     return "\n".join(lines)

@@ -146,18 +146,31 @@ def _pruner(spec: SweepSpec):
 
 
 def slot_trials(study) -> dict[int, object]:
-    """Each slot's trial (FrozenTrial), the newest where a slot was ever asked twice. A slot that is not
-    a whole number a sweep can have (a hand-edited journal) is refused: it names a run directory."""
+    """Each slot's trial (FrozenTrial), the newest where a slot was ever asked twice. What a
+    hand-edited journal could put there and every reader would trip over is refused, one line: a slot
+    that is not a whole number a sweep can have (it names a run directory), a result or a reported
+    value that is not one number."""
     slots = {}
     for trial in study.get_trials(deepcopy=False):
         slot = trial.user_attrs.get(SLOT)
         if slot is None:
             continue
         if type(slot) is not int or not 0 <= slot < MAX_TRIALS:
-            raise SweepError(f"the sweep's journal is damaged: trial {trial.number}'s slot is {json.dumps(slot)[:40]}, "
-                             f"not a whole number from 0 to {MAX_TRIALS - 1}")
+            raise _damaged_trial(trial, f"slot is {json.dumps(slot)[:40]}, not a whole number from 0 to {MAX_TRIALS - 1}")
+        if trial.values is not None and (len(trial.values) != 1 or not _number(trial.values[0])):
+            raise _damaged_trial(trial, f"result is {json.dumps(trial.values)[:40]}, not one number")
+        if not all(type(step) is int and _number(value) for step, value in trial.intermediate_values.items()):
+            raise _damaged_trial(trial, "reported values are not numbers at whole-number steps")
         slots[slot] = trial
     return slots
+
+
+def _number(value: object) -> bool:
+    return type(value) in (int, float)
+
+
+def _damaged_trial(trial, what: str) -> SweepError:
+    return SweepError(f"the sweep's journal is damaged: trial {trial.number}'s {what}")
 
 
 def claim(study, spec: SweepSpec, slot: int):

@@ -272,6 +272,14 @@ CASES = {
     "sweep-journal-slot-string": Case(on_sweep("status", slot_of_trial_1("1")), "trial 1's slot is \"1\", not a whole number"),
     "sweep-journal-slot-float": Case(on_sweep("gate", slot_of_trial_1(1.5)), "trial 1's slot is 1.5, not a whole number"),
     "sweep-journal-slot-negative": Case(on_sweep("status", slot_of_trial_1(-1)), "trial 1's slot is -1, not a whole number"),
+    "sweep-journal-result-not-a-number": Case(on_sweep("status", journal_line(journal_record(
+        6, trial_id=1, state=1, values=["x"], datetime_complete="2026-01-01T00:00:00"))), "trial 1's result is [\"x\"], not one number"),
+    "sweep-journal-two-results": Case(on_sweep("report", journal_line(journal_record(
+        6, trial_id=1, state=1, values=[1.0, 2.0], datetime_complete="2026-01-01T00:00:00"))), "trial 1's result is [1.0, 2.0], not one number"),
+    "sweep-journal-reported-value-not-a-number": Case(on_sweep("status", journal_line(journal_record(
+        7, trial_id=1, step=10, intermediate_value="x"))), "trial 1's reported values are not numbers"),
+    "sweep-journal-note-with-line-break": Case(on_sweep("status", journal_line(journal_record(
+        8, trial_id=1, user_attr={"failure": "x\nrank  trial  forged"}))), "('x\\nrank  trial  forged')", succeeds=True),
     "sweep-best-trial-deleted": Case(on_sweep("status", lambda sweep: shutil.rmtree(sweep.trial(0))),
                                      "the best trial 0 has no readable recipe", kept="sweep/study.journal"),
     "sweep-best-trial-recipe-linked": Case(on_sweep("report", lambda sweep: _link_recipe_outside(sweep)),
