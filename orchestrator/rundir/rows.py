@@ -4,8 +4,9 @@ union on the `event` name, every kind listed here with its fields), the metric r
 
 Writers build an event (`Resumed(checkpoint=..., step=..., recomputed_steps=...)`) and append it
 with `events.append`; readers get these objects back from `RunDir.history()` and match on their
-class. Each kind says in `describe()` the line a person sees as it happens (`orch run`, `orch status
---follow`); kinds that say nothing return None.
+class. Metric rows stay plain dicts (a `TypedDict`), since scripts read and rewrite that log. Each
+kind says in `describe()` the line a person sees as it happens (`orch run`, `orch status --follow`);
+kinds that say nothing return None.
 
 Histories outlive the code that wrote them, so reading is lenient where it can be: a field added
 after a kind's first version, or one a hand-made history leaves out, reads as None (only the
@@ -24,43 +25,21 @@ from typing_extensions import Required, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-_MISSING = object()
-
-
-class Row(BaseModel):
-    """A row of one of the run's JSON-lines logs. Read strictly (a JSON `true` is no step, "3" no
-    count); built leniently by the writers (a numpy figure is a number). Rows also read by key (`row["step"]`, `row.get(...)`,
-    `"val_loss" in row`) for scripts and tests that handle them as the JSON objects they are on disk."""
+class BaseEvent(BaseModel):
+    """What every event has: its kind's name and the time it was written. Read strictly (a JSON `true`
+    is no step, "3" no count); built leniently by the writers (a numpy figure is a number). Events also
+    read by key (`e["step"]`, `e.get("job_id")`, `"saved" in e`) for scripts, benchmarks and tests
+    that handle them as the JSON objects they are on disk."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    def __getitem__(self, key: str) -> Any:
-        value = getattr(self, key, _MISSING)
-        if value is _MISSING:
-            raise KeyError(key)
-        return value
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return getattr(self, key, default)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.model_fields_set or key in (self.model_extra or {})
-
-    def keys(self):
-        return self.line().keys()
-
-    def items(self):
-        return self.line().items()
-
-    def line(self) -> dict:
-        """The row as written to its log."""
-        return self.model_dump(mode="json", exclude_unset=True)
-
-
-class BaseEvent(Row):
     event: str
     time: Optional[float] = None
     """Seconds since the epoch; `events.append` stamps it when the event is written."""
+
+    def describe(self) -> str | None:
+        """The line a person watching the run sees for this event; None for most kinds."""
+        return None
 
     def line(self) -> dict:
         """The fields given (with the name and time first), as written: a reader tells a field an
@@ -68,9 +47,22 @@ class BaseEvent(Row):
         rest = self.model_dump(mode="json", exclude_unset=True, exclude={"event", "time"})
         return {"event": self.event, "time": self.time, **rest}
 
-    def describe(self) -> str | None:
-        """The line a person watching the run sees for this event; None for most kinds."""
-        return None
+    def __getitem__(self, key: str) -> Any:
+        if key not in type(self).model_fields and key not in (self.model_extra or {}):
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in self else default
+
+    def __contains__(self, key: str) -> bool:
+        return key in ("event", "time") or key in self.model_fields_set or key in (self.model_extra or {})
+
+    def keys(self):
+        return self.line().keys()
+
+    def items(self):
+        return self.line().items()
 
 
 # -- training (rank 0) ---------------------------------------------------------------------------
@@ -310,8 +302,9 @@ def parse_event(row: dict) -> BaseEvent | None:
     """A log row as its kind's event, an `OtherEvent` for a kind not in `KINDS`; None when it is no
     event (no name, or a known field of the wrong type)."""
     name = row.get("event")
+    known = isinstance(name, str) and name in KINDS
     try:
-        return _KNOWN.validate_python(row, strict=True) if isinstance(name, str) and name in KINDS else OtherEvent.model_validate(row, strict=True)
+        return _KNOWN.validate_python(row, strict=True) if known else OtherEvent.model_validate(row, strict=True)
     except ValidationError:
         return None
 
@@ -342,9 +335,11 @@ class MetricRow(TypedDict, total=False):
     param_digest: str
 
 
-class SeriesPoint(Row):
+class SeriesPoint(BaseModel):
     """Each node's energy so far, and its power since the previous point (`energy/series.jsonl`):
     per node, `kwh` and the mean `power_w`, `cpu_w`, `memory_w`, `gpu:<uuid>_w` where measured."""
+
+    model_config = ConfigDict(frozen=True)
 
     time: float
     step: int

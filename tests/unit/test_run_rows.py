@@ -27,7 +27,8 @@ events were typed; its paths moved to /nonexistent/old-run."""
 EVERY_FIELD = {
     "start": {"step": 4, "world_size": 2, "peak_flops_per_device": 5.4e10},
     "engine_built": {"rss_before_bytes": [1, 2], "construction_peak_bytes": [3, 4], "peak_rss_bytes": [5, 6]},
-    "checkpoint": {"step": 4, "stall_s": 0.04, "bytes": 17123100, "write_s": 0.1, "write_gb_per_s": 0.17, "path": "/r/checkpoints/step-00000004"},
+    "checkpoint": {"step": 4, "stall_s": 0.04, "bytes": 17123100, "write_s": 0.1, "write_gb_per_s": 0.17,
+                   "path": "/r/checkpoints/step-00000004"},
     "checkpoint_set_aside": {"path": "/r/checkpoints/set-aside/step-00000004-1", "reason": "partial save (interrupted before commit)"},
     "resumed": {"checkpoint": "step-00000004", "step": 4, "recomputed_steps": 2},
     "elastic_resume": {"checkpoint": "step-00000004", "from_world_size": 2, "to_world_size": 4, "consumed_samples": 64},
