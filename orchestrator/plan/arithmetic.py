@@ -2,39 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from orchestrator.env import EnvSnapshot
 from orchestrator.errors import Problem
 from orchestrator.recipe.loader import LoadedRecipe
+from orchestrator.rundir.records import BatchRecord, TopologyRecord
 
-
-@dataclass(frozen=True)
-class Topology:
-    nodes: int
-    procs_per_node: int
-    device: str
-    comm_backend: str
-
-    @property
-    def world_size(self) -> int:
-        return self.nodes * self.procs_per_node
-
-
-@dataclass(frozen=True)
-class Batch:
-    micro_batch_size: int
-    gradient_accumulation_steps: int
-    data_parallel: int
-    seq_len: int
-
-    @property
-    def global_batch_size(self) -> int:
-        return self.micro_batch_size * self.gradient_accumulation_steps * self.data_parallel
-
-    @property
-    def tokens_per_step(self) -> int:
-        return self.global_batch_size * self.seq_len
+Topology = TopologyRecord
+"""The planner's topology is plan.json's record itself (its world size derived, and written)."""
+Batch = BatchRecord
+"""The planner's batch is plan.json's record itself (global batch and tokens per step derived, and written)."""
 
 
 def resolve_topology(loaded: LoadedRecipe, env: EnvSnapshot, problems: list[Problem]) -> Topology:
@@ -47,7 +23,7 @@ def resolve_topology(loaded: LoadedRecipe, env: EnvSnapshot, problems: list[Prob
         if gpus and procs > gpus:
             problems.append(loaded.problem("distributed.procs_per_node", f"{procs} processes per node but this node has {gpus} GPUs: use at most {gpus} (one process per GPU)"))
     device = "cuda" if gpus else "cpu"
-    return Topology(dist.nodes, procs, device, "nccl" if device == "cuda" else "gloo")
+    return Topology(nodes=dist.nodes, procs_per_node=procs, device=device, comm_backend="nccl" if device == "cuda" else "gloo")
 
 
 def resolve_batch(loaded: LoadedRecipe, topology: Topology, problems: list[Problem]) -> Batch:
@@ -64,7 +40,7 @@ def resolve_batch(loaded: LoadedRecipe, topology: Topology, problems: list[Probl
                 f"use {lower} or {lower + per_step}, or change micro_batch_size",
             ))
         accumulation = max(1, train.global_batch_size // per_step)
-    return Batch(micro, accumulation, world, loaded.recipe.data.seq_len)
+    return Batch(micro_batch_size=micro, gradient_accumulation_steps=accumulation, data_parallel=world, seq_len=loaded.recipe.data.seq_len)
 
 
 def check_precision(loaded: LoadedRecipe, env: EnvSnapshot, topology: Topology, problems: list[Problem]) -> None:

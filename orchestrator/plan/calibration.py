@@ -123,7 +123,7 @@ def calibration_key(recipe: Recipe, arch: str, sizes: Sizes, batch: Batch, topol
     hardware = [gpu.name for gpu in env.gpus] if topology.device == "cuda" else [env.hostname, env.cpu_model, env.cpu_count]
     shape = {
         "arch": arch, "sizes": asdict(sizes), "lora": model.lora.model_dump(mode="json") if model.lora else None,
-        "batch": asdict(batch), "topology": asdict(topology), "precision": train.precision,
+        "batch": batch.stored(), "topology": topology.stored(), "precision": train.precision,
         "activation_checkpointing": train.activation_checkpointing, "backend": dist.backend,
         "zero_stage": dist.zero_stage, "offload": [dist.offload_optimizer, dist.offload_params], "hardware": hardware,
     }

@@ -21,13 +21,15 @@ def load_and_plan(
 ) -> tuple[LoadedRecipe, LaunchPlan, EnvSnapshot]:
     """`for_slurm` plans for the compute nodes the recipe's `slurm` section describes, not this
     machine; `measure_cpu` times this machine's matmul rate for the time estimate (a tenth of a
-    second). What earlier runs measured is read here and handed to the planner."""
+    second). What earlier runs measured is read here and handed to the planner. `detach` (`orch run
+    --detach`): the node launcher trains on when `orch run` ends; otherwise the CLI's death stops it
+    after a checkpoint."""
     loaded = load_recipe(recipe, overrides or [])
     env = probe(measure_cpu=measure_cpu)
     target = _slurm_nodes(env, loaded.recipe.slurm) if for_slurm else env
-    plan = make_plan(loaded, target, run_dir=run_dir, dry_run=dry_run, load_universal=load_universal, detach=detach,
+    plan = make_plan(loaded, target, run_dir=run_dir, dry_run=dry_run, load_universal=load_universal,
                      calibrations=read_calibrations(env.cache_dir))
-    return loaded, plan, env
+    return loaded, plan.detached() if detach else plan, env
 
 
 def _slurm_nodes(env: EnvSnapshot, spec: SlurmSpec) -> EnvSnapshot:

@@ -13,34 +13,14 @@ from dataclasses import dataclass
 
 from orchestrator.model.architectures import Sizes
 from orchestrator.plan.arithmetic import Batch
+from orchestrator.rundir.records import HostMemoryRecord, MemoryRecord
 
 GiB = 2**30
-FIT_HEADROOM = 0.9
 
-
-@dataclass(frozen=True)
-class MemoryEstimate:
-    params_bytes: int
-    grads_bytes: int
-    optimizer_bytes: int
-    gather_buffer_bytes: int
-    activations_bytes: int
-    activations_other_bytes: int
-    """The activations with `train.activation_checkpointing` set the other way, for the plan to show."""
-    host_offload_bytes: int
-    capacity_bytes: int
-
-    @property
-    def activations_dominate(self) -> bool:
-        return max(self.activations_bytes, self.activations_other_bytes) > self.total_bytes - self.activations_bytes
-
-    @property
-    def total_bytes(self) -> int:
-        return self.params_bytes + self.grads_bytes + self.optimizer_bytes + self.gather_buffer_bytes + self.activations_bytes
-
-    @property
-    def fits(self) -> bool:
-        return self.total_bytes <= FIT_HEADROOM * self.capacity_bytes
+MemoryEstimate = MemoryRecord
+"""The estimate is plan.json's `memory_per_device` itself (its total and whether it fits derived, and written)."""
+HostMemoryEstimate = HostMemoryRecord
+"""The estimate is plan.json's `host_memory_per_node` itself."""
 
 
 def model_state_bytes(
@@ -87,45 +67,38 @@ def activation_bytes(sizes: Sizes, batch: Batch, precision: str, checkpointing: 
     return int(layers + logits)
 
 
-def estimate_memory(
-    sizes: Sizes, num_params: int, largest_layer: int, batch: Batch, zero_stage: int, precision: str,
-    offload_optimizer: bool, offload_params: bool, capacity_bytes: int, trainable_params: int | None = None,
-    checkpointing: bool = False,
-) -> MemoryEstimate:
-    params, grads, optimizer, gather, host = model_state_bytes(
-        num_params, largest_layer, zero_stage, batch.data_parallel, precision, offload_optimizer, offload_params, trainable_params
-    )
-    activations = activation_bytes(sizes, batch, precision, checkpointing)
-    other = activation_bytes(sizes, batch, precision, not checkpointing)
-    return MemoryEstimate(params, grads, optimizer, gather, activations, other, host, capacity_bytes)
+@dataclass(frozen=True, kw_only=True)
+class MemoryRequest:
+    """What one device's memory depends on: the model, the batch, and the recipe's ZeRO, precision,
+    offload and checkpointing settings."""
 
-
-@dataclass(frozen=True)
-class HostMemoryEstimate:
-    """One node's host memory: what each rank holds on the host while its model is constructed, and
-    what offload keeps there for the whole run.
-
-    Construction is where a model larger than one rank is lost: without partitioned construction
-    every rank builds the whole model before DeepSpeed partitions it (8 ranks x a 7B model in fp32
-    is 8 x 26 GiB). On a GPU the model is built on the device, so only the CPU device's
-    construction counts here."""
-
-    procs_per_node: int
-    construction_bytes: int
-    """Per rank: the whole model, or with partitioned construction its partition plus one gathered layer."""
-    partitioned: bool
-    offload_bytes: int
-    """Per rank: optimizer state (and at stage 3 parameters) offloaded to the host."""
+    sizes: Sizes
+    num_params: int
+    largest_layer: int
+    """The biggest single parameter tensor: ZeRO-3 gathers it whole on one device."""
+    batch: Batch
+    zero_stage: int
+    precision: str
+    offload_optimizer: bool
+    offload_params: bool
     capacity_bytes: int
-    """The node's memory."""
+    trainable_params: int | None = None
+    """LoRA's adapters; None when every parameter trains."""
+    checkpointing: bool = False
 
-    @property
-    def per_node_bytes(self) -> int:
-        return self.procs_per_node * (self.construction_bytes + self.offload_bytes)
 
-    @property
-    def fits(self) -> bool:
-        return self.per_node_bytes <= FIT_HEADROOM * self.capacity_bytes
+def estimate_memory(request: MemoryRequest) -> MemoryEstimate:
+    r = request
+    params, grads, optimizer, gather, host = model_state_bytes(
+        r.num_params, r.largest_layer, r.zero_stage, r.batch.data_parallel, r.precision, r.offload_optimizer, r.offload_params,
+        r.trainable_params,
+    )
+    return MemoryEstimate(
+        params_bytes=params, grads_bytes=grads, optimizer_bytes=optimizer, gather_buffer_bytes=gather,
+        activations_bytes=activation_bytes(r.sizes, r.batch, r.precision, r.checkpointing),
+        activations_other_bytes=activation_bytes(r.sizes, r.batch, r.precision, not r.checkpointing),
+        host_offload_bytes=host, capacity_bytes=r.capacity_bytes,
+    )
 
 
 def construction_bytes(num_params: int, largest_layer_params: int, precision: str, world_size: int, partitioned: bool) -> int:

@@ -8,8 +8,9 @@ then the estimates (model size, memory, time, energy) are derived from the check
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.backends.registry import BACKENDS
@@ -23,25 +24,21 @@ from orchestrator.model.pretrained import BaseModel, read_base_model
 from orchestrator.plan.arithmetic import Batch, Topology, check_offload, check_precision, resolve_batch, resolve_topology
 from orchestrator.plan.calibration import Calibration, Calibrations, calibration_key
 from orchestrator.plan.estimate import TimeEstimate, estimate_time
-from orchestrator.plan.memory import GiB, HostMemoryEstimate, MemoryEstimate, construction_bytes, estimate_memory
+from orchestrator.plan.memory import GiB, HostMemoryEstimate, MemoryEstimate, MemoryRequest, construction_bytes, estimate_memory
 from orchestrator.recipe.loader import LoadedRecipe, recipe_hash
 from orchestrator.recipe.redact import redact_recipe
 from orchestrator.recipe.schema import Recipe
-from orchestrator.rundir.entry import node_argv
+from orchestrator.rundir.entry import ATTACHED_FLAG, node_argv
 from orchestrator.rundir.layout import LAUNCH_LOG, PLAN_FILE, RECIPE_FILE, RunDir
-from orchestrator.rundir.records import PlanRecord, plan_json, recipe_yaml
+from orchestrator.rundir.records import CommandRecord, ModelRecord, PlanRecord, plan_json, recipe_yaml
 
 DRY_RUN_STEPS = 5
 DRY_RUN_SUFFIX = "-dry-run"
 """A dry run's directory is the real run's with this suffix: its checkpoint must never be resumed by the real run."""
 
 
-@dataclass(frozen=True)
-class ProcessSpec:
-    argv: list[str]
-    env: dict[str, str]
-    cwd: Path
-    log: str
+ProcessSpec = CommandRecord
+"""A process to start (argv, added env, cwd, log): plan.json's `commands` entry itself."""
 
 
 @dataclass(frozen=True)
@@ -64,64 +61,95 @@ class ModelPlan:
 
 @dataclass(frozen=True)
 class LaunchPlan:
-    run_dir: Path
+    """The plan: its record (`plan.json`, what every rank reads) and what only the control plane
+    needs beside it. The figures are the record's own; the properties below only name them."""
+
     recipe: Recipe
-    recipe_hash: str
-    dry_run: bool
-    topology: Topology
-    batch: Batch
-    arch: str
-    sizes: Sizes
-    num_params: int
-    frozen_params: int
-    memory: MemoryEstimate
-    host_memory: HostMemoryEstimate
-    time: TimeEstimate
-    backend_files: dict[str, dict]
+    contract: PlanRecord
     energy: EnergyPlan
-    processes: list[ProcessSpec]
+    """The energy plan with its sources (`contract.energy` is its serialisation)."""
     cache_dir: Path
     """This machine's cache: prepared data, and completed runs' measurements for later forecasts."""
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def data_cache_dir(self) -> Path:
-        return self.cache_dir / "data"
-
-    @property
-    def base_path(self) -> str | None:
-        return str(self.recipe.model.path.absolute()) if self.recipe.model.path else None
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.recipe.checkpoint.dir or RunDir(self.run_dir).default_checkpoints
 
     def record(self) -> PlanRecord:
         """The plan as the run directory's contract: `plan.json`, which every rank reads, and `plan --json`."""
-        return PlanRecord(
-            run_dir=self.run_dir,
-            recipe_hash=self.recipe_hash,
-            dry_run=self.dry_run,
-            backend=self.recipe.distributed.backend,
-            topology={**vars(self.topology), "world_size": self.topology.world_size},
-            batch={**vars(self.batch), "global_batch_size": self.batch.global_batch_size, "tokens_per_step": self.batch.tokens_per_step},
-            model={"arch": self.arch, "num_params": self.num_params, "frozen_params": self.frozen_params, "sizes": self.sizes,
-                   "base": self.base_path},
-            memory_per_device={**vars(self.memory), "total_bytes": self.memory.total_bytes, "fits": self.memory.fits},
-            host_memory_per_node={**vars(self.host_memory), "per_node_bytes": self.host_memory.per_node_bytes,
-                                  "fits": self.host_memory.fits},
-            estimate=self.time,
-            energy=self.energy.summary(),
-            backend_files=self.backend_files,
-            checkpoint_dir=self.checkpoint_dir,
-            data_cache_dir=self.data_cache_dir,
-            commands=[{"argv": p.argv, "env": p.env, "cwd": str(p.cwd), "log": p.log} for p in self.processes],
-            warnings=self.warnings,
-        )
+        return self.contract
+
+    def detached(self) -> "LaunchPlan":
+        """The same plan with its local node launcher not attached: it trains on when `orch run` ends
+        (`--detach`), where an attached one stops after a checkpoint when the CLI dies."""
+        commands = [c.model_copy(update={"argv": [a for a in c.argv if a != ATTACHED_FLAG]}) for c in self.contract.commands]
+        return dataclasses.replace(self, contract=self.contract.model_copy(update={"commands": commands}))
+
+    # The record's figures under the names the planner's callers use.
+
+    @property
+    def run_dir(self) -> Path:
+        return self.contract.run_dir
+
+    @property
+    def recipe_hash(self) -> str:
+        return self.contract.recipe_hash
+
+    @property
+    def dry_run(self) -> bool:
+        return self.contract.dry_run
+
+    @property
+    def topology(self) -> Topology:
+        return self.contract.topology
+
+    @property
+    def batch(self) -> Batch:
+        return self.contract.batch
+
+    @property
+    def arch(self) -> str:
+        return self.contract.model.arch
+
+    @property
+    def sizes(self) -> Sizes:
+        return self.contract.model.sizes
+
+    @property
+    def num_params(self) -> int:
+        return self.contract.model.num_params
+
+    @property
+    def memory(self) -> MemoryEstimate:
+        return self.contract.memory_per_device
+
+    @property
+    def host_memory(self) -> HostMemoryEstimate:
+        return self.contract.host_memory_per_node
+
+    @property
+    def time(self) -> TimeEstimate:
+        return self.contract.estimate
+
+    @property
+    def backend_files(self) -> dict[str, dict]:
+        return self.contract.backend_files
+
+    @property
+    def processes(self) -> list[ProcessSpec]:
+        return self.contract.commands
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.contract.checkpoint_dir
+
+    @property
+    def data_cache_dir(self) -> Path:
+        return self.contract.data_cache_dir
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.contract.warnings
 
     def files(self) -> dict[str, str]:
         """Relative path -> content, written into the run directory before any process starts."""
-        files = {RECIPE_FILE: recipe_yaml(self.recipe), PLAN_FILE: plan_json(self.record())}
+        files = {RECIPE_FILE: recipe_yaml(self.recipe), PLAN_FILE: plan_json(self.contract)}
         files.update({name: json.dumps(content, indent=2) for name, content in self.backend_files.items()})
         return files
 
@@ -157,18 +185,18 @@ def check_recipe(loaded: LoadedRecipe, env: EnvSnapshot) -> Checked:
 
 def make_plan(
     loaded: LoadedRecipe, env: EnvSnapshot, run_dir: Path | None = None, dry_run: bool = False, load_universal: bool = False,
-    detach: bool = False, calibrations: Calibrations = Calibrations(),
+    calibrations: Calibrations = Calibrations(),
 ) -> LaunchPlan:
-    """`detach`: the node launcher trains on when `orch run` ends; otherwise the CLI's death stops it after a checkpoint.
-    `calibrations`: what earlier runs measured (read at the edge), for the time and energy forecast."""
+    """`calibrations`: what earlier runs measured (read at the edge), for the time and energy forecast.
+    The local node launcher is attached to the CLI that starts it; `LaunchPlan.detached()` for `--detach`."""
     checked = check_recipe(loaded, env)
     recipe, topology, batch = checked.recipe, checked.topology, checked.batch
     # Every output is built from the plan's recipe: redacted here, no record or script holds a secret.
     recipe, secrets = redact_recipe(recipe)
     if dry_run:
         recipe = _dry_run_recipe(recipe, batch)
-        topology = Topology(1, 1, topology.device, topology.comm_backend)
-        batch = Batch(batch.micro_batch_size, batch.gradient_accumulation_steps, 1, batch.seq_len)
+        topology = topology.model_copy(update={"nodes": 1, "procs_per_node": 1})
+        batch = batch.model_copy(update={"data_parallel": 1})
     run_dir = (run_dir or env.cwd / "runs" / recipe.name).absolute()
     if dry_run:
         run_dir = run_dir.with_name(run_dir.name + DRY_RUN_SUFFIX)
@@ -179,27 +207,28 @@ def make_plan(
     calibration = calibrations.lookup(key)
     time = estimate_time(model.sizes, model.num_params, batch, topology, env, recipe.train.precision, recipe.train.steps,
                          model.frozen_params, calibration, key)
+    energy = _energy(recipe, env, topology, time, memory, checked.intensity, calibration)
     backend = BACKENDS[recipe.distributed.backend]
-    return LaunchPlan(
+    record = PlanRecord(
         run_dir=run_dir,
-        recipe=recipe,
         recipe_hash=recipe_hash(recipe),
         dry_run=dry_run,
+        backend=backend.name,
         topology=topology,
         batch=batch,
-        arch=model.arch.model_type,
-        sizes=model.sizes,
-        num_params=model.num_params,
-        frozen_params=model.frozen_params,
-        memory=memory,
-        host_memory=host_memory,
-        time=time,
+        model=ModelRecord(arch=model.arch.model_type, num_params=model.num_params, frozen_params=model.frozen_params,
+                          sizes=model.sizes, base=str(recipe.model.path.absolute()) if recipe.model.path else None),
+        memory_per_device=memory,
+        host_memory_per_node=host_memory,
+        estimate=time,
+        energy=energy.summary(),
         backend_files=backend.config_files(recipe, batch, model.sizes, model.num_params, load_universal),
-        energy=_energy(recipe, env, topology, time, memory, checked.intensity, calibration),
-        processes=[_local_process(backend.name, backend.process_env(topology), env, topology, run_dir, attached=not detach)],
-        cache_dir=env.cache_dir,
+        checkpoint_dir=recipe.checkpoint.dir or RunDir(run_dir).default_checkpoints,
+        data_cache_dir=env.cache_dir / "data",
+        commands=[_local_process(backend.name, backend.process_env(topology), env, topology, run_dir)],
         warnings=_memory_warnings(recipe, memory, host_memory) + [secret.warning() for secret in secrets],
     )
+    return LaunchPlan(recipe=recipe, contract=record, energy=energy, cache_dir=env.cache_dir)
 
 
 def _model_plan(recipe: Recipe, base: BaseModel | None) -> ModelPlan:
@@ -213,11 +242,11 @@ def _model_plan(recipe: Recipe, base: BaseModel | None) -> ModelPlan:
 def _memory(recipe: Recipe, model: ModelPlan, batch: Batch, env: EnvSnapshot, topology: Topology) -> MemoryEstimate:
     dist = recipe.distributed
     capacity = env.gpus[0].memory_bytes if env.gpus else env.memory_bytes // topology.procs_per_node
-    return estimate_memory(
-        model.sizes, model.num_params, model.largest_layer, batch, dist.zero_stage,
-        recipe.train.precision, dist.offload_optimizer, dist.offload_params, capacity, model.adapters,
-        recipe.train.activation_checkpointing,
-    )
+    return estimate_memory(MemoryRequest(
+        sizes=model.sizes, num_params=model.num_params, largest_layer=model.largest_layer, batch=batch, zero_stage=dist.zero_stage,
+        precision=recipe.train.precision, offload_optimizer=dist.offload_optimizer, offload_params=dist.offload_params,
+        capacity_bytes=capacity, trainable_params=model.adapters, checkpointing=recipe.train.activation_checkpointing,
+    ))
 
 
 def _host_memory(recipe: Recipe, model: ModelPlan, memory: MemoryEstimate, env: EnvSnapshot, topology: Topology) -> HostMemoryEstimate:
@@ -227,7 +256,8 @@ def _host_memory(recipe: Recipe, model: ModelPlan, memory: MemoryEstimate, env: 
     build_precision = recipe.train.precision if dist.backend == "deepspeed" else "fp32"
     built = construction_bytes(model.num_params, model.largest_layer, build_precision, topology.world_size, partitioned)
     on_host = built if topology.device == "cpu" else 0
-    return HostMemoryEstimate(topology.procs_per_node, on_host, partitioned, memory.host_offload_bytes, env.memory_bytes)
+    return HostMemoryEstimate(procs_per_node=topology.procs_per_node, construction_bytes=on_host, partitioned=partitioned,
+                              offload_bytes=memory.host_offload_bytes, capacity_bytes=env.memory_bytes)
 
 
 def _memory_warnings(recipe: Recipe, memory: MemoryEstimate, host: HostMemoryEstimate) -> list[str]:
@@ -307,13 +337,11 @@ def _intensity(loaded: LoadedRecipe, env: EnvSnapshot, problems: list[Problem]) 
         return None
 
 
-def _local_process(
-    backend: str, backend_env: dict[str, str], env: EnvSnapshot, topology: Topology, run_dir: Path, attached: bool
-) -> ProcessSpec:
+def _local_process(backend: str, backend_env: dict[str, str], env: EnvSnapshot, topology: Topology, run_dir: Path) -> ProcessSpec:
     """All ranks of this one node, started by the node launcher (as on every Slurm node) on a free local port."""
-    argv = node_argv(env.python, backend, 1, topology.procs_per_node, run_dir, "127.0.0.1", env.free_port, node_rank=0, attached=attached)
+    argv = node_argv(env.python, backend, 1, topology.procs_per_node, run_dir, "127.0.0.1", env.free_port, node_rank=0, attached=True)
     added = {"OMP_NUM_THREADS": str(max(1, env.cpu_count // topology.procs_per_node)), **backend_env}
-    return ProcessSpec(argv, added, env.cwd, LAUNCH_LOG)
+    return ProcessSpec(argv=argv, env=added, cwd=env.cwd, log=LAUNCH_LOG)
 
 
 def _dry_run_recipe(recipe: Recipe, batch: Batch) -> Recipe:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Callable, Literal, TypeVar
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, computed_field, model_validator
 
 from orchestrator.model.architectures import Sizes
 from orchestrator.recipe.schema import Recipe
@@ -25,26 +25,117 @@ T = TypeVar("T")
 
 
 class Record(BaseModel):
-    """Closed and immutable, like the recipe's sections: an unknown or missing field is an error."""
+    """Closed and immutable, like the recipe's sections: an unknown or missing field is an error.
+
+    A figure derived from the others (`computed_field`) is written for the reader's sake and
+    derived again on reading, never taken from the file."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _derived_again(cls, data):
+        if isinstance(data, dict) and cls.model_computed_fields:
+            return {key: value for key, value in data.items() if key not in cls.model_computed_fields}
+        return data
+
+    def stored(self) -> dict:
+        """The fields themselves, without the figures derived from them."""
+        return self.model_dump(exclude=set(self.model_computed_fields))
+
 
 class TopologyRecord(Record):
+    """Where the ranks run: the planner's topology, as plan.json holds it."""
+
     nodes: int
     procs_per_node: int
     device: str
     comm_backend: str
-    world_size: int
+
+    @computed_field
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.procs_per_node
 
 
 class BatchRecord(Record):
+    """The batch arithmetic: micro batch x accumulation x data-parallel ranks = global batch."""
+
     micro_batch_size: int
     gradient_accumulation_steps: int
     data_parallel: int
     seq_len: int
-    global_batch_size: int
-    tokens_per_step: int
+
+    @computed_field
+    @property
+    def global_batch_size(self) -> int:
+        return self.micro_batch_size * self.gradient_accumulation_steps * self.data_parallel
+
+    @computed_field
+    @property
+    def tokens_per_step(self) -> int:
+        return self.global_batch_size * self.seq_len
+
+
+FIT_HEADROOM = 0.9
+"""The share of a device's (or a node's) memory an estimate may fill and still be said to fit."""
+
+
+class MemoryRecord(Record):
+    """One device's memory, as `orchestrator.plan.memory` estimates it (bytes)."""
+
+    params_bytes: int
+    grads_bytes: int
+    optimizer_bytes: int
+    gather_buffer_bytes: int
+    activations_bytes: int
+    activations_other_bytes: int
+    """The activations with `train.activation_checkpointing` set the other way, for the plan to show."""
+    host_offload_bytes: int
+    capacity_bytes: int
+
+    @computed_field
+    @property
+    def total_bytes(self) -> int:
+        return self.params_bytes + self.grads_bytes + self.optimizer_bytes + self.gather_buffer_bytes + self.activations_bytes
+
+    @computed_field
+    @property
+    def fits(self) -> bool:
+        return self.total_bytes <= FIT_HEADROOM * self.capacity_bytes
+
+    @property
+    def activations_dominate(self) -> bool:
+        return max(self.activations_bytes, self.activations_other_bytes) > self.total_bytes - self.activations_bytes
+
+
+class HostMemoryRecord(Record):
+    """One node's host memory: what each rank holds on the host while its model is constructed, and
+    what offload keeps there for the whole run.
+
+    Construction is where a model larger than one rank is lost: without partitioned construction
+    every rank builds the whole model before DeepSpeed partitions it (8 ranks x a 7B model in fp32
+    is 8 x 26 GiB). On a GPU the model is built on the device, so only the CPU device's
+    construction counts here."""
+
+    procs_per_node: int
+    construction_bytes: int
+    """Per rank: the whole model, or with partitioned construction its partition plus one gathered layer."""
+    partitioned: bool
+    offload_bytes: int
+    """Per rank: optimizer state (and at stage 3 parameters) offloaded to the host."""
+    capacity_bytes: int
+    """The node's memory."""
+
+    @computed_field
+    @property
+    def per_node_bytes(self) -> int:
+        return self.procs_per_node * (self.construction_bytes + self.offload_bytes)
+
+    @computed_field
+    @property
+    def fits(self) -> bool:
+        return self.per_node_bytes <= FIT_HEADROOM * self.capacity_bytes
 
 
 class ModelRecord(Record):
@@ -84,9 +175,12 @@ class EnergyRecord(Record):
 
 
 class CommandRecord(Record):
+    """A process the plan starts: its argv, the variables added to the environment, its working
+    directory, and its log (relative to the run directory)."""
+
     argv: list[str]
     env: dict[str, str]
-    cwd: str
+    cwd: Path
     log: str
 
 
@@ -100,8 +194,8 @@ class PlanRecord(Record):
     topology: TopologyRecord
     batch: BatchRecord
     model: ModelRecord
-    memory_per_device: dict[str, int | bool]
-    host_memory_per_node: dict[str, int | bool]
+    memory_per_device: MemoryRecord
+    host_memory_per_node: HostMemoryRecord
     estimate: EstimateRecord
     energy: EnergyRecord
     backend_files: dict[str, dict]

@@ -99,7 +99,7 @@ def test_orch_run_is_refused_while_another_attempt_lives(tmp_path):
 def test_the_local_launcher_is_attached_unless_detached_and_never_under_slurm(tmp_path):
     loaded = load_recipe(TINY)
     assert "--attached" in make_plan(loaded, make_env(tmp_path)).processes[0].argv
-    assert "--attached" not in make_plan(loaded, make_env(tmp_path), detach=True).processes[0].argv
+    assert "--attached" not in make_plan(loaded, make_env(tmp_path)).detached().processes[0].argv
     assert "--attached" not in node_command(tiny_plan_record(tmp_path), "/py", "n1", 20001)
 
 

@@ -2,6 +2,7 @@
 memory at start-up (whole replicas against partitioned construction), offload, and bases of any
 architecture counted on the meta device."""
 
+import json
 import shutil
 
 import pytest
@@ -10,6 +11,7 @@ from orchestrator.errors import RecipeError
 from orchestrator.plan.planner import make_plan
 from orchestrator.plan.render import render_plan
 from orchestrator.recipe.loader import load_recipe
+from orchestrator.rundir.records import plan_json
 from tests.conftest import H100, TINY, make_env
 
 SEVEN_B = ["model.hidden_size=4096", "model.num_layers=32", "model.num_heads=32", "model.num_kv_heads=32",
@@ -28,7 +30,7 @@ def test_activation_checkpointing_lowers_the_estimate_and_the_plan_shows_both(tm
     assert (on.memory.activations_other_bytes, off.memory.activations_other_bytes) == (off.memory.activations_bytes, on.memory.activations_bytes)
     text = render_plan(off)
     assert "without activation checkpointing" in text and "(train.activation_checkpointing: true)" in text
-    assert on.record().memory_per_device["activations_bytes"] == on.memory.activations_bytes
+    assert json.loads(plan_json(on.record()))["memory_per_device"]["activations_bytes"] == on.memory.activations_bytes
 
 
 def test_whole_replicas_at_start_up_are_flagged_with_the_fix(tmp_path):
@@ -50,7 +52,7 @@ def test_partitioned_construction_holds_a_partition_and_one_layer(tmp_path):
     assert unpartitioned.host_memory.construction_bytes == plan.num_params * 2
     (warning,) = [w for w in unpartitioned.warnings if w.startswith("start-up")]
     assert "distributed.zero3_init: true" in warning
-    assert plan.record().host_memory_per_node["per_node_bytes"] == plan.host_memory.per_node_bytes
+    assert json.loads(plan_json(plan.record()))["host_memory_per_node"]["per_node_bytes"] == plan.host_memory.per_node_bytes
 
 
 def test_a_model_built_on_the_gpu_needs_no_host_memory_to_construct(tmp_path):
