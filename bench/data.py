@@ -1,5 +1,6 @@
 """Data preparation at scale: throughput per worker against the tokenizer's own limit, scaling from 1
-to 2 workers, and peak memory for a corpus and one four times larger.
+to 2 workers, peak memory for a corpus and one four times larger, and for the same text in book-length
+documents.
 
     python bench/data.py [--size-mb 200] [--out bench/results/data.json]
     python bench/data.py --smoke --out /tmp/data.json     # corpora of 1 and 4 MiB (the test suite's)
@@ -12,6 +13,11 @@ with its own `encode_batch` on one thread: the rate a worker cannot beat. Peak m
 largest sum of resident memory over the preparing process and its workers, sampled every 50 ms.
 Goals (issue 18): at least 0.8 of the `encode_batch` rate per worker; 4S prepared in at most 1.2x
 the peak memory of S.
+
+A third corpus holds S bytes in documents of 40 MiB (issue 30: a 40 MB text file took 10 GB; at
+most half of S each, so that validation has a document of its own), prepared like S with 1 worker
+and curation off and again with every curation step and 2 workers; its peak memory over S's in the
+same settings is the figure: a document is tokenized and fingerprinted a piece at a time.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ import psutil
 from common import REPO, RESULTS, parse_args, tail, write_result
 
 SMOKE = {"size_mb": 1}
+LARGE_DOCUMENT_BYTES = 40 * 2**20
+"""The size of a book-length document: the issue's 40 MB text file."""
 SHARD_BYTES = 8 * 2**20
 """Chunks of 8 MiB, so that even S is many chunks: with fewer chunks than twice the workers, every
 chunk is in flight at once and memory still grows with the corpus."""
@@ -61,16 +69,20 @@ if __name__ == "__main__":
 """
 
 
-def synthetic_corpus(path: Path, size_bytes: int, seed: int = 0) -> None:
-    """Documents of 200 to 2,000 words drawn from a Zipf law over 30,000 made-up words, until `size_bytes`."""
+def synthetic_corpus(path: Path, size_bytes: int, seed: int = 0, document_bytes: int | None = None) -> None:
+    """Documents of 200 to 2,000 words (or of `document_bytes` characters each) drawn from a Zipf law over
+    30,000 made-up words, until `size_bytes`."""
     rng = np.random.default_rng(seed)
     letters = np.array(list("etaoinshrdlucmfwypvbgkjqxz"))
     vocabulary = ["".join(rng.choice(letters, size=rng.integers(2, 10))) for _ in range(30_000)]
+    mean_word = np.mean([len(w) + 1 for w in vocabulary])  # the Zipf law favours the first words: draw enough, then cut
     written = 0
     with path.open("w") as out:
         while written < size_bytes:
-            ids = np.minimum(rng.zipf(1.2, size=int(rng.integers(200, 2000))), len(vocabulary)) - 1
-            line = json.dumps({"text": " ".join(vocabulary[i] for i in ids)}) + "\n"
+            words = int(2 * document_bytes / mean_word) if document_bytes else int(rng.integers(200, 2000))
+            ids = np.minimum(rng.zipf(1.2, size=words), len(vocabulary)) - 1
+            text = " ".join(vocabulary[i] for i in ids)
+            line = json.dumps({"text": text[:document_bytes] if document_bytes else text}) + "\n"
             out.write(line)
             written += len(line)
 
@@ -92,6 +104,23 @@ def measured(argv: list[str], env: dict, log: Path) -> tuple[dict, int]:
     if process.returncode != 0:
         raise RuntimeError(f"{log.stem} failed with exit code {process.returncode}; last lines of {log}:\n{tail(log)}")
     return json.loads(out.strip().splitlines()[-1]), peak
+
+
+def large_documents(work: Path, size_bytes: int, env: dict, settings: dict[str, tuple[dict, int, int]]) -> dict:
+    """S bytes in documents of 40 MiB (at most half of S) prepared in each of `settings` (name: the
+    spec used for S, workers, S's peak memory in them): seconds and peak memory against S's."""
+    document_bytes = min(LARGE_DOCUMENT_BYTES, size_bytes // 2)
+    corpus = work / "corpus-S-large-documents.jsonl"
+    synthetic_corpus(corpus, size_bytes, seed=1, document_bytes=document_bytes)
+    figures = {"document_mib": round(document_bytes / 2**20, 1), "bytes": corpus.stat().st_size}
+    for name, (spec, workers, small_peak) in settings.items():
+        argv = [sys.executable, "-c", PREPARE, json.dumps({**spec, "path": str(corpus)}), str(work / f"cache-large-{name}"), str(workers)]
+        result, peak = measured(argv, env, work / f"prepare-large-{name}.log")
+        figures[name] = {"seconds": round(result["seconds"], 1), "peak_rss_mib": round(peak / 2**20),
+                         "peak_over_small_documents": round(peak / small_peak, 3)}
+        print(f"S in {document_bytes / 2**20:.0f} MiB documents, {name}: {result['seconds']:.1f} s, peak {peak / 2**20:.0f} MiB "
+              f"({peak / small_peak:.2f}x S's)", flush=True)
+    return figures
 
 
 def main() -> None:
@@ -130,6 +159,9 @@ def main() -> None:
                 "curation": {"near_dedup": {"threshold": 0.8}}}  # every step, near-deduplication included
         curated, curated_peak = measured([sys.executable, "-c", PREPARE, json.dumps(spec), str(work / "cache-curated"), "2"], env,
                                          work / "prepare-curated.log")
+        large = large_documents(work, args.size_mb * 2**20, env, {
+            "pipeline_1_worker": ({**spec, "curation": pipeline_only["curation"]}, 1, results[("S", 1)]["peak_rss"]),
+            "curated_2_workers": (spec, 2, curated_peak)})
     rate = {key: r["tokens"] / r["seconds"] for key, r in results.items()}
     for (label, workers), r in results.items():
         tokenize_rate = r["tokens"] / r["phases"]["tokenize"]
@@ -147,6 +179,7 @@ def main() -> None:
         "curated_S_2_workers": {"seconds": round(curated["seconds"], 1), "peak_rss_mib": round(curated_peak / 2**20),
                                 "slowdown_vs_pipeline_only": round(curated["seconds"] / results[("S", 2)]["seconds"], 2),
                                 "counts": curated["curation"]},
+        "large_documents_S": large,
     }
     for row in rows:
         print(row)

@@ -8,6 +8,11 @@ a hash of the normalised text (exact) and a MinHash signature of its word 5-gram
 documents deduplication drops is decided in one process, in document order (`Deduplicator`), so the
 result does not depend on how many workers computed the fingerprints.
 
+Quality rules and redaction read a document whole; decontamination, the exact key and the MinHash
+signature read it a piece at a time (`pieces`: cut before a space, so no word and no n-gram is lost
+at a cut, and each gives what the whole document gives), so a book-length document costs a few times
+its size, not a hundred. Every decision is still one per document.
+
 Redaction is the first line, not the gate: the release's content gate still probes the trained
 model, with the same detector.
 """
@@ -22,10 +27,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from orchestrator.data import ngrams
+from orchestrator.data.pieces import PIECE_CHARS, pieces
 from orchestrator.data.pii import redact
 from orchestrator.data.spec import CurationSpec, NearDedupSpec, QualitySpec
 
 SHINGLE = 5
+MINHASH_BATCH = 4096
+"""Shingles hashed at once: datasketch holds a shingles x permutations matrix (4 MiB here, not gigabytes)."""
 
 
 def quality_failure(text: str, spec: QualitySpec) -> str | None:
@@ -42,22 +50,40 @@ def quality_failure(text: str, spec: QualitySpec) -> str | None:
     return None
 
 
-def exact_key(text: str) -> bytes:
-    """Documents equal up to case, Unicode form and whitespace share this key."""
+def exact_key(text: str, piece_chars: int = PIECE_CHARS) -> bytes:
+    """Documents equal up to case, Unicode form and whitespace share this key: the hash of their
+    words joined by single spaces, fed a piece at a time."""
     import xxhash
 
-    return xxhash.xxh3_128_digest(" ".join(unicodedata.normalize("NFKC", text).lower().split()).encode())
+    hasher, separator = xxhash.xxh3_128(), b""
+    for piece in pieces(text, piece_chars):
+        words = unicodedata.normalize("NFKC", piece).lower().split()
+        if words:
+            hasher.update(separator + " ".join(words).encode())
+            separator = b" "
+    return hasher.digest()
 
 
-def minhash(text: str, spec: NearDedupSpec):
-    """A datasketch `LeanMinHash` of the document's word 5-grams (the whole text when shorter)."""
+def minhash(text: str, spec: NearDedupSpec, piece_chars: int = PIECE_CHARS):
+    """A datasketch `LeanMinHash` of the document's word 5-grams (the whole text when shorter). A
+    piece's 5-grams start with the last four words of the one before; a minimum over hashes does not
+    depend on how they are batched, nor on a 5-gram hashed twice."""
     from datasketch import LeanMinHash, MinHash
 
-    words = ngrams.words(text)
-    shingles = {" ".join(words[i : i + SHINGLE]) for i in range(max(1, len(words) - SHINGLE + 1))}
     signature = MinHash(num_perm=spec.num_perm, seed=1)
-    signature.update_batch([s.encode() for s in shingles])
+    words: list[str] = []
+    for piece in pieces(text, piece_chars):
+        words = words[-(SHINGLE - 1) :] + ngrams.words(piece)
+        _hash_into(signature, {" ".join(words[i : i + SHINGLE]) for i in range(len(words) - SHINGLE + 1)})
+    if len(words) < SHINGLE:  # the whole document is shorter than one 5-gram
+        _hash_into(signature, {" ".join(words)})
     return LeanMinHash(signature)
+
+
+def _hash_into(signature, shingles: set[str]) -> None:
+    batch = [s.encode() for s in shingles]
+    for start in range(0, len(batch), MINHASH_BATCH):
+        signature.update_batch(batch[start : start + MINHASH_BATCH])
 
 
 @dataclass
@@ -70,12 +96,12 @@ class Curated:
     counts: Counter = field(default_factory=Counter)
 
 
-def curate(texts: list[str], spec: CurationSpec, contamination: "Contamination | None") -> Curated:
+def curate(texts: list[str], spec: CurationSpec, contamination: "Contamination | None", piece_chars: int = PIECE_CHARS) -> Curated:
     """The per-document steps over one chunk, in a worker: pure, so any worker gives the same result."""
     out = Curated([], [], [])
     for text in texts:
         out.counts["read"] += 1
-        if contamination is not None and contamination.found_in(text):
+        if contamination is not None and contamination.found_in(text, piece_chars):
             out.counts["decontaminated"] += 1
             continue
         reason = quality_failure(text, spec.quality) if spec.quality else None
@@ -87,8 +113,8 @@ def curate(texts: list[str], spec: CurationSpec, contamination: "Contamination |
             out.counts.update({f"pii_{kind}": n for kind, n in found.items()})
             out.counts["pii_documents"] += bool(found)
         out.texts.append(text)
-        out.keys.append(exact_key(text) if spec.exact_dedup else b"")
-        out.signatures.append(minhash(text, spec.near_dedup) if spec.near_dedup else None)
+        out.keys.append(exact_key(text, piece_chars) if spec.exact_dedup else b"")
+        out.signatures.append(minhash(text, spec.near_dedup, piece_chars) if spec.near_dedup else None)
     return out
 
 
@@ -97,10 +123,27 @@ class Contamination:
     """The evaluation files' word n-grams (per n), which a training document must not share."""
 
     needles: dict[int, np.ndarray]
+    """Per n, the sorted unique hashes of the evaluation files' n-grams."""
 
-    def found_in(self, text: str) -> bool:
-        ids = ngrams.word_ids(text)
-        return any(np.isin(ngrams.ngram_hashes(ids, n), hashes).any() for n, hashes in self.needles.items())
+    def found_in(self, text: str, piece_chars: int = PIECE_CHARS) -> bool:
+        """Whether the text shares an n-gram with an evaluation file; read a piece at a time, each
+        piece's words after the last n-1 of the piece before, so no n-gram across a cut is missed."""
+        carried = max(self.needles) - 1
+        ids = np.zeros(0, dtype=np.uint64)
+        for piece in pieces(text, piece_chars):
+            ids = np.concatenate([ids[max(0, len(ids) - carried) :], ngrams.word_ids(piece)])
+            if any(_any_in(ngrams.ngram_hashes(ids, n), hashes) for n, hashes in self.needles.items()):
+                return True
+        return False
+
+
+def _any_in(values: np.ndarray, ordered: np.ndarray) -> bool:
+    """Whether any of `values` is in `ordered` (sorted, as `np.unique` leaves it): a binary search per
+    value, where `np.isin` would sort the needles again for every piece."""
+    if not len(ordered):
+        return False
+    at = np.minimum(np.searchsorted(ordered, values), len(ordered) - 1)
+    return bool((ordered[at] == values).any())
 
 
 def contamination_from(paths, ngram: int = 13) -> Contamination | None:

@@ -4,7 +4,8 @@ Each source is streamed in reading order and cut into chunks; workers curate eac
 (`data.curate`), one process decides deduplication in order, a BPE tokenizer is trained on an even
 sample of what was kept (`data.tokenizer.sample_bytes`), and workers tokenize each chunk into its
 own training and validation shard (`data.shards`). Memory holds a few chunks and the deduplication
-index, never the corpus. The result lives in a cache directory keyed by the data section and the
+index, never the corpus; a document longer than a chunk is tokenized, sampled and fingerprinted a
+piece at a time (`data.pieces`), with the same tokens as if it were whole. The result lives in a cache directory keyed by the data section and the
 content hashes of its files, so runs with the same data share it, and a changed file gives a new
 entry (built in a staging directory and published with one rename: `data.staging`); its
 `manifest.json` counts every document read, dropped, redacted and kept, per source.
@@ -25,6 +26,7 @@ import numpy as np
 
 from orchestrator.data.corpus import SourceFile, fingerprint, iter_documents, source_files
 from orchestrator.data.curate import Deduplicator, contamination_from
+from orchestrator.data.pieces import PIECE_CHARS, pieces
 from orchestrator.data.shards import TokenShards, write_shard
 from orchestrator.data.spec import DataSpec, SourceSpec
 from orchestrator.data.staging import publish, staged
@@ -122,9 +124,11 @@ def _size_and_mtime(path: Path) -> tuple[int, int]:
     return stat.st_size, stat.st_mtime_ns
 
 
-def prepare_data(spec: DataSpec, seed: int, cache_dir: Path, workers: int | None = None) -> tuple[PreparedData, dict]:
+def prepare_data(spec: DataSpec, seed: int, cache_dir: Path, workers: int | None = None,
+                 piece_chars: int = PIECE_CHARS) -> tuple[PreparedData, dict]:
     """Returns the prepared data and its manifest (files with hashes, counts); prepares it when the
-    cache lacks it, with `workers` processes (default: `data.workers`)."""
+    cache lacks it, with `workers` processes (default: `data.workers`). `piece_chars` (the longest
+    piece of a document any step takes at once) changes no token, only memory and speed: tests lower it."""
     target = find_prepared(spec, seed, cache_dir)
     if target is None:
         files = [fingerprint(source_files(source)) for source in spec.mixture()]
@@ -132,7 +136,7 @@ def prepare_data(spec: DataSpec, seed: int, cache_dir: Path, workers: int | None
     if not (target / MANIFEST).exists():
         cache_dir.mkdir(parents=True, exist_ok=True)
         with staged(cache_dir, target.name) as staging:
-            _build(spec, seed, files, staging, cache_dir, workers or spec.workers)
+            _build(spec, seed, files, staging, cache_dir, workers or spec.workers, piece_chars)
             publish(staging, target, MANIFEST)
     (cache_dir / "index").mkdir(exist_ok=True)
     pointer = cache_dir / "index" / f"{_stat_key(spec, seed)}.json"
@@ -153,7 +157,7 @@ def read_sources(directory: Path) -> list[dict]:
     return json.loads((directory / SOURCES).read_text())
 
 
-def _build(spec: DataSpec, seed: int, files: list[list[SourceFile]], out: Path, cache_dir: Path, workers: int) -> None:
+def _build(spec: DataSpec, seed: int, files: list[list[SourceFile]], out: Path, cache_dir: Path, workers: int, piece_chars: int) -> None:
     import datasets
 
     datasets.disable_progress_bars()
@@ -166,16 +170,16 @@ def _build(spec: DataSpec, seed: int, files: list[list[SourceFile]], out: Path, 
     contamination = contamination_from(spec.decontaminate)
     clock = [time.perf_counter()]
     with Workers(workers) as pool:
-        curated = [_curate_source(s, source, [f.path for f in fs], spec, contamination, pool, scratch, cache_dir)
+        curated = [_curate_source(s, source, [f.path for f in fs], spec, contamination, pool, scratch, cache_dir, piece_chars)
                    for s, (source, fs) in enumerate(zip(spec.mixture(), files))]
         for source in curated:
             source.split(spec.val_fraction, seed)
         clock.append(time.perf_counter())
-        tokenizer = _tokenizer(spec, _sample(curated, spec.tokenizer.sample_bytes), out / "tokenizer")
+        tokenizer = _tokenizer(spec, _sample(curated, spec.tokenizer.sample_bytes, piece_chars), out / "tokenizer")
         dtype = "uint16" if len(tokenizer) <= 2**16 else "uint32"
         canaries = make_canaries(spec.canaries.count, seed)
         clock.append(time.perf_counter())
-        sources = [source.tokenize(pool, out, tokenizer.eos_token_id, dtype) for source in curated]
+        sources = [source.tokenize(pool, out, tokenizer.eos_token_id, dtype, piece_chars) for source in curated]
         clock.append(time.perf_counter())
     if canaries:
         name = f"sources/{sources[0]['name']}/train-canaries"
@@ -229,18 +233,20 @@ class CuratedSource:
             keep[where] = np.where(held_out[ordinal : ordinal + len(where)], 2, 1)
             ordinal += len(where)
 
-    def training_texts(self, budget: int) -> Iterator[str]:
+    def training_texts(self, budget: int, piece_chars: int) -> Iterator[str]:
         """At most `budget` characters of training documents, each chunk giving its share (the last
-        document it gives cut to fit), so the sample spans the whole source."""
+        document it gives cut to fit), so the sample spans the whole source. A long document comes
+        in pieces: the trainer counts the words of each, the same words as of the whole document
+        (see `pieces`), at a fraction of the memory."""
         total = sum(int(s[k == 1].sum()) for s, k in zip(self.sizes, self.keep)) or 1
         for chunk, keep, sizes in zip(self.chunks, self.keep, self.sizes):
             left = int(budget * int(sizes[keep == 1].sum()) / total)
             for text, code in zip(read_texts(chunk), keep.tolist()):
                 if code == 1 and left > 0:
-                    yield text[:left]
+                    yield from pieces(text[:left], piece_chars)
                     left -= min(left, len(text))
 
-    def tokenize(self, pool: Workers, out: Path, eos: int, dtype: str) -> dict:
+    def tokenize(self, pool: Workers, out: Path, eos: int, dtype: str, piece_chars: int) -> dict:
         """The source's shards, one per chunk and split, and its entry in the manifest."""
         name = self.spec.label
         (out / "sources" / name).mkdir(parents=True)
@@ -250,7 +256,7 @@ class CuratedSource:
             paths = {split: f"sources/{name}/{split}-{i:05d}" for split in shards}
             for split, path in paths.items():
                 shards[split].append(path)
-            tasks.append(TokenizeTask(chunk, keep, out / "tokenizer", eos, dtype, {split: out / path for split, path in paths.items()}))
+            tasks.append(TokenizeTask(chunk, keep, out / "tokenizer", eos, dtype, {split: out / path for split, path in paths.items()}, piece_chars))
         documents, tokens = Counter(), Counter()
         for counts in pool.map(tokenize_chunk, tasks):
             for split, (docs, n) in counts.items():
@@ -261,9 +267,9 @@ class CuratedSource:
 
 
 def _curate_source(index: int, source: SourceSpec, files: list[Path], spec: DataSpec, contamination, pool: Workers,
-                   scratch: Path, cache_dir: Path) -> CuratedSource:
+                   scratch: Path, cache_dir: Path, piece_chars: int) -> CuratedSource:
     dedup = Deduplicator(spec.curation)
-    tasks = (CurateTask(texts, scratch / f"{index}-{i:05d}", spec.curation, contamination)
+    tasks = (CurateTask(texts, scratch / f"{index}-{i:05d}", spec.curation, contamination, piece_chars)
              for i, texts in enumerate(chunks(iter_documents(source, files, cache_dir / "hf"), spec.shard_bytes)))
     paths, keep, sizes, counts = [], [], [], Counter()
     for i, result in enumerate(pool.map(curate_chunk, tasks)):
@@ -279,11 +285,11 @@ def _curate_source(index: int, source: SourceSpec, files: list[Path], spec: Data
     return CuratedSource(index, source, paths, keep, sizes, counts)
 
 
-def _sample(sources: list[CuratedSource], budget: int) -> Iterator[str]:
+def _sample(sources: list[CuratedSource], budget: int, piece_chars: int) -> Iterator[str]:
     """The tokenizer's training text: each source's share of `budget` by its weight."""
     total = sum(s.spec.weight for s in sources)
     for source in sources:
-        yield from source.training_texts(int(budget * source.spec.weight / total))
+        yield from source.training_texts(int(budget * source.spec.weight / total), piece_chars)
 
 
 def _build_instruction(spec: DataSpec, seed: int, files: list[Path], out: Path, cache_dir: Path) -> None:

@@ -3,7 +3,9 @@
 A chunk (about `data.shard_bytes` of text, cut in reading order) is the unit of work and of output:
 what a worker does with it depends on the chunk alone, its files are named by the chunk's index,
 and results are taken back in chunk order, so 1 worker and 8 write the same bytes. At most two
-chunks per worker are in flight, so memory is bounded by the chunk size, not the corpus.
+chunks per worker are in flight, so memory is bounded by the chunk size, not the corpus. A document
+longer than a chunk is still one document of one chunk, but no step takes more of it at once than a
+piece (`pieces.PIECE_CHARS`): tokenizing it whole would cost about a hundred times its size.
 Workers are spawned (not forked from a process that may hold threads) and tokenize on one thread
 each (`TOKENIZERS_PARALLELISM=false`): the parallelism is the workers'.
 """
@@ -20,6 +22,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 import numpy as np
 
 from orchestrator.data.curate import Contamination, Curated, curate
+from orchestrator.data.pieces import PIECE_CHARS, pieces
 from orchestrator.data.shards import write_shard
 from orchestrator.data.spec import CurationSpec
 
@@ -83,6 +86,7 @@ class CurateTask:
     scratch: Path
     spec: CurationSpec
     contamination: Contamination | None
+    piece_chars: int = PIECE_CHARS
 
 
 @dataclass(frozen=True)
@@ -96,7 +100,7 @@ class CurateResult:
 
 
 def curate_chunk(task: CurateTask) -> CurateResult:
-    curated: Curated = curate(task.texts, task.spec, task.contamination)
+    curated: Curated = curate(task.texts, task.spec, task.contamination, task.piece_chars)
     write_texts(task.scratch, curated.texts)
     return CurateResult(curated.keys, curated.signatures, [len(t) for t in curated.texts], dict(curated.counts))
 
@@ -123,6 +127,7 @@ class TokenizeTask:
     dtype: str
     out: dict[str, Path]
     """Shard path (without suffix) per split."""
+    piece_chars: int = PIECE_CHARS
 
 
 def tokenize_chunk(task: TokenizeTask) -> dict[str, tuple[int, int]]:
@@ -132,10 +137,37 @@ def tokenize_chunk(task: TokenizeTask) -> dict[str, tuple[int, int]]:
     counts = {}
     for split, code in (("train", 1), ("val", 2)):
         chosen = [t for t, k in zip(texts, task.keep.tolist()) if k == code]
-        encoded = tokenizer.encode_batch(chosen, add_special_tokens=False) if chosen else []
-        documents = [np.append(np.asarray(e.ids, dtype=np.int64), task.eos) for e in encoded]
+        documents = [np.append(ids, task.eos) for ids in token_ids(tokenizer, chosen, task.piece_chars)]
         counts[split] = (len(documents), write_shard(task.out[split], documents, task.dtype))
     return counts
+
+
+def token_ids(tokenizer, texts: list[str], piece_chars: int = PIECE_CHARS) -> list[np.ndarray]:
+    """Each text's token ids, its pieces encoded in batches of about `piece_chars` characters: the
+    same ids as encoding each text whole (see `pieces`), with the tokenizer's working memory bounded
+    by the batch instead of by the longest document."""
+    parts: list[list[np.ndarray]] = [[] for _ in texts]
+    batch: list[str] = []
+    owners: list[int] = []
+
+    def encode() -> None:
+        for owner, encoding in zip(owners, tokenizer.encode_batch(batch, add_special_tokens=False)):
+            parts[owner].append(np.asarray(encoding.ids, dtype=np.int64))
+        batch.clear()
+        owners.clear()
+
+    size = 0
+    for owner, text in enumerate(texts):
+        for piece in pieces(text, piece_chars):
+            batch.append(piece)
+            owners.append(owner)
+            size += len(piece)
+            if size >= piece_chars:
+                encode()
+                size = 0
+    if batch:
+        encode()
+    return [np.concatenate(p) for p in parts]
 
 
 _TOKENIZERS: dict[Path, object] = {}

@@ -110,6 +110,8 @@ def test_data_preparation(tmp_path):
     summary = result["summary"]
     assert positive(summary["encode_batch_tokens_per_s"]) and positive(summary["curated_S_2_workers"]["seconds"])
     assert all(positive(v) for v in summary["peak_memory_4S_over_S"].values())
+    large = summary["large_documents_S"]  # the same text in documents longer than a piece
+    assert all(positive(large[run]["peak_rss_mib"]) and positive(large[run]["peak_over_small_documents"]) for run in ("pipeline_1_worker", "curated_2_workers"))
 
 
 def test_scale(tmp_path):

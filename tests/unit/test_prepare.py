@@ -172,7 +172,7 @@ from pathlib import Path
 from orchestrator.data import prepare
 from orchestrator.data.spec import DataSpec
 
-def build(spec, seed, files, out, cache_dir, workers):
+def build(spec, seed, files, out, cache_dir, workers, piece_chars):
     print(out, flush=True)
     sys.stdin.read()  # until the test lets it go
 
