@@ -28,6 +28,8 @@ _TAIL_BLOCK = 1 << 16
 
 
 class Journal(JournalFileBackend):
+    """`study.journal` under Optuna's open(2)-based lock, read checked and, unless `writable`, never appended to."""
+
     def __init__(self, path: Path, writable: bool):
         self.path = path
         self.writable = writable
