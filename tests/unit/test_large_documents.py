@@ -76,6 +76,40 @@ def test_a_document_encoded_in_pieces_gives_the_ids_of_the_whole(tokenizer, limi
     assert [s.tolist() for s in several] == [tokenizer.encode(t, add_special_tokens=False).ids for t in ["short one", DOCUMENT, "", "  two  "]]
 
 
+LLAMA3_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+
+
+def pretrained_kind(kind: str):
+    """A small tokenizer built like a family of pretrained ones (`data.tokenizer.kind: pretrained`)."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    if kind == "bert":
+        tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tokenizer.normalizer, tokenizer.pre_tokenizer = normalizers.BertNormalizer(), pre_tokenizers.BertPreTokenizer()
+        tokenizer.train_from_iterator([DOCUMENT[:60_000]], trainers.WordPieceTrainer(vocab_size=2000, special_tokens=["[UNK]"], show_progress=False))
+        return tokenizer
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = {
+        "gpt2-prefix-space": lambda: pre_tokenizers.ByteLevel(add_prefix_space=True),
+        "llama3-split": lambda: pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(LLAMA3_SPLIT), "isolated"),
+                                                          pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]),
+        "metaspace": lambda: pre_tokenizers.Metaspace(prepend_scheme="first"),
+    }[kind]()
+    tokenizer.train_from_iterator([DOCUMENT[:60_000]], trainers.BpeTrainer(vocab_size=2000, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                                           show_progress=False))
+    return tokenizer
+
+
+@pytest.mark.parametrize("kind", ["gpt2-prefix-space", "llama3-split", "metaspace", "bert"])
+def test_pretrained_tokenizer_families_give_the_ids_of_the_whole_too(kind):
+    """The cut is a pre-token boundary for the families a recipe's pretrained tokenizer usually comes
+    from; a normalizer that prepends a marker to every input (SentencePiece conversions: Llama 2,
+    Mistral) is the exception the README names."""
+    tokenizer = pretrained_kind(kind)
+    ids, = token_ids(tokenizer, [DOCUMENT], 4096)
+    assert ids.tolist() == tokenizer.encode(DOCUMENT, add_special_tokens=False).ids
+
+
 def test_a_tokenizer_trained_on_pieces_is_the_one_trained_on_the_whole():
     assert train_bpe(pieces(DOCUMENT, 700)).to_str() == train_bpe(iter([DOCUMENT])).to_str()
 
