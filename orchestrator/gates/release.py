@@ -27,6 +27,7 @@ from orchestrator.gates.spec import GATE_NAMES
 from orchestrator.rundir.layout import RELEASE_MANIFEST, RunDir
 from orchestrator.recipe.redact import redact_recipe
 from orchestrator.rundir.records import read_plan, read_recipe, recipe_yaml
+from orchestrator.tracking.sinks import sqlite_uri
 
 RELEASE_FILE = RELEASE_MANIFEST
 READ_ONLY_FILE, READ_ONLY_DIR = 0o444, 0o555
@@ -130,7 +131,7 @@ def register_release(path: Path, name: str) -> str:
     import mlflow
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{path.parent / 'mlruns.db'}"
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or sqlite_uri(path.parent / "mlruns.db")
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment = client.get_experiment_by_name("releases")
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from orchestrator.env import EnvSnapshot
+from orchestrator.filetree import write_file
 from orchestrator.model.architectures import Sizes
 from orchestrator.plan.arithmetic import Batch, Topology
 from orchestrator.recipe.schema import Recipe
@@ -201,6 +202,4 @@ def _compact(path: Path) -> None:
     for measured in read_calibrations(path.parent).measured:
         groups.setdefault((measured.key, measured.schedule), []).append(measured)
     kept = sorted((m for group in groups.values() for m in _newest(group)), key=lambda m: m.time)
-    partial = path.with_suffix(".tmp")
-    partial.write_text("".join(json.dumps(asdict(m)) + "\n" for m in kept))
-    partial.replace(path)
+    write_file(path, "".join(json.dumps(asdict(m)) + "\n" for m in kept))

@@ -15,13 +15,13 @@ import os
 import sys
 from pathlib import Path
 from typing import Callable
-from urllib.parse import quote
 
 from orchestrator.errors import BudgetExceeded, LaunchError, OrchestratorError, Preempted
 from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir
 from orchestrator.sweep.space import NO_SWEEP, checked_values, trial_overrides
 from orchestrator.sweep.study import PRUNED, Judge, SweepDir, claim, final_value, open_study
+from orchestrator.tracking.sinks import sqlite_uri
 
 
 def trial_args(trial, sweep: SweepDir, recipe) -> list[str]:
@@ -39,7 +39,7 @@ def sweep_overrides(sweep: SweepDir, recipe) -> list[str]:
     if recipe.tracking.any:
         values["tracking.group"] = sweep.path.name
     if recipe.tracking.mlflow.enabled and recipe.tracking.mlflow.tracking_uri is None:
-        values["tracking.mlflow.tracking_uri"] = "sqlite:///" + quote(str((sweep.path / "mlflow.db").resolve()))
+        values["tracking.mlflow.tracking_uri"] = sqlite_uri(sweep.path / "mlflow.db")
     return trial_overrides(values)
 
 

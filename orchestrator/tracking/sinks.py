@@ -16,10 +16,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import quote
 
 from orchestrator import hooks
 from orchestrator.rundir.layout import RunDir
 from orchestrator.tracking.spec import MlflowSpec, TensorBoardSpec, TrackingSpec, WandbSpec
+
+
+def sqlite_uri(database: Path) -> str:
+    """An MLflow store's URI for a database file, percent-quoted so the path reads back as itself
+    (pasted in, a `#` or `%xx` in a run or sweep directory's name moved the store elsewhere)."""
+    return "sqlite:///" + quote(str(database.resolve()))
 
 
 @dataclass(frozen=True)
@@ -164,7 +171,7 @@ class MlflowSink:
         import mlflow
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)
-        uri = self.spec.tracking_uri or f"sqlite:///{RunDir(identity.run_dir).mlflow_db}"
+        uri = self.spec.tracking_uri or sqlite_uri(RunDir(identity.run_dir).mlflow_db)
         self.client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
         experiment = self.client.get_experiment_by_name(self.spec.experiment)
         experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(

@@ -92,12 +92,15 @@ def test_a_chart_with_nothing_says_so_and_one_with_data_draws_it():
     assert 'data-points="3"' in svg and "<polyline" in svg
 
 
-def test_mlflow_gets_names_it_accepts(tmp_path):
+def test_mlflow_gets_names_it_accepts_and_its_store_stays_in_the_run_whatever_the_run_is_called(tmp_path):
+    from orchestrator.rundir.layout import RunDir
     from orchestrator.tracking.sinks import MlflowSink, RunIdentity
     from orchestrator.tracking.spec import MlflowSpec
 
+    run_dir = tmp_path / "run #1 %41"  # pasted into the URI unquoted, `#` cut the path and `%41` read as `A`
+    run_dir.mkdir()
     sink = MlflowSink(MlflowSpec(enabled=True))
-    ids = sink.open(RunIdentity(tmp_path, "tiny", {"recipe": {"train": {"steps": 3}}}))
+    ids = sink.open(RunIdentity(run_dir, "tiny", {"recipe": {"train": {"steps": 3}}}))
     sink.log({"energy/n1/gpu:GPU-1234_w": 250.0, "loss": 2.5}, step=3)
     sink.close()
     import mlflow
@@ -105,6 +108,7 @@ def test_mlflow_gets_names_it_accepts(tmp_path):
     client = mlflow.MlflowClient(tracking_uri=ids["mlflow_tracking_uri"])
     assert [(m.step, m.value) for m in client.get_metric_history(ids["mlflow_run_id"], "energy/n1/gpu_GPU-1234_w")] == [(3, 250.0)]
     assert client.get_run(ids["mlflow_run_id"]).data.params["recipe.train.steps"] == "3"
+    assert RunDir(run_dir).mlflow_db.is_file() and [p.name for p in tmp_path.iterdir()] == [run_dir.name]
 
 
 KILLED_WANDB_RUN = """
