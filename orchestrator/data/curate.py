@@ -8,10 +8,12 @@ a hash of the normalised text (exact) and a MinHash signature of its word 5-gram
 documents deduplication drops is decided in one process, in document order (`Deduplicator`), so the
 result does not depend on how many workers computed the fingerprints.
 
-Quality rules and redaction read a document whole; decontamination, the exact key and the MinHash
-signature read it a piece at a time (`pieces`: cut before a space, so no word and no n-gram is lost
-at a cut, and each gives what the whole document gives), so a book-length document costs a few times
-its size, not a hundred. Every decision is still one per document.
+Redaction and the character-run rule read a document whole (a regular expression over the string);
+decontamination, the exact key and the MinHash signature read it a piece at a time (`pieces`: cut
+before a space, so no word and no n-gram is lost at a cut, and each gives what the whole document
+gives), and the duplicate-line rule a block of lines at a time, keeping a hash of each line. So a
+book-length document costs a few times its size, not a hundred. Every decision is still one per
+document.
 
 Redaction is the first line, not the gate: the release's content gate still probes the trained
 model, with the same detector.
@@ -36,18 +38,48 @@ MINHASH_BATCH = 4096
 """Shingles hashed at once: datasketch holds a shingles x permutations matrix (4 MiB here, not gigabytes)."""
 
 
-def quality_failure(text: str, spec: QualitySpec) -> str | None:
+LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
+"""What `str.splitlines` ends a line at."""
+
+
+def quality_failure(text: str, spec: QualitySpec, piece_chars: int = PIECE_CHARS) -> str | None:
     """Why the document is not text worth training on, or None."""
     if len(text) < spec.min_chars:
         return "too_short"
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if lines and 1 - len(set(lines)) / len(lines) > spec.max_duplicate_line_fraction:
+    lines = line_hashes(text, piece_chars)
+    if len(lines) and 1 - len(np.unique(lines)) / len(lines) > spec.max_duplicate_line_fraction:
         return "duplicate_lines"
     # Only from the first character of a run (the lookbehind), so that a run just short of the limit is read once,
     # not once from each of its characters; and only as far as the limit, not to the end of a longer run.
     if re.search(r"(.)(?<!\1\1)\1{%d}" % spec.max_char_run, text, flags=re.DOTALL):
         return "char_run"
     return None
+
+
+def line_hashes(text: str, piece_chars: int = PIECE_CHARS) -> np.ndarray:
+    """A hash of each non-blank line, stripped, in order: 8 bytes a line, where a list of the lines
+    held ten times the size of a document of short lines. Read a block of about `piece_chars` at a
+    time, cut after a newline where there is one; a line longer than a block is joined once, whole.
+    (Python's string hash: salted per process, but only compared within one document.)"""
+    hashes: list[np.ndarray] = []
+    partial: list[str] = []  # the start of a line that goes on in the next block
+    start = 0
+    while start < len(text):
+        end = len(text) if len(text) - start <= piece_chars else (text.rfind("\n", start, start + piece_chars) + 1 or start + piece_chars)
+        block, start = text[start:end], end
+        lines = block.splitlines()
+        if len(lines) == 1 and block[-1] not in LINE_BREAKS:  # no line ends in this block
+            partial.append(block)
+            continue
+        if partial:
+            lines[0] = "".join(partial) + lines[0]
+            partial.clear()
+        if block[-1] not in LINE_BREAKS:
+            partial.append(lines.pop())
+        hashes.append(np.fromiter((hash(line) for line in map(str.strip, lines) if line), dtype=np.int64))
+    last = "".join(partial).strip()
+    hashes.append(np.asarray([hash(last)] if last else [], dtype=np.int64))
+    return np.concatenate(hashes)
 
 
 def exact_key(text: str, piece_chars: int = PIECE_CHARS) -> bytes:
@@ -104,7 +136,7 @@ def curate(texts: list[str], spec: CurationSpec, contamination: "Contamination |
         if contamination is not None and contamination.found_in(text, piece_chars):
             out.counts["decontaminated"] += 1
             continue
-        reason = quality_failure(text, spec.quality) if spec.quality else None
+        reason = quality_failure(text, spec.quality, piece_chars) if spec.quality else None
         if reason:
             out.counts[f"quality_{reason}"] += 1
             continue

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from orchestrator.data import ngrams
-from orchestrator.data.curate import Contamination, exact_key, minhash
+from orchestrator.data.curate import Contamination, exact_key, line_hashes, minhash, quality_failure
 from orchestrator.data.pieces import pieces
-from orchestrator.data.spec import NearDedupSpec
+from orchestrator.data.spec import NearDedupSpec, QualitySpec
 from orchestrator.data.workers import token_ids
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -127,6 +127,20 @@ def test_fingerprints_and_decontamination_read_in_pieces_decide_as_the_whole():
     for limit in (40, 41, 55, WHOLE):
         assert needles.found_in(stdlib_text(3000) + " " + item + " " + stdlib_text(2000), limit)
         assert not needles.found_in(stdlib_text(3000), limit)
+
+
+def test_lines_read_in_blocks_are_the_lines_of_the_whole():
+    """The duplicate-line rule hashes lines a block at a time, a line that spans blocks (or a line
+    break split from its "\\r") whole: the lines `str.splitlines` gives, stripped, blank ones left out."""
+    rng = np.random.default_rng(0)
+    parts = ["a", "b", " ", "\n", "\r", "\r\n", "\u2028", "x\x1f", "\x1c", "  \n\n"]
+    texts = ["".join(rng.choice(parts, size=rng.integers(0, 60))) for _ in range(500)] + [DOCUMENT[:5000], "one line" * 50]
+    for text in texts:
+        whole = [hash(line) for line in map(str.strip, text.splitlines()) if line]
+        for limit in (1, 3, 8, 100):
+            assert line_hashes(text, limit).tolist() == whole, (text, limit)
+    repeated = "same line\n" * 30 + "other\n" * 20
+    assert quality_failure(repeated, QualitySpec(), 7) == quality_failure(repeated, QualitySpec(), WHOLE) == "duplicate_lines"
 
 
 PREPARE = """
