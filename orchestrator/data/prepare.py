@@ -4,10 +4,10 @@ Each source is streamed in reading order and cut into chunks; workers curate eac
 (`data.curate`), one process decides deduplication in order, a BPE tokenizer is trained on an even
 sample of what was kept (`data.tokenizer.sample_bytes`), and workers tokenize each chunk into its
 own training and validation shard (`data.shards`). Memory holds a few chunks and the deduplication
-index, never the corpus; a document longer than a chunk is tokenized, sampled and fingerprinted a
-piece at a time (`data.pieces`), with the same tokens as if it were whole. The result lives in a cache directory keyed by the data section and the
-content hashes of its files, so runs with the same data share it, and a changed file gives a new
-entry (built in a staging directory and published with one rename: `data.staging`); its
+index, never the corpus; a long document is tokenized, sampled and fingerprinted a piece at a time
+(`data.pieces`), with the tokens it has whole. The result lives in a cache directory keyed by the
+data section and the content hashes of its files, so runs with the same data share it, and a changed
+file gives a new entry (built in a staging directory and published with one rename: `data.staging`); its
 `manifest.json` counts every document read, dropped, redacted and kept, per source.
 """
 
@@ -37,8 +37,9 @@ EOS = "<|endoftext|>"
 MANIFEST = "manifest.json"
 SOURCES = "sources.json"
 """In a prepared data directory: every source file with its sha256 and size, as read."""
-FORMAT = 3
-"""Of what preparation writes (sharded, per source; the validation split by documents and text):
+FORMAT = 4
+"""Of what preparation writes (sharded, per source; the validation split by documents and text; long
+documents tokenized in pieces):
 part of the cache key, raised whenever the same recipe and files would be prepared otherwise."""
 
 
@@ -127,8 +128,9 @@ def _size_and_mtime(path: Path) -> tuple[int, int]:
 def prepare_data(spec: DataSpec, seed: int, cache_dir: Path, workers: int | None = None,
                  piece_chars: int = PIECE_CHARS) -> tuple[PreparedData, dict]:
     """Returns the prepared data and its manifest (files with hashes, counts); prepares it when the
-    cache lacks it, with `workers` processes (default: `data.workers`). `piece_chars` (the longest
-    piece of a document any step takes at once) changes no token, only memory and speed: tests lower it."""
+    cache lacks it, with `workers` processes (default: `data.workers`). `piece_chars`, the longest
+    piece of a document any step takes at once, is not part of the cache key: it changes memory and
+    speed, tokens only where `data.pieces` says. Tests lower it."""
     target = find_prepared(spec, seed, cache_dir)
     if target is None:
         files = [fingerprint(source_files(source)) for source in spec.mixture()]
