@@ -6,6 +6,7 @@ attempt's hold on its run directory."""
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -30,29 +31,47 @@ class RunComplete(OrchestratorError):
         return []
 
 
-def plan_local_run(
-    recipe: Path, overrides: list[str], run_dir: Path | None, resume: Path | None, fresh: bool, dry_run: bool,
-    say: Callable[[str], None], detach: bool = False, stop_if_complete: bool = False,
-) -> tuple[LoadedRecipe, LaunchPlan, Attempt]:
+@dataclass(frozen=True, kw_only=True)
+class LocalRunRequest:
+    """What `orch run` (or a sweep's trial) asks of this machine: the recipe and its overrides, where
+    to run, and how to treat what is already there."""
+
+    recipe: Path
+    overrides: list[str]
+    run_dir: Path | None = None
+    resume: Path | None = None
+    """`--resume DIR`: continue that run; it must hold a committed checkpoint."""
+    fresh: bool = False
+    """Set an existing run aside and start over."""
+    dry_run: bool = False
+    detach: bool = False
+    """The node launcher trains on when the command that started it ends."""
+    stop_if_complete: bool = False
+    """`orch run`: a complete run raises RunComplete; a sweep relaunches it (see plan_local_run)."""
+
+
+def plan_local_run(request: LocalRunRequest, say: Callable[[str], None]) -> tuple[LoadedRecipe, LaunchPlan, Attempt]:
     """The plan to launch, after setting an old run aside (`fresh`; a dry run always starts over) or
     checking that its newest checkpoint can continue under this recipe; `say` gets a line for each
     decision. The run directory is held (`Attempt`) before anything in it changes. With
     `stop_if_complete` (`orch run`) a complete run raises RunComplete instead; a sweep relaunches
     it, which records its summary again, since the sweep tells its study what the trial's run says."""
+    resume, dry_run = request.resume, request.dry_run
     if resume is not None and not resume.is_dir():
         raise ResumeError(f"--resume {resume}: no such run directory")
     if resume is not None and dry_run:
         raise ResumeError("--dry-run always starts over in a directory of its own; it cannot --resume")
-    loaded, plan, _ = load_and_plan(recipe, overrides, run_dir=resume or run_dir, dry_run=dry_run, detach=detach)
-    check_run_dir(plan.run_dir, fresh)
+    loaded, plan, _ = load_and_plan(request.recipe, request.overrides, run_dir=resume or request.run_dir, dry_run=dry_run,
+                                    detach=request.detach)
+    check_run_dir(plan.run_dir, request.fresh)
     existed = plan.run_dir.exists()
     attempt = hold_attempt(plan.run_dir)
     try:
-        if (fresh or dry_run) and existed:
+        if (request.fresh or dry_run) and existed:
             say(_start_over(plan.run_dir, dry_run))
             attempt.close()
             attempt = hold_attempt(plan.run_dir)
-        loaded, plan = _plan_resume(recipe, overrides, loaded, plan, resume, dry_run, detach, say, stop_if_complete)
+        loaded, plan = _plan_resume(request, loaded, plan, say)
     except BaseException:
         attempt.close()
         raise
@@ -75,8 +94,7 @@ def _is_dry_run(run_dir: Path) -> bool:
 
 
 def _plan_resume(
-    recipe: Path, overrides: list[str], loaded: LoadedRecipe, plan: LaunchPlan, resume: Path | None, dry_run: bool, detach: bool,
-    say: Callable[[str], None], stop_if_complete: bool,
+    request: LocalRunRequest, loaded: LoadedRecipe, plan: LaunchPlan, say: Callable[[str], None],
 ) -> tuple[LoadedRecipe, LaunchPlan]:
     """Check that the newest verified checkpoint can continue under this recipe, converting it for another world size."""
     from orchestrator.checkpoint.elastic import prepare_elastic_resume
@@ -84,17 +102,18 @@ def _plan_resume(
     world = plan.topology.world_size
     point = check_resume(plan.checkpoint_dir, plan.recipe.model_dump(mode="json"), world)
     manifest = point.manifest
-    if resume is not None and manifest is None:
-        raise ResumeError(f"--resume {resume}: it has no committed checkpoint to continue from")
+    if request.resume is not None and manifest is None:
+        raise ResumeError(f"--resume {request.resume}: it has no committed checkpoint to continue from")
     if manifest:
-        _check_steps_left(plan, point, stop_if_complete, say)
+        _check_steps_left(plan, point, request.stop_if_complete, say)
     if manifest and manifest["world_size"] != world:
         record = prepare_elastic_resume(RunDir(plan.run_dir), point.checkpoint, plan.recipe.distributed.backend, world)
         if record.converted:
             say(f"converted {record.tag} (world size {record.from_world_size}) to a universal checkpoint")
         else:
             say(f"resuming {record.tag} (saved at world size {record.from_world_size}) at world size {record.to_world_size}")
-        loaded, plan, _ = load_and_plan(recipe, overrides, run_dir=plan.run_dir, dry_run=dry_run, load_universal=True, detach=detach)
+        loaded, plan, _ = load_and_plan(request.recipe, request.overrides, run_dir=plan.run_dir, dry_run=request.dry_run,
+                                        load_universal=True, detach=request.detach)
     t = plan.topology
     say(f"{plan.recipe.name}: {t.world_size} process(es) on {t.device}, run directory {plan.run_dir}")
     if manifest:

@@ -138,14 +138,16 @@ def run(
 
     One attempt at a time per run directory; if this command dies, the ranks checkpoint and stop (unless --detach)."""
     from orchestrator.execute import SubprocessRunner, launch, prepare_run, start
-    from orchestrator.local_run import plan_local_run
+    from orchestrator.local_run import LocalRunRequest, plan_local_run
     from orchestrator.progress import ProgressView
 
     overrides = list(overrides or [])
     if recipe is None or "=" in recipe:
         overrides = ([recipe] if recipe else []) + overrides
         recipe = str(DEFAULT_RECIPE)
-    loaded, launch_plan, attempt = plan_local_run(Path(recipe), overrides, run_dir, resume, fresh, dry_run, typer.echo, detach, stop_if_complete=True)
+    request = LocalRunRequest(recipe=Path(recipe), overrides=overrides, run_dir=run_dir, resume=resume, fresh=fresh, dry_run=dry_run,
+                              detach=detach, stop_if_complete=True)
+    loaded, launch_plan, attempt = plan_local_run(request, typer.echo)
     with attempt:
         run_directory = prepare_run(launch_plan, list(loaded.sources))
         if detach:

@@ -68,7 +68,7 @@ def tell(study, trial, spec, run: RunDir, judge: Judge, failed: str | None = Non
 def run_locally(sweep: SweepDir, say: Callable[[str], None]) -> None:
     """Every slot in order, one trial at a time; a finished trial is skipped, an interrupted one resumes."""
     from orchestrator.execute import SubprocessRunner, launch, prepare_run
-    from orchestrator.local_run import plan_local_run
+    from orchestrator.local_run import LocalRunRequest, plan_local_run
 
     recipe = sweep.read_recipe()
     spec = recipe.sweep
@@ -78,7 +78,8 @@ def run_locally(sweep: SweepDir, say: Callable[[str], None]) -> None:
         if trial is None:
             continue
         say(f"trial {slot}: {', '.join(f'{k}={v}' for k, v in trial.params.items())}")
-        loaded, plan, attempt = plan_local_run(sweep.recipe, trial_args(trial, sweep, recipe), sweep.trial(slot), None, False, False, say)
+        request = LocalRunRequest(recipe=sweep.recipe, overrides=trial_args(trial, sweep, recipe), run_dir=sweep.trial(slot))
+        loaded, plan, attempt = plan_local_run(request, say)
         judge = Judge.of(trial, spec)
         failed = None
         with attempt:

@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from orchestrator.errors import ResumeError
-from orchestrator.local_run import plan_local_run
+from orchestrator.local_run import LocalRunRequest, plan_local_run
 from orchestrator.rundir.layout import RunDir
 from orchestrator.show import describe_run
 from tests.conftest import FAST, TINY, kill_run, orch, start_orch
@@ -181,13 +181,15 @@ def test_a_complete_run_is_not_launched_again(tmp_path, reference):
     assert _files(run_dir) == before
 
     said = []
-    _, plan, attempt = plan_local_run(TINY, [*BASE, "distributed.zero_stage=2", f"train.steps={STEPS + 4}"], run_dir, None,
-                                      False, False, said.append, stop_if_complete=True)
+    more = LocalRunRequest(recipe=TINY, overrides=[*BASE, "distributed.zero_stage=2", f"train.steps={STEPS + 4}"], run_dir=run_dir,
+                           stop_if_complete=True)
+    _, plan, attempt = plan_local_run(more, said.append)
     attempt.close()
     assert plan.recipe.train.steps == STEPS + 4 and said[-1].startswith(f"resuming after step {STEPS}; with changes: train.steps")
     with pytest.raises(ResumeError, match=f"step-{STEPS:08d} .* is past train.steps={STEPS - 4}"):
-        plan_local_run(TINY, [*BASE, "distributed.zero_stage=2", f"train.steps={STEPS - 4}"], run_dir, None,
-                       False, False, said.append, stop_if_complete=True)
+        fewer = LocalRunRequest(recipe=TINY, overrides=[*BASE, "distributed.zero_stage=2", f"train.steps={STEPS - 4}"], run_dir=run_dir,
+                                stop_if_complete=True)
+        plan_local_run(fewer, said.append)
     assert _files(run_dir) == before
 
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from orchestrator.attempt import hold_attempt
 from orchestrator.cli import app
 from orchestrator.errors import EXIT_RUN_BUSY, LaunchError, ResumeError, RunBusy
-from orchestrator.local_run import plan_local_run
+from orchestrator.local_run import LocalRunRequest, plan_local_run
 from orchestrator.plan.planner import make_plan
 from orchestrator.recipe.loader import load_recipe
 from orchestrator.slurm.batch import node_command
@@ -114,7 +114,7 @@ def test_a_dry_run_always_starts_over(tmp_path):
     write_plan(previous, dry_run=True)
     (previous / "metrics.jsonl").write_text('{"step": 5}\n')
     said = []
-    _, plan, attempt = plan_local_run(TINY, [], tmp_path / "run", None, False, True, said.append)
+    _, plan, attempt = plan_local_run(LocalRunRequest(recipe=TINY, overrides=[], run_dir=tmp_path / "run", dry_run=True), said.append)
     attempt.close()
     assert plan.run_dir == previous and not (previous / "metrics.jsonl").exists()
     assert said[0] == f"removed the previous dry run in {previous}"
@@ -128,9 +128,9 @@ def test_run_refuses_a_directory_of_the_users_own_and_writes_nothing_there(tmp_p
     (project / "recipe.yaml").write_text("# mine\n")
     for fresh in (False, True):
         with pytest.raises(ResumeError, match="not a run directory .* and not empty"):
-            plan_local_run(TINY, [], project, None, fresh, False, lambda line: None)
+            plan_local_run(LocalRunRequest(recipe=TINY, overrides=[], run_dir=project, fresh=fresh), lambda line: None)
     assert sorted(p.name for p in project.iterdir()) == ["recipe.yaml"] and (project / "recipe.yaml").read_text() == "# mine\n"
     hold_attempt(project).close()  # an attempt's lock: a run that stopped before writing its plan
-    _, plan, attempt = plan_local_run(TINY, [], project, None, False, False, lambda line: None)
+    _, plan, attempt = plan_local_run(LocalRunRequest(recipe=TINY, overrides=[], run_dir=project), lambda line: None)
     attempt.close()
     assert plan.run_dir == project
