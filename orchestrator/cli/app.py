@@ -42,9 +42,9 @@ def _readable_errors(command: Callable) -> Callable:
     return run
 
 
-def command(function: Callable) -> Callable:
-    """An `orch` subcommand with readable errors."""
-    return app.command()(_readable_errors(function))
+def command(function: Callable, group: typer.Typer = app) -> Callable:
+    """An `orch` subcommand with readable errors (or, with `group`, one of a command group's, as `orch sweep status`)."""
+    return group.command()(_readable_errors(function))
 
 
 def say_submitted(jobs: list[str], kinds: list[str]) -> None:
