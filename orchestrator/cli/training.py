@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from orchestrator.cli.app import DryRunOpt, OverridesArg, RecipeArg, RunDirOpt, ThenOpt, command, say_submitted
+from orchestrator.data import MAX_WORKERS
 from orchestrator.errors import EXIT_FAILURE, SlurmError
 
 DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "tiny-pretrain.yaml"
@@ -56,7 +57,7 @@ def plan(
 def prepare(
     recipe: RecipeArg,
     overrides: OverridesArg = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Processes (default: the recipe's data.workers); the result is the same for any number.")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=1, max=MAX_WORKERS, help="Processes (default: the recipe's data.workers); the result is the same for any number.")] = None,
 ) -> None:
     """Prepare the recipe's data into the cache (curate, train the tokenizer, tokenize into shards); `run` and `submit` do it when it is missing."""
     from orchestrator.data.prepare import prepare_data

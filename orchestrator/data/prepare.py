@@ -24,7 +24,7 @@ from typing import Iterator
 
 import numpy as np
 
-from orchestrator.data.corpus import SourceFile, fingerprint, iter_documents, source_files
+from orchestrator.data.corpus import SourceFile, file_stats, fingerprint, iter_documents, source_files
 from orchestrator.data.curate import Deduplicator, contamination_from
 from orchestrator.data.pieces import PIECE_CHARS, pieces
 from orchestrator.data.shards import TokenShards, write_shard
@@ -116,13 +116,8 @@ def _section(spec: DataSpec) -> dict:
 
 def _stat_key(spec: DataSpec, seed: int) -> str:
     section = _section(spec)
-    stats = [[(str(p.resolve()), *_size_and_mtime(p)) for p in source_files(s)] for s in spec.mixture()]
+    stats = [file_stats(s) for s in spec.mixture()]
     return hashlib.sha256(json.dumps([FORMAT, section, seed, stats]).encode()).hexdigest()[:24]
-
-
-def _size_and_mtime(path: Path) -> tuple[int, int]:
-    stat = path.stat()
-    return stat.st_size, stat.st_mtime_ns
 
 
 def prepare_data(spec: DataSpec, seed: int, cache_dir: Path, workers: int | None = None,

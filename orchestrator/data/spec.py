@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
+from orchestrator.data import MAX_WORKERS
 from orchestrator.model.spec import MAX_TOKENS
 from orchestrator.spec import RuleViolation, Spec
 
@@ -86,7 +88,10 @@ class SourceSpec(Spec):
 
     @property
     def label(self) -> str:
-        return self.name or self.builtin or self.path.stem
+        """The name, else the corpus or file name made one: it names the source's shard directory and
+        metrics, where a stem of dots (`...jsonl`) would name a parent directory and a newline, a space
+        or a leading dash would garble a line or an argument."""
+        return self.name or self.builtin or re.sub(r"[^\w.-]", "_", self.path.stem).lstrip("_.-") or "data"
 
 
 class QualitySpec(Spec):
@@ -127,7 +132,7 @@ class DataSpec(Spec):
     sources: list[SourceSpec] = Field(default_factory=list, max_length=MAX_SOURCES)
     seq_len: int = Field(256, gt=1, le=MAX_TOKENS)
     val_fraction: float = Field(0.05, ge=0.0, lt=0.5)
-    workers: int = Field(1, ge=1, le=1024, description="processes that prepare the data (`orch prepare`); the result is the same for any number")
+    workers: int = Field(1, ge=1, le=MAX_WORKERS, description="processes that prepare the data (`orch prepare`); the result is the same for any number")
     shard_bytes: int = Field(64 * 2**20, ge=2**12, description="text per token shard: the unit a worker reads, curates and tokenizes at once")
     curation: CurationSpec = CurationSpec()
     decontaminate: list[Path] = Field(default_factory=list, description="evaluation files whose word n-grams are removed from training")

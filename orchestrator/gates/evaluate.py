@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from orchestrator.checkpoint import store
-from orchestrator.errors import GateError
+from orchestrator.errors import DataError, GateError
 from orchestrator.gates.content import content_gate
 from orchestrator.data.ngrams import EvaluationSet, read_eval_file
 from orchestrator.gates.contamination import contamination_gate, decoded_texts
@@ -115,8 +115,8 @@ def _evaluation_sets(spec) -> list[EvaluationSet]:
     for path in spec.contamination.eval_files:
         try:
             sets.append(read_eval_file(path))
-        except (OSError, ValueError) as exc:
-            raise GateError(f"gates.contamination.eval_files: {path}: {exc}") from None
+        except DataError as exc:  # it names the file: missing, not a regular file, a line that is no JSON
+            raise GateError(f"gates.contamination.eval_files: {exc}") from None
     return sets
 
 

@@ -302,28 +302,30 @@ def annotation_members(annotation: Any) -> list[Any]:
 
 
 def _unreadable_sources(loaded: LoadedRecipe) -> list[Problem]:
-    """Each text source's first file, read as far as its text field (instruction data names other fields)."""
+    """Each text source's files and the first of them, read as far as its text field (instruction data
+    names other fields), and the first row of each decontamination file: a bounded read each."""
     from orchestrator.data.corpus import first_file_problem
+    from orchestrator.data.ngrams import eval_file_problem
 
     data = loaded.recipe.data
-    if data.instruction is not None:
-        return []
-    keys = [f"data.sources.{i}.text_field" for i in range(len(data.sources))] if data.sources else ["data.text_field"]
-    return [loaded.problem(key, why) for key, source in zip(keys, data.mixture()) if (why := first_file_problem(source))]
+    prefixes = [f"data.sources.{i}." for i in range(len(data.sources))] if data.sources else ["data."]
+    found = [] if data.instruction is not None else [
+        (prefix + problem[0], problem[1]) for prefix, source in zip(prefixes, data.mixture()) if (problem := first_file_problem(source))]
+    found += [(f"data.decontaminate.{i}", why) for i, path in enumerate(data.decontaminate) if (why := eval_file_problem(path))]
+    return [loaded.problem(key, why) for key, why in found]
 
 
 def _missing_paths(loaded: LoadedRecipe) -> list[Problem]:
-    """Files the recipe points at must exist before anything is planned or launched."""
+    """Paths the recipe points at must exist, and be what they are read as, before anything is planned
+    or launched: data is read from regular files (a FIFO blocks its reader, `/dev/zero` never ends)."""
+    from orchestrator.data.files import path_problem
+
     recipe = loaded.recipe
     wanted = {
-        "data.path": recipe.data.path,
-        "data.tokenizer.path": recipe.data.tokenizer.path,
-        "model.path": recipe.model.path,
-        **{f"data.sources.{i}.path": source.path for i, source in enumerate(recipe.data.sources)},
-        **{f"data.decontaminate.{i}": path for i, path in enumerate(recipe.data.decontaminate)},
+        "data.path": (recipe.data.path, "file or directory"),
+        "data.tokenizer.path": (recipe.data.tokenizer.path, "directory"),
+        "model.path": (recipe.model.path, "directory"),
+        **{f"data.sources.{i}.path": (source.path, "file or directory") for i, source in enumerate(recipe.data.sources)},
+        **{f"data.decontaminate.{i}": (path, "file") for i, path in enumerate(recipe.data.decontaminate)},
     }
-    return [
-        loaded.problem(key, f"path does not exist: {value}")
-        for key, value in wanted.items()
-        if value is not None and not Path(value).exists()
-    ]
+    return [loaded.problem(key, why) for key, (value, kind) in wanted.items() if value is not None and (why := path_problem(Path(value), kind))]

@@ -1,0 +1,138 @@
+"""What preparation accepts as a data file, and how it lists, opens and reads many of them.
+
+Only regular files are data: a FIFO blocks its reader forever and a device (`/dev/zero`) never
+ends. A path the recipe names itself (`data.path`, a source's `path`, a `data.decontaminate` file)
+may be a symbolic link, since the user chose it; inside a data directory a link is refused, so
+what is read is what lies under the directory, and each file is recorded under its own path.
+
+A directory is listed in one `os.scandir` walk, in sorted order, from the names and types the
+directory entries carry (no `stat` per file: 200,000 files list in a fraction of a second).
+Files are opened without blocking and checked on the open descriptor, so a file swapped for a
+FIFO after listing is refused too. Many small files are read and hashed by a few threads, in
+order: the time goes to system calls, which leave the interpreter to the other threads.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterable, Iterator, Literal, TypeVar
+
+from orchestrator.errors import DataError
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+Kind = Literal["file", "directory", "file or directory"]
+READ_THREADS = 8
+"""Threads that open, read and hash files; more gains nothing on a local disk, and a network file
+system answers this many opens at once."""
+KINDS = {stat.S_IFREG: "a regular file", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket",
+         stat.S_IFDIR: "a directory", stat.S_IFLNK: "a symbolic link"}
+
+
+def shown(path: Path | str) -> str:
+    """`path` as one line of a message: a newline or other control character in a name is escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(path))
+
+
+def path_problem(path: Path, kind: Kind) -> str | None:
+    """Why `path` (links followed) is not the `kind` the recipe needs there, without opening it."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return f"path does not exist: {shown(path)}"
+    except OSError as exc:
+        return f"cannot read {shown(path)}: {exc.strerror}"
+    if stat.S_ISREG(mode) and kind != "directory" or stat.S_ISDIR(mode) and kind != "file":
+        return None
+    what = "a regular file" if kind == "file" else "a directory" if kind == "directory" else "a regular file or a directory"
+    return f"{shown(path)} is {KINDS.get(stat.S_IFMT(mode), 'a special file')}, not {what}" + (
+        ": data is read from regular files only" if kind != "directory" else "")
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """`path` opened for reading if it is a regular file (links followed); a FIFO is not waited on."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise DataError(f"cannot read {shown(path)}: {exc.strerror}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise DataError(f"{shown(path)} is {KINDS.get(stat.S_IFMT(mode), 'a special file')}, not a regular file: data is read from regular files only")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def list_data_files(root: Path, suffixes: Iterable[str]) -> list[Path]:
+    """The regular files under `root` whose names end in one of `suffixes`, depth first in sorted
+    order (the order of `sorted(root.rglob(...))`: by their paths' parts). A link or special file
+    named like data, a link to a directory, or a directory that cannot be listed is refused:
+    skipping it would leave out data the user meant, following it would read from outside `root`."""
+    suffixes = tuple(suffixes)
+    found: list[Path] = []
+    walking = [iter(_entries(root))]  # each open directory's entries still to visit, the deepest last
+    while walking:
+        entry = next(walking[-1], None)
+        if entry is None:
+            walking.pop()
+            continue
+        data = entry.name.endswith(suffixes) and entry.name not in suffixes  # `.jsonl` alone has no suffix, as for Path.suffix
+        if entry.is_dir(follow_symlinks=False):
+            walking.append(iter(_entries(Path(entry.path))))
+        elif entry.is_symlink() and (data or entry.is_dir()):
+            raise DataError(f"{shown(entry.path)} is a symbolic link inside the data directory {shown(root)}: links there are "
+                            "not followed; copy the file in, or name its target as a source of its own")
+        elif data and not entry.is_file(follow_symlinks=False):
+            raise DataError(f"{shown(entry.path)} is {_kind(entry)}, not a regular file: data is read from regular files only")
+        elif data:
+            found.append(Path(entry.path))
+    return found
+
+
+def _entries(directory: Path) -> list[os.DirEntry]:
+    try:
+        with os.scandir(directory) as listing:
+            return sorted(listing, key=lambda e: e.name)
+    except OSError as exc:
+        raise DataError(f"cannot list {shown(directory)}: {exc.strerror}") from None
+
+
+def _kind(entry: os.DirEntry) -> str:
+    try:
+        return KINDS.get(stat.S_IFMT(entry.stat(follow_symlinks=False).st_mode), "a special file")
+    except OSError:
+        return "a special file"
+
+
+def first_line(path: Path, limit: int) -> bytes | None:
+    """The first non-blank line of a regular file, read no further than `limit` bytes: empty when the
+    file has none, None when the line goes on past `limit`."""
+    with open_regular(path) as f:
+        while limit > 0:
+            line = f.readline(limit)
+            if not line:
+                return b""
+            if len(line) == limit and not line.endswith(b"\n"):
+                return None
+            if line.strip():
+                return line
+            limit -= len(line)
+    return None
+
+
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], threads: int = READ_THREADS) -> Iterator[R]:
+    """`map(fn, items)` on `threads` threads, results in order, at most two per thread in flight
+    (so memory holds a few results, not all of them)."""
+    with ThreadPoolExecutor(threads) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= 2 * threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
