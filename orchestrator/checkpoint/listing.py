@@ -22,7 +22,7 @@ MAX_NOTE_BYTES = 64 << 10
 """`latest` and a set-aside reason are a line each: a larger file is not read."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CheckpointRow:
     tag: str
     step: int
@@ -68,10 +68,10 @@ def checkpoint_root(run_dir: Path) -> Path:
     return planned
 
 
-def list_checkpoints(run_dir: Path, verify: bool = True) -> CheckpointListing:
+def list_checkpoints(run_dir: Path, *, verify: bool = True) -> CheckpointListing:
     root = checkpoint_root(run_dir)
     latest = _latest(root)
-    rows = [_row(path, verify, path.name == latest) for path in store.committed(root)]
+    rows = [_row(path, verify=verify, latest=path.name == latest) for path in store.committed(root)]
     aside = _set_aside(root / store.SET_ASIDE)
     if not rows and not aside:
         raise CheckpointError(f"{run_dir}: no checkpoints (looked in {root})")
@@ -86,15 +86,15 @@ def _latest(root: Path) -> str | None:
         return None
 
 
-def _row(path: Path, verify: bool, latest: bool) -> CheckpointRow:
+def _row(path: Path, *, verify: bool, latest: bool) -> CheckpointRow:
     step = store.step_of(path.name)
     try:
         manifest = store.read_manifest(path)
         files = store.listed_files(manifest)
     except FileNotFoundError:
-        return CheckpointRow(path.name, step, None, None, None, None, None, False, "no manifest (the save never committed)", latest)
+        return _unreadable_row(path.name, step, "no manifest (the save never committed)", latest=latest)
     except (OSError, ValueError) as exc:
-        return CheckpointRow(path.name, step, None, None, None, None, None, False, f"unreadable manifest: {exc}", latest)
+        return _unreadable_row(path.name, step, f"unreadable manifest: {exc}", latest=latest)
     verdict = store.verify(path) if verify else None
     return CheckpointRow(
         tag=path.name,
@@ -108,6 +108,12 @@ def _row(path: Path, verify: bool, latest: bool) -> CheckpointRow:
         reason="" if verdict is None else verdict.reason,
         latest=latest,
     )
+
+
+def _unreadable_row(tag: str, step: int, reason: str, *, latest: bool) -> CheckpointRow:
+    """A checkpoint without a readable manifest: its name and step are all that is known, and it does not verify."""
+    return CheckpointRow(tag=tag, step=step, tokens=None, size_bytes=None, world_size=None, zero_stage=None, committed_at=None,
+                         verified=False, reason=reason, latest=latest)
 
 
 def _set_aside(directory: Path) -> list[SetAsideRow]:

@@ -30,7 +30,7 @@ def compatibility(manifest: dict, recipe: dict, world_size: int, elastic_ready: 
     return unsafe, safe
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ResumePoint:
     """What an attempt continues from, decided before anything starts: the newest checkpoint that
     verifies (the one the ranks will load; None for a fresh start) and its manifest, the recipe
@@ -57,7 +57,7 @@ def check_resume(checkpoint_dir: Path, recipe: dict, world_size: int) -> ResumeP
     A different world size alone is safe: `orch run` resumes it through a universal checkpoint."""
     checkpoint, unverified = store.newest_verified(checkpoint_dir)
     if checkpoint is None:
-        return ResumePoint(None, None, [], unverified)
+        return ResumePoint(checkpoint=None, manifest=None, safe=[], unverified=unverified)
     manifest = store.read_manifest(checkpoint)
     unsafe, safe = compatibility(manifest, recipe, world_size, elastic_ready=True)
     if unsafe:
@@ -65,7 +65,7 @@ def check_resume(checkpoint_dir: Path, recipe: dict, world_size: int) -> ResumeP
             f"cannot resume step {manifest['step']} in {checkpoint_dir.parent}: {'; '.join(unsafe)}. "
             "Undo the change, use another --run-dir, or pass --fresh to set this run aside and start over"
         )
-    return ResumePoint(checkpoint, manifest, safe, unverified)
+    return ResumePoint(checkpoint=checkpoint, manifest=manifest, safe=safe, unverified=unverified)
 
 
 def check_run_dir(run_dir: Path, fresh: bool) -> None:

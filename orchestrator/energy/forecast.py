@@ -16,7 +16,7 @@ from orchestrator.energy.spec import EnergySpec
 GiB = 2**30
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EnergyForecast:
     device_hours: float
     power_per_device_w: float | None
@@ -37,10 +37,11 @@ def forecast_energy(
 ) -> EnergyForecast:
     """kWh = device-hours x kW per device; kgCO2e = kWh x PUE x g/kWh / 1000."""
     if power_per_device_w is None:
-        return EnergyForecast(device_hours, None, None, None, None, basis)
+        return EnergyForecast(device_hours=device_hours, power_per_device_w=None, kwh=None, facility_kwh=None, kgco2e=None, basis=basis)
     kwh = device_hours * power_per_device_w / 1000
     kwh_range = tuple(hours * power_per_device_w / 1000 for hours in hours_range) if hours_range else None
-    return EnergyForecast(device_hours, power_per_device_w, kwh, kwh * pue, kwh * pue * intensity_g_per_kwh / 1000, basis, kwh_range)
+    return EnergyForecast(device_hours=device_hours, power_per_device_w=power_per_device_w, kwh=kwh, facility_kwh=kwh * pue,
+                          kgco2e=kwh * pue * intensity_g_per_kwh / 1000, basis=basis, kwh_range=kwh_range)
 
 
 @dataclass(frozen=True)

@@ -34,4 +34,4 @@ def judge(value: float, threshold: float | None, warn_margin: float) -> str:
 
 
 def skipped(name: str, reason: str) -> GateResult:
-    return GateResult(name, "skipped", None, None, reason)
+    return GateResult(name=name, status="skipped", value=None, threshold=None, summary=reason)

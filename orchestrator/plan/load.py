@@ -16,7 +16,7 @@ from orchestrator.slurm.spec import SlurmSpec
 
 
 def load_and_plan(
-    recipe: Path, overrides: list[str] | None, run_dir: Path | None = None, dry_run: bool = False, for_slurm: bool = False,
+    recipe: Path, overrides: list[str] | None, *, run_dir: Path | None = None, dry_run: bool = False, for_slurm: bool = False,
     measure_cpu: bool = True, load_universal: bool = False, detach: bool = False,
 ) -> tuple[LoadedRecipe, LaunchPlan, EnvSnapshot]:
     """`for_slurm` plans for the compute nodes the recipe's `slurm` section describes, not this

@@ -25,7 +25,7 @@ HostMemoryEstimate = HostMemoryRecord
 
 def model_state_bytes(
     num_params: int, largest_layer_params: int, zero_stage: int, world_size: int, precision: str,
-    offload_optimizer: bool = False, offload_params: bool = False, trainable_params: int | None = None,
+    *, offload_optimizer: bool = False, offload_params: bool = False, trainable_params: int | None = None,
 ) -> tuple[int, int, int, int, int]:
     """(params, grads, optimizer, stage-3 gather buffer, offloaded-to-host) bytes on one device.
     Gradients and optimizer state exist for the trainable parameters only (LoRA: the adapters)."""
@@ -90,8 +90,8 @@ class MemoryRequest:
 def estimate_memory(request: MemoryRequest) -> MemoryEstimate:
     r = request
     params, grads, optimizer, gather, host = model_state_bytes(
-        r.num_params, r.largest_layer, r.zero_stage, r.batch.data_parallel, r.precision, r.offload_optimizer, r.offload_params,
-        r.trainable_params,
+        r.num_params, r.largest_layer, r.zero_stage, r.batch.data_parallel, r.precision,
+        offload_optimizer=r.offload_optimizer, offload_params=r.offload_params, trainable_params=r.trainable_params,
     )
     return MemoryEstimate(
         params_bytes=params, grads_bytes=grads, optimizer_bytes=optimizer, gather_buffer_bytes=gather,

@@ -184,7 +184,7 @@ def check_recipe(loaded: LoadedRecipe, env: EnvSnapshot) -> Checked:
 
 
 def make_plan(
-    loaded: LoadedRecipe, env: EnvSnapshot, run_dir: Path | None = None, dry_run: bool = False, load_universal: bool = False,
+    loaded: LoadedRecipe, env: EnvSnapshot, *, run_dir: Path | None = None, dry_run: bool = False, load_universal: bool = False,
     calibrations: Calibrations = Calibrations(),
 ) -> LaunchPlan:
     """`calibrations`: what earlier runs measured (read at the edge), for the time and energy forecast.
