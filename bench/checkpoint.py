@@ -45,7 +45,7 @@ from common import (DEFAULT_RECIPE, FAST, REPO, events, first_event, machine, or
 from disk import probe_disk
 from failures import measure_failures
 from failures import render as render_failures
-from tests.conftest import kill_run
+from tests.helpers.processes import kill_run
 MODES = ("async", "none", "sync")
 # A periodic and a final save in each mode, and one kill and resume; with --failures, one kill.
 SMOKE = {"steps": 4, "interval": 2, "repeats": 1, "warmup_steps": 1, "resume_interval": 2,

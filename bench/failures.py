@@ -29,7 +29,7 @@ from pathlib import Path
 import psutil
 from common import FAST, REPO, events, first_event, last_lines, orch_argv, read_jsonl, row_after, wait_for
 
-from tests.conftest import kill_run
+from tests.helpers.processes import kill_run
 
 BASELINE_INTERVAL = 5  # saves often enough to measure C well
 

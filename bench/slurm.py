@@ -35,7 +35,7 @@ from pathlib import Path
 
 from common import POLL_S, REPO, RESULTS, events, first_event, machine, orch_argv, parse_args, read_jsonl, row_after, wait_for, write_result
 
-# The job tests/integration/test_slurm.py submits (TWO_NODES, with tests/conftest.py's FAST); train.steps from --steps.
+# The job tests/integration/test_slurm.py submits (TWO_NODES, with tests/helpers/project.py's FAST); train.steps from --steps.
 TWO_NODES = [
     "recipes/tiny-pretrain.yaml", "data.max_bytes=1500000", "train.schedule.warmup_steps=2", "train.eval_interval=1000",
     "distributed.nodes=2", "distributed.procs_per_node=1", "distributed.zero_stage=2", "checkpoint.interval_steps=4",

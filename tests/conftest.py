@@ -1,29 +1,18 @@
-"""Shared fixtures: a persistent data cache for the whole session, an env snapshot for planning, the
-local Slurm cluster, a check that the session leaves no process running, and a helper that drives the
-real `orch` command in a subprocess."""
+"""Shared fixtures: a persistent data cache for the whole session, the local Slurm cluster, a check
+that the session leaves no process running, a small base model and the demo's trained run. Plain
+helpers (paths, plans, driving `orch`) are in tests/helpers/ and imported from there."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from orchestrator.env import EnvSnapshot, GpuInfo
 from tests.helpers.cluster import left_running, naming, session_cluster
-
-ROOT = Path(__file__).resolve().parent.parent
-RECIPES = ROOT / "recipes"
-TINY = RECIPES / "tiny-pretrain.yaml"
-# Small corpus and short runs keep the distributed tier to a few minutes on 2 cores.
-FAST = ["data.max_bytes=1500000", "train.schedule.warmup_steps=2", "train.eval_interval=1000"]
-# For runs gated to test the plumbing around the gates (dashboards, backends), not the gates' power:
-# every gate runs, on fewer probes.
-LIGHT_GATES = ["gates.memorisation.prefixes=4", "gates.content.unconditioned=4", "gates.content.samples_per_prompt=1",
-               "gates.robustness.texts=8", "gates.evaluation.limit=30", "gates.quality.eval_sequences=16"]
+from tests.helpers.processes import orch
+from tests.helpers.project import ROOT
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -92,84 +81,3 @@ def demo(tmp_path_factory) -> Path:
         result = orch(*args)
         assert result.returncode == 0, f"orch {args[0]} exited {result.returncode}: {result.stdout}{result.stderr}"
     return work
-
-
-def make_env(
-    tmp_path: Path, gpus: tuple[GpuInfo, ...] = (), cpu_count: int = 2, cpu_fp16: bool = False,
-    libraries: frozenset[str] = frozenset({"deepspeed", "horovod"}),
-) -> EnvSnapshot:
-    return EnvSnapshot(
-        hostname="testhost",
-        cpu_count=cpu_count,
-        memory_bytes=24 * 2**30,
-        python="/usr/bin/python3",
-        cwd=ROOT,  # the recipes name files (bias pairs, tasks) relative to the project root
-        cache_dir=tmp_path / "cache",
-        free_port=29999,
-        gpus=gpus,
-        cpu_fp16=cpu_fp16,
-        cpu_matmul_flops=100e9,
-        libraries=libraries,
-    )
-
-
-def tiny_plan_record(tmp_path: Path, **fields):
-    """A real plan record of the tiny recipe, with `fields` replaced (validated again)."""
-    from orchestrator.plan.planner import make_plan
-    from orchestrator.recipe.loader import load_recipe
-
-    record = make_plan(load_recipe(TINY), make_env(tmp_path)).record()
-    return record.model_validate({**record.model_dump(), **fields})
-
-
-def write_plan(directory: Path, /, **fields) -> None:
-    """A real plan of the tiny recipe as the run directory's plan.json, with `fields` replaced."""
-    from orchestrator.rundir.layout import RunDir
-    from orchestrator.rundir.records import write_plan as write
-
-    directory.mkdir(parents=True, exist_ok=True)
-    write(RunDir(directory), tiny_plan_record(directory, **fields))
-
-
-H100 = GpuInfo("NVIDIA H100 80GB HBM3", 80 * 2**30, 9.0)
-V100 = GpuInfo("Tesla V100-SXM2-32GB", 32 * 2**30, 7.0)
-
-
-def orch(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """The real CLI in a fresh interpreter, as a user would run it."""
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def start_orch(*args: str) -> subprocess.Popen:
-    """`orch` in the background, in its own session, for tests that signal or kill it mid-run."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, start_new_session=True,
-    )
-
-
-def wait_for_rows(process: subprocess.Popen, run_dir: Path, count: int, timeout_s: float = 240) -> None:
-    """Until the run has logged `count` metric rows, failing early if `process` ended first."""
-    import time
-
-    metrics = run_dir / "metrics.jsonl"
-    deadline = time.monotonic() + timeout_s
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= count):
-        assert process.poll() is None, f"the run ended before step {count}"
-        assert time.monotonic() < deadline, f"no step {count} within {timeout_s}s"
-        time.sleep(0.05)
-
-
-def kill_run(run_dir: Path) -> None:
-    """SIGKILL every process of a run (CLI, node launcher, ranks): a crash at an arbitrary moment."""
-    import psutil
-
-    victims = [p for p in psutil.process_iter(["cmdline"]) if str(run_dir) in " ".join(p.info["cmdline"] or [])]
-    for process in victims:
-        try:
-            process.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(victims, timeout=30)

@@ -15,7 +15,8 @@ from orchestrator.errors import ResumeError
 from orchestrator.local_run import LocalRunRequest, plan_local_run
 from orchestrator.rundir.layout import RunDir
 from orchestrator.show import describe_run
-from tests.conftest import FAST, TINY, kill_run, orch, start_orch
+from tests.helpers.processes import kill_run, orch, start_orch
+from tests.helpers.project import FAST, TINY
 from tests.helpers.mfu import assert_mfu_matches_plan
 
 pytestmark = pytest.mark.distributed

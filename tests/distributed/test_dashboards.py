@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FAST, LIGHT_GATES, ROOT, orch, start_orch, wait_for_rows
+from tests.helpers.processes import orch, start_orch, wait_for_rows
+from tests.helpers.project import FAST, LIGHT_GATES, ROOT
 
 pytestmark = pytest.mark.distributed
 

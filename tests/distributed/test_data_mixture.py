@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from orchestrator.data.stream import ShardedStream
-from tests.conftest import FAST, kill_run, orch, start_orch, wait_for_rows
+from tests.helpers.processes import kill_run, orch, start_orch, wait_for_rows
+from tests.helpers.project import FAST
 from tests.helpers.pii import builtin_documents
 
 pytestmark = pytest.mark.distributed

@@ -19,7 +19,8 @@ from orchestrator.energy.hardware import cpu_power
 from launch.energy.meters import node_meters
 from launch.energy.monitor import EnergyMonitor
 from orchestrator.energy.spec import CarbonSpec
-from tests.conftest import FAST, ROOT, kill_run, orch, start_orch, wait_for_rows
+from tests.helpers.processes import kill_run, orch, start_orch, wait_for_rows
+from tests.helpers.project import FAST, ROOT
 
 pytestmark = pytest.mark.distributed
 

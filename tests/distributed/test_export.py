@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import FAST, orch
+from tests.helpers.processes import orch
+from tests.helpers.project import FAST
 
 pytestmark = pytest.mark.distributed
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import kill_run, orch, start_orch, wait_for_rows
+from tests.helpers.processes import kill_run, orch, start_orch, wait_for_rows
 from tests.helpers.mfu import assert_mfu_matches_plan
 
 pytestmark = pytest.mark.distributed

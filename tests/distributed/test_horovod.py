@@ -9,7 +9,8 @@ import psutil
 import pytest
 
 from orchestrator.checkpoint import store
-from tests.conftest import FAST, LIGHT_GATES, kill_run, orch, start_orch
+from tests.helpers.processes import kill_run, orch, start_orch
+from tests.helpers.project import FAST, LIGHT_GATES
 from tests.distributed.test_checkpointing import events, losses, summary, wait_for_step
 
 pytestmark = pytest.mark.distributed

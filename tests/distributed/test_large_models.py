@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FAST, orch
+from tests.helpers.processes import orch
+from tests.helpers.project import FAST
 
 pytestmark = pytest.mark.distributed
 

@@ -16,7 +16,8 @@ import pytest
 from orchestrator.attempt import hold_attempt
 from orchestrator.errors import EXIT_RUN_BUSY, RunBusy
 from orchestrator.rundir.layout import RunDir
-from tests.conftest import FAST, ROOT, orch, start_orch, wait_for_rows
+from tests.helpers.processes import orch, start_orch, wait_for_rows
+from tests.helpers.project import FAST, ROOT
 
 pytestmark = pytest.mark.distributed
 

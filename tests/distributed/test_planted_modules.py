@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import FAST, RECIPES, TINY
+from tests.helpers.project import FAST, RECIPES, TINY
 
 pytestmark = pytest.mark.distributed
 

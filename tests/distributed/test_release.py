@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import EXIT_VERIFY_FAILED
-from tests.conftest import FAST, LIGHT_GATES, orch
+from tests.helpers.processes import orch
+from tests.helpers.project import FAST, LIGHT_GATES
 from tests.helpers.pii import builtin_documents, chunks, write_corpus
 
 pytestmark = pytest.mark.distributed

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FAST, orch
+from tests.helpers.processes import orch
+from tests.helpers.project import FAST
 from tests.distributed.test_dashboards import wandb_steps
 
 pytestmark = pytest.mark.distributed

@@ -14,7 +14,8 @@ import torch
 from orchestrator.backends.deepspeed import MODULE_STATES
 from orchestrator.checkpoint import store
 from orchestrator.rundir.layout import RANK_STATE
-from tests.conftest import FAST, orch
+from tests.helpers.processes import orch
+from tests.helpers.project import FAST
 
 pytestmark = pytest.mark.distributed
 

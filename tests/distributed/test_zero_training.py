@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FAST, orch
+from tests.helpers.processes import orch
+from tests.helpers.project import FAST
 from tests.helpers.mfu import assert_mfu_matches_plan
 
 pytestmark = pytest.mark.distributed

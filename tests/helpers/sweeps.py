@@ -11,7 +11,8 @@ from optuna.distributions import CategoricalDistribution, distribution_to_json
 from orchestrator.recipe.loader import load_recipe
 from orchestrator.rundir.records import recipe_yaml
 from orchestrator.sweep.study import SweepDir, claim, open_study
-from tests.conftest import RECIPES, write_plan
+from tests.helpers.planning import write_plan
+from tests.helpers.project import RECIPES
 
 SWEEP = RECIPES / "tiny-sweep.yaml"
 

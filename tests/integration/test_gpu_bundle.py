@@ -21,7 +21,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
-from tests.conftest import ROOT
+from tests.helpers.project import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))  # bench/ holds scripts that import each other by bare name, not a package
 import gpu_bundle  # noqa: E402

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FAST, ROOT, orch
+from tests.helpers.processes import orch
+from tests.helpers.project import FAST, ROOT
 
 pytestmark = pytest.mark.integration
 

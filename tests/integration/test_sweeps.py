@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.slurm.script import array_ranges
-from tests.conftest import FAST, LIGHT_GATES, orch
+from tests.helpers.processes import orch
+from tests.helpers.project import FAST, LIGHT_GATES
 from tests.integration.test_slurm import cluster, job_fields  # noqa: F401  (cluster: the module-scoped fixture that starts it)
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,8 @@ from orchestrator.local_run import LocalRunRequest, plan_local_run
 from orchestrator.plan.planner import make_plan
 from orchestrator.recipe.loader import load_recipe
 from orchestrator.slurm.batch import node_command
-from tests.conftest import TINY, make_env, tiny_plan_record, write_plan
+from tests.helpers.planning import make_env, tiny_plan_record, write_plan
+from tests.helpers.project import TINY
 
 HOLD = "import sys; from pathlib import Path; from orchestrator.attempt import hold_attempt; a = hold_attempt(Path(sys.argv[1])); print('held', flush=True); sys.stdin.read()"
 

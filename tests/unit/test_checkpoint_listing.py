@@ -10,7 +10,7 @@ from orchestrator.checkpoint.export import choose_checkpoint
 from orchestrator.checkpoint.listing import checkpoint_root, human_bytes, list_checkpoints, render_listing
 from orchestrator.cli import app
 from orchestrator.errors import CheckpointError
-from tests.conftest import write_plan
+from tests.helpers.planning import write_plan
 from tests.helpers.hostile_files import deep_chain
 
 runner = CliRunner()

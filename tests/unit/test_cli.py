@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from tests.conftest import TINY
+from tests.helpers.project import TINY
 
 runner = CliRunner()
 
@@ -87,7 +87,7 @@ def test_validate_refuses_only_what_cannot_run(tmp_path):
     from orchestrator.plan.load import cannot_run
     from orchestrator.plan.planner import make_plan
     from orchestrator.recipe.loader import load_recipe
-    from tests.conftest import make_env
+    from tests.helpers.planning import make_env
 
     def plan(*overrides):
         loaded = load_recipe(TINY, ["distributed.procs_per_node=1", *overrides])

@@ -21,7 +21,8 @@ from orchestrator.cli import app
 from orchestrator.recipe.loader import load_recipe
 from orchestrator.rundir.records import recipe_yaml
 from orchestrator.sweep.study import SweepDir
-from tests.conftest import TINY, write_plan
+from tests.helpers.planning import write_plan
+from tests.helpers.project import TINY
 from tests.helpers.sweeps import SET_TRIAL_USER_ATTR, SWEEP, journal_record, make_sweep
 
 CORPUS = Path(__file__).parent / "corpus"

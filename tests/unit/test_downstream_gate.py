@@ -14,7 +14,7 @@ import pytest
 from orchestrator.errors import GateError
 from orchestrator.gates.downstream import downstream_gate, evaluation_texts, task_scores
 from orchestrator.gates.spec import EvaluationGate
-from tests.conftest import ROOT
+from tests.helpers.project import ROOT
 
 TASKS = ROOT / "recipes" / "gates" / "tasks"
 SHIPPED = {"python_idioms": "acc", "python_syntax": "acc", "python_completion": "exact_match"}

@@ -18,7 +18,7 @@ from launch.energy.monitor import EnergyMonitor
 from orchestrator.energy.spec import CarbonSpec, EnergySpec
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import EnergyRecord
-from tests.conftest import make_env
+from tests.helpers.planning import make_env
 
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"

@@ -16,7 +16,8 @@ from orchestrator.gates.annex import Compute
 from orchestrator.plan.planner import make_plan
 from orchestrator.recipe.loader import load_recipe
 from orchestrator.model.inputs import model_inputs
-from tests.conftest import RECIPES, make_env
+from tests.helpers.planning import make_env
+from tests.helpers.project import RECIPES
 
 FINETUNE = RECIPES / "tiny-finetune-lora.yaml"
 

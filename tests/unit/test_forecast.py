@@ -15,7 +15,8 @@ from orchestrator.recipe.loader import load_recipe
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import write_plan
 from orchestrator.slurm.submit import cluster_env
-from tests.conftest import H100, TINY, make_env
+from tests.helpers.planning import H100, make_env
+from tests.helpers.project import TINY
 
 
 def plan_for(tmp_path, overrides=(), calibrations=Calibrations(), env=None):

@@ -349,7 +349,8 @@ def test_the_budget_gate_holds_the_bill_to_the_recipes_budget(tmp_path):
     from orchestrator.gates.evaluate import _budget_gate
     from orchestrator.recipe.loader import load_recipe
     from orchestrator.rundir.layout import RunDir
-    from tests.conftest import TINY, write_plan
+    from tests.helpers.planning import write_plan
+    from tests.helpers.project import TINY
 
     run = RunDir(tmp_path)
     energy = {"pue": 1.0, "intensity": Intensity(100.0, "test").summary(with_series=True), "cpu": {}, "forecast": None}

@@ -16,7 +16,8 @@ from orchestrator.gates.result import GateResult
 from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import read_plan, write_data
-from tests.conftest import ROOT, write_plan
+from tests.helpers.planning import write_plan
+from tests.helpers.project import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))  # bench/ holds scripts that import each other by bare name, not a package
 import gpu  # noqa: E402

@@ -9,7 +9,8 @@ from orchestrator.errors import RecipeError
 from orchestrator.plan.planner import make_plan
 from orchestrator.recipe.loader import load_recipe
 from orchestrator.rundir.entry import SAFE_PATH, node_argv
-from tests.conftest import TINY, make_env
+from tests.helpers.planning import make_env
+from tests.helpers.project import TINY
 
 HOROVOD = ["distributed.backend=horovod", "distributed.zero_stage=0"]
 

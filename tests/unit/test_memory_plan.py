@@ -12,7 +12,8 @@ from orchestrator.plan.planner import make_plan
 from orchestrator.plan.render import render_plan
 from orchestrator.recipe.loader import load_recipe
 from orchestrator.rundir.records import plan_json
-from tests.conftest import H100, TINY, make_env
+from tests.helpers.planning import H100, make_env
+from tests.helpers.project import TINY
 
 SEVEN_B = ["model.hidden_size=4096", "model.num_layers=32", "model.num_heads=32", "model.num_kv_heads=32",
            "model.intermediate_size=11008", "distributed.procs_per_node=8", "train.global_batch_size=64"]

@@ -26,7 +26,8 @@ from orchestrator.recipe.loader import load_recipe
 from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import read_plan, recipe_yaml, write_data
-from tests.conftest import TINY, write_plan
+from tests.helpers.planning import write_plan
+from tests.helpers.project import TINY
 
 STEP = 20
 RELEASED = datetime(2026, 11, 30, 9, 15, tzinfo=timezone.utc)

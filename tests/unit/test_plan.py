@@ -13,7 +13,8 @@ from orchestrator.plan.render import render_plan
 from orchestrator.recipe.loader import load_recipe
 from orchestrator.rundir.entry import SAFE_PATH
 from orchestrator.env import GpuInfo
-from tests.conftest import H100, TINY, V100, make_env
+from tests.helpers.planning import H100, V100, make_env
+from tests.helpers.project import TINY
 
 A10 = GpuInfo("NVIDIA A10", 24 * 2**30, 8.6)
 

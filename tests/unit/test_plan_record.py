@@ -10,7 +10,8 @@ from orchestrator.plan.planner import make_plan
 from orchestrator.recipe.loader import load_recipe
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import HostMemoryRecord, MemoryRecord, plan_json, read_plan
-from tests.conftest import TINY, make_env
+from tests.helpers.planning import make_env
+from tests.helpers.project import TINY
 
 WRITTEN_BEFORE = Path(__file__).parent / "golden" / "plan-tiny-zero3-two-nodes.json"
 

@@ -16,7 +16,7 @@ from orchestrator.gates.content import content_gate
 from orchestrator.gates.spec import ContentGate
 from orchestrator.tracking.sinks import UnloadableSink, make_sinks
 from orchestrator.tracking.spec import TrackingSpec
-from tests.conftest import TINY
+from tests.helpers.project import TINY
 
 HOOKS = '''
 from orchestrator.hooks import content_classifier, tracking_sink

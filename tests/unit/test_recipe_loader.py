@@ -6,7 +6,7 @@ import pytest
 
 from orchestrator.errors import RecipeError
 from orchestrator.recipe.loader import load_recipe
-from tests.conftest import RECIPES, TINY
+from tests.helpers.project import RECIPES, TINY
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from orchestrator.cli import app
 from orchestrator.data.spec import DataSpec
-from tests.conftest import TINY
+from tests.helpers.project import TINY
 
 CUSTOM_CODE = "import pathlib\npathlib.Path(__file__).with_name('RAN').write_text('custom code ran')\nclass Custom: pass\n"
 

@@ -11,7 +11,8 @@ from orchestrator.recipe.loader import load_recipe
 from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import recipe_yaml
-from tests.conftest import TINY, write_plan
+from tests.helpers.planning import write_plan
+from tests.helpers.project import TINY
 
 TORN_EVENT = '{"event": "checkpoint", "time": 17.5, "st'
 TORN_ROW = '{"step": 4, "loss": 6.9'

@@ -18,7 +18,8 @@ from orchestrator.rundir.entry import module_argv, rank_argv
 from orchestrator.slurm.batch import node_command
 from orchestrator.slurm.script import render_array_sbatch, render_prepare_sbatch, render_sbatch, render_step_sbatch
 from orchestrator.slurm.submit import cluster_env
-from tests.conftest import RECIPES, ROOT, TINY, make_env
+from tests.helpers.planning import make_env
+from tests.helpers.project import RECIPES, ROOT, TINY
 
 
 PLANTED = "import pathlib, sys; pathlib.Path(__file__).with_name('ran').write_text(__file__); sys.exit(99)\n"

@@ -1,6 +1,6 @@
 from orchestrator.recipe.loader import load_recipe
 from orchestrator.train.schedule import lr_multiplier
-from tests.conftest import TINY
+from tests.helpers.project import TINY
 
 
 def train(*overrides):

@@ -13,7 +13,9 @@ from orchestrator.rundir.records import plan_json
 from orchestrator.slurm.script import render_sbatch
 from orchestrator.slurm.submit import cluster_env
 from orchestrator.tracking.mirror import run_config
-from tests.conftest import RECIPES, TINY, make_env, orch
+from tests.helpers.planning import make_env
+from tests.helpers.processes import orch
+from tests.helpers.project import RECIPES, TINY
 
 WANDB_KEY = "0123456789abcdef0123456789abcdef01234567"
 HF_TOKEN = "hf_AbCdEfGhIjKlMnOpQrStUvWxYz01234567"
@@ -106,7 +108,7 @@ def test_a_release_of_a_run_planned_before_redaction_holds_no_secret(tmp_path):
     from orchestrator.gates.report import GateReport
     from orchestrator.rundir.layout import RunDir
     from orchestrator.rundir.records import recipe_yaml, write_data
-    from tests.conftest import write_plan
+    from tests.helpers.planning import write_plan
 
     run = RunDir(tmp_path / "run")
     write_plan(run.path)

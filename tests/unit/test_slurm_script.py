@@ -13,7 +13,9 @@ from orchestrator.recipe.loader import load_recipe
 from orchestrator.slurm.batch import node_command
 from orchestrator.slurm.script import render_sbatch
 from orchestrator.slurm.submit import check_pass_env, cluster_env, signal_grace_s
-from tests.conftest import ROOT, TINY, make_env, orch, tiny_plan_record
+from tests.helpers.planning import make_env, tiny_plan_record
+from tests.helpers.processes import orch
+from tests.helpers.project import ROOT, TINY
 
 GOLDEN = Path(__file__).parent / "golden"
 

@@ -13,7 +13,8 @@ from orchestrator.rundir.layout import RunDir
 from orchestrator.slurm import client
 from orchestrator.slurm.batch import job_end_time, rendezvous
 from orchestrator.slurm.submit import cancel, cluster_env, submit
-from tests.conftest import ROOT, TINY, make_env
+from tests.helpers.planning import make_env
+from tests.helpers.project import ROOT, TINY
 
 SLURM_COMMANDS = {"sbatch", "squeue", "scontrol", "scancel", "sacct", "sinfo", "srun", "salloc", "sprio", "sstat"}
 

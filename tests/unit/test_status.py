@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from orchestrator.cli import app
 from orchestrator.recipe.loader import load_recipe
 from orchestrator.rundir.records import recipe_yaml
-from tests.conftest import TINY
+from tests.helpers.project import TINY
 
 
 def fake_run(root, name, events, rows, summary=None, jobs=None, recipe_name=None):

@@ -29,7 +29,9 @@ from orchestrator.sweep.space import check_space, trial_overrides
 from orchestrator.sweep.spec import SweepSpec
 from orchestrator.sweep.start import plan_sweep, unfinished_slots
 from orchestrator.sweep.study import Judge, SweepDir, claim, final_value, grid_point, open_study, slot_trials
-from tests.conftest import RECIPES, ROOT, make_env, orch
+from tests.helpers.planning import make_env
+from tests.helpers.processes import orch
+from tests.helpers.project import RECIPES, ROOT
 
 SWEEP = RECIPES / "tiny-sweep.yaml"
 

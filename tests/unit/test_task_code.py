@@ -14,7 +14,7 @@ from orchestrator.cli import app
 from orchestrator.errors import GateError
 from orchestrator.gates.downstream import downstream_gate, evaluation_texts
 from orchestrator.gates.spec import EvaluationGate
-from tests.conftest import ROOT, TINY
+from tests.helpers.project import ROOT, TINY
 
 DATA = ROOT / "recipes" / "gates" / "tasks" / "python_completion.jsonl"
 FUNCTION = "import pathlib\npathlib.Path(__file__).with_name('RAN').write_text('imported')\n\ndef process_docs(docs):\n    return docs\n"

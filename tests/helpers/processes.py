@@ -1,0 +1,50 @@
+"""The real `orch` command in a fresh interpreter, as a user runs it, and the ways tests wait for or
+kill what it started."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.helpers.project import ROOT
+
+
+def orch(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """The real CLI in a fresh interpreter, as a user would run it."""
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def start_orch(*args: str) -> subprocess.Popen:
+    """`orch` in the background, in its own session, for tests that signal or kill it mid-run."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,
+    )
+
+
+def wait_for_rows(process: subprocess.Popen, run_dir: Path, count: int, timeout_s: float = 240) -> None:
+    """Until the run has logged `count` metric rows, failing early if `process` ended first."""
+    import time
+
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + timeout_s
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= count):
+        assert process.poll() is None, f"the run ended before step {count}"
+        assert time.monotonic() < deadline, f"no step {count} within {timeout_s}s"
+        time.sleep(0.05)
+
+
+def kill_run(run_dir: Path) -> None:
+    """SIGKILL every process of a run (CLI, node launcher, ranks): a crash at an arbitrary moment."""
+    import psutil
+
+    victims = [p for p in psutil.process_iter(["cmdline"]) if str(run_dir) in " ".join(p.info["cmdline"] or [])]
+    for process in victims:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(victims, timeout=30)
