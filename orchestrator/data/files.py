@@ -40,7 +40,8 @@ def shown(path: Path | str) -> str:
 
 
 def path_problem(path: Path, kind: Kind) -> str | None:
-    """Why `path` (links followed) is not the `kind` the recipe needs there, without opening it."""
+    """Why `path` (links followed) is not the `kind` the recipe needs there, without opening it: a
+    directory is a pretrained one (a model's, a tokenizer's); data is a regular file or a directory of them."""
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
@@ -49,9 +50,10 @@ def path_problem(path: Path, kind: Kind) -> str | None:
         return f"cannot read {shown(path)}: {exc.strerror}"
     if stat.S_ISREG(mode) and kind != "directory" or stat.S_ISDIR(mode) and kind != "file":
         return None
-    what = "a regular file" if kind == "file" else "a directory" if kind == "directory" else "a regular file or a directory"
-    return f"{shown(path)} is {KINDS.get(stat.S_IFMT(mode), 'a special file')}, not {what}" + (
-        ": data is read from regular files only" if kind != "directory" else "")
+    what = KINDS.get(stat.S_IFMT(mode), "a special file")
+    if kind == "directory":
+        return f"{shown(path)} is {what}, not a directory: give a release, an `orch export` or a save_pretrained directory"
+    return f"{shown(path)} is {what}, not a regular file{' or a directory' if kind != 'file' else ''}: data is read from regular files only"
 
 
 def open_regular(path: Path) -> BinaryIO:

@@ -9,6 +9,7 @@ Add a case here for every such input found in the field.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,6 +152,32 @@ def data_file(name: str, content: bytes, *overrides: str) -> Callable[[Path], li
     return argv
 
 
+def data_directory(odd: Callable[[Path], object]) -> Callable[[Path], list[str]]:
+    """The tiny recipe on a directory of data: a good file, and what `odd` puts beside it."""
+    def argv(tmp: Path) -> list[str]:
+        (tmp / "data").mkdir()
+        (tmp / "data" / "a.jsonl").write_text('{"text": "x"}\n')
+        odd(tmp / "data")
+        return ["validate", str(TINY), "data.builtin=null", f"data.path={tmp / 'data'}"]
+
+    return argv
+
+
+def link_out_of(directory: Path) -> None:
+    """A link to a file outside the data directory: it was read, and the manifest named only the link."""
+    (directory.parent / "outside.jsonl").write_text('{"text": "not meant for training"}\n')
+    (directory / "b.jsonl").symlink_to(directory.parent / "outside.jsonl")
+
+
+def decontaminating(content: bytes) -> Callable[[Path], list[str]]:
+    """The tiny recipe, removing from its data the n-grams of an evaluation file holding `content`."""
+    def argv(tmp: Path) -> list[str]:
+        (tmp / "eval.jsonl").write_bytes(content)
+        return ["validate", str(TINY), f"data.decontaminate=[{tmp / 'eval.jsonl'}]"]
+
+    return argv
+
+
 def on_sweep(command: str, damage: Callable[[SweepDir], object]) -> Callable[[Path], list[str]]:
     """`orch sweep COMMAND` on a sweep directory with one complete and one running trial, then `damage`."""
     def argv(tmp: Path) -> list[str]:
@@ -205,6 +232,12 @@ CASES = {
     "mixture-weight-not-positive": Case(data_file("a.jsonl", b'{"text": "x"}\n', "data.sources=[{path: {path}, weight: 0}]"),
                                         "data.sources.0.weight: input should be greater than 0"),
     "mixture-key-typo": Case(data_file("a.jsonl", b'{"text": "x"}\n', "data.sources=[{path: {path}, wieght: 2}]"), "did you mean `weight`"),
+    # Data that is not regular files (FIFOs and devices named by the recipe itself: test_data_paths.py, which a hang cannot block).
+    "data-link-inside-directory": Case(data_directory(link_out_of), "b.jsonl is a symbolic link inside the data directory"),
+    "data-fifo-inside-directory": Case(data_directory(lambda d: os.mkfifo(d / "b.jsonl")), "b.jsonl is a FIFO, not a regular file"),
+    "decontaminate-directory": Case(lambda tmp: ["validate", str(TINY), f"data.decontaminate=[{tmp}]"], "is a directory, not a regular file"),
+    "decontaminate-not-json": Case(decontaminating(b"{not json\n"), "eval.jsonl: its first row is not JSON"),
+    "tokenizer-path-a-file": Case(override(f"data.tokenizer={{kind: pretrained, path: {TINY}}}"), "is a regular file, not a directory"),
     "override-double-dot": Case(override("train..steps=5"), "malformed override `train..steps=5`"),
     "override-leading-dot": Case(override(".steps=5"), "malformed override `.steps=5`"),
     "override-unknown-key": Case(override("train.stepz=5"), "did you mean `steps`"),
