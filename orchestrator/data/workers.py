@@ -106,9 +106,13 @@ def curate_chunk(task: CurateTask) -> CurateResult:
 
 
 def write_texts(path: Path, texts: list[str]) -> None:
-    encoded = [t.encode("utf-8", errors="replace") for t in texts]
-    path.with_suffix(".txt").write_bytes(b"".join(encoded))
-    np.cumsum([len(e) for e in encoded], dtype=np.int64).tofile(path.with_suffix(".off"))
+    """The texts' UTF-8 one after another (one text's bytes in memory at a time, not the chunk's
+    twice over) and their end offsets."""
+    sizes = []
+    with path.with_suffix(".txt").open("wb") as out:
+        for text in texts:
+            sizes.append(out.write(text.encode("utf-8", errors="replace")))
+    np.cumsum(sizes, dtype=np.int64).tofile(path.with_suffix(".off"))
 
 
 def read_texts(path: Path) -> list[str]:
@@ -137,22 +141,24 @@ def tokenize_chunk(task: TokenizeTask) -> dict[str, tuple[int, int]]:
     counts = {}
     for split, code in (("train", 1), ("val", 2)):
         chosen = [t for t, k in zip(texts, task.keep.tolist()) if k == code]
-        documents = [np.append(ids, task.eos) for ids in token_ids(tokenizer, chosen, task.piece_chars)]
+        end = np.asarray([task.eos], dtype=task.dtype)
+        documents = [np.concatenate([ids, end]) for ids in token_ids(tokenizer, chosen, task.piece_chars, task.dtype)]
         counts[split] = (len(documents), write_shard(task.out[split], documents, task.dtype))
     return counts
 
 
-def token_ids(tokenizer, texts: list[str], piece_chars: int = PIECE_CHARS) -> list[np.ndarray]:
+def token_ids(tokenizer, texts: list[str], piece_chars: int = PIECE_CHARS, dtype: str = "int64") -> list[np.ndarray]:
     """Each text's token ids, its pieces encoded in batches of about `piece_chars` characters: the
     same ids as encoding each text whole (see `pieces`), with the tokenizer's working memory bounded
-    by the batch instead of by the longest document."""
+    by the batch instead of by the longest document. In the shard's `dtype` at once: a long
+    document's ids are copied a few times on their way to the shard, at 8 bytes a token in int64."""
     parts: list[list[np.ndarray]] = [[] for _ in texts]
     batch: list[str] = []
     owners: list[int] = []
 
     def encode() -> None:
         for owner, encoding in zip(owners, tokenizer.encode_batch(batch, add_special_tokens=False)):
-            parts[owner].append(np.asarray(encoding.ids, dtype=np.int64))
+            parts[owner].append(np.asarray(encoding.ids, dtype=dtype))
         batch.clear()
         owners.clear()
 
