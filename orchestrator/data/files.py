@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator, Literal, TypeVar
 
@@ -70,36 +72,74 @@ def open_regular(path: Path) -> BinaryIO:
     return os.fdopen(fd, "rb")
 
 
+SETTLED_NS = 2 * 10**9
+"""How much older than a listing a directory's modification time must be for the listing to be reused:
+file systems keep the time in coarse ticks (a second on some), and two changes in one tick leave one time."""
+
+
+@dataclass(frozen=True)
+class Listing:
+    files: list[Path]
+    directories: dict[str, int]
+    """Each directory walked and its modification time when it was listed."""
+    listed_ns: int
+
+    def current(self) -> bool:
+        """Whether no directory walked can have gained, lost or renamed an entry since (which changes its
+        modification time); what a file holds is not the listing's business."""
+        try:
+            return all(mtime_ns < self.listed_ns - SETTLED_NS and os.stat(directory).st_mtime_ns == mtime_ns
+                       for directory, mtime_ns in self.directories.items())
+        except OSError:
+            return False
+
+
+_listed: dict[tuple[str, tuple[str, ...]], Listing] = {}
+"""The last directory listed, while it is current: validation, the plan's look-up of prepared data and
+preparation each list the same directory in one command, and 200,000 paths take a second to make."""
+
+
 def list_data_files(root: Path, suffixes: Iterable[str]) -> list[Path]:
     """The regular files under `root` whose names end in one of `suffixes`, depth first in sorted
     order (the order of `sorted(root.rglob(...))`: by their paths' parts). A link or special file
     named like data, a link to a directory, or a directory that cannot be listed is refused:
     skipping it would leave out data the user meant, following it would read from outside `root`."""
-    suffixes = tuple(suffixes)
-    found: list[Path] = []
-    walking = [iter(_entries(root))]  # each open directory's entries still to visit, the deepest last
+    key = (os.path.abspath(root), tuple(suffixes))
+    listing = _listed.get(key)
+    if listing is None or not listing.current():
+        _listed.clear()
+        listing = _listed[key] = _walk(root, key[1])
+    return list(listing.files)
+
+
+def _walk(root: Path, suffixes: tuple[str, ...]) -> Listing:
+    listing = Listing([], {}, time.time_ns())
+    walking = [(root, iter(_entries(root, listing)))]  # each open directory and its entries still to visit, the deepest last
     while walking:
-        entry = next(walking[-1], None)
+        directory, entries = walking[-1]
+        entry = next(entries, None)
         if entry is None:
             walking.pop()
             continue
         data = entry.name.endswith(suffixes) and entry.name not in suffixes  # `.jsonl` alone has no suffix, as for Path.suffix
         if entry.is_dir(follow_symlinks=False):
-            walking.append(iter(_entries(Path(entry.path))))
+            walking.append((directory / entry.name, iter(_entries(directory / entry.name, listing))))
         elif entry.is_symlink() and (data or entry.is_dir()):
             raise DataError(f"{shown(entry.path)} is a symbolic link inside the data directory {shown(root)}: links there are "
                             "not followed; copy the file in, or name its target as a source of its own")
         elif data and not entry.is_file(follow_symlinks=False):
             raise DataError(f"{shown(entry.path)} is {_kind(entry)}, not a regular file: data is read from regular files only")
         elif data:
-            found.append(Path(entry.path))
-    return found
+            listing.files.append(directory / entry.name)
+    return listing
 
 
-def _entries(directory: Path) -> list[os.DirEntry]:
+def _entries(directory: Path, listing: Listing) -> list[os.DirEntry]:
+    """The directory's entries by name, its modification time noted first (a change while it is read shows next time)."""
     try:
-        with os.scandir(directory) as listing:
-            return sorted(listing, key=lambda e: e.name)
+        listing.directories[os.fspath(directory)] = os.stat(directory).st_mtime_ns
+        with os.scandir(directory) as entries:
+            return sorted(entries, key=lambda e: e.name)
     except OSError as exc:
         raise DataError(f"cannot list {shown(directory)}: {exc.strerror}") from None
 

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
@@ -22,6 +23,7 @@ from orchestrator.data.corpus import iter_documents, source_files
 from orchestrator.data.files import first_line, list_data_files
 from orchestrator.data.prepare import prepare_data
 from orchestrator.data.spec import DataSpec, SourceSpec
+from orchestrator.errors import DataError
 from tests.helpers.project import ROOT, TINY
 
 MEMORY_BYTES = 4 * 2**30
@@ -139,3 +141,23 @@ def test_validation_reads_a_bounded_first_line(tmp_path):
     assert first_line(path, 1000).startswith(b'{"text"') and first_line(path, 50) is None
     path.write_bytes(b"\n" * 10)
     assert first_line(path, 1000) == b""
+
+
+def test_a_listing_is_reused_until_a_directory_changes(tmp_path, monkeypatch):
+    """Validation, the plan and preparation list the same directory once while no directory of it changed."""
+    from orchestrator.data import files
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.txt").write_text("x")
+    for directory in (tmp_path, tmp_path / "a"):
+        os.utime(directory, ns=(0, 0))  # settled long ago
+    first = list_data_files(tmp_path, (".txt",))
+    with monkeypatch.context() as patched:
+        patched.setattr(files, "_walk", lambda *args: pytest.fail("listed again"))
+        assert list_data_files(tmp_path, (".txt",)) == first == [tmp_path / "a" / "x.txt"]
+    (tmp_path / "a" / "y.txt").write_text("y")
+    assert list_data_files(tmp_path, (".txt",)) == [tmp_path / "a" / "x.txt", tmp_path / "a" / "y.txt"]
+    (tmp_path / "a" / "x.txt").unlink()
+    os.mkfifo(tmp_path / "a" / "x.txt")
+    with pytest.raises(DataError, match="x.txt is a FIFO"):
+        list_data_files(tmp_path, (".txt",))
