@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from orchestrator.data.files import first_line, list_data_files, open_regular, ordered_map, shown
+from orchestrator.data.files import READ_AHEAD_BYTES, READ_BATCH, READ_THREADS, first_line, list_data_files, open_regular, ordered_map, shown
 from orchestrator.data.spec import SourceSpec
 from orchestrator.errors import DataError
 
@@ -88,11 +88,11 @@ def iter_documents(spec: SourceSpec, files: list[Path], cache_dir: Path, batch_s
     """The source's documents in reading order, a batch at a time: a row per line of JSON Lines and per
     row of Parquet (streamed through `datasets`), a document per text file. Memory holds a batch, not the source."""
     if spec.builtin:
-        yield from _batches(ordered_map(functools.partial(_read_text, errors="replace"), files), batch_size)
+        yield from _batches(_texts(files, errors="replace"), batch_size)
         return
     fmt = spec.format if spec.format != "auto" else _format_of(files)
     if fmt == "text":
-        yield from _batches(ordered_map(_read_text, files), batch_size)
+        yield from _batches(_texts(files, errors="strict"), batch_size)
         return
     import datasets
 
@@ -113,11 +113,22 @@ def iter_documents(spec: SourceSpec, files: list[Path], cache_dir: Path, batch_s
             raise DataError(f"cannot read {shown(path)} as {fmt}: {_first_line_of(exc)}") from None
 
 
-def _read_text(path: Path, errors: str = "strict") -> str:
-    """A text file as `datasets`' text loader reads one document (UTF-8, universal newlines)."""
-    with open_regular(path) as f, io.TextIOWrapper(f, encoding="utf-8", errors=errors) as text:
+def _texts(files: list[Path], errors: str) -> Iterator[str]:
+    """Each file's text in order: small files read ahead on a few threads, larger ones in their turn."""
+    small = READ_AHEAD_BYTES // (2 * READ_THREADS * READ_BATCH)
+    ahead = ordered_map(functools.partial(_read_text, errors=errors, most_bytes=small), files)
+    for path, text in zip(files, ahead):
+        yield text if text is not None else _read_text(path, errors)
+
+
+def _read_text(path: Path, errors: str, most_bytes: int | None = None) -> str | None:
+    """A text file as `datasets`' text loader reads one document (UTF-8, universal newlines); None
+    when it holds more than `most_bytes`."""
+    with open_regular(path) as f:
+        if most_bytes is not None and os.fstat(f.fileno()).st_size > most_bytes:
+            return None
         try:
-            return text.read()
+            return io.TextIOWrapper(f, encoding="utf-8", errors=errors).read()
         except (OSError, UnicodeDecodeError) as exc:
             raise DataError(f"cannot read {shown(path)} as text: {_first_line_of(exc)}") from None
 

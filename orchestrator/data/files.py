@@ -9,7 +9,9 @@ A directory is listed in one `os.scandir` walk, in sorted order, from the names 
 directory entries carry (no `stat` per file: 200,000 files list in a fraction of a second).
 Files are opened without blocking and checked on the open descriptor, so a file swapped for a
 FIFO after listing is refused too. Many small files are read and hashed by a few threads, in
-order: the time goes to system calls, which leave the interpreter to the other threads.
+order, for the file systems where an open waits on a server (Lustre, NFS: a millisecond or more
+each, which threads wait out together); on a local disk it changes little (200,000 small files
+read in 2.8 s on 8 threads, 2.2 s on one, with 2 busy cores and the files cached or not).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator, Literal, TypeVar
 
@@ -30,8 +33,12 @@ R = TypeVar("R")
 
 Kind = Literal["file", "directory", "file or directory"]
 READ_THREADS = 8
-"""Threads that open, read and hash files; more gains nothing on a local disk, and a network file
-system answers this many opens at once."""
+"""Threads that open, read and hash files: a network file system answers this many opens at once."""
+READ_BATCH = 32
+"""Files a thread takes at once."""
+READ_AHEAD_BYTES = 64 * 2**20
+"""Text read ahead of its turn at most: files up to this over the files in flight are read by the
+threads, larger ones in their turn, so memory stays bounded whatever the file sizes."""
 KINDS = {stat.S_IFREG: "a regular file", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket",
          stat.S_IFDIR: "a directory", stat.S_IFLNK: "a symbolic link"}
 
@@ -167,14 +174,18 @@ def first_line(path: Path, limit: int) -> bytes | None:
     return None
 
 
-def ordered_map(fn: Callable[[T], R], items: Iterable[T], threads: int = READ_THREADS) -> Iterator[R]:
-    """`map(fn, items)` on `threads` threads, results in order, at most two per thread in flight
-    (so memory holds a few results, not all of them)."""
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], threads: int = READ_THREADS, batch: int = READ_BATCH) -> Iterator[R]:
+    """`map(fn, items)` on `threads` threads, `batch` items a task (a task per small file cost more
+    than reading it), results in order, at most two tasks per thread in flight."""
+    def run(chunk: list[T]) -> list[R]:
+        return [fn(item) for item in chunk]
+
+    items = iter(items)
     with ThreadPoolExecutor(threads) as pool:
         pending: deque = deque()
-        for item in items:
-            pending.append(pool.submit(fn, item))
+        while chunk := list(islice(items, batch)):
+            pending.append(pool.submit(run, chunk))
             if len(pending) >= 2 * threads:
-                yield pending.popleft().result()
+                yield from pending.popleft().result()
         while pending:
-            yield pending.popleft().result()
+            yield from pending.popleft().result()
