@@ -100,8 +100,7 @@ def iter_documents(spec: SourceSpec, files: list[Path], cache_dir: Path, batch_s
     field = spec.text_field
     for path in files:  # one file at a time, so an error can name it
         try:
-            # `datasets` reads data_files as glob patterns: `a[1].jsonl` would read `a1.jsonl`.
-            rows = datasets.load_dataset(BUILDER_BY_FORMAT[fmt], data_files=[glob.escape(str(path.absolute()))], split="train",
+            rows = datasets.load_dataset(BUILDER_BY_FORMAT[fmt], data_files=[datasets_file(path)], split="train",
                                          streaming=True, cache_dir=str(cache_dir))
             for batch in rows.iter(batch_size=batch_size):
                 if field not in batch:
@@ -111,6 +110,12 @@ def iter_documents(spec: SourceSpec, files: list[Path], cache_dir: Path, batch_s
             raise
         except Exception as exc:  # pyarrow's and datasets' own reading errors, whatever their class
             raise DataError(f"cannot read {shown(path)} as {fmt}: {_first_line_of(exc)}") from None
+
+
+def datasets_file(path: Path) -> str:
+    """`path` as `datasets` takes a data file: it reads data_files as glob patterns, so `a[1].jsonl`
+    unescaped reads `a1.jsonl` and `*.jsonl` every file beside it."""
+    return glob.escape(str(path.absolute()))
 
 
 def _texts(files: list[Path], errors: str) -> Iterator[str]:

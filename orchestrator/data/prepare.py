@@ -24,7 +24,7 @@ from typing import Iterator
 
 import numpy as np
 
-from orchestrator.data.corpus import SourceFile, file_stats, fingerprint, iter_documents, source_files
+from orchestrator.data.corpus import SourceFile, datasets_file, file_stats, fingerprint, iter_documents, source_files
 from orchestrator.data.curate import Deduplicator, contamination_from
 from orchestrator.data.pieces import PIECE_CHARS, pieces
 from orchestrator.data.shards import TokenShards, write_shard
@@ -296,7 +296,7 @@ def _build_instruction(spec: DataSpec, seed: int, files: list[Path], out: Path, 
 
     from orchestrator.data.instruct import pack, read_examples, tokenize
 
-    rows = datasets.load_dataset("json", data_files=[str(p) for p in files], split="train", cache_dir=str(cache_dir / "hf")).to_list()
+    rows = datasets.load_dataset("json", data_files=[datasets_file(p) for p in files], split="train", cache_dir=str(cache_dir / "hf")).to_list()
     examples = read_examples(rows, spec.instruction)
     held_out = _held_out(len(examples), spec.val_fraction, seed)
     tokenizer = _tokenizer(spec, None, out / "tokenizer")
