@@ -39,8 +39,8 @@ READ_BATCH = 32
 READ_AHEAD_BYTES = 64 * 2**20
 """Text read ahead of its turn at most: files up to this over the files in flight are read by the
 threads, larger ones in their turn, so memory stays bounded whatever the file sizes."""
-KINDS = {stat.S_IFREG: "a regular file", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket",
-         stat.S_IFDIR: "a directory", stat.S_IFLNK: "a symbolic link"}
+KINDS = {stat.S_IFREG: "a regular file", stat.S_IFDIR: "a directory", stat.S_IFLNK: "a symbolic link", stat.S_IFIFO: "a FIFO",
+         stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
 
 
 def shown(path: Path | str) -> str:
@@ -59,10 +59,9 @@ def path_problem(path: Path, kind: Kind) -> str | None:
         return f"cannot read {shown(path)}: {exc.strerror}"
     if stat.S_ISREG(mode) and kind != "directory" or stat.S_ISDIR(mode) and kind != "file":
         return None
-    what = KINDS.get(stat.S_IFMT(mode), "a special file")
     if kind == "directory":
-        return f"{shown(path)} is {what}, not a directory: give a release, an `orch export` or a save_pretrained directory"
-    return f"{shown(path)} is {what}, not a regular file{' or a directory' if kind != 'file' else ''}: data is read from regular files only"
+        return f"{shown(path)} is {_kind(mode)}, not a directory: give a release, an `orch export` or a save_pretrained directory"
+    return _not_regular(path, mode, or_directory=kind != "file")
 
 
 def open_regular(path: Path) -> BinaryIO:
@@ -74,7 +73,7 @@ def open_regular(path: Path) -> BinaryIO:
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        raise DataError(f"{shown(path)} is {KINDS.get(stat.S_IFMT(mode), 'a special file')}, not a regular file: data is read from regular files only")
+        raise DataError(_not_regular(path, mode))
     os.set_blocking(fd, True)
     return os.fdopen(fd, "rb")
 
@@ -135,7 +134,7 @@ def _walk(root: Path, suffixes: tuple[str, ...]) -> Listing:
             raise DataError(f"{shown(entry.path)} is a symbolic link inside the data directory {shown(root)}: links there are "
                             "not followed; copy the file in, or name its target as a source of its own")
         elif data and not entry.is_file(follow_symlinks=False):
-            raise DataError(f"{shown(entry.path)} is {_kind(entry)}, not a regular file: data is read from regular files only")
+            raise DataError(_not_regular(entry.path, _mode(entry)))
         elif data:
             listing.files.append(directory / entry.name)
     return listing
@@ -151,11 +150,19 @@ def _entries(directory: Path, listing: Listing) -> list[os.DirEntry]:
         raise DataError(f"cannot list {shown(directory)}: {exc.strerror}") from None
 
 
-def _kind(entry: os.DirEntry) -> str:
+def _mode(entry: os.DirEntry) -> int:
     try:
-        return KINDS.get(stat.S_IFMT(entry.stat(follow_symlinks=False).st_mode), "a special file")
-    except OSError:
-        return "a special file"
+        return entry.stat(follow_symlinks=False).st_mode
+    except OSError:  # gone since it was listed
+        return 0
+
+
+def _kind(mode: int) -> str:
+    return KINDS.get(stat.S_IFMT(mode), "a special file")
+
+
+def _not_regular(path: Path | str, mode: int, or_directory: bool = False) -> str:
+    return f"{shown(path)} is {_kind(mode)}, not a regular file{' or a directory' if or_directory else ''}: data is read from regular files only"
 
 
 def first_line(path: Path, limit: int) -> bytes | None:

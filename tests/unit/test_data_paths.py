@@ -39,12 +39,14 @@ def bounded(argv: list[str], timeout_s: int = 60) -> subprocess.CompletedProcess
 def test_special_files_a_recipe_names_are_one_line_each_at_validate(tmp_path):
     os.mkfifo(tmp_path / "pipe.jsonl")
     os.mkfifo(tmp_path / "eval.jsonl")
-    sources = f"[{{path: {tmp_path / 'pipe.jsonl'}}}, {{path: /dev/zero, format: jsonl, name: z}}, {{path: /dev/zero, format: text, name: t}}]"
+    sources = (f"[{{path: {tmp_path / 'pipe.jsonl'}}}, {{path: /dev/zero, format: jsonl, name: z}}, "
+               "{path: /dev/zero, format: text, name: t}]")
     result = bounded(["-m", "orchestrator", "validate", str(TINY), "data.builtin=null", f"data.sources={sources}",
                       f"data.decontaminate=[{tmp_path / 'eval.jsonl'}]"])
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
-    assert [re.search(r": (data\.[\w.]+): ", line)[1] for line in lines] == ["data.sources.0.path", "data.sources.1.path", "data.sources.2.path", "data.decontaminate.0"]
+    keys = [re.search(r": (data\.[\w.]+): ", line)[1] for line in lines]
+    assert keys == ["data.sources.0.path", "data.sources.1.path", "data.sources.2.path", "data.decontaminate.0"]
     assert "pipe.jsonl is a FIFO, not a regular file or a directory" in lines[0]
     assert "/dev/zero is a character device" in lines[1] and "/dev/zero is a character device" in lines[2]
     assert "eval.jsonl is a FIFO, not a regular file" in lines[3]
@@ -104,7 +106,8 @@ def test_odd_file_names_are_prepared_under_names_of_their_own(tmp_path):
     data, manifest = prepare_data(spec, 0, tmp_path / "cache", workers=1)
     assert [s["name"] for s in manifest["sources"]] == ["data", "new_line_x", "globs"]
     assert [s["curation"]["read"] for s in manifest["sources"]] == [20, 20, 21]  # a1.jsonl's row once more, not in place of a[1]'s
-    assert all((data.dir / shard).resolve().is_relative_to(data.dir) for s in manifest["sources"] for split in s["shards"].values() for shard in split)
+    shards = [shard for s in manifest["sources"] for split in s["shards"].values() for shard in split]
+    assert all((data.dir / shard).resolve().is_relative_to(data.dir) for shard in shards)
 
 
 def test_prepare_takes_no_more_workers_than_a_recipe_may_ask(monkeypatch):
