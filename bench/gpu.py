@@ -178,10 +178,9 @@ def energy_summary(run: RunDir) -> dict:
     from orchestrator.energy.bill import bill_for
 
     bill = bill_for(run.path)
-    devices = [{"node": node, **{k: d[k] for k in ("device", "kind", "method", "kwh")}}
-               for node, entry in bill["nodes"].items() for d in entry["devices"]]
+    devices = [{"node": node, **d.model_dump(include={"device", "kind", "method", "kwh"})} for node, d in bill.devices()]
     gpus = [d for d in devices if d["kind"] == "gpu"]
-    totals = bill["totals"]
+    totals = bill.totals.model_dump(mode="json")
     return {
         "gpu_methods": sorted({d["method"] for d in gpus}),
         "gpu_kwh": sum(d["kwh"] or 0.0 for d in gpus),

@@ -27,6 +27,7 @@ from orchestrator.errors import EXIT_BUDGET, EXIT_REQUEUE
 from orchestrator.model.inputs import count, take
 from orchestrator.recipe.schema import Recipe
 from orchestrator.rundir import events
+from orchestrator.rundir.bill import EnergyBill
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import PlanRecord, read_elastic
 from orchestrator.rundir.rows import (BaseEvent, Checkpoint, CheckpointSetAside, Completed, ElasticResume, Preempted, RecipeChangedOnResume,
@@ -111,7 +112,7 @@ class Trainer:
         self.saver.close()
         bill = self.account.settle(step)
         if bill:
-            self.event(StoppedOverBudget(step=step, kwh=bill["totals"]["facility_kwh"], kgco2e=bill["totals"]["kgco2e"], saved=saved))
+            self.event(StoppedOverBudget(step=step, kwh=bill.totals.facility_kwh, kgco2e=bill.totals.kgco2e, saved=saved))
         return EXIT_BUDGET
 
     def step(self, step: int) -> dict:
@@ -305,11 +306,10 @@ class Trainer:
         self.event(Completed(step=last["step"]))
 
 
-def _energy_summary(bill: dict | None) -> dict | None:
+def _energy_summary(bill: EnergyBill | None) -> dict | None:
     if not bill:
         return None
-    totals = bill["totals"]
-    return {key: totals[key] for key in ("kwh", "facility_kwh", "kgco2e", "coverage", "j_per_token")}
+    return {key: getattr(bill.totals, key) for key in ("kwh", "facility_kwh", "kgco2e", "coverage", "j_per_token")}
 
 
 def measure_matmul_flops(size: int = 1024) -> float:

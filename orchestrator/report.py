@@ -8,10 +8,10 @@ over time, checkpoint stalls; then the energy bill's totals and the latest gate 
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
 from orchestrator.gates.report import newest_report
+from orchestrator.rundir.bill import read_bill
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.rows import Checkpoint, MetricRow
 
@@ -108,12 +108,13 @@ def render_report(run_dir: Path) -> str:
         svg_chart("Checkpoint stalls", {"stall": stalls}, "step", "seconds training was blocked", lines=False),
     ]
     sections = [f"<h1>{html.escape(status.name)}</h1>", f"<p>{html.escape(status.line())}</p>", '<div class="charts">', *charts, "</div>"]
-    if run.energy.exists():
-        t = json.loads(run.energy.read_text())["totals"]
+    bill = read_bill(run)
+    if bill:
+        t = bill.totals
         sections += ["<h2>Energy and carbon</h2>", html_table(
             ["IT kWh", "measured kWh", "estimated kWh", "coverage", "PUE", "kgCO2e", "intensity g/kWh", "source"],
-            [[f"{t['kwh']:.6g}", f"{t['measured_kwh']:.6g}", f"{t['estimated_kwh']:.6g}", f"{t['coverage']:.0%}", f"{t['pue']:g}",
-              f"{t['kgco2e']:.6g}", f"{t['intensity']['g_per_kwh']:.1f}", t["intensity"]["source"]]],
+            [[f"{t.kwh:.6g}", f"{t.measured_kwh:.6g}", f"{t.estimated_kwh:.6g}", f"{t.coverage:.0%}", f"{t.pue:g}",
+              f"{t.kgco2e:.6g}", f"{t.intensity.g_per_kwh:.1f}", t.intensity.source]],
         )]
     report = newest_report(run)
     if report:

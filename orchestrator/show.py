@@ -7,6 +7,7 @@ from pathlib import Path
 from orchestrator.errors import DamagedRun
 from orchestrator.gates.report import GateReport
 from orchestrator.progress import wall_time
+from orchestrator.rundir.bill import read_bill
 from orchestrator.rundir.layout import RELEASE_MANIFEST, RunDir, damaged
 from orchestrator.data.summary import curation_line, source_lines
 from orchestrator.rundir.records import read_data, read_plan
@@ -51,9 +52,10 @@ def _describe(run_dir: Path) -> str:
                      f"median {summary['tokens_per_s']:,.0f} tokens/s, MFU {summary['mfu']:.1%}")
     checkpoints = store.committed(checkpoint_root(run.path))
     lines.append(f"checkpoints    {len(checkpoints)}" + (f", newest {checkpoints[0].name} ({checkpoints[0]})" if checkpoints else ""))
-    if run.energy.exists():
-        e = run.read_json(run.energy.name)["totals"]
-        lines.append(f"energy         {e['facility_kwh'] * 1000:.4g} Wh, {e['kgco2e'] * 1000:.4g} gCO2e, coverage {e['coverage']:.0%} "
+    bill = read_bill(run)
+    if bill:
+        e = bill.totals
+        lines.append(f"energy         {e.facility_kwh * 1000:.4g} Wh, {e.kgco2e * 1000:.4g} gCO2e, coverage {e.coverage:.0%} "
                      f"(orch energy {run_dir})")
     for path in run.gate_reports():
         try:

@@ -6,8 +6,9 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.errors import DamagedRun, OrchestratorError, SlurmError
+from orchestrator.errors import OrchestratorError, SlurmError
 from orchestrator.gates.report import newest_report
+from orchestrator.rundir.bill import read_bill
 from orchestrator.rundir.layout import RunDir, damaged
 from orchestrator.rundir.records import read_jobs, read_recipe
 from orchestrator.rundir.rows import BaseEvent, Completed, Preempted, Pruned, Start, StoppedOverBudget
@@ -109,12 +110,8 @@ def _job_state(table: dict[str, Job] | None, job_id: str) -> str:
 
 
 def _energy_kwh(run: RunDir) -> float | None:
-    if not run.energy.exists():
-        return None
-    try:
-        return float(run.read_json(run.energy.name)["totals"]["facility_kwh"])
-    except (KeyError, TypeError, ValueError):
-        raise DamagedRun(f"{run.energy}: damaged (no totals.facility_kwh)") from None
+    bill = read_bill(run)
+    return bill.totals.facility_kwh if bill else None
 
 
 def _gates(run: RunDir) -> str:

@@ -18,6 +18,7 @@ from orchestrator.energy.bill import compute_bill
 from orchestrator.energy.hardware import CpuPower
 from orchestrator.energy.spec import EnergySpec
 from orchestrator.rundir import events
+from orchestrator.rundir.bill import BillTotals, EnergyBill, write_bill
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import EnergyRecord
 from orchestrator.rundir.rows import EnergyBudgetExceeded, EnergyBudgetWarning
@@ -37,33 +38,32 @@ class EnergyAccount:
         self.run, self.spec, self.energy_plan, self.tokens_per_step = run, spec, energy_plan, tokens_per_step
         self.step = 0
         self._lock = threading.Lock()  # the sampler thread and the training thread both settle
-        self.latest: dict | None = None
+        self.latest: EnergyBill | None = None
         self.over_budget = False
         self._warned = False
         self._last_watch = 0.0
         self._previous: tuple[float, dict[tuple[str, str], float]] | None = None
 
-    def settle(self, step: int | None = None) -> dict:
+    def settle(self, step: int | None = None) -> EnergyBill:
         """Aggregate now, write energy.json, check the budget; `step` is the last step trained."""
         with self._lock:
             if step is not None:
                 self.step = step
             bill = compute_bill(self.run.path, self.energy_plan, self.tokens_per_step, self.step)
-            self.run.write_json(self.run.energy, bill)
+            write_bill(self.run, bill)
             self._append_series(bill)
             self.latest = bill
-            self._check_budget(bill["totals"])
+            self._check_budget(bill.totals)
             return bill
 
-    def _append_series(self, bill: dict) -> None:
+    def _append_series(self, bill: EnergyBill) -> None:
         """Each node's energy over time (`energy/series.jsonl`), for dashboards and the run report:
         the node's kWh so far, and the mean power since the previous point of the node and of each
         of its devices (`cpu_w`, `memory_w`, `gpu:<uuid>_w`)."""
         now = time.time()
-        figures = {(node, "node"): entry["energy_j"] for node, entry in bill["nodes"].items()}
-        figures.update({(node, d["device"]): d["energy_j"] for node, entry in bill["nodes"].items() for d in entry["devices"]
-                        if d["energy_j"] is not None})
-        nodes: dict[str, dict] = {node: {"kwh": entry["kwh"]} for node, entry in bill["nodes"].items()}
+        figures = {(node, "node"): entry.energy_j for node, entry in bill.nodes.items()}
+        figures.update({(node, d.device): d.energy_j for node, d in bill.devices() if d.energy_j is not None})
+        nodes: dict[str, dict] = {node: {"kwh": entry.kwh} for node, entry in bill.nodes.items()}
         if self._previous and now > self._previous[0]:
             elapsed = now - self._previous[0]
             for (node, device), joules in figures.items():
@@ -72,7 +72,7 @@ class EnergyAccount:
                     nodes[node]["power_w" if device == "node" else f"{device}_w"] = (joules - before) / elapsed
         self._previous = (now, figures)
         self.run.energy_series.parent.mkdir(parents=True, exist_ok=True)
-        events.append_row(self.run.energy_series, {"time": now, "step": self.step, "kwh": bill["totals"]["kwh"], "nodes": nodes})
+        events.append_row(self.run.energy_series, {"time": now, "step": self.step, "kwh": bill.totals.kwh, "nodes": nodes})
 
     def watch(self) -> None:
         """Called from rank 0's sampler thread after each sample."""
@@ -80,8 +80,8 @@ class EnergyAccount:
             self._last_watch = time.monotonic()
             self.settle()
 
-    def _check_budget(self, totals: dict) -> None:
-        used = [(totals["facility_kwh"], self.spec.budget_kwh, "kWh"), (totals["kgco2e"], self.spec.budget_kgco2e, "kgCO2e")]
+    def _check_budget(self, totals: BillTotals) -> None:
+        used = [(totals.facility_kwh, self.spec.budget_kwh, "kWh"), (totals.kgco2e, self.spec.budget_kgco2e, "kgCO2e")]
         for value, budget, unit in used:
             if budget is None:
                 continue
@@ -95,7 +95,7 @@ class EnergyAccount:
 
     @property
     def latest_kwh(self) -> float | None:
-        return self.latest["totals"]["kwh"] if self.latest else None
+        return self.latest.totals.kwh if self.latest else None
 
 
 class NullAccount:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -141,6 +140,7 @@ def energy(
     energy lost to failures, and the plan's forecast beside it. Works during a run too."""
     from orchestrator.energy.bill import bill_for
     from orchestrator.energy.report import render_bill
+    from orchestrator.rundir.bill import bill_json
 
     bill = bill_for(run_dir)
-    typer.echo(json.dumps(bill, indent=2) if as_json else render_bill(bill))
+    typer.echo(bill_json(bill) if as_json else render_bill(bill))

@@ -7,6 +7,9 @@ both claimed it) are one measurement, so only the larger is kept. The result is 
 Energy lost to failures: when an attempt ends and the next resumes from step s, the training
 energy the earlier attempt spent after its save of step s is recomputed, and the next attempt's
 start-up (initialisation and loading the checkpoint) is restart time.
+
+`make_bill` builds the file's content; `compute_bill` and `bill_for` return it as the typed record
+every reader gets (`orchestrator.rundir.bill.EnergyBill`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 
 from orchestrator.energy.grid import Intensity
 from orchestrator.errors import EnergyError
+from orchestrator.rundir.bill import EnergyBill
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import EnergyRecord, read_plan
 
@@ -151,13 +155,13 @@ def make_bill(records: list[dict], intensity: Intensity, pue: float, tokens: int
     }
 
 
-def compute_bill(run_dir: Path, energy_plan: EnergyRecord, tokens_per_step: int, step: int) -> dict:
+def compute_bill(run_dir: Path, energy_plan: EnergyRecord, tokens_per_step: int, step: int) -> EnergyBill:
     """The bill from every record in the run directory, with the plan's intensity, PUE and forecast."""
     intensity = Intensity.from_summary(energy_plan.intensity)
-    return make_bill(read_records(run_dir), intensity, energy_plan.pue, step * tokens_per_step, step, energy_plan.forecast)
+    return EnergyBill.model_validate(make_bill(read_records(run_dir), intensity, energy_plan.pue, step * tokens_per_step, step, energy_plan.forecast))
 
 
-def bill_for(run_dir: Path) -> dict:
+def bill_for(run_dir: Path) -> EnergyBill:
     """The bill as it stands (for `orch energy`, during or after a run)."""
     run = RunDir(run_dir)
     if not run.plan.is_file():

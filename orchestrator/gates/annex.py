@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 
 from orchestrator.gates.report import GateReport
 from orchestrator.recipe.schema import Recipe
+from orchestrator.rundir.bill import EnergyBill
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import DataRecord, PlanRecord, read_data, read_plan, read_recipe
 from orchestrator.rundir.rows import Checkpoint, Start
@@ -103,13 +104,13 @@ class Compute:
         return int(per_token) * self.tokens if float(per_token).is_integer() else per_token * self.tokens
 
 
-def technical_figures(records: RunRecords, report: GateReport, bill: dict | None) -> dict:
+def technical_figures(records: RunRecords, report: GateReport, bill: EnergyBill | None) -> dict:
     """`technical.json`: the release's training compute, time and energy, machine-readable."""
     compute = Compute.of(records.plan, report.step)
     energy = None
     if bill:
         keys = ("kwh", "measured_kwh", "estimated_kwh", "coverage", "pue", "facility_kwh", "kgco2e", "steps")
-        energy = {key: bill["totals"][key] for key in keys}
+        energy = {key: getattr(bill.totals, key) for key in keys}
     return {
         "version": 1,
         "checkpoint": report.checkpoint,
@@ -135,7 +136,7 @@ def wall_to_checkpoint(run: RunDir, step: int) -> float | None:
     return saves[-1] - starts[0] if starts and saves else None
 
 
-def technical_documentation(records: RunRecords, report: GateReport, bill: dict | None, released: datetime) -> list[str]:
+def technical_documentation(records: RunRecords, report: GateReport, bill: EnergyBill | None, released: datetime) -> list[str]:
     """The card's Annex XI section, as Markdown lines."""
     compute, wall_s = Compute.of(records.plan, report.step), wall_to_checkpoint(records.run, report.step)
     return [HEADING, "", "Every figure below is computed from the run's records (plan, data manifest, event log, "
@@ -293,25 +294,25 @@ def _compute(records: RunRecords, compute: Compute, wall_s: float | None) -> lis
     ]
 
 
-def _energy(records: RunRecords, bill: dict | None) -> list[str]:
+def _energy(records: RunRecords, bill: EnergyBill | None) -> list[str]:
     head = ["", "### Energy consumption (point 2(e))"]
     if not bill:
         forecast = records.plan.energy.forecast or {}
         planned = f"; the plan's forecast for {records.recipe.train.steps} steps was {forecast['kwh']:.6g} kWh ({forecast['basis']})" \
             if forecast.get("kwh") else ""
         return head + [f"- energy consumed: not measured (energy.enabled was false for this run){planned}"]
-    t = bill["totals"]
-    devices = Counter(f"{d['kind']} ({d['method']})" for node in bill["nodes"].values() for d in node["devices"])
+    t = bill.totals
+    devices = Counter(f"{d.kind} ({d.method})" for _, d in bill.devices())
     lines = head + [
-        f"- energy consumed: {t['kwh']:.6g} kWh (IT equipment), x PUE {t['pue']:g} = {t['facility_kwh']:.6g} kWh at the facility",
-        f"- method: measured {t['measured_kwh']:.6g} kWh (hardware energy counters, integrated power readings), estimated "
-        f"{t['estimated_kwh']:.6g} kWh (power models); counter coverage {t['coverage']:.0%} of device-seconds; devices: "
+        f"- energy consumed: {t.kwh:.6g} kWh (IT equipment), x PUE {t.pue:g} = {t.facility_kwh:.6g} kWh at the facility",
+        f"- method: measured {t.measured_kwh:.6g} kWh (hardware energy counters, integrated power readings), estimated "
+        f"{t.estimated_kwh:.6g} kWh (power models); counter coverage {t.coverage:.0%} of device-seconds; devices: "
         + ", ".join(f"{count} {what}" for what, count in sorted(devices.items())),
-        f"- scope: the whole run, {bill['attempts']} attempt(s) through step {t['steps']:,} "
-        f"({bill['failures_kwh']['lost']:.6g} kWh lost to failures)",
-        f"- emissions: {t['kgco2e']:.6g} kgCO2e at {t['intensity']['g_per_kwh']:.1f} g/kWh ({t['intensity']['source']})",
+        f"- scope: the whole run, {bill.attempts} attempt(s) through step {t.steps:,} "
+        f"({bill.failures_kwh.lost:.6g} kWh lost to failures)",
+        f"- emissions: {t.kgco2e:.6g} kgCO2e at {t.intensity.g_per_kwh:.1f} g/kWh ({t.intensity.source})",
     ]
-    lines += [f"- not metered: {m['node']} {m['device']} ({m['reason']}): not counted, not zero" for m in t["missing"]]
+    lines += [f"- not metered: {m.node} {m.device} ({m.reason}): not counted, not zero" for m in t.missing]
     return lines
 
 

@@ -8,6 +8,7 @@ from datetime import datetime
 from orchestrator.gates.annex import RunRecords, technical_documentation
 from orchestrator.gates.report import GateReport
 from orchestrator.model.spec import ModelSpec
+from orchestrator.rundir.bill import EnergyBill
 from orchestrator.rundir.layout import RunDir
 
 
@@ -22,7 +23,7 @@ def _base_line(model: ModelSpec) -> str:
     return f"- base model: {model.path}" + (f" (its release manifest sha256 {digest})" if digest else "") + adapter
 
 
-def model_card(run: RunDir, report: GateReport, bill: dict | None, released: datetime) -> str:
+def model_card(run: RunDir, report: GateReport, bill: EnergyBill | None, released: datetime) -> str:
     records = RunRecords.read(run)
     recipe, plan, data = records.recipe, records.plan, records.data
     summary = run.read_json(run.summary.name) if run.summary.exists() else {}
@@ -51,10 +52,10 @@ def model_card(run: RunDir, report: GateReport, bill: dict | None, released: dat
         lines.append(f"- final training loss {summary['final_loss']:.4f}, wall {summary['wall_s']:.0f} s, {summary['restarts']} restart(s)")
     lines += ["", "## Energy and carbon"]
     if bill:
-        t = bill["totals"]
-        lines.append(f"- {t['kwh']:.6g} kWh IT (measured {t['measured_kwh']:.6g}, estimated {t['estimated_kwh']:.6g}; "
-                     f"counter coverage {t['coverage']:.0%}), x PUE {t['pue']:g} = {t['facility_kwh']:.6g} kWh")
-        lines.append(f"- {t['kgco2e']:.6g} kgCO2e at {t['intensity']['g_per_kwh']:.1f} g/kWh ({t['intensity']['source']})")
+        t = bill.totals
+        lines.append(f"- {t.kwh:.6g} kWh IT (measured {t.measured_kwh:.6g}, estimated {t.estimated_kwh:.6g}; "
+                     f"counter coverage {t.coverage:.0%}), x PUE {t.pue:g} = {t.facility_kwh:.6g} kWh")
+        lines.append(f"- {t.kgco2e:.6g} kgCO2e at {t.intensity.g_per_kwh:.1f} g/kWh ({t.intensity.source})")
     else:
         lines.append("- not measured (energy.enabled was false)")
     lines += ["", "## Gates", "", "| gate | required | status | value | limit | evidence |", "| --- | --- | --- | --- | --- | --- |"]

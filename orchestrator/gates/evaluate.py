@@ -133,14 +133,14 @@ def _budget_gate(run: RunDir, recipe, margin: float) -> GateResult:
         return skipped("budget", "no energy or carbon budget in the recipe (energy.budget_kwh, energy.budget_kgco2e)")
     from orchestrator.energy.bill import bill_for
 
-    totals = bill_for(run.path)["totals"]
-    checks = [(totals["facility_kwh"], energy.budget_kwh, "kWh"), (totals["kgco2e"], energy.budget_kgco2e, "kgCO2e")]
+    totals = bill_for(run.path).totals
+    checks = [(totals.facility_kwh, energy.budget_kwh, "kWh"), (totals.kgco2e, energy.budget_kgco2e, "kgCO2e")]
     checks = [(used, budget, unit) for used, budget, unit in checks if budget is not None]
     shares = [used / budget for used, budget, _ in checks]
     status = judge(max(shares), 1.0, margin)
     summary = "; ".join(f"{used:.4g} of {budget:g} {unit}" for used, budget, unit in checks)
     return GateResult("budget", status, max(shares), 1.0, summary + " (value: the largest share of a budget spent)",
-                      {"facility_kwh": totals["facility_kwh"], "kgco2e": totals["kgco2e"]})
+                      {"facility_kwh": totals.facility_kwh, "kgco2e": totals.kgco2e})
 
 
 def render_report(report: GateReport) -> str:

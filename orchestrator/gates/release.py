@@ -100,12 +100,13 @@ def _mirror(run: RunDir, target: Path, report: GateReport) -> None:
 
 def _add_records(run: RunDir, out: Path, report: GateReport) -> None:
     from orchestrator.energy.bill import bill_for
+    from orchestrator.rundir.bill import bill_json
 
     (out / "gates.json").write_text(report.model_dump_json(indent=2))
     bill = None
     if run.energy_parts.is_dir():
         bill = bill_for(run.path)
-        (out / "energy.json").write_text(json.dumps(bill, indent=2))
+        (out / "energy.json").write_text(bill_json(bill))
     (out / "technical.json").write_text(json.dumps(technical_figures(RunRecords.read(run), report, bill), indent=2))
     # Redacted again, not copied: a run planned before the planner redacted may hold a secret.
     (out / "recipe.yaml").write_text(recipe_yaml(redact_recipe(read_recipe(run))[0]))

@@ -12,8 +12,9 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.errors import SweepError
+from orchestrator.errors import DamagedRun, SweepError
 from orchestrator.filetree import Refused, read_file, shown
+from orchestrator.rundir.bill import read_bill
 from orchestrator.rundir.layout import RECIPE_FILE, RunDir
 from orchestrator.sweep.study import PRUNED, SweepDir, read_study, slot_trials
 
@@ -133,12 +134,11 @@ def _last(values: dict[int, float]) -> float | None:
 
 def _kwh(run: RunDir) -> float | None:
     """The trial's energy at the facility, from its bill (written at the end of each attempt)."""
-    if not run.energy.exists():
-        return None
     try:
-        return float(run.read_json(run.energy.name)["totals"]["facility_kwh"])
-    except (OSError, ValueError, KeyError, TypeError):
+        bill = read_bill(run)
+    except DamagedRun:
         return None
+    return bill.totals.facility_kwh if bill else None
 
 
 def _fmt(value: object) -> str:

@@ -351,7 +351,7 @@ def test_the_budget_warns_then_stops(tmp_path):
     spend(0.6)
     assert not account.over_budget
     bill = spend(1.2)
-    assert account.over_budget and bill["totals"]["kwh"] == pytest.approx(1.2)
+    assert account.over_budget and bill.totals.kwh == pytest.approx(1.2)
     names = [json.loads(line)["event"] for line in run.events.read_text().splitlines()]
     assert names == ["energy_budget_warning", "energy_budget_exceeded"]
     assert json.loads((tmp_path / "energy.json").read_text())["totals"]["kwh"] == pytest.approx(1.2)

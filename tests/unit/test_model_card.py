@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from orchestrator.energy.bill import make_bill
+from orchestrator.rundir.bill import EnergyBill, bill_json
 from orchestrator.energy.grid import Intensity
 from orchestrator.gates.annex import HEADING, RunRecords, technical_figures
 from orchestrator.gates.card import model_card
@@ -72,8 +73,8 @@ def _bill_records() -> list[dict]:
     return [record("cpu", "cpu", "counter", 4321.5), record("memory", "memory", "estimated", 123.4)]
 
 
-def energy_bill() -> dict:
-    return make_bill(_bill_records(), Intensity(350.0, "test grid"), 1.2, tokens=STEP * 2048, steps=STEP)
+def energy_bill() -> EnergyBill:
+    return EnergyBill.model_validate(make_bill(_bill_records(), Intensity(350.0, "test grid"), 1.2, tokens=STEP * 2048, steps=STEP))
 
 
 def figure(card: str, pattern: str) -> str:
@@ -100,7 +101,7 @@ def test_the_training_compute_is_the_plans_formula_times_the_tokens_of_the_relea
 def test_the_energy_is_the_bills_total_and_says_how_it_was_obtained(tmp_path):
     bill = energy_bill()
     card = model_card(make_run(tmp_path), gate_report(), bill, RELEASED)
-    totals = json.loads(json.dumps(bill))["totals"]  # as energy.json holds it
+    totals = json.loads(bill_json(bill))["totals"]  # as energy.json holds it
     assert float(figure(card, r"energy consumed: (\S+) kWh")) == float(f"{totals['kwh']:.6g}")
     assert f"= {totals['facility_kwh']:.6g} kWh at the facility" in card
     assert f"measured {totals['measured_kwh']:.6g} kWh" in card and f"estimated {totals['estimated_kwh']:.6g} kWh" in card
@@ -189,6 +190,6 @@ def test_a_release_writes_the_cards_figures_as_technical_json(tmp_path):
     technical = json.loads((release / "technical.json").read_text())
     card = (release / "README.md").read_text()
     energy = json.loads((release / "energy.json").read_text())["totals"]
-    assert technical["energy"]["kwh"] == energy["kwh"] == pytest.approx(bill["totals"]["kwh"])
+    assert technical["energy"]["kwh"] == energy["kwh"] == pytest.approx(bill.totals.kwh)
     assert f"energy consumed: {technical['energy']['kwh']:.6g} kWh" in card
     assert f"= {technical['compute']['flops']:,} FLOPs" in card

@@ -1,0 +1,113 @@
+"""`energy.json`, the run's energy and carbon bill, as a frozen record (`EnergyBill`).
+
+Rank 0 writes it (`orchestrator.energy.bill` computes it, `write_bill` stores it); `orch energy`,
+status, show, the run and sweep reports, the gates, the release and the benchmarks read it through
+`read_bill` or get one from `bill_for`, so a renamed total fails in a unit test, not in a report.
+The file has no `format` field: a bill written before this record reads as it is.
+"""
+
+from __future__ import annotations
+
+import json
+
+from orchestrator.rundir.layout import RunDir
+from orchestrator.rundir.records import Record, _read
+
+
+class DeviceBill(Record):
+    """One device's line: its attempts' energy added (None where its meter is missing)."""
+
+    device: str
+    kind: str
+    method: str
+    detail: str
+    seconds: float
+    energy_j: float | None
+    kwh: float | None
+    attempts: int
+
+
+class NodeBill(Record):
+    devices: list[DeviceBill]
+    energy_j: float
+    kwh: float
+
+
+class MissingDevice(Record):
+    """A device no meter covered: not counted, not zero."""
+
+    node: str
+    device: str
+    reason: str
+
+
+class IntensityFigures(Record):
+    """The grid intensity the bill used (`Intensity.summary()`, without its series)."""
+
+    g_per_kwh: float
+    source: str
+    basis: str
+    series_points: int
+    market_based_g_per_kwh: float | None
+
+
+class BillTotals(Record):
+    kwh: float
+    """IT energy: every device's, measured and estimated."""
+    measured_kwh: float
+    estimated_kwh: float
+    coverage: float
+    """The share of device-seconds an energy counter measured."""
+    missing: list[MissingDevice]
+    pue: float
+    facility_kwh: float
+    kgco2e: float
+    market_kgco2e: float | None
+    intensity: IntensityFigures
+    gpu_hours: float
+    tokens: int
+    steps: int
+    j_per_token: float | None
+    j_per_step: float | None
+
+
+class FailuresKwh(Record):
+    recomputed: float
+    restart: float
+    lost: float
+
+
+class EnergyBill(Record):
+    """`energy.json`: per node and device, the totals, energy per phase and lost to failures."""
+
+    version: int = 1
+    nodes: dict[str, NodeBill]
+    totals: BillTotals
+    phases_kwh: dict[str, float]
+    failures_kwh: FailuresKwh
+    attempts: int
+    duplicates_dropped: int
+    forecast: dict | None
+    """The plan's forecast (`EnergyRecord.forecast`), for the bill to be set against it."""
+
+    @property
+    def forecast_kwh(self) -> float | None:
+        return (self.forecast or {}).get("kwh") or None
+
+    def devices(self) -> list[tuple[str, DeviceBill]]:
+        """(node, device line) for every device, node by node."""
+        return [(node, device) for node, entry in self.nodes.items() for device in entry.devices]
+
+
+def read_bill(run: RunDir) -> EnergyBill | None:
+    """The bill as last written, or None before rank 0 first wrote one (or with energy off)."""
+    return _read(run.energy, EnergyBill.model_validate_json) if run.energy.exists() else None
+
+
+def write_bill(run: RunDir, bill: EnergyBill) -> None:
+    run.write_file(run.energy.name, bill_json(bill))
+
+
+def bill_json(bill: EnergyBill) -> str:
+    """The bill as `energy.json` holds it (and `orch energy --json` and a release print it)."""
+    return json.dumps(bill.model_dump(mode="json"), indent=2)
