@@ -28,6 +28,7 @@ from orchestrator.model.inputs import count, take
 from orchestrator.recipe.schema import Recipe
 from orchestrator.rundir import events
 from orchestrator.rundir.bill import EnergyBill
+from orchestrator.rundir.checkpoint_records import RunSummary, write_summary
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import PlanRecord, read_elastic
 from orchestrator.rundir.rows import (BaseEvent, Checkpoint, CheckpointSetAside, Completed, ElasticResume, Preempted, RecipeChangedOnResume,
@@ -233,7 +234,7 @@ class Trainer:
         """Whether this rank's world may continue the checkpoint; the elastic record when `orch run`
         prepared it for this world size."""
         manifest = store.read_manifest(checkpoint)
-        elastic = read_elastic(self.run) if manifest["world_size"] != self.world else None
+        elastic = read_elastic(self.run) if manifest.world_size != self.world else None
         ready = elastic is not None and elastic.tag == checkpoint.name
         unsafe, safe = compatibility(manifest, self.recipe.model_dump(mode="json"), self.world, elastic_ready=ready)
         if unsafe:
@@ -284,25 +285,25 @@ class Trainer:
         last = rows[-1]
         steady = [r["tokens_per_s"] for r in rows[1:]] or [last["tokens_per_s"]]
         checkpoints = [e for e in history if isinstance(e, Checkpoint)]
-        summary = {
-            "status": "completed",
-            "steps": last["step"],
-            "first_loss": rows[0]["loss"],
-            "final_loss": last["loss"],
-            "final_val_loss": last.get("val_loss"),
-            "tokens": last["tokens"],
-            "wall_s": wall_s,  # since the first attempt's start: the gaps between attempts count, as in goodput
-            "attempt_wall_s": now - max(starts),  # this attempt's own, from its start to here
-            "goodput": productive_s / wall_s if wall_s else None,
-            "restarts": len(starts) - 1,
-            "tokens_per_s": float(np.median(steady)),
-            "mfu": float(np.median([r["mfu"] for r in rows[1:] if r["mfu"]] or [0.0])),
-            "checkpoint_stall_s": [e.stall_s for e in checkpoints],
-            "param_fingerprints": fingerprints,
-            "checkpoint": str(self.root / store.tag_for(last["step"])),
-            "energy": _energy_summary(bill),
-        }
-        self.run.write_json(self.run.summary, summary)
+        summary = RunSummary(
+            status="completed",
+            steps=last["step"],
+            first_loss=rows[0]["loss"],
+            final_loss=last["loss"],
+            final_val_loss=last.get("val_loss"),
+            tokens=last["tokens"],
+            wall_s=wall_s,
+            attempt_wall_s=now - max(starts),
+            goodput=productive_s / wall_s if wall_s else None,
+            restarts=len(starts) - 1,
+            tokens_per_s=float(np.median(steady)),
+            mfu=float(np.median([r["mfu"] for r in rows[1:] if r["mfu"]] or [0.0])),
+            checkpoint_stall_s=[e.stall_s for e in checkpoints],
+            param_fingerprints=fingerprints,
+            checkpoint=str(self.root / store.tag_for(last["step"])),
+            energy=_energy_summary(bill),
+        )
+        write_summary(self.run, summary)
         self.event(Completed(step=last["step"]))
 
 

@@ -12,13 +12,13 @@ refusal message.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import socket
 import time
 from pathlib import Path
 
 from orchestrator.errors import LaunchError, RunBusy
+from orchestrator.rundir.checkpoint_records import AttemptHolder, parse_holder
 from orchestrator.rundir.layout import RunDir
 
 
@@ -27,12 +27,12 @@ class Attempt:
 
     def __init__(self, run_dir: Path, fd: int) -> None:
         self.run_dir, self.fd = run_dir, fd
-        self.holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(), "launchers": []}
+        self.holder = AttemptHolder(pid=os.getpid(), host=socket.gethostname(), since=time.time())
         self._write()
 
     def add_process(self, pid: int) -> None:
         """A process started with the lock: the refusal message names it, as the one to wait for or stop."""
-        self.holder["launchers"].append(pid)
+        self.holder = self.holder.model_copy(update={"launchers": [*self.holder.launchers, pid]})
         self._write()
 
     def close(self) -> None:
@@ -47,7 +47,7 @@ class Attempt:
         self.close()
 
     def _write(self) -> None:
-        content = json.dumps(self.holder).encode()
+        content = self.holder.to_bytes()
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, content, 0)
 
@@ -62,33 +62,24 @@ def hold_attempt(run_dir: Path) -> Attempt:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = _read_holder(fd)
+        holder = parse_holder(os.pread(fd, 4096, 0))
         os.close(fd)
         raise RunBusy(f"{run_dir} is in use by a live attempt: {_describe_holder(holder)}; wait for it to end, "
                       "stop it (it checkpoints first), or use another --run-dir") from None
     return Attempt(run_dir, fd)
 
 
-def _describe_holder(holder: dict | None) -> str:
+def _describe_holder(holder: AttemptHolder | None) -> str:
     """Who holds the lock, in words: the `orch run` that took it, when, and the launcher to stop."""
     if not holder:
         return "another orch run, just starting"
-    since = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(holder["since"]))
-    words = f"orch run pid {holder['pid']} on {holder['host']} since {since}"
-    if holder["host"] == socket.gethostname() and not _alive(holder["pid"]):
+    since = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(holder.since))
+    words = f"orch run pid {holder.pid} on {holder.host} since {since}"
+    if holder.host == socket.gethostname() and not _alive(holder.pid):
         words += " (that orch run has exited; its node launcher trains on, detached, or is stopping after a checkpoint)"
-    launchers = holder.get("launchers") or []
-    if launchers:
-        words += f"; stop it with: kill -TERM {' '.join(map(str, launchers))}"
+    if holder.launchers:
+        words += f"; stop it with: kill -TERM {' '.join(map(str, holder.launchers))}"
     return words
-
-
-def _read_holder(fd: int) -> dict | None:
-    """The holder's record; None while it is still being written."""
-    try:
-        return json.loads(os.pread(fd, 4096, 0))
-    except ValueError:
-        return None
 
 
 def _alive(pid: int) -> bool:

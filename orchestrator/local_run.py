@@ -16,6 +16,7 @@ from orchestrator.errors import DamagedRun, OrchestratorError, ResumeError
 from orchestrator.plan.load import load_and_plan
 from orchestrator.plan.planner import LaunchPlan
 from orchestrator.recipe.loader import LoadedRecipe
+from orchestrator.rundir.checkpoint_records import read_summary
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import read_plan
 
@@ -106,7 +107,7 @@ def _plan_resume(
         raise ResumeError(f"--resume {request.resume}: it has no committed checkpoint to continue from")
     if manifest:
         _check_steps_left(plan, point, request.stop_if_complete, say)
-    if manifest and manifest["world_size"] != world:
+    if manifest and manifest.world_size != world:
         record = prepare_elastic_resume(RunDir(plan.run_dir), point.checkpoint, plan.recipe.distributed.backend, world)
         if record.converted:
             say(f"converted {record.tag} (world size {record.from_world_size}) to a universal checkpoint")
@@ -126,11 +127,11 @@ def _check_steps_left(plan: LaunchPlan, point: ResumePoint, stop_if_complete: bo
     step); one at `train.steps` of this very recipe (same hash) whose summary is written is a complete
     run. One at `train.steps` without a summary (stopped right after its last save) still launches:
     the ranks train nothing and write the summary. Raising `train.steps` changes the hash and resumes."""
-    step, steps = point.manifest["step"], plan.recipe.train.steps
+    step, steps = point.manifest.step, plan.recipe.train.steps
     if step > steps:
         raise ResumeError(f"{point.checkpoint.name} in {plan.run_dir} is past train.steps={steps}: nothing to train; "
                           f"raise train.steps to continue it, or pass --fresh (or another --run-dir) to train {steps} steps anew")
-    if not stop_if_complete or step != steps or point.manifest.get("recipe_hash") != plan.recipe_hash:
+    if not stop_if_complete or step != steps or point.manifest.recipe_hash != plan.recipe_hash:
         return
     if _summary_steps(RunDir(plan.run_dir)) == step:
         say(f"{plan.recipe.name}: complete, {step} of {steps} steps trained ({point.checkpoint}, recipe hash {plan.recipe_hash}); "
@@ -141,7 +142,7 @@ def _check_steps_left(plan: LaunchPlan, point: ResumePoint, stop_if_complete: bo
 def _summary_steps(run: RunDir) -> int | None:
     """The steps of the run's completed summary; None without one (a damaged one is rewritten by a launch)."""
     try:
-        summary = run.read_json(run.summary.name) if run.summary.exists() else {}
+        summary = read_summary(run)
     except DamagedRun:
         return None
-    return summary.get("steps") if summary.get("status") == "completed" else None
+    return summary.steps if summary and summary.completed else None

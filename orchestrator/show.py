@@ -8,6 +8,7 @@ from orchestrator.errors import DamagedRun
 from orchestrator.gates.report import GateReport
 from orchestrator.progress import wall_time
 from orchestrator.rundir.bill import read_bill
+from orchestrator.rundir.checkpoint_records import read_summary
 from orchestrator.rundir.layout import RELEASE_MANIFEST, RunDir, damaged
 from orchestrator.data.summary import curation_line, source_lines
 from orchestrator.rundir.records import read_data, read_plan
@@ -46,10 +47,10 @@ def _describe(run_dir: Path) -> str:
         val = next((r["val_loss"] for r in reversed(rows) if "val_loss" in r), None)
         lines.append(f"latest         step {last['step']}: loss {last['loss']:.4f}" + (f", val loss {val:.4f}" if val is not None else "")
                      + f", {last['tokens_per_s']:,.0f} tokens/s, lr {last['lr']:.3g}")
-    if run.summary.exists():
-        summary = run.read_json(run.summary.name)
-        lines.append(f"summary        {summary['steps']} steps in {wall_time(summary)}, goodput {summary['goodput']:.0%}, "
-                     f"median {summary['tokens_per_s']:,.0f} tokens/s, MFU {summary['mfu']:.1%}")
+    summary = read_summary(run)
+    if summary is not None:
+        lines.append(f"summary        {summary.steps} steps in {wall_time(summary.model_dump())}, goodput {summary.goodput:.0%}, "
+                     f"median {summary.tokens_per_s:,.0f} tokens/s, MFU {summary.mfu:.1%}")
     checkpoints = store.committed(checkpoint_root(run.path))
     lines.append(f"checkpoints    {len(checkpoints)}" + (f", newest {checkpoints[0].name} ({checkpoints[0]})" if checkpoints else ""))
     bill = read_bill(run)

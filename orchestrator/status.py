@@ -9,6 +9,7 @@ from pathlib import Path
 from orchestrator.errors import OrchestratorError, SlurmError
 from orchestrator.gates.report import newest_report
 from orchestrator.rundir.bill import read_bill
+from orchestrator.rundir.checkpoint_records import read_summary
 from orchestrator.rundir.layout import RunDir, damaged
 from orchestrator.rundir.records import read_jobs, read_recipe
 from orchestrator.rundir.rows import BaseEvent, Completed, Preempted, Pruned, Start, StoppedOverBudget
@@ -136,7 +137,8 @@ def _local_state(run: RunDir, history: list[BaseEvent]) -> str:
     # `pruned`: a sweep stopped the run for good (after its `preempted`), and told its study so.
     last = next((type(e) for e in reversed(history) if isinstance(e, _STATE_EVENTS)), None)
     # The summary of an earlier attempt stays while a later one (more steps) trains: a start after it wins.
-    if last is not Start and run.summary.exists() and run.read_json(run.summary.name).get("status") == "completed":
+    summary = read_summary(run) if last is not Start else None
+    if summary is not None and summary.completed:
         return "COMPLETED"
     return _STATE_OF.get(last, "PREPARED")
 

@@ -21,7 +21,7 @@ def prepare_elastic_resume(run: RunDir, checkpoint: Path, backend: str, world_si
     """Convert the checkpoint the resume continues from (verified by `check_resume`) once, and record it for the ranks."""
     universal_root = BACKENDS[backend].universal_checkpoint(checkpoint, run.universal / checkpoint.name)
     record = ElasticRecord(tag=checkpoint.name, universal_root=universal_root or checkpoint.parent,
-                           from_world_size=store.read_manifest(checkpoint)["world_size"], to_world_size=world_size,
+                           from_world_size=store.read_manifest(checkpoint).world_size, to_world_size=world_size,
                            converted=universal_root is not None)
     write_elastic(run, record)
     return record

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from orchestrator.checkpoint import store
 from orchestrator.errors import CheckpointError
+from orchestrator.rundir.checkpoint_records import CheckpointManifest
 from orchestrator.rundir.layout import RunDir
 
 EXPORT_FILE = "export.json"
@@ -79,12 +80,12 @@ def export_checkpoint(run_dir: Path, step: int | None = None, out: Path | None =
     root = checkpoint_root(run.path)
     checkpoint = choose_checkpoint(root, step)
     manifest = store.read_manifest(checkpoint)
-    target = out or default_out(run.path, manifest["step"])
+    target = out or default_out(run.path, manifest.step)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise CheckpointError(f"{target} already exists and is not empty: remove it or pass another --out")
     tokenizer_dir = _tokenizer_dir(run)
 
-    state, weights_from = consolidated_state_dict(run, checkpoint, manifest["zero_stage"])
+    state, weights_from = consolidated_state_dict(run, checkpoint, manifest.zero_stage)
     model = _model_with(run, state)
     del state
     staging = target.with_name(f".{target.name}.partial-{os.getpid()}")
@@ -101,7 +102,7 @@ def export_checkpoint(run_dir: Path, step: int | None = None, out: Path | None =
         os.rename(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return ExportResult(target, checkpoint, manifest["step"], dtype.value, num_params, weights_from)
+    return ExportResult(target, checkpoint, manifest.step, dtype.value, num_params, weights_from)
 
 
 def load_checkpoint_model(run_dir: Path, checkpoint: Path):
@@ -111,7 +112,7 @@ def load_checkpoint_model(run_dir: Path, checkpoint: Path):
     run = RunDir(run_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(_tokenizer_dir(run)), trust_remote_code=False)
     manifest = store.read_manifest(checkpoint)
-    state, _ = consolidated_state_dict(run, checkpoint, manifest["zero_stage"])
+    state, _ = consolidated_state_dict(run, checkpoint, manifest.zero_stage)
     model = _model_with(run, state)
     model.eval()
     return model, tokenizer
@@ -176,7 +177,7 @@ def _save(model, dtype: ExportDtype, tokenizer_dir: Path, out: Path) -> None:
         raise CheckpointError(f"transformers wrote no safetensors file into {out}: upgrade transformers")
 
 
-def _record(checkpoint: Path, manifest: dict, dtype: ExportDtype, weights_from: str, num_params: int, tokenizer_dir: Path) -> dict:
+def _record(checkpoint: Path, manifest: CheckpointManifest, dtype: ExportDtype, weights_from: str, num_params: int, tokenizer_dir: Path) -> dict:
     """What `export.json` says: enough to find and re-check the exact checkpoint that was exported."""
     import torch
     import transformers
@@ -184,16 +185,15 @@ def _record(checkpoint: Path, manifest: dict, dtype: ExportDtype, weights_from: 
     from orchestrator.backends.imports import import_deepspeed
 
     deepspeed = import_deepspeed()
-    files = manifest["files"]
     return {
         "checkpoint": str(checkpoint),
         "tag": checkpoint.name,
-        "step": manifest["step"],
-        "tokens": manifest["tokens"],
-        "world_size": manifest["world_size"],
-        "zero_stage": manifest["zero_stage"],
-        "recipe_hash": manifest["recipe_hash"],
-        "checkpoint_files": files,
+        "step": manifest.step,
+        "tokens": manifest.tokens,
+        "world_size": manifest.world_size,
+        "zero_stage": manifest.zero_stage,
+        "recipe_hash": manifest.recipe_hash,
+        "checkpoint_files": {name: entry.model_dump() for name, entry in manifest.files.items()},
         "checkpoint_files_xxh3_128": store.content_hash(manifest),
         "dtype": dtype.value,
         "weights_from": weights_from,

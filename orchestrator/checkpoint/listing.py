@@ -90,7 +90,6 @@ def _row(path: Path, *, verify: bool, latest: bool) -> CheckpointRow:
     step = store.step_of(path.name)
     try:
         manifest = store.read_manifest(path)
-        files = store.listed_files(manifest)
     except FileNotFoundError:
         return _unreadable_row(path.name, step, "no manifest (the save never committed)", latest=latest)
     except (OSError, ValueError) as exc:
@@ -98,12 +97,12 @@ def _row(path: Path, *, verify: bool, latest: bool) -> CheckpointRow:
     verdict = store.verify(path) if verify else None
     return CheckpointRow(
         tag=path.name,
-        step=manifest.get("step", step),
-        tokens=manifest.get("tokens"),
-        size_bytes=sum(entry["bytes"] for entry in files.values()),
-        world_size=manifest.get("world_size"),
-        zero_stage=manifest.get("zero_stage"),
-        committed_at=manifest.get("committed_at"),
+        step=step if manifest.step is None else manifest.step,
+        tokens=manifest.tokens,
+        size_bytes=sum(entry.bytes for entry in manifest.files.values()),
+        world_size=manifest.world_size,
+        zero_stage=manifest.zero_stage,
+        committed_at=manifest.committed_at,
         verified=None if verdict is None else verdict.ok,
         reason="" if verdict is None else verdict.reason,
         latest=latest,

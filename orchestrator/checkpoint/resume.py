@@ -14,15 +14,16 @@ from pathlib import Path
 from orchestrator.checkpoint import store
 from orchestrator.checkpoint.compat import recipe_changes, world_change
 from orchestrator.errors import ResumeError
+from orchestrator.rundir.checkpoint_records import CheckpointManifest
 from orchestrator.rundir.layout import PLAN_FILE, RECIPE_FILE, RunDir
 
 
-def compatibility(manifest: dict, recipe: dict, world_size: int, elastic_ready: bool) -> tuple[list[str], list[str]]:
+def compatibility(manifest: CheckpointManifest, recipe: dict, world_size: int, elastic_ready: bool) -> tuple[list[str], list[str]]:
     """(unsafe, safe) changes between a checkpoint and the recipe and world size at hand. A different
     world size is safe once the checkpoint was prepared for it (`elastic_ready`: `orch run` converts
     it before starting the ranks); the ranks themselves cannot convert it."""
-    unsafe, safe = recipe_changes(manifest["recipe"], recipe, ignore_world_layout=True)
-    moved = world_change(manifest["world_size"], world_size)
+    unsafe, safe = recipe_changes(manifest.recipe, recipe, ignore_world_layout=True)
+    moved = world_change(manifest.world_size, world_size)
     if moved and elastic_ready:
         safe.append(moved + " (elastic resume)")
     elif moved:
@@ -37,7 +38,7 @@ class ResumePoint:
     changes it accepts, and the newer checkpoints that fail verification (the ranks set them aside)."""
 
     checkpoint: Path | None
-    manifest: dict | None
+    manifest: CheckpointManifest | None
     safe: list[str]
     unverified: list[store.Verdict]
 
@@ -45,7 +46,7 @@ class ResumePoint:
         """What `orch run` says about it: the step the ranks will resume after, and why not a newer one."""
         if self.manifest is None:
             return None
-        line = f"resuming after step {self.manifest['step']}"
+        line = f"resuming after step {self.manifest.step}"
         if self.unverified:
             line += "; newer " + "; ".join(f"{v.path.name} does not verify ({v.reason})" for v in self.unverified) + ": set aside"
         return line + (f"; with changes: {'; '.join(self.safe)}" if self.safe else "")
@@ -62,7 +63,7 @@ def check_resume(checkpoint_dir: Path, recipe: dict, world_size: int) -> ResumeP
     unsafe, safe = compatibility(manifest, recipe, world_size, elastic_ready=True)
     if unsafe:
         raise ResumeError(
-            f"cannot resume step {manifest['step']} in {checkpoint_dir.parent}: {'; '.join(unsafe)}. "
+            f"cannot resume step {manifest.step} in {checkpoint_dir.parent}: {'; '.join(unsafe)}. "
             "Undo the change, use another --run-dir, or pass --fresh to set this run aside and start over"
         )
     return ResumePoint(checkpoint=checkpoint, manifest=manifest, safe=safe, unverified=unverified)

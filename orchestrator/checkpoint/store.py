@@ -19,9 +19,9 @@ from pathlib import Path
 import xxhash
 
 from orchestrator.errors import CheckpointError
-from orchestrator.filetree import Refused, Tree, digest_file, inside, read_json, shown, walk, write_file
+from orchestrator.filetree import Refused, Tree, digest_file, shown, walk, write_file
+from orchestrator.rundir.checkpoint_records import MANIFEST, CheckpointManifest, FileEntry, read_manifest
 
-MANIFEST = "manifest.json"
 LATEST = "latest"
 STAGING_PREFIX = ".staging-"
 SET_ASIDE = "set-aside"
@@ -29,8 +29,6 @@ REASON_FILE = "SET_ASIDE_REASON"
 RANK_MANIFEST = "rank-{rank}.files.json"
 _RANK_LIST = re.compile(r"rank-\d+\.files\.json")
 TAG = re.compile(r"step-(\d{8})")
-MAX_MANIFEST_BYTES = 64 << 20
-"""Far above any manifest's size (about 100 bytes a file): a larger one is not read."""
 
 
 def tag_for(step: int) -> str:
@@ -79,8 +77,8 @@ def wait_for_rank_manifests(staging: Path, world_size: int, timeout_s: float) ->
 
 
 def commit(root: Path, staging: Path, step: int, files: dict[str, dict], meta: dict) -> Path:
-    manifest = {"step": step, "committed_at": time.time(), **meta, "files": files}
-    write_durably(staging / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+    manifest = CheckpointManifest(step=step, committed_at=time.time(), **meta, files=files)
+    write_durably(staging / MANIFEST, manifest.to_json())
     fsync_path(staging)
     final = root / tag_for(step)
     if final.exists():
@@ -104,7 +102,7 @@ def verify(checkpoint: Path) -> Verdict:
     (DeepSpeed globs for its shards), a link, a FIFO or an empty directory named like a shard (it
     would hang or break the load), or a changed file fails it."""
     try:
-        files = listed_files(read_manifest(checkpoint))
+        files = read_manifest(checkpoint).files
     except FileNotFoundError:
         return Verdict(checkpoint, False, "no manifest (the save never committed)")
     except (OSError, ValueError) as exc:
@@ -113,7 +111,7 @@ def verify(checkpoint: Path) -> Verdict:
     return Verdict(checkpoint, problem is None, problem or "")
 
 
-def _first_problem(checkpoint: Path, files: dict[str, dict], tree: Tree) -> str | None:
+def _first_problem(checkpoint: Path, files: dict[str, FileEntry], tree: Tree) -> str | None:
     """What is wrong with the tree, cheapest to find first: anything but regular files, anything not
     listed, then each listed file by size and content hash. None when nothing is."""
     if tree.links:
@@ -128,29 +126,14 @@ def _first_problem(checkpoint: Path, files: dict[str, dict], tree: Tree) -> str 
         return f"{shown(unlisted[0])} is not in the manifest"
     for name, expected in files.items():
         try:
-            digest = digest_file(checkpoint, name, xxhash.xxh3_128(), expected["bytes"])
+            digest = digest_file(checkpoint, name, xxhash.xxh3_128(), expected.bytes)
         except FileNotFoundError:
             return f"{shown(name)} is missing"
         except (Refused, OSError) as exc:
             return f"{shown(name)}: {exc}"
-        if digest != expected["xxh3_128"]:
+        if digest != expected.xxh3_128:
             return f"{shown(name)} does not match its content hash"
     return None
-
-
-def listed_files(manifest: object) -> dict[str, dict]:
-    """A manifest's files, each checked to be a name inside the checkpoint (relative, without `..`)
-    with its size and hash; ValueError, in one line, otherwise."""
-    files = manifest.get("files") if isinstance(manifest, dict) else None
-    if not isinstance(files, dict):
-        raise ValueError("it has no `files` mapping")
-    for name, entry in files.items():
-        if not inside(name):
-            raise ValueError(f"{name!r} is not a path inside the checkpoint")
-        if not (isinstance(entry, dict) and type(entry.get("bytes")) is int and entry["bytes"] >= 0
-                and isinstance(entry.get("xxh3_128"), str)):
-            raise ValueError(f"{shown(name)} has no size (`bytes`) and content hash (`xxh3_128`)")
-    return files
 
 
 def require_verified(checkpoint: Path) -> None:
@@ -160,15 +143,10 @@ def require_verified(checkpoint: Path) -> None:
         raise CheckpointError(f"{checkpoint.name} does not verify ({verdict.reason}): its files are not loaded")
 
 
-def read_manifest(checkpoint: Path) -> dict:
-    """The manifest as it is on disk, read as a listed file is (a FIFO or a link in its place is
-    refused, not waited on); FileNotFoundError without one, ValueError for one that is no JSON."""
-    return read_json(checkpoint, MANIFEST, MAX_MANIFEST_BYTES)
-
-
-def content_hash(manifest: dict) -> str:
+def content_hash(manifest: CheckpointManifest) -> str:
     """A checkpoint's identity by content (every file's name, size and hash), not by its name."""
-    return xxhash.xxh3_128_hexdigest(json.dumps(manifest["files"], sort_keys=True).encode())
+    files = {name: entry.model_dump() for name, entry in manifest.files.items()}
+    return xxhash.xxh3_128_hexdigest(json.dumps(files, sort_keys=True).encode())
 
 
 def committed(root: Path) -> list[Path]:

@@ -53,8 +53,8 @@ def evaluate_gates(run_dir: Path, step: int | None = None) -> GateReport:
     prefixes = training_prefixes(model, train, spec.memorisation, tokenizer.eos_token_id)
     results = [
         quality_gate(spec.quality, model, tokenizer, val_rows, margin),
-        health_gate(spec.health, _metrics_at(run, checkpoint, manifest["step"]), manifest["world_size"],
-                    sum(rank_state_owner(name) is not None for name in manifest["files"])),
+        health_gate(spec.health, _metrics_at(run, checkpoint, manifest.step), manifest.world_size,
+                    sum(rank_state_owner(name) is not None for name in manifest.files)),
         memorisation_gate(spec.memorisation, model, tokenizer, [*spec.memorisation.canaries, *data_record.canaries], prefixes, margin),
         contamination_gate(spec.contamination, _evaluation_sets(spec), decoded_texts(train, tokenizer), margin),
         content_gate(spec.content, probe_generations(model, tokenizer, prefixes, spec.content)),
@@ -67,8 +67,8 @@ def evaluate_gates(run_dir: Path, step: int | None = None) -> GateReport:
     ]
     required = set(spec.required) if spec.required is not None else {r.name for r in results if r.status != "skipped"}
     report = GateReport.judge(
-        results, required, checkpoint=checkpoint.name, step=manifest["step"], checkpoint_hash=store.content_hash(manifest),
-        recipe_hash=manifest["recipe_hash"], evaluated_at=time.time(),
+        results, required, checkpoint=checkpoint.name, step=manifest.step, checkpoint_hash=store.content_hash(manifest),
+        recipe_hash=manifest.recipe_hash, evaluated_at=time.time(),
     )
     report.write(run)
     _mirror(run, recipe, report)

@@ -130,7 +130,7 @@ def test_hostile_checkpoints_list_one_line_each(run_dir):
     store.set_aside(root, root / "step-00000006", "x\nstep-00000099  yes")
     aside = root / store.SET_ASIDE
     (aside / "named\nstep-00000098  yes").mkdir()
-    manifest = store.read_manifest(root / "step-00000002")
+    manifest = json.loads((root / "step-00000002" / store.MANIFEST).read_text())
     (root / "step-00000002" / store.MANIFEST).write_text(json.dumps({**manifest, "files": {"a.pt": 3}, "tokens": "many"}))
     with deep_chain(root / "step-00000004" / "deep"), deep_chain(aside / "deep-step"):
         listing = list_checkpoints(run_dir)

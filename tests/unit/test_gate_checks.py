@@ -172,7 +172,7 @@ def _checkpoint(tmp_path, files: dict) -> tuple:
     checkpoint.mkdir(parents=True)
     manifest = {"step": 10, "files": files}
     (checkpoint / "manifest.json").write_text(json.dumps(manifest))
-    return run, checkpoint, store.content_hash(manifest)
+    return run, checkpoint, store.content_hash(store.read_manifest(checkpoint))
 
 
 def _report(run, tag, content, status="pass", gates=GATE_NAMES):
