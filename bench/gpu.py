@@ -45,6 +45,7 @@ from typing import Callable
 from common import REPO, tail
 
 from orchestrator.rundir.layout import RunDir
+from orchestrator.rundir.rows import EngineBuilt
 
 RECIPE = Path("recipes/llama-1b-gpu.yaml")
 SHORT_RUN = ("train.steps=20", "train.schedule.warmup_steps=2", "train.eval_interval=1000")
@@ -159,17 +160,22 @@ def throughput(run: RunDir, warmup_steps: int = WARMUP_STEPS) -> dict:
     }
 
 
+BUILT_FIGURES = ("rss_before_bytes", "construction_peak_bytes", "peak_rss_bytes")
+"""An `engine_built` event's memory figures, in the order the results list them."""
+
+
 def startup_memory(run: RunDir) -> list[dict] | None:
     """Each rank's start-up memory from the run's latest `engine_built` event, its `*_bytes` figures in GiB
     (each a list indexed by rank, or one number beside a `rank` field); None when the run logged none."""
-    built = [e for e in run.history() if e["event"] == "engine_built"]
+    built = [e for e in run.history() if isinstance(e, EngineBuilt)]
     if not built:
         return None
-    figures = {k.removesuffix("_bytes") + "_gib": v for k, v in built[-1].items() if k.endswith("_bytes")}
+    latest = built[-1]
+    figures = {name.removesuffix("_bytes") + "_gib": getattr(latest, name) for name in BUILT_FIGURES if getattr(latest, name) is not None}
     per_rank = any(isinstance(v, list) for v in figures.values())
     columns = {name: v if isinstance(v, list) else [v] for name, v in figures.items()}
     ranks = range(max(map(len, columns.values()), default=0))
-    return [{"rank": rank if per_rank else built[-1].get("rank", 0),
+    return [{"rank": rank if per_rank else getattr(latest, "rank", 0),
              **{name: values[rank] / 2**30 for name, values in columns.items() if rank < len(values)}} for rank in ranks]
 
 
