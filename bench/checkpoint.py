@@ -45,6 +45,8 @@ from common import (DEFAULT_RECIPE, FAST, REPO, events, first_event, machine, or
 from disk import probe_disk
 from failures import measure_failures
 from failures import render as render_failures
+from orchestrator.rundir.layout import RunDir
+from orchestrator.rundir.rows import Checkpoint, Completed, Start
 from tests.helpers.processes import kill_run
 MODES = ("async", "none", "sync")
 # A periodic and a final save in each mode, and one kill and resume; with --failures, one kill.
@@ -133,14 +135,15 @@ def _alternate(args: argparse.Namespace, scratch: Path) -> tuple[dict, dict, dic
 def run_training(recipe: Path, overrides: list[str], run_dir: Path) -> dict:
     """One `orch run` to completion; its per-step metrics and its events."""
     run_logged(orch_argv("run", run_dir, str(recipe), *overrides), run_dir.with_suffix(".log"), logs=run_dir / "logs")
-    rows, history = read_jsonl(run_dir / "metrics.jsonl"), read_jsonl(run_dir / "events.jsonl")
-    times = {e["event"]: e["time"] for e in history if e["event"] in ("start", "completed")}
+    rows, history = read_jsonl(run_dir / "metrics.jsonl"), RunDir(run_dir).history()
+    times = {e.event: e.time for e in history if isinstance(e, (Start, Completed))}
     return {
         "step_s": [r["step_s"] for r in rows],
         "tokens_per_s": [r["tokens_per_s"] for r in rows],
         "tokens_per_step": rows[0]["tokens_per_s"] * rows[0]["step_s"],
         "loop_s": times["completed"] - times["start"],
-        "checkpoints": [{k: e[k] for k in ("step", "stall_s", "bytes", "write_s")} for e in history if e["event"] == "checkpoint"],
+        "checkpoints": [{"step": e.step, "stall_s": e.stall_s, "bytes": e.bytes, "write_s": e.write_s}
+                        for e in history if isinstance(e, Checkpoint)],
         "summary": json.loads((run_dir / "summary.json").read_text()),
     }
 
@@ -163,7 +166,7 @@ def measure_resume(args: argparse.Namespace, run_dir: Path) -> dict:
     try:
         fresh_row_s = _wait_for_run(lambda: row_after(run_dir, 0), process, run_dir, "metrics row") - fresh_t0
         saved = _wait_for_run(lambda: first_event(run_dir, "checkpoint", fresh_t0), process, run_dir, "checkpoint event")
-        _wait_for_run(lambda: row_after(run_dir, saved["step"] + 1), process, run_dir, "row after the checkpoint")
+        _wait_for_run(lambda: row_after(run_dir, saved.step + 1), process, run_dir, "row after the checkpoint")
     finally:
         _kill(run_dir, process)
     fresh_start = first_event(run_dir, "start", fresh_t0)
@@ -171,20 +174,20 @@ def measure_resume(args: argparse.Namespace, run_dir: Path) -> dict:
     process = _start(argv, log)
     try:
         resumed = _wait_for_run(lambda: first_event(run_dir, "resumed", t0), process, run_dir, "resumed event")
-        first_new = _wait_for_run(lambda: row_after(run_dir, resumed["step"]), process, run_dir, "row after the resume")
+        first_new = _wait_for_run(lambda: row_after(run_dir, resumed.step), process, run_dir, "row after the resume")
     finally:
         _kill(run_dir, process)
     start = first_event(run_dir, "start", t0)
     return {
-        "checkpoint": resumed["checkpoint"],
-        "resumed_step": resumed["step"],
-        "recomputed_steps": resumed["recomputed_steps"],
-        "state_bytes": saved["bytes"],
-        "set_aside": [e["reason"] for e in events(run_dir, "checkpoint_set_aside")],
-        "to_resumed_event_s": resumed["time"] - t0,
-        "to_start_event_s": start["time"] - t0 if start else None,
+        "checkpoint": resumed.checkpoint,
+        "resumed_step": resumed.step,
+        "recomputed_steps": resumed.recomputed_steps,
+        "state_bytes": saved.bytes,
+        "set_aside": [e.reason for e in events(run_dir, "checkpoint_set_aside")],
+        "to_resumed_event_s": resumed.time - t0,
+        "to_start_event_s": start.time - t0 if start else None,
         "to_first_resumed_step_s": first_new - t0,
-        "fresh_to_start_event_s": fresh_start["time"] - fresh_t0 if fresh_start else None,
+        "fresh_to_start_event_s": fresh_start.time - fresh_t0 if fresh_start else None,
         "fresh_to_first_step_s": fresh_row_s,
     }
 

@@ -17,6 +17,10 @@ import time
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from orchestrator.rundir.rows import BaseEvent
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the package (and the tests' helpers) import from a checkout without installing
@@ -95,12 +99,15 @@ def row_after(run_dir: Path, step: int) -> float | None:
     return time.time() if any(r["step"] > step for r in rows) else None
 
 
-def events(run_dir: Path, name: str, since: float = 0.0) -> list[dict]:
-    """The run's `name` events so far, those at or after `since` (a time.time())."""
-    return [e for e in read_jsonl(run_dir / "events.jsonl") if e["event"] == name and e["time"] >= since]
+def events(run_dir: Path, name: str, since: float = 0.0) -> list[BaseEvent]:
+    """The run's events of the kind named `name` in the log (`preempted`, `slurm_start`; the results
+    name their timings so) so far, those at or after `since` (a time.time()), typed (`rows`)."""
+    from orchestrator.rundir.layout import RunDir  # importable once REPO is on sys.path
+
+    return [e for e in RunDir(run_dir).history() if e.event == name and e.time >= since]
 
 
-def first_event(run_dir: Path, name: str, since: float = 0.0) -> dict | None:
+def first_event(run_dir: Path, name: str, since: float = 0.0) -> BaseEvent | None:
     """The first of those events, or None: something to wait_for."""
     return next(iter(events(run_dir, name, since)), None)
 

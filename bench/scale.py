@@ -27,6 +27,9 @@ from pathlib import Path
 
 from common import DEFAULT_RECIPE, REPO, RESULTS, last_lines, machine, orch_argv, parse_args, read_jsonl, write_result
 
+from orchestrator.rundir.layout import RunDir
+from orchestrator.rundir.rows import EngineBuilt
+
 SHAPES = {
     # billions of parameters (approximate): hidden, layers, intermediate; heads of 128 dimensions
     "0.001": (128, 2, 352),  # the smoke run's: every part in seconds
@@ -64,7 +67,7 @@ def measure(size: str, variant: str, seq_len: int, work: Path) -> dict:
     with log.open("w") as out:
         code = subprocess.run(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
     plan = json.loads((run_dir / "plan.json").read_text()) if (run_dir / "plan.json").exists() else {}
-    built = next((e for e in read_jsonl(run_dir / "events.jsonl") if e["event"] == "engine_built"), None)
+    built = next((e for e in RunDir(run_dir).history() if isinstance(e, EngineBuilt)), None)
     rows = read_jsonl(run_dir / "metrics.jsonl")
     num_params = plan.get("model", {}).get("num_params", 0)
     result = {
@@ -72,8 +75,8 @@ def measure(size: str, variant: str, seq_len: int, work: Path) -> dict:
         "exit_code": code, "wall_s": time.monotonic() - tic, "whole_model_fp32_bytes": num_params * 4,
     }
     if built:
-        result["construction_growth_bytes"] = max(p - b for p, b in zip(built["construction_peak_bytes"], built["rss_before_bytes"]))
-        result["startup_growth_bytes"] = max(p - b for p, b in zip(built["peak_rss_bytes"], built["rss_before_bytes"]))
+        result["construction_growth_bytes"] = max(p - b for p, b in zip(built.construction_peak_bytes, built.rss_before_bytes))
+        result["startup_growth_bytes"] = max(p - b for p, b in zip(built.peak_rss_bytes, built.rss_before_bytes))
     if rows:
         result["step_peak_bytes"] = max(r["peak_memory_bytes"] for r in rows)
         result["s_per_step"] = sum(r["step_s"] for r in rows[1:] or rows) / len(rows[1:] or rows)

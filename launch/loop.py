@@ -195,10 +195,10 @@ class Trainer:
         """Continue from the newest verified checkpoint, if any; returns the step it holds (0 for a fresh start)."""
         found = None
         if self.is_logger:
-            decisions: list[dict] = []
-            checkpoint = store.find_resumable(self.root, decisions)
-            for decision in decisions:
-                self.event(CheckpointSetAside.model_validate(decision))
+            set_aside: list[CheckpointSetAside] = []
+            checkpoint = store.find_resumable(self.root, set_aside)
+            for event in set_aside:
+                self.event(event)
             found = {"tag": None, "problem": None, "elastic": None}
             if checkpoint:
                 found.update(tag=checkpoint.name, **self._compatibility(checkpoint))

@@ -13,6 +13,7 @@ import os
 import time
 
 from orchestrator.checkpoint.spec import CheckpointSpec
+from orchestrator.rundir.rows import BaseEvent, Checkpoint, SlurmStart
 
 FIRST_AUTO_INTERVAL_S = 60.0
 """With `auto`, the first checkpoint comes early, to measure the stall the interval is computed from."""
@@ -60,15 +61,15 @@ class SavePolicy:
         self.last_commit_s = commit_s
 
 
-def last_stall(history: list[dict]) -> float | None:
+def last_stall(history: list[BaseEvent]) -> float | None:
     """The save stall the run's newest checkpoint measured, on whichever attempt."""
-    stalls = [e["stall_s"] for e in history if e["event"] == "checkpoint"]
+    stalls = [e.stall_s for e in history if isinstance(e, Checkpoint)]
     return stalls[-1] if stalls else None
 
 
-def job_deadline(history: list[dict], job_id: str | None = None) -> float | None:
+def job_deadline(history: list[BaseEvent], job_id: str | None = None) -> float | None:
     """The end time Slurm gave this job (recorded by the batch step's `slurm_start` event), if this
     rank runs under one (`job_id`, default Slurm's SLURM_JOB_ID)."""
     job = job_id if job_id is not None else os.environ.get("SLURM_JOB_ID")
-    starts = [e for e in history if e["event"] == "slurm_start" and str(e.get("job_id")) == job]
-    return starts[-1].get("end_time") if job and starts else None
+    starts = [e for e in history if isinstance(e, SlurmStart) and str(e.job_id) == job]
+    return starts[-1].end_time if job and starts else None

@@ -21,6 +21,7 @@ import xxhash
 from orchestrator.errors import CheckpointError
 from orchestrator.filetree import Refused, Tree, digest_file, shown, walk, write_file
 from orchestrator.rundir.checkpoint_records import MANIFEST, CheckpointManifest, FileEntry, read_manifest
+from orchestrator.rundir.rows import CheckpointSetAside
 
 LATEST = "latest"
 STAGING_PREFIX = ".staging-"
@@ -192,20 +193,19 @@ def newest_verified(root: Path) -> tuple[Path | None, list[Verdict]]:
     return None, failed
 
 
-def find_resumable(root: Path, events: list[dict]) -> Path | None:
+def find_resumable(root: Path, events: list[CheckpointSetAside]) -> Path | None:
     """Newest checkpoint that verifies. Partial saves and failed checkpoints are set aside, and each
-    decision is appended to `events` so the run can say what it did."""
+    decision is appended to `events`, as the event the run writes to say what it did."""
     if not root.is_dir():
         return None
     for staging in sorted(p for p in root.iterdir() if p.name.startswith(STAGING_PREFIX)):
-        moved = set_aside(root, staging, "partial save (interrupted before commit)")
-        events.append({"event": "checkpoint_set_aside", "path": str(moved), "reason": "partial save (interrupted before commit)"})
+        reason = "partial save (interrupted before commit)"
+        events.append(CheckpointSetAside(path=str(set_aside(root, staging, reason)), reason=reason))
     for checkpoint in committed(root):
         verdict = verify(checkpoint)
         if verdict.ok:
             return checkpoint
-        moved = set_aside(root, checkpoint, verdict.reason)
-        events.append({"event": "checkpoint_set_aside", "path": str(moved), "reason": verdict.reason})
+        events.append(CheckpointSetAside(path=str(set_aside(root, checkpoint, verdict.reason)), reason=verdict.reason))
     return None
 
 

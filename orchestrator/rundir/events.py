@@ -23,9 +23,8 @@ R = TypeVar("R")
 
 def append(log: Path, event: BaseEvent | str, /, **fields) -> BaseEvent:
     """The event, stamped with the time it is written, as a line of `log`; returns what was written.
-    Given by name and fields (the form the batch step, the sweep's trial runner and tests use), it
-    is built as its kind first: a writer's mistake fails here (a pydantic ValidationError), not in
-    every later reader."""
+    Given by name and fields (the form tests use to write a history), it is built as its kind first:
+    a writer's mistake fails here (a pydantic ValidationError), not in every later reader."""
     if isinstance(event, str):
         event = KINDS.get(event, OtherEvent)(event=event, **fields)
     stamped = event.model_copy(update={"time": time.time()})

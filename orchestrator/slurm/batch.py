@@ -25,6 +25,7 @@ from orchestrator.rundir import events
 from orchestrator.rundir.entry import FORWARDED_SIGNALS, node_argv
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import PlanRecord, read_plan, read_recipe
+from orchestrator.rundir.rows import CancelRequested, SlurmEnd, SlurmRequeued, SlurmSignal, SlurmStart, StopRequested
 from orchestrator.slurm.client import slurm
 
 FOLLOW_S = 1.0
@@ -64,7 +65,7 @@ def job_end_time(job_id: int) -> float | None:
 
 def cancel_requested(run: RunDir, job_id: int) -> bool:
     """Whether `orch cancel` asked for this job to end: its SIGTERM is then no preemption to requeue after."""
-    return any(e["event"] == "cancel_requested" and str(e.get("job_id")) == str(job_id) for e in run.history())
+    return any(isinstance(e, CancelRequested) and str(e.job_id) == str(job_id) for e in run.history())
 
 
 def main() -> None:
@@ -93,8 +94,8 @@ def run_job_step(run: RunDir, stop_when: Callable[[list[dict]], bool] | None = N
     job_id = int(os.environ["SLURM_JOB_ID"])
     restart = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
     master_addr, master_port = rendezvous(job_id, os.environ["SLURM_JOB_NODELIST"])
-    events.append(run.events, "slurm_start", job_id=job_id, restart=restart, nodes=os.environ["SLURM_JOB_NODELIST"],
-                  end_time=job_end_time(job_id))
+    events.append(run.events, SlurmStart(job_id=job_id, restart=restart, nodes=os.environ["SLURM_JOB_NODELIST"],
+                                         end_time=job_end_time(job_id)))
     step = subprocess.Popen(node_command(plan, sys.executable, master_addr, master_port))
     _say(f"job {job_id} (restart {restart}) on {os.environ['SLURM_JOB_NODELIST']}: started srun (pid {step.pid}), one node launcher "
          f"on each of {plan.topology.nodes} node(s), rendezvous {master_addr}:{master_port}; their logs are node-<name>.out, the ranks' rank-<n>.log")
@@ -103,7 +104,7 @@ def run_job_step(run: RunDir, stop_when: Callable[[list[dict]], bool] | None = N
 
     def forward(signum, _frame):
         received.append(signum)
-        events.append(run.events, "slurm_signal", job_id=job_id, signal=signum)
+        events.append(run.events, SlurmSignal(job_id=job_id, signal=signum))
         step.send_signal(signum)
         _say(f"{signal.Signals(signum).name} forwarded to srun, which passes it to every node launcher")
 
@@ -122,10 +123,10 @@ def run_job_step(run: RunDir, stop_when: Callable[[list[dict]], bool] | None = N
             # A job cancelled with scancel (not `orch cancel`) cannot be requeued: it ends here.
             _say(f"not requeued: {exc}")
         else:
-            events.append(run.events, "slurm_requeued", job_id=job_id, restart=restart + 1)
+            events.append(run.events, SlurmRequeued(job_id=job_id, restart=restart + 1))
             _say(f"the ranks checkpointed on {spec.signal}: requeued the job (restart {restart + 1} of at most {spec.max_requeues})")
             return JobStep(0, True)
-    events.append(run.events, "slurm_end", job_id=job_id, exit_code=code)
+    events.append(run.events, SlurmEnd(job_id=job_id, exit_code=code))
     _say(f"the nodes ended: the job exits {code}")
     return JobStep(code, False)
 
@@ -144,7 +145,7 @@ def _follow(run: RunDir, step: subprocess.Popen, stop_when: Callable[[list[dict]
     while step.poll() is None:
         rows = run.metric_rows()
         if stop_when(rows[seen:]):
-            events.append(run.events, "stop_requested", reason="pruned")
+            events.append(run.events, StopRequested(reason="pruned"))
             step.send_signal(warning)
             _say(f"stopping the ranks after a checkpoint, for good (pruned): {signal.Signals(warning).name} to srun")
             return True

@@ -17,6 +17,7 @@ from orchestrator.plan.planner import LaunchPlan
 from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import add_job, read_jobs
+from orchestrator.rundir.rows import CancelRequested, Checkpoint, SlurmSubmitted
 from orchestrator.slurm.client import LIVE_STATES, job_states, slurm
 from orchestrator.slurm.script import render_prepare_sbatch, render_sbatch, render_step_sbatch
 from orchestrator.slurm.spec import SlurmSpec
@@ -33,7 +34,7 @@ def cluster_env(env: EnvSnapshot, spec: SlurmSpec) -> EnvSnapshot:
 
 def signal_grace_s(run_dir: Path, spec: SlurmSpec) -> int:
     """The recipe's grace, raised to twice the longest checkpoint commit this run has measured."""
-    commits = [e["stall_s"] + (e.get("write_s") or 0) for e in RunDir(run_dir).history() if e["event"] == "checkpoint"]
+    commits = [e.stall_s + e.write_s for e in RunDir(run_dir).history() if isinstance(e, Checkpoint)]
     return max(spec.signal_grace_s, int(2 * max(commits)) + 1) if commits else spec.signal_grace_s
 
 
@@ -116,7 +117,7 @@ SCRIPTS = {"prepare": "prepare_script", "train": "script", "sweep": "script", "g
 def _sbatch(run: RunDir, script: Path, kind: str, *options: str) -> str:
     job_id = slurm("sbatch", "--parsable", *options, str(script)).strip().split(";")[0]
     add_job(run, job_id, kind)
-    events.append(run.events, "slurm_submitted", job_id=int(job_id), kind=kind)
+    events.append(run.events, SlurmSubmitted(job_id=int(job_id), kind=kind))
     return job_id
 
 
@@ -127,6 +128,6 @@ def cancel(run: RunDir) -> str:
     jobs = read_jobs(run).of_kind("train")
     if not jobs:
         raise SlurmError(f"{run.path} has no Slurm job (slurm.json missing)")
-    events.append(run.events, "cancel_requested", job_id=jobs[-1])
+    events.append(run.events, CancelRequested(job_id=jobs[-1]))
     slurm("scancel", jobs[-1])
     return jobs[-1]

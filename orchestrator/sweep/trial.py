@@ -19,6 +19,7 @@ from typing import Callable
 from orchestrator.errors import BudgetExceeded, LaunchError, OrchestratorError, Preempted
 from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir
+from orchestrator.rundir.rows import Pruned
 from orchestrator.sweep.space import NO_SWEEP, checked_values, trial_overrides
 from orchestrator.sweep.study import PRUNED, Judge, SweepDir, claim, final_value, open_study
 from orchestrator.tracking.sinks import sqlite_uri
@@ -51,7 +52,7 @@ def tell(study, trial, spec, run: RunDir, judge: Judge, failed: str | None = Non
     rows = run.metric_rows()
     if judge.pruned_at is not None:
         step = rows[-1]["step"]  # where the ranks stopped, past the evaluation that pruned it (a logged row): as the tables show
-        events.append(run.events, "pruned", step=step, reason=judge.why)
+        events.append(run.events, Pruned(step=step, reason=judge.why))
         trial.set_user_attr(PRUNED, judge.why)
         study.tell(trial, state=TrialState.PRUNED)
         return f"pruned at step {step} ({judge.why})"
