@@ -29,6 +29,7 @@ from orchestrator.filetree import write_file
 from orchestrator.model.architectures import Sizes
 from orchestrator.plan.arithmetic import Batch, Topology
 from orchestrator.recipe.schema import Recipe
+from orchestrator.rundir.checkpoint_records import read_summary
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import read_plan
 
@@ -153,26 +154,27 @@ def measure_run(run_dir: Path) -> Measured | None:
     run or one under MIN_STEPS (mostly start-up), a run resumed (its wall time holds the gaps
     between attempts), a plan from before plans had a calibration key."""
     run = RunDir(run_dir)
-    if not run.summary.is_file():
+    summary = read_summary(run)
+    if summary is None:
         return None
-    plan, summary = read_plan(run), run.read_json(run.summary.name)
+    plan = read_plan(run)
     estimate, topology = plan.estimate, plan.topology
-    if (plan.dry_run or "-" not in estimate.calibration_key or summary.get("restarts")
-            or summary.get("steps", 0) < MIN_STEPS):
+    if (plan.dry_run or "-" not in estimate.calibration_key or summary.restarts
+            or (summary.steps or 0) < MIN_STEPS):
         return None
     steady = [row["step_s"] for row in run.metric_rows()[1:]]
     if not steady:
         return None
-    step_s, wall_s = statistics.mean(steady), summary["wall_s"]
+    step_s, wall_s = statistics.mean(steady), summary.wall_s
     tokens_per_s = plan.batch.tokens_per_step / step_s
     units = topology.world_size if topology.device == "cuda" else topology.nodes
-    bill = summary.get("energy") or {}
-    kwh = bill.get("kwh") if bill.get("coverage", 0.0) >= MEASURED_COVERAGE else None
+    energy = summary.energy
+    kwh = energy.kwh if energy and energy.coverage >= MEASURED_COVERAGE else None
     shape, schedule = estimate.calibration_key.split("-")
     return Measured(
         key=shape, schedule=schedule, run_dir=str(run.path), time=time.time(),
         tokens_per_s=tokens_per_s,
-        wall_per_step_time=max(1.0, wall_s / (summary["steps"] * step_s)),
+        wall_per_step_time=max(1.0, wall_s / (summary.steps * step_s)),
         power_per_device_w=kwh * 3.6e6 / wall_s / units if kwh and wall_s else None,
     )
 

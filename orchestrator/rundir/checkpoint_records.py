@@ -99,13 +99,15 @@ def _check_files(content: object) -> None:
 
 
 class SummaryEnergy(Record):
-    """The energy bill's totals, as the summary repeats them."""
+    """The energy bill's totals, as the summary repeats them (the bill itself is `energy.json`); a
+    reader takes what a summary holds, as it does the summary's other figures."""
 
-    kwh: float
-    facility_kwh: float
-    kgco2e: float
-    coverage: float
-    j_per_token: float | None
+    kwh: float | None = None
+    facility_kwh: float | None = None
+    kgco2e: float | None = None
+    coverage: float = 0.0
+    """The share of the energy measured rather than estimated."""
+    j_per_token: float | None = None
 
 
 class RunSummary(_Versioned):
