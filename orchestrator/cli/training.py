@@ -153,7 +153,7 @@ def run(
         run_directory = prepare_run(launch_plan, list(loaded.sources))
         if detach:
             start(launch_plan, run_directory, SubprocessRunner(attempt))
-            pids = " ".join(map(str, attempt.holder["launchers"]))
+            pids = " ".join(map(str, attempt.holder.launchers))
             typer.echo(f"training detached (node launcher pid {pids}); follow with: orch status -f {run_directory.path}; "
                        f"stop it after a checkpoint with: kill -TERM {pids}")
             return

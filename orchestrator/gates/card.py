@@ -9,6 +9,7 @@ from orchestrator.gates.annex import RunRecords, technical_documentation
 from orchestrator.gates.report import GateReport
 from orchestrator.model.spec import ModelSpec
 from orchestrator.rundir.bill import EnergyBill
+from orchestrator.rundir.checkpoint_records import read_summary
 from orchestrator.rundir.layout import RunDir
 
 
@@ -26,7 +27,7 @@ def _base_line(model: ModelSpec) -> str:
 def model_card(run: RunDir, report: GateReport, bill: EnergyBill | None, released: datetime) -> str:
     records = RunRecords.read(run)
     recipe, plan, data = records.recipe, records.plan, records.data
-    summary = run.read_json(run.summary.name) if run.summary.exists() else {}
+    summary = read_summary(run)
     model, train = recipe.model, recipe.train
     source = ", ".join(f"{s.path or f'built-in corpus `{s.builtin}`'}" + (f" (weight {s.weight:g})" if recipe.data.sources else "")
                        for s in recipe.data.mixture())
@@ -49,7 +50,7 @@ def model_card(run: RunDir, report: GateReport, bill: EnergyBill | None, release
         f"- recipe hash {report.recipe_hash}; checkpoint content {report.checkpoint_hash}",
     ]
     if summary:
-        lines.append(f"- final training loss {summary['final_loss']:.4f}, wall {summary['wall_s']:.0f} s, {summary['restarts']} restart(s)")
+        lines.append(f"- final training loss {summary.final_loss:.4f}, wall {summary.wall_s:.0f} s, {summary.restarts} restart(s)")
     lines += ["", "## Energy and carbon"]
     if bill:
         t = bill.totals
