@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from orchestrator.data.files import open_regular
+from orchestrator.errors import DataError
 from orchestrator.gates.result import GateResult, judge
 from orchestrator.gates.scoring import row_losses, text_losses
 from orchestrator.gates.spec import BiasGate, QualityGate
@@ -51,7 +53,12 @@ def _baseline_loss(baseline: Path, tokenizer, val_rows: Rows) -> tuple[float, st
 
 def read_pairs(path: Path) -> list[tuple[str, str]]:
     pairs = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    try:  # checked at validate, and again here: it may have been swapped for a FIFO since
+        with open_regular(path) as file:
+            text = file.read().decode()
+    except DataError as exc:
+        raise ValueError(str(exc)) from None
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         row = json.loads(line)

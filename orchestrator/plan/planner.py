@@ -17,6 +17,7 @@ from orchestrator.backends.registry import BACKENDS
 from orchestrator.energy.forecast import EnergyPlan, EnergyRequest, plan_forecast
 from orchestrator.energy.grid import Intensity, IntensityError, resolve_intensity
 from orchestrator.energy.hardware import cpu_power
+from orchestrator.data.files import path_problem
 from orchestrator.env import EnvSnapshot
 from orchestrator.errors import Problem, RecipeError
 from orchestrator.model.architectures import ARCHITECTURES, Architecture, Sizes
@@ -320,8 +321,8 @@ def _check_gate_files(loaded: LoadedRecipe, env: EnvSnapshot, problems: list[Pro
     files = [("gates.bias.pairs", gates.bias.pairs)] if gates.bias.pairs is not None else []
     files += [(f"gates.contamination.eval_files.{i}", path) for i, path in enumerate(gates.contamination.eval_files)]
     for key, path in files:
-        if not (env.cwd / path).is_file():
-            problems.append(loaded.problem(key, f"{path}: no such file (paths are relative to the working directory)"))
+        if why := path_problem(env.cwd / path, "file"):  # a FIFO or a device would block or never end
+            problems.append(loaded.problem(key, f"{why} (paths are relative to the working directory)"))
     for i, path in enumerate(gates.evaluation.task_dirs):
         if not (env.cwd / path).is_dir():
             problems.append(loaded.problem(f"gates.evaluation.task_dirs.{i}", f"{path}: no such directory (paths are relative to the working directory)"))

@@ -164,3 +164,19 @@ def test_a_listing_is_reused_until_a_directory_changes(tmp_path, monkeypatch):
     os.mkfifo(tmp_path / "a" / "x.txt")
     with pytest.raises(DataError, match="x.txt is a FIFO"):
         list_data_files(tmp_path, (".txt",))
+
+
+def test_files_the_gates_read_are_regular_files_at_validate_and_when_read(tmp_path):
+    """A FIFO as the bias pairs or an evaluation file once read as "no such file" at validate, and the
+    gate, reading it later, would have waited on it."""
+    from orchestrator.gates.quality import read_pairs
+
+    os.mkfifo(tmp_path / "pairs.jsonl")
+    result = bounded(["-m", "orchestrator", "validate", str(TINY), f"gates.bias.pairs={tmp_path / 'pairs.jsonl'}",
+                      "gates.contamination.eval_files=[/dev/zero]"])
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and "Traceback" not in result.stderr and len(lines) == 2, result.stderr
+    assert "gates.bias.pairs" in lines[0] and "pairs.jsonl is a FIFO" in lines[0]
+    assert "gates.contamination.eval_files.0" in lines[1] and "/dev/zero is a character device" in lines[1]
+    with pytest.raises(ValueError, match="is a FIFO"):
+        read_pairs(tmp_path / "pairs.jsonl")
