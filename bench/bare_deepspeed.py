@@ -29,7 +29,7 @@ import torch
 import yaml
 
 import common  # noqa: F401  puts the checkout on sys.path
-from orchestrator.data.prepare import PreparedData
+from orchestrator.data.prepared import PreparedData
 from orchestrator.data.stream import open_split
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import read_data
@@ -44,7 +44,7 @@ def main() -> None:
 
     plan = json.loads((args.run_dir / "plan.json").read_text())
     ds_config = json.loads((args.run_dir / "ds_config.json").read_text())
-    data = PreparedData.load(read_data(RunDir(args.run_dir)).dir)
+    data = read_data(RunDir(args.run_dir)).prepared
     seed = yaml.safe_load((args.run_dir / "recipe.yaml").read_text())["train"]["seed"]
     if plan["model"]["arch"] != "llama" or data.kind != "text":
         raise SystemExit(f"the bare loop trains a Llama on text; this run is {plan['model']['arch']} on {data.kind} data")

@@ -20,7 +20,7 @@ from orchestrator.checkpoint import store
 from orchestrator.checkpoint.policy import SavePolicy, job_deadline, last_stall
 from orchestrator.checkpoint.resume import compatibility
 from orchestrator.checkpoint.saver import CheckpointSaver, SaveReport
-from orchestrator.data.prepare import PreparedData
+from orchestrator.data.prepared import PreparedData
 from orchestrator.data.stream import open_split, open_stream, validation_indices
 from orchestrator.env import matmul_rate
 from orchestrator.errors import EXIT_BUDGET, EXIT_REQUEUE
@@ -46,7 +46,7 @@ class Trainer:
         seq_len = recipe.data.seq_len
         self.train_data = open_split(data, "train", seq_len)
         self.val_data = open_split(data, "val", seq_len)
-        self.source_names = [source["name"] for source in data.sources]
+        self.source_names = [source.name for source in data.sources]
         self.stream = open_stream(self.train_data, data, batch.micro_batch_size, batch.gradient_accumulation_steps, world, engine.rank, train.seed)
         self.val_rows = self.val_data.rows(
             validation_indices(len(self.val_data), train.eval_batches * batch.micro_batch_size, world, engine.rank)

@@ -19,7 +19,6 @@ from launch.engines import Engine, backend_module
 from launch.loop import Trainer, seed_everything
 from launch.mirror import NullMirror, start_mirror
 from launch.signals import StopFlag
-from orchestrator.data.prepare import PreparedData
 from orchestrator.hub import work_offline
 from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir
@@ -50,7 +49,7 @@ def run_rank(path: Path) -> None:
     config = run_config(recipe.model_dump(mode="json"), plan)
     mirror = start_mirror(recipe.tracking, run, recipe.name, config) if rank == 0 else NullMirror()
     seed_everything(recipe.train.seed)
-    data = PreparedData.load(read_data(run).dir)
+    data = read_data(run).prepared
     engine = _make_engine(recipe, plan, local_rank)
     _record_startup_memory(engine, run)
     code = Trainer(recipe, plan, run, data, engine, world, stop, monitor, account).train()

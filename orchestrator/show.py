@@ -10,8 +10,9 @@ from orchestrator.progress import wall_time
 from orchestrator.rundir.bill import read_bill
 from orchestrator.rundir.checkpoint_records import read_summary
 from orchestrator.rundir.layout import RELEASE_MANIFEST, RunDir, damaged
+from orchestrator.data.prepared import TextManifest
 from orchestrator.data.summary import curation_line, source_lines
-from orchestrator.rundir.records import read_data, read_plan
+from orchestrator.rundir.records import DataRecord, read_data, read_plan
 from orchestrator.status import run_status
 
 
@@ -40,7 +41,7 @@ def _describe(run_dir: Path) -> str:
         f" = {b.global_batch_size} sequences, {b.tokens_per_step:,} tokens/step",
     ]
     if run.data.exists():
-        lines += _data_lines(read_data(run).model_dump())
+        lines += _data_lines(read_data(run))
     rows = [row for row in run.metric_rows() if "loss" in row]
     if rows:
         last = rows[-1]
@@ -72,12 +73,14 @@ def _describe(run_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def _data_lines(data: dict) -> list[str]:
+def _data_lines(data: DataRecord) -> list[str]:
     """The prepared data's tokens and, for data prepared with curation, what it removed."""
-    lines = [f"data           {data['train_tokens']:,} training tokens, {data['val_tokens']:,} validation, vocabulary {data['vocab_size']:,} ({data['dir']})"]
-    if len(data.get("sources", [])) > 1:
-        lines += [f"  source       {line}" for line in source_lines(data)]
-    elif "curation" in data:
-        lines.append(f"curation       {curation_line(data['curation'])}")
+    manifest = data.manifest
+    lines = [f"data           {manifest.train_tokens:,} training tokens, {manifest.val_tokens:,} validation, "
+             f"vocabulary {manifest.vocab_size:,} ({data.dir})"]
+    if len(manifest.sources) > 1:
+        lines += [f"  source       {line}" for line in source_lines(manifest)]
+    elif isinstance(manifest, TextManifest):
+        lines.append(f"curation       {curation_line(manifest.curation)}")
     return lines
 

@@ -125,7 +125,7 @@ def _tokenizer_dir(run) -> Path:
             raise CheckpointError(f"{run.path} has no {needed.name}: is it a run directory written by orch run?")
     from orchestrator.rundir.records import read_data
 
-    tokenizer_dir = read_data(run).tokenizer_dir
+    tokenizer_dir = read_data(run).prepared.tokenizer_dir
     if not tokenizer_dir.is_dir():
         raise CheckpointError(f"the run's tokenizer is gone from {tokenizer_dir} (data cache cleared?): prepare the data again with orch run")
     return tokenizer_dir

@@ -27,60 +27,21 @@ import numpy as np
 from orchestrator.data.corpus import SourceFile, datasets_file, file_stats, fingerprint, iter_documents, source_files
 from orchestrator.data.curate import Deduplicator, contamination_from
 from orchestrator.data.pieces import PIECE_CHARS, pieces
-from orchestrator.data.shards import TokenShards, write_shard
+from orchestrator.data.prepared import (MANIFEST, InstructionManifest, PreparedData, TextManifest, manifest_content,
+                                      read_manifest, write_manifest)
+from orchestrator.data.shards import write_shard
 from orchestrator.data.spec import DataSpec, SourceSpec
 from orchestrator.data.staging import publish, staged
 from orchestrator.data.workers import CurateTask, TokenizeTask, Workers, chunks, curate_chunk, read_texts, tokenize_chunk
 from orchestrator.errors import DataError
 
 EOS = "<|endoftext|>"
-MANIFEST = "manifest.json"
 SOURCES = "sources.json"
 """In a prepared data directory: every source file with its sha256 and size, as read."""
 FORMAT = 4
 """Of what preparation writes (sharded, per source; the validation split by documents and text; long
 documents tokenized in pieces):
 part of the cache key, raised whenever the same recipe and files would be prepared otherwise."""
-
-
-@dataclass(frozen=True)
-class PreparedData:
-    dir: Path
-    vocab_size: int
-    train_tokens: int
-    val_tokens: int
-    token_dtype: str
-    kind: str = "text"
-    sources: tuple[dict, ...] = ()
-    """Per source: name, weight, and its shards per split (text data)."""
-
-    @property
-    def tokenizer_dir(self) -> Path:
-        return self.dir / "tokenizer"
-
-    @property
-    def weights(self) -> list[float]:
-        return [s["weight"] for s in self.sources]
-
-    def source_tokens(self, split: str) -> list[TokenShards]:
-        """Each source's split as one flat token array (`TokenShards`), in the recipe's order."""
-        return [TokenShards([self.dir / name for name in s["shards"][split]], self.token_dtype) for s in self.sources]
-
-    def tokens(self, split: str) -> TokenShards:
-        """The whole split, every source's shards in turn (instruction data: one shard of its examples)."""
-        if self.kind == "instruction":
-            return TokenShards([self.dir / split], self.token_dtype)
-        return TokenShards([self.dir / name for s in self.sources for name in s["shards"][split]], self.token_dtype)
-
-    @classmethod
-    def load(cls, directory: Path) -> "PreparedData":
-        manifest = json.loads((directory / MANIFEST).read_text())
-        return cls(directory, manifest["vocab_size"], manifest["train_tokens"], manifest["val_tokens"], manifest["token_dtype"],
-                   manifest.get("kind", "text"), tuple(manifest.get("sources", ())))
-
-    def instruction_rows(self, split: str) -> dict[str, np.ndarray]:
-        """Packed instruction rows (input_ids, labels, segments), memory-mapped."""
-        return {name: np.load(self.dir / f"{split}.{name}.npy", mmap_mode="r") for name in ("input_ids", "labels", "segments")}
 
 
 def cache_key(spec: DataSpec, seed: int, files: list[list[SourceFile]]) -> str:
@@ -101,13 +62,13 @@ def find_prepared(spec: DataSpec, seed: int, cache_dir: Path) -> Path | None:
     return target if (target / MANIFEST).exists() else None
 
 
-def prepared_manifest(spec: DataSpec, seed: int, cache_dir: Path) -> dict | None:
+def prepared_manifest(spec: DataSpec, seed: int, cache_dir: Path) -> TextManifest | InstructionManifest | None:
     """The manifest of this data if it is prepared and its files have not changed since, else None."""
     try:
         target = find_prepared(spec, seed, cache_dir)
     except OSError:  # a source file gone since validation
         return None
-    return json.loads((target / MANIFEST).read_text()) if target else None
+    return read_manifest(target) if target else None
 
 
 def _section(spec: DataSpec) -> dict:
@@ -139,9 +100,8 @@ def prepare_data(spec: DataSpec, seed: int, cache_dir: Path, workers: int | None
     pointer = cache_dir / "index" / f"{_stat_key(spec, seed)}.json"
     if not pointer.exists():
         pointer.write_text(json.dumps({"key": target.name}))
-    manifest = json.loads((target / MANIFEST).read_text())
-    manifest["files"] = read_sources(target)
     data = PreparedData.load(target)
+    manifest = {**manifest_content(data.manifest), "files": read_sources(target)}
     short = [(split, n) for split, n in (("train", data.train_tokens), ("val", data.val_tokens)) if n < spec.seq_len]
     if short and spec.instruction is None:
         split, n = short[0]
@@ -185,20 +145,18 @@ def _build(spec: DataSpec, seed: int, files: list[list[SourceFile]], out: Path, 
         sources[0]["train_tokens"] += write_shard(out / name, repeated, dtype)
         sources[0]["shards"]["train"].append(name)
     shutil.rmtree(scratch)
-    manifest = {
-        "format": FORMAT,
-        "documents": {split: sum(s["documents"][split] for s in sources) for split in ("train", "val")},
-        "train_tokens": sum(s["train_tokens"] for s in sources),
-        "val_tokens": sum(s["val_tokens"] for s in sources),
-        "vocab_size": len(tokenizer),
-        "token_dtype": dtype,
-        "curation": dict(sum((Counter(s["curation"]) for s in sources), Counter())),
-        "sources": sources,
-        "canaries": canaries,
-        # How long each phase took with how many workers: not part of what was prepared.
-        "seconds": {"workers": workers, **{phase: round(b - a, 3) for phase, a, b in zip(("curate", "tokenizer", "tokenize"), clock, clock[1:])}},
-    }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    write_manifest(out, TextManifest(
+        format=FORMAT,
+        documents={split: sum(s["documents"][split] for s in sources) for split in ("train", "val")},
+        train_tokens=sum(s["train_tokens"] for s in sources),
+        val_tokens=sum(s["val_tokens"] for s in sources),
+        vocab_size=len(tokenizer),
+        token_dtype=dtype,
+        curation=dict(sum((Counter(s["curation"]) for s in sources), Counter())),
+        sources=sources,
+        canaries=canaries,
+        seconds={"workers": workers, **{phase: round(b - a, 3) for phase, a, b in zip(("curate", "tokenizer", "tokenize"), clock, clock[1:])}},
+    ))
 
 
 @dataclass
@@ -313,20 +271,19 @@ def _build_instruction(spec: DataSpec, seed: int, files: list[Path], out: Path, 
         write_shard(out / split, [np.asarray(ids) for ids, _ in pairs], dtype)  # each example ends with end-of-text
         counts[split] = {"examples": len(pairs), "rows": int(len(packed["input_ids"])), "tokens": sum(len(ids) for ids, _ in pairs),
                          "response_tokens": int((packed["labels"] != -100).sum())}
-    manifest = {
-        "kind": "instruction",
-        "documents": {split: c["examples"] for split, c in counts.items()},
-        "instruction": counts,
-        "truncated_examples": truncated,
-        "train_tokens": counts["train"]["tokens"],
-        "val_tokens": counts["val"]["tokens"],
-        "vocab_size": len(tokenizer),
-        "token_dtype": dtype,
-        "seq_len": spec.seq_len,
-        "packing": spec.instruction.packing,
-        "canaries": [],
-    }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    write_manifest(out, InstructionManifest(
+        kind="instruction",
+        documents={split: c["examples"] for split, c in counts.items()},
+        instruction=counts,
+        truncated_examples=truncated,
+        train_tokens=counts["train"]["tokens"],
+        val_tokens=counts["val"]["tokens"],
+        vocab_size=len(tokenizer),
+        token_dtype=dtype,
+        seq_len=spec.seq_len,
+        packing=spec.instruction.packing,
+        canaries=[],
+    ))
 
 
 def make_canaries(count: int, seed: int) -> list[str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from orchestrator.data.prepared import Manifest, PreparedData
 
 REMOVED = ("exact_duplicates", "near_duplicates", "decontaminated")
 PII_KINDS = ("email", "phone", "card", "national_id", "ip")
@@ -17,18 +17,18 @@ def curation_line(counts: dict) -> str:
     return line + (f"; PII redacted in {counts.get('pii_documents', 0):,} documents ({', '.join(pii)})" if pii else "")
 
 
-def source_lines(manifest: dict) -> list[str]:
+def source_lines(manifest: Manifest) -> list[str]:
     """One line per source: its weight, documents, tokens, and curation counts."""
     lines = []
-    for source in manifest.get("sources", []):
-        docs = source["documents"]
-        lines.append(f"{source['name']} (weight {source['weight']:g}): {docs['train']:,} + {docs['val']:,} documents, "
-                     f"{source['train_tokens']:,} + {source['val_tokens']:,} tokens (train + val); {curation_line(source['curation'])}")
+    for source in manifest.sources:
+        docs = source.documents
+        lines.append(f"{source.name} (weight {source.weight:g}): {docs['train']:,} + {docs['val']:,} documents, "
+                     f"{source.train_tokens:,} + {source.val_tokens:,} tokens (train + val); {curation_line(source.curation)}")
     return lines
 
 
-def describe_preparation(directory: Path, manifest: dict) -> str:
-    lines = [f"prepared data  {directory}",
-             f"tokens         {manifest['train_tokens']:,} training, {manifest['val_tokens']:,} validation; vocabulary {manifest['vocab_size']:,}"]
-    lines += [f"source         {line}" for line in source_lines(manifest)]
+def describe_preparation(data: PreparedData) -> str:
+    lines = [f"prepared data  {data.dir}",
+             f"tokens         {data.train_tokens:,} training, {data.val_tokens:,} validation; vocabulary {data.vocab_size:,}"]
+    lines += [f"source         {line}" for line in source_lines(data.manifest)]
     return "\n".join(lines)

@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from orchestrator.data.prepared import InstructionManifest, TextManifest
 from orchestrator.gates.report import GateReport
 from orchestrator.recipe.schema import Recipe
 from orchestrator.rundir.bill import EnergyBill
@@ -155,7 +156,7 @@ def _listed(items: list[str], key: str) -> list[str]:
 
 def _general(records: RunRecords, report: GateReport, released: datetime) -> list[str]:
     recipe, plan, card = records.recipe, records.plan, records.recipe.card
-    sizes, vocab = plan.model.sizes, records.data.vocab_size
+    sizes, vocab = plan.model.sizes, records.data.manifest.vocab_size
     gated = datetime.fromtimestamp(report.evaluated_at, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return [
         "", "### General description (point 1)",
@@ -224,11 +225,11 @@ def _sources(records: RunRecords) -> list[dict] | None:
 
 
 def _data(records: RunRecords) -> list[str]:
-    spec, data, extra = records.recipe.data, records.data, records.data.model_extra or {}
+    spec, data = records.recipe.data, records.data.manifest
     unit = "examples" if spec.instruction is not None else "documents"
     kind = "instruction examples (prompt/response rows)" if spec.instruction is not None else "text documents"
     origin = "; ".join(_origin(source, len(spec.mixture()) > 1) for source in spec.mixture())
-    counts = ", ".join(f"{split} {count:,}" for split, count in (extra.get("documents") or {}).items()) or "(count not recorded)"
+    counts = ", ".join(f"{split} {count:,}" for split, count in data.documents.items()) or "(count not recorded)"
     canaries = (f"{len(data.canaries)} random secrets inserted {spec.canaries.repeats} time(s) each into the training split "
                 "(for the memorisation gate)") if data.canaries else "none inserted"
     lines = [
@@ -237,10 +238,10 @@ def _data(records: RunRecords) -> list[str]:
         f"- size: {counts} {unit}; {data.train_tokens:,} training tokens, {data.val_tokens:,} held out "
         f"(the validation split: whole {unit}, {spec.val_fraction:g} of them, drawn with seed {records.recipe.train.seed})",
         f"- canaries: {canaries}",
-        *_curation(extra.get("curation")),
+        *_curation(data.curation if isinstance(data, TextManifest) else None),
     ]
-    if "truncated_examples" in extra:
-        lines.append(f"- examples longer than {spec.seq_len} tokens, truncated: {extra['truncated_examples']:,}")
+    if isinstance(data, InstructionManifest):
+        lines.append(f"- examples longer than {spec.seq_len} tokens, truncated: {data.truncated_examples:,}")
     return lines + _source_lines(_sources(records))
 
 

@@ -26,7 +26,7 @@ def _base_line(model: ModelSpec) -> str:
 
 def model_card(run: RunDir, report: GateReport, bill: EnergyBill | None, released: datetime) -> str:
     records = RunRecords.read(run)
-    recipe, plan, data = records.recipe, records.plan, records.data
+    recipe, plan, data = records.recipe, records.plan, records.data.manifest
     summary = read_summary(run)
     model, train = recipe.model, recipe.train
     source = ", ".join(f"{s.path or f'built-in corpus `{s.builtin}`'}" + (f" (weight {s.weight:g})" if recipe.data.sources else "")

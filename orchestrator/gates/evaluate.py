@@ -35,7 +35,6 @@ from orchestrator.rundir.rows import MetricRow, parse_metric_row
 def evaluate_gates(run_dir: Path, step: int | None = None) -> GateReport:
     from orchestrator.checkpoint.export import choose_checkpoint, load_checkpoint_model
     from orchestrator.checkpoint.listing import checkpoint_root
-    from orchestrator.data.prepare import PreparedData
     from orchestrator.data.stream import open_split
 
     run = RunDir(run_dir)
@@ -43,8 +42,7 @@ def evaluate_gates(run_dir: Path, step: int | None = None) -> GateReport:
     manifest = store.read_manifest(checkpoint)
     recipe = read_recipe(run)
     spec, margin = recipe.gates, recipe.gates.warn_margin
-    data_record = read_data(run)
-    data = PreparedData.load(data_record.dir)
+    data = read_data(run).prepared
     train, val = data.tokens("train"), data.tokens("val")
     model, tokenizer = load_checkpoint_model(run.path, checkpoint)
     held_out = open_split(data, "val", recipe.data.seq_len)
@@ -55,7 +53,7 @@ def evaluate_gates(run_dir: Path, step: int | None = None) -> GateReport:
         quality_gate(spec.quality, model, tokenizer, val_rows, margin),
         health_gate(spec.health, _metrics_at(run, checkpoint, manifest.step), manifest.world_size,
                     sum(rank_state_owner(name) is not None for name in manifest.files)),
-        memorisation_gate(spec.memorisation, model, tokenizer, [*spec.memorisation.canaries, *data_record.canaries], prefixes, margin),
+        memorisation_gate(spec.memorisation, model, tokenizer, [*spec.memorisation.canaries, *data.manifest.canaries], prefixes, margin),
         contamination_gate(spec.contamination, _evaluation_sets(spec), decoded_texts(train, tokenizer), margin),
         content_gate(spec.content, probe_generations(model, tokenizer, prefixes, spec.content)),
         bias_gate(spec.bias, _pairs(spec.bias.pairs), model, tokenizer, margin) if spec.bias.pairs else

@@ -7,6 +7,7 @@ import shlex
 
 import yaml
 
+from orchestrator.data.prepared import Manifest
 from orchestrator.plan.planner import LaunchPlan
 
 GiB = 2**30
@@ -72,12 +73,12 @@ def _host_line(plan: LaunchPlan) -> str:
             + f" = {_gib(h.per_node_bytes)} of {_gib(h.capacity_bytes)}" + ("" if h.fits else "  WILL NOT FIT"))
 
 
-def _source_lines(plan: LaunchPlan, prepared: dict | None) -> list[str]:
+def _source_lines(plan: LaunchPlan, prepared: Manifest | None) -> list[str]:
     """Each source's share of the run's tokens and, once prepared, how many epochs of it that is."""
     sources = plan.recipe.data.mixture()
     total_weight = sum(s.weight for s in sources)
     run_tokens = plan.batch.tokens_per_step * plan.recipe.train.steps
-    have = {s["name"]: s["train_tokens"] for s in (prepared or {}).get("sources", [])}
+    have = {s.name: s.train_tokens for s in prepared.sources} if prepared else {}
     lines = []
     for source in sources:
         share = source.weight / total_weight
@@ -90,7 +91,7 @@ def _source_lines(plan: LaunchPlan, prepared: dict | None) -> list[str]:
     return lines
 
 
-def render_plan(plan: LaunchPlan, prepared: dict | None = None) -> str:
+def render_plan(plan: LaunchPlan, prepared: Manifest | None = None) -> str:
     """`prepared`: the manifest of the recipe's data when it is already prepared (`orch prepare`),
     for each source's epochs over the run."""
     t, b, m, e = plan.topology, plan.batch, plan.memory, plan.time

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Annotated, Callable, Literal, TypeVar
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, computed_field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, computed_field, model_serializer, model_validator
 
+from orchestrator.data.prepared import Manifest, PreparedData, manifest_content
 from orchestrator.model.architectures import Sizes
 from orchestrator.recipe.schema import Recipe
 from orchestrator.rundir.layout import RunDir, damaged
@@ -211,21 +212,37 @@ class PlanRecord(Record):
         return config
 
 
-class DataRecord(Record):
-    """`data.json`: where the prepared data is, and its manifest's figures (those named here are read
-    by the control plane; the rest, which depend on the kind of data, are kept as they are)."""
+# -- data.json: the prepared data's directory and its manifest -----------------------------------------
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+DATA_FIGURES = ("vocab_size", "train_tokens", "val_tokens", "canaries")
+"""The manifest's figures `data.json` holds first, after `dir` (the rest follow in the manifest's order)."""
+
+
+class DataRecord(Record):
+    """`data.json`: where the prepared data is, and its manifest (`orchestrator.data.prepared`, text
+    or instruction data) as preparation wrote it, less the file list. The file holds them side by
+    side in one object, as it always has; `prepared` is the same data as the ranks load it from the
+    directory."""
+
     dir: Path
-    vocab_size: int
-    train_tokens: int
-    val_tokens: int
-    canaries: list[str] = []
-    """Random strings inserted into the training data, for the memorisation gate."""
+    manifest: Manifest
+
+    @model_validator(mode="before")
+    @classmethod
+    def _manifest_beside_dir(cls, data):
+        if isinstance(data, dict) and "manifest" not in data:
+            return {"dir": data.get("dir"), "manifest": {key: value for key, value in data.items() if key != "dir"}}
+        return data
+
+    @model_serializer(mode="wrap")
+    def _flat(self, handler) -> dict:
+        content, manifest = handler(self), manifest_content(self.manifest)
+        return {"dir": content["dir"], **{key: manifest[key] for key in DATA_FIGURES if key in manifest},
+                **{key: value for key, value in manifest.items() if key not in DATA_FIGURES}}
 
     @property
-    def tokenizer_dir(self) -> Path:
-        return self.dir / "tokenizer"
+    def prepared(self) -> PreparedData:
+        return PreparedData(self.dir, self.manifest)
 
 
 def _job_id(value: str) -> str:
@@ -304,9 +321,9 @@ def read_data(run: RunDir) -> DataRecord:
 
 
 def write_data(run: RunDir, directory: Path, manifest: dict) -> None:
-    """The prepared data's location and its manifest's figures (the file list stays in the cache)."""
-    figures = {k: v for k, v in manifest.items() if k != "files"}
-    run.write_file(run.data.name, DataRecord(dir=directory, **figures).model_dump_json(indent=2))
+    """The prepared data's location and its manifest (the file list stays in the cache)."""
+    record = DataRecord.model_validate({"dir": directory, **{k: v for k, v in manifest.items() if k != "files"}})
+    run.write_file(run.data.name, record.model_dump_json(indent=2))
 
 
 def read_jobs(run: RunDir) -> JobsRecord:

@@ -31,7 +31,9 @@ SHARED_WITH_THE_NODES = (
     "orchestrator.hub", "orchestrator.env", "orchestrator.hooks", "orchestrator.backends.imports",
     "orchestrator.sweep.spec",
 )
-NEVER_FROM_THE_NODES = ("orchestrator.cli", "orchestrator.plan", "orchestrator.slurm.submit", "orchestrator.execute", "orchestrator.gates.evaluate")
+NEVER_FROM_THE_NODES = ("orchestrator.cli", "orchestrator.plan", "orchestrator.slurm.submit", "orchestrator.execute", "orchestrator.gates.evaluate",
+                        # preparation (curation, tokenizer training): a rank reads prepared data through data.prepared
+                        "orchestrator.data.prepare")
 
 
 def module_name(path: Path) -> str:
