@@ -197,7 +197,7 @@ def energy_summary(run: RunDir) -> dict:
 
 def gate_summary(run: RunDir) -> dict:
     """The newest gate report: the verdict and each gate's status."""
-    from orchestrator.gates.report import newest_report
+    from orchestrator.gates.outcome import newest_report
 
     report = newest_report(run)
     if report is None:

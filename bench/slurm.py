@@ -1,7 +1,7 @@
 """How long from `orch submit` to training, and what does a Slurm preemption and requeue cost?
 
 On the local 2-node Slurm cluster (`slurm/dev-cluster.sh up`, started here first), with the job
-`tests/integration/test_slurm.py` submits (`TWO_NODES`: tiny-pretrain, 2 nodes x 1 rank, ZeRO-2):
+`tests/integration/test_slurm_submit.py` submits (`TWO_NODES`: tiny-pretrain, 2 nodes x 1 rank, ZeRO-2):
 
 1. submit -> first step, --repeats times: the wall clock just before `python -m orchestrator submit`
    is started, to the first row of `metrics.jsonl` appearing (polled). Broken down by the run's
@@ -35,7 +35,7 @@ from pathlib import Path
 
 from common import POLL_S, REPO, RESULTS, events, first_event, machine, orch_argv, parse_args, read_jsonl, row_after, wait_for, write_result
 
-# The job tests/integration/test_slurm.py submits (TWO_NODES, with tests/helpers/project.py's FAST); train.steps from --steps.
+# The job tests/integration/test_slurm_submit.py submits (TWO_NODES, with tests/helpers/project.py's FAST); train.steps from --steps.
 TWO_NODES = [
     "recipes/tiny-pretrain.yaml", "data.max_bytes=1500000", "train.schedule.warmup_steps=2", "train.eval_interval=1000",
     "distributed.nodes=2", "distributed.procs_per_node=1", "distributed.zero_stage=2", "checkpoint.interval_steps=4",

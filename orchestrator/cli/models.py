@@ -40,10 +40,10 @@ def gate(
 ) -> None:
     """Evaluate the recipe's gates on one checkpoint (quality, health, memorisation, contamination,
     content, bias, evaluation, robustness, budget); exit 4 when a required gate fails."""
-    from orchestrator.gates.evaluate import evaluate_gates, render_report
+    from orchestrator.gates.evaluate import evaluate_gates, render_gate_table
 
     report = evaluate_gates(run_dir, checkpoint)
-    typer.echo(report.model_dump_json(indent=2) if as_json else render_report(report))
+    typer.echo(report.model_dump_json(indent=2) if as_json else render_gate_table(report))
     if not report.passed:
         raise typer.Exit(EXIT_GATES_FAILED)
 
@@ -56,7 +56,7 @@ def release(
     register: Annotated[bool, typer.Option("--register", help="Also register it in an MLflow model registry (local store unless MLFLOW_TRACKING_URI is set).")] = False,
 ) -> None:
     """Publish a checkpoint whose required gates passed (by content hash): model, model card, manifest."""
-    from orchestrator.gates.release import release as make_release
+    from orchestrator.release.publish import release as make_release
 
     made = make_release(run_dir, checkpoint, to, register)
     typer.echo(f"released {made.checkpoint} -> {made.path} ({made.files} files, sha256 in release.json)")
@@ -67,7 +67,7 @@ def release(
 @command
 def verify(release_dir: Annotated[Path, typer.Argument(help="A release directory.", show_default=False)]) -> None:
     """Check a release against its manifest (release.json): every file, nothing added, no links; exit 6 if not."""
-    from orchestrator.gates.integrity import verify_release
+    from orchestrator.release.integrity import verify_release
 
     manifest = verify_release(release_dir)
     typer.echo(f"{release_dir}: all {len(manifest.files)} files match release.json")

@@ -15,7 +15,7 @@ from orchestrator.cli.watching import write_output
 from orchestrator.errors import OrchestratorError
 
 if TYPE_CHECKING:
-    from orchestrator.sweep.report import TrialRow
+    from orchestrator.sweep.page import TrialRow
     from orchestrator.sweep.study import SweepDir
 
 
@@ -97,11 +97,11 @@ def status(sweep_dir: SweepDirArg) -> None:
 @_sweep_command
 def report(sweep_dir: SweepDirArg) -> None:
     """What status shows, and report.html: the table, the metric against each parameter, every trial's curve."""
-    from orchestrator.sweep.report import render_sweep_report
+    from orchestrator.sweep.page import render_sweep_page
 
     swept = _open(sweep_dir)
     _rank(swept)
-    write_output(swept.report, render_sweep_report(swept))
+    write_output(swept.report, render_sweep_page(swept))
     typer.echo(f"wrote {swept.report}")
 
 
@@ -125,7 +125,7 @@ def _open(sweep_dir: Path) -> SweepDir:
 
 def _rank(swept: SweepDir) -> None:
     """The trials, best first, and best.yaml once a trial is complete."""
-    from orchestrator.sweep.report import render_status, trial_rows
+    from orchestrator.sweep.page import render_status, trial_rows
 
     rows, metric, direction = trial_rows(swept)
     best = _write_best(swept, rows) if any(r.state == "complete" for r in rows) else None
@@ -135,7 +135,7 @@ def _rank(swept: SweepDir) -> None:
 
 
 def _best_run(swept: SweepDir, action: str) -> Path:
-    from orchestrator.sweep.report import trial_rows
+    from orchestrator.sweep.page import trial_rows
 
     rows, _, _ = trial_rows(swept)
     best = _write_best(swept, rows)
@@ -145,7 +145,7 @@ def _best_run(swept: SweepDir, action: str) -> Path:
 
 def _write_best(swept: SweepDir, rows: list[TrialRow]) -> TrialRow:
     """best.yaml, written before anything is printed: a best trial whose recipe is gone is one line."""
-    from orchestrator.sweep.report import best_recipe
+    from orchestrator.sweep.page import best_recipe
 
     best, text = best_recipe(swept, rows)
     write_output(swept.best, text)

@@ -138,9 +138,9 @@ def run(
     """Train locally: all processes of this node, with a live progress bar; re-running continues from the newest verified checkpoint.
 
     One attempt at a time per run directory; if this command dies, the ranks checkpoint and stop (unless --detach)."""
-    from orchestrator.execute import SubprocessRunner, launch, prepare_run, start
-    from orchestrator.local_run import LocalRunRequest, plan_local_run
-    from orchestrator.progress import ProgressView
+    from orchestrator.starting.execute import SubprocessRunner, launch, prepare_run, start
+    from orchestrator.starting.local import LocalRunRequest, plan_local_run
+    from orchestrator.watching.progress import ProgressView
 
     overrides = list(overrides or [])
     if recipe is None or "=" in recipe:

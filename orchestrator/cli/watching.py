@@ -18,10 +18,10 @@ def status(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep showing progress (bar with ETA, loss, tokens/s) until the run ends; Ctrl-C to stop watching.")] = False,
 ) -> None:
     """State (from Slurm for submitted runs), current step and loss, restarts."""
-    from orchestrator.status import run_status
+    from orchestrator.watching.status import run_status
 
     if follow:
-        from orchestrator.progress import follow_run
+        from orchestrator.watching.progress import follow_run
 
         follow_run(run_dir, sys.stderr.isatty())
     typer.echo(run_status(run_dir).line())
@@ -39,7 +39,7 @@ def runs(
 
     The states of submitted runs come from one scheduler query for all of them; when the scheduler
     cannot be asked, the table says so once and shows the states their run directories record."""
-    from orchestrator.status import find_runs, render_runs
+    from orchestrator.watching.status import find_runs, render_runs
 
     filters = {"state": state, "name": name, "task": task, "backend": backend}
     table = find_runs(root, filters)
@@ -51,7 +51,7 @@ def runs(
 @command
 def show(run_dir: RunDirArg) -> None:
     """One run in detail: state, plan, latest metrics, checkpoints, energy, gates, releases, dashboards."""
-    from orchestrator.show import describe_run
+    from orchestrator.watching.show import describe_run
 
     typer.echo(describe_run(run_dir))
 
@@ -62,10 +62,10 @@ def report(
     out: Annotated[Optional[Path], typer.Option("--out", help="HTML file to write (default <run>/report.html).")] = None,
 ) -> None:
     """A self-contained HTML report: loss, validation loss, LR, throughput, energy per node, checkpoint stalls, gates."""
-    from orchestrator.report import render_report
+    from orchestrator.watching.page import render_run_page
     from orchestrator.rundir.layout import RunDir
 
-    page = render_report(run_dir)
+    page = render_run_page(run_dir)
     target = out or RunDir(run_dir).report
     write_output(target, page)
     typer.echo(f"wrote {target}")
@@ -139,7 +139,7 @@ def energy(
     """A run's energy and carbon bill: per node and device with each figure's method, totals, phases,
     energy lost to failures, and the plan's forecast beside it. Works during a run too."""
     from orchestrator.energy.bill import bill_for
-    from orchestrator.energy.report import render_bill
+    from orchestrator.energy.table import render_bill
     from orchestrator.rundir.bill import bill_json
 
     bill = bill_for(run_dir)

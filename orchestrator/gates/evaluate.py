@@ -24,7 +24,7 @@ from orchestrator.gates.extraction import probe_generations, training_prefixes
 from orchestrator.gates.health import health_gate
 from orchestrator.gates.memorisation import memorisation_gate
 from orchestrator.gates.quality import bias_gate, quality_gate, read_pairs
-from orchestrator.gates.report import GateReport, passes
+from orchestrator.gates.outcome import GateReport, passes
 from orchestrator.gates.result import GateResult, judge, skipped
 from orchestrator.gates.robustness import robustness_gate
 from orchestrator.rundir import events
@@ -141,7 +141,7 @@ def _budget_gate(run: RunDir, recipe, margin: float) -> GateResult:
                       {"facility_kwh": totals.facility_kwh, "kgco2e": totals.kgco2e})
 
 
-def render_report(report: GateReport) -> str:
+def render_gate_table(report: GateReport) -> str:
     lines = [f"gates for {report.checkpoint} (content {report.checkpoint_hash[:12]}):",
              f"{'gate':<14} {'status':<8} {'value':>10} {'limit':>10}  evidence"]
     for r in report.results:

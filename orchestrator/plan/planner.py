@@ -1,7 +1,7 @@
 """`make_plan(recipe, env) -> LaunchPlan`: pure planning, no side effects.
 
 The plan is data: the files to write into the run directory and the processes to start.
-Executing it is `orchestrator.execute`'s job; tests assert on plans. Planning is two steps:
+Executing it is `orchestrator.starting.execute`'s job; tests assert on plans. Planning is two steps:
 `check_recipe` collects every problem the recipe has on this machine (all reported together),
 then the estimates (model size, memory, time, energy) are derived from the checked recipe.
 """

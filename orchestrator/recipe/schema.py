@@ -10,7 +10,7 @@ from orchestrator.checkpoint.spec import CheckpointSpec
 from orchestrator.data.spec import DataSpec
 from orchestrator.backends.spec import DeepSpeedSpec, DistributedSpec
 from orchestrator.energy.spec import EnergySpec
-from orchestrator.gates.card_spec import CardSpec
+from orchestrator.release.card_spec import CardSpec
 from orchestrator.gates.spec import GatesSpec
 from orchestrator.model.spec import ModelSpec
 from orchestrator.slurm.spec import SlurmSpec

@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from orchestrator.errors import OrchestratorError
-from orchestrator.execute import record_data
+from orchestrator.starting.execute import record_data
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import read_plan, read_recipe
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from orchestrator.env import EnvSnapshot, GpuInfo
 from orchestrator.data.prepare import prepared_manifest
 from orchestrator.errors import SlurmError
-from orchestrator.execute import prepare_run
+from orchestrator.starting.execute import prepare_run
 from orchestrator.plan.planner import LaunchPlan
 from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir

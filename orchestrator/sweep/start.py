@@ -69,8 +69,8 @@ def sweep_changes(before: Recipe, now: Recipe) -> list[str]:
 
 def sweep_locally(recipe: Path, overrides: list[str], sweep_dir: Path | None, say: Callable[[str], None]) -> SweepDir:
     """Every trial on this machine, one after another, while holding the sweep directory."""
-    from orchestrator.attempt import hold_attempt
-    from orchestrator.execute import prepare_run
+    from orchestrator.starting.attempt import hold_attempt
+    from orchestrator.starting.execute import prepare_run
     from orchestrator.sweep.trial import run_locally
 
     loaded, plan, _ = plan_sweep(recipe, overrides, sweep_dir, for_slurm=False)

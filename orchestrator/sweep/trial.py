@@ -68,8 +68,8 @@ def tell(study, trial, spec, run: RunDir, judge: Judge, failed: str | None = Non
 
 def run_locally(sweep: SweepDir, say: Callable[[str], None]) -> None:
     """Every slot in order, one trial at a time; a finished trial is skipped, an interrupted one resumes."""
-    from orchestrator.execute import SubprocessRunner, launch, prepare_run
-    from orchestrator.local_run import LocalRunRequest, plan_local_run
+    from orchestrator.starting.execute import SubprocessRunner, launch, prepare_run
+    from orchestrator.starting.local import LocalRunRequest, plan_local_run
 
     recipe = sweep.read_recipe()
     spec = recipe.sweep
@@ -98,7 +98,7 @@ def run_locally(sweep: SweepDir, say: Callable[[str], None]) -> None:
 def main() -> None:
     """An array task: its slot's trial, planned for this cluster on first start, then the job step."""
     from orchestrator.errors import EXIT_REQUEUE
-    from orchestrator.execute import prepare_run
+    from orchestrator.starting.execute import prepare_run
     from orchestrator.plan.load import load_and_plan
     from orchestrator.rundir.records import add_job
     from orchestrator.slurm.batch import run_job_step

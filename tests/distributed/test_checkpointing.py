@@ -12,9 +12,9 @@ import psutil
 import pytest
 
 from orchestrator.errors import ResumeError
-from orchestrator.local_run import LocalRunRequest, plan_local_run
+from orchestrator.starting.local import LocalRunRequest, plan_local_run
 from orchestrator.rundir.layout import RunDir
-from orchestrator.show import describe_run
+from orchestrator.watching.show import describe_run
 from tests.helpers.processes import kill_run, orch, start_orch
 from tests.helpers.project import FAST, TINY
 from tests.helpers.mfu import assert_mfu_matches_plan

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from orchestrator.attempt import hold_attempt
+from orchestrator.starting.attempt import hold_attempt
 from orchestrator.errors import EXIT_RUN_BUSY, RunBusy
 from orchestrator.rundir.layout import RunDir
 from tests.helpers.processes import orch, start_orch, wait_for_rows

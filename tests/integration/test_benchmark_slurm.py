@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.distributed.test_benchmarks import positive, run_bench
-from tests.integration.test_slurm import cluster  # noqa: F401  (the module-scoped fixture that starts it)
+from tests.integration.test_slurm_submit import cluster  # noqa: F401  (the module-scoped fixture that starts it)
 
 pytestmark = pytest.mark.integration
 

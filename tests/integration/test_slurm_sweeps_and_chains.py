@@ -1,4 +1,4 @@
-"""Sweeps and pipelines on the real local Slurm cluster (started by `cluster`, as for test_slurm):
+"""Sweeps and pipelines on the real local Slurm cluster (started by `cluster`, as for test_slurm_submit):
 one array job of trials, two at a time, cancelled mid-way and run again; a diverging learning rate
 pruned; `best.yaml` trained again to the same result; `orch submit --then gate,release` as three
 dependent jobs, and a failed gate that ends the chain before the release."""
@@ -15,7 +15,7 @@ import pytest
 from orchestrator.slurm.script import array_ranges
 from tests.helpers.processes import orch
 from tests.helpers.project import FAST, LIGHT_GATES
-from tests.integration.test_slurm import cluster, job_fields  # noqa: F401  (cluster: the module-scoped fixture that starts it)
+from tests.integration.test_slurm_submit import cluster, job_fields  # noqa: F401  (cluster: the module-scoped fixture that starts it)
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ SHARED_WITH_THE_NODES = (
     "orchestrator.rundir", "orchestrator.errors", "orchestrator.spec", "orchestrator.recipe.schema",
     # every section's spec, which the recipe composes
     "orchestrator.backends.spec", "orchestrator.checkpoint.spec", "orchestrator.data.spec", "orchestrator.energy.spec",
-    "orchestrator.gates.spec", "orchestrator.gates.card_spec", "orchestrator.model.spec", "orchestrator.slurm.spec", "orchestrator.tracking.spec", "orchestrator.train.spec",
+    "orchestrator.gates.spec", "orchestrator.release.card_spec", "orchestrator.model.spec", "orchestrator.slurm.spec", "orchestrator.tracking.spec", "orchestrator.train.spec",
     # libraries both planes use: models and their inputs, data, checkpoint storage, its tree walk and policy, the
     # energy bill, the dashboards' mirror, sinks and secret redaction, the LR schedule, offline mode, matmul timing
     "orchestrator.model", "orchestrator.data", "orchestrator.train",
@@ -31,7 +31,9 @@ SHARED_WITH_THE_NODES = (
     "orchestrator.hub", "orchestrator.env", "orchestrator.hooks", "orchestrator.backends.imports",
     "orchestrator.sweep.spec",
 )
-NEVER_FROM_THE_NODES = ("orchestrator.cli", "orchestrator.plan", "orchestrator.slurm.submit", "orchestrator.execute", "orchestrator.gates.evaluate",
+NEVER_FROM_THE_NODES = ("orchestrator.cli", "orchestrator.plan", "orchestrator.slurm.submit", "orchestrator.gates.evaluate",
+                        # starting a run (its directory, the attempt lock, the launchers), inspecting runs, releasing
+                        "orchestrator.starting", "orchestrator.watching", "orchestrator.release.publish",
                         # preparation (curation, tokenizer training): a rank reads prepared data through data.prepared
                         "orchestrator.data.prepare")
 

@@ -10,17 +10,17 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from orchestrator.attempt import hold_attempt
+from orchestrator.starting.attempt import hold_attempt
 from orchestrator.cli import app
 from orchestrator.errors import EXIT_RUN_BUSY, LaunchError, ResumeError, RunBusy
-from orchestrator.local_run import LocalRunRequest, plan_local_run
+from orchestrator.starting.local import LocalRunRequest, plan_local_run
 from orchestrator.plan.planner import make_plan
 from orchestrator.recipe.loader import load_recipe
 from orchestrator.slurm.batch import node_command
 from tests.helpers.planning import make_env, tiny_plan_record, write_plan
 from tests.helpers.project import TINY
 
-HOLD = "import sys; from pathlib import Path; from orchestrator.attempt import hold_attempt; a = hold_attempt(Path(sys.argv[1])); print('held', flush=True); sys.stdin.read()"
+HOLD = "import sys; from pathlib import Path; from orchestrator.starting.attempt import hold_attempt; a = hold_attempt(Path(sys.argv[1])); print('held', flush=True); sys.stdin.read()"
 
 
 def hold_in_child(run_dir: Path) -> subprocess.Popen:
@@ -67,7 +67,7 @@ def test_a_process_started_with_the_lock_keeps_it_after_its_starter_dies(tmp_pat
     starter = """
 import subprocess, sys
 from pathlib import Path
-from orchestrator.attempt import hold_attempt
+from orchestrator.starting.attempt import hold_attempt
 a = hold_attempt(Path(sys.argv[1]))
 child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE, pass_fds=(a.fd,))
 a.add_process(child.pid)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.attempt import hold_attempt
+from orchestrator.starting.attempt import hold_attempt
 from orchestrator.checkpoint import store
 from orchestrator.errors import DamagedRun
 from orchestrator.rundir.checkpoint_records import (

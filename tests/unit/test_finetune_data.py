@@ -12,7 +12,7 @@ import pytest
 from orchestrator.data.instruct import IGNORE, pack, read_examples, tokenize
 from orchestrator.data.spec import InstructionSpec
 from orchestrator.errors import DataError, RecipeError
-from orchestrator.gates.annex import Compute
+from orchestrator.release.annex import Compute
 from orchestrator.plan.planner import make_plan
 from orchestrator.recipe.loader import load_recipe
 from orchestrator.model.inputs import model_inputs

@@ -18,9 +18,9 @@ from orchestrator.errors import EXIT_VERIFY_FAILED, ReleaseInvalid, ReleaseRefus
 from orchestrator.gates.content import content_gate, find_personal_data
 from orchestrator.gates.health import health_gate, loss_spikes
 from orchestrator.gates.memorisation import longest_verbatim, redraw_digits
-from orchestrator.gates import integrity
-from orchestrator.gates.integrity import REQUIRED_FILES, ReleaseManifest, describe, verify_release
-from orchestrator.gates.release import gate_report_for
+from orchestrator.release import integrity
+from orchestrator.release.integrity import REQUIRED_FILES, ReleaseManifest, describe, verify_release
+from orchestrator.release.publish import gate_report_for
 from orchestrator.gates.spec import GATE_NAMES
 from orchestrator.gates.result import judge
 from orchestrator.gates.spec import ContentGate, HealthGate, MemorisationGate

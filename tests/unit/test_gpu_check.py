@@ -11,7 +11,7 @@ import pytest
 
 from launch.energy.monitor import EnergyMonitor
 from orchestrator.energy.bill import J_PER_KWH
-from orchestrator.gates.report import GateReport
+from orchestrator.gates.outcome import GateReport
 from orchestrator.gates.result import GateResult
 from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir

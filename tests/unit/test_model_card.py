@@ -18,10 +18,10 @@ import yaml
 from orchestrator.energy.bill import make_bill
 from orchestrator.rundir.bill import EnergyBill, bill_json
 from orchestrator.energy.grid import Intensity
-from orchestrator.gates.annex import HEADING, RunRecords, technical_figures
-from orchestrator.gates.card import model_card
-from orchestrator.gates.card_spec import CardSpec
-from orchestrator.gates.report import GateReport
+from orchestrator.release.annex import HEADING, RunRecords, technical_figures
+from orchestrator.release.card import model_card
+from orchestrator.release.card_spec import CardSpec
+from orchestrator.gates.outcome import GateReport
 from orchestrator.gates.result import GateResult
 from orchestrator.recipe.loader import load_recipe
 from orchestrator.rundir import events
@@ -179,7 +179,7 @@ def test_the_shipped_tiny_recipes_declare_a_research_and_test_model():
 
 
 def test_a_release_writes_the_cards_figures_as_technical_json(tmp_path):
-    from orchestrator.gates.release import _add_records
+    from orchestrator.release.publish import _add_records
 
     run, bill = make_run(tmp_path), energy_bill()
     (run.energy_parts / "n1").mkdir(parents=True)  # the release computes the bill itself: from the same records

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator.progress import ProgressView, describe_event
+from orchestrator.watching.progress import ProgressView, describe_event
 
 SUMMARY = {"steps": 85, "first_loss": 7.6, "final_loss": 5.1, "final_val_loss": None, "tokens_per_s": 2100.0, "mfu": 0.21,
            "checkpoint": "runs/x/checkpoints/step-00000085", "energy": None}

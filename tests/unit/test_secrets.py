@@ -104,8 +104,8 @@ def test_known_shapes_are_redacted(line, secret):
 
 def test_a_release_of_a_run_planned_before_redaction_holds_no_secret(tmp_path):
     """The release's recipe.yaml is written redacted, not copied: an older run's file may hold the value."""
-    from orchestrator.gates.release import _add_records
-    from orchestrator.gates.report import GateReport
+    from orchestrator.release.publish import _add_records
+    from orchestrator.gates.outcome import GateReport
     from orchestrator.rundir.layout import RunDir
     from orchestrator.rundir.records import recipe_yaml, write_data
     from tests.helpers.planning import write_plan

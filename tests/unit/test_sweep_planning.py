@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from orchestrator.cli import app
 from orchestrator.errors import RecipeError, SlurmError, SweepError
-from orchestrator.execute import prepare_run
+from orchestrator.starting.execute import prepare_run
 from orchestrator.plan.planner import make_plan
 from orchestrator.recipe.loader import load_recipe
 from orchestrator.rundir.entry import SAFE_PATH
@@ -24,7 +24,7 @@ from orchestrator.rundir.records import JobsRecord
 from orchestrator.slurm.client import Job
 from orchestrator.slurm.script import array_ranges, render_array_sbatch, render_step_sbatch
 from orchestrator.slurm.submit import cluster_env, parse_then
-from orchestrator.status import RunStatus, with_jobs
+from orchestrator.watching.status import RunStatus, with_jobs
 from orchestrator.sweep.space import check_space, trial_overrides
 from orchestrator.sweep.spec import SweepSpec
 from orchestrator.sweep.start import plan_sweep, unfinished_slots

@@ -1,7 +1,7 @@
 """A sweep's state survives crashes, hand edits and odd names: reading a sweep never writes its
 journal, a torn last line is set aside (and kept) before the next append, a trial's values from the
 journal are run only inside the sweep's space, and the sweep directory's name reads back as itself in
-every trial's recipe and in best.yaml. (Damaged journals and recipes as one line: test_corpus.py.)"""
+every trial's recipe and in best.yaml. (Damaged journals and recipes as one line: test_malformed_inputs.py.)"""
 
 from __future__ import annotations
 

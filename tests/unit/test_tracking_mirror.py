@@ -6,10 +6,10 @@ import json
 
 from pathlib import Path
 
-from orchestrator.report import svg_chart
+from orchestrator.watching.page import svg_chart
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir import events
-from orchestrator.status import RunStatus, matches
+from orchestrator.watching.status import RunStatus, matches
 from orchestrator.tracking.mirror import Mirror, event_metrics
 from orchestrator.tracking.spec import TrackingSpec
 from tests.helpers.sinks import Exploding, Recording

@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from orchestrator.gates.report import newest_report
+from orchestrator.gates.outcome import newest_report
 from orchestrator.rundir.bill import read_bill
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.rows import Checkpoint, MetricRow
@@ -92,8 +92,8 @@ def html_table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def render_report(run_dir: Path) -> str:
-    from orchestrator.status import run_status
+def render_run_page(run_dir: Path) -> str:
+    from orchestrator.watching.status import run_status
 
     run = RunDir(run_dir)
     status = run_status(run.path)

@@ -19,10 +19,10 @@ from pathlib import Path
 
 from orchestrator.checkpoint import store
 from orchestrator.errors import ReleaseRefused
-from orchestrator.gates.annex import RunRecords, technical_figures
-from orchestrator.gates.card import model_card
-from orchestrator.gates.integrity import ReleaseManifest, describe
-from orchestrator.gates.report import GateReport, passes
+from orchestrator.release.annex import RunRecords, technical_figures
+from orchestrator.release.card import model_card
+from orchestrator.release.integrity import ReleaseManifest, describe
+from orchestrator.gates.outcome import GateReport, passes
 from orchestrator.gates.spec import GATE_NAMES
 from orchestrator.rundir.layout import RELEASE_MANIFEST, RunDir
 from orchestrator.recipe.redact import redact_recipe

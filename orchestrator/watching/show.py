@@ -5,15 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from orchestrator.errors import DamagedRun
-from orchestrator.gates.report import GateReport
-from orchestrator.progress import wall_time
+from orchestrator.gates.outcome import GateReport
+from orchestrator.watching.progress import wall_time
 from orchestrator.rundir.bill import read_bill
 from orchestrator.rundir.checkpoint_records import read_summary
 from orchestrator.rundir.layout import RELEASE_MANIFEST, RunDir, damaged
 from orchestrator.data.prepared import TextManifest
 from orchestrator.data.summary import curation_line, source_lines
 from orchestrator.rundir.records import DataRecord, read_data, read_plan
-from orchestrator.status import run_status
+from orchestrator.watching.status import run_status
 
 
 def describe_run(run_dir: Path) -> str:

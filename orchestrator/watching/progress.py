@@ -86,7 +86,7 @@ def follow_run(run_dir: Path, interactive: bool, poll_s: float = 1.0) -> None:
     import time
 
     from orchestrator.rundir.layout import RunDir
-    from orchestrator.status import run_status
+    from orchestrator.watching.status import run_status
 
     run = RunDir(run_dir)
     status = run_status(run.path)

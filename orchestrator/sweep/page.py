@@ -100,9 +100,9 @@ def render_status(rows: list[TrialRow], metric: str, direction: str, sweep: Swee
     return "\n".join(lines)
 
 
-def render_sweep_report(sweep: SweepDir) -> str:
+def render_sweep_page(sweep: SweepDir) -> str:
     """The HTML page: the ranked table, the metric against each parameter, every trial's validation curve."""
-    from orchestrator.report import html_page, html_table, svg_chart
+    from orchestrator.watching.page import html_page, html_table, svg_chart
 
     rows, metric, direction = trial_rows(sweep)
     recipe = sweep.read_recipe()

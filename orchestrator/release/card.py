@@ -1,12 +1,12 @@
 """The model card of a release: what was trained on what, for how long, what it cost, what it passed;
-then its technical documentation after the EU AI Act's Annex XI (orchestrator/gates/annex.py)."""
+then its technical documentation after the EU AI Act's Annex XI (orchestrator/release/annex.py)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from orchestrator.gates.annex import RunRecords, technical_documentation
-from orchestrator.gates.report import GateReport
+from orchestrator.release.annex import RunRecords, technical_documentation
+from orchestrator.gates.outcome import GateReport
 from orchestrator.model.spec import ModelSpec
 from orchestrator.rundir.bill import EnergyBill
 from orchestrator.rundir.checkpoint_records import read_summary

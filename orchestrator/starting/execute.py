@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
-from orchestrator.attempt import Attempt
+from orchestrator.starting.attempt import Attempt
 from orchestrator.data.prepare import prepare_data
 from orchestrator.errors import EXIT_REQUEUE, BudgetExceeded, LaunchError, Preempted
 from orchestrator.hub import work_offline
 from orchestrator.plan.planner import LaunchPlan, ProcessSpec
-from orchestrator.provenance import provenance
+from orchestrator.starting.provenance import provenance
 from orchestrator.recipe.schema import Recipe
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import write_data

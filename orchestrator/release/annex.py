@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from orchestrator.data.prepared import InstructionManifest, TextManifest
-from orchestrator.gates.report import GateReport
+from orchestrator.gates.outcome import GateReport
 from orchestrator.recipe.schema import Recipe
 from orchestrator.rundir.bill import EnergyBill
 from orchestrator.rundir.layout import RunDir
