@@ -29,8 +29,8 @@ import torch
 import yaml
 
 import common  # noqa: F401  puts the checkout on sys.path
-from orchestrator.data.prepared import PreparedData
-from orchestrator.data.stream import open_split
+from orchestrator.shared.data.prepared import PreparedData
+from orchestrator.shared.data.stream import open_split
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import read_data
 

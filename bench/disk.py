@@ -11,8 +11,8 @@ from pathlib import Path
 import xxhash
 
 import common  # noqa: F401  puts the checkout on sys.path
-from orchestrator.checkpoint.store import fsync_path  # the saver's own fsync
-from orchestrator.filetree import digest_file  # and the hash it records
+from orchestrator.shared.checkpoint.store import fsync_path  # the saver's own fsync
+from orchestrator.shared.filetree import digest_file  # and the hash it records
 
 MEMORY = Path("/dev/shm")
 PROBES_PER_RUN = 3

@@ -36,7 +36,7 @@ SMOKE = {"steps": 3, "warmup_steps": 1, "repeats": 1, "configs": "off,on-0.1s", 
 
 def sample_cost_s(samples: int) -> float:
     """Wall seconds per sample of the monitor with this machine's node meters (the local leader's set)."""
-    from orchestrator.energy.hardware import cpu_power
+    from orchestrator.shared.energy.hardware import cpu_power
     from launch.energy.meters import node_meters
     from launch.energy.monitor import EnergyMonitor
 

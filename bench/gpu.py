@@ -181,7 +181,7 @@ def startup_memory(run: RunDir) -> list[dict] | None:
 
 def energy_summary(run: RunDir) -> dict:
     """The bill as `orch energy` computes it from the run's records: each device's method and kWh, the totals."""
-    from orchestrator.energy.bill import bill_for
+    from orchestrator.shared.energy.bill import bill_for
 
     bill = bill_for(run.path)
     devices = [{"node": node, **d.model_dump(include={"device", "kind", "method", "kwh"})} for node, d in bill.devices()]

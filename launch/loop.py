@@ -16,15 +16,15 @@ from launch.energy.monitor import Monitor
 from launch.engines import Engine
 from launch.memory import PeakTracker
 from launch.signals import StopFlag
-from orchestrator.checkpoint import store
-from orchestrator.checkpoint.policy import SavePolicy, job_deadline, last_stall
-from orchestrator.checkpoint.resume import compatibility
-from orchestrator.checkpoint.saver import CheckpointSaver, SaveReport
-from orchestrator.data.prepared import PreparedData
-from orchestrator.data.stream import open_split, open_stream, validation_indices
-from orchestrator.env import matmul_rate
+from orchestrator.shared.checkpoint import store
+from orchestrator.shared.checkpoint.policy import SavePolicy, job_deadline, last_stall
+from orchestrator.shared.checkpoint.resume import compatibility
+from orchestrator.shared.checkpoint.saver import CheckpointSaver, SaveReport
+from orchestrator.shared.data.prepared import PreparedData
+from orchestrator.shared.data.stream import open_split, open_stream, validation_indices
+from orchestrator.shared.env import matmul_rate
 from orchestrator.errors import EXIT_BUDGET, EXIT_REQUEUE
-from orchestrator.model.inputs import count, take
+from orchestrator.shared.model.inputs import count, take
 from orchestrator.recipe.schema import Recipe
 from orchestrator.rundir import events
 from orchestrator.rundir.bill import EnergyBill

@@ -11,8 +11,8 @@ from __future__ import annotations
 import threading
 
 from orchestrator.rundir.layout import RunDir
-from orchestrator.tracking.mirror import Mirror
-from orchestrator.tracking.sinks import make_sinks
+from orchestrator.shared.tracking.mirror import Mirror
+from orchestrator.shared.tracking.sinks import make_sinks
 from orchestrator.tracking.spec import TrackingSpec
 
 CLOSE_TIMEOUT_S = 60.0

@@ -19,13 +19,13 @@ from launch.engines import Engine, backend_module
 from launch.loop import Trainer, seed_everything
 from launch.mirror import NullMirror, start_mirror
 from launch.signals import StopFlag
-from orchestrator.hub import work_offline
+from orchestrator.shared.hub import work_offline
 from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import PlanRecord, read_data, read_plan, read_recipe
 from orchestrator.rundir.rows import EngineBuilt
 from orchestrator.recipe.schema import Recipe
-from orchestrator.tracking.mirror import run_config
+from orchestrator.shared.tracking.mirror import run_config
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ command. Only what was written to be a hook is accepted, shown by the marker its
     def flag(text: str) -> list: ...
 
     @tracking_sink
-    class MySink: ...          # open/log/artifact/close, as orchestrator.tracking.sinks.Sink
+    class MySink: ...          # open/log/artifact/close, as orchestrator.shared.tracking.sinks.Sink
 
 Importing a module runs it, so the marker is looked for before anything is imported: the module is
 found without importing it or its packages, and its source must define the name at top level under
@@ -54,7 +54,7 @@ def content_classifier(function: Hook) -> Hook:
 def tracking_sink(cls: Hook) -> Hook:
     """Marks a class with open/log/artifact/close as a sink `tracking.custom` may name."""
     if not isinstance(cls, type) or any(not callable(getattr(cls, m, None)) for m in SINK_METHODS):
-        raise TypeError(f"@tracking_sink marks a class with {', '.join(SINK_METHODS)} (orchestrator.tracking.sinks.Sink)")
+        raise TypeError(f"@tracking_sink marks a class with {', '.join(SINK_METHODS)} (orchestrator.shared.tracking.sinks.Sink)")
     setattr(cls, SINK_MARK, True)
     return cls
 

@@ -14,8 +14,8 @@ import time
 
 from launch.energy.meters import rank_meters
 from launch.energy.monitor import EnergyMonitor, Monitor, NullMonitor
-from orchestrator.energy.bill import compute_bill
-from orchestrator.energy.hardware import CpuPower
+from orchestrator.shared.energy.bill import compute_bill
+from orchestrator.shared.energy.hardware import CpuPower
 from orchestrator.energy.spec import EnergySpec
 from orchestrator.rundir import events
 from orchestrator.rundir.bill import BillTotals, EnergyBill, write_bill

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
-from orchestrator.energy.hardware import CpuPower, cpu_load_power_w
+from orchestrator.shared.energy.hardware import CpuPower, cpu_load_power_w
 
 POWERCAP_ROOT = Path("/sys/class/powercap")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from launch.energy.meters import Meter
-from orchestrator.filetree import write_file
+from orchestrator.shared.filetree import write_file
 from orchestrator.rundir.layout import RunDir
 
 HOUR_S = 3600

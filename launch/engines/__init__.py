@@ -18,7 +18,7 @@ from types import ModuleType
 from typing import Protocol
 
 from launch.memory import StartupMemory
-from orchestrator.model.inputs import Rows
+from orchestrator.shared.model.inputs import Rows
 
 ENGINES = {"deepspeed": "launch.engines.deepspeed", "horovod": "launch.engines.horovod"}
 

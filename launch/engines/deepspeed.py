@@ -17,13 +17,13 @@ from pathlib import Path
 from launch.engines.replica import parameter_digest
 from launch.memory import PeakTracker, StartupMemory, return_freed_memory
 from launch.rank_state import state_owner
-from orchestrator.backends.imports import import_deepspeed, import_muon_uncompiled
-from orchestrator.model.architectures import Sizes
-from orchestrator.model.build import build_model, import_model_code
-from orchestrator.model.inputs import Rows, model_inputs
+from orchestrator.shared.backend_imports import import_deepspeed, import_muon_uncompiled
+from orchestrator.shared.model.architectures import Sizes
+from orchestrator.shared.model.build import build_model, import_model_code
+from orchestrator.shared.model.inputs import Rows, model_inputs
 from orchestrator.recipe.schema import Recipe
 from orchestrator.rundir.records import PlanRecord
-from orchestrator.train.schedule import lr_multiplier
+from orchestrator.shared.schedule import lr_multiplier
 
 torch = None
 """Imported when an engine is built: the node launcher imports this module for its node hooks

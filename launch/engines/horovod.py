@@ -22,12 +22,12 @@ from pathlib import Path
 from launch.engines.replica import parameter_digest
 from launch.memory import PeakTracker, StartupMemory
 from launch.rank_state import state_owner
-from orchestrator.model.build import build_model, import_model_code
-from orchestrator.model.inputs import Rows, model_inputs
+from orchestrator.shared.model.build import build_model, import_model_code
+from orchestrator.shared.model.inputs import Rows, model_inputs
 from orchestrator.recipe.schema import Recipe
 from orchestrator.rundir.layout import HOROVOD_STATE
 from orchestrator.rundir.records import PlanRecord
-from orchestrator.train.schedule import lr_multiplier
+from orchestrator.shared.schedule import lr_multiplier
 
 torch = None
 """Imported when an engine is built: the node launcher imports this module for its node hooks

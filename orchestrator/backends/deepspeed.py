@@ -18,13 +18,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from orchestrator.backends.imports import import_deepspeed
-from orchestrator.checkpoint import store
+from orchestrator.shared.backend_imports import import_deepspeed
+from orchestrator.shared.checkpoint import store
 from orchestrator.errors import CheckpointError, ResumeError
 from orchestrator.rundir.entry import module_argv
 
 if TYPE_CHECKING:
-    from orchestrator.model.architectures import Sizes
+    from orchestrator.shared.model.architectures import Sizes
     from orchestrator.plan.arithmetic import Batch, Topology
     from orchestrator.recipe.schema import Recipe
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from orchestrator.rundir.layout import HOROVOD_STATE
 
 if TYPE_CHECKING:
-    from orchestrator.model.architectures import Sizes
+    from orchestrator.shared.model.architectures import Sizes
     from orchestrator.plan.arithmetic import Batch, Topology
     from orchestrator.recipe.schema import Recipe
 

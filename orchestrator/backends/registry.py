@@ -10,7 +10,7 @@ from orchestrator.backends.deepspeed import DeepSpeedBackend
 from orchestrator.backends.horovod import HorovodBackend
 
 if TYPE_CHECKING:
-    from orchestrator.model.architectures import Sizes
+    from orchestrator.shared.model.architectures import Sizes
     from orchestrator.plan.arithmetic import Batch, Topology
     from orchestrator.recipe.schema import Recipe
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from orchestrator.backends.registry import BACKENDS
-from orchestrator.checkpoint import store
+from orchestrator.shared.checkpoint import store
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import ElasticRecord, write_elastic
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from orchestrator.checkpoint import store
+from orchestrator.shared.checkpoint import store
 from orchestrator.errors import CheckpointError
 from orchestrator.rundir.checkpoint_records import CheckpointManifest
 from orchestrator.rundir.layout import RunDir
@@ -142,7 +142,7 @@ def consolidated_state_dict(run, checkpoint: Path, zero_stage: int) -> tuple[dic
 
 def _model_with(run, state: dict):
     """The model the run trained, built from its recipe and plan, holding the checkpoint's weights."""
-    from orchestrator.model.build import build_model
+    from orchestrator.shared.model.build import build_model
     from orchestrator.rundir.records import read_plan, read_recipe
 
     model = build_model(read_recipe(run).model, read_plan(run).model.sizes)
@@ -182,7 +182,7 @@ def _record(checkpoint: Path, manifest: CheckpointManifest, dtype: ExportDtype, 
     import torch
     import transformers
 
-    from orchestrator.backends.imports import import_deepspeed
+    from orchestrator.shared.backend_imports import import_deepspeed
 
     deepspeed = import_deepspeed()
     return {

@@ -12,9 +12,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.checkpoint import store
+from orchestrator.shared.checkpoint import store
 from orchestrator.errors import CheckpointError
-from orchestrator.filetree import read_file, shown, walk
+from orchestrator.shared.filetree import read_file, shown, walk
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import read_plan
 

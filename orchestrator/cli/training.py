@@ -62,7 +62,7 @@ def prepare(
     """Prepare the recipe's data into the cache (curate, train the tokenizer, tokenize into shards); `run` and `submit` do it when it is missing."""
     from orchestrator.data.prepare import prepare_data
     from orchestrator.data.summary import describe_preparation
-    from orchestrator.hub import work_offline
+    from orchestrator.shared.hub import work_offline
     from orchestrator.plan.load import load_and_plan
 
     _, launch_plan, _ = load_and_plan(recipe, overrides, measure_cpu=False)

@@ -74,7 +74,7 @@ def report(
 def write_output(path: Path, content: str) -> None:
     """A file a command writes for the user (a report, a sweep's best.yaml): whole and never through a
     link planted at its name (`filetree.write_file`); a path that cannot take it is one line."""
-    from orchestrator.filetree import write_file
+    from orchestrator.shared.filetree import write_file
 
     try:
         write_file(path, content)
@@ -138,7 +138,7 @@ def energy(
 ) -> None:
     """A run's energy and carbon bill: per node and device with each figure's method, totals, phases,
     energy lost to failures, and the plan's forecast beside it. Works during a run too."""
-    from orchestrator.energy.bill import bill_for
+    from orchestrator.shared.energy.bill import bill_for
     from orchestrator.energy.table import render_bill
     from orchestrator.rundir.bill import bill_json
 

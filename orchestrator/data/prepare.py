@@ -27,9 +27,9 @@ import numpy as np
 from orchestrator.data.corpus import SourceFile, datasets_file, file_stats, fingerprint, iter_documents, source_files
 from orchestrator.data.curate import Deduplicator, contamination_from
 from orchestrator.data.pieces import PIECE_CHARS, pieces
-from orchestrator.data.prepared import (MANIFEST, InstructionManifest, PreparedData, TextManifest, manifest_content,
+from orchestrator.shared.data.prepared import (MANIFEST, InstructionManifest, PreparedData, TextManifest, manifest_content,
                                       read_manifest, write_manifest)
-from orchestrator.data.shards import write_shard
+from orchestrator.shared.data.shards import write_shard
 from orchestrator.data.spec import DataSpec, SourceSpec
 from orchestrator.data.staging import publish, staged
 from orchestrator.data.workers import CurateTask, TokenizeTask, Workers, chunks, curate_chunk, read_texts, tokenize_chunk

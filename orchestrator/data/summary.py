@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.data.prepared import Manifest, PreparedData
+from orchestrator.shared.data.prepared import Manifest, PreparedData
 
 REMOVED = ("exact_duplicates", "near_duplicates", "decontaminated")
 PII_KINDS = ("email", "phone", "card", "national_id", "ip")

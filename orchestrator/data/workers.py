@@ -23,7 +23,7 @@ import numpy as np
 
 from orchestrator.data.curate import Contamination, Curated, curate
 from orchestrator.data.pieces import PIECE_CHARS, pieces
-from orchestrator.data.shards import write_shard
+from orchestrator.shared.data.shards import write_shard
 from orchestrator.data.spec import CurationSpec
 
 T = TypeVar("T")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from orchestrator.energy.grid import Intensity
-from orchestrator.energy.hardware import CpuPower, cpu_load_power_w, gpu_board_power_w
+from orchestrator.shared.energy.grid import Intensity
+from orchestrator.shared.energy.hardware import CpuPower, cpu_load_power_w, gpu_board_power_w
 from orchestrator.energy.spec import EnergySpec
 
 GiB = 2**30

@@ -19,7 +19,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from orchestrator.data.ngrams import MIN_NGRAM, EvaluationSet, ngram_hashes, set_ngram, word_ids
-from orchestrator.data.shards import TokenShards
+from orchestrator.shared.data.shards import TokenShards
 from orchestrator.gates.result import GateResult, judge, skipped
 from orchestrator.gates.spec import ContaminationGate
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.checkpoint import store
+from orchestrator.shared.checkpoint import store
 from orchestrator.errors import DataError, GateError
 from orchestrator.gates.content import content_gate
 from orchestrator.data.ngrams import EvaluationSet, read_eval_file
@@ -35,7 +35,7 @@ from orchestrator.rundir.rows import MetricRow, parse_metric_row
 def evaluate_gates(run_dir: Path, step: int | None = None) -> GateReport:
     from orchestrator.checkpoint.export import choose_checkpoint, load_checkpoint_model
     from orchestrator.checkpoint.listing import checkpoint_root
-    from orchestrator.data.stream import open_split
+    from orchestrator.shared.data.stream import open_split
 
     run = RunDir(run_dir)
     checkpoint = choose_checkpoint(checkpoint_root(run.path), step)
@@ -75,7 +75,7 @@ def evaluate_gates(run_dir: Path, step: int | None = None) -> GateReport:
 
 def _mirror(run: RunDir, recipe, report: GateReport) -> None:
     """Gate values to the run's dashboards, at the checkpoint's step."""
-    from orchestrator.tracking.mirror import mirror_once, run_config
+    from orchestrator.shared.tracking.mirror import mirror_once, run_config
 
     metrics = {f"gates/{r.name}/passed": float(passes(r.status)) for r in report.results if r.status != "skipped"}
     metrics.update({f"gates/{r.name}/value": r.value for r in report.results if r.value is not None and math.isfinite(r.value)})
@@ -129,7 +129,7 @@ def _budget_gate(run: RunDir, recipe, margin: float) -> GateResult:
     energy = recipe.energy
     if not energy.enabled or (energy.budget_kwh is None and energy.budget_kgco2e is None):
         return skipped("budget", "no energy or carbon budget in the recipe (energy.budget_kwh, energy.budget_kgco2e)")
-    from orchestrator.energy.bill import bill_for
+    from orchestrator.shared.energy.bill import bill_for
 
     totals = bill_for(run.path).totals
     checks = [(totals.facility_kwh, energy.budget_kwh, "kWh"), (totals.kgco2e, energy.budget_kgco2e, "kgCO2e")]

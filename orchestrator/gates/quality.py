@@ -13,7 +13,7 @@ from orchestrator.errors import DataError
 from orchestrator.gates.result import GateResult, judge
 from orchestrator.gates.scoring import row_losses, text_losses
 from orchestrator.gates.spec import BiasGate, QualityGate
-from orchestrator.model.inputs import Rows, count
+from orchestrator.shared.model.inputs import Rows, count
 from orchestrator.model.remote_code import remote_code_problem
 
 

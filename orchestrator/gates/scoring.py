@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from orchestrator.data.instruct import IGNORE
-from orchestrator.model.inputs import Rows, count, model_inputs, take
+from orchestrator.shared.model.inputs import Rows, count, model_inputs, take
 
 
 def row_losses(model, rows: Rows, batch_size: int = 16) -> np.ndarray:

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.model.architectures import ARCHITECTURES, Architecture, Sizes
+from orchestrator.shared.model.architectures import ARCHITECTURES, Architecture, Sizes
 from orchestrator.rundir.layout import RELEASE_MANIFEST
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -45,7 +45,7 @@ def read_base_model(path: Path) -> BaseModel:
     if model_type in ARCHITECTURES:
         architecture = ARCHITECTURES[model_type]
         return BaseModel(path, model_type, architecture.sizes_of(config), architecture)
-    from orchestrator.model.measured import known_to_transformers, measure_architecture
+    from orchestrator.shared.model.measured import known_to_transformers, measure_architecture
 
     if not known_to_transformers(model_type):
         raise ValueError(f"{path}: model_type `{model_type}` is not one this version of transformers knows: upgrade transformers")

@@ -7,7 +7,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from orchestrator.model.architectures import ARCHITECTURES, Sizes
+from orchestrator.shared.model.architectures import ARCHITECTURES, Sizes
 from orchestrator.spec import RuleViolation, Spec
 
 ArchName = Literal[tuple(ARCHITECTURES)]  # type: ignore[valid-type]

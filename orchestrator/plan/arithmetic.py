@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.env import EnvSnapshot
+from orchestrator.shared.env import EnvSnapshot
 from orchestrator.errors import Problem
 from orchestrator.recipe.loader import LoadedRecipe
 from orchestrator.rundir.records import BatchRecord, TopologyRecord

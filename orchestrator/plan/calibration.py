@@ -24,9 +24,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from orchestrator.env import EnvSnapshot
-from orchestrator.filetree import write_file
-from orchestrator.model.architectures import Sizes
+from orchestrator.shared.env import EnvSnapshot
+from orchestrator.shared.filetree import write_file
+from orchestrator.shared.model.architectures import Sizes
 from orchestrator.plan.arithmetic import Batch, Topology
 from orchestrator.recipe.schema import Recipe
 from orchestrator.rundir.checkpoint_records import read_summary

@@ -8,8 +8,8 @@ base) still takes its forward and its input-gradient matmul but no weight gradie
 
 from __future__ import annotations
 
-from orchestrator.env import EnvSnapshot
-from orchestrator.model.architectures import Sizes
+from orchestrator.shared.env import EnvSnapshot
+from orchestrator.shared.model.architectures import Sizes
 from orchestrator.plan.arithmetic import Batch, Topology
 from orchestrator.plan.calibration import Calibration
 from orchestrator.rundir.records import EstimateRecord

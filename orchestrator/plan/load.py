@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from orchestrator.env import EnvSnapshot, probe
+from orchestrator.shared.env import EnvSnapshot, probe
 from orchestrator.errors import Problem, RecipeError
 from orchestrator.plan.calibration import read_calibrations
 from orchestrator.plan.memory import GiB, model_state_bytes

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from orchestrator.model.architectures import Sizes
+from orchestrator.shared.model.architectures import Sizes
 from orchestrator.plan.arithmetic import Batch
 from orchestrator.rundir.records import HostMemoryRecord, MemoryRecord
 

@@ -15,19 +15,19 @@ from pathlib import Path
 
 from orchestrator.backends.registry import BACKENDS
 from orchestrator.energy.forecast import EnergyPlan, EnergyRequest, plan_forecast
-from orchestrator.energy.grid import Intensity, IntensityError, resolve_intensity
-from orchestrator.energy.hardware import cpu_power
+from orchestrator.shared.energy.grid import Intensity, IntensityError, resolve_intensity
+from orchestrator.shared.energy.hardware import cpu_power
 from orchestrator.data.files import path_problem
-from orchestrator.env import EnvSnapshot
+from orchestrator.shared.env import EnvSnapshot
 from orchestrator.errors import Problem, RecipeError
-from orchestrator.model.architectures import ARCHITECTURES, Architecture, Sizes
+from orchestrator.shared.model.architectures import ARCHITECTURES, Architecture, Sizes
 from orchestrator.model.pretrained import BaseModel, read_base_model
 from orchestrator.plan.arithmetic import Batch, Topology, check_offload, check_precision, resolve_batch, resolve_topology
 from orchestrator.plan.calibration import Calibration, Calibrations, calibration_key
 from orchestrator.plan.estimate import TimeEstimate, estimate_time
 from orchestrator.plan.memory import GiB, HostMemoryEstimate, MemoryEstimate, MemoryRequest, construction_bytes, estimate_memory
 from orchestrator.recipe.loader import LoadedRecipe, recipe_hash
-from orchestrator.recipe.redact import redact_recipe
+from orchestrator.shared.redact import redact_recipe
 from orchestrator.recipe.schema import Recipe
 from orchestrator.rundir.entry import ATTACHED_FLAG, node_argv
 from orchestrator.rundir.layout import LAUNCH_LOG, PLAN_FILE, RECIPE_FILE, RunDir

@@ -7,7 +7,7 @@ import shlex
 
 import yaml
 
-from orchestrator.data.prepared import Manifest
+from orchestrator.shared.data.prepared import Manifest
 from orchestrator.plan.planner import LaunchPlan
 
 GiB = 2**30

@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from orchestrator.data.prepared import InstructionManifest, TextManifest
+from orchestrator.shared.data.prepared import InstructionManifest, TextManifest
 from orchestrator.gates.outcome import GateReport
 from orchestrator.recipe.schema import Recipe
 from orchestrator.rundir.bill import EnergyBill

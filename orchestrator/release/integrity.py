@@ -3,7 +3,7 @@ manifest lists, byte for byte, and everything a release must have.
 
 The tree is walked without following links and any link is refused: a file swapped for a link
 pointing outside the release, or a linked directory, would otherwise verify while serving other
-bytes. Each listed file is opened as `orchestrator.filetree` opens one (a FIFO, a device or a hard
+bytes. Each listed file is opened as `orchestrator.shared.filetree` opens one (a FIFO, a device or a hard
 link swapped in is refused, not read) and its size compared before it is hashed. Names in the
 manifest must stay inside the release; names in a verdict are escaped, so one cannot forge a line.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError, field_validator
 
 from orchestrator.errors import ReleaseInvalid
-from orchestrator.filetree import Refused, digest_file, inside, read_file, read_json, shown, walk
+from orchestrator.shared.filetree import Refused, digest_file, inside, read_file, read_json, shown, walk
 from orchestrator.rundir.layout import RELEASE_MANIFEST
 
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json")

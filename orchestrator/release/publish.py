@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from orchestrator.checkpoint import store
+from orchestrator.shared.checkpoint import store
 from orchestrator.errors import ReleaseRefused
 from orchestrator.release.annex import RunRecords, technical_figures
 from orchestrator.release.card import model_card
@@ -25,9 +25,9 @@ from orchestrator.release.integrity import ReleaseManifest, describe
 from orchestrator.gates.outcome import GateReport, passes
 from orchestrator.gates.spec import GATE_NAMES
 from orchestrator.rundir.layout import RELEASE_MANIFEST, RunDir
-from orchestrator.recipe.redact import redact_recipe
+from orchestrator.shared.redact import redact_recipe
 from orchestrator.rundir.records import read_plan, read_recipe, recipe_yaml
-from orchestrator.tracking.sinks import sqlite_uri
+from orchestrator.shared.tracking.sinks import sqlite_uri
 
 RELEASE_FILE = RELEASE_MANIFEST
 READ_ONLY_FILE, READ_ONLY_DIR = 0o444, 0o555
@@ -90,7 +90,7 @@ def release(run_dir: Path, step: int | None = None, to: Path | None = None, regi
 
 def _mirror(run: RunDir, target: Path, report: GateReport) -> None:
     """The release, as an artifact of the run's dashboard runs."""
-    from orchestrator.tracking.mirror import mirror_once, run_config
+    from orchestrator.shared.tracking.mirror import mirror_once, run_config
 
     recipe = read_recipe(run)
     config = run_config(recipe.model_dump(mode="json"), read_plan(run))
@@ -99,7 +99,7 @@ def _mirror(run: RunDir, target: Path, report: GateReport) -> None:
 
 
 def _add_records(run: RunDir, out: Path, report: GateReport) -> None:
-    from orchestrator.energy.bill import bill_for
+    from orchestrator.shared.energy.bill import bill_for
     from orchestrator.rundir.bill import bill_json
 
     (out / "gates.json").write_text(report.model_dump_json(indent=2))

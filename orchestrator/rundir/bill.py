@@ -1,6 +1,6 @@
 """`energy.json`, the run's energy and carbon bill, as a frozen record (`EnergyBill`).
 
-Rank 0 writes it (`orchestrator.energy.bill` computes it, `write_bill` stores it); `orch energy`,
+Rank 0 writes it (`orchestrator.shared.energy.bill` computes it, `write_bill` stores it); `orch energy`,
 status, show, the run and sweep reports, the gates, the release and the benchmarks read it through
 `read_bill` or get one from `bill_for`, so a renamed total fails in a unit test, not in a report.
 The file has no `format` field: a bill written before this record reads as it is.

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import Field, StrictInt, ValidationError
 
-from orchestrator.filetree import inside, read_json, shown
+from orchestrator.shared.filetree import inside, read_json, shown
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import Record, _read
 

@@ -16,7 +16,7 @@ import yaml
 from pydantic import ValidationError
 
 from orchestrator.errors import DamagedRun
-from orchestrator.filetree import write_file
+from orchestrator.shared.filetree import write_file
 from orchestrator.rundir import events
 from orchestrator.rundir.rows import BaseEvent, MetricRow, SeriesPoint, parse_event, parse_metric_row, parse_series_point
 

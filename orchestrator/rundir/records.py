@@ -17,8 +17,8 @@ from typing import Annotated, Callable, Literal, TypeVar
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, computed_field, model_serializer, model_validator
 
-from orchestrator.data.prepared import Manifest, PreparedData, manifest_content
-from orchestrator.model.architectures import Sizes
+from orchestrator.shared.data.prepared import Manifest, PreparedData, manifest_content
+from orchestrator.shared.model.architectures import Sizes
 from orchestrator.recipe.schema import Recipe
 from orchestrator.rundir.layout import RunDir, damaged
 
@@ -219,7 +219,7 @@ DATA_FIGURES = ("vocab_size", "train_tokens", "val_tokens", "canaries")
 
 
 class DataRecord(Record):
-    """`data.json`: where the prepared data is, and its manifest (`orchestrator.data.prepared`, text
+    """`data.json`: where the prepared data is, and its manifest (`orchestrator.shared.data.prepared`, text
     or instruction data) as preparation wrote it, less the file list. The file holds them side by
     side in one object, as it always has; `prepared` is the same data as the ranks load it from the
     directory."""

@@ -13,9 +13,9 @@ import shlex
 from pathlib import Path
 
 from orchestrator.errors import SlurmError
-from orchestrator.hub import OFFLINE_ENV
+from orchestrator.shared.hub import OFFLINE_ENV
 from orchestrator.plan.planner import LaunchPlan
-from orchestrator.recipe.redact import MARK
+from orchestrator.shared.redact import MARK
 from orchestrator.rundir.entry import module_argv
 from orchestrator.rundir.layout import RunDir
 from orchestrator.slurm.spec import SlurmSpec

@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from orchestrator.env import EnvSnapshot, GpuInfo
+from orchestrator.shared.env import EnvSnapshot, GpuInfo
 from orchestrator.data.prepare import prepared_manifest
 from orchestrator.errors import SlurmError
 from orchestrator.starting.execute import prepare_run

@@ -18,7 +18,7 @@ from typing import Callable, Protocol
 from orchestrator.starting.attempt import Attempt
 from orchestrator.data.prepare import prepare_data
 from orchestrator.errors import EXIT_REQUEUE, BudgetExceeded, LaunchError, Preempted
-from orchestrator.hub import work_offline
+from orchestrator.shared.hub import work_offline
 from orchestrator.plan.planner import LaunchPlan, ProcessSpec
 from orchestrator.starting.provenance import provenance
 from orchestrator.recipe.schema import Recipe

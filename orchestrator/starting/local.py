@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from orchestrator.starting.attempt import Attempt, hold_attempt
-from orchestrator.checkpoint.resume import ResumePoint, check_resume, check_run_dir, set_run_aside
+from orchestrator.shared.checkpoint.resume import ResumePoint, check_resume, check_run_dir, set_run_aside
 from orchestrator.errors import DamagedRun, OrchestratorError, ResumeError
 from orchestrator.plan.load import load_and_plan
 from orchestrator.plan.planner import LaunchPlan

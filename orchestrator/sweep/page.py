@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.errors import DamagedRun, SweepError
-from orchestrator.filetree import Refused, read_file, shown
+from orchestrator.shared.filetree import Refused, read_file, shown
 from orchestrator.rundir.bill import read_bill
 from orchestrator.rundir.layout import RECIPE_FILE, RunDir
 from orchestrator.sweep.study import PRUNED, SweepDir, read_study, slot_trials

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from orchestrator.errors import SweepError
-from orchestrator.filetree import shown
+from orchestrator.shared.filetree import shown
 from orchestrator.plan.planner import LaunchPlan
 from orchestrator.recipe.loader import LoadedRecipe, load_recipe
 from orchestrator.recipe.schema import Recipe
@@ -60,7 +60,7 @@ def check_sweep_dir(path: Path) -> None:
 
 def sweep_changes(before: Recipe, now: Recipe) -> list[str]:
     """What differs between a sweep directory's recipe and this one beyond `EXTENDABLE`, each as `key: old -> new`."""
-    from orchestrator.checkpoint.compat import recipe_changes
+    from orchestrator.shared.checkpoint.compat import recipe_changes
 
     unsafe, safe = recipe_changes(before.model_dump(mode="json", exclude=EXTENDABLE), now.model_dump(mode="json", exclude=EXTENDABLE))
     renamed = [f"name: {before.name!r} -> {now.name!r}"] if before.name != now.name else []  # the study's name

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.errors import SweepError
-from orchestrator.filetree import shown
+from orchestrator.shared.filetree import shown
 from orchestrator.sweep.space import distributions
 from orchestrator.sweep.spec import MAX_TRIALS, SweepSpec
 

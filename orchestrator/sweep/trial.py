@@ -22,7 +22,7 @@ from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.rows import Pruned
 from orchestrator.sweep.space import NO_SWEEP, checked_values, trial_overrides
 from orchestrator.sweep.study import PRUNED, Judge, SweepDir, claim, final_value, open_study
-from orchestrator.tracking.sinks import sqlite_uri
+from orchestrator.shared.tracking.sinks import sqlite_uri
 
 
 def trial_args(trial, sweep: SweepDir, recipe) -> list[str]:

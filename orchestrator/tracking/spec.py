@@ -39,7 +39,7 @@ class TrackingSpec(Spec):
     wandb: WandbSpec = WandbSpec()
     tensorboard: TensorBoardSpec = TensorBoardSpec()
     mlflow: MlflowSpec = MlflowSpec()
-    custom: list[str] = Field(default_factory=list, description="more sinks, as `module:Class`, a class marked @orchestrator.hooks.tracking_sink (see orchestrator.tracking.sinks.Sink)")
+    custom: list[str] = Field(default_factory=list, description="more sinks, as `module:Class`, a class marked @orchestrator.hooks.tracking_sink (see orchestrator.shared.tracking.sinks.Sink)")
     interval_s: float = Field(2.0, gt=0, le=300, description="how often rank 0 mirrors new rows and events")
     group: Optional[str] = Field(None, max_length=128, description="runs that belong together (a sweep's trials, set by `orch sweep`): "
                                  "wandb's group, and an MLflow parent run of this name")

@@ -10,7 +10,7 @@ from orchestrator.watching.progress import wall_time
 from orchestrator.rundir.bill import read_bill
 from orchestrator.rundir.checkpoint_records import read_summary
 from orchestrator.rundir.layout import RELEASE_MANIFEST, RunDir, damaged
-from orchestrator.data.prepared import TextManifest
+from orchestrator.shared.data.prepared import TextManifest
 from orchestrator.data.summary import curation_line, source_lines
 from orchestrator.rundir.records import DataRecord, read_data, read_plan
 from orchestrator.watching.status import run_status
@@ -26,7 +26,7 @@ def describe_run(run_dir: Path) -> str:
 
 
 def _describe(run_dir: Path) -> str:
-    from orchestrator.checkpoint import store
+    from orchestrator.shared.checkpoint import store
     from orchestrator.checkpoint.listing import checkpoint_root
 
     status = run_status(run_dir)

@@ -25,7 +25,7 @@ ALL_SINKS = ["tracking.wandb.enabled=true", "tracking.tensorboard.enabled=true",
 
 def wandb_steps(run_dir: Path) -> dict[str, list[int]]:
     """Steps with a loss in each offline wandb run file, by run id and file, via wandb's own datastore reader."""
-    from orchestrator.tracking.sinks import import_wandb
+    from orchestrator.shared.tracking.sinks import import_wandb
 
     import_wandb()  # into this process, which holds torch and transformers by now
     from wandb.proto import wandb_internal_pb2

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from orchestrator.data.stream import ShardedStream
+from orchestrator.shared.data.stream import ShardedStream
 from tests.helpers.processes import kill_run, orch, start_orch, wait_for_rows
 from tests.helpers.project import FAST
 from tests.helpers.pii import builtin_documents

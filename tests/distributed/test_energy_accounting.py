@@ -13,9 +13,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from orchestrator.energy.bill import J_PER_KWH, make_bill, read_records
-from orchestrator.energy.grid import Intensity, resolve_intensity
-from orchestrator.energy.hardware import cpu_power
+from orchestrator.shared.energy.bill import J_PER_KWH, make_bill, read_records
+from orchestrator.shared.energy.grid import Intensity, resolve_intensity
+from orchestrator.shared.energy.hardware import cpu_power
 from launch.energy.meters import node_meters
 from launch.energy.monitor import EnergyMonitor
 from orchestrator.energy.spec import CarbonSpec

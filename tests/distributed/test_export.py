@@ -50,7 +50,7 @@ def validation_loss(model, run_dir: Path) -> float:
     import torch
 
     from orchestrator.data.prepare import PreparedData
-    from orchestrator.data.stream import PackedSequences, validation_indices
+    from orchestrator.shared.data.stream import PackedSequences, validation_indices
 
     plan = json.loads((run_dir / "plan.json").read_text())
     recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())

@@ -44,7 +44,7 @@ def held_out_loss(run_dir: Path, model_dir: Path) -> float:
     from transformers import AutoModelForCausalLM
 
     from orchestrator.data.prepare import PreparedData
-    from orchestrator.model.inputs import model_inputs
+    from orchestrator.shared.model.inputs import model_inputs
 
     data = PreparedData.load(Path(json.loads((run_dir / "data.json").read_text())["dir"]))
     rows = {name: np.asarray(array) for name, array in data.instruction_rows("val").items()}

@@ -8,7 +8,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from orchestrator.checkpoint import store
+from orchestrator.shared.checkpoint import store
 from tests.helpers.processes import kill_run, orch, start_orch
 from tests.helpers.project import FAST, LIGHT_GATES
 from tests.distributed.test_checkpointing import events, losses, summary, wait_for_step

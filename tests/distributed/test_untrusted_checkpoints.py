@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from orchestrator.backends.deepspeed import MODULE_STATES
-from orchestrator.checkpoint import store
+from orchestrator.shared.checkpoint import store
 from orchestrator.rundir.layout import RANK_STATE
 from tests.helpers.processes import orch
 from tests.helpers.project import FAST

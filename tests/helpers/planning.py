@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator.env import EnvSnapshot, GpuInfo
+from orchestrator.shared.env import EnvSnapshot, GpuInfo
 from tests.helpers.project import ROOT, TINY
 
 H100 = GpuInfo("NVIDIA H100 80GB HBM3", 80 * 2**30, 9.0)

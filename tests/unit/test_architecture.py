@@ -26,27 +26,9 @@ SHARED_WITH_THE_NODES = {
     "orchestrator.spec": "the base every section's spec derives from",
     "orchestrator.recipe.schema": "the resolved recipe, which every rank reads",
     **{spec: "a section of the recipe, which the recipe composes" for spec in SPECS},
-    "orchestrator.model": "building the model a rank trains (sizes, architectures, inputs, measured memory)",
-    "orchestrator.data.prepared": "the prepared data a rank reads (never preparation itself)",
-    "orchestrator.data.stream": "the token stream, sharded over the ranks and resumable",
-    "orchestrator.data.shards": "the memory-mapped token shards",
-    "orchestrator.train": "the learning-rate schedule",
-    "orchestrator.checkpoint.store": "writing and verifying a checkpoint's files",
-    "orchestrator.checkpoint.saver": "the asynchronous saver",
-    "orchestrator.checkpoint.policy": "when to save (interval, Young/Daly, a job's deadline)",
-    "orchestrator.checkpoint.resume": "which checkpoint a rank resumes from",
-    "orchestrator.checkpoint.compat": "what a checkpoint needs to load into this version",
-    "orchestrator.filetree": "the tree walk without links and the one safe file write",
-    "orchestrator.energy.bill": "the energy bill rank 0 keeps up to date",
-    "orchestrator.energy.grid": "the grid's carbon intensity for the bill",
-    "orchestrator.energy.hardware": "devices' power figures for the bill",
-    "orchestrator.tracking.mirror": "rank 0's dashboards mirror",
-    "orchestrator.tracking.sinks": "the dashboards themselves (wandb, TensorBoard, MLflow, custom sinks)",
-    "orchestrator.recipe.redact": "secrets kept out of what the dashboards get",
-    "orchestrator.hooks": "checking a custom sink's marker before it runs",
-    "orchestrator.hub": "offline mode for the Hugging Face libraries",
-    "orchestrator.env": "the machine's figures (cores, GPUs, matmul speed)",
-    "orchestrator.backends.imports": "importing the backend's library with a readable error",
+    "orchestrator.hooks": "the markers a recipe's custom sink must carry (public: user code imports it)",
+    "orchestrator.shared": "code both planes run: building the model, reading prepared data, checkpoint storage, the energy "
+                           "bill, the dashboards, the LR schedule, the safe file tree, the machine's figures, offline mode",
 }
 NEVER_FROM_THE_NODES = ("orchestrator.cli", "orchestrator.plan", "orchestrator.slurm.submit", "orchestrator.gates.evaluate",
                         # starting a run (its directory, the attempt lock, the launchers), inspecting runs, releasing
@@ -153,5 +135,5 @@ def test_the_run_directory_package_does_not_reach_the_planner():
 def test_the_walk_sees_imports_inside_functions():
     """So a lazy import cannot hide a crossing: the rank's engine is imported inside a function."""
     edges = graph()
-    assert "launch.engines" in edges["launch.rank"] and "orchestrator.model.build" in edges["launch.engines.deepspeed"]
+    assert "launch.engines" in edges["launch.rank"] and "orchestrator.shared.model.build" in edges["launch.engines.deepspeed"]
     assert "orchestrator.backends.registry" in edges["orchestrator.checkpoint.export"]  # imported inside a function

@@ -5,7 +5,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from orchestrator.checkpoint import store
+from orchestrator.shared.checkpoint import store
 from orchestrator.checkpoint.export import choose_checkpoint
 from orchestrator.checkpoint.listing import checkpoint_root, human_bytes, list_checkpoints, render_listing
 from orchestrator.cli import app

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.starting.attempt import hold_attempt
-from orchestrator.checkpoint import store
+from orchestrator.shared.checkpoint import store
 from orchestrator.errors import DamagedRun
 from orchestrator.rundir.checkpoint_records import (
     FORMAT, AttemptHolder, CheckpointManifest, RunSummary, parse_holder, read_manifest, read_summary, write_summary,

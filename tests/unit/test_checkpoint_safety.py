@@ -11,7 +11,7 @@ import torch
 
 from launch import rank_state
 from orchestrator.backends.deepspeed import MODULE_STATES, DeepSpeedBackend
-from orchestrator.checkpoint import store
+from orchestrator.shared.checkpoint import store
 from orchestrator.errors import CheckpointError
 
 

@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from orchestrator.checkpoint import store
-from orchestrator.checkpoint.compat import recipe_changes
+from orchestrator.shared.checkpoint import store
+from orchestrator.shared.checkpoint.compat import recipe_changes
 from launch.engines.deepspeed import shard_owner as owner_of
 from tests.helpers.hostile_files import deep_chain, fifo_unblocked
 

@@ -83,7 +83,7 @@ def test_the_node_launcher_starts_its_ranks_without_importing_torch():
 def test_validate_refuses_only_what_cannot_run(tmp_path):
     """A plan that will not fit as written stays a warning (offload or ZeRO-3 fixes it); one that no
     offload can fit, or whose activations alone pass a device's memory, is a problem for `validate`."""
-    from orchestrator.env import GpuInfo
+    from orchestrator.shared.env import GpuInfo
     from orchestrator.plan.load import cannot_run
     from orchestrator.plan.planner import make_plan
     from orchestrator.recipe.loader import load_recipe
@@ -103,7 +103,7 @@ def test_validate_refuses_only_what_cannot_run(tmp_path):
 
 
 def test_fresh_sets_an_earlier_run_aside_but_refuses_other_directories(tmp_path):
-    from orchestrator.checkpoint.resume import check_run_dir, set_run_aside
+    from orchestrator.shared.checkpoint.resume import check_run_dir, set_run_aside
     from orchestrator.errors import ResumeError
 
     earlier = tmp_path / "runs" / "tiny"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from orchestrator.data.prepare import prepare_data
-from orchestrator.data.shards import TokenShards, write_shard
+from orchestrator.shared.data.shards import TokenShards, write_shard
 from orchestrator.data.spec import DataSpec
 from orchestrator.data.ngrams import EvaluationSet, read_eval_file, set_ngram
 from orchestrator.gates.contamination import contaminated, contamination_gate, decoded_texts

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from orchestrator.data.stream import PackedSequences, ShardedStream, validation_indices
+from orchestrator.shared.data.stream import PackedSequences, ShardedStream, validation_indices
 
 
 def consumed(world: int, steps: int, micro: int = 2, accum: int = 2, n: int = 37, start: int = 0) -> list[list[int]]:

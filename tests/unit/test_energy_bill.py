@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from launch.energy.account import EnergyAccount
-from orchestrator.energy.bill import J_PER_KWH, make_bill
+from orchestrator.shared.energy.bill import J_PER_KWH, make_bill
 from orchestrator.energy.forecast import forecast_energy
-from orchestrator.energy.grid import Intensity, IntensityError, read_series, resolve_intensity
-from orchestrator.energy.hardware import CpuPower, cpu_load_power_w, cpu_power
+from orchestrator.shared.energy.grid import Intensity, IntensityError, read_series, resolve_intensity
+from orchestrator.shared.energy.hardware import CpuPower, cpu_load_power_w, cpu_power
 from launch.energy.meters import CounterMeter, PowerIntegrator, gpu_meter, rank_meters, rapl_meters
 from launch.energy.monitor import EnergyMonitor
 from orchestrator.energy.spec import CarbonSpec, EnergySpec
@@ -177,7 +177,7 @@ def test_a_two_gpu_node_reports_each_gpu_once_and_the_right_totals(tmp_path):
 
 
 def _records(run_dir: Path) -> list[dict]:
-    from orchestrator.energy.bill import read_records
+    from orchestrator.shared.energy.bill import read_records
 
     return read_records(run_dir)
 
@@ -319,7 +319,7 @@ def test_llama2_7b_forecast():
 
 
 def test_plan_forecasts_gpu_runs_from_board_power(tmp_path):
-    from orchestrator.env import GpuInfo
+    from orchestrator.shared.env import GpuInfo
     from orchestrator.plan.planner import make_plan
     from orchestrator.recipe.loader import load_recipe
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.energy.bill import J_PER_KWH, make_bill
-from orchestrator.energy.grid import Intensity
+from orchestrator.shared.energy.bill import J_PER_KWH, make_bill
+from orchestrator.shared.energy.grid import Intensity
 from orchestrator.errors import DamagedRun
 from orchestrator.rundir.bill import EnergyBill, bill_json, read_bill, write_bill
 from orchestrator.rundir.layout import RunDir

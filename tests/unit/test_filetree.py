@@ -1,11 +1,11 @@
-"""The tree walk and the safe open both verifiers read through (`orchestrator.filetree`)."""
+"""The tree walk and the safe open both verifiers read through (`orchestrator.shared.filetree`)."""
 
 import hashlib
 import os
 
 import pytest
 
-from orchestrator.filetree import MAX_DEPTH, Refused, digest_file, read_file, shown, walk
+from orchestrator.shared.filetree import MAX_DEPTH, Refused, digest_file, read_file, shown, walk
 from tests.helpers.hostile_files import deep_chain, fifo_unblocked
 
 

@@ -15,7 +15,7 @@ from orchestrator.errors import DataError, RecipeError
 from orchestrator.release.annex import Compute
 from orchestrator.plan.planner import make_plan
 from orchestrator.recipe.loader import load_recipe
-from orchestrator.model.inputs import model_inputs
+from orchestrator.shared.model.inputs import model_inputs
 from tests.helpers.planning import make_env
 from tests.helpers.project import RECIPES
 

@@ -11,7 +11,7 @@ import pytest
 
 from typer.testing import CliRunner
 
-from orchestrator.checkpoint import store
+from orchestrator.shared.checkpoint import store
 from orchestrator.cli import app
 from orchestrator.data.pii import luhn_valid
 from orchestrator.errors import EXIT_VERIFY_FAILED, ReleaseInvalid, ReleaseRefused
@@ -344,8 +344,8 @@ def test_an_early_blow_up_is_caught_as_divergence():
 
 
 def test_the_budget_gate_holds_the_bill_to_the_recipes_budget(tmp_path):
-    from orchestrator.energy.bill import J_PER_KWH
-    from orchestrator.energy.grid import Intensity
+    from orchestrator.shared.energy.bill import J_PER_KWH
+    from orchestrator.shared.energy.grid import Intensity
     from orchestrator.gates.evaluate import _budget_gate
     from orchestrator.recipe.loader import load_recipe
     from orchestrator.rundir.layout import RunDir

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from launch.energy.monitor import EnergyMonitor
-from orchestrator.energy.bill import J_PER_KWH
+from orchestrator.shared.energy.bill import J_PER_KWH
 from orchestrator.gates.outcome import GateReport
 from orchestrator.gates.result import GateResult
 from orchestrator.rundir import events

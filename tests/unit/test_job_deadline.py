@@ -2,7 +2,7 @@
 
 import pytest
 
-from orchestrator.checkpoint.policy import job_deadline
+from orchestrator.shared.checkpoint.policy import job_deadline
 from orchestrator.rundir.rows import parse_event
 
 
@@ -22,7 +22,7 @@ def test_deadline_comes_from_this_jobs_start(monkeypatch):
 
 def test_an_auto_interval_starts_from_the_stall_an_earlier_attempt_measured():
     """Attempts that each die within the first auto interval would otherwise never checkpoint."""
-    from orchestrator.checkpoint.policy import FIRST_AUTO_INTERVAL_S, SavePolicy, last_stall
+    from orchestrator.shared.checkpoint.policy import FIRST_AUTO_INTERVAL_S, SavePolicy, last_stall
     from orchestrator.checkpoint.spec import CheckpointSpec
 
     spec = CheckpointSpec(interval_steps="auto", mtbf_hours=0.01)  # 36 s between failures

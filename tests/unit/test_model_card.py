@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.energy.bill import make_bill
+from orchestrator.shared.energy.bill import make_bill
 from orchestrator.rundir.bill import EnergyBill, bill_json
-from orchestrator.energy.grid import Intensity
+from orchestrator.shared.energy.grid import Intensity
 from orchestrator.release.annex import HEADING, RunRecords, technical_figures
 from orchestrator.release.card import model_card
 from orchestrator.release.card_spec import CardSpec

@@ -6,13 +6,13 @@ import os
 import pytest
 
 from orchestrator.errors import RecipeError
-from orchestrator.model.architectures import ARCHITECTURES
+from orchestrator.shared.model.architectures import ARCHITECTURES
 from orchestrator.plan.memory import model_state_bytes
 from orchestrator.plan.planner import make_plan
 from orchestrator.plan.render import render_plan
 from orchestrator.recipe.loader import load_recipe
 from orchestrator.rundir.entry import SAFE_PATH
-from orchestrator.env import GpuInfo
+from orchestrator.shared.env import GpuInfo
 from tests.helpers.planning import H100, V100, make_env
 from tests.helpers.project import TINY
 
@@ -129,7 +129,7 @@ def test_generated_config_passes_deepspeeds_own_parser(tmp_path, stage, precisio
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 @pytest.mark.parametrize("tie", [True, False])
 def test_parameter_count_matches_transformers(tmp_path, arch, tie):
-    from orchestrator.model.build import build_model
+    from orchestrator.shared.model.build import build_model
 
     plan = plan_for(tmp_path, [f"model.arch={arch}", f"model.tie_embeddings={str(tie).lower()}", "model.num_kv_heads=2"])
     model = build_model(plan.recipe.model, plan.sizes)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.data.prepared import (InstructionManifest, PreparedData, TextManifest, parse_manifest, read_manifest,
+from orchestrator.shared.data.prepared import (InstructionManifest, PreparedData, TextManifest, parse_manifest, read_manifest,
                                         write_manifest)
 from orchestrator.errors import DamagedRun
 from orchestrator.rundir.layout import RunDir

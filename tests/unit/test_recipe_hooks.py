@@ -14,7 +14,7 @@ from orchestrator.cli import app
 from orchestrator.errors import GateError
 from orchestrator.gates.content import content_gate
 from orchestrator.gates.spec import ContentGate
-from orchestrator.tracking.sinks import UnloadableSink, make_sinks
+from orchestrator.shared.tracking.sinks import UnloadableSink, make_sinks
 from orchestrator.tracking.spec import TrackingSpec
 from tests.helpers.project import TINY
 

@@ -85,7 +85,7 @@ def test_preparation_loading_such_a_tokenizer_raises_without_asking(tmp_path, qu
 
 
 def test_building_such_a_model_raises_without_asking(tmp_path, questions):
-    from orchestrator.model.build import import_model_code
+    from orchestrator.shared.model.build import import_model_code
     from orchestrator.model.spec import ModelSpec
 
     directory = code_directory(tmp_path, "config.json")

@@ -16,7 +16,7 @@ from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.rows import (KINDS, Checkpoint, EngineBuilt, OtherEvent, Resumed, Start, as_event, parse_metric_row,
                                       parse_series_point)
-from orchestrator.tracking.mirror import Mirror
+from orchestrator.shared.tracking.mirror import Mirror
 from orchestrator.tracking.spec import TrackingSpec
 from tests.helpers.sinks import Recording
 

@@ -13,9 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from launch.energy.monitor import EnergyMonitor
-from orchestrator.checkpoint.store import write_durably
+from orchestrator.shared.checkpoint.store import write_durably
 from orchestrator.cli import app
-from orchestrator.filetree import write_file
+from orchestrator.shared.filetree import write_file
 from orchestrator.rundir.layout import RunDir
 from tests.helpers.sweeps import make_sweep
 

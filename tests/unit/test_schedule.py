@@ -1,5 +1,5 @@
 from orchestrator.recipe.loader import load_recipe
-from orchestrator.train.schedule import lr_multiplier
+from orchestrator.shared.schedule import lr_multiplier
 from tests.helpers.project import TINY
 
 

@@ -8,11 +8,11 @@ import yaml
 from orchestrator.plan.planner import make_plan
 from orchestrator.plan.render import render_plan
 from orchestrator.recipe.loader import load_recipe
-from orchestrator.recipe.redact import MARK, redact_text, redact_tree
+from orchestrator.shared.redact import MARK, redact_text, redact_tree
 from orchestrator.rundir.records import plan_json
 from orchestrator.slurm.script import render_sbatch
 from orchestrator.slurm.submit import cluster_env
-from orchestrator.tracking.mirror import run_config
+from orchestrator.shared.tracking.mirror import run_config
 from tests.helpers.planning import make_env
 from tests.helpers.processes import orch
 from tests.helpers.project import RECIPES, TINY

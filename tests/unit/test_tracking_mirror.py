@@ -10,7 +10,7 @@ from orchestrator.watching.page import svg_chart
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir import events
 from orchestrator.watching.status import RunStatus, matches
-from orchestrator.tracking.mirror import Mirror, event_metrics
+from orchestrator.shared.tracking.mirror import Mirror, event_metrics
 from orchestrator.tracking.spec import TrackingSpec
 from tests.helpers.sinks import Exploding, Recording
 
@@ -94,7 +94,7 @@ def test_a_chart_with_nothing_says_so_and_one_with_data_draws_it():
 
 def test_mlflow_gets_names_it_accepts_and_its_store_stays_in_the_run_whatever_the_run_is_called(tmp_path):
     from orchestrator.rundir.layout import RunDir
-    from orchestrator.tracking.sinks import MlflowSink, RunIdentity
+    from orchestrator.shared.tracking.sinks import MlflowSink, RunIdentity
     from orchestrator.tracking.spec import MlflowSpec
 
     run_dir = tmp_path / "run #1 %41"  # pasted into the URI unquoted, `#` cut the path and `%41` read as `A`
@@ -129,7 +129,7 @@ def test_an_offline_wandb_run_killed_before_writing_is_dropped_and_a_closed_one_
     import subprocess
     import sys
 
-    from orchestrator.tracking.sinks import drop_empty_offline_runs
+    from orchestrator.shared.tracking.sinks import drop_empty_offline_runs
 
     subprocess.run([sys.executable, "-c", KILLED_WANDB_RUN, str(tmp_path)], timeout=300)
     runs = {p.name.rsplit("-", 1)[1]: p for p in (tmp_path / "wandb").glob("offline-run-*")}
@@ -145,7 +145,7 @@ from pydantic import BaseModel
 from pydantic._internal import _docs_extraction
 walk = _docs_extraction._extract_source_from_frame
 if sys.argv[1] == "import_wandb":
-    from orchestrator.tracking.sinks import import_wandb
+    from orchestrator.shared.tracking.sinks import import_wandb
     import_wandb()
 else:
     import wandb, wandb.sdk.internal.datastore

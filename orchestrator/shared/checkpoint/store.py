@@ -19,7 +19,7 @@ from pathlib import Path
 import xxhash
 
 from orchestrator.errors import CheckpointError
-from orchestrator.filetree import Refused, Tree, digest_file, shown, walk, write_file
+from orchestrator.shared.filetree import Refused, Tree, digest_file, shown, walk, write_file
 from orchestrator.rundir.checkpoint_records import MANIFEST, CheckpointManifest, FileEntry, read_manifest
 from orchestrator.rundir.rows import CheckpointSetAside
 

@@ -18,13 +18,13 @@ import json
 import math
 from pathlib import Path
 
-from orchestrator.recipe.redact import redact_tree
+from orchestrator.shared.redact import redact_tree
 from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import PlanRecord
 from orchestrator.rundir.rows import (BaseEvent, Checkpoint, EnergyBudgetExceeded, Preempted, Resumed, StoppedOverBudget,
                                       TrackingFailed, as_event)
-from orchestrator.tracking.sinks import RunIdentity, Sink, make_sinks
+from orchestrator.shared.tracking.sinks import RunIdentity, Sink, make_sinks
 from orchestrator.tracking.spec import TrackingSpec
 
 ROW_KEYS = ("loss", "val_loss", "lr", "grad_norm", "tokens_per_s", "mfu", "step_s", "energy_kwh")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from orchestrator.model.architectures import Architecture, Sizes
+from orchestrator.shared.model.architectures import Architecture, Sizes
 
 FIRST_LAYER = re.compile(r"\.0\.")
 """A module of the first repeated block (`model.layers.0.self_attn.q_proj`, `transformer.h.0.mlp`)."""

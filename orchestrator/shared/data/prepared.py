@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Tag, model_validator
 if TYPE_CHECKING:
     import numpy as np
 
-    from orchestrator.data.shards import TokenShards
+    from orchestrator.shared.data.shards import TokenShards
 
 MANIFEST = "manifest.json"
 
@@ -168,13 +168,13 @@ class PreparedData:
 
     def source_tokens(self, split: str) -> list[TokenShards]:
         """Each source's split as one flat token array (`TokenShards`), in the recipe's order."""
-        from orchestrator.data.shards import TokenShards
+        from orchestrator.shared.data.shards import TokenShards
 
         return [TokenShards([self.dir / name for name in s.shards[split]], self.manifest.token_dtype) for s in self.sources]
 
     def tokens(self, split: str) -> TokenShards:
         """The whole split, every source's shards in turn (instruction data: one shard of its examples)."""
-        from orchestrator.data.shards import TokenShards
+        from orchestrator.shared.data.shards import TokenShards
 
         if self.kind == "instruction":
             return TokenShards([self.dir / split], self.manifest.token_dtype)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from orchestrator.checkpoint.store import (
+from orchestrator.shared.checkpoint.store import (
     RANK_MANIFEST, STAGING_PREFIX, commit, describe_files, prune, tag_for, wait_for_rank_manifests, write_durably,
 )
 

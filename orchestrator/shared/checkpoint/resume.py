@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.checkpoint import store
-from orchestrator.checkpoint.compat import recipe_changes, world_change
+from orchestrator.shared.checkpoint import store
+from orchestrator.shared.checkpoint.compat import recipe_changes, world_change
 from orchestrator.errors import ResumeError
 from orchestrator.rundir.checkpoint_records import CheckpointManifest
 from orchestrator.rundir.layout import PLAN_FILE, RECIPE_FILE, RunDir

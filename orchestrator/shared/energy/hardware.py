@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from orchestrator.energy.grid import codecarbon_data
+from orchestrator.shared.energy.grid import codecarbon_data
 
 UNKNOWN_CPU_W_PER_THREAD = 4.0
 

@@ -6,7 +6,7 @@ import importlib
 import warnings
 from contextlib import nullcontext
 
-from orchestrator.model.architectures import ARCHITECTURES, Sizes
+from orchestrator.shared.model.architectures import ARCHITECTURES, Sizes
 from orchestrator.model.spec import ModelSpec
 
 

@@ -19,7 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator.energy.grid import Intensity
+from orchestrator.shared.energy.grid import Intensity
 from orchestrator.errors import EnergyError
 from orchestrator.rundir.bill import EnergyBill
 from orchestrator.rundir.layout import RunDir

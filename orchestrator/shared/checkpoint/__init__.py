@@ -1,0 +1,1 @@
+"""A checkpoint's files written, verified and chosen: the store, the asynchronous saver, when to save, where to resume."""

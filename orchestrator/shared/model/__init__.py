@@ -1,0 +1,1 @@
+"""Building the model a rank trains and the control plane measures: architectures, sizes, inputs."""
