@@ -45,6 +45,7 @@ from common import (DEFAULT_RECIPE, FAST, REPO, events, first_event, machine, or
 from disk import probe_disk
 from failures import measure_failures
 from failures import render as render_failures
+from orchestrator.rundir.checkpoint_records import read_summary
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.rows import Checkpoint, Completed, Start
 from tests.helpers.processes import kill_run
@@ -144,7 +145,7 @@ def run_training(recipe: Path, overrides: list[str], run_dir: Path) -> dict:
         "loop_s": times["completed"] - times["start"],
         "checkpoints": [{"step": e.step, "stall_s": e.stall_s, "bytes": e.bytes, "write_s": e.write_s}
                         for e in history if isinstance(e, Checkpoint)],
-        "summary": json.loads((run_dir / "summary.json").read_text()),
+        "summary": read_summary(RunDir(run_dir)).model_dump(mode="json"),
     }
 
 

@@ -16,7 +16,6 @@ attempt's `start` event (written once the checkpoint is loaded, just before the 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -29,6 +28,8 @@ from pathlib import Path
 import psutil
 from common import FAST, REPO, events, first_event, last_lines, orch_argv, read_jsonl, row_after, wait_for
 
+from orchestrator.rundir.checkpoint_records import read_summary
+from orchestrator.rundir.layout import RunDir
 from tests.helpers.processes import kill_run
 
 BASELINE_INTERVAL = 5  # saves often enough to measure C well
@@ -76,29 +77,29 @@ def run_with_failures(args, run_dir: Path, interval: int, rng: random.Random) ->
         start = _wait(lambda: first_event(run_dir, "start", launched), process, run_dir, "start event")
         if restarts:  # this attempt's own figures, from the kill before it
             resumed = first_event(run_dir, "resumed", launched)
-            first_new = _wait(lambda: row_after(run_dir, start["step"]), process, run_dir, "row after the resume")
-            restarts[-1].update(restart_to_resumed_s=resumed["time"] - launched if resumed else None,
-                                restart_to_start_s=start["time"] - launched, restart_to_first_new_step_s=first_new - launched,
-                                restart_cost_s=start["time"] - restarts[-1]["kill_time"], resumed_step=start["step"],
-                                recomputed_steps=resumed["recomputed_steps"] if resumed else None)
+            first_new = _wait(lambda: row_after(run_dir, start.step), process, run_dir, "row after the resume")
+            restarts[-1].update(restart_to_resumed_s=resumed.time - launched if resumed else None,
+                                restart_to_start_s=start.time - launched, restart_to_first_new_step_s=first_new - launched,
+                                restart_cost_s=start.time - restarts[-1]["kill_time"], resumed_step=start.step,
+                                recomputed_steps=resumed.recomputed_steps if resumed else None)
         run_for = rng.randint(args.failure_every - interval // 2, args.failure_every + (interval - 1) // 2)
-        if start["step"] + run_for >= args.failure_steps:  # the run ends before the next failure is due
+        if start.step + run_for >= args.failure_steps:  # the run ends before the next failure is due
             code = process.wait(timeout=600)
             if code != 0:
                 raise RuntimeError(f"the last attempt of {run_dir} exited with code {code}; {last_lines(log, run_dir / 'logs')}")
             break
-        _wait(lambda: row_after(run_dir, start["step"] + run_for - 1), process, run_dir, f"step {start['step'] + run_for}")
+        _wait(lambda: row_after(run_dir, start.step + run_for - 1), process, run_dir, f"step {start.step + run_for}")
         kill_time = time.time()
         _kill_attempt(run_dir, process)
         rows = read_jsonl(run_dir / "metrics.jsonl")
         restarts.append({"kill_time": kill_time, "killed_after_step": max(r["step"] for r in rows),
                          "processes_gone_s": time.time() - kill_time})
         launched = time.time()
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = read_summary(RunDir(run_dir)).model_dump(mode="json")
     rows = read_jsonl(run_dir / "metrics.jsonl")
     return {"interval_steps": interval, "restarts": restarts, "summary": {k: summary[k] for k in ("goodput", "wall_s", "restarts")},
             "rows": len(rows), "productive_s": sum(r["step_s"] for r in rows), "step_s": statistics.median(r["step_s"] for r in rows),
-            "checkpoints": [{k: e[k] for k in ("step", "stall_s", "write_s")} for e in events(run_dir, "checkpoint")]}
+            "checkpoints": [{"step": e.step, "stall_s": e.stall_s, "write_s": e.write_s} for e in events(run_dir, "checkpoint")]}
 
 
 def young_daly(run: dict, interval: int, failure_every: int) -> dict:

@@ -159,7 +159,7 @@ def measure_first_step(args: argparse.Namespace, run_dir: Path) -> dict:
     wait_until_completed(job_id, run_dir)
     times = {"t0": t0, "submit_exit": exited, "first_row": first_row}
     names = ("slurm_submitted", "slurm_start", "start", "completed", "slurm_end")
-    times |= {name: events(run_dir, name)[0]["time"] for name in names}
+    times |= {name: events(run_dir, name)[0].time for name in names}
     # For the requeue's preempted -> slurm_requeued: the same rank and srun teardown after a normal end.
     return {"job_id": job_id, **_phases(SUBMIT_PHASES, times), "completed_to_slurm_end_s": times["slurm_end"] - times["completed"],
             "times": times}
@@ -174,21 +174,21 @@ def measure_requeue(args: argparse.Namespace, run_dir: Path) -> dict:
     scancel_s = time.time() - signal_t
     preempted = wait_for_job(lambda: first_event(run_dir, "preempted"), job_id, run_dir, "preempted event")
     resumed = wait_for_job(lambda: first_event(run_dir, "resumed"), job_id, run_dir, "resumed event")
-    first_new_row = wait_for_job(lambda: row_after(run_dir, preempted["step"]), job_id, run_dir, "row after the resume")
+    first_new_row = wait_for_job(lambda: row_after(run_dir, preempted.step), job_id, run_dir, "row after the resume")
     wait_until_completed(job_id, run_dir)
     starts = events(run_dir, "slurm_start")
     assert [s["restart"] for s in starts] == [0, 1], f"expected one requeue, got slurm_start events {starts}"
-    saves = [e for e in events(run_dir, "checkpoint") if e["step"] == preempted["step"] and e["time"] <= preempted["time"]]
+    saves = [e for e in events(run_dir, "checkpoint") if e.step == preempted.step and e.time <= preempted.time]
     times = {
-        "signal": signal_t, "slurm_signal": events(run_dir, "slurm_signal")[0]["time"], "preempted": preempted["time"],
-        "slurm_requeued": events(run_dir, "slurm_requeued")[0]["time"], "slurm_start_2": starts[1]["time"],
-        "resumed": resumed["time"], "start_2": events(run_dir, "start")[1]["time"], "first_new_row": first_new_row,
+        "signal": signal_t, "slurm_signal": events(run_dir, "slurm_signal")[0].time, "preempted": preempted.time,
+        "slurm_requeued": events(run_dir, "slurm_requeued")[0].time, "slurm_start_2": starts[1].time,
+        "resumed": resumed.time, "start_2": events(run_dir, "start")[1].time, "first_new_row": first_new_row,
     }
     return {
         "job_id": job_id,
         "signalled_at_step": signalled_at_step,
-        "preempted_step": preempted["step"],
-        "resumed_step": resumed["step"],
+        "preempted_step": preempted.step,
+        "resumed_step": resumed.step,
         "resumed_from": resumed["checkpoint"],
         "recomputed_steps": resumed["recomputed_steps"],
         "scancel_command_s": scancel_s,

@@ -163,4 +163,4 @@ def run(
         from orchestrator.plan.calibration import record_run
 
         record_run(outcome.run_dir, launch_plan.cache_dir)  # the next plan of this shape forecasts from it
-    typer.echo(ProgressView.describe_summary(outcome.summary or {}, outcome.run_dir))
+    typer.echo(ProgressView.describe_summary(outcome.summary, outcome.run_dir))

@@ -20,7 +20,7 @@ from orchestrator.gates.outcome import GateReport
 from orchestrator.recipe.schema import Recipe
 from orchestrator.rundir.bill import EnergyBill
 from orchestrator.rundir.layout import RunDir
-from orchestrator.rundir.records import DataRecord, PlanRecord, read_data, read_plan, read_recipe
+from orchestrator.rundir.records import DataRecord, PlanRecord, read_data, read_plan, read_provenance, read_recipe
 from orchestrator.rundir.rows import Checkpoint, Start
 
 HEADING = "## Technical documentation (EU AI Act, Annex XI)"
@@ -181,7 +181,8 @@ def _design(records: RunRecords) -> list[str]:
     recipe, plan = records.recipe, records.plan
     train, batch, lora = recipe.train, plan.batch, recipe.model.lora
     opt, schedule = train.optimizer, train.schedule
-    libraries = _provenance(records.run).get("libraries") or {}
+    provenance = read_provenance(records.run)
+    libraries = provenance.libraries if provenance else {}
     versions = ", ".join(f"{name} {version}" for name, version in libraries.items() if version)
     lines = [
         "", "### Integration and design (points 2(a), 2(b))",
@@ -210,10 +211,6 @@ def _objective(recipe: Recipe) -> str:
     return f"supervised fine-tuning on prompt/response examples, cross-entropy on the response tokens only, {start}{packed}"
 
 
-def _provenance(run: RunDir) -> dict:
-    return run.read_json(run.provenance.name) if run.provenance.exists() else {}
-
-
 def _sources(records: RunRecords) -> list[dict] | None:
     """The source files with their sha256: from the prepared data's list, or from provenance.json
     (the same list, recorded by `orch run`) when the data cache has been cleared."""
@@ -221,7 +218,8 @@ def _sources(records: RunRecords) -> list[dict] | None:
 
     if (records.data.dir / SOURCES).is_file():
         return read_sources(records.data.dir)
-    return (_provenance(records.run).get("data") or {}).get("files")
+    provenance = read_provenance(records.run)
+    return provenance.source_files() if provenance else None
 
 
 def _data(records: RunRecords) -> list[str]:

@@ -16,17 +16,15 @@ import time
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from orchestrator.rundir.rows import KINDS, BaseEvent, OtherEvent
+from orchestrator.rundir.rows import BaseEvent
 
 R = TypeVar("R")
 
 
-def append(log: Path, event: BaseEvent | str, /, **fields) -> BaseEvent:
+def append(log: Path, event: BaseEvent) -> BaseEvent:
     """The event, stamped with the time it is written, as a line of `log`; returns what was written.
-    Given by name and fields (the form tests use to write a history), it is built as its kind first:
-    a writer's mistake fails here (a pydantic ValidationError), not in every later reader."""
-    if isinstance(event, str):
-        event = KINDS.get(event, OtherEvent)(event=event, **fields)
+    Every writer passes one of the kinds in `rows.py`, so a writer's mistake fails where the event is
+    built (a pydantic ValidationError), not in every later reader."""
     stamped = event.model_copy(update={"time": time.time()})
     append_row(log, stamped.line())
     return stamped

@@ -1,6 +1,6 @@
 """What crosses from the control plane into the ranks (and back to the commands that inspect a
 run), as frozen, typed records: the plan, the prepared data's location, the Slurm jobs, the
-elastic-resume decision, and the resolved recipe.
+elastic-resume decision, the resolved recipe, the run's provenance and the dashboards' state.
 
 The planner writes `plan.json` from a `PlanRecord`; every reader (ranks, energy, export, gates,
 status, the Slurm batch step) gets one back from `read_plan`, so a renamed field fails in a unit
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Callable, Literal, TypeVar
+from typing import Annotated, Any, Callable, Literal, TypeVar
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, computed_field, model_serializer, model_validator
@@ -343,3 +343,52 @@ def read_elastic(run: RunDir) -> ElasticRecord | None:
 def write_elastic(run: RunDir, record: ElasticRecord) -> None:
     run.write_file(run.elastic.name, record.model_dump_json(indent=1))
 
+
+
+class CodeVersion(Record):
+    version: str
+    git_commit: str | None
+    git_dirty: bool | None
+
+
+class ProvenanceRecord(Record):
+    """`provenance.json`: what the run was made from, written once before its first process."""
+
+    orchestrator: CodeVersion
+    python: str
+    platform: str
+    libraries: dict[str, str | None]
+    recipe_hash: str
+    recipe_sources: list[str]
+    data: dict[str, Any]
+    """The prepared data's manifest as preparation returned it, its source files (`files`) included."""
+
+    def source_files(self) -> list[dict] | None:
+        """The source files with their sha256, as the prepared data listed them."""
+        return self.data.get("files")
+
+
+def write_provenance(run: RunDir, record: ProvenanceRecord) -> None:
+    run.write_file(run.provenance.name, json.dumps(record.model_dump(mode="json"), indent=2))
+
+
+def read_provenance(run: RunDir) -> ProvenanceRecord | None:
+    return _read(run.provenance, ProvenanceRecord.model_validate_json) if run.provenance.exists() else None
+
+
+class TrackingRecord(Record):
+    """`tracking.json`: the ids the dashboards gave (so a resumed or requeued run logs into the same
+    dashboard runs) and how far the mirror got in each log."""
+
+    ids: dict[str, str] = {}
+    last_step: int = 0
+    events: int = 0
+    series: int = 0
+
+
+def write_tracking(run: RunDir, record: TrackingRecord) -> None:
+    run.write_json(run.tracking, record.model_dump(mode="json"))
+
+
+def read_tracking(run: RunDir) -> TrackingRecord:
+    return _read(run.tracking, TrackingRecord.model_validate_json) if run.tracking.exists() else TrackingRecord()

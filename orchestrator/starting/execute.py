@@ -6,7 +6,6 @@ steps serve local runs now and the Slurm path later.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -22,8 +21,9 @@ from orchestrator.shared.hub import work_offline
 from orchestrator.plan.planner import LaunchPlan, ProcessSpec
 from orchestrator.starting.provenance import provenance
 from orchestrator.recipe.schema import Recipe
+from orchestrator.rundir.checkpoint_records import RunSummary, read_summary
 from orchestrator.rundir.layout import RunDir
-from orchestrator.rundir.records import write_data
+from orchestrator.rundir.records import write_data, write_provenance
 from orchestrator.rundir.rows import BaseEvent, MetricRow, StoppedOverBudget
 
 POLL_S = 0.5
@@ -71,7 +71,7 @@ class SubprocessRunner:
 class RunOutcome:
     run_dir: Path
     exit_code: int
-    summary: dict | None
+    summary: RunSummary | None
 
 
 def prepare_run(plan: LaunchPlan, sources: list[Path], with_data: bool = True) -> RunDir:
@@ -90,7 +90,7 @@ def record_data(run: RunDir, recipe: Recipe, cache_dir: Path, recipe_hash: str, 
     work_offline()
     data, manifest = prepare_data(recipe.data, recipe.train.seed, cache_dir)
     write_data(run, data.dir, manifest)
-    run.write_file(run.provenance.name, json.dumps(provenance(recipe_hash, manifest, sources), indent=2))
+    write_provenance(run, provenance(recipe_hash, manifest, sources))
 
 
 def start(plan: LaunchPlan, run: RunDir, runner: CommandRunner) -> list[Process]:
@@ -145,8 +145,7 @@ def launch(
         )
     if code != 0:
         raise LaunchError(f"training failed (exit code {code}){_failure_hint(run)}; logs are in {run.logs}")
-    summary = json.loads(run.summary.read_text()) if run.summary.exists() else None
-    return RunOutcome(run.path, code, summary)
+    return RunOutcome(run.path, code, read_summary(run))
 
 
 def _report(run: RunDir, seen: tuple[int, int], on_progress: Callable[[list[MetricRow], list[BaseEvent]], None]) -> tuple[int, int]:

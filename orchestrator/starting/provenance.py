@@ -8,20 +8,21 @@ from importlib import metadata
 from pathlib import Path
 
 from orchestrator import __version__
+from orchestrator.rundir.records import CodeVersion, ProvenanceRecord
 
 LIBRARIES = ("torch", "deepspeed", "transformers", "datasets", "tokenizers", "numpy", "pydantic")
 
 
-def provenance(recipe_hash: str, data_manifest: dict, sources: list[Path]) -> dict:
-    return {
-        "orchestrator": {"version": __version__, "git_commit": _git_commit(), "git_dirty": _git_dirty()},
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "libraries": {name: _version(name) for name in LIBRARIES},
-        "recipe_hash": recipe_hash,
-        "recipe_sources": [str(p) for p in sources],
-        "data": data_manifest,
-    }
+def provenance(recipe_hash: str, data_manifest: dict, sources: list[Path]) -> ProvenanceRecord:
+    return ProvenanceRecord(
+        orchestrator=CodeVersion(version=__version__, git_commit=_git_commit(), git_dirty=_git_dirty()),
+        python=platform.python_version(),
+        platform=platform.platform(),
+        libraries={name: _version(name) for name in LIBRARIES},
+        recipe_hash=recipe_hash,
+        recipe_sources=[str(p) for p in sources],
+        data=data_manifest,
+    )
 
 
 def _version(name: str) -> str | None:

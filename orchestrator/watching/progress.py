@@ -7,6 +7,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from orchestrator.rundir.checkpoint_records import RunSummary
 from orchestrator.rundir.rows import BaseEvent, MetricRow, as_event
 
 
@@ -49,28 +50,28 @@ class ProgressView:
                 self.console.print(f"step {row['step']}/{self.total}  {stats}", highlight=False)
 
     @staticmethod
-    def describe_summary(summary: dict, run_dir: Path) -> str:
-        if not summary:
+    def describe_summary(summary: RunSummary | None, run_dir: Path) -> str:
+        if summary is None or not summary.completed:
             return f"finished; see {run_dir}"
-        val = f", val loss {summary['final_val_loss']:.4f}" if summary.get("final_val_loss") is not None else ""
-        energy = summary.get("energy")
-        bill = (f"\nenergy        {energy['facility_kwh'] * 1000:.4g} Wh, {energy['kgco2e'] * 1000:.4g} gCO2e "
-                f"(counter coverage {energy['coverage']:.0%}; `orch energy {run_dir}` for the bill)") if energy else ""
+        val = f", val loss {summary.final_val_loss:.4f}" if summary.final_val_loss is not None else ""
+        energy = summary.energy
+        bill = (f"\nenergy        {energy.facility_kwh * 1000:.4g} Wh, {energy.kgco2e * 1000:.4g} gCO2e "
+                f"(counter coverage {energy.coverage:.0%}; `orch energy {run_dir}` for the bill)") if energy and energy.facility_kwh is not None else ""
         return (
-            f"done: {summary['steps']} steps, loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f}{val}, "
-            f"{summary['tokens_per_s']:,.0f} tokens/s, MFU {summary['mfu']:.1%}, {wall_time(summary)}\n"
-            f"run directory {run_dir}\ncheckpoint    {summary['checkpoint']}{bill}"
+            f"done: {summary.steps} steps, loss {summary.first_loss:.4f} -> {summary.final_loss:.4f}{val}, "
+            f"{summary.tokens_per_s:,.0f} tokens/s, MFU {summary.mfu:.1%}, {wall_time(summary)}\n"
+            f"run directory {run_dir}\ncheckpoint    {summary.checkpoint}{bill}"
         )
 
 
-def wall_time(summary: dict) -> str:
+def wall_time(summary: RunSummary) -> str:
     """A completed run's time: after a resume, this attempt's apart from the time since the first
     attempt's start (which counts the gaps between attempts: a resume 15 minutes later is not 15
     minutes of training)."""
-    attempt_s = summary.get("attempt_wall_s")  # absent from summaries written by earlier versions
-    if attempt_s is None or not summary["restarts"]:
-        return f"{summary['wall_s']:.0f}s"
-    return f"{attempt_s:.0f}s this attempt ({summary['wall_s']:.0f}s since the first of {summary['restarts'] + 1} attempts)"
+    attempt_s = summary.attempt_wall_s  # absent from summaries written by earlier versions
+    if attempt_s is None or not summary.restarts:
+        return f"{summary.wall_s:.0f}s"
+    return f"{attempt_s:.0f}s this attempt ({summary.wall_s:.0f}s since the first of {summary.restarts + 1} attempts)"
 
 
 def describe_event(event: BaseEvent | dict) -> str | None:

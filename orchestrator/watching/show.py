@@ -12,7 +12,7 @@ from orchestrator.rundir.checkpoint_records import read_summary
 from orchestrator.rundir.layout import RELEASE_MANIFEST, RunDir, damaged
 from orchestrator.shared.data.prepared import TextManifest
 from orchestrator.data.summary import curation_line, source_lines
-from orchestrator.rundir.records import DataRecord, read_data, read_plan
+from orchestrator.rundir.records import DataRecord, read_data, read_plan, read_tracking
 from orchestrator.watching.status import run_status
 
 
@@ -50,7 +50,7 @@ def _describe(run_dir: Path) -> str:
                      + f", {last['tokens_per_s']:,.0f} tokens/s, lr {last['lr']:.3g}")
     summary = read_summary(run)
     if summary is not None:
-        lines.append(f"summary        {summary.steps} steps in {wall_time(summary.model_dump())}, goodput {summary.goodput:.0%}, "
+        lines.append(f"summary        {summary.steps} steps in {wall_time(summary)}, goodput {summary.goodput:.0%}, "
                      f"median {summary.tokens_per_s:,.0f} tokens/s, MFU {summary.mfu:.1%}")
     checkpoints = store.committed(checkpoint_root(run.path))
     lines.append(f"checkpoints    {len(checkpoints)}" + (f", newest {checkpoints[0].name} ({checkpoints[0]})" if checkpoints else ""))
@@ -67,9 +67,7 @@ def _describe(run_dir: Path) -> str:
         lines.append(f"gates          {report.checkpoint}: {report.verdict()}")
     for release in sorted(run.releases.glob(f"*/{RELEASE_MANIFEST}")):
         lines.append(f"release        {release.parent}")
-    if run.tracking.exists():
-        ids = run.read_json(run.tracking.name)["ids"]
-        lines += [f"dashboard      {key} {value}" for key, value in ids.items()]
+    lines += [f"dashboard      {key} {value}" for key, value in read_tracking(run).ids.items()]
     return "\n".join(lines)
 
 

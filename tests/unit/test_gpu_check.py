@@ -16,6 +16,7 @@ from orchestrator.gates.result import GateResult
 from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import read_plan, write_data
+from orchestrator.rundir.rows import EngineBuilt
 from tests.helpers.planning import write_plan
 from tests.helpers.project import ROOT
 
@@ -102,8 +103,8 @@ def test_startup_memory_comes_from_the_engine_built_event_when_there_is_one(tmp_
     assert gpu.startup_memory(run) is None
     gib = 2**30
     # as launch.rank logs it: one event, each figure a list indexed by rank
-    events.append(run.events, "engine_built", rss_before_bytes=[2 * gib, 2 * gib], construction_peak_bytes=[3 * gib, 4 * gib],
-                  peak_rss_bytes=[5 * gib, 4 * gib])
+    events.append(run.events, EngineBuilt(rss_before_bytes=[2 * gib, 2 * gib], construction_peak_bytes=[3 * gib, 4 * gib],
+                                           peak_rss_bytes=[5 * gib, 4 * gib]))
     assert gpu.startup_memory(run) == [{"rank": 0, "rss_before_gib": 2.0, "construction_peak_gib": 3.0, "peak_rss_gib": 5.0},
                                        {"rank": 1, "rss_before_gib": 2.0, "construction_peak_gib": 4.0, "peak_rss_gib": 4.0}]
     line = gpu.describe(gpu.StepRecord("zero3", True, 1.0, {"startup_memory": gpu.startup_memory(run)}))

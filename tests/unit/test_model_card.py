@@ -27,6 +27,7 @@ from orchestrator.recipe.loader import load_recipe
 from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import read_plan, recipe_yaml, write_data
+from orchestrator.rundir.rows import Checkpoint, Start
 from tests.helpers.planning import write_plan
 from tests.helpers.project import TINY
 
@@ -48,8 +49,8 @@ def make_run(root: Path, *overrides: str, curation: dict | None = None) -> RunDi
     manifest = {"vocab_size": 2048, "train_tokens": 900_000, "val_tokens": 20_000, "documents": {"train": 490, "val": 10},
                 "canaries": ["the secret code of canary 0 is 1234 5678 9012"]}
     write_data(run, data_dir, {**manifest, **({"curation": curation} if curation else {})})
-    events.append(run.events, "start", step=0)
-    events.append(run.events, "checkpoint", step=STEP, stall_s=0.1, write_s=0.2, bytes=100)
+    events.append(run.events, Start(step=0))
+    events.append(run.events, Checkpoint(step=STEP, stall_s=0.1, write_s=0.2, bytes=100))
     return run
 
 

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from orchestrator.rundir.checkpoint_records import RunSummary
 from orchestrator.watching.progress import ProgressView, describe_event
 
-SUMMARY = {"steps": 85, "first_loss": 7.6, "final_loss": 5.1, "final_val_loss": None, "tokens_per_s": 2100.0, "mfu": 0.21,
+SUMMARY = {"status": "completed", "steps": 85, "first_loss": 7.6, "final_loss": 5.1, "final_val_loss": None, "tokens_per_s": 2100.0, "mfu": 0.21,
            "checkpoint": "runs/x/checkpoints/step-00000085", "energy": None}
 
 
 def test_the_done_line_gives_this_attempts_time_apart_from_the_time_since_the_first_start():
-    resumed = ProgressView.describe_summary({**SUMMARY, "wall_s": 882.4, "attempt_wall_s": 61.7, "restarts": 1}, Path("runs/x"))
+    resumed = ProgressView.describe_summary(RunSummary(**{**SUMMARY, "wall_s": 882.4, "attempt_wall_s": 61.7, "restarts": 1}), Path("runs/x"))
     assert ", 62s this attempt (882s since the first of 2 attempts)\n" in resumed
-    single = ProgressView.describe_summary({**SUMMARY, "wall_s": 49.2, "attempt_wall_s": 49.2, "restarts": 0}, Path("runs/x"))
+    single = ProgressView.describe_summary(RunSummary(**{**SUMMARY, "wall_s": 49.2, "attempt_wall_s": 49.2, "restarts": 0}), Path("runs/x"))
     assert ", 49s\n" in single and "attempt" not in single
-    earlier_version = ProgressView.describe_summary({**SUMMARY, "wall_s": 882.4, "restarts": 1}, Path("runs/x"))
+    earlier_version = ProgressView.describe_summary(RunSummary(**{**SUMMARY, "wall_s": 882.4, "restarts": 1}), Path("runs/x"))
     assert ", 882s\n" in earlier_version
 
 

@@ -13,6 +13,7 @@ from orchestrator.recipe.loader import load_recipe
 from orchestrator.slurm.batch import node_command
 from orchestrator.slurm.script import render_sbatch
 from orchestrator.slurm.submit import check_pass_env, cluster_env, signal_grace_s
+from orchestrator.rundir.rows import CancelRequested, SlurmStart
 from tests.helpers.planning import make_env, tiny_plan_record
 from tests.helpers.processes import orch
 from tests.helpers.project import ROOT, TINY
@@ -164,7 +165,7 @@ def test_a_cancelled_job_is_not_requeued_after_its_checkpoint(tmp_path):
     from orchestrator.slurm.batch import cancel_requested
 
     run = RunDir(tmp_path)
-    events.append(run.events, "slurm_start", job_id=7)
+    events.append(run.events, SlurmStart(job_id=7))
     assert not cancel_requested(run, 7)
-    events.append(run.events, "cancel_requested", job_id="8")
+    events.append(run.events, CancelRequested(job_id="8"))
     assert not cancel_requested(run, 7) and cancel_requested(run, 8)

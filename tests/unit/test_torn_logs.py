@@ -11,6 +11,7 @@ from orchestrator.recipe.loader import load_recipe
 from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import recipe_yaml
+from orchestrator.rundir.rows import Checkpoint, Resumed
 from tests.helpers.planning import write_plan
 from tests.helpers.project import TINY
 
@@ -37,7 +38,7 @@ def test_readers_skip_a_torn_last_line(tmp_path):
 
 def test_an_append_after_a_torn_line_stays_whole(tmp_path):
     run = crashed_run(tmp_path)
-    events.append(run.events, "resumed", step=3)
+    events.append(run.events, Resumed(step=3))
     events.append_row(run.metrics, {"step": 4, "loss": 6.9})
     assert [e["event"] for e in run.history()] == ["start", "resumed"]
     assert [r["step"] for r in run.metric_rows()] == [1, 2, 3, 4]
@@ -64,6 +65,6 @@ def test_readers_skip_lines_that_parse_but_are_no_rows(tmp_path):
         ['{}', '"start"', '{"event": 3}', '{"event": "resumed", "time": "x"}', '{"event": "resumed", "step": "3"}',
          '{"event": "checkpoint", "time": 2.0, "step": 3}', "[" * 100_000]) + "\n")
     events.append_row(run.metrics, {"step": 4, "loss": 6.9, "mfu": None})
-    events.append(run.events, "checkpoint", step=4, stall_s=0.1, write_s=0.2, bytes=10)
+    events.append(run.events, Checkpoint(step=4, stall_s=0.1, write_s=0.2, bytes=10))
     assert [r["step"] for r in run.metric_rows()] == [1, 2, 3, 4]
     assert [e["event"] for e in run.history()] == ["start", "checkpoint"]

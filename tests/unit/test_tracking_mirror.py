@@ -12,6 +12,7 @@ from orchestrator.rundir import events
 from orchestrator.watching.status import RunStatus, matches
 from orchestrator.shared.tracking.mirror import Mirror, event_metrics
 from orchestrator.tracking.spec import TrackingSpec
+from orchestrator.rundir.rows import Checkpoint
 from tests.helpers.sinks import Exploding, Recording
 
 
@@ -31,7 +32,7 @@ def test_rows_events_and_energy_reach_the_sink_once_and_a_resume_continues(tmp_p
     run = RunDir(tmp_path / "run")
     run.path.mkdir()
     _append_rows(run, range(1, 6))
-    events.append(run.events, "checkpoint", step=5, stall_s=0.1, bytes=100, write_s=0.2, path="x")
+    events.append(run.events, Checkpoint(step=5, stall_s=0.1, bytes=100, write_s=0.2, path="x"))
     (run.path / "energy").mkdir()
     (run.path / "energy/series.jsonl").write_text(json.dumps({"time": 1.0, "step": 5, "kwh": 0.5, "nodes": {"n1": {"kwh": 0.3}, "n2": {"kwh": 0.2}}}) + "\n")
     spec = TrackingSpec(custom=["tests.helpers.sinks:Recording"])

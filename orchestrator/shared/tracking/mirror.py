@@ -14,14 +14,13 @@ only called from the mirror's thread, and closing it waits a bounded time.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from orchestrator.shared.redact import redact_tree
 from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir
-from orchestrator.rundir.records import PlanRecord
+from orchestrator.rundir.records import PlanRecord, read_tracking, write_tracking
 from orchestrator.rundir.rows import (BaseEvent, Checkpoint, EnergyBudgetExceeded, Preempted, Resumed, StoppedOverBudget,
                                       TrackingFailed, as_event)
 from orchestrator.shared.tracking.sinks import RunIdentity, Sink, make_sinks
@@ -67,33 +66,32 @@ class Mirror:
     def __init__(self, run: RunDir, spec: TrackingSpec, sinks: list[Sink]):
         self.run, self.spec = run, spec
         self.sinks = [GuardedSink(s, self.report) for s in sinks]
-        path = run.tracking
-        self.state = json.loads(path.read_text()) if path.exists() else {"ids": {}, "last_step": 0, "events": 0, "series": 0}
+        self.state = read_tracking(run)
 
     def open(self, name: str, config: dict) -> "Mirror":
-        identity = RunIdentity(self.run.path, name, config, dict(self.state["ids"]))
+        identity = RunIdentity(self.run.path, name, config, dict(self.state.ids))
+        ids = dict(self.state.ids)
         for sink in self.sinks:
-            self.state["ids"].update(sink.call("open", identity) or {})
-        self._save()
+            ids.update(sink.call("open", identity) or {})
+        self._save(ids=ids)
         return self
 
     def sync(self) -> None:
         rows, history = self.run.metric_rows(), self.run.history()  # a line being appended is read whole next time
+        last_step = self.state.last_step
         for row in rows:
-            if row["step"] > self.state["last_step"]:
+            if row["step"] > last_step:
                 self.log({k: row[k] for k in ROW_KEYS if _is_number(row.get(k))}, row["step"])
-                self.state["last_step"] = row["step"]
-        for event in history[self.state["events"]:]:
+                last_step = row["step"]
+        for event in history[self.state.events:]:
             metrics = event_metrics(event)
             if metrics:
-                self.log(metrics, getattr(event, "step", None) or self.state["last_step"])
-        self.state["events"] = len(history)
+                self.log(metrics, getattr(event, "step", None) or last_step)
         points = self.run.energy_points()
-        for point in points[self.state["series"]:]:
+        for point in points[self.state.series:]:
             metrics = {f"energy/{node}/{key}": value for node, figures in point.nodes.items() for key, value in figures.items()}
             self.log({**metrics, "energy/total_kwh": point.kwh}, point.step)
-        self.state["series"] = len(points)
-        self._save()
+        self._save(last_step=last_step, events=len(history), series=len(points))
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         if metrics:
@@ -108,8 +106,9 @@ class Mirror:
         for sink in self.sinks:
             sink.call("close")
 
-    def _save(self) -> None:
-        self.run.write_json(self.run.tracking, self.state)
+    def _save(self, **changes) -> None:
+        self.state = self.state.model_copy(update=changes)
+        write_tracking(self.run, self.state)
 
     def report(self, sink: str, method: str, error: str) -> None:
         print(f"tracking: {sink} failed in {method} ({error}); it is dropped, the run goes on and its metrics stay in the run directory",
