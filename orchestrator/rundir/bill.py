@@ -10,8 +10,49 @@ from __future__ import annotations
 
 import json
 
+from pydantic import ValidationError
+
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import Record, _read
+
+
+class DevicePart(Record):
+    """One device's energy over one process lifetime, as each rank's sampler writes it into
+    `energy/parts/<node>/rank<r>-<start>-<pid>.json` (a list of these). The bill adds them up."""
+
+    node: str
+    device: str
+    kind: str
+    method: str
+    detail: str = ""
+    rank: int | None = None
+    pid: int | None = None
+    start: float
+    end: float
+    seconds: float
+    energy_j: float | None
+    by_phase: dict[str, float] = {}
+    by_hour: dict[str, float] = {}
+    train_j_at_save: dict[str, float] = {}
+    first_step: int | None = None
+    last_step: int | None = None
+
+
+def read_parts(run: RunDir) -> list[dict]:
+    """Every device record of the run's parts, each checked as a `DevicePart` (a part being replaced
+    this instant, or one that is not a list of them, is read past like a torn log line)."""
+    parts = []
+    for path in sorted(run.energy_parts.glob("*/*.json")):
+        try:
+            content = json.loads(path.read_text())
+        except (OSError, ValueError, RecursionError):
+            continue
+        for entry in content if isinstance(content, list) else []:
+            try:
+                parts.append(DevicePart.model_validate(entry).model_dump())
+            except ValidationError:
+                continue
+    return parts
 
 
 class DeviceBill(Record):

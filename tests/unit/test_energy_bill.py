@@ -401,3 +401,17 @@ def test_the_energy_series_has_each_nodes_and_devices_power(tmp_path):
     node = second["nodes"]["n1"]
     assert node["kwh"] == pytest.approx(440.0 / J_PER_KWH)
     assert node["cpu_w"] > 0 and node["memory_w"] == pytest.approx(node["cpu_w"] / 10) and node["power_w"] == pytest.approx(node["cpu_w"] * 1.1)
+
+
+def test_a_damaged_energy_part_is_read_past_as_a_torn_line_is(tmp_path):
+    """A part that is not a list of device records, or an entry that is not one (a crash, a hand
+    edit), once stopped every bill with a KeyError or TypeError; the records beside it still count."""
+    EnergyMonitor(rank_meters(0, True, CpuPower(100.0, "test"), 1.0, nvml_loader=FakeNvml), tmp_path, "node-a", 0, 0.05).start().close()
+    good = _records(tmp_path)
+    before = make_bill(good, Intensity(100.0, "test"), 1.0, tokens=0, steps=0)
+    parts = tmp_path / "energy/parts/node-a"
+    (parts / "rank1-1-1.json").write_text('[1, {"node": "node-a"}, {"node": "x", "device": "cpu", "start": "soon"}]')
+    (parts / "rank2-1-1.json").write_text('{"not": "a list"}')
+    (parts / "rank3-1-1.json").write_text("[" * 100_000)
+    assert good and _records(tmp_path) == good
+    assert make_bill(_records(tmp_path), Intensity(100.0, "test"), 1.0, tokens=0, steps=0) == before

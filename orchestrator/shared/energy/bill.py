@@ -14,14 +14,13 @@ every reader gets (`orchestrator.rundir.bill.EnergyBill`).
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.shared.energy.grid import Intensity
 from orchestrator.errors import EnergyError
-from orchestrator.rundir.bill import EnergyBill
+from orchestrator.rundir.bill import EnergyBill, read_parts
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import EnergyRecord, read_plan
 
@@ -31,13 +30,7 @@ MEASURED_METHODS = ("counter", "integrated")
 
 
 def read_records(run_dir: Path) -> list[dict]:
-    records = []
-    for path in sorted(RunDir(run_dir).energy_parts.glob("*/*.json")):
-        try:
-            records += json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue  # a part being replaced this instant; the next aggregation reads it
-    return records
+    return read_parts(RunDir(run_dir))
 
 
 def deduplicate(records: list[dict]) -> tuple[dict[tuple[str, str], list[dict]], int]:
