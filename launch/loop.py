@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from orchestrator.rundir import events
 from orchestrator.rundir.bill import EnergyBill
 from orchestrator.rundir.checkpoint_records import RunSummary, write_summary
 from orchestrator.rundir.layout import RunDir
-from orchestrator.rundir.records import PlanRecord, read_elastic
+from orchestrator.rundir.records import PlanRecord, read_elastic, read_provenance
 from orchestrator.rundir.rows import (BaseEvent, Checkpoint, CheckpointSetAside, Completed, ElasticResume, Preempted, RecipeChangedOnResume,
                                       ReplicasDiverged, Resumed, Start, StartedOver, StoppedOverBudget)
 
@@ -172,7 +171,7 @@ class Trainer:
         state = rank_state.capture(step, self.stream.state_dict())
         meta = {"recipe": self.recipe.model_dump(mode="json"), "recipe_hash": self.plan.recipe_hash, "world_size": self.world,
                 "zero_stage": self.recipe.distributed.zero_stage, "tokens": step * self.tokens_per_step,
-                "libraries": json.loads(self.run.provenance.read_text())["libraries"] if self.run.provenance.exists() else {}}
+                "libraries": provenance.libraries if (provenance := read_provenance(self.run)) else {}}
 
         def write_shards(base: Path, tag: str) -> None:
             (base / tag).mkdir(parents=True, exist_ok=True)  # on every rank: some engines write from rank 0 alone
