@@ -38,7 +38,7 @@ class DevicePart(Record):
     last_step: int | None = None
 
 
-def read_parts(run: RunDir) -> list[dict]:
+def read_parts(run: RunDir) -> list[DevicePart]:
     """Every device record of the run's parts, each checked as a `DevicePart` (a part being replaced
     this instant, or one that is not a list of them, is read past like a torn log line)."""
     parts = []
@@ -49,7 +49,7 @@ def read_parts(run: RunDir) -> list[dict]:
             continue
         for entry in content if isinstance(content, list) else []:
             try:
-                parts.append(DevicePart.model_validate(entry).model_dump())
+                parts.append(DevicePart.model_validate(entry))
             except ValidationError:
                 continue
     return parts

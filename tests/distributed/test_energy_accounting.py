@@ -102,7 +102,7 @@ def test_a_killed_attempt_stays_on_the_bill_and_its_lost_work_is_priced(tmp_path
     wait_for_rows(process, run_dir, 8)
     kill_run(run_dir)
     process.wait()
-    first_attempt_j = sum(r["energy_j"] for r in read_records(run_dir) if r["energy_j"] is not None)
+    first_attempt_j = sum(r.energy_j for r in read_records(run_dir) if r.energy_j is not None)
     result = orch("run", *args)
     assert result.returncode == 0, result.stderr
     bill = read(run_dir, "energy.json")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from orchestrator.shared.energy.grid import Intensity
 from orchestrator.errors import EnergyError
-from orchestrator.rundir.bill import EnergyBill, read_parts
+from orchestrator.rundir.bill import DevicePart, EnergyBill, read_parts
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import EnergyRecord, read_plan
 
@@ -29,22 +29,22 @@ COUNTER_METHODS = ("counter",)
 MEASURED_METHODS = ("counter", "integrated")
 
 
-def read_records(run_dir: Path) -> list[dict]:
+def read_records(run_dir: Path) -> list[DevicePart]:
     return read_parts(RunDir(run_dir))
 
 
-def deduplicate(records: list[dict]) -> tuple[dict[tuple[str, str], list[dict]], int]:
+def deduplicate(records: list[DevicePart]) -> tuple[dict[tuple[str, str], list[DevicePart]], int]:
     """Per (node, device): its records in time order, overlapping ones reduced to the larger."""
-    by_device: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for record in sorted(records, key=lambda r: r["start"]):
-        by_device[(record["node"], record["device"])].append(record)
+    by_device: dict[tuple[str, str], list[DevicePart]] = defaultdict(list)
+    for record in sorted(records, key=lambda r: r.start):
+        by_device[(record.node, record.device)].append(record)
     dropped = 0
     for key, items in by_device.items():
-        kept: list[dict] = []
+        kept: list[DevicePart] = []
         for record in items:
-            if kept and record["start"] < kept[-1]["end"]:
+            if kept and record.start < kept[-1].end:
                 dropped += 1
-                if (record["energy_j"] or 0) > (kept[-1]["energy_j"] or 0):
+                if (record.energy_j or 0) > (kept[-1].energy_j or 0):
                     kept[-1] = record
                 continue
             kept.append(record)
@@ -52,16 +52,16 @@ def deduplicate(records: list[dict]) -> tuple[dict[tuple[str, str], list[dict]],
     return dict(by_device), dropped
 
 
-def _recomputed_j(earlier: dict, later: dict) -> float:
+def _recomputed_j(earlier: DevicePart, later: DevicePart) -> float:
     """Training energy of `earlier` spent after the step `later` resumed from."""
-    if later["first_step"] is None or earlier["first_step"] is None or earlier["energy_j"] is None:
+    if later.first_step is None or earlier.first_step is None or earlier.energy_j is None:
         return 0.0
-    resumed_from = later["first_step"] - 1
-    train_j = earlier["by_phase"].get("train", 0.0)
-    if resumed_from < earlier["first_step"]:
+    resumed_from = later.first_step - 1
+    train_j = earlier.by_phase.get("train", 0.0)
+    if resumed_from < earlier.first_step:
         return train_j
-    saves = {int(step): j for step, j in earlier["train_j_at_save"].items() if int(step) <= resumed_from}
-    if earlier["last_step"] is not None and resumed_from >= earlier["last_step"]:
+    saves = {int(step): j for step, j in earlier.train_j_at_save.items() if int(step) <= resumed_from}
+    if earlier.last_step is not None and resumed_from >= earlier.last_step:
         return 0.0
     return train_j - (saves[max(saves)] if saves else 0.0)
 
@@ -82,36 +82,37 @@ class _Tally:
     phases: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     missing: list[dict] = field(default_factory=list)
 
-    def add_device(self, node: str, device: str, items: list[dict], intensity: Intensity) -> dict:
+    def add_device(self, node: str, device: str, items: list[DevicePart], intensity: Intensity) -> dict:
         """One device's records (its attempts, in order) into the sums; returns its line of the bill."""
         last = items[-1]
-        energy = None if last["method"] == "missing" else sum(r["energy_j"] or 0.0 for r in items)
-        seconds = sum(r["seconds"] for r in items)
+        energy = None if last.method == "missing" else sum(r.energy_j or 0.0 for r in items)
+        seconds = sum(r.seconds for r in items)
         for index, record in enumerate(items):
-            for phase, joules in record["by_phase"].items():
+            for phase, joules in record.by_phase.items():
                 self.phases["restart" if phase == "startup" and index else phase] += joules
-            for hour, joules in record["by_hour"].items():
+            for hour, joules in record.by_hour.items():
                 self.grams += joules / J_PER_KWH * intensity.at(float(hour) + 1800)
             if index:
                 self.recomputed_j += _recomputed_j(items[index - 1], record)
-                self.restart_j += record["by_phase"].get("startup", 0.0)
+                self.restart_j += record.by_phase.get("startup", 0.0)
         self.device_s += seconds
-        self.gpu_s += seconds if last["kind"] == "gpu" else 0.0
+        self.gpu_s += seconds if last.kind == "gpu" else 0.0
         if energy is None:
-            self.missing.append({"node": node, "device": device, "reason": last["detail"]})
+            self.missing.append({"node": node, "device": device, "reason": last.detail})
         else:
             self.energy_j += energy
-            if last["method"] in MEASURED_METHODS:
+            if last.method in MEASURED_METHODS:
                 self.measured_j += energy
             else:
                 self.estimated_j += energy
-            self.counter_s += seconds if last["method"] in COUNTER_METHODS else 0.0
-        return {"device": device, "kind": last["kind"], "method": last["method"], "detail": last["detail"], "seconds": seconds,
+            self.counter_s += seconds if last.method in COUNTER_METHODS else 0.0
+        return {"device": device, "kind": last.kind, "method": last.method, "detail": last.detail, "seconds": seconds,
                 "energy_j": energy, "kwh": None if energy is None else energy / J_PER_KWH, "attempts": len(items)}
 
 
-def make_bill(records: list[dict], intensity: Intensity, pue: float, tokens: int, steps: int, forecast: dict | None = None) -> dict:
-    by_device, dropped = deduplicate(records)
+def make_bill(records: list[DevicePart | dict], intensity: Intensity, pue: float, tokens: int, steps: int, forecast: dict | None = None) -> dict:
+    """The bill's content from the device records (read from the parts, or given as their JSON)."""
+    by_device, dropped = deduplicate([DevicePart.model_validate(r) for r in records])
     tally = _Tally()
     nodes: dict[str, list[dict]] = defaultdict(list)
     for (node, device), items in sorted(by_device.items()):
