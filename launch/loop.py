@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +30,21 @@ from orchestrator.rundir import events
 from orchestrator.rundir.bill import EnergyBill
 from orchestrator.rundir.checkpoint_records import RunSummary, write_summary
 from orchestrator.rundir.layout import RunDir
-from orchestrator.rundir.records import PlanRecord, read_elastic, read_provenance
+from orchestrator.rundir.records import ElasticRecord, PlanRecord, read_elastic, read_provenance
 from orchestrator.rundir.rows import (BaseEvent, Checkpoint, CheckpointSetAside, Completed, ElasticResume, Preempted, RecipeChangedOnResume,
                                       ReplicasDiverged, Resumed, Start, StartedOver, StoppedOverBudget)
 
 MEMORY_STAGE_ROOT = Path("/dev/shm")
+
+
+@dataclass(frozen=True)
+class ResumeDecision:
+    """What rank 0 decided about resuming, broadcast to every rank: the checkpoint (None: a fresh
+    start), why it cannot be continued, and the elastic record for a resume at another world size."""
+
+    tag: str | None = None
+    problem: str | None = None
+    elastic: ElasticRecord | None = None
 
 
 class Trainer:
@@ -198,49 +209,47 @@ class Trainer:
             checkpoint = store.find_resumable(self.root, set_aside)
             for event in set_aside:
                 self.event(event)
-            found = {"tag": None, "problem": None, "elastic": None}
-            if checkpoint:
-                found.update(tag=checkpoint.name, **self._compatibility(checkpoint))
+            found = self._decide(checkpoint) if checkpoint else ResumeDecision()
         found = self.engine.broadcast(found)
-        if found["problem"]:
-            raise SystemExit(f"cannot resume from {found['tag']}: {found['problem']}")
-        if not found["tag"]:
+        if found.problem:
+            raise SystemExit(f"cannot resume from {found.tag}: {found.problem}")
+        if not found.tag:
             if self.is_logger:
                 self._discard_uncheckpointed_rows()
             return 0
-        checkpoint = self.root / found["tag"]
-        elastic = found["elastic"]
+        checkpoint = self.root / found.tag
+        elastic = found.elastic
         if elastic:
             # Another world size: shards from the universal conversion, the global data position from
             # rank 0's state, and RNG states reseeded (per-rank streams cannot be carried over).
             state = rank_state.read(checkpoint, 0)
-            self.engine.load_shards(Path(elastic["universal_root"]), found["tag"])
+            self.engine.load_shards(elastic.universal_root, found.tag)
             seed_everything(self.recipe.train.seed + state.step + self.engine.rank)
         else:
             state = rank_state.read(checkpoint, self.engine.rank)
-            self.engine.load_shards(self.root, found["tag"])
+            self.engine.load_shards(self.root, found.tag)
             rank_state.restore_rng(state)
         self.stream.load_state_dict(state.data)
         if self.is_logger:
             self._restore_metrics(checkpoint, state.step)
             if elastic:
-                self.event(ElasticResume(checkpoint=found["tag"], from_world_size=elastic["from_world_size"],
+                self.event(ElasticResume(checkpoint=found.tag, from_world_size=elastic.from_world_size,
                                          to_world_size=self.world, consumed_samples=state.data["consumed_samples"]))
         self.engine.barrier()
         return state.step
 
-    def _compatibility(self, checkpoint: Path) -> dict:
-        """Whether this rank's world may continue the checkpoint; the elastic record when `orch run`
+    def _decide(self, checkpoint: Path) -> "ResumeDecision":
+        """Whether this rank's world may continue the checkpoint, and the elastic record when `orch run`
         prepared it for this world size."""
         manifest = store.read_manifest(checkpoint)
         elastic = read_elastic(self.run) if manifest.world_size != self.world else None
         ready = elastic is not None and elastic.tag == checkpoint.name
         unsafe, safe = compatibility(manifest, self.recipe.model_dump(mode="json"), self.world, elastic_ready=ready)
         if unsafe:
-            return {"problem": "; ".join(unsafe)}
+            return ResumeDecision(tag=checkpoint.name, problem="; ".join(unsafe))
         if safe:
             self.event(RecipeChangedOnResume(checkpoint=checkpoint.name, changes=safe))
-        return {"elastic": elastic.model_dump(mode="json") if ready else None}
+        return ResumeDecision(tag=checkpoint.name, elastic=elastic if ready else None)
 
     def _restore_metrics(self, checkpoint: Path, step: int) -> None:
         """Metrics become those of the checkpoint: rows logged after it are recomputed, not duplicated."""
