@@ -82,6 +82,9 @@ class JobStep(NamedTuple):
     code: int
     """The job's exit code: 0 when it was requeued, else the ranks'."""
     requeued: bool
+    stopped_by_scheduler: bool = False
+    """Slurm signalled the job (a cancel, a preemption, the time limit): however the ranks ended (a
+    checkpoint and 75, or killed before they could, 143), the run did not fail of itself."""
 
 
 def run_job_step(run: RunDir, stop_when: Callable[[list[dict]], bool] | None = None) -> JobStep:
@@ -125,10 +128,10 @@ def run_job_step(run: RunDir, stop_when: Callable[[list[dict]], bool] | None = N
         else:
             events.append(run.events, SlurmRequeued(job_id=job_id, restart=restart + 1))
             _say(f"the ranks checkpointed on {spec.signal}: requeued the job (restart {restart + 1} of at most {spec.max_requeues})")
-            return JobStep(0, True)
+            return JobStep(0, True, True)
     events.append(run.events, SlurmEnd(job_id=job_id, exit_code=code))
     _say(f"the nodes ended: the job exits {code}")
-    return JobStep(code, False)
+    return JobStep(code, False, bool(received))
 
 
 def _say(message: str) -> None:

@@ -121,9 +121,11 @@ def main() -> None:
     add_job(run, os.environ["SLURM_JOB_ID"], "train")
     judge = Judge.of(trial, spec)
     step = run_job_step(run, stop_when=judge.observe)
-    if judge.pruned_at is None and (step.requeued or step.code == EXIT_REQUEUE):
-        # Requeued, or stopped by a cancel: the trial is unfinished and resumes at this slot's next start.
-        print(f"trial {slot}: stopped after a checkpoint; it resumes when its slot runs again", flush=True)
+    if judge.pruned_at is None and (step.requeued or step.code == EXIT_REQUEUE or step.stopped_by_scheduler):
+        # Requeued, or stopped by a cancel (after a checkpoint, or killed still starting up, before the
+        # ranks could take the signal): the trial is unfinished and resumes at this slot's next start.
+        how = "after a checkpoint" if step.requeued or step.code == EXIT_REQUEUE else f"by the scheduler (exit {step.code}) before its ranks could checkpoint"
+        print(f"trial {slot}: stopped {how}; it resumes when its slot runs again", flush=True)
         sys.exit(step.code)
     failed = None if judge.pruned_at is not None or step.code == 0 else f"the job step exited {step.code}"
     print(f"trial {slot}: {tell(study, trial, spec, run, judge, failed)}", flush=True)

@@ -99,3 +99,26 @@ def test_a_sweep_directory_name_its_trials_cannot_take_is_refused_at_the_start(t
     result = CliRunner().invoke(app, ["sweep", str(SWEEP), *overrides, "--local", "--sweep-dir", str(tmp_path / name)])
     assert result.exit_code == 1 and result.output.startswith("error: ") and says in result.output, result.output
     assert not (tmp_path / name).exists()
+
+
+@pytest.mark.parametrize("signalled, state", [(True, "RUNNING"), (False, "FAIL")])
+def test_an_array_task_cancelled_before_its_ranks_could_checkpoint_leaves_its_trial_unfinished(tmp_path, monkeypatch, signalled, state):
+    """`scancel` while a trial's ranks were still starting killed them (exit 143, no checkpoint, no 75):
+    the trial was told FAIL and never ran again. Stopped by the scheduler, it resumes; a step that
+    failed of itself still fails the trial."""
+    import orchestrator.slurm.batch as batch
+    from orchestrator.sweep import trial as trial_task
+    from orchestrator.sweep.study import slot_trials
+    from tests.helpers.planning import write_plan
+
+    sweep = make_sweep(tmp_path / "sweep")
+    write_plan(sweep.trial(1))
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
+    monkeypatch.setenv("SLURM_JOB_ID", "99")
+    monkeypatch.setattr(batch, "run_job_step", lambda run, stop_when: batch.JobStep(143, False, signalled))
+    monkeypatch.setattr("sys.argv", ["trial", "--sweep-dir", str(sweep.path)])
+    with pytest.raises(SystemExit) as ended:
+        trial_task.main()
+    assert ended.value.code == 143
+    recipe = load_recipe(SWEEP).recipe
+    assert slot_trials(open_study(sweep, recipe.sweep, recipe.name)).get(1).state.name == state
