@@ -100,9 +100,10 @@ class Listing:
             return False
 
 
-_listed: dict[tuple[str, tuple[str, ...]], Listing] = {}
-"""The last directory listed, while it is current: validation, the plan's look-up of prepared data and
-preparation each list the same directory in one command, and 200,000 paths take a second to make."""
+_last: tuple[tuple[str, tuple[str, ...]], Listing] | None = None
+"""The last directory listed (with its suffixes), kept while it is current: validation, the plan's
+look-up of prepared data and preparation each list the same directory in one command, and 200,000
+paths take a second to make."""
 
 
 def list_data_files(root: Path, suffixes: Iterable[str]) -> list[Path]:
@@ -110,12 +111,11 @@ def list_data_files(root: Path, suffixes: Iterable[str]) -> list[Path]:
     order (the order of `sorted(root.rglob(...))`: by their paths' parts). A link or special file
     named like data, a link to a directory, or a directory that cannot be listed is refused:
     skipping it would leave out data the user meant, following it would read from outside `root`."""
+    global _last
     key = (os.path.abspath(root), tuple(suffixes))
-    listing = _listed.get(key)
-    if listing is None or not listing.current():
-        _listed.clear()
-        listing = _listed[key] = _walk(root, key[1])
-    return list(listing.files)
+    if _last is None or _last[0] != key or not _last[1].current():
+        _last = (key, _walk(root, key[1]))
+    return list(_last[1].files)
 
 
 def _walk(root: Path, suffixes: tuple[str, ...]) -> Listing:

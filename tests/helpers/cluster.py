@@ -9,6 +9,7 @@ launchers and ranks; a local run a test started).
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -46,10 +47,8 @@ def left_running(processes: list[psutil.Process]) -> list[str]:
     _, alive = psutil.wait_procs(processes, timeout=EXIT_WAIT_S)
     described = []
     for process in alive:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):  # ended since the wait
             described.append(f"{process.pid} {' '.join(process.cmdline()) or process.name()}")
-        except psutil.NoSuchProcess:
-            pass
     return described
 
 

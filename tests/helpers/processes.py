@@ -3,6 +3,7 @@ kill what it started."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -43,8 +44,6 @@ def kill_run(run_dir: Path) -> None:
 
     victims = [p for p in psutil.process_iter(["cmdline"]) if str(run_dir) in " ".join(p.info["cmdline"] or [])]
     for process in victims:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):  # ended by itself meanwhile
             process.kill()
-        except psutil.NoSuchProcess:
-            pass
     psutil.wait_procs(victims, timeout=30)
