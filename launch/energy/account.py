@@ -15,7 +15,6 @@ import time
 from launch.energy.meters import rank_meters
 from launch.energy.monitor import EnergyMonitor, Monitor, NullMonitor
 from orchestrator.shared.energy.bill import compute_bill
-from orchestrator.shared.energy.hardware import CpuPower
 from orchestrator.energy.spec import EnergySpec
 from orchestrator.rundir import events
 from orchestrator.rundir.bill import BillTotals, EnergyBill, write_bill
@@ -119,7 +118,7 @@ def start_energy(spec: EnergySpec, energy: EnergyRecord, tokens_per_step: int, d
     if not spec.enabled:
         return NullMonitor(), NullAccount()
     account = EnergyAccount(run, spec, energy, tokens_per_step) if rank == 0 else NullAccount()
-    meters = rank_meters(local_rank, device == "cuda", CpuPower(**energy.cpu), spec.memory_w_per_gib)
+    meters = rank_meters(local_rank, device == "cuda", energy.cpu, spec.memory_w_per_gib)
     if not meters:
         return NullMonitor(), account  # a CPU run's other local ranks own no device
     monitor = EnergyMonitor(meters, run.path, node_name(), rank, spec.interval_s, account.watch)

@@ -7,28 +7,14 @@ planner); on CPUs it counts each node's CPU at full load plus its memory in use.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from orchestrator.shared.energy.grid import Intensity
 from orchestrator.shared.energy.hardware import CpuPower, cpu_load_power_w, gpu_board_power_w
 from orchestrator.energy.spec import EnergySpec
+from orchestrator.rundir.records import EnergyForecast
 
 GiB = 2**30
-
-
-@dataclass(frozen=True, kw_only=True)
-class EnergyForecast:
-    device_hours: float
-    power_per_device_w: float | None
-    kwh: float | None
-    facility_kwh: float | None
-    kgco2e: float | None
-    basis: str
-    kwh_range: tuple[float, float] | None = None
-    """IT energy over the time estimate's range."""
-
-    def summary(self) -> dict:
-        return asdict(self)
 
 
 def forecast_energy(
@@ -83,17 +69,3 @@ def plan_forecast(spec: EnergySpec, request: EnergyRequest, intensity_g_per_kwh:
     held = f"{memory_gib:.1f} GiB in use with this run's" if r.memory_in_use_bytes else "this run's"
     basis = f"per node: CPU at full load {r.cpu.tdp_w:g} W ({r.cpu.source}) + memory {memory_w:.1f} W ({held})"
     return forecast_energy(hours, node_w, spec.pue_value, intensity_g_per_kwh, basis, hours_range)
-
-
-@dataclass(frozen=True)
-class EnergyPlan:
-    """What the ranks and the bill need, resolved once by the planner and written into plan.json."""
-
-    pue: float
-    intensity: Intensity
-    cpu: CpuPower
-    forecast: EnergyForecast
-
-    def summary(self) -> dict:
-        return {"pue": self.pue, "intensity": self.intensity.summary(with_series=True), "cpu": asdict(self.cpu),
-                "forecast": self.forecast.summary()}

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.backends.registry import BACKENDS
-from orchestrator.energy.forecast import EnergyPlan, EnergyRequest, plan_forecast
+from orchestrator.energy.forecast import EnergyRequest, plan_forecast
 from orchestrator.shared.energy.grid import Intensity, IntensityError, resolve_intensity
 from orchestrator.shared.energy.hardware import cpu_power
 from orchestrator.data.files import path_problem
@@ -31,7 +31,7 @@ from orchestrator.shared.redact import redact_recipe
 from orchestrator.recipe.schema import Recipe
 from orchestrator.rundir.entry import ATTACHED_FLAG, node_argv
 from orchestrator.rundir.layout import LAUNCH_LOG, PLAN_FILE, RECIPE_FILE, RunDir
-from orchestrator.rundir.records import CommandRecord, ModelRecord, PlanRecord, plan_json, recipe_yaml
+from orchestrator.rundir.records import CommandRecord, EnergyRecord, ModelRecord, PlanRecord, plan_json, recipe_yaml
 
 DRY_RUN_STEPS = 5
 DRY_RUN_SUFFIX = "-dry-run"
@@ -67,8 +67,6 @@ class LaunchPlan:
 
     recipe: Recipe
     contract: PlanRecord
-    energy: EnergyPlan
-    """The energy plan with its sources (`contract.energy` is its serialisation)."""
     cache_dir: Path
     """This machine's cache: prepared data, and completed runs' measurements for later forecasts."""
 
@@ -127,6 +125,10 @@ class LaunchPlan:
     @property
     def time(self) -> TimeEstimate:
         return self.contract.estimate
+
+    @property
+    def energy(self) -> EnergyRecord:
+        return self.contract.energy
 
     @property
     def backend_files(self) -> dict[str, dict]:
@@ -222,14 +224,14 @@ def make_plan(
         memory_per_device=memory,
         host_memory_per_node=host_memory,
         estimate=time,
-        energy=energy.summary(),
+        energy=energy,
         backend_files=backend.config_files(recipe, batch, model.sizes, model.num_params, load_universal),
         checkpoint_dir=recipe.checkpoint.dir or RunDir(run_dir).default_checkpoints,
         data_cache_dir=env.cache_dir / "data",
         commands=[_local_process(backend.name, backend.process_env(topology), env, topology, run_dir)],
         warnings=_memory_warnings(recipe, memory, host_memory) + [secret.warning() for secret in secrets],
     )
-    return LaunchPlan(recipe=recipe, contract=record, energy=energy, cache_dir=env.cache_dir)
+    return LaunchPlan(recipe=recipe, contract=record, cache_dir=env.cache_dir)
 
 
 def _model_plan(recipe: Recipe, base: BaseModel | None) -> ModelPlan:
@@ -283,7 +285,7 @@ def _memory_warnings(recipe: Recipe, memory: MemoryEstimate, host: HostMemoryEst
 
 
 def _energy(recipe: Recipe, env: EnvSnapshot, topology: Topology, time: TimeEstimate, memory: MemoryEstimate,
-            intensity: Intensity, calibration: Calibration | None) -> EnergyPlan:
+            intensity: Intensity, calibration: Calibration | None) -> EnergyRecord:
     spec = recipe.energy
     cpu = cpu_power(env.cpu_model, env.cpu_count, spec.cpu_tdp_w)
     request = EnergyRequest(
@@ -293,7 +295,7 @@ def _energy(recipe: Recipe, env: EnvSnapshot, topology: Topology, time: TimeEsti
         measured_w=calibration.power_per_device_w if calibration else None,
     )
     forecast = plan_forecast(spec, request, intensity.g_per_kwh)
-    return EnergyPlan(spec.pue_value, intensity, cpu, forecast)
+    return EnergyRecord(pue=spec.pue_value, intensity=intensity, cpu=cpu, forecast=forecast)
 
 
 def _base_model(loaded: LoadedRecipe, problems: list[Problem]) -> BaseModel | None:

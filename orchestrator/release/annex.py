@@ -296,9 +296,9 @@ def _compute(records: RunRecords, compute: Compute, wall_s: float | None) -> lis
 def _energy(records: RunRecords, bill: EnergyBill | None) -> list[str]:
     head = ["", "### Energy consumption (point 2(e))"]
     if not bill:
-        forecast = records.plan.energy.forecast or {}
-        planned = f"; the plan's forecast for {records.recipe.train.steps} steps was {forecast['kwh']:.6g} kWh ({forecast['basis']})" \
-            if forecast.get("kwh") else ""
+        forecast = records.plan.energy.forecast
+        planned = f"; the plan's forecast for {records.recipe.train.steps} steps was {forecast.kwh:.6g} kWh ({forecast.basis})" \
+            if forecast and forecast.kwh else ""
         return head + [f"- energy consumed: not measured (energy.enabled was false for this run){planned}"]
     t = bill.totals
     devices = Counter(f"{d.kind} ({d.method})" for _, d in bill.devices())

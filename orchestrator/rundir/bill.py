@@ -13,7 +13,7 @@ import json
 from pydantic import ValidationError
 
 from orchestrator.rundir.layout import RunDir
-from orchestrator.rundir.records import Record, _read
+from orchestrator.rundir.records import EnergyForecast, Record, _read
 
 
 class DevicePart(Record):
@@ -128,12 +128,12 @@ class EnergyBill(Record):
     failures_kwh: FailuresKwh
     attempts: int
     duplicates_dropped: int
-    forecast: dict | None
-    """The plan's forecast (`EnergyRecord.forecast`), for the bill to be set against it."""
+    forecast: EnergyForecast | None
+    """The plan's forecast, for the bill to be set against it."""
 
     @property
     def forecast_kwh(self) -> float | None:
-        return (self.forecast or {}).get("kwh") or None
+        return (self.forecast.kwh or None) if self.forecast else None
 
     def devices(self) -> list[tuple[str, DeviceBill]]:
         """(node, device line) for every device, node by node."""

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, TypeVar
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, computed_field, model_serializer, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, computed_field, field_serializer, model_serializer, model_validator
 
 from orchestrator.shared.data.prepared import Manifest, PreparedData, manifest_content
+from orchestrator.shared.energy.grid import Intensity
+from orchestrator.shared.energy.hardware import CpuPower
 from orchestrator.shared.model.architectures import Sizes
 from orchestrator.recipe.schema import Recipe
 from orchestrator.rundir.layout import RunDir, damaged
@@ -165,14 +167,40 @@ class EstimateRecord(Record):
     """What the run's measurements are filed under once it completes (`orchestrator.plan.calibration`)."""
 
 
+class EnergyForecast(Record):
+    """What the run will cost before it starts: device-hours x power per device, x PUE, x grid
+    intensity (`orchestrator.energy.forecast`); the figures are None where no power is known."""
+
+    device_hours: float
+    power_per_device_w: float | None
+    kwh: float | None
+    facility_kwh: float | None
+    kgco2e: float | None
+    basis: str
+    kwh_range: tuple[float, float] | None = None
+    """IT energy over the time estimate's range (absent from plans made before it was given)."""
+
+
 class EnergyRecord(Record):
-    """The energy module's own serialisations (intensity with its series, CPU power, forecast), so
-    the ranks never read CodeCarbon's tables themselves."""
+    """The energy plan, resolved once by the planner (intensity with its hourly series, CPU power,
+    forecast), so that the ranks never read CodeCarbon's tables themselves."""
 
     pue: float
-    intensity: dict
-    cpu: dict
-    forecast: dict | None
+    intensity: Intensity
+    cpu: CpuPower
+    forecast: EnergyForecast | None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _without_series_points(cls, data):
+        """The intensity's point count is written for the reader's sake and derived again on reading."""
+        if isinstance(data, dict) and isinstance(data.get("intensity"), dict):
+            return {**data, "intensity": {k: v for k, v in data["intensity"].items() if k != "series_points"}}
+        return data
+
+    @field_serializer("intensity")
+    def _intensity_as_written(self, intensity: Intensity) -> dict:
+        return {**intensity.summary(), "series": [list(point) for point in intensity.series]}
 
 
 class CommandRecord(Record):

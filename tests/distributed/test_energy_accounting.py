@@ -119,9 +119,10 @@ from launch.energy.account import start_energy
 from orchestrator.energy.spec import EnergySpec
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import EnergyRecord
+from orchestrator.shared.energy.grid import Intensity
+from orchestrator.shared.energy.hardware import CpuPower
 rank, run_dir, seconds = int(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
-energy = EnergyRecord(pue=1.0, cpu={"tdp_w": 100.0, "source": "test"}, forecast=None,
-                      intensity={"g_per_kwh": 100.0, "source": "test", "basis": "location-based", "market_based_g_per_kwh": None})
+energy = EnergyRecord(pue=1.0, cpu=CpuPower(100.0, "test"), forecast=None, intensity=Intensity(100.0, "test"))
 monitor, account = start_energy(EnergySpec(interval_s=0.2), energy, 1, "cpu", RunDir(run_dir), rank, local_rank=rank)
 time.sleep(seconds)
 monitor.close()

@@ -16,6 +16,7 @@ import pytest
 
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import read_plan
+from orchestrator.rundir.checkpoint_records import read_summary
 
 
 def assert_mfu_matches_plan(run_dir: Path) -> None:
@@ -44,5 +45,5 @@ def assert_mfu_matches_plan(run_dir: Path) -> None:
         assert row["tokens_per_s"] == pytest.approx(batch.tokens_per_step / row["step_s"], rel=1e-9), row
         assert row["tokens"] == row["step"] * batch.tokens_per_step, row
     if run.summary.exists():
-        summary = run.read_json(run.summary.name)
-        assert summary["mfu"] == pytest.approx(float(np.median([r["mfu"] for r in rows[1:]] or [0.0])), rel=1e-12)
+        summary = read_summary(run)
+        assert summary.mfu == pytest.approx(float(np.median([r["mfu"] for r in rows[1:]] or [0.0])), rel=1e-12)

@@ -337,7 +337,7 @@ def test_plan_forecasts_gpu_runs_from_board_power(tmp_path):
 
 def test_the_budget_warns_then_stops(tmp_path):
     run = RunDir(tmp_path)
-    plan = EnergyRecord(pue=1.0, intensity=Intensity(1000.0, "test").summary(with_series=True), cpu={}, forecast=None)
+    plan = EnergyRecord(pue=1.0, intensity=Intensity(1000.0, "test"), cpu=CpuPower(100.0, "test"), forecast=None)
     account = EnergyAccount(run, EnergySpec(budget_kwh=1.0, budget_warn_fraction=0.5), plan, tokens_per_step=10)
     parts = tmp_path / "energy/parts/n1"
     parts.mkdir(parents=True)
@@ -387,7 +387,7 @@ def test_a_misspelt_country_is_a_recipe_error_with_its_line(tmp_path):
 
 def test_the_energy_series_has_each_nodes_and_devices_power(tmp_path):
     run = RunDir(tmp_path)
-    plan = EnergyRecord(pue=1.0, intensity=Intensity(100.0, "test").summary(with_series=True), cpu={}, forecast=None)
+    plan = EnergyRecord(pue=1.0, intensity=Intensity(100.0, "test"), cpu=CpuPower(100.0, "test"), forecast=None)
     account = EnergyAccount(run, EnergySpec(), plan, tokens_per_step=1)
     parts = tmp_path / "energy/parts/n1"
     parts.mkdir(parents=True)

@@ -12,6 +12,7 @@ from orchestrator.shared.energy.grid import Intensity
 from orchestrator.errors import DamagedRun
 from orchestrator.rundir.bill import EnergyBill, bill_json, read_bill, write_bill
 from orchestrator.rundir.layout import RunDir
+from orchestrator.rundir.records import EnergyForecast
 
 WRITTEN_BY_D92F83D = Path(__file__).parent / "run_fixtures" / "written-by-d92f83d"
 
@@ -25,7 +26,7 @@ def _record(device: str, kind: str, method: str, joules: float | None) -> dict:
 def test_a_bill_round_trips_through_energy_json(tmp_path):
     content = make_bill([_record("cpu", "cpu", "counter", 3600.0), _record("gpu:local-0", "gpu", "missing", None)],
                         Intensity(400.0, "test", market_based_g_per_kwh=50.0), 1.5, tokens=400, steps=4,
-                        forecast={"kwh": 0.002, "basis": "test"})
+                        forecast=EnergyForecast(device_hours=0.01, power_per_device_w=200.0, kwh=0.002, facility_kwh=0.003, kgco2e=0.001, basis="test"))
     run = RunDir(tmp_path)
     write_bill(run, EnergyBill.model_validate(content))
     assert json.loads(run.energy.read_text()) == content  # the keys the computation made, in its order

@@ -346,6 +346,8 @@ def test_an_early_blow_up_is_caught_as_divergence():
 def test_the_budget_gate_holds_the_bill_to_the_recipes_budget(tmp_path):
     from orchestrator.shared.energy.bill import J_PER_KWH
     from orchestrator.shared.energy.grid import Intensity
+    from orchestrator.shared.energy.hardware import CpuPower
+    from orchestrator.rundir.records import EnergyRecord
     from orchestrator.gates.evaluate import _budget_gate
     from orchestrator.recipe.loader import load_recipe
     from orchestrator.rundir.layout import RunDir
@@ -353,7 +355,7 @@ def test_the_budget_gate_holds_the_bill_to_the_recipes_budget(tmp_path):
     from tests.helpers.project import TINY
 
     run = RunDir(tmp_path)
-    energy = {"pue": 1.0, "intensity": Intensity(100.0, "test").summary(with_series=True), "cpu": {}, "forecast": None}
+    energy = EnergyRecord(pue=1.0, intensity=Intensity(100.0, "test"), cpu=CpuPower(100.0, "test"), forecast=None)
     write_plan(tmp_path, energy=energy)
     record = {"node": "n", "device": "cpu", "kind": "cpu", "method": "estimated", "detail": "", "rank": 0, "pid": 1, "start": 0, "end": 1,
               "seconds": 1, "energy_j": 0.5 * J_PER_KWH, "by_phase": {"train": 0.5 * J_PER_KWH}, "by_hour": {"0": 0.5 * J_PER_KWH},

@@ -22,7 +22,7 @@ from orchestrator.shared.energy.grid import Intensity
 from orchestrator.errors import EnergyError
 from orchestrator.rundir.bill import DevicePart, EnergyBill, read_parts
 from orchestrator.rundir.layout import RunDir
-from orchestrator.rundir.records import EnergyRecord, read_plan
+from orchestrator.rundir.records import EnergyForecast, EnergyRecord, read_plan
 
 J_PER_KWH = 3.6e6
 COUNTER_METHODS = ("counter",)
@@ -110,7 +110,7 @@ class _Tally:
                 "energy_j": energy, "kwh": None if energy is None else energy / J_PER_KWH, "attempts": len(items)}
 
 
-def make_bill(records: list[DevicePart | dict], intensity: Intensity, pue: float, tokens: int, steps: int, forecast: dict | None = None) -> dict:
+def make_bill(records: list[DevicePart | dict], intensity: Intensity, pue: float, tokens: int, steps: int, forecast: EnergyForecast | None = None) -> dict:
     """The bill's content from the device records (read from the parts, or given as their JSON)."""
     by_device, dropped = deduplicate([DevicePart.model_validate(r) for r in records])
     tally = _Tally()
@@ -145,14 +145,13 @@ def make_bill(records: list[DevicePart | dict], intensity: Intensity, pue: float
                          "lost": (tally.recomputed_j + tally.restart_j) / J_PER_KWH},
         "attempts": max((len(items) for items in by_device.values()), default=0),
         "duplicates_dropped": dropped,
-        "forecast": forecast,
+        "forecast": forecast.model_dump(mode="json") if forecast else None,
     }
 
 
 def compute_bill(run_dir: Path, energy_plan: EnergyRecord, tokens_per_step: int, step: int) -> EnergyBill:
     """The bill from every record in the run directory, with the plan's intensity, PUE and forecast."""
-    intensity = Intensity.from_summary(energy_plan.intensity)
-    return EnergyBill.model_validate(make_bill(read_records(run_dir), intensity, energy_plan.pue, step * tokens_per_step, step, energy_plan.forecast))
+    return EnergyBill.model_validate(make_bill(read_records(run_dir), energy_plan.intensity, energy_plan.pue, step * tokens_per_step, step, energy_plan.forecast))
 
 
 def bill_for(run_dir: Path) -> EnergyBill:

@@ -42,16 +42,10 @@ class Intensity:
         index = max(0, bisect.bisect_right(times, unix_time) - 1)
         return self.series[index][1]
 
-    def summary(self, with_series: bool = False) -> dict:
-        data = {"g_per_kwh": self.g_per_kwh, "source": self.source, "basis": self.basis, "series_points": len(self.series),
+    def summary(self) -> dict:
+        """The figures the bill states, without the series."""
+        return {"g_per_kwh": self.g_per_kwh, "source": self.source, "basis": self.basis, "series_points": len(self.series),
                 "market_based_g_per_kwh": self.market_based_g_per_kwh}
-        return {**data, "series": [list(p) for p in self.series]} if with_series else data
-
-    @classmethod
-    def from_summary(cls, data: dict) -> "Intensity":
-        """As written into plan.json, so that the ranks never read the tables themselves."""
-        series = tuple((float(t), float(v)) for t, v in data.get("series", []))
-        return cls(data["g_per_kwh"], data["source"], data["basis"], series, data["market_based_g_per_kwh"])
 
 
 class IntensityError(ValueError):
