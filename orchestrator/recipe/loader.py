@@ -49,9 +49,11 @@ class LoadedRecipe:
 
 
 def recipe_hash(recipe: Recipe) -> str:
-    """What the run trains: a sweep section only says how `orch sweep` varies it, and a dashboard group
-    where its trials show."""
-    canonical = json.dumps(recipe.model_dump(mode="json", exclude={"sweep": True, "tracking": {"group"}}), sort_keys=True, separators=(",", ":"))
+    """What the run trains: a sweep section only says how `orch sweep` varies it, a dashboard group
+    where its trials show, and `fault_tolerance` how the run recovers from faults (a recipe whose
+    timeouts change still resumes its run)."""
+    canonical = json.dumps(recipe.model_dump(mode="json", exclude={"sweep": True, "tracking": {"group"}, "fault_tolerance": True}),
+                           sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 

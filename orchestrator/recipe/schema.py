@@ -13,6 +13,7 @@ from orchestrator.energy.spec import EnergySpec
 from orchestrator.release.card_spec import CardSpec
 from orchestrator.gates.spec import GatesSpec
 from orchestrator.model.spec import ModelSpec
+from orchestrator.recovery.spec import FaultToleranceSpec
 from orchestrator.slurm.spec import SlurmSpec
 from orchestrator.spec import RuleViolation, Spec
 from orchestrator.sweep.spec import SweepSpec
@@ -29,6 +30,7 @@ class Recipe(Spec):
     train: TrainSpec = TrainSpec()
     distributed: DistributedSpec = DeepSpeedSpec()
     checkpoint: CheckpointSpec = CheckpointSpec()
+    fault_tolerance: FaultToleranceSpec = FaultToleranceSpec()
     tracking: TrackingSpec = TrackingSpec()
     energy: EnergySpec = EnergySpec()
     gates: GatesSpec = GatesSpec()

@@ -220,6 +220,63 @@ class TrackingFailed(BaseEvent):
         return f"tracking: {self.sink} failed ({self.error}); dropped, the run goes on (metrics stay in the run directory)"
 
 
+# -- recovery (the node launchers) ---------------------------------------------------------------
+
+FailureClass = Literal["crash", "hang", "oom", "nan", "preempted", "cancelled", "node_unhealthy"]
+"""Why an attempt ended short of completion, as `orch status`, the report and the trackers name it."""
+
+
+class Hang(BaseEvent):
+    """A node launcher's watchdog found ranks past their phase's timeout: it wrote every local rank's
+    stacks under `stacks` (relative to the run directory) and ended the attempt's ranks."""
+    event: Literal["hang"] = "hang"
+    node: Optional[int] = None
+    attempt: Optional[int] = None
+    phase: Optional[str] = None
+    step: Optional[int] = None
+    timeout_s: Optional[float] = None
+    stopped_ranks: Optional[list[int]] = None
+    """The ranks that stopped reporting first: the ones whose last report is the oldest."""
+    stacks: Optional[str] = None
+
+    def describe(self) -> str:
+        ranks = ", ".join(map(str, self.stopped_ranks or [])) or "?"
+        return (f"hang: rank(s) {ranks} stopped reporting in {self.phase} of step {self.step} (timeout {self.timeout_s:.0f} s); "
+                f"stacks in {self.stacks}")
+
+
+class AttemptFailed(BaseEvent):
+    """An attempt ended on a fault, classified; `restarting` says whether the run goes on by itself."""
+    event: Literal["attempt_failed"] = "attempt_failed"
+    attempt: Optional[int] = None
+    failure: Optional[FailureClass] = None
+    detail: Optional[str] = None
+    ranks: Optional[list[int]] = None
+    restarting: Optional[bool] = None
+    restarts: Optional[int] = None
+    """In-job restarts so far within the window, this one included when `restarting`."""
+    max_restarts: Optional[int] = None
+
+    def describe(self) -> str:
+        what = f"attempt {self.attempt} failed: {self.failure} ({self.detail})"
+        if self.restarting:
+            return f"{what}; restart {self.restarts} of {self.max_restarts} from the newest verified checkpoint"
+        return f"{what}; no restart left ({self.restarts} of {self.max_restarts} used)"
+
+
+class LossRolledBack(BaseEvent):
+    """A non-finite loss (or one past `fault_tolerance.max_loss_spike` x its recent median): the ranks
+    went back to the checkpoint at `checkpoint_step` instead of training on it."""
+    event: Literal["loss_rolled_back"] = "loss_rolled_back"
+    step: Optional[int] = None
+    loss: Optional[float] = None
+    checkpoint_step: Optional[int] = None
+    data_position: Optional[str] = None
+
+    def describe(self) -> str:
+        return f"loss {self.loss} at step {self.step} ({self.data_position}): rolled back to step {self.checkpoint_step}"
+
+
 # -- Slurm (the submitting CLI and the batch step) and sweeps ------------------------------------
 
 JobId = Union[int, str]
@@ -284,7 +341,7 @@ class OtherEvent(BaseEvent):
 Event = Annotated[Union[
     Start, EngineBuilt, Checkpoint, CheckpointSetAside, Resumed, ElasticResume, StartedOver, RecipeChangedOnResume, Preempted,
     ReplicasDiverged, Completed, EnergyBudgetWarning, EnergyBudgetExceeded, StoppedOverBudget, TrackingFailed, SlurmSubmitted,
-    SlurmStart, SlurmSignal, SlurmRequeued, SlurmEnd, CancelRequested, StopRequested, Pruned,
+    SlurmStart, SlurmSignal, SlurmRequeued, SlurmEnd, CancelRequested, StopRequested, Pruned, Hang, AttemptFailed, LossRolledBack,
 ], Field(discriminator="event")]
 
 KINDS: dict[str, type[BaseEvent]] = {cls.model_fields["event"].default: cls for cls in get_args(get_args(Event)[0])}

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 SPECS = ("orchestrator.backends.spec", "orchestrator.checkpoint.spec", "orchestrator.data.spec", "orchestrator.energy.spec",
          "orchestrator.gates.spec", "orchestrator.release.card_spec", "orchestrator.model.spec", "orchestrator.slurm.spec",
-         "orchestrator.sweep.spec", "orchestrator.tracking.spec", "orchestrator.train.spec")
+         "orchestrator.recovery.spec", "orchestrator.sweep.spec", "orchestrator.tracking.spec", "orchestrator.train.spec")
 SHARED_WITH_THE_NODES = {
     "orchestrator.rundir": "the contract: the run directory's layout, its records and logs, the node plane's argv",
     "orchestrator.errors": "the exit codes both planes end with",
