@@ -11,7 +11,7 @@ a recipe (or a test) shortens them.
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
 from pydantic import Field
 
@@ -20,7 +20,7 @@ from orchestrator.spec import Spec
 PHASES = ("setup", "step", "checkpoint", "evaluation")
 """What a rank reports it is doing, in the order a run first meets them."""
 
-Timeout = Union[float, Literal["auto"]]
+Timeout = Union[Annotated[float, Field(gt=0)], Literal["auto"]]
 
 
 class TimeoutsSpec(Spec):
