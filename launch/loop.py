@@ -14,6 +14,7 @@ from launch import rank_state
 from launch.energy.account import EnergyAccount, NullAccount
 from launch.energy.monitor import Monitor
 from launch.engines import Engine
+from launch.faults import Faults
 from launch.memory import PeakTracker
 from launch.signals import StopFlag
 from orchestrator.shared.checkpoint import store
@@ -76,6 +77,7 @@ class Trainer:
         history = run.history()
         self.policy = SavePolicy(spec, train.steps, job_deadline(history), last_stall(history))
         self.step_memory = PeakTracker(plan.topology.device)
+        self.faults = _injected_faults(engine.rank, run)
 
     def _peak_flops_per_device(self, planned: float, device: str) -> float:
         """MFU's denominator, per rank. GPUs: the datasheet peak the plan used. CPUs: measured here, by every
@@ -131,7 +133,7 @@ class Trainer:
         lr = self.engine.lr
         self.step_memory.lap()
         tic = time.perf_counter()
-        local_loss = self.engine.train_step([self.train_data.rows(i) for i in self.stream.step_indices()])
+        local_loss = self.engine.train_step([self.train_data.rows(i) for i in self.stream.step_indices()], nan_loss=self.faults.fire(step))
         peak_memory = self.step_memory.lap()
         (loss,) = self.engine.mean_across_ranks([local_loss])
         step_s = time.perf_counter() - tic
@@ -179,6 +181,7 @@ class Trainer:
 
     def save(self, step: int) -> None:
         self.monitor.phase("checkpoint", step)
+        self.faults.fire(step, "save")
         state = rank_state.capture(step, self.stream.state_dict())
         meta = {"recipe": self.recipe.model_dump(mode="json"), "recipe_hash": self.plan.recipe_hash, "world_size": self.world,
                 "zero_stage": self.recipe.distributed.zero_stage, "tokens": step * self.tokens_per_step,
@@ -313,6 +316,13 @@ class Trainer:
         )
         write_summary(self.run, summary)
         self.event(Completed(step=last["step"]))
+
+
+def _injected_faults(rank: int, run: RunDir) -> Faults:
+    try:
+        return Faults.from_env(rank, run.faults)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
 
 
 def _energy_summary(bill: EnergyBill | None) -> dict | None:

@@ -68,6 +68,7 @@ class RunDir:
     energy = _Entry("energy.json", "the energy and carbon bill")
     energy_series = _Entry("energy/series.jsonl", "each node's energy and power over time")
     energy_parts = _Entry("energy/parts", "each rank's energy records, one file per rank and process lifetime, under its node")
+    faults = _Entry("faults", "markers of the injected faults (ORCH_INJECT_FAULTS) that fired, so a restart does not fire one again")
     tracking = _Entry("tracking.json", "the dashboards' run ids and what was sent to them")
     jobs = _Entry("slurm.json", "the run's Slurm job ids, with each one's part (prepare, train, sweep, gate, release)")
     script = _Entry("job.sbatch", "the submitted Slurm script (a sweep's: its array job)")
