@@ -20,6 +20,16 @@ EXIT_VERIFY_FAILED = 6
 EXIT_REQUEUE = 75
 """EX_TEMPFAIL, "try again later": checkpointed and stopped on a signal; the Slurm job requeues on it."""
 
+# The faults a rank or a node launcher ends with, each its own code so that the launcher can tell the
+# attempt's failure class (`rows.FailureClass`) without reading logs; apart from the sysexits codes
+# above and from 128 + a signal's number.
+EXIT_HANG = 81
+"""The node launcher's watchdog found ranks past their phase's timeout and ended the attempt."""
+EXIT_OOM = 82
+"""A rank ran out of memory (MemoryError, torch.OutOfMemoryError): class `oom`, not `crash`."""
+EXIT_NAN = 83
+"""A rank stopped on a non-finite (or spiking) loss that rolling back did not cure: class `nan`."""
+
 
 @dataclass(frozen=True)
 class Location:
