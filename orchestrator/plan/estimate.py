@@ -1,12 +1,13 @@
 """Throughput and wall-time estimates: measured by earlier runs of the same shape where there are
 any, else from model FLOPs, the device's peak and an assumed utilisation, given as a range.
 
-FLOPs per token follow the PaLM appendix: 6 x parameters for the dense matmuls (forward and
-backward) plus 12 x layers x hidden x sequence for attention. A frozen weight (a LoRA fine-tune's
-base) still takes its forward and its input-gradient matmul but no weight gradient: 4 x, not 6 x.
+FLOPs per token are counted as torchtitan and Megatron-LM count them for MFU (`TrainingFlops`), so
+that an MFU reads the same here as there.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from orchestrator.shared.env import EnvSnapshot
 from orchestrator.shared.model.architectures import Sizes
@@ -22,8 +23,45 @@ was quiet when planned (its small matmuls use a core less fully than the probe's
 UNKNOWN_GPU_PEAK_FLOPS = 100e12
 
 
-def flops_per_token(sizes: Sizes, num_params: int, seq_len: int, frozen_params: int = 0) -> float:
-    return 6.0 * num_params - 2.0 * frozen_params + 12.0 * sizes.num_layers * sizes.hidden_size * seq_len
+@dataclass(frozen=True)
+class TrainingFlops:
+    """FLOPs per token of a training step, forward and backward, as torchtitan's
+    `get_dense_model_nparams_and_flops` and Megatron-LM's `num_floating_point_operations` count them:
+    2 per multiply-add, each weight's matmul once forward and twice backward (the input's gradient and
+    the weight's), attention's score and value matmuls over the whole sequence.
+
+    Not counted, as there: the input embedding (a table lookup; the output projection is a matmul and
+    counts, also when it shares the embedding's weights), attention's recomputation in a fused kernel's
+    backward, causal masking's skipped half (the full score matrix counts), norms, softmax and other
+    elementwise work. The parameters of norms (and biases) are counted as if matmul weights, as torchtitan
+    does: a fraction of a percent. torch's `FlopCounterMode` measures the same within that fraction
+    (tests/unit/test_flops_convention.py)."""
+
+    trained_weights: int
+    """Matmul weights that train: 6 FLOPs per token each."""
+    frozen_weights: int
+    """Matmul weights that take no weight gradient (a LoRA fine-tune's base): forward and input
+    gradient, 4 FLOPs per token each. Slightly high: where nothing before a frozen matmul trains (the
+    first layer's projections that read the frozen embedding) autograd skips its input gradient too,
+    2% of a 6-layer model's FLOPs, 1/layers of them."""
+    attention: int
+    """12 x layers x hidden x sequence: per layer two matmuls forward and four backward, each
+    2 x hidden x sequence FLOPs per token."""
+
+    @classmethod
+    def of(cls, *, sizes: Sizes, num_params: int, frozen_params: int, lookup_params: int, seq_len: int) -> "TrainingFlops":
+        """`lookup_params`: the parameters only looked up (`Architecture.lookup_params`); a frozen base holds them."""
+        frozen = max(frozen_params - lookup_params, 0)
+        return cls(trained_weights=num_params - lookup_params - frozen, frozen_weights=frozen,
+                   attention=12 * sizes.num_layers * sizes.hidden_size * seq_len)
+
+    @property
+    def dense(self) -> int:
+        return 6 * self.trained_weights + 4 * self.frozen_weights
+
+    @property
+    def per_token(self) -> int:
+        return self.dense + self.attention
 
 
 def peak_flops_per_device(env: EnvSnapshot, topology: Topology, precision: str) -> float:
@@ -47,12 +85,12 @@ TimeEstimate = EstimateRecord
 
 
 def estimate_time(
-    sizes: Sizes, num_params: int, batch: Batch, topology: Topology, env: EnvSnapshot, precision: str, steps: int,
-    frozen_params: int = 0, calibration: Calibration | None = None, calibration_key: str = "",
+    flops: TrainingFlops, batch: Batch, topology: Topology, env: EnvSnapshot, precision: str, steps: int,
+    calibration: Calibration | None = None, calibration_key: str = "",
 ) -> TimeEstimate:
     """`calibration`: what earlier runs of this shape on this hardware measured; without it the
     utilisation is assumed. Either way the wall time comes with the range the utilisation spans."""
-    fpt = flops_per_token(sizes, num_params, batch.seq_len, frozen_params)
+    fpt = float(flops.per_token)
     peak = peak_flops_per_device(env, topology, precision)
     tokens = steps * batch.tokens_per_step
     if calibration:

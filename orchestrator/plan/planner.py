@@ -24,7 +24,7 @@ from orchestrator.shared.model.architectures import ARCHITECTURES, Architecture,
 from orchestrator.model.pretrained import BaseModel, read_base_model
 from orchestrator.plan.arithmetic import Batch, Topology, check_offload, check_precision, resolve_batch, resolve_topology
 from orchestrator.plan.calibration import Calibration, Calibrations, calibration_key
-from orchestrator.plan.estimate import TimeEstimate, estimate_time
+from orchestrator.plan.estimate import TimeEstimate, TrainingFlops, estimate_time
 from orchestrator.plan.memory import GiB, HostMemoryEstimate, MemoryEstimate, MemoryRequest, construction_bytes, estimate_memory
 from orchestrator.recipe.loader import LoadedRecipe, recipe_hash
 from orchestrator.shared.redact import redact_recipe
@@ -208,8 +208,9 @@ def make_plan(
     host_memory = _host_memory(recipe, model, memory, env, topology)
     key = calibration_key(recipe, model.arch.model_type, model.sizes, batch, topology, env)
     calibration = calibrations.lookup(key)
-    time = estimate_time(model.sizes, model.num_params, batch, topology, env, recipe.train.precision, recipe.train.steps,
-                         model.frozen_params, calibration, key)
+    flops = TrainingFlops.of(sizes=model.sizes, num_params=model.num_params, frozen_params=model.frozen_params,
+                             lookup_params=model.arch.lookup_params(model.sizes), seq_len=batch.seq_len)
+    time = estimate_time(flops, batch, topology, env, recipe.train.precision, recipe.train.steps, calibration, key)
     energy = _energy(recipe, env, topology, time, memory, checked.intensity, calibration)
     backend = BACKENDS[recipe.distributed.backend]
     record = PlanRecord(

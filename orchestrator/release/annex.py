@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from orchestrator.shared.data.prepared import InstructionManifest, TextManifest
+from orchestrator.shared.model.architectures import lookup_params
 from orchestrator.gates.outcome import GateReport
+from orchestrator.plan.estimate import TrainingFlops
 from orchestrator.recipe.schema import Recipe
 from orchestrator.rundir.bill import EnergyBill
 from orchestrator.rundir.layout import RunDir
@@ -48,13 +50,16 @@ class RunRecords:
 
 @dataclass(frozen=True)
 class Compute:
-    """Training compute by the plan's own formula (PaLM, appendix B): per token, 6 x parameters for the
-    dense matmuls forward and backward (4 x for a frozen one: no weight gradient) plus 12 x layers x
-    hidden x sequence for attention; times the tokens the released checkpoint was trained on (its
-    steps, each of the plan's tokens per step)."""
+    """Training compute by the plan's own count (`TrainingFlops`, as torchtitan and Megatron-LM count
+    it): per token, 6 x the parameters of the matmuls forward and backward (4 x for a frozen one: no
+    weight gradient; none for the input embedding, a lookup) plus 12 x layers x hidden x sequence for
+    attention; times the tokens the released checkpoint was trained on (its steps, each of the plan's
+    tokens per step)."""
 
     num_params: int
-    frozen_params: int
+    lookup_params: int
+    counted: TrainingFlops
+    """The count with this plan's figures; `formula_holds` says whether plan.json recorded the same."""
     num_layers: int
     hidden_size: int
     seq_len: int
@@ -65,34 +70,36 @@ class Compute:
 
     @classmethod
     def of(cls, plan: PlanRecord, steps: int) -> "Compute":
-        sizes = plan.model.sizes
-        return cls(plan.model.num_params, plan.model.frozen_params, sizes.num_layers, sizes.hidden_size, plan.batch.seq_len,
+        model, sizes = plan.model, plan.model.sizes
+        lookups = lookup_params(model.arch, sizes)
+        counted = TrainingFlops.of(sizes=sizes, num_params=model.num_params, frozen_params=model.frozen_params,
+                                   lookup_params=lookups, seq_len=plan.batch.seq_len)
+        return cls(model.num_params, lookups, counted, sizes.num_layers, sizes.hidden_size, plan.batch.seq_len,
                    plan.estimate.flops_per_token, steps, plan.batch.tokens_per_step)
 
     @property
     def dense_per_token(self) -> int:
-        return 6 * self.num_params - 2 * self.frozen_params
+        return self.counted.dense
 
     @property
     def formula(self) -> str:
-        dense = "6 x trained parameters + 4 x frozen parameters" if self.frozen_params else "6 x parameters"
+        dense = "6 x trained parameters + 4 x frozen parameters" if self.counted.frozen_weights else "6 x parameters"
         return f"({dense} + 12 x layers x hidden_size x seq_len) x steps x tokens_per_step"
 
     @property
     def dense_terms(self) -> str:
         """The formula's dense part with this model's numbers."""
-        if not self.frozen_params:
-            return f"6 x {self.num_params:,}"
-        return f"6 x {self.num_params - self.frozen_params:,} + 4 x {self.frozen_params:,}"
+        trained, frozen = self.counted.trained_weights, self.counted.frozen_weights
+        return f"6 x {trained:,} + 4 x {frozen:,}" if frozen else f"6 x {trained:,}"
 
     @property
     def attention_per_token(self) -> int:
-        return 12 * self.num_layers * self.hidden_size * self.seq_len
+        return self.counted.attention
 
     @property
     def formula_holds(self) -> bool:
         """False for a plan written by a version with another formula: its recorded figure is used."""
-        return self.dense_per_token + self.attention_per_token == self.flops_per_token
+        return self.counted.per_token == self.flops_per_token
 
     @property
     def tokens(self) -> int:
@@ -279,6 +286,9 @@ def _compute(records: RunRecords, compute: Compute, wall_s: float | None) -> lis
         f"  - = ({c.dense_terms} + 12 x {c.num_layers} x {c.hidden_size} x {c.seq_len}) x {c.steps:,} x {c.tokens_per_step:,}",
         f"  - = {c.flops_per_token:,.0f} FLOPs per token x {c.tokens:,} tokens = {c.flops:,} FLOPs",
     ]
+    if c.lookup_params:
+        lines.append(f"  - parameters: the model's {c.num_params:,} less the {c.lookup_params:,} only looked up, never multiplied "
+                     "(the input embedding; the output projection's matmul counts): as torchtitan and Megatron-LM count")
     if not c.formula_holds:
         lines.append("  - plan.json's FLOPs per token differ from this formula (a plan made by another version): its figure is used")
     if model.lora:

@@ -2,7 +2,8 @@
 step, each attempt's peak per device and world size (its `start` event), each row's measured step time.
 
     mfu = tokens_per_step x flops_per_token / (step_s x peak_flops_per_device x world_size)
-    flops_per_token = 6 x parameters (4 x for frozen ones) + 12 x layers x hidden x sequence
+    flops_per_token = 6 x parameters (4 x for frozen ones; none for the input embedding, a lookup)
+                      + 12 x layers x hidden x sequence
 
 Called on the run directories of real runs that the distributed tests start anyway.
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from orchestrator.shared.model.architectures import lookup_params
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import read_plan
 from orchestrator.rundir.checkpoint_records import read_summary
@@ -23,10 +25,12 @@ def assert_mfu_matches_plan(run_dir: Path) -> None:
     run = RunDir(run_dir)
     plan = read_plan(run)
     batch, estimate, sizes = plan.batch, plan.estimate, plan.model.sizes
-    # The plan's own figures are the ones its docstrings promise: PaLM's count, and every
-    # accumulation micro-batch of every data-parallel rank in a step.
-    # A frozen weight (LoRA's base) takes no weight gradient: 4 FLOPs per token, not 6.
-    dense = 6 * plan.model.num_params - 2 * plan.model.frozen_params
+    # The plan's own figures are the ones its docstrings promise: torchtitan's and Megatron-LM's count,
+    # and every accumulation micro-batch of every data-parallel rank in a step.
+    # An untied input embedding is a lookup: no FLOPs. A frozen weight (LoRA's base, lookups included)
+    # takes no weight gradient: 4 FLOPs per token, not 6.
+    lookups = lookup_params(plan.model.arch, sizes)
+    dense = 6 * (plan.model.num_params - lookups) - 2 * max(plan.model.frozen_params - lookups, 0)
     assert estimate.flops_per_token == dense + 12 * sizes.num_layers * sizes.hidden_size * batch.seq_len
     assert batch.tokens_per_step == batch.micro_batch_size * batch.gradient_accumulation_steps * batch.data_parallel * batch.seq_len
     starts = [e for e in run.history() if e["event"] == "start"]

@@ -154,14 +154,18 @@ def test_the_plan_counts_gradients_and_optimizer_state_for_the_adapters_alone(tm
 
 def test_lora_compute_counts_no_weight_gradients_for_the_frozen_base(tmp_path, tiny_base):
     """The frozen base's weights take their forward and input-gradient matmuls (4 FLOPs per token
-    each), the adapters all three (6): the figure MFU divides by and the model card documents."""
+    each), the adapters all three (6), the base's untied input embedding none (a lookup): the figure
+    MFU divides by and the model card documents."""
     lora = plan_for(tmp_path, tiny_base, "model.lora.target_modules=[q_proj, v_proj]", "model.lora.rank=4").record()
     full = plan_for(tmp_path, tiny_base, "model.lora=null").record()
     adapters = lora.model.num_params - full.model.num_params
     attention = 12 * 2 * 64 * lora.batch.seq_len  # layers x hidden x sequence
+    embedding = 400 * 64  # vocabulary x hidden: the base does not tie its output projection to it
+    assert not full.model.sizes.tie_embeddings and full.model.sizes.vocab_size == 400
     assert lora.model.frozen_params == full.model.num_params and full.model.frozen_params == 0
-    assert lora.estimate.flops_per_token == 6 * adapters + 4 * full.model.num_params + attention
-    assert full.estimate.flops_per_token == 6 * full.model.num_params + attention
+    assert lora.estimate.flops_per_token == 6 * adapters + 4 * (full.model.num_params - embedding) + attention
+    assert full.estimate.flops_per_token == 6 * (full.model.num_params - embedding) + attention
     compute = Compute.of(lora, steps=10)
     assert compute.formula_holds and compute.flops == lora.estimate.flops_per_token * 10 * lora.batch.tokens_per_step
-    assert compute.dense_terms == f"6 x {adapters:,} + 4 x {full.model.num_params:,}" and "4 x frozen parameters" in compute.formula
+    assert compute.dense_terms == f"6 x {adapters:,} + 4 x {full.model.num_params - embedding:,}" and "4 x frozen parameters" in compute.formula
+    assert compute.dense_per_token + compute.attention_per_token == lora.estimate.flops_per_token

@@ -27,6 +27,11 @@ class Sizes:
         return self.hidden_size // self.num_heads
 
 
+def _token_table(s: Sizes) -> int:
+    """The input embedding, unless the output projection shares it (then it is the lm head's matmul weight too)."""
+    return 0 if s.tie_embeddings else s.vocab_size * s.hidden_size
+
+
 @dataclass(frozen=True)
 class Architecture:
     model_type: str
@@ -34,6 +39,8 @@ class Architecture:
     count_params: Callable[[Sizes], int]
     largest_layer_params: Callable[[Sizes], int]
     linear_shapes: Callable[[Sizes], dict[str, list[tuple[int, int]]]]  # per layer: module name -> (in, out) of each
+    lookup_params: Callable[[Sizes], int] = _token_table
+    """Parameters only ever looked up, never multiplied: no training FLOPs (`orchestrator.plan.estimate`)."""
 
     @property
     def linear_modules(self) -> tuple[str, ...]:
@@ -98,6 +105,10 @@ def _gpt2_params(s: Sizes) -> int:
     return embeddings + s.num_layers * layer + 2 * h
 
 
+def _gpt2_lookups(s: Sizes) -> int:
+    return _token_table(s) + s.max_position_embeddings * s.hidden_size  # and its learned position table
+
+
 def _largest_layer(s: Sizes) -> int:
     """The biggest single parameter tensor: ZeRO-3 must gather it whole on one device."""
     return max(s.vocab_size * s.hidden_size, s.hidden_size * s.intermediate_size)
@@ -121,5 +132,13 @@ _UNIT = Sizes(1, 1, 1, 1, 1, 1, 1, True)
 ARCHITECTURES: dict[str, Architecture] = {
     "llama": Architecture("llama", _llama_config, _llama_params, _largest_layer, _llama_linears),
     "mistral": Architecture("mistral", _llama_config, _llama_params, _largest_layer, _llama_linears),
-    "gpt2": Architecture("gpt2", _gpt2_config, _gpt2_params, _largest_layer, _gpt2_linears),
+    "gpt2": Architecture("gpt2", _gpt2_config, _gpt2_params, _largest_layer, _gpt2_linears, _gpt2_lookups),
 }
+
+
+def lookup_params(model_type: str, sizes: Sizes) -> int:
+    """`Architecture.lookup_params` for a reader holding only a record's model type. An architecture
+    counted on the meta device (`measured`) has the default: its token table alone (a learned position
+    table it might have counts as a matmul, a fraction of a percent of its FLOPs)."""
+    architecture = ARCHITECTURES.get(model_type)
+    return architecture.lookup_params(sizes) if architecture else _token_table(sizes)
