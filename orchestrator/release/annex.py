@@ -288,7 +288,7 @@ def _compute(records: RunRecords, compute: Compute, wall_s: float | None) -> lis
     ]
     if c.lookup_params:
         lines.append(f"  - parameters: the model's {c.num_params:,} less the {c.lookup_params:,} only looked up, never multiplied "
-                     "(the input embedding; the output projection's matmul counts): as torchtitan and Megatron-LM count")
+                     "(an input embedding not tied to the output projection, a learned position table), as torchtitan and Megatron-LM count")
     if not c.formula_holds:
         lines.append("  - plan.json's FLOPs per token differ from this formula (a plan made by another version): its figure is used")
     if model.lora:
