@@ -9,7 +9,10 @@ that forks, and importing these libraries may probe it. Horovod declares no prel
 serves the rendezvous from threads while it starts the ranks, and a threaded process must not fork.
 
 Forked ranks inherit the launcher's open files, the run directory's attempt lock among them, so the
-kernel frees that lock only when the last of them has exited.
+kernel frees that lock only when the last of them has exited. An in-job restart (`launch.restarts`)
+forks the next attempt's ranks from the same launcher: the imports are paid once per node launcher.
+By then its thread that watches `orch run`'s pipe lives; it only waits in a read, holding no lock a
+child could inherit taken.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ class Rank(Protocol):
     """The part of `subprocess.Popen` the launcher uses."""
 
     pid: int
+    killed: bool
+    """Whether the launcher killed it (a peer of a failed rank), rather than it failing by itself."""
 
     def poll(self) -> int | None: ...
     def wait(self) -> int: ...
@@ -46,7 +51,7 @@ def start_ranks(run_dir: Path, backend: ModuleType, envs: list[dict[str, str]]) 
     plan, recipe = read_plan(RunDir(run_dir)), read_recipe(RunDir(run_dir))
     preload = getattr(backend, "preload", None)
     if plan.topology.device != "cpu" or preload is None:
-        ranks = [subprocess.Popen(rank_argv(sys.executable, run_dir), env=env, stdin=subprocess.DEVNULL) for env in envs]
+        ranks = [FreshRank(rank_argv(sys.executable, run_dir), env=env, stdin=subprocess.DEVNULL) for env in envs]
         how = "each in a fresh interpreter"
     else:
         importlib.import_module("launch.rank")  # the rank's own modules, once for every rank
@@ -58,12 +63,23 @@ def start_ranks(run_dir: Path, backend: ModuleType, envs: list[dict[str, str]]) 
     return ranks
 
 
+class FreshRank(subprocess.Popen):
+    """A rank in a fresh interpreter (`python -m launch.rank`)."""
+
+    killed = False
+
+    def kill(self) -> None:
+        self.killed = True
+        super().kill()
+
+
 class ForkedRank:
     """A rank forked from the launcher: `launch.rank.run_rank` in the child, whose exit status reads as a Popen's."""
 
     def __init__(self, pid: int):
         self.pid = pid
         self.returncode: int | None = None
+        self.killed = False
 
     @classmethod
     def start(cls, run_dir: Path, env: dict[str, str]) -> "ForkedRank":
@@ -91,6 +107,7 @@ class ForkedRank:
             os.kill(self.pid, signum)
 
     def kill(self) -> None:
+        self.killed = True
         self.send_signal(signal.SIGKILL)
 
 
@@ -106,9 +123,11 @@ def _rank_child(run_dir: Path, env: dict[str, str]) -> None:
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.close(devnull)
+        from launch.oom import exit_on_oom
         from launch.rank import run_rank
 
-        run_rank(run_dir)  # ends the process itself with the training loop's exit code
+        with exit_on_oom():
+            run_rank(run_dir)  # ends the process itself with the training loop's exit code
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1
         if isinstance(stop.code, str):

@@ -236,13 +236,21 @@ class Hang(BaseEvent):
     step: Optional[int] = None
     timeout_s: Optional[float] = None
     stopped_ranks: Optional[list[int]] = None
-    """The ranks that stopped reporting first: the ones whose last report is the oldest."""
+    """The ranks that stopped reporting first: the ones furthest behind (lowest step, then earliest phase
+    of it; where several tie, those the kernel shows stopped)."""
     stacks: Optional[str] = None
 
     def describe(self) -> str:
         ranks = ", ".join(map(str, self.stopped_ranks or [])) or "?"
-        return (f"hang: rank(s) {ranks} stopped reporting in {self.phase} of step {self.step} (timeout {self.timeout_s:.0f} s); "
-                f"stacks in {self.stacks}")
+        timeout = f" (timeout {self.timeout_s:.0f} s)" if self.timeout_s is not None else ""
+        return f"hang: rank(s) {ranks} stopped reporting in {phase_of_step(self.phase, self.step)}{timeout}; stacks in {self.stacks}"
+
+
+def phase_of_step(phase: str | None, step: int | None) -> str:
+    """Where a rank was, in words: "set-up", "step 12", "checkpoint of step 12"."""
+    if phase == "setup" or step is None:
+        return "set-up" if phase in ("setup", None) else phase
+    return f"step {step}" if phase == "step" else f"{phase} of step {step}"
 
 
 class AttemptFailed(BaseEvent):
@@ -256,12 +264,16 @@ class AttemptFailed(BaseEvent):
     restarts: Optional[int] = None
     """In-job restarts so far within the window, this one included when `restarting`."""
     max_restarts: Optional[int] = None
+    evidence: Optional[str] = None
+    """Where to look, relative to the run directory: the failed rank's log, or a hang's stacks."""
+    no_restart: Optional[str] = None
+    """Why the run does not restart by itself (None when `restarting`)."""
 
     def describe(self) -> str:
-        what = f"attempt {self.attempt} failed: {self.failure} ({self.detail})"
+        what = f"attempt {self.attempt} failed: {self.failure} ({self.detail}{f'; see {self.evidence}' if self.evidence else ''})"
         if self.restarting:
             return f"{what}; restart {self.restarts} of {self.max_restarts} from the newest verified checkpoint"
-        return f"{what}; no restart left ({self.restarts} of {self.max_restarts} used)"
+        return f"{what}; {self.no_restart or f'no restart left ({self.restarts} of {self.max_restarts} used)'}"
 
 
 class LossRolledBack(BaseEvent):
@@ -270,11 +282,46 @@ class LossRolledBack(BaseEvent):
     event: Literal["loss_rolled_back"] = "loss_rolled_back"
     step: Optional[int] = None
     loss: Optional[float] = None
+    problem: Optional[str] = None
+    """"non-finite", or the spike against the median."""
     checkpoint_step: Optional[int] = None
+    """0: no checkpoint yet, the ranks started over from their initial state."""
     data_position: Optional[str] = None
+    recomputed_steps: Optional[int] = None
+    """Steps logged after the checkpoint, trained again."""
 
     def describe(self) -> str:
         return f"loss {self.loss} at step {self.step} ({self.data_position}): rolled back to step {self.checkpoint_step}"
+
+
+class LossNotRecovered(BaseEvent):
+    """The loss went bad again at a data position it had already rolled back from (the data, not a
+    transient fault), or with nothing to roll back to: the ranks stopped (exit `EXIT_NAN`)."""
+    event: Literal["loss_not_recovered"] = "loss_not_recovered"
+    step: Optional[int] = None
+    loss: Optional[float] = None
+    problem: Optional[str] = None
+    data_position: Optional[str] = None
+    rolled_back_to: Optional[int] = None
+    """The step the first rollback from this position went back to; None: there was no checkpoint."""
+
+    def describe(self) -> str:
+        again = f"again after rolling back to step {self.rolled_back_to}" if self.rolled_back_to is not None else "with nothing to roll back to"
+        return f"loss {self.loss} at step {self.step} ({self.data_position}) {again}: training stopped"
+
+
+class NodeUnhealthy(BaseEvent):
+    """Nodes failed the batch step's health check before the ranks started (`orchestrator.slurm.preflight`);
+    `excluded`: the job was requeued without them."""
+    event: Literal["node_unhealthy"] = "node_unhealthy"
+    job_id: Optional[Union[int, str]] = None
+    problems: Optional[dict[str, list[str]]] = None
+    """By node name."""
+    excluded: Optional[bool] = None
+
+    def describe(self) -> str:
+        found = "; ".join(f"{node}: {', '.join(p)}" for node, p in (self.problems or {}).items())
+        return f"unhealthy node(s) {found}" + ("; requeued without them" if self.excluded else "; no job retry left")
 
 
 # -- Slurm (the submitting CLI and the batch step) and sweeps ------------------------------------
@@ -342,6 +389,7 @@ Event = Annotated[Union[
     Start, EngineBuilt, Checkpoint, CheckpointSetAside, Resumed, ElasticResume, StartedOver, RecipeChangedOnResume, Preempted,
     ReplicasDiverged, Completed, EnergyBudgetWarning, EnergyBudgetExceeded, StoppedOverBudget, TrackingFailed, SlurmSubmitted,
     SlurmStart, SlurmSignal, SlurmRequeued, SlurmEnd, CancelRequested, StopRequested, Pruned, Hang, AttemptFailed, LossRolledBack,
+    LossNotRecovered, NodeUnhealthy,
 ], Field(discriminator="event")]
 
 KINDS: dict[str, type[BaseEvent]] = {cls.model_fields["event"].default: cls for cls in get_args(get_args(Event)[0])}

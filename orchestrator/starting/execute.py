@@ -24,7 +24,8 @@ from orchestrator.recipe.schema import Recipe
 from orchestrator.rundir.checkpoint_records import RunSummary, read_summary
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import write_data, write_provenance
-from orchestrator.rundir.rows import BaseEvent, MetricRow, StoppedOverBudget
+from orchestrator.rundir.rows import AttemptFailed, BaseEvent, MetricRow, StoppedOverBudget
+from orchestrator.shared.checkpoint import store
 
 POLL_S = 0.5
 
@@ -143,9 +144,24 @@ def launch(
             f"stopped at step {over[-1].step}: energy budget spent ({over[-1].kwh:.4g} kWh, {over[-1].kgco2e:.4g} kgCO2e)"
             f"{', checkpoint saved' if over[-1].saved else ''}; raise energy.budget_kwh / budget_kgco2e and run again to continue"
         )
+    gave_up = [e for e in run.history()[first_event:] if isinstance(e, AttemptFailed) and not e.restarting]
+    if code != 0 and gave_up:
+        raise LaunchError(describe_gave_up(gave_up[-1], run, plan.checkpoint_dir))
     if code != 0:
         raise LaunchError(f"training failed (exit code {code}){_failure_hint(run)}; logs are in {run.logs}")
     return RunOutcome(run.path, code, read_summary(run))
+
+
+def describe_gave_up(failed: AttemptFailed, run: RunDir, checkpoint_dir: Path) -> str:
+    """The one line `orch run` ends with when the node launcher stopped restarting: the failure class,
+    why it did not restart (restarts used), where the evidence is, and the checkpoint a new run resumes from."""
+    look = "stacks in" if failed.failure == "hang" else "see"
+    evidence = f"; {look} {run.path / failed.evidence}" if failed.evidence else f"; logs are in {run.logs}"
+    newest = next(iter(store.committed(checkpoint_dir)), None)
+    kept = (f"the newest checkpoint, {newest.name}, is untouched: the same command resumes from it" if newest
+            else "no checkpoint had been committed")
+    return (f"training failed: {failed.failure} in attempt {failed.attempt} ({failed.detail}); "
+            f"{failed.no_restart or 'not restarted'}{evidence}; {kept}")
 
 
 def _report(run: RunDir, seen: tuple[int, int], on_progress: Callable[[list[MetricRow], list[BaseEvent]], None]) -> tuple[int, int]:

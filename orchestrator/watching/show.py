@@ -13,6 +13,7 @@ from orchestrator.rundir.layout import RELEASE_MANIFEST, RunDir, damaged
 from orchestrator.shared.data.prepared import TextManifest
 from orchestrator.data.summary import curation_line, source_lines
 from orchestrator.rundir.records import DataRecord, read_data, read_plan, read_tracking
+from orchestrator.rundir.rows import AttemptFailed
 from orchestrator.watching.status import run_status
 
 
@@ -48,6 +49,7 @@ def _describe(run_dir: Path) -> str:
         val = next((r["val_loss"] for r in reversed(rows) if "val_loss" in r), None)
         lines.append(f"latest         step {last['step']}: loss {last['loss']:.4f}" + (f", val loss {val:.4f}" if val is not None else "")
                      + f", {last['tokens_per_s']:,.0f} tokens/s, lr {last['lr']:.3g}")
+    lines += [f"failure        {event.describe()}" for event in run.history() if isinstance(event, AttemptFailed)]
     summary = read_summary(run)
     if summary is not None:
         lines.append(f"summary        {summary.steps} steps in {wall_time(summary)}, goodput {summary.goodput:.0%}, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from orchestrator.rundir.bill import read_bill
 from orchestrator.rundir.checkpoint_records import read_summary
 from orchestrator.rundir.layout import RunDir, damaged
 from orchestrator.rundir.records import read_jobs, read_recipe
-from orchestrator.rundir.rows import BaseEvent, Completed, Preempted, Pruned, Start, StoppedOverBudget
+from orchestrator.rundir.rows import AttemptFailed, BaseEvent, Completed, Preempted, Pruned, Start, StoppedOverBudget
 from orchestrator.slurm.client import Job, job_table
 
 
@@ -37,6 +38,8 @@ class RunStatus:
     """(kind, job id, state) of each job `orch submit` chained (prepare, train, gate, release)."""
     jobs: tuple[tuple[str, str], ...] = ()
     """(kind, job id) of each of the run's Slurm jobs, oldest first."""
+    failures: str = ""
+    """The attempts that ended on a fault, by failure class, and how many the run restarted itself."""
 
     @property
     def finished(self) -> bool:
@@ -46,7 +49,8 @@ class RunStatus:
     def line(self) -> str:
         loss = f"{self.loss:.4f}" if self.loss is not None else "-"
         job = f"  slurm job {self.job_id}" if self.job_id else ""
-        line = f"{self.name}: {self.state}, step {self.step}/{self.steps}, loss {loss}, restarts {self.restarts}{job}  ({self.run_dir})"
+        failures = f", failures {self.failures}" if self.failures else ""
+        line = f"{self.name}: {self.state}, step {self.step}/{self.steps}, loss {loss}, restarts {self.restarts}{failures}{job}  ({self.run_dir})"
         if self.chain:
             line += "\n  jobs: " + " -> ".join(f"{kind} {job} {state}" for kind, job, state in self.chain)
         return line
@@ -89,7 +93,17 @@ def local_status(path: Path) -> RunStatus:
         nodes=recipe.distributed.nodes,
         energy_kwh=_energy_kwh(run),
         gates=_gates(run),
+        failures=describe_failures(history),
     )
+
+
+def describe_failures(history: list[BaseEvent]) -> str:
+    """`2 crash, 1 hang (2 restarted in the job)`: each attempt's fault (its `attempt_failed`), by class; "" when none."""
+    failed = [e for e in history if isinstance(e, AttemptFailed)]
+    if not failed:
+        return ""
+    by_class = ", ".join(f"{count} {failure}" for failure, count in Counter(e.failure for e in failed).items())
+    return f"{by_class} ({sum(bool(e.restarting) for e in failed)} restarted in the job)"
 
 
 def with_jobs(status: RunStatus, table: dict[str, Job] | None) -> RunStatus:
@@ -129,13 +143,16 @@ def _gates(run: RunDir) -> str:
 TERMINAL_STATES = ("COMPLETED", "PREEMPTED", "PRUNED", "STOPPED_OVER_BUDGET", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL")
 
 
-_STATE_EVENTS = (Start, Preempted, Pruned, Completed, StoppedOverBudget)
+_STATE_EVENTS = (Start, Preempted, Pruned, Completed, StoppedOverBudget, AttemptFailed)
 _STATE_OF = {Start: "STARTED", Preempted: "PREEMPTED", Pruned: "PRUNED", StoppedOverBudget: "STOPPED_OVER_BUDGET"}
 
 
 def _local_state(run: RunDir, history: list[BaseEvent]) -> str:
     # `pruned`: a sweep stopped the run for good (after its `preempted`), and told its study so.
-    last = next((type(e) for e in reversed(history) if isinstance(e, _STATE_EVENTS)), None)
+    event = next((e for e in reversed(history) if isinstance(e, _STATE_EVENTS)), None)
+    if isinstance(event, AttemptFailed):  # a fault ended the newest attempt: the next one is starting, or none will
+        return "RESTARTING" if event.restarting else "FAILED"
+    last = type(event) if event is not None else None
     # The summary of an earlier attempt stays while a later one (more steps) trains: a start after it wins.
     summary = read_summary(run) if last is not Start else None
     if summary is not None and summary.completed:

@@ -49,6 +49,8 @@ EVERY_FIELD = {
     "cancel_requested": {"job_id": "42"},
     "stop_requested": {"reason": "pruned"},
     "pruned": {"step": 5, "reason": "below the median at step 5"},
+    "attempt_failed": {"attempt": 2, "failure": "crash", "detail": "rank 1 killed by SIGKILL", "ranks": [1], "restarting": False,
+                       "restarts": 3, "max_restarts": 3, "evidence": "logs/rank-1.log", "no_restart": "no restart left"},
 }
 """A value for every field of every kind: a kind added to `rows.KINDS` needs its line here."""
 
