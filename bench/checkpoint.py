@@ -31,7 +31,6 @@ Run it from the repository root (about 5 minutes on a 2-core CPU machine):
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import tempfile
@@ -39,14 +38,16 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from common import (DEFAULT_RECIPE, FAST, REPO, events, first_event, machine, orch_argv, parse_args, read_jsonl, repo_relative,
-                    results_dir, row_after, run_logged, wait_for, write_result)
+from common import (DEFAULT_RECIPE, FAST, REPO, events, first_event, machine, orch_argv, parse_args, repo_relative, results_dir,
+                    row_after, run_logged, wait_for, write_result)
 
 from disk import probe_disk
 from failures import measure_failures
 from failures import render as render_failures
+from orchestrator.recipe.schema import Recipe
 from orchestrator.rundir.checkpoint_records import read_summary
 from orchestrator.rundir.layout import RunDir
+from orchestrator.rundir.records import PlanRecord, read_plan, read_recipe
 from orchestrator.rundir.rows import Checkpoint, Completed, Start
 from tests.helpers.processes import kill_run
 MODES = ("async", "none", "sync")
@@ -66,10 +67,10 @@ def main() -> None:
         write_result(args.out or results_dir(args.smoke) / "checkpoint-failures.json", result)
         return
     with tempfile.TemporaryDirectory(prefix="orch-ckpt-bench-", dir=args.scratch) as scratch:
-        runs, probes, plan = _alternate(args, Path(scratch))
+        runs, probes, plan, recipe = _alternate(args, Path(scratch))
         print("kill and resume ...", flush=True)
         resume = measure_resume(args, Path(scratch) / "resume")
-    result = summarise(args, plan, runs, probes, resume)
+    result = summarise(args, plan, recipe, runs, probes, resume)
     print(render_table(result))
     write_result(args.out or results_dir(args.smoke) / "checkpoint.json", result)
 
@@ -114,7 +115,9 @@ def overrides_for(mode: str, steps: int, interval: int) -> list[str]:
     return [*FAST, f"train.steps={steps}", f"train.eval_interval={steps + 1}", *periodic]
 
 
-def _alternate(args: argparse.Namespace, scratch: Path) -> tuple[dict, dict, dict]:
+def _alternate(args: argparse.Namespace, scratch: Path) -> tuple[dict, dict, PlanRecord, Recipe]:
+    """The runs, the raw disk probes, and the first run's plan and recipe (read here: the scratch
+    directory goes once the runs are done)."""
     runs: dict[str, list[dict]] = {mode: [] for mode in MODES}
     probes: dict[str, list[float]] = {"write_fsync_s": [], "copy_fsync_hash_s": []}
     for repeat in range(args.repeats):
@@ -129,14 +132,15 @@ def _alternate(args: argparse.Namespace, scratch: Path) -> tuple[dict, dict, dic
             steady = run["tokens_per_s"][args.warmup_steps:]
             print(f"repeat {repeat + 1}/{args.repeats} {mode:5}: {statistics.median(steady):,.0f} tokens/s, "
                   f"{len(run['checkpoints'])} saves", flush=True)
-    plan = json.loads((scratch / "async-0" / "plan.json").read_text())
-    return runs, probes, plan
+    first = RunDir(scratch / "async-0")
+    return runs, probes, read_plan(first), read_recipe(first)
 
 
 def run_training(recipe: Path, overrides: list[str], run_dir: Path) -> dict:
     """One `orch run` to completion; its per-step metrics and its events."""
     run_logged(orch_argv("run", run_dir, str(recipe), *overrides), run_dir.with_suffix(".log"), logs=run_dir / "logs")
-    rows, history = read_jsonl(run_dir / "metrics.jsonl"), RunDir(run_dir).history()
+    run = RunDir(run_dir)
+    rows, history = run.metric_rows(), run.history()
     times = {e.event: e.time for e in history if isinstance(e, (Start, Completed))}
     return {
         "step_s": [r["step_s"] for r in rows],
@@ -145,7 +149,7 @@ def run_training(recipe: Path, overrides: list[str], run_dir: Path) -> dict:
         "loop_s": times["completed"] - times["start"],
         "checkpoints": [{"step": e.step, "stall_s": e.stall_s, "bytes": e.bytes, "write_s": e.write_s}
                         for e in history if isinstance(e, Checkpoint)],
-        "summary": read_summary(RunDir(run_dir)).model_dump(mode="json"),
+        "summary": read_summary(run),
     }
 
 
@@ -213,11 +217,11 @@ def _wait_for_run(found, process: subprocess.Popen, run_dir: Path, what: str):
 # -- summary --------------------------------------------------------------------------------------
 
 
-def summarise(args: argparse.Namespace, plan: dict, runs: dict, probes: dict, resume: dict) -> dict:
+def summarise(args: argparse.Namespace, plan: PlanRecord, recipe: Recipe, runs: dict, probes: dict, resume: dict) -> dict:
     raw = {key: statistics.median(values) if values else None for key, values in probes.items()}
     return {
         "date": datetime.now().strftime("%Y-%m-%d"),
-        "machine": machine("torch", "deepspeed", device=plan["topology"]["device"]),
+        "machine": machine("torch", "deepspeed", device=plan.topology.device),
         "config": {
             "recipe": repo_relative(args.recipe),
             "overrides": FAST,
@@ -227,9 +231,9 @@ def summarise(args: argparse.Namespace, plan: dict, runs: dict, probes: dict, re
             "smoke": args.smoke,
             "order": ", ".join(MODES) + (", alternating" if args.repeats > 1 else ""),
             "warmup_steps": args.warmup_steps,
-            "tokens_per_step": plan["batch"]["tokens_per_step"],
-            "num_params": plan["model"]["num_params"],
-            "zero_stage": plan["backend_files"]["ds_config.json"]["zero_optimization"]["stage"],
+            "tokens_per_step": plan.batch.tokens_per_step,
+            "num_params": plan.model.num_params,
+            "zero_stage": recipe.distributed.zero_stage,
         },
         "stall": {mode: stall_figures(runs[mode], runs["none"], args, blocked_includes_write=mode == "sync")
                   for mode in ("async", "sync")},

@@ -80,23 +80,12 @@ def run_logged(argv: list[str], log: Path, env: dict | None = None, logs: Path |
         raise RuntimeError(f"{' '.join(argv[:6])} ... failed with exit code {code}; {last_lines(log, logs)}")
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """Rows of a JSON-lines file that another process may be appending to: a torn last line is skipped."""
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            pass
-    return rows
-
-
 def row_after(run_dir: Path, step: int) -> float | None:
-    """The time a metrics row past `step` was first seen (within POLL_S), or None."""
-    rows = read_jsonl(run_dir / "metrics.jsonl")
-    return time.time() if any(r["step"] > step for r in rows) else None
+    """The time a metrics row past `step` was first seen (within POLL_S), or None (`RunDir.metric_rows`
+    skips the torn last line of a log still being appended to)."""
+    from orchestrator.rundir.layout import RunDir  # importable once REPO is on sys.path
+
+    return time.time() if any(r["step"] > step for r in RunDir(run_dir).metric_rows()) else None
 
 
 def events(run_dir: Path, name: str, since: float = 0.0) -> list[BaseEvent]:

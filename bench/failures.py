@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import psutil
-from common import FAST, REPO, events, first_event, last_lines, orch_argv, read_jsonl, row_after, wait_for
+from common import FAST, REPO, events, first_event, last_lines, orch_argv, row_after, wait_for
 
 from orchestrator.rundir.checkpoint_records import read_summary
 from orchestrator.rundir.layout import RunDir
@@ -54,7 +54,7 @@ def measure_failures(args, scratch: Path, run_training) -> dict:
         runs.append({**run, **young_daly(run, interval, args.failure_every)})
     return {
         "baseline": {"steps": args.failure_baseline_steps, "interval_steps": BASELINE_INTERVAL, "step_s": step_s,
-                     "checkpoint_cost_s": cost_s, "goodput": baseline["summary"]["goodput"], "saves": len(baseline["checkpoints"])},
+                     "checkpoint_cost_s": cost_s, "goodput": baseline["summary"].goodput, "saves": len(baseline["checkpoints"])},
         "failure_every_steps": args.failure_every,
         "steps": args.failure_steps,
         "mtbf_s": mtbf_s,
@@ -91,13 +91,13 @@ def run_with_failures(args, run_dir: Path, interval: int, rng: random.Random) ->
         _wait(lambda: row_after(run_dir, start.step + run_for - 1), process, run_dir, f"step {start.step + run_for}")
         kill_time = time.time()
         _kill_attempt(run_dir, process)
-        rows = read_jsonl(run_dir / "metrics.jsonl")
+        rows = RunDir(run_dir).metric_rows()
         restarts.append({"kill_time": kill_time, "killed_after_step": max(r["step"] for r in rows),
                          "processes_gone_s": time.time() - kill_time})
         launched = time.time()
-    summary = read_summary(RunDir(run_dir)).model_dump(mode="json")
-    rows = read_jsonl(run_dir / "metrics.jsonl")
-    return {"interval_steps": interval, "restarts": restarts, "summary": {k: summary[k] for k in ("goodput", "wall_s", "restarts")},
+    summary, rows = read_summary(RunDir(run_dir)), RunDir(run_dir).metric_rows()
+    return {"interval_steps": interval, "restarts": restarts,
+            "summary": {"goodput": summary.goodput, "wall_s": summary.wall_s, "restarts": summary.restarts},
             "rows": len(rows), "productive_s": sum(r["step_s"] for r in rows), "step_s": statistics.median(r["step_s"] for r in rows),
             "checkpoints": [{"step": e.step, "stall_s": e.stall_s, "write_s": e.write_s} for e in events(run_dir, "checkpoint")]}
 

@@ -184,14 +184,13 @@ def energy_summary(run: RunDir) -> dict:
     from orchestrator.shared.energy.bill import bill_for
 
     bill = bill_for(run.path)
-    devices = [{"node": node, **d.model_dump(include={"device", "kind", "method", "kwh"})} for node, d in bill.devices()]
-    gpus = [d for d in devices if d["kind"] == "gpu"]
-    totals = bill.totals.model_dump(mode="json")
+    gpus, totals = [d for _, d in bill.devices() if d.kind == "gpu"], bill.totals
     return {
-        "gpu_methods": sorted({d["method"] for d in gpus}),
-        "gpu_kwh": sum(d["kwh"] or 0.0 for d in gpus),
-        **{key: totals[key] for key in ("kwh", "measured_kwh", "estimated_kwh", "coverage", "j_per_token", "missing")},
-        "devices": devices,
+        "gpu_methods": sorted({d.method for d in gpus}),
+        "gpu_kwh": sum(d.kwh or 0.0 for d in gpus),
+        "kwh": totals.kwh, "measured_kwh": totals.measured_kwh, "estimated_kwh": totals.estimated_kwh, "coverage": totals.coverage,
+        "j_per_token": totals.j_per_token, "missing": [m.model_dump(mode="json") for m in totals.missing],
+        "devices": [{"node": node, **d.model_dump(include={"device", "kind", "method", "kwh"})} for node, d in bill.devices()],
     }
 
 

@@ -18,16 +18,16 @@ by the kernel's OOM killer; about 20 minutes on 2 cores and 24 GiB):
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from common import DEFAULT_RECIPE, REPO, RESULTS, last_lines, machine, orch_argv, parse_args, read_jsonl, write_result
+from common import DEFAULT_RECIPE, REPO, RESULTS, last_lines, machine, orch_argv, parse_args, write_result
 
 from orchestrator.rundir.layout import RunDir
+from orchestrator.rundir.records import read_plan
 from orchestrator.rundir.rows import EngineBuilt
 
 SHAPES = {
@@ -66,10 +66,10 @@ def measure(size: str, variant: str, seq_len: int, work: Path) -> dict:
     tic = time.monotonic()
     with log.open("w") as out:
         code = subprocess.run(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
-    plan = json.loads((run_dir / "plan.json").read_text()) if (run_dir / "plan.json").exists() else {}
-    built = next((e for e in RunDir(run_dir).history() if isinstance(e, EngineBuilt)), None)
-    rows = read_jsonl(run_dir / "metrics.jsonl")
-    num_params = plan.get("model", {}).get("num_params", 0)
+    run = RunDir(run_dir)
+    num_params = read_plan(run).model.num_params if run.plan.exists() else 0  # none when planning itself failed
+    built = next((e for e in run.history() if isinstance(e, EngineBuilt)), None)
+    rows = run.metric_rows()
     result = {
         "size": size, "variant": variant, "num_params": num_params, "trained": code == 0 and len(rows) == STEPS,
         "exit_code": code, "wall_s": time.monotonic() - tic, "whole_model_fp32_bytes": num_params * 4,

@@ -25,7 +25,6 @@ Run it from the repository root, as root like dev-cluster.sh (about 2 minutes on
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import tempfile
@@ -33,7 +32,10 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from common import POLL_S, REPO, RESULTS, events, first_event, machine, orch_argv, parse_args, read_jsonl, row_after, wait_for, write_result
+from common import POLL_S, REPO, RESULTS, events, first_event, machine, orch_argv, parse_args, row_after, wait_for, write_result
+
+from orchestrator.rundir.layout import RunDir
+from orchestrator.rundir.records import read_jobs
 
 # The job tests/integration/test_slurm_submit.py submits (TWO_NODES, with tests/helpers/project.py's FAST); train.steps from --steps.
 TWO_NODES = [
@@ -119,7 +121,12 @@ def submit(run_dir: Path, steps: int, *extra: str) -> tuple[str, float, float]:
     exited = time.time()
     if result.returncode != 0:
         raise RuntimeError(f"orch submit failed with exit code {result.returncode}:\n{result.stdout}{result.stderr}")
-    return json.loads((run_dir / "slurm.json").read_text())["job_ids"][-1], t0, exited
+    return last_job(run_dir), t0, exited
+
+
+def last_job(run_dir: Path) -> str:
+    """The job `orch submit` submitted last (its training job: a preparation job comes before it)."""
+    return read_jobs(RunDir(run_dir)).job_ids[-1]
 
 
 def wait_until_idle(timeout_s: float = TIMEOUT_S) -> None:
@@ -168,7 +175,7 @@ def measure_first_step(args: argparse.Namespace, run_dir: Path) -> dict:
 def measure_requeue(args: argparse.Namespace, run_dir: Path) -> dict:
     job_id, _, _ = submit(run_dir, args.steps, "slurm.signal=USR1")
     wait_for_job(lambda: row_after(run_dir, args.signal_at_step - 1), job_id, run_dir, f"row for step {args.signal_at_step}")
-    signalled_at_step = max(r["step"] for r in read_jsonl(run_dir / "metrics.jsonl"))
+    signalled_at_step = max(r["step"] for r in RunDir(run_dir).metric_rows())
     signal_t = time.time()
     subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True, timeout=60)
     scancel_s = time.time() - signal_t
@@ -177,7 +184,7 @@ def measure_requeue(args: argparse.Namespace, run_dir: Path) -> dict:
     first_new_row = wait_for_job(lambda: row_after(run_dir, preempted.step), job_id, run_dir, "row after the resume")
     wait_until_completed(job_id, run_dir)
     starts = events(run_dir, "slurm_start")
-    assert [s["restart"] for s in starts] == [0, 1], f"expected one requeue, got slurm_start events {starts}"
+    assert [s.restart for s in starts] == [0, 1], f"expected one requeue, got slurm_start events {starts}"
     saves = [e for e in events(run_dir, "checkpoint") if e.step == preempted.step and e.time <= preempted.time]
     times = {
         "signal": signal_t, "slurm_signal": events(run_dir, "slurm_signal")[0].time, "preempted": preempted.time,
@@ -189,10 +196,10 @@ def measure_requeue(args: argparse.Namespace, run_dir: Path) -> dict:
         "signalled_at_step": signalled_at_step,
         "preempted_step": preempted.step,
         "resumed_step": resumed.step,
-        "resumed_from": resumed["checkpoint"],
-        "recomputed_steps": resumed["recomputed_steps"],
+        "resumed_from": resumed.checkpoint,
+        "recomputed_steps": resumed.recomputed_steps,
         "scancel_command_s": scancel_s,
-        "preempt_save_s": saves[-1]["stall_s"] + saves[-1]["write_s"] if saves else None,
+        "preempt_save_s": saves[-1].stall_s + saves[-1].write_s if saves else None,
         "resumed_to_start_s": times["start_2"] - times["resumed"],
         **_phases(REQUEUE_PHASES, times),
         "times": times,

@@ -27,7 +27,9 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from common import FAST, REPO, RESULTS, machine, parse_args, read_jsonl, run_logged, write_result
+from common import FAST, REPO, RESULTS, machine, parse_args, run_logged, write_result
+
+from orchestrator.rundir.layout import RunDir
 
 RECIPE = REPO / "recipes" / "tiny-sweep.yaml"
 LEARNING_RATES = [0.003, 0.001, 0.3, 0.0002, 3.0, 0.006]
@@ -82,7 +84,7 @@ def sweep(directory: Path, overrides: list[str]) -> dict:
                 "--sweep-dir", str(directory)], directory.with_suffix(".log"), logs=directory / "trials")
     wall = time.perf_counter() - start
     trials = sorted((directory / "trials").iterdir())
-    steps = [max((r["step"] for r in read_jsonl(t / "metrics.jsonl")), default=0) for t in trials]
+    steps = [max((r["step"] for r in RunDir(t).metric_rows()), default=0) for t in trials]
     table = [line.split() for line in directory.with_suffix(".log").read_text().splitlines() if line[:1].isdigit()]
     return {"wall_s": round(wall, 1), "steps": sum(steps), "steps_per_trial": steps,
             "states": {row[1]: row[2] for row in table}, "best": table[0][1] if table else None}

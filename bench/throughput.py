@@ -29,7 +29,11 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from common import DEFAULT_RECIPE, REPO, RESULTS, machine, orch_argv, parse_args, read_jsonl, repo_relative, run_logged, write_result
+from common import DEFAULT_RECIPE, REPO, RESULTS, machine, orch_argv, parse_args, repo_relative, run_logged, write_result
+
+from orchestrator.recipe.schema import Recipe
+from orchestrator.rundir.layout import RunDir
+from orchestrator.rundir.records import PlanRecord, read_plan, read_recipe
 
 BARE_SCRIPT = REPO / "bench" / "bare_deepspeed.py"
 MATMUL_SIZE = {"cpu": 2048, "cuda": 8192}
@@ -42,7 +46,7 @@ def main() -> None:
         runs = _alternate(args, Path(scratch))
     plan = runs["plan"]
     peak = measure_peak(plan, args.peak_seconds)
-    result = summarise(args, plan, runs, peak)
+    result = summarise(args, plan, runs["recipe"], runs, peak)
     print(render_table(result))
     write_result(args.out, result)
 
@@ -65,7 +69,8 @@ def _parse_args() -> argparse.Namespace:
 
 
 def _alternate(args: argparse.Namespace, scratch: Path) -> dict:
-    """orch, bare, orch, bare, ...: the first orch run's directory supplies the bare loop's config."""
+    """orch, bare, orch, bare, ...: the first orch run's directory supplies the bare loop's config, and
+    its plan and recipe the result's (read here: the scratch directory goes once the runs are done)."""
     orch_runs, bare_runs = [], []
     first_run_dir = None
     for repeat in range(args.repeats):
@@ -75,9 +80,8 @@ def _alternate(args: argparse.Namespace, scratch: Path) -> dict:
         bare_runs.append(run_bare(first_run_dir, args.steps, scratch / f"bare-{repeat}"))
         print(f"repeat {repeat + 1}/{args.repeats}: orch {_median_after(orch_runs[-1]['tokens_per_s'], args.warmup_steps):,.0f} "
               f"tokens/s, bare {_median_after(bare_runs[-1]['tokens_per_s'], args.warmup_steps):,.0f} tokens/s", flush=True)
-    plan = json.loads((first_run_dir / "plan.json").read_text())
-    plan["rank_env"] = plan["commands"][0]["env"]
-    return {"plan": plan, "orch": orch_runs, "bare": bare_runs}
+    first = RunDir(first_run_dir)
+    return {"plan": read_plan(first), "recipe": read_recipe(first), "orch": orch_runs, "bare": bare_runs}
 
 
 def run_orchestrator(recipe: Path, steps: int, run_dir: Path, extra: tuple[str, ...] = ()) -> dict:
@@ -89,7 +93,7 @@ def run_orchestrator(recipe: Path, steps: int, run_dir: Path, extra: tuple[str, 
     if warmup >= steps:  # the recipe schema requires lr warmup below the step count
         overrides.append(f"train.schedule.warmup_steps={steps - 1}")
     run_logged(orch_argv("run", run_dir, str(recipe), *overrides, *extra), run_dir.with_suffix(".log"), logs=run_dir / "logs")
-    rows = read_jsonl(run_dir / "metrics.jsonl")
+    rows = RunDir(run_dir).metric_rows()
     if len(rows) != steps:
         raise RuntimeError(f"expected {steps} metric rows in {run_dir}, found {len(rows)}")
     return {
@@ -120,12 +124,12 @@ def run_bare(orch_run_dir: Path, steps: int, work: Path) -> dict:
     """bench/bare_deepspeed.py on as many ranks, with the same added environment, as the orch run."""
     from launch.node import toolchain_env
 
-    plan = json.loads((orch_run_dir / "plan.json").read_text())
+    plan = read_plan(RunDir(orch_run_dir))
     work.mkdir(parents=True)
     out = work / "steps.json"
     argv = [
         sys.executable, "-m", "torch.distributed.run",
-        "--nproc_per_node", str(plan["topology"]["procs_per_node"]),
+        "--nproc_per_node", str(plan.topology.procs_per_node),
         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
         "--log-dir", str(work / "ranks"), "--redirects", "3",  # each rank's own output, for a failure's message
         str(BARE_SCRIPT), "--run-dir", str(orch_run_dir), "--steps", str(steps), "--out", str(out),
@@ -133,7 +137,7 @@ def run_bare(orch_run_dir: Path, steps: int, work: Path) -> dict:
     # The ranks get exactly the environment the orchestrator gave its own: the plan's (on CPU:
     # DS_ACCELERATOR=cpu and OMP_NUM_THREADS = cores / ranks), and the node launcher's toolchain
     # (DeepSpeed's CPU op as scripts/setup.sh built it, not compiled afresh).
-    env = {**os.environ, **plan["commands"][0]["env"]}
+    env = {**os.environ, **plan.commands[0].env}
     run_logged(argv, work / "bare.log", env | toolchain_env(env), logs=work / "ranks")
     result = json.loads(out.read_text())
     result["tokens_per_s"] = [result["tokens_per_step"] / s for s in result["step_s"]]
@@ -147,7 +151,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def measure_peak(plan: dict, seconds: float) -> dict:
+def measure_peak(plan: PlanRecord, seconds: float) -> dict:
     """The whole machine's matmul FLOP/s: fp32 on CPU, bf16 on CUDA.
 
     On CPU two ways, and the larger counts: one process with all of torch's threads, and the
@@ -156,13 +160,13 @@ def measure_peak(plan: dict, seconds: float) -> dict:
     """
     import torch
 
-    device = plan["topology"]["device"]
+    device = plan.topology.device
     if device == "cuda":
         per_device = _matmul_flops("cuda", torch.bfloat16, MATMUL_SIZE["cuda"], seconds)
-        world = plan["topology"]["world_size"]
+        world = plan.topology.world_size
         return {"dtype": "bf16", "peak_flops": per_device * world, "per_device_flops": per_device, "devices": world}
-    procs = plan["topology"]["procs_per_node"]
-    rank_threads = int(plan["rank_env"].get("OMP_NUM_THREADS", 1))
+    procs = plan.topology.procs_per_node
+    rank_threads = int(plan.commands[0].env.get("OMP_NUM_THREADS", 1))
     single = _matmul_flops("cpu", torch.float32, MATMUL_SIZE["cpu"], seconds)
     concurrent = _concurrent_cpu_matmul(procs, rank_threads, seconds)
     return {
@@ -220,8 +224,9 @@ def _median_after(values: list[float], warmup: int) -> float:
     return statistics.median(values[warmup:])
 
 
-def summarise(args: argparse.Namespace, plan: dict, runs: dict, peak: dict) -> dict:
-    flops_per_token = plan["estimate"]["flops_per_token"]
+def summarise(args: argparse.Namespace, plan: PlanRecord, recipe: Recipe, runs: dict, peak: dict) -> dict:
+    flops_per_token = plan.estimate.flops_per_token
+    topology = plan.topology
     sides = {}
     for side in ("orch", "bare"):
         pooled = [v for run in runs[side] for v in run["tokens_per_s"][args.warmup_steps :]]
@@ -238,7 +243,7 @@ def summarise(args: argparse.Namespace, plan: dict, runs: dict, peak: dict) -> d
     sides["orch"]["mfu_reported_by_orch"] = statistics.median(reported) if reported else None
     return {
         "date": datetime.now().strftime("%Y-%m-%d"),
-        "machine": machine("torch", "deepspeed", "transformers", device=plan["topology"]["device"]),
+        "machine": machine("torch", "deepspeed", "transformers", device=topology.device),
         "config": {
             "recipe": repo_relative(args.recipe),
             "steps": args.steps,
@@ -246,11 +251,11 @@ def summarise(args: argparse.Namespace, plan: dict, runs: dict, peak: dict) -> d
             "repeats": args.repeats,
             "smoke": args.smoke,
             "order": "orch, bare, alternating" if args.repeats > 1 else "orch, bare",
-            "topology": {k: plan["topology"][k] for k in ("world_size", "device", "comm_backend")},
-            "batch": plan["batch"],
-            "model": {"arch": plan["model"]["arch"], "num_params": plan["model"]["num_params"]},
-            "zero_stage": plan["backend_files"]["ds_config.json"]["zero_optimization"]["stage"],
-            "rank_env": plan["rank_env"],
+            "topology": {"world_size": topology.world_size, "device": topology.device, "comm_backend": topology.comm_backend},
+            "batch": plan.batch.model_dump(),
+            "model": {"arch": plan.model.arch, "num_params": plan.model.num_params},
+            "zero_stage": recipe.distributed.zero_stage,
+            "rank_env": plan.commands[0].env,
             "flops_per_token": flops_per_token,
         },
         "peak": peak,

@@ -17,7 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.project import ROOT
+from orchestrator.recipe.loader import load_recipe
+from orchestrator.rundir.layout import RunDir
+from orchestrator.rundir.records import recipe_yaml, write_data
+from tests.helpers.planning import write_plan
+from tests.helpers.project import ROOT, TINY
 
 pytestmark = pytest.mark.distributed
 
@@ -55,11 +59,12 @@ def test_a_failing_rank_shows_its_own_log(tmp_path):
     """Its traceback, not torchrun's summary of it, and read before the scratch directory goes: here the
     bare side is pointed at a run directory whose prepared data is gone."""
     run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    plan = {"topology": {"procs_per_node": 1}, "commands": [{"env": {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}}]}
-    (run_dir / "plan.json").write_text(json.dumps(plan))
-    (run_dir / "ds_config.json").write_text("{}")
-    (run_dir / "data.json").write_text(json.dumps({"dir": str(tmp_path / "gone"), "vocab_size": 8, "train_tokens": 1, "val_tokens": 1}))
+    write_plan(run_dir, topology={"nodes": 1, "procs_per_node": 1, "device": "cpu", "comm_backend": "gloo"})
+    run = RunDir(run_dir)
+    run.write_file(run.recipe.name, recipe_yaml(load_recipe(TINY).recipe))
+    source = {"name": "text", "weight": 1.0, "documents": {}, "train_tokens": 1, "val_tokens": 0, "curation": {},
+              "shards": {"train": ["train-00000"], "val": []}}
+    write_data(run, tmp_path / "gone", {"vocab_size": 8, "train_tokens": 1, "val_tokens": 0, "sources": [source]})
     bare = f"from pathlib import Path; import throughput; throughput.run_bare(Path({str(run_dir)!r}), 1, Path({str(tmp_path / 'bare')!r}))"
     result = subprocess.run([sys.executable, "-c", bare], cwd=ROOT / "bench", capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
