@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from launch import rank_state
+from launch import progress, rank_state
 from launch.energy.account import EnergyAccount, NullAccount
 from launch.energy.monitor import Monitor
 from launch.engines import Engine
@@ -129,6 +129,7 @@ class Trainer:
         return EXIT_BUDGET
 
     def step(self, step: int) -> dict:
+        progress.report("step", step)
         self.monitor.phase("train", step)
         lr = self.engine.lr
         self.step_memory.lap()
@@ -170,6 +171,7 @@ class Trainer:
         return digests[0]
 
     def evaluate(self, step: int) -> float:
+        progress.report("evaluation", step)
         self.monitor.phase("eval")
         micro = self.plan.batch.micro_batch_size
         losses = [self.engine.eval_loss(take(self.val_rows, i, i + micro)) for i in range(0, count(self.val_rows), micro)]
@@ -180,6 +182,7 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------------------------
 
     def save(self, step: int) -> None:
+        progress.report("checkpoint", step)
         self.monitor.phase("checkpoint", step)
         self.faults.fire(step, "save")
         state = rank_state.capture(step, self.stream.state_dict())

@@ -8,6 +8,8 @@ and on every Slurm node; forwards preemption signals to them, and turns their ex
 0 when all finished, EXIT_REQUEUE when all checkpointed and stopped on a signal, otherwise the
 first failure. A rank that crashes takes its peers down at once (SIGKILL): they would otherwise
 hang in a collective, and checkpoints are atomic, so killing them loses nothing committed.
+Ranks that stop making progress without ending (a stopped process, a stuck collective) are found by
+the watchdog (`launch.watchdog`), which writes their stacks and ends them all: EXIT_HANG.
 torchrun and horovodrun cannot be used here: both die on SIGUSR1 and report any non-zero rank as 1.
 What it does (ranks started, signals forwarded, exits) it says on its standard output, the run's
 `logs/launcher.log` locally and `logs/node-<name>.out` on Slurm (`launch.launcher_log`).
@@ -29,8 +31,9 @@ from pathlib import Path
 
 from launch.engines import ENGINES, backend_module
 from launch.launcher_log import say
-from orchestrator.errors import EXIT_REQUEUE
 from launch.spawn import Rank, start_ranks
+from launch.watchdog import NoWatchdog, Watchdog, watching
+from orchestrator.errors import EXIT_HANG, EXIT_REQUEUE
 from orchestrator.rundir.entry import ATTACHED_FLAG, FORWARDED_SIGNALS
 
 
@@ -60,9 +63,10 @@ def main() -> None:
 def run_node(args: argparse.Namespace) -> int:
     backend = backend_module(args.backend)
     say(f"node {args.node_rank} of {args.nnodes} ({args.backend}, {args.nproc} rank(s) here), rendezvous {args.master_addr}:{args.master_port}")
-    with backend.node_services(args.nnodes, args.nproc, args.node_rank, args.master_port):
-        ranks = start_ranks(args.run_dir, backend, [_rank_env(args, backend, local) for local in range(args.nproc)])
-        first = args.node_rank * args.nproc
+    first = args.node_rank * args.nproc
+    with backend.node_services(args.nnodes, args.nproc, args.node_rank, args.master_port), \
+            watching(args.run_dir, args.node_rank, first) as watchdog:
+        ranks = start_ranks(args.run_dir, backend, [{**_rank_env(args, backend, local), **watchdog.rank_env} for local in range(args.nproc)])
 
         def forward(signum, _frame):
             live = [local for local, rank in enumerate(ranks) if rank.poll() is None]
@@ -74,7 +78,7 @@ def run_node(args: argparse.Namespace) -> int:
             signal.signal(signum, forward)
         if args.attached:
             threading.Thread(target=_stop_when_cli_ends, name="cli-watch", daemon=True).start()
-        return _wait(ranks, first)
+        return _wait(ranks, first, watchdog)
 
 
 def _stop_when_cli_ends() -> None:
@@ -121,9 +125,9 @@ def toolchain_env(environ: dict[str, str]) -> dict[str, str]:
     }
 
 
-def _wait(ranks: list[Rank], first: int) -> int:
-    """Until every rank has ended, or one failed (its peers then killed); each end is logged once.
-    `first` is the global rank of `ranks[0]`."""
+def _wait(ranks: list[Rank], first: int, watchdog: Watchdog | NoWatchdog) -> int:
+    """Until every rank has ended, or one failed (its peers then killed), or the watchdog found them
+    hung (all then killed: EXIT_HANG); each end is logged once. `first` is the global rank of `ranks[0]`."""
     reported: set[int] = set()
     while True:
         codes = [rank.poll() for rank in ranks]
@@ -133,17 +137,25 @@ def _wait(ranks: list[Rank], first: int) -> int:
                 say(f"rank {first + local} (pid {ranks[local].pid}) {_ended(code)}")
         failed = [c for c in codes if c not in (None, 0, EXIT_REQUEUE)]
         if failed:
-            live = [local for local, rank in enumerate(ranks) if rank.poll() is None]
-            if live:
-                say(f"killing {_ranks(live, first)}: a peer failed, and they would hang in a collective")
-            for local in live:
-                ranks[local].kill()
-            for rank in ranks:
-                rank.wait()
+            _kill(ranks, first, "a peer failed, and they would hang in a collective")
             return failed[0] if failed[0] > 0 else 128 - failed[0]
         if all(c is not None for c in codes):
             return EXIT_REQUEUE if EXIT_REQUEUE in codes else 0
+        if watchdog.check(ranks):
+            _kill(ranks, first, "they hung (a stopped rank's process too: SIGKILL needs no answer)")
+            return EXIT_HANG
         time.sleep(0.2)
+
+
+def _kill(ranks: list[Rank], first: int, why: str) -> None:
+    """SIGKILL every live rank and reap them all: checkpoints are atomic, so nothing committed is lost."""
+    live = [local for local, rank in enumerate(ranks) if rank.poll() is None]
+    if live:
+        say(f"killing {_ranks(live, first)}: {why}")
+    for local in live:
+        ranks[local].kill()
+    for rank in ranks:
+        rank.wait()
 
 
 def _ranks(local_ranks: list[int], first: int) -> str:

@@ -14,6 +14,7 @@ import socket
 import sys
 from pathlib import Path
 
+from launch import progress
 from launch.energy.account import start_energy
 from launch.engines import Engine, backend_module
 from launch.loop import Trainer, seed_everything
@@ -37,6 +38,7 @@ def main() -> None:
 def run_rank(path: Path) -> None:
     run = RunDir(path)
     rank, local_rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    progress.start_reporting(rank)  # first: set-up is timed by the launcher's watchdog too
     _redirect_output(run.rank_log(rank))
     print(f"rank {rank}/{world} on host {socket.gethostname()} node {os.environ.get('SLURMD_NODENAME', socket.gethostname())}", flush=True)
     stop = StopFlag().install()

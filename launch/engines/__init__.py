@@ -15,10 +15,13 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 from types import ModuleType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from launch.memory import StartupMemory
 from orchestrator.shared.model.inputs import Rows
+
+if TYPE_CHECKING:
+    from orchestrator.recipe.schema import Recipe
 
 ENGINES = {"deepspeed": "launch.engines.deepspeed", "horovod": "launch.engines.horovod"}
 
@@ -44,6 +47,15 @@ class Engine(Protocol):
         """Which rank wrote a checkpoint file (it hashes and reports it); files of no rank are rank 0's."""
     def fingerprint(self) -> str: ...
     def close(self) -> None: ...
+
+
+def process_group_timeout_s(recipe: "Recipe") -> float | None:
+    """How long a collective waits for a peer before it fails the rank. With fault tolerance on, past
+    every timeout of the node launcher's watchdog, which acts first (stacks written, the stopped rank
+    named) but finite, so a stopped rank cannot hold its peers forever if its launcher is gone. With it
+    off, None: the library's own default."""
+    spec = recipe.fault_tolerance
+    return spec.process_group_timeout_s if spec.enabled else None
 
 
 def backend_module(name: str) -> ModuleType:

@@ -11,9 +11,11 @@ import copy
 import re
 import warnings
 from contextlib import nullcontext
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 
+from launch.engines import process_group_timeout_s
 from launch.engines.replica import parameter_digest
 from launch.memory import PeakTracker, StartupMemory, return_freed_memory
 from launch.rank_state import state_owner
@@ -73,7 +75,8 @@ class Engine:
         comm_backend = plan.topology.comm_backend
         if comm_backend == "nccl":
             torch.cuda.set_device(local_rank)
-        deepspeed.init_distributed(dist_backend=comm_backend)
+        timeout_s = process_group_timeout_s(recipe)
+        deepspeed.init_distributed(dist_backend=comm_backend, **({"timeout": timedelta(seconds=timeout_s)} if timeout_s else {}))
         torch.manual_seed(recipe.train.seed)
         config = plan.backend_config
         self.partitioned = recipe.distributed.partitioned_construction

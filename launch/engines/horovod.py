@@ -14,11 +14,13 @@ checkpoint's state and every rank reads it back.
 from __future__ import annotations
 
 import math
+import os
 import socket
 from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
 
+from launch.engines import process_group_timeout_s
 from launch.engines.replica import parameter_digest
 from launch.memory import PeakTracker, StartupMemory
 from launch.rank_state import state_owner
@@ -34,6 +36,8 @@ torch = None
 alone, and should start its ranks without first spending seconds importing torch."""
 
 GLOO_TIMEOUT_S = 120
+"""Gloo's timeout (rendezvous and collectives) where fault tolerance is off; where it is on, the engine
+raises it to the process-group timeout, past the watchdog's (`launch.engines.process_group_timeout_s`)."""
 
 
 @contextmanager
@@ -118,6 +122,9 @@ class Engine:
         except ImportError as exc:
             raise SystemExit(f"Horovod cannot be imported on this node ({exc}): run `make horovod`") from None
 
+        timeout_s = process_group_timeout_s(recipe)
+        if timeout_s:  # Gloo's timeout, for the rendezvous and every collective (read by hvd.init)
+            os.environ["HOROVOD_GLOO_TIMEOUT_SECONDS"] = str(math.ceil(timeout_s))
         hvd.init()
         self.hvd = hvd
         config = plan.backend_config

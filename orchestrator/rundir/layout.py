@@ -75,6 +75,7 @@ class RunDir:
     prepare_script = _Entry("prepare.sbatch", "the data preparation job's Slurm script, when orch submit found the data unprepared")
     gate_script = _Entry("gate.sbatch", "the gates' Slurm script (`orch submit --then gate`)")
     release_script = _Entry("release.sbatch", "the release's Slurm script (`orch submit --then gate,release`)")
+    hangs = _Entry("hangs", "each hung attempt's stacks, one file per live rank: hangs/<attempt>/rank-<N>.txt")
     gates = _Entry("gates", "one gate report per gated checkpoint")
     releases = _Entry("releases")
     exports = _Entry("export")
