@@ -10,6 +10,9 @@ first failure. A rank that crashes takes its peers down at once (SIGKILL): they 
 hang in a collective, and checkpoints are atomic, so killing them loses nothing committed.
 Ranks that stop making progress without ending (a stopped process, a stuck collective) are found by
 the watchdog (`launch.watchdog`), which writes their stacks and ends them all: EXIT_HANG.
+After such a fault, a launcher that runs the whole job (`--nnodes 1`) starts the ranks again, and
+they resume from the newest verified checkpoint (`launch.restarts`: how often, and what is not
+restarted); its exit code is then the last attempt's.
 torchrun and horovodrun cannot be used here: both die on SIGUSR1 and report any non-zero rank as 1.
 What it does (ranks started, signals forwarded, exits) it says on its standard output, the run's
 `logs/launcher.log` locally and `logs/node-<name>.out` on Slurm (`launch.launcher_log`).
@@ -31,10 +34,13 @@ from pathlib import Path
 
 from launch.engines import ENGINES, backend_module
 from launch.launcher_log import say
+from launch.restarts import Restarts
 from launch.spawn import Rank, start_ranks
 from launch.watchdog import NoWatchdog, Watchdog, watching
 from orchestrator.errors import EXIT_HANG, EXIT_REQUEUE
 from orchestrator.rundir.entry import ATTACHED_FLAG, FORWARDED_SIGNALS
+from orchestrator.rundir.layout import RunDir
+from orchestrator.rundir.records import read_recipe
 
 
 def main() -> None:
@@ -61,24 +67,47 @@ def main() -> None:
 
 
 def run_node(args: argparse.Namespace) -> int:
+    """The node's attempts: the first, then, after a fault, as many restarts as `launch.restarts` allows."""
     backend = backend_module(args.backend)
+    run = RunDir(args.run_dir)
     say(f"node {args.node_rank} of {args.nnodes} ({args.backend}, {args.nproc} rank(s) here), rendezvous {args.master_addr}:{args.master_port}")
     first = args.node_rank * args.nproc
+    ranks: list[Rank] = []
+    stop: list[int] = []
+    """The signal that asked this node to stop: the attempt then ends as asked, and none follows."""
+
+    def forward(signum, _frame):
+        stop.append(signum)
+        _forward(ranks, first, signum)
+
+    for signum in FORWARDED_SIGNALS:
+        signal.signal(signum, forward)
+    if args.attached:
+        threading.Thread(target=_stop_when_cli_ends, name="cli-watch", daemon=True).start()
+    restarts = Restarts(run, read_recipe(run).fault_tolerance, single_node=args.nnodes == 1)
+    while True:
+        restarts.begin()
+        code = _attempt(args, backend, first, ranks, stop)
+        if stop or not restarts.after(code, ranks, first):
+            return code
+        say(f"restarting: the ranks start again and resume from the newest verified checkpoint (same rendezvous port {args.master_port})")
+
+
+def _attempt(args: argparse.Namespace, backend, first: int, ranks: list[Rank], stop: list[int]) -> int:
+    """Start this node's ranks (into `ranks`) and wait for their end; the launcher's exit code for it."""
     with backend.node_services(args.nnodes, args.nproc, args.node_rank, args.master_port), \
             watching(args.run_dir, args.node_rank, first) as watchdog:
-        ranks = start_ranks(args.run_dir, backend, [{**_rank_env(args, backend, local), **watchdog.rank_env} for local in range(args.nproc)])
-
-        def forward(signum, _frame):
-            live = [local for local, rank in enumerate(ranks) if rank.poll() is None]
-            for local in live:
-                ranks[local].send_signal(signum)
-            say(f"{signal.Signals(signum).name} forwarded to {_ranks(live, first)}")
-
-        for signum in FORWARDED_SIGNALS:
-            signal.signal(signum, forward)
-        if args.attached:
-            threading.Thread(target=_stop_when_cli_ends, name="cli-watch", daemon=True).start()
+        ranks[:] = start_ranks(args.run_dir, backend, [{**_rank_env(args, backend, local), **watchdog.rank_env} for local in range(args.nproc)])
+        if stop:  # the signal came while they started
+            _forward(ranks, first, stop[0])
         return _wait(ranks, first, watchdog)
+
+
+def _forward(ranks: list[Rank], first: int, signum: int) -> None:
+    live = [local for local, rank in enumerate(ranks) if rank.poll() is None]
+    for local in live:
+        ranks[local].send_signal(signum)
+    say(f"{signal.Signals(signum).name} forwarded to {_ranks(live, first)}")
 
 
 def _stop_when_cli_ends() -> None:

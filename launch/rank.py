@@ -19,6 +19,7 @@ from launch.energy.account import start_energy
 from launch.engines import Engine, backend_module
 from launch.loop import Trainer, seed_everything
 from launch.mirror import NullMirror, start_mirror
+from launch.oom import exit_on_oom
 from launch.signals import StopFlag
 from orchestrator.shared.hub import work_offline
 from orchestrator.rundir import events
@@ -32,7 +33,8 @@ from orchestrator.shared.tracking.mirror import run_config
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--run-dir", type=Path, required=True)
-    run_rank(parser.parse_args().run_dir)
+    with exit_on_oom():
+        run_rank(parser.parse_args().run_dir)
 
 
 def run_rank(path: Path) -> None:

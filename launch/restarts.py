@@ -1,0 +1,175 @@
+"""In-job restarts (issue 31): what ended an attempt of this node's ranks (its failure class), and
+whether the node launcher starts another one by itself.
+
+A fault ends the attempt with every rank of the node down (`launch.node._wait` kills the peers of a
+rank that failed; the watchdog ends all of them on a hang). When this launcher runs the whole job
+(`--nnodes 1`), it forks the ranks again from itself, whose libraries stay imported, so a restart
+costs the ranks' own set-up and not the imports; they resume from the newest verified checkpoint
+by themselves (`launch.loop.Trainer.resume`), as a new `orch run` would, in a new rendezvous round
+on the same port (the store's listening socket is rebound at once: SO_REUSEADDR).
+
+How often: `fault_tolerance.max_restarts` within `restart_window_minutes`, counted from the run's
+own `attempt_failed` events (those with `restarting`), so an `orch run` started again later counts
+what the run already used in the window. Every attempt that ends on a fault gets one such event,
+with its class: `crash` (a rank's non-zero exit or a signal), `hang` (EXIT_HANG, the watchdog's),
+`oom` (a rank's EXIT_OOM, or a SIGKILL while the kernel's OOM-kill counter rose), `nan` (EXIT_NAN:
+rolling back did not cure the loss).
+
+Not restarted:
+- `nan`: the restarted ranks would replay the same data onto the same weights;
+- an attempt that failed before training a step, right after one that failed so too: a fault in
+  set-up (a recipe or resume error, a missing file) comes back every time. This is NVRx's
+  `max_no_progress_restarts` (progress: a step trained beyond the resume point; NVRx counts
+  committed checkpoints), at its smallest; torchelastic restarts anything up to `max_restarts`;
+- several nodes: their launchers exit as before (restarting across nodes is the scheduler's part);
+- `fault_tolerance.enabled: false`.
+A stop that was asked for (a forwarded preemption signal, `orch run`'s end) never reaches here,
+nor do the clean stops (0, EXIT_REQUEUE, EXIT_BUDGET).
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from launch.attempts import next_attempt
+from launch.launcher_log import say
+from launch.spawn import Rank
+from orchestrator.errors import EXIT_BUDGET, EXIT_HANG, EXIT_NAN, EXIT_OOM, EXIT_REQUEUE
+from orchestrator.recovery.spec import FaultToleranceSpec
+from orchestrator.rundir import events
+from orchestrator.rundir.layout import RunDir
+from orchestrator.rundir.rows import AttemptFailed, BaseEvent, FailureClass, Hang, Start
+
+CLEAN_EXITS = (0, EXIT_REQUEUE, EXIT_BUDGET)
+"""Ranks that stopped as asked or as the recipe says: no fault."""
+NOT_RESTARTED: dict[str, str] = {"nan": "not restarted: a restart would replay the same data onto the same weights"}
+
+
+@dataclass(frozen=True)
+class Fault:
+    failure: FailureClass
+    detail: str
+    ranks: list[int]
+    evidence: str | None
+    """Relative to the run directory."""
+
+
+class Restarts:
+    """One node launcher's attempts: `begin` before its ranks start, `after` once they have all ended."""
+
+    def __init__(self, run: RunDir, spec: FaultToleranceSpec, single_node: bool):
+        self.run, self.spec, self.single_node = run, spec, single_node
+        self.number = 0
+        self.since = 0.0
+        self.oom_kills: int | None = None
+        self.idle_failure = False
+        """The previous attempt of this launcher failed before training a step."""
+
+    def begin(self) -> int:
+        """The attempt's number in the run (1 for its first), from the run's records."""
+        self.since, self.oom_kills = time.time(), oom_kill_count()
+        self.number = next_attempt(self.run)
+        return self.number
+
+    def after(self, code: int, ranks: list[Rank], first: int) -> bool:
+        """Whether to start another attempt, after one whose launcher exit code is `code`; a fault
+        is recorded (an `attempt_failed` event) and said in the launcher's log."""
+        if code in CLEAN_EXITS or not self.single_node:
+            return False
+        history = [e for e in self.run.history() if (e.time or 0) >= self.since]
+        fault = classify(code, failed_ranks(ranks, first), self._oom_killed(), _last(history, Hang), self.run)
+        idle = not self._trained_a_step(history)
+        used = self._restarts_in_window()
+        reason = self._no_restart(fault, idle, used)
+        self.idle_failure = idle
+        restarting = reason is None
+        event = AttemptFailed(attempt=self.number, failure=fault.failure, detail=fault.detail, ranks=fault.ranks, restarting=restarting,
+                              restarts=used + restarting, max_restarts=self.spec.max_restarts if self.spec.enabled else 0,
+                              evidence=fault.evidence, no_restart=reason)
+        events.append(self.run.events, event)
+        say(event.describe())
+        return restarting
+
+    def _no_restart(self, fault: Fault, idle: bool, used: int) -> str | None:
+        if not self.spec.enabled:
+            return "not restarted: fault_tolerance.enabled is false"
+        if fault.failure in NOT_RESTARTED:
+            return NOT_RESTARTED[fault.failure]
+        if idle and self.idle_failure:
+            return "not restarted: it failed before training a step, as the attempt before it did (a fault in set-up comes back)"
+        if used >= self.spec.max_restarts:
+            return (f"no restart left ({used} of fault_tolerance.max_restarts={self.spec.max_restarts} used "
+                    f"in {self.spec.restart_window_minutes:g} min)")
+        return None
+
+    def _restarts_in_window(self) -> int:
+        start = time.time() - self.spec.restart_window_minutes * 60
+        return sum(1 for e in self.run.history() if isinstance(e, AttemptFailed) and e.restarting and (e.time or 0) >= start)
+
+    def _trained_a_step(self, history: list[BaseEvent]) -> bool:
+        """Whether this attempt trained a step past the one it resumed from: its `start` event, then
+        a logged row beyond it (the resume rewrote the metrics to its checkpoint's)."""
+        start = _last(history, Start)
+        if start is None:
+            return False
+        return any(row["step"] > (start.step or 0) for row in self.run.metric_rows())
+
+    def _oom_killed(self) -> bool:
+        now = oom_kill_count()
+        return self.oom_kills is not None and now is not None and now > self.oom_kills
+
+
+def classify(code: int, failed: dict[int, int], oom_killed: bool, hang: Hang | None, run: RunDir) -> Fault:
+    """The failure class of an attempt whose launcher exit code is `code`; `failed`: the exit code
+    of each rank that failed by itself (by global rank; a signal as its negative number)."""
+    if code == EXIT_HANG:
+        if hang is None:
+            return Fault("hang", "the watchdog ended the attempt", [], None)
+        where = f"in {hang.phase} of step {hang.step}" if hang.step is not None else f"in {hang.phase}"
+        ranks = hang.stopped_ranks or []
+        return Fault("hang", f"rank(s) {', '.join(map(str, ranks)) or '?'} stopped reporting {where}", ranks, hang.stacks)
+    rank, rank_code = next(iter(failed.items()), (None, code))
+    evidence = str(run.rank_log(rank).relative_to(run.path)) if rank is not None else None
+    ranks = [rank] if rank is not None else []
+    who = f"rank {rank}" if rank is not None else "a rank"
+    oom = next(((r, c) for r, c in failed.items() if c == EXIT_OOM or (c == -signal.SIGKILL and oom_killed)), None)
+    if oom is not None:
+        rank, rank_code = oom
+        how = "ran out of memory" if rank_code == EXIT_OOM else "killed by SIGKILL while the kernel's OOM killer counted a kill"
+        return Fault("oom", f"rank {rank} {how}", [rank], str(run.rank_log(rank).relative_to(run.path)))
+    if rank_code == EXIT_NAN:
+        return Fault("nan", f"{who} stopped on a loss that rolling back did not cure", ranks, evidence)
+    how = f"killed by {signal.Signals(-rank_code).name}" if rank_code < 0 else f"exited {rank_code}"
+    return Fault("crash", f"{who} {how}", ranks, evidence)
+
+
+def failed_ranks(ranks: list[Rank], first: int) -> dict[int, int]:
+    """Each rank that failed by itself, by global rank, with its exit code; the peers the launcher
+    killed after it are left out (when all were killed, as by the watchdog, all are in)."""
+    codes = {first + local: rank.poll() for local, rank in enumerate(ranks)}
+    failed = {r: c for r, c in codes.items() if c is not None and c not in CLEAN_EXITS}
+    by_themselves = {r: c for r, c in failed.items() if not ranks[r - first].killed}
+    return by_themselves or failed
+
+
+def oom_kill_count(cgroup_root: Path = Path("/sys/fs/cgroup"), proc: Path = Path("/proc")) -> int | None:
+    """The kernel's count of OOM kills: this process's cgroup's (v2 `memory.events`, which a Slurm
+    job's cgroup scopes to the job) where there is one, else the machine's (`/proc/vmstat`; another
+    process killed at the same moment then reads as ours). None where neither can be read."""
+    try:
+        groups = [line[3:] for line in (proc / "self" / "cgroup").read_text().splitlines() if line.startswith("0::")]
+    except OSError:
+        groups = []
+    for path in [*(cgroup_root / group.lstrip("/") / "memory.events" for group in groups), proc / "vmstat"]:
+        try:
+            return int(dict(line.split(maxsplit=1) for line in path.read_text().splitlines() if line.strip())["oom_kill"])
+        except (OSError, KeyError, ValueError):
+            continue
+    return None
+
+
+def _last(history: list[BaseEvent], kind: type) -> BaseEvent | None:
+    return next((e for e in reversed(history) if isinstance(e, kind)), None)
