@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -15,6 +18,7 @@ from launch.energy.account import EnergyAccount, NullAccount
 from launch.energy.monitor import Monitor
 from launch.engines import Engine
 from launch.faults import Faults
+from launch.loss_guard import BadLoss, LossGuard, data_position
 from launch.memory import PeakTracker
 from launch.signals import StopFlag
 from orchestrator.shared.checkpoint import store
@@ -24,7 +28,7 @@ from orchestrator.shared.checkpoint.saver import CheckpointSaver, SaveReport
 from orchestrator.shared.data.prepared import PreparedData
 from orchestrator.shared.data.stream import open_split, open_stream, validation_indices
 from orchestrator.shared.env import matmul_rate
-from orchestrator.errors import EXIT_BUDGET, EXIT_REQUEUE
+from orchestrator.errors import EXIT_BUDGET, EXIT_NAN, EXIT_REQUEUE
 from orchestrator.shared.model.inputs import count, take
 from orchestrator.recipe.schema import Recipe
 from orchestrator.rundir import events
@@ -32,8 +36,8 @@ from orchestrator.rundir.bill import EnergyBill
 from orchestrator.rundir.checkpoint_records import RunSummary, write_summary
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import ElasticRecord, PlanRecord, read_elastic, read_provenance
-from orchestrator.rundir.rows import (BaseEvent, Checkpoint, CheckpointSetAside, Completed, ElasticResume, Preempted, RecipeChangedOnResume,
-                                      ReplicasDiverged, Resumed, Start, StartedOver, StoppedOverBudget)
+from orchestrator.rundir.rows import (BaseEvent, Checkpoint, CheckpointSetAside, Completed, ElasticResume, LossNotRecovered, LossRolledBack,
+                                      Preempted, RecipeChangedOnResume, ReplicasDiverged, Resumed, Start, StartedOver, StoppedOverBudget)
 
 MEMORY_STAGE_ROOT = Path("/dev/shm")
 
@@ -50,9 +54,11 @@ class ResumeDecision:
 
 class Trainer:
     def __init__(self, recipe: Recipe, plan: PlanRecord, run: RunDir, data: PreparedData, engine: Engine, world: int, stop: StopFlag,
-                 monitor: Monitor, account: EnergyAccount | NullAccount):
+                 monitor: Monitor, account: EnergyAccount | NullAccount, rebuild: Callable[[], Engine] | None = None):
+        """`rebuild` makes the engine afresh, as it was first built: a rollback before the first checkpoint
+        goes back to the start with it."""
         self.recipe, self.plan, self.run, self.engine, self.world, self.stop = recipe, plan, run, engine, world, stop
-        self.monitor, self.account = monitor, account
+        self.monitor, self.account, self.rebuild = monitor, account, rebuild
         train, batch = recipe.train, plan.batch
         seq_len = recipe.data.seq_len
         self.train_data = open_split(data, "train", seq_len)
@@ -78,6 +84,11 @@ class Trainer:
         self.policy = SavePolicy(spec, train.steps, job_deadline(history), last_stall(history))
         self.step_memory = PeakTracker(plan.topology.device)
         self.faults = _injected_faults(engine.rank, run)
+        self.guard = LossGuard(recipe.fault_tolerance.max_loss_spike)
+        self.rolled_back: dict[str, int] = {}
+        """The data positions whose loss went bad in this attempt, with the step each rolled back to."""
+        self.initial: rank_state.RankState | None = None
+        """Where a fresh start's first step found the data and RNGs: a rollback with no checkpoint returns there."""
 
     def _peak_flops_per_device(self, planned: float, device: str) -> float:
         """MFU's denominator, per rank. GPUs: the datasheet peak the plan used. CPUs: measured here, by every
@@ -98,8 +109,19 @@ class Trainer:
         if self.engine.any_across_ranks([self.account.over_budget])[0]:
             return self.stop_over_budget(start, saved=start > 0)
         saved = start == steps
-        for step in range(start + 1, steps + 1):
-            self.step(step)
+        if start == 0:
+            self.initial = rank_state.capture(0, self.stream.state_dict())
+        step = start
+        while step < steps:
+            step += 1
+            try:
+                self.step(step)
+            except BadLoss as bad:
+                back = self.roll_back(bad)
+                if back is None:
+                    return self.stop_on_bad_loss(bad)
+                step = back
+                continue
             no_time = self.is_logger and self.stop.requested and not self.policy.save_fits()
             stop, due, no_time, over_budget = self.engine.any_across_ranks(
                 [self.stop.requested, self.is_logger and self.policy.time_due(), no_time, self.account.over_budget]
@@ -137,6 +159,9 @@ class Trainer:
         local_loss = self.engine.train_step([self.train_data.rows(i) for i in self.stream.step_indices()], nan_loss=self.faults.fire(step))
         peak_memory = self.step_memory.lap()
         (loss,) = self.engine.mean_across_ranks([local_loss])
+        problem = self.guard.check(step, loss)  # the mean: every rank decides alike
+        if problem:
+            raise BadLoss(step, loss, problem, data_position(self.stream.state_dict(), self.stream.global_batch_size))
         step_s = time.perf_counter() - tic
         row = {
             "step": step,
@@ -209,6 +234,23 @@ class Trainer:
 
     def resume(self) -> int:
         """Continue from the newest verified checkpoint, if any; returns the step it holds (0 for a fresh start)."""
+        found = self._newest_checkpoint()
+        if found.problem:
+            raise SystemExit(f"cannot resume from {found.tag}: {found.problem}")
+        if not found.tag:
+            recomputed = self._metrics_from(None)
+            if recomputed:  # an earlier attempt was killed before its first save committed
+                self.event(StartedOver(recomputed_steps=recomputed))
+            return 0
+        state, recomputed = self._load(found)
+        self.event(Resumed(checkpoint=found.tag, step=state.step, recomputed_steps=recomputed))
+        if found.elastic:
+            self.event(ElasticResume(checkpoint=found.tag, from_world_size=found.elastic.from_world_size,
+                                     to_world_size=self.world, consumed_samples=state.data["consumed_samples"]))
+        return state.step
+
+    def _newest_checkpoint(self) -> ResumeDecision:
+        """Rank 0's decision about the newest verified checkpoint, broadcast to every rank."""
         found = None
         if self.is_logger:
             set_aside: list[CheckpointSetAside] = []
@@ -216,33 +258,70 @@ class Trainer:
             for event in set_aside:
                 self.event(event)
             found = self._decide(checkpoint) if checkpoint else ResumeDecision()
-        found = self.engine.broadcast(found)
-        if found.problem:
-            raise SystemExit(f"cannot resume from {found.tag}: {found.problem}")
-        if not found.tag:
-            if self.is_logger:
-                self._discard_uncheckpointed_rows()
-            return 0
+        return self.engine.broadcast(found)
+
+    def _load(self, found: ResumeDecision) -> tuple[rank_state.RankState, int]:
+        """The checkpoint's shards, RNG states, data position and metrics; returns its rank state and
+        the metric rows it dropped (rank 0's count)."""
         checkpoint = self.root / found.tag
-        elastic = found.elastic
-        if elastic:
+        if found.elastic:
             # Another world size: shards from the universal conversion, the global data position from
             # rank 0's state, and RNG states reseeded (per-rank streams cannot be carried over).
             state = rank_state.read(checkpoint, 0)
-            self.engine.load_shards(elastic.universal_root, found.tag)
+            self.engine.load_shards(found.elastic.universal_root, found.tag)
             seed_everything(self.recipe.train.seed + state.step + self.engine.rank)
         else:
             state = rank_state.read(checkpoint, self.engine.rank)
             self.engine.load_shards(self.root, found.tag)
             rank_state.restore_rng(state)
         self.stream.load_state_dict(state.data)
-        if self.is_logger:
-            self._restore_metrics(checkpoint, state.step)
-            if elastic:
-                self.event(ElasticResume(checkpoint=found.tag, from_world_size=elastic.from_world_size,
-                                         to_world_size=self.world, consumed_samples=state.data["consumed_samples"]))
+        recomputed = self._metrics_from(checkpoint)
         self.engine.barrier()
-        return state.step
+        return state, recomputed
+
+    # -- rollback -------------------------------------------------------------------------------
+
+    def roll_back(self, bad: BadLoss) -> int | None:
+        """Back to the newest verified checkpoint (the start when there is none yet), instead of training
+        on a bad loss; the data replays from there, so a transient fault passes and the run stays
+        bit-exact. Returns the step gone back to; None when this data position went bad before
+        (the data itself, not a fault) or there is nothing to go back to."""
+        self.saver.wait()  # a save still committing may be the newest checkpoint
+        found = self._newest_checkpoint()
+        if bad.data_position in self.rolled_back or found.problem or not (found.tag or self.initial and self.rebuild):
+            return None
+        if found.tag:
+            state, recomputed = self._load(found)
+            step = state.step
+        else:
+            step, recomputed = 0, self._start_over()
+        self.rolled_back[bad.data_position] = step
+        self.guard.rewind(step)
+        self.event(LossRolledBack(step=bad.step, loss=bad.loss, problem=bad.problem, checkpoint_step=step,
+                                  data_position=bad.data_position, recomputed_steps=recomputed))
+        return step
+
+    def _start_over(self) -> int:
+        """Step 0 again: the engine built afresh as at the start (from the seed), the data and RNG states
+        where the first step found them. Returns the metric rows dropped."""
+        self.engine = None  # the old engine's memory goes before the new one takes its own
+        gc.collect()
+        seed_everything(self.recipe.train.seed)
+        self.engine = self.rebuild()
+        rank_state.restore_rng(self.initial)
+        self.stream.load_state_dict(self.initial.data)
+        return self._metrics_from(None)
+
+    def stop_on_bad_loss(self, bad: BadLoss) -> int:
+        """A bad loss where rolling back cannot help: the run stops, naming the data position; the
+        checkpoints stay as they are."""
+        self.saver.close()
+        back = self.rolled_back.get(bad.data_position)
+        self.event(LossNotRecovered(step=bad.step, loss=bad.loss, problem=bad.problem, data_position=bad.data_position,
+                                    rolled_back_to=back))
+        why = f"again after rolling back to step {back}" if back is not None else "and no checkpoint to roll back to"
+        print(f"error: {bad}, {why}: training stopped; the checkpoints are intact", file=sys.stderr, flush=True)
+        return EXIT_NAN
 
     def _decide(self, checkpoint: Path) -> "ResumeDecision":
         """Whether this rank's world may continue the checkpoint, and the elastic record when `orch run`
@@ -257,21 +336,16 @@ class Trainer:
             self.event(RecipeChangedOnResume(checkpoint=checkpoint.name, changes=safe))
         return ResumeDecision(tag=checkpoint.name, elastic=elastic if ready else None)
 
-    def _restore_metrics(self, checkpoint: Path, step: int) -> None:
-        """Metrics become those of the checkpoint: rows logged after it are recomputed, not duplicated."""
+    def _metrics_from(self, checkpoint: Path | None) -> int:
+        """Metrics become the checkpoint's copy (none before the first checkpoint): rows logged after it
+        are recomputed, not duplicated. Returns how many rows went (on rank 0, which writes them)."""
+        if not self.is_logger:
+            return 0
         before = len(self.run.metric_rows())
-        saved = checkpoint / self.run.metrics.name
-        self.run.write_file(self.run.metrics.name, saved.read_text() if saved.exists() else "")
-        recomputed = before - len(self.run.metric_rows())
-        self.event(Resumed(checkpoint=checkpoint.name, step=step, recomputed_steps=max(0, recomputed)))
-
-    def _discard_uncheckpointed_rows(self) -> None:
-        """A start with no checkpoint to resume from recomputes every step an earlier attempt logged
-        (it was killed before its first save committed): those rows go, so no step is logged twice."""
-        recomputed = len(self.run.metric_rows())
-        if recomputed:
-            self.run.write_file(self.run.metrics.name, "")
-            self.event(StartedOver(recomputed_steps=recomputed))
+        saved = checkpoint / self.run.metrics.name if checkpoint else None
+        if checkpoint or before:
+            self.run.write_file(self.run.metrics.name, saved.read_text() if saved and saved.exists() else "")
+        return max(0, before - len(self.run.metric_rows()))
 
     # -- reporting ------------------------------------------------------------------------
 

@@ -56,8 +56,11 @@ def run_rank(path: Path) -> None:
     data = read_data(run).prepared
     engine = _make_engine(recipe, plan, local_rank)
     _record_startup_memory(engine, run)
-    code = Trainer(recipe, plan, run, data, engine, world, stop, monitor, account).train()
-    engine.close()
+    trainer = Trainer(recipe, plan, run, data, engine, world, stop, monitor, account,
+                      rebuild=lambda: _make_engine(recipe, plan, local_rank))
+    del engine  # the trainer's now: a rollback to the start replaces it
+    code = trainer.train()
+    trainer.engine.close()
     monitor.close()
     mirror.close()
     # Everything is closed and written; skip interpreter finalisation, where native communication

@@ -67,9 +67,13 @@ class CheckpointSaver:
         # Each rank already deleted the files it staged; what lies at the top is DeepSpeed's copy of
         # its recovery scripts. Ranks of this node share the directory, so only empty directories
         # are removed, whichever rank gets here last.
-        for script in self.memory_stage.glob("*.py"):
-            script.unlink(missing_ok=True)
-        for directory in sorted((p for p in self.memory_stage.rglob("*") if p.is_dir()), reverse=True) + [self.memory_stage]:
+        try:
+            for script in self.memory_stage.glob("*.py"):
+                script.unlink(missing_ok=True)
+            directories = sorted((p for p in self.memory_stage.rglob("*") if p.is_dir()), reverse=True) + [self.memory_stage]
+        except FileNotFoundError:  # another rank of the node removed it while this one looked
+            return
+        for directory in directories:
             try:
                 directory.rmdir()
             except OSError:
