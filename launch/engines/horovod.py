@@ -27,6 +27,7 @@ from launch.rank_state import state_owner
 from orchestrator.shared.model.build import build_model, import_model_code
 from orchestrator.shared.model.inputs import Rows, model_inputs
 from orchestrator.recipe.schema import Recipe
+from orchestrator.rundir.horovod_config import HorovodConfig
 from orchestrator.rundir.layout import HOROVOD_STATE
 from orchestrator.rundir.records import PlanRecord
 from orchestrator.shared.schedule import lr_multiplier
@@ -127,7 +128,7 @@ class Engine:
             os.environ["HOROVOD_GLOO_TIMEOUT_SECONDS"] = str(math.ceil(timeout_s))
         hvd.init()
         self.hvd = hvd
-        config = plan.backend_config
+        config = HorovodConfig.of(plan)
         self.device = torch.device("cuda", hvd.local_rank()) if plan.topology.comm_backend == "nccl" else torch.device("cpu")
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
@@ -138,25 +139,25 @@ class Engine:
         self.model = build_model(recipe.model, plan.model.sizes, device=str(self.device),
                                  activation_checkpointing=recipe.train.activation_checkpointing)
         construction = peaks.lap()
-        opt = config["optimizer"]
-        optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=opt["lr"], betas=tuple(opt["betas"]), eps=opt["eps"],
-                                      weight_decay=opt["weight_decay"])
+        opt = config.optimizer
+        optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=opt.lr, betas=opt.betas, eps=opt.eps,
+                                      weight_decay=opt.weight_decay)
         # Identical start on every rank, whatever each one's seed produced.
         hvd.broadcast_parameters(self.model.state_dict(), root_rank=0)
         hvd.broadcast_optimizer_state(optimizer, root_rank=0)
         self.optimizer = hvd.DistributedOptimizer(
             optimizer,
             named_parameters=[(n, p) for n, p in self.model.named_parameters() if p.requires_grad],
-            compression=hvd.Compression.fp16 if config["compression"] == "fp16" else hvd.Compression.none,
+            compression=hvd.Compression.fp16 if config.compression == "fp16" else hvd.Compression.none,
             op=hvd.Average,
-            backward_passes_per_step=config["backward_passes_per_step"],
+            backward_passes_per_step=config.backward_passes_per_step,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, partial(lr_multiplier, recipe.train))
         self.startup_memory = StartupMemory(peaks.before_bytes, construction, peaks.lap())
-        precision = config["precision"]
+        precision = config.precision
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
-        self.grad_clip = config["gradient_clipping"]
+        self.grad_clip = config.gradient_clipping
         self.dtype = self.autocast_dtype or torch.float32  # the compute dtype attention masks must match
         self.grad_norm: float | None = None
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from orchestrator.rundir.horovod_config import AdamWConfig, HorovodConfig
 from orchestrator.rundir.layout import HOROVOD_STATE
 
 if TYPE_CHECKING:
@@ -22,21 +23,13 @@ CONFIG_FILE = "horovod_config.json"
 
 
 def horovod_config(recipe: Recipe, batch: Batch) -> dict:
-    """What each rank's `hvd.DistributedOptimizer` and optimizer are built from."""
+    """What each rank's `hvd.DistributedOptimizer` and optimizer are built from (`HorovodConfig`, as
+    the plan's `backend_files` hold it)."""
     train, dist = recipe.train, recipe.distributed
-    return {
-        "backward_passes_per_step": batch.gradient_accumulation_steps,
-        "compression": dist.compression,
-        "optimizer": {
-            "type": "AdamW",
-            "lr": train.optimizer.lr,
-            "betas": list(train.optimizer.betas),
-            "eps": train.optimizer.eps,
-            "weight_decay": train.optimizer.weight_decay,
-        },
-        "gradient_clipping": train.grad_clip,
-        "precision": train.precision,
-    }
+    optimizer = AdamWConfig(lr=train.optimizer.lr, betas=train.optimizer.betas, eps=train.optimizer.eps,
+                            weight_decay=train.optimizer.weight_decay)
+    return HorovodConfig(backward_passes_per_step=batch.gradient_accumulation_steps, compression=dist.compression,
+                         optimizer=optimizer, gradient_clipping=train.grad_clip, precision=train.precision).model_dump(mode="json")
 
 
 class HorovodBackend:

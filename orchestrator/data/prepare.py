@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+from pydantic import TypeAdapter
 
 from orchestrator.data.corpus import SourceFile, datasets_file, file_stats, fingerprint, iter_documents, source_files
 from orchestrator.data.curate import Deduplicator, contamination_from
@@ -101,7 +102,7 @@ def prepare_data(spec: DataSpec, seed: int, cache_dir: Path, workers: int | None
     if not pointer.exists():
         pointer.write_text(json.dumps({"key": target.name}))
     data = PreparedData.load(target)
-    manifest = {**manifest_content(data.manifest), "files": read_sources(target)}
+    manifest = {**manifest_content(data.manifest), "files": json.loads((target / SOURCES).read_text())}  # as listed, for provenance
     short = [(split, n) for split, n in (("train", data.train_tokens), ("val", data.val_tokens)) if n < spec.seq_len]
     if short and spec.instruction is None:
         split, n = short[0]
@@ -109,9 +110,17 @@ def prepare_data(spec: DataSpec, seed: int, cache_dir: Path, workers: int | None
     return data, manifest
 
 
-def read_sources(directory: Path) -> list[dict]:
-    """The source files of prepared data: `path`, `sha256` and `bytes` of each, in reading order."""
-    return json.loads((directory / SOURCES).read_text())
+_SOURCE_LIST = TypeAdapter(list[SourceFile])
+
+
+def read_sources(directory: Path) -> list[SourceFile]:
+    """The source files of prepared data (each one's path, sha256 and bytes), in reading order."""
+    return parse_sources(json.loads((directory / SOURCES).read_text()))
+
+
+def parse_sources(entries: list[dict]) -> list[SourceFile]:
+    """The source files as `SOURCES` lists them (and provenance.json repeats them), typed."""
+    return _SOURCE_LIST.validate_python(entries)
 
 
 def _build(spec: DataSpec, seed: int, files: list[list[SourceFile]], out: Path, cache_dir: Path, workers: int, piece_chars: int) -> None:

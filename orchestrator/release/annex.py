@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 from orchestrator.shared.data.prepared import InstructionManifest, TextManifest
 from orchestrator.shared.model.architectures import lookup_params
@@ -24,6 +25,9 @@ from orchestrator.rundir.bill import EnergyBill
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import DataRecord, PlanRecord, read_data, read_plan, read_provenance, read_recipe
 from orchestrator.rundir.rows import Checkpoint, Start
+
+if TYPE_CHECKING:
+    from orchestrator.data.corpus import SourceFile
 
 HEADING = "## Technical documentation (EU AI Act, Annex XI)"
 FIXED_LIMITATIONS = (
@@ -218,15 +222,16 @@ def _objective(recipe: Recipe) -> str:
     return f"supervised fine-tuning on prompt/response examples, cross-entropy on the response tokens only, {start}{packed}"
 
 
-def _sources(records: RunRecords) -> list[dict] | None:
+def _sources(records: RunRecords) -> list[SourceFile] | None:
     """The source files with their sha256: from the prepared data's list, or from provenance.json
     (the same list, recorded by `orch run`) when the data cache has been cleared."""
-    from orchestrator.data.prepare import SOURCES, read_sources
+    from orchestrator.data.prepare import SOURCES, parse_sources, read_sources
 
     if (records.data.dir / SOURCES).is_file():
         return read_sources(records.data.dir)
     provenance = read_provenance(records.run)
-    return provenance.source_files() if provenance else None
+    listed = provenance.source_files() if provenance else None
+    return parse_sources(listed) if listed is not None else None
 
 
 def _data(records: RunRecords) -> list[str]:
@@ -269,13 +274,13 @@ def _flatten(value, prefix: str = "") -> list[tuple[str, object]]:
     return [item for key, child in value.items() for item in _flatten(child, f"{prefix}.{key}" if prefix else str(key))]
 
 
-def _source_lines(sources: list[dict] | None) -> list[str]:
+def _source_lines(sources: list[SourceFile] | None) -> list[str]:
     if sources is None:
         return ["- source files: not recorded (neither the data cache's list nor provenance.json is present)"]
-    total = sum(s["bytes"] for s in sources)
+    total = sum(s.bytes for s in sources)
     return [f"- source files: {len(sources):,}, {total:,} bytes, each with its sha256:", "", "<details><summary>source files</summary>", "",
             "| file | bytes | sha256 |", "| --- | --- | --- |",
-            *(f"| {s['path']} | {s['bytes']:,} | {s['sha256']} |" for s in sources), "", "</details>"]
+            *(f"| {s.path} | {s.bytes:,} | {s.sha256} |" for s in sources), "", "</details>"]
 
 
 def _compute(records: RunRecords, compute: Compute, wall_s: float | None) -> list[str]:

@@ -114,7 +114,7 @@ class CheckpointSaver:
         files = wait_for_rank_manifests(staging, self.world, self.timeout)
         final = commit(self.root, staging, step, files, meta)
         prune(self.root, self.keep_last, self.keep_every, protect=final)
-        size = sum(entry["bytes"] for entry in files.values())
+        size = sum(entry.bytes for entry in files.values())
         write_s = time.perf_counter() - tic
         blocked = stall + (write_s if source == staging else 0.0)  # a synchronous commit blocks training too
         self.on_committed(SaveReport(step, blocked, size, write_s, str(final)))

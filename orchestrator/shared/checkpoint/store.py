@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import xxhash
+from pydantic import TypeAdapter
 
 from orchestrator.errors import CheckpointError
 from orchestrator.shared.filetree import Refused, Tree, digest_file, shown, walk, write_file
@@ -63,21 +64,25 @@ def describe_files(directory: Path, names: list[str]) -> dict[str, dict]:
     return entries
 
 
-def wait_for_rank_manifests(staging: Path, world_size: int, timeout_s: float) -> dict[str, dict]:
+_RANK_FILES = TypeAdapter(dict[str, FileEntry])
+"""A rank's file list (`describe_files`, as RANK_MANIFEST holds it): the manifest's entries, typed."""
+
+
+def wait_for_rank_manifests(staging: Path, world_size: int, timeout_s: float) -> dict[str, FileEntry]:
     """The coordinator gathers every rank's file list; a missing rank past the timeout fails the save."""
     deadline = time.monotonic() + timeout_s
-    files: dict[str, dict] = {}
+    files: dict[str, FileEntry] = {}
     for rank in range(world_size):
         path = staging / RANK_MANIFEST.format(rank=rank)
         while not path.exists():
             if time.monotonic() > deadline:
                 raise TimeoutError(f"rank {rank} did not report its checkpoint files within {timeout_s:.0f}s")
             time.sleep(0.05)
-        files.update(json.loads(path.read_text()))
+        files.update(_RANK_FILES.validate_json(path.read_text()))
     return files
 
 
-def commit(root: Path, staging: Path, step: int, files: dict[str, dict], meta: dict) -> Path:
+def commit(root: Path, staging: Path, step: int, files: dict[str, FileEntry] | dict[str, dict], meta: dict) -> Path:
     manifest = CheckpointManifest(step=step, committed_at=time.time(), **meta, files=files)
     write_durably(staging / MANIFEST, manifest.to_json())
     fsync_path(staging)
