@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -125,13 +126,18 @@ class Watchdog:
         return event
 
     def write_stacks(self, reports: dict[int, Report], pids: dict[int, int], now_s: float) -> str:
-        """Every live local rank's stacks in the run directory; returns where, relative to it."""
+        """Every live local rank's stacks in the run directory; returns where, relative to it. Taken all at
+        once: a node of eight ranks should not wait for eight py-spy attaches (or faulthandler answers) in turn."""
         folder = self.run.hangs / str(self.attempt)
         folder.mkdir(parents=True, exist_ok=True)
-        for rank, pid in pids.items():
+
+        def write(rank: int) -> None:
             report = reports[rank]
-            text = f"rank {rank}: in {phase_of_step(report.phase, report.step)} for {now_s - report.since_s:.1f} s when the watchdog acted\n"
-            (folder / f"rank-{rank}.txt").write_text(text + dump_stacks(pid, stacks_path(self.directory, rank)))
+            where = f"rank {rank}: in {phase_of_step(report.phase, report.step)} for {now_s - report.since_s:.1f} s when the watchdog acted\n"
+            (folder / f"rank-{rank}.txt").write_text(where + dump_stacks(pids[rank], stacks_path(self.directory, rank)))
+
+        with ThreadPoolExecutor(max_workers=len(pids)) as pool:
+            list(pool.map(write, pids))  # list(): an error in one is raised here
         return str(folder.relative_to(self.run.path))
 
 
