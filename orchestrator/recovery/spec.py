@@ -57,6 +57,10 @@ class FaultToleranceSpec(Spec):
     timeouts: TimeoutsSpec = TimeoutsSpec()
     max_loss_spike: Optional[float] = Field(None, gt=1)
     """A loss above this multiple of its recent median is treated as non-finite: rolled back, not trained on."""
+    node_health_check: Optional[str] = None
+    """On Slurm, a shell command run on every node before the ranks start; a non-zero exit marks the node unhealthy."""
+    max_job_retries: int = Field(2, ge=0)
+    """On Slurm, how often the job is requeued without the nodes that failed the health check."""
 
     @property
     def process_group_timeout_s(self) -> float:

@@ -1,6 +1,7 @@
 """The job's batch step: `python -m orchestrator.slurm.batch --run-dir DIR`, exec'd by job.sbatch.
 
-Starts one node launcher per node with srun, the rendezvous on the first node of the allocation
+Checks every node's health first (`orchestrator.slurm.preflight`) and requeues the job without
+the nodes that fail it. Starts one node launcher per node with srun, the rendezvous on the first node of the allocation
 at a port derived from the job id; forwards the preemption signal (Slurm sends it to this batch
 step only) to srun, which passes it to every node; and when the ranks stop with the requeue
 code, requeues the job itself up to `slurm.max_requeues` times. Every start and requeue is
@@ -11,6 +12,7 @@ ended, in the job's own log (`logs/slurm-<job>.out`, its standard output).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -22,13 +24,14 @@ from typing import Callable, NamedTuple
 
 from orchestrator.errors import EXIT_REQUEUE, SlurmError
 from orchestrator.rundir import events
-from orchestrator.rundir.entry import FORWARDED_SIGNALS, node_argv
+from orchestrator.rundir.entry import FORWARDED_SIGNALS, module_argv, node_argv
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import PlanRecord, read_plan, read_recipe
-from orchestrator.rundir.rows import CancelRequested, SlurmEnd, SlurmRequeued, SlurmSignal, SlurmStart, StopRequested
+from orchestrator.rundir.rows import CancelRequested, NodeUnhealthy, SlurmEnd, SlurmRequeued, SlurmSignal, SlurmStart, StopRequested
 from orchestrator.slurm.client import slurm
 
 FOLLOW_S = 1.0
+PREFLIGHT_TIMEOUT_S = 300
 
 
 def node_command(plan: PlanRecord, python: str, master_addr: str, master_port: int) -> list[str]:
@@ -99,6 +102,11 @@ def run_job_step(run: RunDir, stop_when: Callable[[list[dict]], bool] | None = N
     master_addr, master_port = rendezvous(job_id, os.environ["SLURM_JOB_NODELIST"])
     events.append(run.events, SlurmStart(job_id=job_id, restart=restart, nodes=os.environ["SLURM_JOB_NODELIST"],
                                          end_time=job_end_time(job_id)))
+    recovery = read_recipe(run).fault_tolerance
+    if recovery.enabled:
+        unhealthy = check_nodes(run, plan, os.environ["SLURM_JOB_NODELIST"])
+        if unhealthy:
+            return leave_out(run, job_id, unhealthy, recovery.max_job_retries)
     step = subprocess.Popen(node_command(plan, sys.executable, master_addr, master_port))
     _say(f"job {job_id} (restart {restart}) on {os.environ['SLURM_JOB_NODELIST']}: started srun (pid {step.pid}), one node launcher "
          f"on each of {plan.topology.nodes} node(s), rendezvous {master_addr}:{master_port}; their logs are node-<name>.out, the ranks' rank-<n>.log")
@@ -132,6 +140,54 @@ def run_job_step(run: RunDir, stop_when: Callable[[list[dict]], bool] | None = N
     events.append(run.events, SlurmEnd(job_id=job_id, exit_code=code))
     _say(f"the nodes ended: the job exits {code}")
     return JobStep(code, False, bool(received))
+
+
+def check_nodes(run: RunDir, plan: PlanRecord, nodelist: str) -> dict[str, list[str]]:
+    """Each node's problems by name, from the health check run on every node at once; a node that
+    gave no answer (srun could not start the check there) is one problem too. Empty: all healthy."""
+    command = ["srun", "--wait=60", f"--nodes={plan.topology.nodes}", "--ntasks-per-node=1",
+               *module_argv(sys.executable, "orchestrator.slurm.preflight", "--run-dir", str(run.path))]
+    try:
+        done = subprocess.run(command, stdout=subprocess.PIPE, text=True, timeout=PREFLIGHT_TIMEOUT_S)
+        printed, ended = done.stdout, f"srun exit {done.returncode}"
+    except subprocess.TimeoutExpired as exc:
+        printed, ended = (exc.stdout or b"").decode(errors="replace"), f"still running after {PREFLIGHT_TIMEOUT_S} s"
+    answers = {}
+    for line in printed.splitlines():
+        try:
+            answer = json.loads(line)
+            answers[answer["node"]] = answer["problems"]
+        except (ValueError, KeyError, TypeError):
+            continue  # a line the node's own shell set-up printed
+    hosts = slurm("scontrol", "show", "hostnames", nodelist).split()
+    unhealthy = {node: problems for node, problems in answers.items() if problems}
+    unhealthy.update({node: [f"no answer from its health check ({ended})"] for node in hosts if node not in answers})
+    _say("health check: " + ("; ".join(f"{node}: {', '.join(p)}" for node, p in unhealthy.items()) if unhealthy else f"{len(answers)} node(s) healthy"))
+    return unhealthy
+
+
+def leave_out(run: RunDir, job_id: int, unhealthy: dict[str, list[str]], max_retries: int) -> JobStep:
+    """Requeue the job without the unhealthy nodes (and those it left out before), up to
+    `fault_tolerance.max_job_retries` times; past that the job fails, before any rank started.
+    Held while its excluded nodes change: Slurm takes no such change for a running job, and a
+    requeued one released at once could start on the same nodes again."""
+    before = [e for e in run.history() if isinstance(e, NodeUnhealthy) and e.excluded and str(e.job_id) == str(job_id)]
+    if len(before) >= max_retries:
+        events.append(run.events, NodeUnhealthy(job_id=job_id, problems=unhealthy, excluded=False))
+        events.append(run.events, SlurmEnd(job_id=job_id, exit_code=1))
+        _say(f"unhealthy node(s) {', '.join(unhealthy)}; the job was requeued without bad nodes {len(before)} time(s), "
+             f"fault_tolerance.max_job_retries is {max_retries}: it ends here")
+        return JobStep(1, False)
+    excluded = sorted({node for e in before for node in e.problems or {}} | set(unhealthy))
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the requeue ends this step with one: it only has to record it
+    slurm("scontrol", "requeuehold", str(job_id))
+    try:
+        slurm("scontrol", "update", f"JobId={job_id}", f"ExcNodeList={','.join(excluded)}")
+    finally:
+        slurm("scontrol", "release", str(job_id))
+    events.append(run.events, NodeUnhealthy(job_id=job_id, problems=unhealthy, excluded=True))
+    _say(f"requeued the job without node(s) {','.join(excluded)} (job retry {len(before) + 1} of at most {max_retries})")
+    return JobStep(0, True, True)
 
 
 def _say(message: str) -> None:

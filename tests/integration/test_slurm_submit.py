@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.rundir.checkpoint_records import read_summary
+from orchestrator.rundir.layout import RunDir
+from orchestrator.rundir.rows import NodeUnhealthy, SlurmStart
 from tests.helpers.processes import orch
 from tests.helpers.project import FAST, ROOT
 
@@ -82,7 +85,8 @@ def test_two_node_job_completes_with_both_nodes(completed):
     assert not [p.name for p in logs.iterdir() if p.stat().st_size == 0]
     job_id = json.loads((run_dir / "slurm.json").read_text())["job_ids"][-1]
     said = said_by(logs / f"slurm-{job_id}.out", "orchestrator.slurm.batch")
-    assert said[0].startswith(f"job {job_id} (restart 0) on n[1-2]: started srun") and said[-1] == "the nodes ended: the job exits 0"
+    assert said[0] == "health check: 2 node(s) healthy"
+    assert said[1].startswith(f"job {job_id} (restart 0) on n[1-2]: started srun") and said[-1] == "the nodes ended: the job exits 0"
     for node_rank, node in enumerate(("n1", "n2")):
         said = said_by(logs / f"node-{node}.out", "launch.node")
         assert said[0].startswith(f"node {node_rank} of 2 (deepspeed, 1 rank(s) here), rendezvous n1:"), said
@@ -160,6 +164,34 @@ def test_preemption_signal_requeues_and_resumes_to_the_same_losses(tmp_path, com
         said = said_by(run_dir / "logs" / f"node-{node}.out", "launch.node")
         assert f"SIGUSR1 forwarded to rank(s) {node_rank}" in said and f"node {node_rank} exits 75 (the ranks checkpointed and stopped on a signal)" in said
         assert said[-1] == f"node {node_rank} exits 0"
+
+
+FAIL_FIRST_NODE = """if [ -e {marker} ]; then [ "$(cat {marker})" != "$SLURMD_NODENAME" ]
+else echo "$SLURMD_NODENAME" > {marker}; echo "injected fault on $SLURMD_NODENAME"; exit 1; fi
+"""
+
+
+def test_a_node_failing_its_health_check_is_left_out_and_the_run_completes(tmp_path):
+    """The site's health check fails the first node the job lands on (and only that one): the job is
+    requeued without it, before any rank started there, and trains to the end on the other node."""
+    marker, hook = tmp_path / "failed-node", tmp_path / "health.sh"
+    hook.write_text(FAIL_FIRST_NODE.format(marker=marker))
+    run_dir = tmp_path / "run"
+    result = orch("submit", "recipes/tiny-pretrain.yaml", *FAST, "train.steps=4", "distributed.nodes=1", "distributed.procs_per_node=1",
+                  "slurm.partition=debug", "slurm.time_limit=00:15:00", "slurm.cpus_per_task=1",
+                  f"fault_tolerance.node_health_check=bash {hook}", "--run-dir", str(run_dir))
+    assert result.returncode == 0, result.stdout + result.stderr
+    job_id = json.loads((run_dir / "slurm.json").read_text())["job_ids"][-1]
+    assert wait_for_state(job_id, {"COMPLETED"}, timeout_s=900) == "COMPLETED"
+    bad = marker.read_text().strip()
+    history = RunDir(run_dir).history()
+    (unhealthy,) = [e for e in history if isinstance(e, NodeUnhealthy)]
+    assert unhealthy.excluded and list(unhealthy.problems) == [bad] and "injected fault on " + bad in unhealthy.problems[bad][0]
+    starts = [e.nodes for e in history if isinstance(e, SlurmStart)]
+    assert starts[0] == bad and len(starts) == 2 and starts[1] != bad
+    assert not (run_dir / "logs" / f"node-{bad}.out").exists()  # no launcher, no rank ever started there
+    assert read_summary(RunDir(run_dir)).steps == 4
+
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,92 @@
+"""The health check the batch step runs on every node of the allocation before any rank starts:
+`srun --ntasks-per-node=1 python -m orchestrator.slurm.preflight --run-dir DIR`.
+
+A bad node found here costs seconds; found by a hang an hour into the job, it costs that hour on
+every device of the allocation. Each node prints one JSON line, its name and its problems (none
+when healthy). The checks: free space where the checkpoints go and in /dev/shm; on GPU plans, the
+GPUs this node shows and their health (`nvidia-smi`: uncorrected ECC errors, temperature, as
+`orch doctor` checks them); and the recipe's own `fault_tolerance.node_health_check`, a command
+(a site's node health check script, say) that fails the node by a non-zero exit or by running past
+its timeout. The all-reduce bandwidth between nodes is `orch doctor`'s probe, not repeated here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+from orchestrator.rundir.layout import RunDir
+from orchestrator.rundir.records import PlanRecord, read_plan, read_recipe
+from orchestrator.slurm.probe import gpu_health
+
+MiB = 2**20
+CHECKPOINT_BYTES_PER_PARAM = 16
+"""fp32 weights and Adam's two moments, with room for the model's own copy: what one save may need."""
+SHM_FREE_BYTES = 64 * MiB
+HOOK_TIMEOUT_S = 120
+
+
+def node_problems(plan: PlanRecord, health_check: str | None) -> list[str]:
+    problems = []
+    need = max(256 * MiB, plan.model.num_params * CHECKPOINT_BYTES_PER_PARAM // plan.topology.nodes)
+    problems += _free_space(_existing(plan.checkpoint_dir), need)
+    if Path("/dev/shm").is_dir():
+        problems += _free_space(Path("/dev/shm"), SHM_FREE_BYTES)
+    if plan.topology.device == "cuda":
+        problems += _gpus(plan.topology.procs_per_node)
+    if health_check:
+        problems += _hook(health_check)
+    return problems
+
+
+def _existing(path: Path) -> Path:
+    """The checkpoint directory, or its nearest existing parent before the first save made it."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _free_space(path: Path, need: int) -> list[str]:
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError as exc:
+        return [f"{path}: {exc.strerror or exc}"]
+    return [f"{path}: {free / MiB:.0f} MiB free, {need / MiB:.0f} MiB needed"] if free < need else []
+
+
+def _gpus(needed: int) -> list[str]:
+    try:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        return [f"nvidia-smi did not answer: {exc}"]
+    seen = sum(1 for line in listed.splitlines() if line.startswith("GPU "))
+    return ([f"{seen} GPU(s) visible, {needed} needed"] if seen < needed else []) + gpu_health()
+
+
+def _hook(command: str) -> list[str]:
+    try:
+        done = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=HOOK_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return [f"node_health_check ran past {HOOK_TIMEOUT_S} s: {command}"]
+    if done.returncode:
+        said = (done.stdout + done.stderr).strip().splitlines()
+        return [f"node_health_check exited {done.returncode}" + (f": {said[-1]}" if said else "")]
+    return []
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--run-dir", type=Path, required=True)
+    run = RunDir(parser.parse_args().run_dir)
+    node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+    problems = node_problems(read_plan(run), read_recipe(run).fault_tolerance.node_health_check)
+    print(json.dumps({"node": node, "problems": problems}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
