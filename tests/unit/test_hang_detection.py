@@ -8,19 +8,23 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 
 from launch import progress, stack_dumps
 from launch.attempts import next_attempt
+from launch.engines import process_group_timeout_s
 from launch.progress import PROGRESS_DIR_ENV, Report, read_report, record_path
-from launch.watchdog import Watchdog, furthest_behind, overdue
+from launch.watchdog import Watchdog, furthest_behind, node_local_root, overdue, watching
+from orchestrator.recipe.loader import load_recipe
 from orchestrator.recovery.spec import TimeoutsSpec
 from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.rows import AttemptFailed, Hang, Start
-from tests.helpers.project import ROOT
+from tests.helpers.project import ROOT, TINY
 
 
 def test_a_record_reads_back_and_a_torn_one_reads_as_none():
@@ -159,3 +163,22 @@ def test_without_py_spy_faulthandler_answers_and_a_stopped_rank_is_said_to_be_st
     assert "py-spy is not installed; stacks by faulthandler" in stacks[0] and 'File "<string>", line' in stacks[0]
     assert "did not answer: stopped (state T)" in stacks[1]
     assert hung_ranks[1][0].poll() is None  # rank 0 answered the signal and lives on: only the launcher ends ranks
+
+
+def test_the_process_group_waits_past_every_watchdog_timeout_and_keeps_the_librarys_own_when_off():
+    on = load_recipe(TINY, ["fault_tolerance.timeouts.setup_s=120", "fault_tolerance.timeouts.auto_floor_s=60"]).recipe
+    assert process_group_timeout_s(on) == 120 * 5  # past set-up, the longest the watchdog allows a phase it has not seen
+    assert process_group_timeout_s(load_recipe(TINY, ["fault_tolerance.enabled=false"]).recipe) is None
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_ranks_report_into_a_node_local_directory_that_ends_with_the_attempt_and_none_when_off(tmp_path, enabled):
+    recipe = load_recipe(TINY, [f"fault_tolerance.enabled={str(enabled).lower()}"]).recipe
+    RunDir(tmp_path).recipe.write_text(yaml.safe_dump(recipe.model_dump(mode="json")))
+    with watching(tmp_path, node=0, first=0) as watchdog:
+        if not enabled:
+            assert watchdog.rank_env == {} and watchdog.check([]) is None
+            return
+        directory = Path(watchdog.rank_env[PROGRESS_DIR_ENV])
+        assert directory.is_dir() and directory.parent == node_local_root() and tmp_path not in directory.parents
+    assert not directory.exists()
