@@ -27,7 +27,9 @@ from orchestrator.rundir import events
 from orchestrator.rundir.entry import FORWARDED_SIGNALS, module_argv, node_argv
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import PlanRecord, read_plan, read_recipe
-from orchestrator.rundir.rows import CancelRequested, NodeUnhealthy, SlurmEnd, SlurmRequeued, SlurmSignal, SlurmStart, StopRequested
+from orchestrator.recovery.spec import FaultToleranceSpec
+from orchestrator.rundir.rows import AttemptFailed, CancelRequested, Hang, NodeUnhealthy, SlurmEnd, SlurmRequeued, SlurmSignal, SlurmStart, StopRequested
+from orchestrator.shared.restarts import CLEAN_EXITS, FAILURE_OF_EXIT, next_attempt, no_restart, restarts_in_window, trained_a_step
 from orchestrator.slurm.client import slurm
 
 FOLLOW_S = 1.0
@@ -107,23 +109,32 @@ def run_job_step(run: RunDir, stop_when: Callable[[list[dict]], bool] | None = N
         unhealthy = check_nodes(run, plan, os.environ["SLURM_JOB_NODELIST"])
         if unhealthy:
             return leave_out(run, job_id, unhealthy, recovery.max_job_retries)
-    step = subprocess.Popen(node_command(plan, sys.executable, master_addr, master_port))
-    _say(f"job {job_id} (restart {restart}) on {os.environ['SLURM_JOB_NODELIST']}: started srun (pid {step.pid}), one node launcher "
-         f"on each of {plan.topology.nodes} node(s), rendezvous {master_addr}:{master_port}; their logs are node-<name>.out, the ranks' rank-<n>.log")
-
     received: list[int] = []
+    steps: list[subprocess.Popen] = []
 
     def forward(signum, _frame):
         received.append(signum)
         events.append(run.events, SlurmSignal(job_id=job_id, signal=signum))
-        step.send_signal(signum)
+        steps[-1].send_signal(signum)
         _say(f"{signal.Signals(signum).name} forwarded to srun, which passes it to every node launcher")
 
-    for signum in FORWARDED_SIGNALS:
-        signal.signal(signum, forward)
     warning = getattr(signal, f"SIG{spec.signal}")
-    stopped = stop_when is not None and _follow(run, step, stop_when, warning)
-    code = step.wait()
+    idle_before = False
+    while True:
+        since, attempt = time.time(), next_attempt(run.history())
+        steps.append(subprocess.Popen(node_command(plan, sys.executable, master_addr, master_port)))
+        _say(f"job {job_id} (restart {restart}) on {os.environ['SLURM_JOB_NODELIST']}: started srun (pid {steps[-1].pid}), one node launcher "
+             f"on each of {plan.topology.nodes} node(s), rendezvous {master_addr}:{master_port}; their logs are node-<name>.out, the ranks' rank-<n>.log")
+        for signum in FORWARDED_SIGNALS:
+            signal.signal(signum, forward)
+        stopped = stop_when is not None and _follow(run, steps[-1], stop_when, warning)
+        code = steps[-1].wait()
+        # One node runs the whole job: its launcher restarted the ranks itself as long as it could.
+        if received or stopped or code in CLEAN_EXITS or plan.topology.nodes == 1:
+            break
+        restarting, idle_before = restart_across_nodes(run, recovery, attempt, code, since, idle_before)
+        if not restarting:
+            break
     # Requeued only after the warning this job asked for (`--signal=B:<slurm.signal>`): a plain SIGTERM
     # is `scancel` (or Slurm preempting the job, which requeues it itself).
     warned = warning in received
@@ -140,6 +151,30 @@ def run_job_step(run: RunDir, stop_when: Callable[[list[dict]], bool] | None = N
     events.append(run.events, SlurmEnd(job_id=job_id, exit_code=code))
     _say(f"the nodes ended: the job exits {code}")
     return JobStep(code, False, bool(received))
+
+
+def restart_across_nodes(run: RunDir, spec: FaultToleranceSpec, attempt: int, code: int, since: float, idle_before: bool) -> tuple[bool, bool]:
+    """After the nodes' launchers ended on a fault (each stops its own ranks, none restarts a job of
+    several nodes): record the attempt's failure, and whether a new srun step, a new rendezvous
+    round in the same allocation, starts the ranks again from the newest verified checkpoint.
+    Returns that, and whether the attempt failed before training a step."""
+    history = [e for e in run.history() if (e.time or 0) >= since]
+    hangs = [e for e in history if isinstance(e, Hang)]
+    failure = "hang" if hangs else FAILURE_OF_EXIT.get(code, "crash")
+    if hangs:
+        detail = "; ".join(f"node {h.node}: rank(s) {', '.join(map(str, h.stopped_ranks or [])) or '?'} stopped reporting in {h.phase} "
+                           f"of step {h.step}" for h in hangs)
+    else:
+        detail = f"a node launcher exited {code} (the node-<name>.out logs say which rank)"
+    idle = not trained_a_step(run, history)
+    used = restarts_in_window(run.history(), spec)
+    reason = no_restart(spec, failure, idle, idle_before, used)
+    event = events.append(run.events, AttemptFailed(
+        attempt=attempt, failure=failure, detail=detail, ranks=sorted({r for h in hangs for r in h.stopped_ranks or []}),
+        restarting=reason is None, restarts=used + (reason is None), max_restarts=spec.max_restarts if spec.enabled else 0,
+        evidence=hangs[0].stacks if hangs else "logs", no_restart=reason))
+    _say(event.describe() + ("" if reason else ": a new srun step in this allocation"))
+    return reason is None, idle
 
 
 def check_nodes(run: RunDir, plan: PlanRecord, nodelist: str) -> dict[str, list[str]]:

@@ -14,7 +14,7 @@ import pytest
 
 from orchestrator.rundir.checkpoint_records import read_summary
 from orchestrator.rundir.layout import RunDir
-from orchestrator.rundir.rows import NodeUnhealthy, SlurmStart
+from orchestrator.rundir.rows import AttemptFailed, Hang, NodeUnhealthy, SlurmStart
 from tests.helpers.processes import orch
 from tests.helpers.project import FAST, ROOT
 
@@ -164,6 +164,30 @@ def test_preemption_signal_requeues_and_resumes_to_the_same_losses(tmp_path, com
         said = said_by(run_dir / "logs" / f"node-{node}.out", "launch.node")
         assert f"SIGUSR1 forwarded to rank(s) {node_rank}" in said and f"node {node_rank} exits 75 (the ranks checkpointed and stopped on a signal)" in said
         assert said[-1] == f"node {node_rank} exits 0"
+
+
+def test_a_rank_hung_on_the_second_node_restarts_inside_the_same_job(tmp_path, completed):
+    """Rank 1, on n2, stops itself at step 6 (SIGSTOP, as a wedged device leaves a process): the
+    watchdogs end the attempt, the batch step starts a new srun step in the same allocation, and the
+    run ends as the uninterrupted one did, within one job."""
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "ORCH_INJECT_FAULTS": "stop@6:rank1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "submit", *TWO_NODES, "fault_tolerance.timeouts.setup_s=600",
+         "fault_tolerance.timeouts.auto_floor_s=10", "--run-dir", str(run_dir)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (job_id,) = json.loads((run_dir / "slurm.json").read_text())["job_ids"]
+    assert wait_for_state(job_id, {"COMPLETED"}, timeout_s=900) == "COMPLETED"
+    history = RunDir(run_dir).history()
+    hang = next(e for e in history if isinstance(e, Hang) and e.node == 1)
+    assert hang.stopped_ranks == [1] and hang.step == 6 and (run_dir / hang.stacks / "rank-1.txt").exists()
+    (failed,) = [e for e in history if isinstance(e, AttemptFailed)]
+    assert failed.failure == "hang" and failed.restarting and failed.restarts == 1
+    assert [e.job_id for e in history if isinstance(e, SlurmStart)] == [int(job_id)]  # no requeue: the same job
+    assert losses(run_dir) == losses(completed)
+    said = said_by(run_dir / "logs" / f"slurm-{job_id}.out", "orchestrator.slurm.batch")
+    assert sum(line.startswith(f"job {job_id} (restart 0) on") for line in said) == 2 and said[-1] == "the nodes ended: the job exits 0"
 
 
 FAIL_FIRST_NODE = """if [ -e {marker} ]; then [ "$(cat {marker})" != "$SLURMD_NODENAME" ]
