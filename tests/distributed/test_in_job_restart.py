@@ -99,3 +99,18 @@ def test_restarts_used_up_end_the_run_with_one_line_and_its_checkpoints_intact(t
     assert [c.name for c in checkpoints] == ["step-00000002"] and store.verify(checkpoints[0]).ok
     status = orch("status", str(run_dir))
     assert "FAILED" in status.stdout and "failures 2 crash (1 restarted in the job)" in status.stdout
+
+
+@pytest.mark.parametrize("fault", ["stop@6:rank1", "stop@8:save:rank1"])  # mid-step; during the checkpoint save of step 8
+def test_a_hung_rank_is_found_and_the_attempt_restarted_bit_exact(tmp_path, reference, monkeypatch, fault):
+    """A rank that stops (SIGSTOP, as a stuck collective or a wedged device leaves it): the watchdog
+    ends the attempt after its step timeout, and the launcher restarts it (the fault fires once)."""
+    run_dir = tmp_path / "run"
+    monkeypatch.setenv("ORCH_INJECT_FAULTS", fault)
+    result = run(run_dir, "fault_tolerance.timeouts.setup_s=300", "fault_tolerance.timeouts.step_s=5",
+                 "fault_tolerance.timeouts.checkpoint_s=5")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert losses(run_dir) == losses(reference)
+    (failed,) = failures(run_dir)
+    assert (failed.failure, failed.ranks, failed.restarting, failed.evidence) == ("hang", [1], True, "hangs/1")
+    assert (run_dir / "hangs" / "1" / "rank-1.txt").exists()
