@@ -119,9 +119,18 @@ class Watchdog:
         behind = furthest_behind(reports, {rank: process_state(pid) for rank, pid in pids.items()})
         last = reports[behind[0]]
         timeout_s = self.timeouts.limit_s(last.phase, longest_by_phase(list(reports.values())).get(last.phase))
-        stacks = self.write_stacks(reports, pids, now_s)
-        event = events.append(self.run.events, Hang(node=self.node, attempt=self.attempt, phase=last.phase, step=last.step,
-                                                    timeout_s=timeout_s, stopped_ranks=behind, stacks=stacks))
+        # The ranks are ended whatever happens here: evidence that cannot be written (a full disk) is said instead.
+        try:
+            stacks = self.write_stacks(reports, pids, now_s)
+        except OSError as error:
+            stacks = None
+            say(f"the hung ranks' stacks could not be written: {error}")
+        event = Hang(node=self.node, attempt=self.attempt, phase=last.phase, step=last.step, timeout_s=timeout_s,
+                     stopped_ranks=behind, stacks=stacks)
+        try:
+            event = events.append(self.run.events, event)
+        except OSError as error:
+            say(f"the hang could not be recorded in {self.run.events.name}: {error}")
         say(event.describe())
         return event
 

@@ -182,3 +182,16 @@ def test_the_ranks_report_into_a_node_local_directory_that_ends_with_the_attempt
         directory = Path(watchdog.rank_env[PROGRESS_DIR_ENV])
         assert directory.is_dir() and directory.parent == node_local_root() and tmp_path not in directory.parents
     assert not directory.exists()
+
+
+def test_a_hang_whose_evidence_cannot_be_written_still_ends_the_attempt(tmp_path, hung_ranks):
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    watchdog = Watchdog(run, TimeoutsSpec(setup_s=30, step_s=1), node=0, first=0, directory=hung_ranks[0])
+    run.hangs.write_text("a file where the folder should be")  # every write under hangs/ fails
+    run.events.mkdir()  # and so does appending an event
+    deadline = time.monotonic() + 60
+    while (hang := watchdog.check(hung_ranks[1])) is None:
+        assert time.monotonic() < deadline, "no hang found within 60 s"
+        time.sleep(0.1)
+    assert hang.stopped_ranks == [1] and hang.stacks is None
