@@ -49,6 +49,7 @@ EVERY_FIELD = {
     "cancel_requested": {"job_id": "42"},
     "stop_requested": {"reason": "pruned"},
     "pruned": {"step": 5, "reason": "below the median at step 5"},
+    "hang": {"node": 0, "attempt": 2, "phase": "checkpoint", "step": 8, "timeout_s": 300.0, "stopped_ranks": [1], "stacks": "hangs/2"},
     "attempt_failed": {"attempt": 2, "failure": "crash", "detail": "rank 1 killed by SIGKILL", "ranks": [1], "restarting": False,
                        "restarts": 3, "max_restarts": 3, "evidence": "logs/rank-1.log", "no_restart": "no restart left"},
     "loss_rolled_back": {"step": 6, "loss": 9.5, "problem": "9.5 is over 2 x 4.1, the median of the last 20 steps", "checkpoint_step": 4,
