@@ -36,6 +36,7 @@ from orchestrator.rundir.rows import Hang, phase_of_step
 
 NODE_LOCAL_ROOT = Path("/dev/shm")
 """Memory-backed and on this node; $TMPDIR where it is missing."""
+PROGRESS_PREFIX = "orch-progress-"
 
 ORDER_IN_A_STEP = {"setup": 0, "step": 1, "evaluation": 2, "checkpoint": 3}
 """How far a rank has come within one step: the loop evaluates, then saves, after a step's update."""
@@ -150,6 +151,25 @@ class Watchdog:
         return str(folder.relative_to(self.run.path))
 
 
+def remove_stale_progress_dirs(root: Path) -> None:
+    """The directories of launchers that are gone: a SIGKILLed launcher (a test's kill, the OOM killer)
+    runs no clean-up, so the next one on the node removes them (each is named after its launcher's pid)."""
+    for path in root.glob(f"{PROGRESS_PREFIX}*-*"):
+        pid = path.name[len(PROGRESS_PREFIX):].partition("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
 def node_local_root() -> Path:
     return NODE_LOCAL_ROOT if NODE_LOCAL_ROOT.is_dir() and os.access(NODE_LOCAL_ROOT, os.W_OK) else Path(tempfile.gettempdir())
 
@@ -163,7 +183,8 @@ def watching(run_dir: Path, node: int, first: int) -> Iterator[Watchdog | NoWatc
     if not spec.enabled:
         yield NoWatchdog()
         return
-    directory = Path(tempfile.mkdtemp(prefix="orch-progress-", dir=node_local_root()))
+    remove_stale_progress_dirs(node_local_root())
+    directory = Path(tempfile.mkdtemp(prefix=f"{PROGRESS_PREFIX}{os.getpid()}-", dir=node_local_root()))
     try:
         yield Watchdog(run, spec.timeouts, node, first, directory)
     finally:

@@ -18,7 +18,7 @@ from launch import progress, stack_dumps
 from launch.attempts import next_attempt
 from launch.engines import process_group_timeout_s
 from launch.progress import PROGRESS_DIR_ENV, Report, read_report, record_path
-from launch.watchdog import Watchdog, furthest_behind, node_local_root, overdue, watching
+from launch.watchdog import Watchdog, furthest_behind, node_local_root, overdue, remove_stale_progress_dirs, watching
 from orchestrator.recipe.loader import load_recipe
 from orchestrator.recovery.spec import TimeoutsSpec
 from orchestrator.rundir import events
@@ -195,3 +195,14 @@ def test_a_hang_whose_evidence_cannot_be_written_still_ends_the_attempt(tmp_path
         assert time.monotonic() < deadline, "no hang found within 60 s"
         time.sleep(0.1)
     assert hang.stopped_ranks == [1] and hang.stacks is None
+
+
+def test_a_killed_launchers_progress_directory_is_removed_by_the_next_one(tmp_path):
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    gone, live = tmp_path / f"orch-progress-{ended.pid}-abc", tmp_path / f"orch-progress-{os.getpid()}-def"
+    for directory in (gone, live):
+        directory.mkdir()
+        (directory / "rank-0.progress").write_bytes(b"x")
+    remove_stale_progress_dirs(tmp_path)
+    assert not gone.exists() and live.exists()
