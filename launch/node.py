@@ -73,8 +73,7 @@ def run_node(args: argparse.Namespace) -> int:
     say(f"node {args.node_rank} of {args.nnodes} ({args.backend}, {args.nproc} rank(s) here), rendezvous {args.master_addr}:{args.master_port}")
     first = args.node_rank * args.nproc
     ranks: list[Rank] = []
-    stop: list[int] = []
-    """The signal that asked this node to stop: the attempt then ends as asked, and none follows."""
+    stop: list[int] = []  # the signal that asked this node to stop: the attempt ends as asked, and none follows
 
     def forward(signum, _frame):
         stop.append(signum)
@@ -95,6 +94,8 @@ def run_node(args: argparse.Namespace) -> int:
 
 def _attempt(args: argparse.Namespace, backend, first: int, ranks: list[Rank], stop: list[int]) -> int:
     """Start this node's ranks (into `ranks`) and wait for their end; the launcher's exit code for it."""
+    if stop:  # asked to stop between two attempts: the checkpoints stand, as after a preemption
+        return EXIT_REQUEUE
     with backend.node_services(args.nnodes, args.nproc, args.node_rank, args.master_port), \
             watching(args.run_dir, args.node_rank, first) as watchdog:
         ranks[:] = start_ranks(args.run_dir, backend, [{**_rank_env(args, backend, local), **watchdog.rank_env} for local in range(args.nproc)])
