@@ -20,6 +20,8 @@ from orchestrator.spec import Spec
 PHASES = ("setup", "step", "checkpoint", "evaluation")
 """What a rank reports it is doing, in the order a run first meets them."""
 
+PROCESS_GROUP_MARGIN_S = 300
+
 Timeout = Union[Annotated[float, Field(gt=0)], Literal["auto"]]
 
 
@@ -64,7 +66,9 @@ class FaultToleranceSpec(Spec):
 
     @property
     def process_group_timeout_s(self) -> float:
-        """Past every timeout the watchdog could apply before it has seen a phase, so the watchdog,
-        which dumps the stacks and names the rank, always acts first; but finite, so a rank whose
-        launcher is gone cannot hold its peers forever."""
-        return self.timeouts.longest_s * max(2.0, self.timeouts.auto_factor)
+        """Past every timeout the watchdog applies before it has seen a phase, by a margin for its
+        stack dumps, so the watchdog, which dumps the stacks and names the rank, acts first; but not
+        much longer (35 minutes by default, torch's own default is 30), so a rank whose launcher is
+        gone cannot hold its peers for hours. A step `auto` allows longer than this (a step of over
+        seven minutes) ends in the collective's timeout instead: a crash, restarted all the same."""
+        return self.timeouts.longest_s + PROCESS_GROUP_MARGIN_S

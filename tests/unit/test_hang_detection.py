@@ -167,7 +167,7 @@ def test_without_py_spy_faulthandler_answers_and_a_stopped_rank_is_said_to_be_st
 
 def test_the_process_group_waits_past_every_watchdog_timeout_and_keeps_the_librarys_own_when_off():
     on = load_recipe(TINY, ["fault_tolerance.timeouts.setup_s=120", "fault_tolerance.timeouts.auto_floor_s=60"]).recipe
-    assert process_group_timeout_s(on) == 120 * 5  # past set-up, the longest the watchdog allows a phase it has not seen
+    assert process_group_timeout_s(on) == 120 + 300  # past set-up, the longest the watchdog allows a phase it has not seen, by a margin
     assert process_group_timeout_s(load_recipe(TINY, ["fault_tolerance.enabled=false"]).recipe) is None
 
 
