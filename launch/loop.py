@@ -286,6 +286,7 @@ class Trainer:
         on a bad loss; the data replays from there, so a transient fault passes and the run stays
         bit-exact. Returns the step gone back to; None when this data position went bad before
         (the data itself, not a fault) or there is nothing to go back to."""
+        progress.report("setup", bad.step)  # loading a checkpoint or building the engine: timed as at the start
         self.saver.wait()  # a save still committing may be the newest checkpoint
         found = self._newest_checkpoint()
         if bad.data_position in self.rolled_back or found.problem or not (found.tag or self.initial and self.rebuild):

@@ -11,7 +11,7 @@ import typer
 
 from orchestrator.cli.app import DryRunOpt, OverridesArg, RecipeArg, RunDirOpt, ThenOpt, command, say_submitted
 from orchestrator.data import MAX_WORKERS
-from orchestrator.errors import EXIT_FAILURE, SlurmError
+from orchestrator.errors import EXIT_FAILURE, LaunchError, SlurmError
 
 DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "tiny-pretrain.yaml"
 
@@ -85,6 +85,7 @@ def submit(
     from orchestrator.slurm.submit import parse_then, render, submit as submit_job
 
     steps = parse_then(then)
+    _check_injected_faults()
     loaded, launch_plan, env = load_and_plan(recipe, overrides, run_dir=run_dir, for_slurm=True)
     _say_warnings(launch_plan)
     if emit_only:
@@ -95,6 +96,16 @@ def submit(
     jobs = submit_job(launch_plan, env.python, list(loaded.sources), steps)
     say_submitted(jobs, ["prepare"] * (len(jobs) - 1 - len(steps)) + ["train", *steps])
     typer.echo(f"run directory {launch_plan.run_dir}; follow with: orch status {launch_plan.run_dir}")
+
+
+def _check_injected_faults() -> None:
+    """A fault drill's malformed ORCH_INJECT_FAULTS is refused here, in one line, before every rank would fail on it."""
+    from orchestrator.shared.faults import VARIABLE, parse
+
+    try:
+        parse(os.environ.get(VARIABLE, ""))
+    except ValueError as error:
+        raise LaunchError(str(error)) from None
 
 
 def _say_warnings(launch_plan) -> None:
@@ -142,6 +153,7 @@ def run(
     from orchestrator.starting.local import LocalRunRequest, plan_local_run
     from orchestrator.watching.progress import ProgressView
 
+    _check_injected_faults()
     overrides = list(overrides or [])
     if recipe is None or "=" in recipe:
         overrides = ([recipe] if recipe else []) + overrides

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from launch.faults import Fault, Faults, parse
+from launch.faults import Faults
+from orchestrator.shared.faults import Fault, parse
 
 
 def test_kinds_steps_and_options():
@@ -52,3 +53,16 @@ def test_nothing_without_the_variable(tmp_path):
     faults = Faults.from_env(0, tmp_path, {})
     assert not faults.mine and faults.fire(1) is False
     assert not tmp_path.joinpath("faults").exists()
+
+
+@pytest.mark.parametrize("command", [["run"], ["submit", "recipes/tiny-pretrain.yaml"]])
+def test_a_malformed_value_is_refused_before_anything_starts(command, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    monkeypatch.setenv("ORCH_INJECT_FAULTS", "nan@6,boom@3")
+    result = CliRunner().invoke(app, [*command, "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: ORCH_INJECT_FAULTS: 'boom@3' is not KIND@STEP[:OPTION]... with KIND one of nan, raise, exit, stop"
+    assert not (tmp_path / "run").exists()
