@@ -78,6 +78,9 @@ def test_a_failing_sink_is_reported_once_and_the_others_go_on(tmp_path, monkeypa
 def test_event_metrics():
     assert event_metrics({"event": "resumed", "step": 20, "recomputed_steps": 3}) == {"restarts/resumed_from_step": 20, "restarts/recomputed_steps": 3}
     assert event_metrics({"event": "start", "step": 0}) == {}
+    rolled_back = {"event": "loss_rolled_back", "step": 6, "loss": float("nan"), "checkpoint_step": 4, "recomputed_steps": 1}
+    assert event_metrics(rolled_back) == {"faults/loss_rolled_back_to_step": 4, "restarts/recomputed_steps": 1}  # never the NaN itself
+    assert event_metrics({"event": "loss_not_recovered", "step": 6}) == {"faults/loss_not_recovered": 1.0}
 
 
 def test_run_filters():

@@ -21,8 +21,8 @@ from orchestrator.shared.redact import redact_tree
 from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import PlanRecord, read_tracking, write_tracking
-from orchestrator.rundir.rows import (BaseEvent, Checkpoint, EnergyBudgetExceeded, Preempted, Resumed, StoppedOverBudget,
-                                      TrackingFailed, as_event)
+from orchestrator.rundir.rows import (BaseEvent, Checkpoint, EnergyBudgetExceeded, LossNotRecovered, LossRolledBack, Preempted, Resumed,
+                                      StoppedOverBudget, TrackingFailed, as_event)
 from orchestrator.shared.tracking.sinks import RunIdentity, Sink, make_sinks
 from orchestrator.tracking.spec import TrackingSpec
 
@@ -57,6 +57,10 @@ def event_metrics(event: BaseEvent | dict) -> dict[str, float]:
         return {"restarts/resumed_from_step": event.step, "restarts/recomputed_steps": event.recomputed_steps or 0}
     if isinstance(event, Preempted):
         return {"restarts/preempted": 1.0}
+    if isinstance(event, LossRolledBack):
+        return {"faults/loss_rolled_back_to_step": event.checkpoint_step, "restarts/recomputed_steps": event.recomputed_steps or 0}
+    if isinstance(event, LossNotRecovered):
+        return {"faults/loss_not_recovered": 1.0}
     if isinstance(event, (StoppedOverBudget, EnergyBudgetExceeded)):
         return {"energy/budget_exceeded": 1.0}
     return {}
