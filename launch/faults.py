@@ -10,16 +10,17 @@ Without the variable a rank holds no faults and each check is one attribute test
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 from pathlib import Path
 
-from orchestrator.shared.faults import VARIABLE, Fault, parse
+from orchestrator.shared.faults import SPIKE_FACTOR, VARIABLE, Fault, parse
 
 
 class Faults:
-    """This rank's injected faults. `fire(step, point)` sets off those due there, and returns whether
-    the step's loss must become NaN (the engine applies that, inside its step)."""
+    """This rank's injected faults. `fire(step, point)` sets off those due there, and returns what the
+    step's loss must be multiplied by, if anything (the engine applies it, before the backward pass)."""
 
     def __init__(self, faults: list[Fault], rank: int, markers: Path):
         self.rank, self.markers = rank, markers
@@ -30,14 +31,12 @@ class Faults:
         text = (os.environ if environ is None else environ).get(VARIABLE, "")
         return cls(parse(text) if text else [], rank, markers)
 
-    def fire(self, step: int, point: str = "step") -> bool:
+    def fire(self, step: int, point: str = "step") -> float | None:
         if not self.mine:
-            return False
-        nan = False
-        for index, fault in self.mine:
-            if fault.applies(self.rank, step, point) and self._claim(index, fault):
-                nan |= self._set_off(fault)
-        return nan
+            return None
+        fired = [self._set_off(fault) for index, fault in self.mine if fault.applies(self.rank, step, point) and self._claim(index, fault)]
+        factors = [factor for factor in fired if factor is not None]
+        return math.prod(factors) if factors else None
 
     def _claim(self, index: int, fault: Fault) -> bool:
         """Whether the fault fires now: always for `always`, else only if no earlier attempt fired it."""
@@ -50,7 +49,7 @@ class Faults:
         marker.write_text(f"{VARIABLE} fault {index} fired on rank {self.rank} at step {fault.step} ({fault.point})\n")
         return True
 
-    def _set_off(self, fault: Fault) -> bool:
+    def _set_off(self, fault: Fault) -> float | None:
         print(f"injected fault: {fault.kind} at step {fault.step} ({fault.point}) on rank {self.rank}", flush=True)
         if fault.kind == "raise":
             raise RuntimeError(f"injected fault ({VARIABLE}): rank {self.rank} raises at step {fault.step}")
@@ -58,5 +57,5 @@ class Faults:
             os._exit(1)
         if fault.kind == "stop":
             os.kill(os.getpid(), signal.SIGSTOP)
-            return False
-        return True  # nan
+            return None
+        return math.nan if fault.kind == "nan" else SPIKE_FACTOR

@@ -156,7 +156,7 @@ class Trainer:
         lr = self.engine.lr
         self.step_memory.lap()
         tic = time.perf_counter()
-        local_loss = self.engine.train_step([self.train_data.rows(i) for i in self.stream.step_indices()], nan_loss=self.faults.fire(step))
+        local_loss = self.engine.train_step([self.train_data.rows(i) for i in self.stream.step_indices()], loss_factor=self.faults.fire(step))
         peak_memory = self.step_memory.lap()
         (loss,) = self.engine.mean_across_ranks([local_loss])
         problem = self.guard.check(step, loss)  # the mean: every rank decides alike

@@ -121,14 +121,14 @@ class Engine:
         norm = self.engine.get_global_grad_norm()
         return None if norm is None else float(norm)
 
-    def train_step(self, micro_batches: list[Rows], nan_loss: bool = False) -> float:
+    def train_step(self, micro_batches: list[Rows], loss_factor: float | None = None) -> float:
         """One optimizer step over the accumulation micro-batches; returns this rank's mean loss.
-        `nan_loss` (an injected fault, `launch.faults`) makes the loss NaN before its backward pass."""
+        `loss_factor` (an injected fault, `launch.faults`) multiplies the loss before its backward pass."""
         total = torch.zeros((), device=self.device)
         for rows in micro_batches:
             loss = self.engine(**model_inputs(rows, self.device, self.dtype)).loss
-            if nan_loss:
-                loss = loss * torch.nan
+            if loss_factor is not None:
+                loss = loss * loss_factor
             self.engine.backward(loss)
             self.engine.step()
             total += loss.detach().float()

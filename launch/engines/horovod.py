@@ -174,16 +174,16 @@ class Engine:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def train_step(self, micro_batches: list[Rows], nan_loss: bool = False) -> float:
+    def train_step(self, micro_batches: list[Rows], loss_factor: float | None = None) -> float:
         """One optimizer step: the micro-batches' gradients accumulate locally (Horovod reduces them once,
-        after the last backward pass), are clipped on the reduced values, then applied. `nan_loss` (an
-        injected fault, `launch.faults`) makes the loss NaN before its backward pass."""
+        after the last backward pass), are clipped on the reduced values, then applied. `loss_factor` (an
+        injected fault, `launch.faults`) multiplies the loss before its backward pass."""
         total = torch.zeros((), device=self.device)
         for rows in micro_batches:
             with self._autocast():
                 loss = self.model(**model_inputs(rows, self.device, self.dtype)).loss
-            if nan_loss:
-                loss = loss * torch.nan
+            if loss_factor is not None:
+                loss = loss * loss_factor
             self.scaler.scale(loss / len(micro_batches)).backward()
             total += loss.detach().float()
         self.optimizer.synchronize()

@@ -6,12 +6,14 @@ The value is a comma-separated list of `KIND@STEP[:OPTION]...`, e.g. `nan@5`, `r
 
 - `nan`: the step's loss becomes NaN before the backward pass (multiplied by NaN, so the gradients
   and the update are NaN too, as a real overflow or bad batch leaves them);
+- `spike`: the step's loss is multiplied by `SPIKE_FACTOR` before the backward pass, as an outlier
+  batch makes it (what `fault_tolerance.max_loss_spike` catches);
 - `raise`: the rank raises RuntimeError, as a bug or a failed collective does;
 - `exit`: the rank ends at once with exit code 1, as a crashed process does (no Python clean-up);
 - `stop`: the rank sends itself SIGSTOP, as a stuck collective or a wedged device leaves a process.
 
 Options: `rankN` fires on rank N only (repeat it for several ranks; default every rank); `save`
-fires at the start of the step's checkpoint save instead of in the step (not for `nan`);
+fires at the start of the step's checkpoint save instead of in the step (not for `nan`, `spike`);
 `always` fires every time the step runs, where a fault otherwise fires once per run.
 
 Parsed here, where both planes reach it: `orch run` and `orch submit` refuse a malformed value
@@ -24,7 +26,10 @@ import re
 from dataclasses import dataclass
 
 VARIABLE = "ORCH_INJECT_FAULTS"
-KINDS = ("nan", "raise", "exit", "stop")
+KINDS = ("nan", "spike", "raise", "exit", "stop")
+LOSS_KINDS = ("nan", "spike")
+"""The kinds that change the step's loss, which a save has none of."""
+SPIKE_FACTOR = 100.0
 POINTS = ("step", "save")
 FAULT = re.compile(r"(?P<kind>[a-z]+)@(?P<step>\d+)(?P<options>(:[a-z0-9]+)*)")
 
@@ -61,7 +66,7 @@ def parse(text: str) -> list[Fault]:
                 ranks.add(int(option[4:]))
             else:
                 raise ValueError(f"{VARIABLE}: {part!r}: unknown option {option!r} (rankN, save, always)")
-        if match["kind"] == "nan" and point == "save":
-            raise ValueError(f"{VARIABLE}: {part!r}: a save has no loss to make NaN")
+        if match["kind"] in LOSS_KINDS and point == "save":
+            raise ValueError(f"{VARIABLE}: {part!r}: a save has no loss to change")
         faults.append(Fault(match["kind"], int(match["step"]), point, frozenset(ranks) if ranks else None, always))
     return faults

@@ -1,6 +1,6 @@
-"""A bad loss is rolled back, not trained on: a NaN injected once (`ORCH_INJECT_FAULTS`) sends the
-ranks back to the newest checkpoint (or, before the first, to the start) and the run ends bit-exact;
-one that comes back at the same data position stops the run, naming that position."""
+"""A bad loss is rolled back, not trained on: a NaN or a spike injected once (`ORCH_INJECT_FAULTS`)
+sends the ranks back to the newest checkpoint (or, before the first, to the start) and the run ends
+bit-exact; one that comes back at the same data position stops the run, naming that position."""
 
 import json
 from pathlib import Path
@@ -19,8 +19,8 @@ STEPS = 8
 BASE = ["recipes/tiny-pretrain.yaml", *FAST, f"train.steps={STEPS}", "checkpoint.interval_steps=4"]
 
 
-def run(run_dir: Path):
-    return orch("run", *BASE, "--run-dir", str(run_dir))
+def run(run_dir: Path, *overrides: str):
+    return orch("run", *BASE, *overrides, "--run-dir", str(run_dir))
 
 
 def printed(result) -> str:
@@ -36,22 +36,25 @@ def of_kind(run_dir: Path, kind: str) -> list[dict]:
     return [e for e in RunDir(run_dir).history() if e["event"] == kind]
 
 
-def test_a_nan_once_rolls_back_and_the_run_stays_bit_exact(tmp_path, monkeypatch):
+def test_a_bad_loss_once_rolls_back_and_the_run_stays_bit_exact(tmp_path, monkeypatch):
     """Step 2's NaN comes before any checkpoint (the ranks start over from a rebuilt engine), step 6's
-    after the one at step 4; each fires once, so the replay passes and every loss matches a run
-    that met neither, to the last bit."""
+    after the one at step 4, and step 7's loss 100 times its size on rank 1 is a spike past 3 x the
+    median; each fires once, so the replay passes and every loss matches a run that met none, to the
+    last bit."""
     reference = tmp_path / "reference"
     assert run(reference).returncode == 0
-    monkeypatch.setenv("ORCH_INJECT_FAULTS", "nan@2,nan@6:rank1")
+    monkeypatch.setenv("ORCH_INJECT_FAULTS", "nan@2,nan@6:rank1,spike@7:rank1")
     faulty = tmp_path / "faulty"
-    result = run(faulty)
+    result = run(faulty, "fault_tolerance.max_loss_spike=3")
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert losses(faulty) == losses(reference)
     summaries = [json.loads((d / "summary.json").read_text()) for d in (reference, faulty)]
     assert summaries[0]["param_fingerprints"] == summaries[1]["param_fingerprints"]
     rolled = of_kind(faulty, "loss_rolled_back")
-    assert [(e["step"], e["checkpoint_step"], e["problem"]) for e in rolled] == [(2, 0, "non-finite"), (6, 4, "non-finite")]
+    assert [(e["step"], e["checkpoint_step"]) for e in rolled] == [(2, 0), (6, 4), (7, 4)]
+    assert [e["problem"] for e in rolled[:2]] == ["non-finite", "non-finite"]
+    assert rolled[2]["loss"] > 300 and rolled[2]["problem"].endswith("the median of the last 6 steps")
     assert rolled[1]["data_position"] == "samples 80-95 of the training stream (epoch 0)"
     assert "(samples 80-95 of the training stream (epoch 0)): rolled back to step 4" in printed(result)
 
