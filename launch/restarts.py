@@ -6,7 +6,8 @@ rank that failed; the watchdog ends all of them on a hang). When this launcher r
 (`--nnodes 1`), it forks the ranks again from itself, whose libraries stay imported, so a restart
 costs the ranks' own set-up and not the imports; they resume from the newest verified checkpoint
 by themselves (`launch.loop.Trainer.resume`), as a new `orch run` would, in a new rendezvous round
-on the same port (the store's listening socket is rebound at once: SO_REUSEADDR).
+on the same port: torch's store listens through libuv, which binds with SO_REUSEADDR, so the port of
+the killed attempt's store is free again at once (no TIME_WAIT wait; every restart in the tests rebinds it).
 
 How often: `fault_tolerance.max_restarts` within `restart_window_minutes`, counted from the run's
 own `attempt_failed` events (those with `restarting`), so an `orch run` started again later counts
@@ -29,6 +30,7 @@ nor do the clean stops (0, EXIT_REQUEUE, EXIT_BUDGET).
 
 from __future__ import annotations
 
+import math
 import signal
 import time
 from dataclasses import dataclass
@@ -80,7 +82,7 @@ class Restarts:
         if code in CLEAN_EXITS or not self.single_node:
             return False
         history = [e for e in self.run.history() if (e.time or 0) >= self.since]
-        fault = classify(code, failed_ranks(ranks, first), self._oom_killed(), _last(history, Hang), self.run)
+        fault = classify(code, failed_ranks(ranks, first, self.run), self._oom_killed(), _last(history, Hang), self.run)
         idle = not self._trained_a_step(history)
         used = self._restarts_in_window()
         reason = self._no_restart(fault, idle, used)
@@ -146,13 +148,24 @@ def classify(code: int, failed: dict[int, int], oom_killed: bool, hang: Hang | N
     return Fault("crash", f"{who} {how}", ranks, evidence)
 
 
-def failed_ranks(ranks: list[Rank], first: int) -> dict[int, int]:
-    """Each rank that failed by itself, by global rank, with its exit code; the peers the launcher
-    killed after it are left out (when all were killed, as by the watchdog, all are in)."""
+def failed_ranks(ranks: list[Rank], first: int, run: RunDir) -> dict[int, int]:
+    """Each rank that failed by itself, by global rank, with its exit code, the one that failed first
+    first; the peers the launcher killed after it are left out (when all were killed, as by the
+    watchdog, all are in). Peers often fail by themselves too, before the launcher's next poll: their
+    collective reports the closed connection. They print that after the first rank's process ended,
+    so the first is the rank whose log went quiet first (torchelastic names the earliest error as the
+    root cause in the same way)."""
     codes = {first + local: rank.poll() for local, rank in enumerate(ranks)}
     failed = {r: c for r, c in codes.items() if c is not None and c not in CLEAN_EXITS}
-    by_themselves = {r: c for r, c in failed.items() if not ranks[r - first].killed}
-    return by_themselves or failed
+    chosen = {r: c for r, c in failed.items() if not ranks[r - first].killed} or failed
+    return dict(sorted(chosen.items(), key=lambda item: (_last_written_ns(run.rank_log(item[0])), item[0])))
+
+
+def _last_written_ns(log: Path) -> float:
+    try:
+        return log.stat().st_mtime_ns
+    except OSError:
+        return math.inf
 
 
 def oom_kill_count(cgroup_root: Path = Path("/sys/fs/cgroup"), proc: Path = Path("/proc")) -> int | None:

@@ -4,6 +4,7 @@ restarted; and how `orch status` and `orch show` tell them."""
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 
@@ -36,9 +37,14 @@ def run(tmp_path) -> RunDir:
     return RunDir(fake_run(tmp_path, "run", [], []))
 
 
-def test_the_rank_that_failed_by_itself_is_named_not_the_peers_killed_after_it(run):
-    failed = failed_ranks([Ended(-signal.SIGKILL, killed=True), Ended(-signal.SIGKILL)], first=0)
-    assert failed == {1: -signal.SIGKILL}
+def test_the_rank_that_failed_first_is_named_not_the_peers_that_failed_after_it(run):
+    failed = failed_ranks([Ended(-signal.SIGKILL, killed=True), Ended(-signal.SIGKILL)], first=0, run=run)
+    assert failed == {1: -signal.SIGKILL}  # rank 0 was killed by the launcher
+    # Rank 2 raised; rank 1's collective then failed on the closed connection, and it printed so after.
+    for rank, written_ns in ((1, 2_000_000_000), (2, 1_000_000_000)):
+        run.rank_log(rank).write_text("Traceback ...\n")
+        os.utime(run.rank_log(rank), ns=(written_ns, written_ns))
+    assert list(failed_ranks([Ended(1), Ended(1)], first=1, run=run)) == [2, 1]
     fault = classify(137, failed, oom_killed=False, hang=None, run=run)
     assert (fault.failure, fault.detail, fault.ranks, fault.evidence) == ("crash", "rank 1 killed by SIGKILL", [1], "logs/rank-1.log")
     assert classify(1, {3: 1}, False, None, run).detail == "rank 3 exited 1"
