@@ -9,23 +9,17 @@ by themselves (`launch.loop.Trainer.resume`), as a new `orch run` would, in a ne
 on the same port: torch's store listens through libuv, which binds with SO_REUSEADDR, so the port of
 the killed attempt's store is free again at once (no TIME_WAIT wait; every restart in the tests rebinds it).
 
-How often: `fault_tolerance.max_restarts` within `restart_window_minutes`, counted from the run's
-own `attempt_failed` events (those with `restarting`), so an `orch run` started again later counts
-what the run already used in the window. Every attempt that ends on a fault gets one such event,
-with its class: `crash` (a rank's non-zero exit or a signal), `hang` (EXIT_HANG, the watchdog's),
-`oom` (a rank's EXIT_OOM, or a SIGKILL while the kernel's OOM-kill counter rose), `nan` (EXIT_NAN:
-rolling back did not cure the loss).
-
-Not restarted:
-- `nan`: the restarted ranks would replay the same data onto the same weights;
-- an attempt that failed before training a step, right after one that failed so too: a fault in
-  set-up (a recipe or resume error, a missing file) comes back every time. This is NVRx's
-  `max_no_progress_restarts` (progress: a step trained beyond the resume point; NVRx counts
-  committed checkpoints), at its smallest; torchelastic restarts anything up to `max_restarts`;
-- several nodes: their launchers exit as before (restarting across nodes is the scheduler's part);
-- `fault_tolerance.enabled: false`.
-A stop that was asked for (a forwarded preemption signal, `orch run`'s end) never reaches here,
-nor do the clean stops (0, EXIT_REQUEUE, EXIT_BUDGET).
+How often, and which faults are worth a restart, is `orchestrator.shared.restarts`' rule (the
+Slurm batch step applies the same one across nodes): `fault_tolerance.max_restarts` within
+`restart_window_minutes`, counted from the run's own `attempt_failed` events, so an `orch run`
+started again later counts what the run already used in the window; no restart for `nan`, for a
+second failure in a row before any step, or with `fault_tolerance.enabled: false`. A launcher of
+one node among several records nothing and exits as before: the batch step restarts those.
+Every attempt that ends on a fault gets one `attempt_failed` event, with its class: `crash` (a
+rank's non-zero exit or a signal), `hang` (EXIT_HANG, the watchdog's), `oom` (a rank's EXIT_OOM, or
+a SIGKILL while the kernel's OOM-kill counter rose), `nan` (EXIT_NAN: rolling back did not cure
+the loss). A stop that was asked for (a forwarded preemption signal, `orch run`'s end) never
+reaches here, nor do the clean stops (0, EXIT_REQUEUE, EXIT_BUDGET).
 """
 
 from __future__ import annotations
@@ -36,18 +30,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from launch.attempts import next_attempt
 from launch.launcher_log import say
 from launch.spawn import Rank
-from orchestrator.errors import EXIT_BUDGET, EXIT_HANG, EXIT_NAN, EXIT_OOM, EXIT_REQUEUE
+from orchestrator.errors import EXIT_HANG, EXIT_NAN, EXIT_OOM
 from orchestrator.recovery.spec import FaultToleranceSpec
 from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir
-from orchestrator.rundir.rows import AttemptFailed, BaseEvent, FailureClass, Hang, Start
-
-CLEAN_EXITS = (0, EXIT_REQUEUE, EXIT_BUDGET)
-"""Ranks that stopped as asked or as the recipe says: no fault."""
-NOT_RESTARTED: dict[str, str] = {"nan": "not restarted: a restart would replay the same data onto the same weights"}
+from orchestrator.rundir.rows import AttemptFailed, BaseEvent, FailureClass, Hang
+from orchestrator.shared.restarts import CLEAN_EXITS, next_attempt, no_restart, restarts_in_window, trained_a_step
 
 
 @dataclass(frozen=True)
@@ -73,7 +63,7 @@ class Restarts:
     def begin(self) -> int:
         """The attempt's number in the run (1 for its first), from the run's records."""
         self.since, self.oom_kills = time.time(), oom_kill_count()
-        self.number = next_attempt(self.run)
+        self.number = next_attempt(self.run.history())
         return self.number
 
     def after(self, code: int, ranks: list[Rank], first: int) -> bool:
@@ -83,9 +73,9 @@ class Restarts:
             return False
         history = [e for e in self.run.history() if (e.time or 0) >= self.since]
         fault = classify(code, failed_ranks(ranks, first, self.run), self._oom_killed(), _last(history, Hang), self.run)
-        idle = not self._trained_a_step(history)
-        used = self._restarts_in_window()
-        reason = self._no_restart(fault, idle, used)
+        idle = not trained_a_step(self.run, history)
+        used = restarts_in_window(self.run.history(), self.spec)
+        reason = no_restart(self.spec, fault.failure, idle, self.idle_failure, used)
         self.idle_failure = idle
         restarting = reason is None
         event = AttemptFailed(attempt=self.number, failure=fault.failure, detail=fault.detail, ranks=fault.ranks, restarting=restarting,
@@ -94,30 +84,6 @@ class Restarts:
         events.append(self.run.events, event)
         say(event.describe())
         return restarting
-
-    def _no_restart(self, fault: Fault, idle: bool, used: int) -> str | None:
-        if not self.spec.enabled:
-            return "not restarted: fault_tolerance.enabled is false"
-        if fault.failure in NOT_RESTARTED:
-            return NOT_RESTARTED[fault.failure]
-        if idle and self.idle_failure:
-            return "not restarted: it failed before training a step, as the attempt before it did (a fault in set-up comes back)"
-        if used >= self.spec.max_restarts:
-            return (f"no restart left ({used} of fault_tolerance.max_restarts={self.spec.max_restarts} used "
-                    f"in {self.spec.restart_window_minutes:g} min)")
-        return None
-
-    def _restarts_in_window(self) -> int:
-        start = time.time() - self.spec.restart_window_minutes * 60
-        return sum(1 for e in self.run.history() if isinstance(e, AttemptFailed) and e.restarting and (e.time or 0) >= start)
-
-    def _trained_a_step(self, history: list[BaseEvent]) -> bool:
-        """Whether this attempt trained a step past the one it resumed from: its `start` event, then
-        a logged row beyond it (the resume rewrote the metrics to its checkpoint's)."""
-        start = _last(history, Start)
-        if start is None:
-            return False
-        return any(row["step"] > (start.step or 0) for row in self.run.metric_rows())
 
     def _oom_killed(self) -> bool:
         now = oom_kill_count()
