@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-from launch.attempts import next_attempt
+from orchestrator.shared.restarts import next_attempt
 from launch.launcher_log import say
 from launch.progress import PROGRESS_DIR_ENV, Report, read_report, record_path, stacks_path
 from launch.spawn import Rank
@@ -91,7 +91,7 @@ class NoWatchdog:
 class Watchdog:
     def __init__(self, run: RunDir, timeouts: TimeoutsSpec, node: int, first: int, directory: Path):
         self.run, self.timeouts, self.node, self.first, self.directory = run, timeouts, node, first, directory
-        self.attempt = next_attempt(run)
+        self.attempt = next_attempt(run.history())
         self.started_s = time.monotonic()
         self.last: dict[int, Report] = {}
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from launch import progress, stack_dumps
-from launch.attempts import next_attempt
+from orchestrator.shared.restarts import next_attempt
 from launch.engines import process_group_timeout_s
 from launch.progress import PROGRESS_DIR_ENV, Report, read_report, record_path
 from launch.watchdog import Watchdog, furthest_behind, node_local_root, overdue, remove_stale_progress_dirs, watching
@@ -94,14 +94,14 @@ def test_the_rank_furthest_behind_is_named():
 
 def test_attempts_are_counted_from_the_history(tmp_path):
     run = RunDir(tmp_path)
-    assert next_attempt(run) == 1
+    assert next_attempt(run.history()) == 1
     events.append(run.events, Start(step=0))
     events.append(run.events, Start(step=8))
-    assert next_attempt(run) == 3
+    assert next_attempt(run.history()) == 3
     events.append(run.events, Hang(attempt=3, phase="setup"))  # hung before its start event
-    assert next_attempt(run) == 4
+    assert next_attempt(run.history()) == 4
     events.append(run.events, AttemptFailed(attempt=4, failure="crash"))
-    assert next_attempt(run) == 5
+    assert next_attempt(run.history()) == 5
 
 
 RANK = """
