@@ -79,7 +79,7 @@ def _mirror(run: RunDir, recipe, report: GateReport) -> None:
 
     metrics = {f"gates/{r.name}/passed": float(passes(r.status)) for r in report.results if r.status != "skipped"}
     metrics.update({f"gates/{r.name}/value": r.value for r in report.results if r.value is not None and math.isfinite(r.value)})
-    scores = next((r.evidence.get("scores", {}) for r in report.results if r.name == "evaluation"), {})
+    scores = next((r.scores for r in report.results if r.name == "evaluation"), {})
     for task, score in scores.items():  # a task's score, or {metric: score} for a task listed with several metrics
         named = score if isinstance(score, dict) else {"": score}
         metrics.update({f"gates/evaluation/{task}" + (f"/{metric}" if metric else ""): value for metric, value in named.items()})

@@ -20,6 +20,13 @@ class GateResult:
     def to_json(self) -> dict:
         return asdict(self)
 
+    @property
+    def scores(self) -> dict[str, float | dict[str, float]]:
+        """The downstream tasks' scores the evaluation gate keeps in its evidence (a task's score, or
+        {metric: score} for a task listed with several metrics); empty for the other gates."""
+        scores = self.evidence.get("scores")
+        return scores if isinstance(scores, dict) else {}
+
 
 def judge(value: float, threshold: float | None, warn_margin: float) -> str:
     """For values where lower is better: fail above the threshold, warn within `warn_margin` of it.

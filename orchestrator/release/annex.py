@@ -336,9 +336,7 @@ def _evaluation(report: GateReport) -> list[str]:
     for r in report.results:
         measured = "" if r.value is None else f", value {r.value:.4g}" + ("" if r.threshold is None else f" (limit {r.threshold:.4g})")
         lines.append(f"- {r.name}: {r.status}{measured}: {r.summary}")
-        scores = r.evidence.get("scores")
-        if isinstance(scores, dict):
-            lines += [f"  - {task}: {_score(score)}" for task, score in scores.items()]
+        lines += [f"  - {task}: {_score(score)}" for task, score in r.scores.items()]
     return lines
 
 
