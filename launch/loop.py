@@ -246,7 +246,7 @@ class Trainer:
         self.event(Resumed(checkpoint=found.tag, step=state.step, recomputed_steps=recomputed))
         if found.elastic:
             self.event(ElasticResume(checkpoint=found.tag, from_world_size=found.elastic.from_world_size,
-                                     to_world_size=self.world, consumed_samples=state.data["consumed_samples"]))
+                                     to_world_size=self.world, consumed_samples=state.data.consumed_samples))
         return state.step
 
     def _newest_checkpoint(self) -> ResumeDecision:

@@ -12,6 +12,8 @@ import math
 import statistics
 from collections import deque
 
+from orchestrator.shared.data.stream import StreamPosition
+
 RECENT_STEPS = 20
 """The losses a spike is measured against: enough for a stable median, few enough to follow the
 loss as it falls."""
@@ -59,10 +61,9 @@ class LossGuard:
             self.recent.pop()
 
 
-def data_position(state: dict, global_batch_size: int) -> str:
-    """The global samples the step just taken read, from the stream's state after it (a mixture's
+def data_position(position: StreamPosition, global_batch_size: int) -> str:
+    """The global samples the step just taken read, from the stream's position after it (a mixture's
     samples spread over its sources' epochs, so its epoch is not one number)."""
-    end = state["consumed_samples"]
-    first, last = end - global_batch_size, end - 1
+    first, last = position.consumed_samples - global_batch_size, position.consumed_samples - 1
     where = f"samples {first}-{last} of the training stream"
-    return where if "mixture" in state else f"{where} (epoch {first // state['num_sequences']})"
+    return where if position.mixture is not None else f"{where} (epoch {first // position.num_sequences})"

@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from orchestrator.rundir.layout import RANK_STATE, rank_state_owner
+from orchestrator.shared.data.stream import StreamPosition
 
 LEGACY_RANK_STATE = "rank-{rank}.pt"
 """The pickled form older versions wrote; refused, since unpickling it could run code."""
@@ -48,7 +49,7 @@ class RankState(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     step: int
-    data: dict[str, int]
+    data: StreamPosition
     rng: RngStates
 
 
@@ -62,7 +63,7 @@ def _tensor_of(text: str):
     return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
 
 
-def capture(step: int, stream_state: dict) -> RankState:
+def capture(step: int, position: StreamPosition) -> RankState:
     import torch
 
     version, internal, gauss = random.getstate()
@@ -70,7 +71,7 @@ def capture(step: int, stream_state: dict) -> RankState:
     cuda = [_bytes_of(s) for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else None
     rng = RngStates(python=(version, list(internal), gauss), numpy=(name, keys.tolist(), pos, has_gauss, cached),
                     torch=_bytes_of(torch.get_rng_state()), cuda=cuda)
-    return RankState(step=step, data=stream_state, rng=rng)
+    return RankState(step=step, data=position, rng=rng)
 
 
 def write(directory: Path, rank: int, state: RankState) -> None:

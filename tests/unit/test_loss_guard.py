@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from orchestrator.shared.data.stream import StreamPosition
 from launch.loss_guard import MIN_RECENT_STEPS, RECENT_STEPS, LossGuard, data_position, loss_problem
 
 
@@ -33,6 +34,6 @@ def test_the_guard_keeps_good_losses_and_forgets_those_rolled_back():
 
 
 def test_the_data_position_names_the_global_samples_of_the_step():
-    state = {"consumed_samples": 96, "seed": 1, "num_sequences": 40}
-    assert data_position(state, 16) == "samples 80-95 of the training stream (epoch 2)"
-    assert data_position({**state, "mixture": 7}, 16) == "samples 80-95 of the training stream"
+    position = StreamPosition(consumed_samples=96, seed=1, num_sequences=40)
+    assert data_position(position, 16) == "samples 80-95 of the training stream (epoch 2)"
+    assert data_position(position.model_copy(update={"mixture": 7}), 16) == "samples 80-95 of the training stream"

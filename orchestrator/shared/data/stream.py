@@ -23,6 +23,7 @@ import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, model_serializer
 
 
 @dataclass
@@ -138,6 +139,25 @@ class Mixture:
         return int.from_bytes(hashlib.sha256(repr(self.weights).encode()).digest()[:6], "big")
 
 
+class StreamPosition(BaseModel):
+    """Where a stream is, as each rank's checkpoint state holds it: the global samples consumed, and
+    what identifies the data they index (seed, sequence count, a mixture's weights and sizes), so a
+    position is never applied to other data."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    consumed_samples: int
+    seed: int
+    num_sequences: int
+    mixture: int | None = None
+    """A mixture's fingerprint; absent for one source."""
+
+    @model_serializer(mode="wrap")
+    def _without_absent_mixture(self, handler) -> dict:
+        content = handler(self)
+        return content if self.mixture is not None else {k: v for k, v in content.items() if k != "mixture"}
+
+
 @dataclass
 class ShardedStream:
     """`num_sequences` is a list of each source's sequence count for a mixture (with `weights`)."""
@@ -170,14 +190,14 @@ class ShardedStream:
         self.consumed_samples += self.global_batch_size
         return micro
 
-    def state_dict(self) -> dict:
-        state = {"consumed_samples": self.consumed_samples, "seed": self.seed, "num_sequences": sum(self.sources)}
-        return state | ({"mixture": self.mixture.fingerprint() ^ self._sizes_fingerprint()} if self.mixture else {})
+    def state_dict(self) -> StreamPosition:
+        mixture = self.mixture.fingerprint() ^ self._sizes_fingerprint() if self.mixture else None
+        return StreamPosition(consumed_samples=self.consumed_samples, seed=self.seed, num_sequences=sum(self.sources), mixture=mixture)
 
-    def load_state_dict(self, state: dict) -> None:
-        if state["seed"] != self.seed or state["num_sequences"] != sum(self.sources) or state.get("mixture") != self.state_dict().get("mixture"):
+    def load_state_dict(self, position: StreamPosition) -> None:
+        if position.model_copy(update={"consumed_samples": self.consumed_samples}) != self.state_dict():
             raise ValueError("the saved data position belongs to other data (seed, sequence counts or mixture weights differ)")
-        self.consumed_samples = state["consumed_samples"]
+        self.consumed_samples = position.consumed_samples
 
     def last_step_sources(self) -> list[int] | None:
         """A mixture's samples per source in the whole global batch just taken (every rank's), or None."""
