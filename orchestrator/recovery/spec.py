@@ -62,7 +62,9 @@ class FaultToleranceSpec(Spec):
     node_health_check: Optional[str] = None
     """On Slurm, a shell command run on every node before the ranks start; a non-zero exit marks the node unhealthy."""
     max_job_retries: int = Field(2, ge=0)
-    """On Slurm, how often the job is requeued without the nodes that failed the health check."""
+    """On Slurm, how often the job is requeued without the nodes that failed the health check (or were named in two failures)."""
+    spare_nodes: int = Field(0, ge=0)
+    """On Slurm, nodes allocated beyond `distributed.nodes`, idle until one takes the place of a bad node without a requeue."""
 
     @property
     def process_group_timeout_s(self) -> float:

@@ -260,6 +260,8 @@ class AttemptFailed(BaseEvent):
     failure: Optional[FailureClass] = None
     detail: Optional[str] = None
     ranks: Optional[list[int]] = None
+    nodes: Optional[list[str]] = None
+    """The nodes of those ranks, where the Slurm batch step knows them (a node named twice is left out)."""
     restarting: Optional[bool] = None
     restarts: Optional[int] = None
     """In-job restarts so far within the window, this one included when `restarting`."""
@@ -318,10 +320,13 @@ class NodeUnhealthy(BaseEvent):
     problems: Optional[dict[str, list[str]]] = None
     """By node name."""
     excluded: Optional[bool] = None
+    replaced: Optional[bool] = None
+    """The job went on without them, on spare nodes of its allocation (`fault_tolerance.spare_nodes`)."""
 
     def describe(self) -> str:
         found = "; ".join(f"{node}: {', '.join(p)}" for node, p in (self.problems or {}).items())
-        return f"unhealthy node(s) {found}" + ("; requeued without them" if self.excluded else "; no job retry left")
+        then = "on spare nodes" if self.replaced else "requeued without them" if self.excluded else "no job retry left"
+        return f"unhealthy node(s) {found}; {then}"
 
 
 # -- Slurm (the submitting CLI and the batch step) and sweeps ------------------------------------

@@ -18,6 +18,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -26,8 +28,8 @@ from orchestrator.errors import EXIT_REQUEUE, SlurmError
 from orchestrator.rundir import events
 from orchestrator.rundir.entry import FORWARDED_SIGNALS, module_argv, node_argv
 from orchestrator.rundir.layout import RunDir
-from orchestrator.rundir.records import PlanRecord, read_plan, read_recipe
 from orchestrator.recovery.spec import FaultToleranceSpec
+from orchestrator.rundir.records import PlanRecord, read_plan, read_recipe
 from orchestrator.rundir.rows import AttemptFailed, CancelRequested, Hang, NodeUnhealthy, SlurmEnd, SlurmRequeued, SlurmSignal, SlurmStart, StopRequested
 from orchestrator.shared.restarts import CLEAN_EXITS, FAILURE_OF_EXIT, next_attempt, no_restart, restarts_in_window, trained_a_step
 from orchestrator.slurm.client import slurm
@@ -36,13 +38,15 @@ FOLLOW_S = 1.0
 PREFLIGHT_TIMEOUT_S = 300
 
 
-def node_command(plan: PlanRecord, python: str, master_addr: str, master_port: int) -> list[str]:
+def node_command(plan: PlanRecord, python: str, master_addr: str, master_port: int, hosts: list[str] | None = None) -> list[str]:
+    """The srun step of one attempt: one node launcher on each of `hosts` (the whole allocation when
+    None; a subset when it holds spare nodes, with its own task count: the job's counts its spares)."""
     topology = plan.topology
     return [
         # Not --kill-on-bad-exit: the requeue code 75 counts as a bad exit, and the first node to stop
         # with it would have srun kill the others mid-save. --wait ends the other nodes a minute after
         # the first one exits, so a crashed node cannot leave its peers hanging in a collective.
-        "srun", "--wait=60", f"--nodes={topology.nodes}", "--ntasks-per-node=1",
+        "srun", "--wait=60", f"--nodes={topology.nodes}", "--ntasks-per-node=1", *([f"--nodelist={','.join(hosts)}", f"--ntasks={topology.nodes}"] if hosts else []),
         # Appended to, like the job's own log: a requeued job's launchers add to what the first attempt's said.
         f"--output={RunDir(plan.run_dir).node_output_pattern}", "--open-mode=append",
         *node_argv(python, plan.backend, topology.nodes, topology.procs_per_node, plan.run_dir, master_addr, master_port),
@@ -101,13 +105,14 @@ def run_job_step(run: RunDir, stop_when: Callable[[list[dict]], bool] | None = N
     spec = read_recipe(run).slurm
     job_id = int(os.environ["SLURM_JOB_ID"])
     restart = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
-    master_addr, master_port = rendezvous(job_id, os.environ["SLURM_JOB_NODELIST"])
-    events.append(run.events, SlurmStart(job_id=job_id, restart=restart, nodes=os.environ["SLURM_JOB_NODELIST"],
-                                         end_time=job_end_time(job_id)))
+    nodelist = os.environ["SLURM_JOB_NODELIST"]
+    _, master_port = rendezvous(job_id, nodelist)
+    events.append(run.events, SlurmStart(job_id=job_id, restart=restart, nodes=nodelist, end_time=job_end_time(job_id)))
     recovery = read_recipe(run).fault_tolerance
+    allocation = Allocation(slurm("scontrol", "show", "hostnames", nodelist).split(), plan.topology.nodes)
     if recovery.enabled:
-        unhealthy = check_nodes(run, plan, os.environ["SLURM_JOB_NODELIST"])
-        if unhealthy:
+        unhealthy = check_nodes(run, allocation.hosts)
+        if unhealthy and not allocation.replace(run, job_id, unhealthy):
             return leave_out(run, job_id, unhealthy, recovery.max_job_retries)
     received: list[int] = []
     steps: list[subprocess.Popen] = []
@@ -121,10 +126,11 @@ def run_job_step(run: RunDir, stop_when: Callable[[list[dict]], bool] | None = N
     warning = getattr(signal, f"SIG{spec.signal}")
     idle_before = False
     while True:
-        since, attempt = time.time(), next_attempt(run.history())
-        steps.append(subprocess.Popen(node_command(plan, sys.executable, master_addr, master_port)))
-        _say(f"job {job_id} (restart {restart}) on {os.environ['SLURM_JOB_NODELIST']}: started srun (pid {steps[-1].pid}), one node launcher "
-             f"on each of {plan.topology.nodes} node(s), rendezvous {master_addr}:{master_port}; their logs are node-<name>.out, the ranks' rank-<n>.log")
+        since, attempt, hosts = time.time(), next_attempt(run.history()), allocation.in_use
+        steps.append(subprocess.Popen(node_command(plan, sys.executable, hosts[0], master_port, hosts if allocation.subset else None)))
+        _say(f"job {job_id} (restart {restart}) on {nodelist}: started srun (pid {steps[-1].pid}), one node launcher "
+             f"on each of {plan.topology.nodes} node(s){' (' + ','.join(hosts) + ')' if allocation.subset else ''}, "
+             f"rendezvous {hosts[0]}:{master_port}; their logs are node-<name>.out, the ranks' rank-<n>.log")
         for signum in FORWARDED_SIGNALS:
             signal.signal(signum, forward)
         stopped = stop_when is not None and _follow(run, steps[-1], stop_when, warning)
@@ -132,7 +138,10 @@ def run_job_step(run: RunDir, stop_when: Callable[[list[dict]], bool] | None = N
         # One node runs the whole job: its launcher restarted the ranks itself as long as it could.
         if received or stopped or code in CLEAN_EXITS or plan.topology.nodes == 1:
             break
-        restarting, idle_before = restart_across_nodes(run, recovery, attempt, code, since, idle_before)
+        restarting, idle_before = restart_across_nodes(run, recovery, attempt, code, since, idle_before, hosts, plan.topology.procs_per_node)
+        suspects = twice_named(run, hosts)
+        if suspects and not allocation.replace(run, job_id, suspects):
+            return leave_out(run, job_id, suspects, recovery.max_job_retries)
         if not restarting:
             break
     # Requeued only after the warning this job asked for (`--signal=B:<slurm.signal>`): a plain SIGTERM
@@ -153,7 +162,51 @@ def run_job_step(run: RunDir, stop_when: Callable[[list[dict]], bool] | None = N
     return JobStep(code, False, bool(received))
 
 
-def restart_across_nodes(run: RunDir, spec: FaultToleranceSpec, attempt: int, code: int, since: float, idle_before: bool) -> tuple[bool, bool]:
+@dataclass
+class Allocation:
+    """The job's nodes, in Slurm's order: the ranks run on the first `nodes` of the healthy ones, and
+    the rest (`fault_tolerance.spare_nodes`) wait to take the place of one found bad."""
+
+    hosts: list[str]
+    nodes: int
+
+    def __post_init__(self):
+        self.allocated = len(self.hosts)
+
+    @property
+    def in_use(self) -> list[str]:
+        return self.hosts[:self.nodes]
+
+    @property
+    def subset(self) -> bool:
+        """Whether the ranks run on fewer nodes than the job holds (srun is then told which)."""
+        return self.nodes < self.allocated
+
+    @property
+    def spares(self) -> int:
+        return len(self.hosts) - self.nodes
+
+    def replace(self, run: RunDir, job_id: int, bad: dict[str, list[str]]) -> bool:
+        """Go on without the `bad` nodes, on spares, when enough are left (a `node_unhealthy` event
+        naming them); False when not, and the job has to be requeued without them."""
+        healthy = [host for host in self.hosts if host not in bad]
+        if len(healthy) < self.nodes:
+            return False
+        self.hosts = healthy
+        events.append(run.events, NodeUnhealthy(job_id=job_id, problems=bad, excluded=False, replaced=True))
+        _say(f"going on without node(s) {', '.join(bad)}, on {','.join(self.in_use)} ({self.spares} spare(s) left)")
+        return True
+
+
+def twice_named(run: RunDir, hosts: list[str]) -> dict[str, list[str]]:
+    """Nodes of this step named by the run's failures twice or more (their hung ranks): a node that
+    keeps failing its ranks is taken for a bad one, though it passed the health check."""
+    named = Counter(node for e in run.history() if isinstance(e, AttemptFailed) for node in e.nodes or [])
+    return {node: [f"named in {named[node]} failures"] for node in hosts if named[node] >= 2}
+
+
+def restart_across_nodes(run: RunDir, spec: FaultToleranceSpec, attempt: int, code: int, since: float, idle_before: bool,
+                         hosts: list[str], procs_per_node: int) -> tuple[bool, bool]:
     """After the nodes' launchers ended on a fault (each stops its own ranks, none restarts a job of
     several nodes): record the attempt's failure, and whether a new srun step, a new rendezvous
     round in the same allocation, starts the ranks again from the newest verified checkpoint.
@@ -169,18 +222,26 @@ def restart_across_nodes(run: RunDir, spec: FaultToleranceSpec, attempt: int, co
     idle = not trained_a_step(run, history)
     used = restarts_in_window(run.history(), spec)
     reason = no_restart(spec, failure, idle, idle_before, used)
+    ranks = sorted({r for h in _stopped_first(hangs) for r in h.stopped_ranks or []})
     event = events.append(run.events, AttemptFailed(
-        attempt=attempt, failure=failure, detail=detail, ranks=sorted({r for h in hangs for r in h.stopped_ranks or []}),
+        attempt=attempt, failure=failure, detail=detail, ranks=ranks, nodes=sorted({hosts[r // procs_per_node] for r in ranks}),
         restarting=reason is None, restarts=used + (reason is None), max_restarts=spec.max_restarts if spec.enabled else 0,
         evidence=hangs[0].stacks if hangs else "logs", no_restart=reason))
     _say(event.describe() + ("" if reason else ": a new srun step in this allocation"))
     return reason is None, idle
 
 
-def check_nodes(run: RunDir, plan: PlanRecord, nodelist: str) -> dict[str, list[str]]:
+def _stopped_first(hangs: list[Hang]) -> list[Hang]:
+    """The hang events that name the rank that stopped: every node's watchdog fires, and each names
+    its own furthest-behind ranks; the stopped one is furthest behind of all (the lowest step)."""
+    lowest = min((h.step for h in hangs if h.step is not None), default=None)
+    return [h for h in hangs if h.step == lowest]
+
+
+def check_nodes(run: RunDir, hosts: list[str]) -> dict[str, list[str]]:
     """Each node's problems by name, from the health check run on every node at once; a node that
     gave no answer (srun could not start the check there) is one problem too. Empty: all healthy."""
-    command = ["srun", "--wait=60", f"--nodes={plan.topology.nodes}", "--ntasks-per-node=1",
+    command = ["srun", "--wait=60", f"--nodes={len(hosts)}", "--ntasks-per-node=1",
                *module_argv(sys.executable, "orchestrator.slurm.preflight", "--run-dir", str(run.path))]
     try:
         done = subprocess.run(command, stdout=subprocess.PIPE, text=True, timeout=PREFLIGHT_TIMEOUT_S)
@@ -194,7 +255,6 @@ def check_nodes(run: RunDir, plan: PlanRecord, nodelist: str) -> dict[str, list[
             answers[answer["node"]] = answer["problems"]
         except (ValueError, KeyError, TypeError):
             continue  # a line the node's own shell set-up printed
-    hosts = slurm("scontrol", "show", "hostnames", nodelist).split()
     unhealthy = {node: problems for node, problems in answers.items() if problems}
     unhealthy.update({node: [f"no answer from its health check ({ended})"] for node in hosts if node not in answers})
     _say("health check: " + ("; ".join(f"{node}: {', '.join(p)}" for node, p in unhealthy.items()) if unhealthy else f"{len(answers)} node(s) healthy"))

@@ -35,7 +35,7 @@ def directives(plan: LaunchPlan, spec: SlurmSpec, grace_s: int) -> list[str]:
     run = plan.run_dir
     lines = [
         f"--job-name={plan.recipe.name}",
-        f"--nodes={plan.topology.nodes}",
+        f"--nodes={plan.topology.nodes + plan.recipe.fault_tolerance.spare_nodes}",
         "--ntasks-per-node=1",
         f"--output={_directive_path(RunDir(run).logs)}/slurm-%j.out",
         "--open-mode=append",

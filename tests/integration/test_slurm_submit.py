@@ -190,9 +190,10 @@ def test_a_rank_hung_on_the_second_node_restarts_inside_the_same_job(tmp_path, c
     assert sum(line.startswith(f"job {job_id} (restart 0) on") for line in said) == 2 and said[-1] == "the nodes ended: the job exits 0"
 
 
-FAIL_FIRST_NODE = """if [ -e {marker} ]; then [ "$(cat {marker})" != "$SLURMD_NODENAME" ]
-else echo "$SLURMD_NODENAME" > {marker}; echo "injected fault on $SLURMD_NODENAME"; exit 1; fi
+FAIL_FIRST_NODE = """if mkdir {marker}.lock 2>/dev/null; then echo "$SLURMD_NODENAME" > {marker}; echo "injected fault on $SLURMD_NODENAME"; exit 1; fi
+[ "$(cat {marker} 2>/dev/null)" != "$SLURMD_NODENAME" ]
 """
+"""Fails the first node to run it (mkdir is atomic, so of two nodes checked at once only one), and only that one."""
 
 
 def test_a_node_failing_its_health_check_is_left_out_and_the_run_completes(tmp_path):
@@ -215,6 +216,27 @@ def test_a_node_failing_its_health_check_is_left_out_and_the_run_completes(tmp_p
     assert starts[0] == bad and len(starts) == 2 and starts[1] != bad
     assert not (run_dir / "logs" / f"node-{bad}.out").exists()  # no launcher, no rank ever started there
     assert read_summary(RunDir(run_dir)).steps == 4
+
+
+
+def test_a_spare_node_takes_the_place_of_one_failing_its_health_check_without_a_requeue(tmp_path):
+    """One node trains, one is spare: the health check fails one of the two, and the job goes on on
+    the other at once, in the same allocation."""
+    marker, hook = tmp_path / "failed-node", tmp_path / "health.sh"
+    hook.write_text(FAIL_FIRST_NODE.format(marker=marker))
+    run_dir = tmp_path / "run"
+    result = orch("submit", "recipes/tiny-pretrain.yaml", *FAST, "train.steps=4", "distributed.nodes=1", "distributed.procs_per_node=1",
+                  "slurm.partition=debug", "slurm.time_limit=00:15:00", "slurm.cpus_per_task=1", "fault_tolerance.spare_nodes=1",
+                  f"fault_tolerance.node_health_check=bash {hook}", "--run-dir", str(run_dir))
+    assert result.returncode == 0, result.stdout + result.stderr
+    job_id = json.loads((run_dir / "slurm.json").read_text())["job_ids"][-1]
+    assert wait_for_state(job_id, {"COMPLETED"}, timeout_s=900) == "COMPLETED"
+    bad = marker.read_text().strip()
+    history = RunDir(run_dir).history()
+    (unhealthy,) = [e for e in history if isinstance(e, NodeUnhealthy)]
+    assert unhealthy.replaced and not unhealthy.excluded and list(unhealthy.problems) == [bad]
+    assert [e.nodes for e in history if isinstance(e, SlurmStart)] == ["n[1-2]"]  # one start: no requeue
+    assert not (run_dir / "logs" / f"node-{bad}.out").exists() and read_summary(RunDir(run_dir)).steps == 4
 
 
 

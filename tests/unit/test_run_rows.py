@@ -50,13 +50,13 @@ EVERY_FIELD = {
     "stop_requested": {"reason": "pruned"},
     "pruned": {"step": 5, "reason": "below the median at step 5"},
     "hang": {"node": 0, "attempt": 2, "phase": "checkpoint", "step": 8, "timeout_s": 300.0, "stopped_ranks": [1], "stacks": "hangs/2"},
-    "attempt_failed": {"attempt": 2, "failure": "crash", "detail": "rank 1 killed by SIGKILL", "ranks": [1], "restarting": False,
+    "attempt_failed": {"attempt": 2, "failure": "crash", "detail": "rank 1 killed by SIGKILL", "ranks": [1], "nodes": ["n2"], "restarting": False,
                        "restarts": 3, "max_restarts": 3, "evidence": "logs/rank-1.log", "no_restart": "no restart left"},
     "loss_rolled_back": {"step": 6, "loss": 9.5, "problem": "9.5 is over 2 x 4.1, the median of the last 20 steps", "checkpoint_step": 4,
                          "data_position": "samples 80-95 of the training stream (epoch 0)", "recomputed_steps": 1},
     "loss_not_recovered": {"step": 6, "loss": 9.5, "problem": "non-finite", "data_position": "samples 80-95 of the training stream (epoch 0)",
                            "rolled_back_to": 4},
-    "node_unhealthy": {"job_id": 41, "problems": {"n2": ["node_health_check exited 1: GPU 3 missing"]}, "excluded": True},
+    "node_unhealthy": {"job_id": 41, "problems": {"n2": ["node_health_check exited 1: GPU 3 missing"]}, "excluded": True, "replaced": False},
 }
 """A value for every field of every kind: a kind added to `rows.KINDS` needs its line here."""
 

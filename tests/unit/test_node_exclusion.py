@@ -1,0 +1,44 @@
+"""Which nodes a Slurm job leaves out: a node named by two failures, and spares taking a bad node's
+place (`orchestrator.slurm.batch`); the health check's own verdicts (`orchestrator.slurm.preflight`)."""
+
+from orchestrator.rundir import events
+from orchestrator.rundir.layout import RunDir
+from orchestrator.rundir.rows import AttemptFailed, Hang, NodeUnhealthy
+from orchestrator.slurm.batch import Allocation, _stopped_first, twice_named
+from orchestrator.slurm.preflight import _free_space, _hook
+
+
+def test_a_node_named_by_two_failures_is_a_suspect_and_one_named_once_is_not(tmp_path):
+    run = RunDir(tmp_path)
+    events.append(run.events, AttemptFailed(attempt=1, failure="hang", nodes=["n2"]))
+    assert twice_named(run, ["n1", "n2"]) == {}
+    events.append(run.events, AttemptFailed(attempt=2, failure="crash", nodes=["n2", "n1"]))
+    events.append(run.events, AttemptFailed(attempt=3, failure="hang", nodes=["n2"]))
+    assert twice_named(run, ["n1", "n3"]) == {}  # n2 no longer in the step
+    assert twice_named(run, ["n1", "n2"]) == {"n2": ["named in 3 failures"]}
+
+
+def test_spares_take_a_bad_nodes_place_until_there_are_none(tmp_path):
+    run = RunDir(tmp_path)
+    allocation = Allocation(["n1", "n2", "n3"], nodes=2)
+    assert allocation.in_use == ["n1", "n2"] and allocation.subset and allocation.spares == 1
+    assert allocation.replace(run, 7, {"n1": ["disk full"]})
+    assert allocation.in_use == ["n2", "n3"] and allocation.spares == 0
+    assert not allocation.replace(run, 7, {"n3": ["GPU 0 missing"]})
+    assert allocation.in_use == ["n2", "n3"]  # unchanged: the job is requeued without n3 instead
+    (event,) = [e for e in run.history() if isinstance(e, NodeUnhealthy)]
+    assert event.replaced and event.problems == {"n1": ["disk full"]}
+
+
+def test_the_rank_that_stopped_is_named_by_the_hang_furthest_behind():
+    """Every node's watchdog fires; the node whose rank stopped names it at the lowest step."""
+    hangs = [Hang(node=0, step=7, stopped_ranks=[0, 1]), Hang(node=1, step=6, stopped_ranks=[3])]
+    assert _stopped_first(hangs) == [hangs[1]]
+
+
+def test_the_health_checks_own_verdicts(tmp_path):
+    assert _free_space(tmp_path, 1) == []
+    (problem,) = _free_space(tmp_path, 2**62)
+    assert problem.startswith(f"{tmp_path}: ") and "MiB needed" in problem
+    assert _hook("true") == []
+    assert _hook("echo GPU 3 missing; exit 3") == ["node_health_check exited 3: GPU 3 missing"]
