@@ -43,8 +43,7 @@ def measure_failures(args, scratch: Path, run_training) -> dict:
     step_s = statistics.median(baseline["step_s"][args.warmup_steps:])
     cost_s = statistics.median(c["stall_s"] for c in baseline["checkpoints"][:-1])
     mtbf_s = args.failure_every * step_s
-    optimum_s = math.sqrt(2 * cost_s * mtbf_s)
-    optimum = max(1, round(optimum_s / step_s))
+    optimum_s, optimum = young_daly_interval(step_s, cost_s, args.failure_every)
     intervals = [optimum if i == "opt" else int(i) for i in args.failure_intervals.split(",")]
     rng = random.Random(args.seed)
     runs = []
@@ -62,6 +61,13 @@ def measure_failures(args, scratch: Path, run_training) -> dict:
         "young_daly_interval_steps": optimum,
         "runs": runs,
     }
+
+
+def young_daly_interval(step_s: float, cost_s: float, failure_every: int) -> tuple[float, int]:
+    """Young/Daly's checkpoint interval sqrt(2 x C x M), M = failure_every x step_s: in seconds, and in
+    whole steps (at least 1)."""
+    optimum_s = math.sqrt(2 * cost_s * (failure_every * step_s))
+    return optimum_s, max(1, round(optimum_s / step_s))
 
 
 def _overrides(steps: int, interval: int) -> list[str]:

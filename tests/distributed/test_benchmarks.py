@@ -108,6 +108,19 @@ def test_checkpoint_goodput_under_failures(tmp_path):
     assert 0 < run["measured"]["goodput"] <= 1 and positive(run["measured_over_expected_goodput_over_this_run"])
 
 
+def test_fault_campaign_recovers_every_kind_bit_exact(tmp_path):
+    result, printed = run_bench("faults", tmp_path)
+    assert set(result["kinds"]) == {"crash", "raise", "hang", "save_hang", "nan"}
+    for name, kind in result["kinds"].items():
+        assert (kind["runs"], kind["recovered"], kind["bit_exact"]) == (1, 1, 1), (name, kind["details"])
+        assert positive(kind["first_new_step_s"]["median"]) and kind["detected_s"]["median"] <= kind["first_new_step_s"]["median"]
+    assert result["kinds"]["hang"]["failure_classes"] == ["hang"] and result["kinds"]["crash"]["failure_classes"] == ["crash"]
+    goodput = result["goodput"]
+    assert goodput["run"]["recovered"] and goodput["run"]["bit_exact"] and len(goodput["run"]["recoveries"]) >= 1
+    assert 0 < goodput["run"]["goodput"] <= 1 and positive(goodput["young_daly"]["restart_cost_s"])
+    assert "save_hang" in printed and "goodput measured" in printed
+
+
 def test_data_preparation(tmp_path):
     result, _ = run_bench("data", tmp_path)
     assert [(row["corpus"], row["workers"]) for row in result["rows"]] == [("S", 1), ("S", 2), ("4S", 1), ("4S", 2)]
