@@ -27,6 +27,7 @@ from orchestrator.shared.checkpoint.resume import compatibility
 from orchestrator.shared.checkpoint.saver import CheckpointSaver, SaveReport
 from orchestrator.shared.data.prepared import PreparedData
 from orchestrator.shared.data.stream import open_split, open_stream, validation_indices
+from orchestrator.shared import goodput
 from orchestrator.shared.env import matmul_rate
 from orchestrator.errors import EXIT_BUDGET, EXIT_NAN, EXIT_REQUEUE
 from orchestrator.shared.model.inputs import count, take
@@ -89,6 +90,9 @@ class Trainer:
         """The data positions whose loss went bad in this attempt, with the step each rolled back to."""
         self.initial: rank_state.RankState | None = None
         """Where a fresh start's first step found the data and RNGs: a rollback with no checkpoint returns there."""
+        self.unlogged = {"compute_s": 0.0, "data_s": 0.0}
+        """The steps' compute and batch fetch since the last logged row: the next row carries them, so the
+        goodput ledger counts every step whatever `train.log_interval`."""
 
     def _peak_flops_per_device(self, planned: float, device: str) -> float:
         """MFU's denominator, per rank. GPUs: the datasheet peak the plan used. CPUs: measured here, by every
@@ -156,13 +160,17 @@ class Trainer:
         lr = self.engine.lr
         self.step_memory.lap()
         tic = time.perf_counter()
-        local_loss = self.engine.train_step([self.train_data.rows(i) for i in self.stream.step_indices()], loss_factor=self.faults.fire(step))
+        batch = [self.train_data.rows(i) for i in self.stream.step_indices()]
+        fetched = time.perf_counter()
+        local_loss = self.engine.train_step(batch, loss_factor=self.faults.fire(step))
         peak_memory = self.step_memory.lap()
         (loss,) = self.engine.mean_across_ranks([local_loss])
         problem = self.guard.check(step, loss)  # the mean: every rank decides alike
         if problem:
             raise BadLoss(step, loss, problem, data_position(self.stream.state_dict(), self.stream.global_batch_size))
         step_s = time.perf_counter() - tic
+        self.unlogged["data_s"] += fetched - tic
+        self.unlogged["compute_s"] += step_s - (fetched - tic)
         row = {
             "step": step,
             "loss": loss,
@@ -183,8 +191,12 @@ class Trainer:
         if train.replica_check_interval and step % train.replica_check_interval == 0:
             row["param_digest"] = self.check_replicas(step)
         if step % train.eval_interval == 0 or step == train.steps:
+            tic = time.perf_counter()
             row["val_loss"] = self.evaluate(step)
+            row["eval_s"] = time.perf_counter() - tic
         if step % train.log_interval == 0 or step == train.steps or "val_loss" in row:
+            row.update(self.unlogged)
+            self.unlogged = dict.fromkeys(self.unlogged, 0.0)
             self.log(row)
         return row
 
@@ -297,6 +309,7 @@ class Trainer:
         else:
             step, recomputed = 0, self._start_over()
         self.rolled_back[bad.data_position] = step
+        self.unlogged = dict.fromkeys(self.unlogged, 0.0)  # those steps are recomputed: the ledger counts them as such
         self.guard.rewind(step)
         self.event(LossRolledBack(step=bad.step, loss=bad.loss, problem=bad.problem, checkpoint_step=step,
                                   data_position=bad.data_position, recomputed_steps=recomputed))
@@ -369,8 +382,9 @@ class Trainer:
         history = self.run.history()
         starts = [e.time for e in history if isinstance(e, Start)]
         now = time.time()
-        wall_s = now - min(starts)
-        productive_s = sum(r["step_s"] for r in rows)
+        spent = goodput.ledger(history, rows, now)
+        if bill:
+            spent = goodput.energy_by_cause(spent, bill.phases_kwh, bill.failures_kwh.recomputed)
         last = rows[-1]
         steady = [r["tokens_per_s"] for r in rows[1:]] or [last["tokens_per_s"]]
         checkpoints = [e for e in history if isinstance(e, Checkpoint)]
@@ -381,9 +395,10 @@ class Trainer:
             final_loss=last["loss"],
             final_val_loss=last.get("val_loss"),
             tokens=last["tokens"],
-            wall_s=wall_s,
+            wall_s=spent.wall_s,
             attempt_wall_s=now - max(starts),
-            goodput=productive_s / wall_s if wall_s else None,
+            goodput=spent.goodput,
+            ledger=spent,
             restarts=len(starts) - 1,
             tokens_per_s=float(np.median(steady)),
             mfu=float(np.median([r["mfu"] for r in rows[1:] if r["mfu"]] or [0.0])),

@@ -38,9 +38,11 @@ from launch.restarts import Restarts
 from launch.spawn import Rank, start_ranks
 from launch.watchdog import NoWatchdog, Watchdog, watching
 from orchestrator.errors import EXIT_HANG, EXIT_REQUEUE
+from orchestrator.rundir import events
 from orchestrator.rundir.entry import ATTACHED_FLAG, FORWARDED_SIGNALS
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import read_recipe
+from orchestrator.rundir.rows import AttemptStarted
 
 
 def main() -> None:
@@ -85,7 +87,9 @@ def run_node(args: argparse.Namespace) -> int:
         threading.Thread(target=_stop_when_cli_ends, name="cli-watch", daemon=True).start()
     restarts = Restarts(run, read_recipe(run).fault_tolerance, single_node=args.nnodes == 1)
     while True:
-        restarts.begin()
+        attempt = restarts.begin()
+        if args.node_rank == 0:  # one per attempt: where the goodput ledger's start-up (or restart) begins
+            events.append(run.events, AttemptStarted(attempt=attempt))
         code = _attempt(args, backend, first, ranks, stop)
         if stop or not restarts.after(code, ranks, first):
             return code

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import Field, StrictInt, ValidationError
 
+from orchestrator.shared.goodput import GoodputLedger
 from orchestrator.shared.filetree import inside, read_json, shown
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import Record, _read
@@ -122,10 +123,12 @@ class RunSummary(_Versioned):
     final_val_loss: float | None = None
     tokens: int | None = None
     wall_s: float | None = None
-    """Since the first attempt's start: the gaps between attempts count, as in goodput."""
+    """Since the first attempt's launch (its first step's start in summaries written before the
+    ledger): the gaps between attempts count, as in goodput."""
     attempt_wall_s: float | None = None
     """This attempt's own, from its start to the summary."""
     goodput: float | None = None
+    """The ledger's: productive step time over the wall time."""
     restarts: int | None = None
     tokens_per_s: float | None = None
     mfu: float | None = None
@@ -133,6 +136,8 @@ class RunSummary(_Versioned):
     param_fingerprints: list[Any] | None = None
     checkpoint: str | None = None
     energy: SummaryEnergy | None = None
+    ledger: GoodputLedger | None = None
+    """Where the wall time went (absent from summaries written before it)."""
 
     @property
     def completed(self) -> bool:

@@ -222,6 +222,13 @@ class TrackingFailed(BaseEvent):
 
 # -- recovery (the node launchers) ---------------------------------------------------------------
 
+class AttemptStarted(BaseEvent):
+    """A node launcher (node 0's) began an attempt, before starting its ranks: the goodput ledger's
+    start-up runs from here to the attempt's `start`."""
+    event: Literal["attempt_started"] = "attempt_started"
+    attempt: Optional[int] = None
+
+
 FailureClass = Literal["crash", "hang", "oom", "nan", "preempted", "cancelled", "node_unhealthy"]
 """Why an attempt ended short of completion, as `orch status`, the report and the trackers name it."""
 
@@ -394,7 +401,7 @@ Event = Annotated[Union[
     Start, EngineBuilt, Checkpoint, CheckpointSetAside, Resumed, ElasticResume, StartedOver, RecipeChangedOnResume, Preempted,
     ReplicasDiverged, Completed, EnergyBudgetWarning, EnergyBudgetExceeded, StoppedOverBudget, TrackingFailed, SlurmSubmitted,
     SlurmStart, SlurmSignal, SlurmRequeued, SlurmEnd, CancelRequested, StopRequested, Pruned, Hang, AttemptFailed, LossRolledBack,
-    LossNotRecovered, NodeUnhealthy,
+    LossNotRecovered, NodeUnhealthy, AttemptStarted,
 ], Field(discriminator="event")]
 
 KINDS: dict[str, type[BaseEvent]] = {cls.model_fields["event"].default: cls for cls in get_args(get_args(Event)[0])}
@@ -439,6 +446,14 @@ class MetricRow(TypedDict, total=False):
     tokens_per_s: float
     mfu: Optional[float]
     step_s: float
+    """The step's batch fetch and compute (not its evaluation)."""
+    compute_s: float
+    """The compute of the steps since the previous logged row, this one included (`train.log_interval`
+    steps, fewer after a resume): with `data_s`, what the goodput ledger counts."""
+    data_s: float
+    """The batch fetch of the same steps."""
+    eval_s: float
+    """Only on the steps that evaluated: how long the evaluation took."""
     peak_memory_bytes: Optional[int]
     energy_kwh: float
     """The whole run's IT kWh as of rank 0's last aggregation, when energy is measured."""

@@ -2,7 +2,8 @@
 
 Plots are inline SVG drawn here (no plotting library, no scripts, nothing fetched), so the file
 opens anywhere, offline: loss and validation loss, learning rate, throughput, each node's energy
-over time, checkpoint stalls; then the energy bill's totals and the latest gate table.
+over time, checkpoint stalls; then the goodput ledger (where the wall time went), the energy bill's
+totals and the latest gate table.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from orchestrator.gates.outcome import newest_report
 from orchestrator.rundir.bill import read_bill
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.rows import Checkpoint, MetricRow
+from orchestrator.shared.goodput import GoodputLedger
 
 WIDTH, HEIGHT, PAD = 640, 260, 44
 LEFT, RIGHT = 72, 130  # room for tick labels, and for the legend
@@ -108,6 +110,8 @@ def render_run_page(run_dir: Path) -> str:
         svg_chart("Checkpoint stalls", {"stall": stalls}, "step", "seconds training was blocked", lines=False),
     ]
     sections = [f"<h1>{html.escape(status.name)}</h1>", f"<p>{html.escape(status.line())}</p>", '<div class="charts">', *charts, "</div>"]
+    if status.ledger and status.ledger.wall_s:
+        sections += ["<h2>Goodput</h2>", _ledger_table(status.ledger)]
     bill = read_bill(run)
     if bill:
         t = bill.totals
@@ -124,6 +128,17 @@ def render_run_page(run_dir: Path) -> str:
               "" if r.threshold is None else f"{r.threshold:.4g}", r.summary] for r in report.results],
         )]
     return html_page(f"{status.name}: run report", sections)
+
+
+def _ledger_table(spent: GoodputLedger) -> str:
+    """Where the wall time went: productive step time and each badput cause, in seconds and as a share."""
+    parts = {"productive": spent.productive_s, **spent.by_cause()}
+    rows = [["seconds", *(f"{s:.1f}" for s in parts.values()), f"{spent.wall_s:.1f}"],
+            ["share", *(f"{s / spent.wall_s:.1%}" for s in parts.values()), "100%"]]
+    if spent.energy_kwh is not None:  # the bill's phases, where one maps onto the cause
+        rows.append(["IT Wh", *(f"{spent.energy_kwh[p] * 1000:.3g}" if p in spent.energy_kwh else "-" for p in parts),
+                     f"{sum(spent.energy_kwh.values()) * 1000:.3g}"])
+    return html_table(["", *parts, "wall"], rows)
 
 
 def html_page(title: str, sections: list[str]) -> str:

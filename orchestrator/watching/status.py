@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from orchestrator.rundir.checkpoint_records import read_summary
 from orchestrator.rundir.layout import RunDir, damaged
 from orchestrator.rundir.records import read_jobs, read_recipe
 from orchestrator.rundir.rows import AttemptFailed, BaseEvent, Completed, Preempted, Pruned, Start, StoppedOverBudget
+from orchestrator.shared.goodput import GoodputLedger, ledger
 from orchestrator.slurm.client import Job, job_table
 
 
@@ -40,6 +42,8 @@ class RunStatus:
     """(kind, job id) of each of the run's Slurm jobs, oldest first."""
     failures: str = ""
     """The attempts that ended on a fault, by failure class, and how many the run restarted itself."""
+    ledger: GoodputLedger | None = None
+    """Where the wall time went: the summary's for a completed run, else from the history so far."""
 
     @property
     def finished(self) -> bool:
@@ -53,7 +57,7 @@ class RunStatus:
         line = f"{self.name}: {self.state}, step {self.step}/{self.steps}, loss {loss}, restarts {self.restarts}{failures}{job}  ({self.run_dir})"
         if self.chain:
             line += "\n  jobs: " + " -> ".join(f"{kind} {job} {state}" for kind, job, state in self.chain)
-        return line
+        return line + (f"\n  {self.ledger.describe()}" if self.ledger and self.ledger.wall_s else "")
 
 
 def run_status(path: Path) -> RunStatus:
@@ -78,10 +82,11 @@ def local_status(path: Path) -> RunStatus:
     history = run.history()
     jobs = read_jobs(run)
     training = jobs.of_kind("train")
+    state = _local_state(run, history)
     return RunStatus(
         run_dir=path,
         name=recipe.name,
-        state=_local_state(run, history),
+        state=state,
         step=rows[-1]["step"] if rows else 0,
         steps=recipe.train.steps,
         loss=rows[-1]["loss"] if rows else None,
@@ -94,7 +99,20 @@ def local_status(path: Path) -> RunStatus:
         energy_kwh=_energy_kwh(run),
         gates=_gates(run),
         failures=describe_failures(history),
+        ledger=run_ledger(run, history, rows, state),
     )
+
+
+def run_ledger(run: RunDir, history: list[BaseEvent], rows: list[dict], state: str) -> GoodputLedger | None:
+    """The completed run's ledger from its summary; a live run's up to now, another's up to its last event.
+    None for a summary written before the ledger, or a run not started."""
+    summary = read_summary(run) if state == "COMPLETED" else None
+    if summary is not None:
+        return summary.ledger
+    times = [e.time for e in history if e.time is not None]
+    if not times:
+        return None
+    return ledger(history, rows, time.time() if state in LIVE_STATES else max(times))
 
 
 def describe_failures(history: list[BaseEvent]) -> str:
@@ -140,6 +158,8 @@ def _gates(run: RunDir) -> str:
     return f"{'passed' if report.passed else 'failed'}@{report.step}"
 
 
+LIVE_STATES = ("STARTED", "RESTARTING")
+"""The states whose ledger runs up to now: the run is training, or starting again."""
 TERMINAL_STATES = ("COMPLETED", "PREEMPTED", "PRUNED", "STOPPED_OVER_BUDGET", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL")
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.rundir.checkpoint_records import read_summary
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.rows import AttemptFailed, Resumed
 from orchestrator.shared.checkpoint import store
@@ -67,6 +68,9 @@ def test_a_sigkilled_rank_is_restarted_in_the_same_run_bit_exact(tmp_path, refer
     assert (failed.failure, failed.ranks, failed.restarting, failed.restarts, failed.detail) == ("crash", [1], True, 1, "rank 1 killed by SIGKILL")
     assert "attempt 1 failed: crash (rank 1 killed by SIGKILL" in err
     assert any(isinstance(e, Resumed) for e in RunDir(run_dir).history())
+    spent = read_summary(RunDir(run_dir)).ledger  # the goodput ledger: the fault's cost, by cause, adding up to the wall time
+    assert spent.badput.restart_s > 0 and spent.badput.recomputed_s > 0 and spent.badput.startup_s > 0 and spent.productive_s > 0
+    assert spent.productive_s + sum(spent.by_cause().values()) == pytest.approx(spent.wall_s)
 
 
 def test_a_rank_raising_mid_step_is_restarted_bit_exact(tmp_path, reference, monkeypatch):
@@ -114,3 +118,4 @@ def test_a_hung_rank_is_found_and_the_attempt_restarted_bit_exact(tmp_path, refe
     (failed,) = failures(run_dir)
     assert (failed.failure, failed.ranks, failed.restarting, failed.evidence) == ("hang", [1], True, "hangs/1")
     assert (run_dir / "hangs" / "1" / "rank-1.txt").exists()
+    assert read_summary(RunDir(run_dir)).ledger.badput.hang_s == 5  # the step or checkpoint timeout, waited for

@@ -57,6 +57,7 @@ EVERY_FIELD = {
     "loss_not_recovered": {"step": 6, "loss": 9.5, "problem": "non-finite", "data_position": "samples 80-95 of the training stream (epoch 0)",
                            "rolled_back_to": 4},
     "node_unhealthy": {"job_id": 41, "problems": {"n2": ["node_health_check exited 1: GPU 3 missing"]}, "excluded": True, "replaced": False},
+    "attempt_started": {"attempt": 2},
 }
 """A value for every field of every kind: a kind added to `rows.KINDS` needs its line here."""
 

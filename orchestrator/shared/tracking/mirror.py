@@ -5,7 +5,8 @@ events, the energy series) every `tracking.interval_s` and sends what is new to 
 gate` and `orch release` open it once to add their results. Where it got to is kept in
 `tracking.json` with the ids the sinks gave (wandb run id, MLflow run id), so a requeued or
 resumed run continues the same dashboard runs and never logs a step twice (steps recomputed after
-a resume were already logged, with the same values when resume is exact).
+a resume were already logged, with the same values when resume is exact). At the end, the
+summary's goodput ledger goes with the `completed` event.
 
 A sink that raises is reported once (rank 0's log, a `tracking_failed` event) and dropped; the
 others go on, and the run directory keeps everything. Training never waits for a sink: they are
@@ -19,14 +20,15 @@ from pathlib import Path
 
 from orchestrator.shared.redact import redact_tree
 from orchestrator.rundir import events
+from orchestrator.rundir.checkpoint_records import RunSummary, read_summary
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import PlanRecord, read_tracking, write_tracking
-from orchestrator.rundir.rows import (BaseEvent, Checkpoint, EnergyBudgetExceeded, LossNotRecovered, LossRolledBack, Preempted, Resumed,
+from orchestrator.rundir.rows import (BaseEvent, Checkpoint, Completed, EnergyBudgetExceeded, LossNotRecovered, LossRolledBack, Preempted, Resumed,
                                       StoppedOverBudget, TrackingFailed, as_event)
 from orchestrator.shared.tracking.sinks import RunIdentity, Sink, make_sinks
 from orchestrator.tracking.spec import TrackingSpec
 
-ROW_KEYS = ("loss", "val_loss", "lr", "grad_norm", "tokens_per_s", "mfu", "step_s", "energy_kwh")
+ROW_KEYS = ("loss", "val_loss", "lr", "grad_norm", "tokens_per_s", "mfu", "step_s", "eval_s", "energy_kwh")
 
 
 class GuardedSink:
@@ -66,6 +68,17 @@ def event_metrics(event: BaseEvent | dict) -> dict[str, float]:
     return {}
 
 
+def ledger_metrics(summary: RunSummary | None) -> dict[str, float]:
+    """The summary's goodput ledger as scalars: `goodput/goodput`, `goodput/wall_s`, `goodput/productive_s`,
+    `goodput/badput/<cause>_s`, `goodput/energy/<cause>_kwh` (none from a summary written before the ledger)."""
+    spent = summary.ledger if summary else None
+    if spent is None:
+        return {}
+    return {"goodput/goodput": spent.goodput or 0.0, "goodput/wall_s": spent.wall_s, "goodput/productive_s": spent.productive_s,
+            **{f"goodput/badput/{cause}_s": s for cause, s in spent.by_cause().items()},
+            **{f"goodput/energy/{cause}_kwh": kwh for cause, kwh in (spent.energy_kwh or {}).items()}}
+
+
 class Mirror:
     def __init__(self, run: RunDir, spec: TrackingSpec, sinks: list[Sink]):
         self.run, self.spec = run, spec
@@ -89,6 +102,8 @@ class Mirror:
                 last_step = row["step"]
         for event in history[self.state.events:]:
             metrics = event_metrics(event)
+            if isinstance(event, Completed):  # the summary is written just before: where the wall time went
+                metrics.update(ledger_metrics(read_summary(self.run)))
             if metrics:
                 self.log(metrics, getattr(event, "step", None) or last_step)
         points = self.run.energy_points()
