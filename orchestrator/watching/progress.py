@@ -57,10 +57,11 @@ class ProgressView:
         energy = summary.energy
         bill = (f"\nenergy        {energy.facility_kwh * 1000:.4g} Wh, {energy.kgco2e * 1000:.4g} gCO2e "
                 f"(counter coverage {energy.coverage:.0%}; `orch energy {run_dir}` for the bill)") if energy and energy.facility_kwh is not None else ""
+        spent = f"\ntime          {summary.ledger.describe()}" if summary.ledger else ""  # absent before the ledger
         return (
             f"done: {summary.steps} steps, loss {summary.first_loss:.4f} -> {summary.final_loss:.4f}{val}, "
             f"{summary.tokens_per_s:,.0f} tokens/s, MFU {summary.mfu:.1%}, {wall_time(summary)}\n"
-            f"run directory {run_dir}\ncheckpoint    {summary.checkpoint}{bill}"
+            f"run directory {run_dir}\ncheckpoint    {summary.checkpoint}{bill}{spent}"
         )
 
 

@@ -180,3 +180,15 @@ def test_an_attempt_that_ended_without_a_word_counts_from_its_last_event():
                at(40, EngineBuilt()), at(41, Resumed(checkpoint="step-00000005", step=5)), at(42, Start(step=5))]
     spent = ledger(history, [], end=50)
     assert (spent.badput.recomputed_s, spent.badput.restart_s) == (0, 30)
+
+
+def test_orch_runs_done_lines_end_with_the_ledger():
+    from pathlib import Path
+
+    from orchestrator.watching.progress import ProgressView
+
+    spent = ledger(HISTORY, ROWS, end=150)
+    summary = {"status": "completed", "steps": 8, "first_loss": 7.6, "final_loss": 5.1, "tokens_per_s": 2100.0, "mfu": 0.21, "wall_s": 50.0}
+    done = ProgressView.describe_summary(RunSummary(**summary, ledger=spent), Path("runs/x"))
+    assert done.splitlines()[-1] == f"time          {spent.describe()}"
+    assert "goodput" not in ProgressView.describe_summary(RunSummary(**summary), Path("runs/x"))
