@@ -119,7 +119,7 @@ class Trainer:
         while step < steps:
             step += 1
             try:
-                self.step(step)
+                row = self.step(step)
             except BadLoss as bad:
                 back = self.roll_back(bad)
                 if back is None:
@@ -132,6 +132,8 @@ class Trainer:
             )
             saved = False
             if (stop and not no_time) or due or over_budget or self.policy.step_due(step):
+                if "compute_s" not in row:  # not logged: the checkpoint's copy of the metrics must hold its steps' time
+                    self.log_step(row)
                 self.save(step)
                 saved = True
             if stop:
@@ -195,10 +197,14 @@ class Trainer:
             row["val_loss"] = self.evaluate(step)
             row["eval_s"] = time.perf_counter() - tic
         if step % train.log_interval == 0 or step == train.steps or "val_loss" in row:
-            row.update(self.unlogged)
-            self.unlogged = dict.fromkeys(self.unlogged, 0.0)
-            self.log(row)
+            self.log_step(row)
         return row
+
+    def log_step(self, row: dict) -> None:
+        """Log a step's row with the compute and batch fetch of the steps since the previous logged one."""
+        row.update(self.unlogged)
+        self.unlogged = dict.fromkeys(self.unlogged, 0.0)
+        self.log(row)
 
     def check_replicas(self, step: int) -> str:
         digests = self.engine.gather(self.engine.fingerprint())

@@ -65,3 +65,23 @@ def test_rows_logged_every_few_steps_carry_all_their_steps_time(monkeypatch):
     spent = ledger([Start(step=0, time=0.0)], logged, end=clock.now)
     assert spent.productive_s == pytest.approx(8.0) and spent.badput.data_s == pytest.approx(2.0)
     assert spent.badput.eval_s == pytest.approx(0.5) and spent.wall_s == pytest.approx(10.5) and spent.badput.other_s == pytest.approx(0)
+
+
+def test_a_checkpoint_at_a_step_not_logged_logs_it_first(monkeypatch):
+    """The checkpoint keeps a copy of the metrics, which a resume goes back to: without the row of the
+    step it saved, the time of the steps since the previous row would be lost from the ledger."""
+    clock, logged, saved = Clock(), [], []
+    monkeypatch.setattr(loop.time, "perf_counter", clock)
+    monkeypatch.setattr(loop.rank_state, "capture", lambda *args: None)
+    trainer = fake_trainer(clock, logged, log_interval=4, steps=6)
+    trainer.world, trainer.peak_flops_per_device = 1, 1.0
+    trainer.resume, trainer.event, trainer.finish = (lambda: 0), (lambda event: None), (lambda: None)
+    trainer.engine.any_across_ranks = lambda flags: flags
+    trainer.account = SimpleNamespace(latest_kwh=None, over_budget=False, settle=lambda *args: None)
+    trainer.stop = SimpleNamespace(requested=False)
+    trainer.policy = SimpleNamespace(time_due=lambda: False, save_fits=lambda: True, step_due=lambda step: step == 3)
+    trainer.stream.state_dict = lambda: {}
+    trainer.save, trainer.saver, trainer.is_logger = saved.append, SimpleNamespace(close=lambda: None), True
+    assert trainer.train() == 0
+    assert saved == [3, 6] and [row["step"] for row in logged] == [3, 4, 6]
+    assert [row["compute_s"] for row in logged] == [3.0, 1.0, 2.0]
