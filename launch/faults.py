@@ -13,9 +13,10 @@ from __future__ import annotations
 import math
 import os
 import signal
+import time
 from pathlib import Path
 
-from orchestrator.shared.faults import SPIKE_FACTOR, VARIABLE, Fault, parse
+from orchestrator.shared.faults import SLOW_S, SPIKE_FACTOR, VARIABLE, Fault, parse
 
 
 class Faults:
@@ -34,7 +35,7 @@ class Faults:
     def fire(self, step: int, point: str = "step") -> float | None:
         if not self.mine:
             return None
-        fired = [self._set_off(fault) for index, fault in self.mine if fault.applies(self.rank, step, point) and self._claim(index, fault)]
+        fired = [self._set_off(fault, step) for index, fault in self.mine if fault.applies(self.rank, step, point) and self._claim(index, fault)]
         factors = [factor for factor in fired if factor is not None]
         return math.prod(factors) if factors else None
 
@@ -49,13 +50,17 @@ class Faults:
         marker.write_text(f"{VARIABLE} fault {index} fired on rank {self.rank} at step {fault.step} ({fault.point})\n")
         return True
 
-    def _set_off(self, fault: Fault) -> float | None:
-        print(f"injected fault: {fault.kind} at step {fault.step} ({fault.point}) on rank {self.rank}", flush=True)
+    def _set_off(self, fault: Fault, step: int) -> float | None:
+        if step == fault.step:  # a slow rank's fault goes on firing: said once
+            print(f"injected fault: {fault.kind} at step {fault.step} ({fault.point}) on rank {self.rank}", flush=True)
         if fault.kind == "raise":
             raise RuntimeError(f"injected fault ({VARIABLE}): rank {self.rank} raises at step {fault.step}")
         if fault.kind == "exit":
             os._exit(1)
         if fault.kind == "stop":
             os.kill(os.getpid(), signal.SIGSTOP)
+            return None
+        if fault.kind == "slow":
+            time.sleep(SLOW_S)
             return None
         return math.nan if fault.kind == "nan" else SPIKE_FACTOR

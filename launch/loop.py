@@ -21,6 +21,7 @@ from launch.faults import Faults
 from launch.loss_guard import BadLoss, LossGuard, data_position
 from launch.memory import PeakTracker
 from launch.signals import StopFlag
+from launch.stragglers import StragglerWatch
 from orchestrator.shared.checkpoint import store
 from orchestrator.shared.checkpoint.policy import SavePolicy, job_deadline, last_stall
 from orchestrator.shared.checkpoint.resume import compatibility
@@ -86,6 +87,8 @@ class Trainer:
         self.step_memory = PeakTracker(plan.topology.device)
         self.faults = _injected_faults(engine.rank, run)
         self.guard = LossGuard(recipe.fault_tolerance.max_loss_spike)
+        recovery = recipe.fault_tolerance
+        self.stragglers = StragglerWatch(recovery.straggler_ratio, recovery.straggler_window_steps) if recovery.enabled else None
         self.rolled_back: dict[str, int] = {}
         """The data positions whose loss went bad in this attempt, with the step each rolled back to."""
         self.initial: rank_state.RankState | None = None
@@ -162,9 +165,10 @@ class Trainer:
         lr = self.engine.lr
         self.step_memory.lap()
         tic = time.perf_counter()
+        loss_factor = self.faults.fire(step)  # a `slow` rank's wait counts as its data wait
         batch = [self.train_data.rows(i) for i in self.stream.step_indices()]
         fetched = time.perf_counter()
-        local_loss = self.engine.train_step(batch, loss_factor=self.faults.fire(step))
+        local_loss = self.engine.train_step(batch, loss_factor=loss_factor)
         peak_memory = self.step_memory.lap()
         (loss,) = self.engine.mean_across_ranks([local_loss])
         problem = self.guard.check(step, loss)  # the mean: every rank decides alike
@@ -173,6 +177,7 @@ class Trainer:
         step_s = time.perf_counter() - tic
         self.unlogged["data_s"] += fetched - tic
         self.unlogged["compute_s"] += step_s - (fetched - tic)
+        self.watch_stragglers(step, fetched - tic, step_s)
         row = {
             "step": step,
             "loss": loss,
@@ -199,6 +204,13 @@ class Trainer:
         if step % train.log_interval == 0 or step == train.steps or "val_loss" in row:
             self.log_step(row)
         return row
+
+    def watch_stragglers(self, step: int, data_s: float, step_s: float) -> None:
+        medians = self.stragglers and self.stragglers.add(data_s, self.engine.forward_s, step_s)
+        if medians:
+            found = self.stragglers.verdict(step, self.engine.gather(medians))
+            if found and self.is_logger:
+                self.event(found)
 
     def log_step(self, row: dict) -> None:
         """Log a step's row with the compute and batch fetch of the steps since the previous logged one."""

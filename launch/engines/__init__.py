@@ -13,6 +13,7 @@ Modules are imported by name, so a rank (and a node launcher) loads its own back
 from __future__ import annotations
 
 import importlib
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Protocol
@@ -33,6 +34,9 @@ class Engine(Protocol):
     lr: float
     grad_norm: float | None
     startup_memory: StartupMemory
+    forward_s: float
+    """The last `train_step`'s forward passes: this rank's own compute, before any gradient collective
+    (the straggler report sets it against its peers')."""
 
     def train_step(self, micro_batches: list[Rows], loss_factor: float | None = None) -> float: ...
     def eval_loss(self, rows: Rows) -> float: ...
@@ -47,6 +51,16 @@ class Engine(Protocol):
         """Which rank wrote a checkpoint file (it hashes and reports it); files of no rank are rank 0's."""
     def fingerprint(self) -> str: ...
     def close(self) -> None: ...
+
+
+def settled(tensor, since: float) -> float:
+    """Seconds from `since` until `tensor` is computed: a GPU runs its kernels behind the host, so the
+    device is waited for (a sync per forward pass, before the backward's collectives anyway)."""
+    if tensor.is_cuda:
+        import torch
+
+        torch.cuda.current_stream(tensor.device).synchronize()
+    return time.perf_counter() - since
 
 
 def process_group_timeout_s(recipe: "Recipe") -> float | None:

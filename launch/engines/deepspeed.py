@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import copy
 import re
+import time
 import warnings
 from contextlib import nullcontext
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
 
-from launch.engines import process_group_timeout_s
+from launch.engines import process_group_timeout_s, settled
 from launch.engines.replica import parameter_digest
 from launch.memory import PeakTracker, StartupMemory, return_freed_memory
 from launch.rank_state import state_owner
@@ -125,8 +126,11 @@ class Engine:
         """One optimizer step over the accumulation micro-batches; returns this rank's mean loss.
         `loss_factor` (an injected fault, `launch.faults`) multiplies the loss before its backward pass."""
         total = torch.zeros((), device=self.device)
+        self.forward_s = 0.0
         for rows in micro_batches:
+            tic = time.perf_counter()
             loss = self.engine(**model_inputs(rows, self.device, self.dtype)).loss
+            self.forward_s += settled(loss, tic)
             if loss_factor is not None:
                 loss = loss * loss_factor
             self.engine.backward(loss)

@@ -16,11 +16,12 @@ from __future__ import annotations
 import math
 import os
 import socket
+import time
 from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
 
-from launch.engines import process_group_timeout_s
+from launch.engines import process_group_timeout_s, settled
 from launch.engines.replica import parameter_digest
 from launch.memory import PeakTracker, StartupMemory
 from launch.rank_state import state_owner
@@ -179,9 +180,12 @@ class Engine:
         after the last backward pass), are clipped on the reduced values, then applied. `loss_factor` (an
         injected fault, `launch.faults`) multiplies the loss before its backward pass."""
         total = torch.zeros((), device=self.device)
+        self.forward_s = 0.0
         for rows in micro_batches:
+            tic = time.perf_counter()
             with self._autocast():
                 loss = self.model(**model_inputs(rows, self.device, self.dtype)).loss
+            self.forward_s += settled(loss, tic)
             if loss_factor is not None:
                 loss = loss * loss_factor
             self.scaler.scale(loss / len(micro_batches)).backward()

@@ -59,6 +59,10 @@ class FaultToleranceSpec(Spec):
     timeouts: TimeoutsSpec = TimeoutsSpec()
     max_loss_spike: Optional[float] = Field(None, gt=1)
     """A loss above this multiple of its recent median is treated as non-finite: rolled back, not trained on."""
+    straggler_ratio: float = Field(1.5, gt=1)
+    """A rank whose own time per step (data wait + compute) exceeds this multiple of the others' median is named a straggler."""
+    straggler_window_steps: int = Field(20, ge=2)
+    """The steps each rank's medians are taken over before the ranks compare them (one small collective a window)."""
     node_health_check: Optional[str] = None
     """On Slurm, a shell command run on every node before the ranks start; a non-zero exit marks the node unhealthy."""
     max_job_retries: int = Field(2, ge=0)

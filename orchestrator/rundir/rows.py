@@ -319,6 +319,33 @@ class LossNotRecovered(BaseEvent):
         return f"loss {self.loss} at step {self.step} ({self.data_position}) {again}: training stopped"
 
 
+class Straggler(BaseEvent):
+    """The ranks whose own time per step (data wait + compute) exceeded `ratio` x the others' median
+    over the last window (`launch.stragglers`); written when that set changes, an empty one when
+    they caught up. `per_rank`: each rank's median data wait, compute and time blocked in
+    collectives, in seconds."""
+    event: Literal["straggler"] = "straggler"
+    step: Optional[int] = None
+    ranks: Optional[list[int]] = None
+    ratio: Optional[float] = None
+    window_steps: Optional[int] = None
+    per_rank: Optional[list[list[float]]] = None
+
+    def describe(self) -> str:
+        if not self.ranks:
+            return f"stragglers: none any more at step {self.step}"
+        splits = self.per_rank or []
+        own = [sum(split[:2]) for split in splits]
+        named = []
+        for rank in self.ranks:
+            others = sorted(own[:rank] + own[rank + 1:])
+            middle = others[len(others) // 2] if others else 0.0
+            data, compute, _ = splits[rank]
+            named.append(f"rank {rank} ({own[rank] / middle if middle else float('inf'):.1f}x the others' own time per step: "
+                         f"data {data:.3f} s, compute {compute:.3f} s)")
+        return f"straggler at step {self.step}: " + "; ".join(named)
+
+
 class NodeUnhealthy(BaseEvent):
     """Nodes failed the batch step's health check before the ranks started (`orchestrator.slurm.preflight`);
     `excluded`: the job was requeued without them."""
@@ -401,7 +428,7 @@ Event = Annotated[Union[
     Start, EngineBuilt, Checkpoint, CheckpointSetAside, Resumed, ElasticResume, StartedOver, RecipeChangedOnResume, Preempted,
     ReplicasDiverged, Completed, EnergyBudgetWarning, EnergyBudgetExceeded, StoppedOverBudget, TrackingFailed, SlurmSubmitted,
     SlurmStart, SlurmSignal, SlurmRequeued, SlurmEnd, CancelRequested, StopRequested, Pruned, Hang, AttemptFailed, LossRolledBack,
-    LossNotRecovered, NodeUnhealthy, AttemptStarted,
+    LossNotRecovered, NodeUnhealthy, AttemptStarted, Straggler,
 ], Field(discriminator="event")]
 
 KINDS: dict[str, type[BaseEvent]] = {cls.model_fields["event"].default: cls for cls in get_args(get_args(Event)[0])}

@@ -10,7 +10,10 @@ The value is a comma-separated list of `KIND@STEP[:OPTION]...`, e.g. `nan@5`, `r
   batch makes it (what `fault_tolerance.max_loss_spike` catches);
 - `raise`: the rank raises RuntimeError, as a bug or a failed collective does;
 - `exit`: the rank ends at once with exit code 1, as a crashed process does (no Python clean-up);
-- `stop`: the rank sends itself SIGSTOP, as a stuck collective or a wedged device leaves a process.
+- `stop`: the rank sends itself SIGSTOP, as a stuck collective or a wedged device leaves a process;
+- `slow`: from that step on, the rank waits `SLOW_S` before each step's batch, as a rank on a slow
+  data path or a throttled device makes every step wait for it (what the straggler report names);
+  it fires at every step from there, since a straggler stays one.
 
 Options: `rankN` fires on rank N only (repeat it for several ranks; default every rank); `save`
 fires at the start of the step's checkpoint save instead of in the step (not for `nan`, `spike`);
@@ -26,7 +29,8 @@ import re
 from dataclasses import dataclass
 
 VARIABLE = "ORCH_INJECT_FAULTS"
-KINDS = ("nan", "spike", "raise", "exit", "stop")
+KINDS = ("nan", "spike", "raise", "exit", "stop", "slow")
+SLOW_S = 0.2
 LOSS_KINDS = ("nan", "spike")
 """The kinds that change the step's loss, which a save has none of."""
 SPIKE_FACTOR = 100.0
@@ -44,7 +48,8 @@ class Fault:
     always: bool = False
 
     def applies(self, rank: int, step: int, point: str) -> bool:
-        return self.step == step and self.point == point and (self.ranks is None or rank in self.ranks)
+        due = step >= self.step if self.kind == "slow" else step == self.step
+        return due and self.point == point and (self.ranks is None or rank in self.ranks)
 
 
 def parse(text: str) -> list[Fault]:
@@ -66,6 +71,8 @@ def parse(text: str) -> list[Fault]:
                 ranks.add(int(option[4:]))
             else:
                 raise ValueError(f"{VARIABLE}: {part!r}: unknown option {option!r} (rankN, save, always)")
+        if match["kind"] == "slow":
+            always = True  # every step from there: the marker of a once-per-run fault would stop it at its first
         if match["kind"] in LOSS_KINDS and point == "save":
             raise ValueError(f"{VARIABLE}: {part!r}: a save has no loss to change")
         faults.append(Fault(match["kind"], int(match["step"]), point, frozenset(ranks) if ranks else None, always))

@@ -14,7 +14,7 @@ from orchestrator.rundir.bill import read_bill
 from orchestrator.rundir.checkpoint_records import read_summary
 from orchestrator.rundir.layout import RunDir, damaged
 from orchestrator.rundir.records import read_jobs, read_recipe
-from orchestrator.rundir.rows import AttemptFailed, BaseEvent, Completed, Preempted, Pruned, Start, StoppedOverBudget
+from orchestrator.rundir.rows import AttemptFailed, BaseEvent, Completed, Preempted, Pruned, Start, StoppedOverBudget, Straggler
 from orchestrator.shared.goodput import GoodputLedger, ledger
 from orchestrator.slurm.client import Job, job_table
 
@@ -44,6 +44,8 @@ class RunStatus:
     """The attempts that ended on a fault, by failure class, and how many the run restarted itself."""
     ledger: GoodputLedger | None = None
     """Where the wall time went: the summary's for a completed run, else from the history so far."""
+    stragglers: str = ""
+    """The run's latest straggler report, while it names a rank."""
 
     @property
     def finished(self) -> bool:
@@ -57,6 +59,7 @@ class RunStatus:
         line = f"{self.name}: {self.state}, step {self.step}/{self.steps}, loss {loss}, restarts {self.restarts}{failures}{job}  ({self.run_dir})"
         if self.chain:
             line += "\n  jobs: " + " -> ".join(f"{kind} {job} {state}" for kind, job, state in self.chain)
+        line += f"\n  {self.stragglers}" if self.stragglers else ""
         return line + (f"\n  {self.ledger.describe()}" if self.ledger and self.ledger.wall_s else "")
 
 
@@ -100,6 +103,7 @@ def local_status(path: Path) -> RunStatus:
         gates=_gates(run),
         failures=describe_failures(history),
         ledger=run_ledger(run, history, rows, state),
+        stragglers=latest_stragglers(history),
     )
 
 
@@ -113,6 +117,12 @@ def run_ledger(run: RunDir, history: list[BaseEvent], rows: list[dict], state: s
     if not times:
         return None
     return ledger(history, rows, time.time() if state in LIVE_STATES else max(times))
+
+
+def latest_stragglers(history: list[BaseEvent]) -> str:
+    """The last straggler report's line, unless the ranks caught up since (or none was ever named)."""
+    last = next((e for e in reversed(history) if isinstance(e, Straggler)), None)
+    return last.describe() if last and last.ranks else ""
 
 
 def describe_failures(history: list[BaseEvent]) -> str:

@@ -73,5 +73,5 @@ def test_a_malformed_value_is_refused_before_anything_starts(command, tmp_path, 
     monkeypatch.setenv("ORCH_INJECT_FAULTS", "nan@6,boom@3")
     result = CliRunner().invoke(app, [*command, "--run-dir", str(tmp_path / "run")])
     assert result.exit_code == 1
-    assert result.output.strip() == "error: ORCH_INJECT_FAULTS: 'boom@3' is not KIND@STEP[:OPTION]... with KIND one of nan, spike, raise, exit, stop"
+    assert result.output.strip() == "error: ORCH_INJECT_FAULTS: 'boom@3' is not KIND@STEP[:OPTION]... with KIND one of nan, spike, raise, exit, stop, slow"
     assert not (tmp_path / "run").exists()

@@ -43,6 +43,7 @@ def fake_trainer(clock: Clock, logged: list[dict], log_interval: int, steps: int
     trainer.train_data = SimpleNamespace(rows=fetch)
     trainer.faults = SimpleNamespace(fire=lambda step: 1.0)
     trainer.guard = SimpleNamespace(check=lambda step, loss: None)
+    trainer.stragglers = None  # one rank: no peers to compare with
     trainer.account = SimpleNamespace(latest_kwh=None)
     trainer.tokens_per_step, trainer.flops_per_step, trainer.peak_flops = 100, 1.0, 0.0
     trainer.unlogged = {"compute_s": 0.0, "data_s": 0.0}

@@ -58,6 +58,7 @@ EVERY_FIELD = {
                            "rolled_back_to": 4},
     "node_unhealthy": {"job_id": 41, "problems": {"n2": ["node_health_check exited 1: GPU 3 missing"]}, "excluded": True, "replaced": False},
     "attempt_started": {"attempt": 2},
+    "straggler": {"step": 40, "ranks": [1], "ratio": 1.5, "window_steps": 20, "per_rank": [[0.01, 0.05, 0.21], [0.21, 0.05, 0.01]]},
 }
 """A value for every field of every kind: a kind added to `rows.KINDS` needs its line here."""
 
