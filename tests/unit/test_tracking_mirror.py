@@ -81,6 +81,12 @@ def test_event_metrics():
     rolled_back = {"event": "loss_rolled_back", "step": 6, "loss": float("nan"), "checkpoint_step": 4, "recomputed_steps": 1}
     assert event_metrics(rolled_back) == {"faults/loss_rolled_back_to_step": 4, "restarts/recomputed_steps": 1}  # never the NaN itself
     assert event_metrics({"event": "loss_not_recovered", "step": 6}) == {"faults/loss_not_recovered": 1.0}
+    # The failure classes, hangs, stragglers and unhealthy nodes reach the dashboards as counts.
+    assert event_metrics({"event": "attempt_failed", "failure": "hang", "restarting": True}) == {"faults/hang": 1.0, "restarts/in_job": 1.0}
+    assert event_metrics({"event": "attempt_failed", "failure": "oom", "restarting": False}) == {"faults/oom": 1.0, "restarts/in_job": 0.0}
+    assert event_metrics({"event": "hang", "timeout_s": 5.0, "stopped_ranks": [1]}) == {"faults/hang_timeout_s": 5.0, "faults/hang_stopped_ranks": 1.0}
+    assert event_metrics({"event": "straggler", "step": 40, "ranks": [1, 3]}) == {"faults/stragglers": 2.0}
+    assert event_metrics({"event": "node_unhealthy", "problems": {"n2": ["disk full"]}}) == {"faults/node_unhealthy": 1.0}
 
 
 def test_run_filters():

@@ -23,8 +23,8 @@ from orchestrator.rundir import events
 from orchestrator.rundir.checkpoint_records import RunSummary, read_summary
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import PlanRecord, read_tracking, write_tracking
-from orchestrator.rundir.rows import (BaseEvent, Checkpoint, Completed, EnergyBudgetExceeded, LossNotRecovered, LossRolledBack, Preempted, Resumed,
-                                      StoppedOverBudget, TrackingFailed, as_event)
+from orchestrator.rundir.rows import (AttemptFailed, BaseEvent, Checkpoint, Completed, EnergyBudgetExceeded, Hang, LossNotRecovered, LossRolledBack,
+                                      NodeUnhealthy, Preempted, Resumed, StoppedOverBudget, Straggler, TrackingFailed, as_event)
 from orchestrator.shared.tracking.sinks import RunIdentity, Sink, make_sinks
 from orchestrator.tracking.spec import TrackingSpec
 
@@ -65,6 +65,14 @@ def event_metrics(event: BaseEvent | dict) -> dict[str, float]:
         return {"faults/loss_not_recovered": 1.0}
     if isinstance(event, (StoppedOverBudget, EnergyBudgetExceeded)):
         return {"energy/budget_exceeded": 1.0}
+    if isinstance(event, AttemptFailed):  # the failure class as a count, so a dashboard can sum each over runs
+        return {f"faults/{event.failure or 'crash'}": 1.0, "restarts/in_job": float(bool(event.restarting))}
+    if isinstance(event, Hang):
+        return {"faults/hang_timeout_s": event.timeout_s or 0.0, "faults/hang_stopped_ranks": float(len(event.stopped_ranks or []))}
+    if isinstance(event, Straggler):
+        return {"faults/stragglers": float(len(event.ranks or []))}
+    if isinstance(event, NodeUnhealthy):
+        return {"faults/node_unhealthy": float(len(event.problems or {}))}
     return {}
 
 
