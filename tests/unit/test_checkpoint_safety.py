@@ -13,6 +13,7 @@ from launch import rank_state
 from orchestrator.backends.deepspeed import MODULE_STATES, DeepSpeedBackend
 from orchestrator.shared.checkpoint import store
 from orchestrator.errors import CheckpointError
+from orchestrator.shared.data.stream import StreamPosition
 
 
 class Payload:
@@ -39,15 +40,15 @@ def commit(root, step, files: dict[str, object]):
 
 def test_rank_state_round_trips_every_generator_bit_for_bit(tmp_path):
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
-    state = rank_state.capture(7, {"consumed_samples": 56, "seed": 0, "num_sequences": 100})
+    state = rank_state.capture(7, StreamPosition(consumed_samples=56, seed=0, num_sequences=100))
     rank_state.write(tmp_path, 0, state)
     expected = (random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist())
     random.seed(9), np.random.seed(9), torch.manual_seed(9)
     restored = rank_state.read(tmp_path, 0)
     rank_state.restore_rng(restored)
     assert (random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist()) == expected
-    assert restored.step == 7 and restored.data["consumed_samples"] == 56
-    assert json.loads((tmp_path / "rank-0.json").read_text())["step"] == 7
+    assert restored.step == 7 and restored.data.consumed_samples == 56
+    assert json.loads((tmp_path / "rank-0.json").read_text())["data"] == {"consumed_samples": 56, "seed": 0, "num_sequences": 100}
 
 
 @pytest.mark.parametrize("name", ["rank-0.pt", "rank-0.json"])
