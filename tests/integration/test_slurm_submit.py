@@ -196,48 +196,41 @@ FAIL_FIRST_NODE = """if mkdir {marker}.lock 2>/dev/null; then echo "$SLURMD_NODE
 """Fails the first node to run it (mkdir is atomic, so of two nodes checked at once only one), and only that one."""
 
 
-def test_a_node_failing_its_health_check_is_left_out_and_the_run_completes(tmp_path):
-    """The site's health check fails the first node the job lands on (and only that one): the job is
-    requeued without it, before any rank started there, and trains to the end on the other node."""
+def train_past_a_failing_node(tmp_path: Path, *overrides: str) -> tuple[Path, str, list]:
+    """A one-node job whose health check fails the first node it runs on, trained to completion: its
+    run directory, the failed node and the run's history."""
     marker, hook = tmp_path / "failed-node", tmp_path / "health.sh"
     hook.write_text(FAIL_FIRST_NODE.format(marker=marker))
     run_dir = tmp_path / "run"
     result = orch("submit", "recipes/tiny-pretrain.yaml", *FAST, "train.steps=4", "distributed.nodes=1", "distributed.procs_per_node=1",
-                  "slurm.partition=debug", "slurm.time_limit=00:15:00", "slurm.cpus_per_task=1",
+                  "slurm.partition=debug", "slurm.time_limit=00:15:00", "slurm.cpus_per_task=1", *overrides,
                   f"fault_tolerance.node_health_check=bash {hook}", "--run-dir", str(run_dir))
     assert result.returncode == 0, result.stdout + result.stderr
     job_id = json.loads((run_dir / "slurm.json").read_text())["job_ids"][-1]
     assert wait_for_state(job_id, {"COMPLETED"}, timeout_s=900) == "COMPLETED"
     bad = marker.read_text().strip()
-    history = RunDir(run_dir).history()
+    assert not (run_dir / "logs" / f"node-{bad}.out").exists()  # no launcher, no rank ever started there
+    assert read_summary(RunDir(run_dir)).steps == 4
+    return run_dir, bad, RunDir(run_dir).history()
+
+
+def test_a_node_failing_its_health_check_is_left_out_and_the_run_completes(tmp_path):
+    """The site's health check fails the first node the job lands on (and only that one): the job is
+    requeued without it, before any rank started there, and trains to the end on the other node."""
+    run_dir, bad, history = train_past_a_failing_node(tmp_path)
     (unhealthy,) = [e for e in history if isinstance(e, NodeUnhealthy)]
     assert unhealthy.excluded and list(unhealthy.problems) == [bad] and "injected fault on " + bad in unhealthy.problems[bad][0]
     starts = [e.nodes for e in history if isinstance(e, SlurmStart)]
     assert starts[0] == bad and len(starts) == 2 and starts[1] != bad
-    assert not (run_dir / "logs" / f"node-{bad}.out").exists()  # no launcher, no rank ever started there
-    assert read_summary(RunDir(run_dir)).steps == 4
-
 
 
 def test_a_spare_node_takes_the_place_of_one_failing_its_health_check_without_a_requeue(tmp_path):
     """One node trains, one is spare: the health check fails one of the two, and the job goes on on
     the other at once, in the same allocation."""
-    marker, hook = tmp_path / "failed-node", tmp_path / "health.sh"
-    hook.write_text(FAIL_FIRST_NODE.format(marker=marker))
-    run_dir = tmp_path / "run"
-    result = orch("submit", "recipes/tiny-pretrain.yaml", *FAST, "train.steps=4", "distributed.nodes=1", "distributed.procs_per_node=1",
-                  "slurm.partition=debug", "slurm.time_limit=00:15:00", "slurm.cpus_per_task=1", "fault_tolerance.spare_nodes=1",
-                  f"fault_tolerance.node_health_check=bash {hook}", "--run-dir", str(run_dir))
-    assert result.returncode == 0, result.stdout + result.stderr
-    job_id = json.loads((run_dir / "slurm.json").read_text())["job_ids"][-1]
-    assert wait_for_state(job_id, {"COMPLETED"}, timeout_s=900) == "COMPLETED"
-    bad = marker.read_text().strip()
-    history = RunDir(run_dir).history()
+    run_dir, bad, history = train_past_a_failing_node(tmp_path, "fault_tolerance.spare_nodes=1")
     (unhealthy,) = [e for e in history if isinstance(e, NodeUnhealthy)]
     assert unhealthy.replaced and not unhealthy.excluded and list(unhealthy.problems) == [bad]
     assert [e.nodes for e in history if isinstance(e, SlurmStart)] == ["n[1-2]"]  # one start: no requeue
-    assert not (run_dir / "logs" / f"node-{bad}.out").exists() and read_summary(RunDir(run_dir)).steps == 4
-
 
 
 @pytest.mark.parametrize(
