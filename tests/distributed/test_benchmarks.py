@@ -109,8 +109,10 @@ def test_checkpoint_goodput_under_failures(tmp_path):
 
 
 def test_fault_campaign_recovers_every_kind_bit_exact(tmp_path):
-    result, printed = run_bench("faults", tmp_path)
-    assert set(result["kinds"]) == {"crash", "raise", "hang", "save_hang", "nan"}
+    """Three kinds keep the script from rotting within the suite's time; raise and a hang in a save are
+    recovered bit-exact by tests/distributed/test_in_job_restart.py."""
+    result, printed = run_bench("faults", tmp_path, "--kinds", "crash,hang,nan")
+    assert set(result["kinds"]) == {"crash", "hang", "nan"}
     for name, kind in result["kinds"].items():
         assert (kind["runs"], kind["recovered"], kind["bit_exact"]) == (1, 1, 1), (name, kind["details"])
         assert positive(kind["first_new_step_s"]["median"]) and kind["detected_s"]["median"] <= kind["first_new_step_s"]["median"]
@@ -118,7 +120,7 @@ def test_fault_campaign_recovers_every_kind_bit_exact(tmp_path):
     goodput = result["goodput"]
     assert goodput["run"]["recovered"] and goodput["run"]["bit_exact"] and len(goodput["run"]["recoveries"]) >= 1
     assert 0 < goodput["run"]["goodput"] <= 1 and positive(goodput["young_daly"]["restart_cost_s"])
-    assert "save_hang" in printed and "goodput measured" in printed
+    assert "hang" in printed and "goodput measured" in printed
 
 
 def test_data_preparation(tmp_path):
