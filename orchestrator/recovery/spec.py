@@ -64,7 +64,7 @@ class FaultToleranceSpec(Spec):
     straggler_window_steps: int = Field(20, ge=2)
     """The steps each rank's medians are taken over before the ranks compare them (one small collective a window)."""
     node_health_check: Optional[str] = None
-    """On Slurm, a shell command run on every node before the ranks start; a non-zero exit marks the node unhealthy."""
+    """On Slurm, a command (split into words, run without a shell) on every node before the ranks start; a non-zero exit marks the node unhealthy."""
     max_job_retries: int = Field(2, ge=0)
     """On Slurm, how often the job is requeued without the nodes that failed the health check (or were named in two failures)."""
     spare_nodes: int = Field(0, ge=0)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -69,10 +70,14 @@ def _gpus(needed: int) -> list[str]:
 
 
 def _hook(command: str) -> list[str]:
+    """The recipe's command, split into words as a shell would but run without one: a recipe value
+    names a program and its arguments, never shell code (`bash -c '...'` says so explicitly)."""
     try:
-        done = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=HOOK_TIMEOUT_S)
+        done = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=HOOK_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         return [f"node_health_check ran past {HOOK_TIMEOUT_S} s: {command}"]
+    except (OSError, ValueError) as exc:
+        return [f"node_health_check could not run ({command}): {exc}"]
     if done.returncode:
         said = (done.stdout + done.stderr).strip().splitlines()
         return [f"node_health_check exited {done.returncode}" + (f": {said[-1]}" if said else "")]

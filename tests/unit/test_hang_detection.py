@@ -146,8 +146,8 @@ def _watch_until_hung(tmp_path, directory, ranks) -> Hang:
     return hang
 
 
-@pytest.mark.skipif(stack_dumps.py_spy() is None, reason="py-spy is part of the project's requirements; `make setup` installs it")
 def test_a_stopped_rank_is_named_and_every_ranks_stacks_are_taken_by_py_spy(tmp_path, hung_ranks):
+    assert stack_dumps.py_spy() is not None, "py-spy is one of the project's requirements: `make setup` installs it"
     hang = _watch_until_hung(tmp_path, *hung_ranks)
     assert (hang.attempt, hang.phase, hang.step, hang.timeout_s, hang.stopped_ranks, hang.stacks) == (1, "step", 3, 1, [1], "hangs/1")
     stacks = {rank: (tmp_path / "run" / "hangs" / "1" / f"rank-{rank}.txt").read_text() for rank in (0, 1)}

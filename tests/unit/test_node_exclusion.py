@@ -41,4 +41,5 @@ def test_the_health_checks_own_verdicts(tmp_path):
     (problem,) = _free_space(tmp_path, 2**62)
     assert problem.startswith(f"{tmp_path}: ") and "MiB needed" in problem
     assert _hook("true") == []
-    assert _hook("echo GPU 3 missing; exit 3") == ["node_health_check exited 3: GPU 3 missing"]
+    assert _hook("bash -c 'echo GPU 3 missing; exit 3'") == ["node_health_check exited 3: GPU 3 missing"]
+    assert _hook("true; rm -rf /") == [f"node_health_check could not run (true; rm -rf /): [Errno 2] No such file or directory: 'true;'"]  # no shell
