@@ -5,14 +5,14 @@ helpers (paths, plans, driving `orch`) are in tests/helpers/ and imported from t
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.helpers.cluster import left_running, naming, session_cluster
 from tests.helpers.processes import orch
-from tests.helpers.project import ROOT
+from tests.helpers.project import ROOT, SHORT_RUN
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -68,6 +68,23 @@ def tiny_base(tmp_path_factory) -> Path:
                                   num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256)
     AutoModelForCausalLM.from_config(config).save_pretrained(str(out))
     return out
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(tmp_path_factory) -> Callable[..., Path]:
+    """`SHORT_RUN` trained without a fault, once a session for each ZeRO stage asked for (the tiny
+    recipe's own stage 2 is the one most tests compare with)."""
+    runs: dict[int, Path] = {}
+
+    def trained(stage: int = 2) -> Path:
+        if stage not in runs:
+            run_dir = tmp_path_factory.mktemp(f"uninterrupted-zero{stage}") / "run"
+            result = orch("run", "recipes/tiny-pretrain.yaml", *SHORT_RUN, f"distributed.zero_stage={stage}", "--run-dir", str(run_dir))
+            assert result.returncode == 0, result.stdout + result.stderr
+            runs[stage] = run_dir
+        return runs[stage]
+
+    return trained
 
 
 @pytest.fixture(scope="session")

@@ -15,18 +15,14 @@ from orchestrator.errors import ResumeError
 from orchestrator.starting.local import LocalRunRequest, plan_local_run
 from orchestrator.rundir.layout import RunDir
 from orchestrator.watching.show import describe_run
-from tests.helpers.processes import kill_run, orch, start_orch
-from tests.helpers.project import FAST, TINY
+from tests.helpers.processes import kill_run, losses, orch, start_orch
+from tests.helpers.project import SHORT_RUN, TINY
 from tests.helpers.mfu import assert_mfu_matches_plan
 
 pytestmark = pytest.mark.distributed
 
-STEPS = 12
-BASE = [*FAST, f"train.steps={STEPS}", "checkpoint.interval_steps=4"]
-
-
-def losses(run_dir: Path) -> list[tuple[int, float]]:
-    return [(r["step"], r["loss"]) for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())]
+BASE = SHORT_RUN
+STEPS = 12  # SHORT_RUN's
 
 
 def summary(run_dir: Path) -> dict:
@@ -52,19 +48,8 @@ def wait_for_step(run_dir: Path, step: int, timeout_s: float = 240) -> None:
         time.sleep(0.05)
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> dict[int, Path]:
-    """Uninterrupted runs, one per ZeRO stage, computed once for the module."""
-    runs = {}
-    for stage in (2, 3):
-        run_dir = tmp_path_factory.mktemp(f"reference-zero{stage}") / "run"
-        complete(run_dir, f"distributed.zero_stage={stage}")
-        runs[stage] = run_dir
-    return runs
-
-
 @pytest.mark.parametrize("stage", [2, 3])
-def test_sigkill_and_auto_resume_is_bit_exact(tmp_path, reference, stage):
+def test_sigkill_and_auto_resume_is_bit_exact(tmp_path, uninterrupted, stage):
     """Killed at step 10 in the middle of appending to events.jsonl and metrics.jsonl (the half lines
     such a kill leaves are written after it): the resumed run skips them and ends bit-exact."""
     run_dir = tmp_path / "run"
@@ -78,8 +63,8 @@ def test_sigkill_and_auto_resume_is_bit_exact(tmp_path, reference, stage):
         log.write('{"step": 11, "lo')
     output = complete(run_dir, f"distributed.zero_stage={stage}")
 
-    assert losses(run_dir) == losses(reference[stage])  # every per-step loss, to the last bit
-    assert summary(run_dir)["param_fingerprints"] == summary(reference[stage])["param_fingerprints"]
+    assert losses(run_dir) == losses(uninterrupted(stage))  # every per-step loss, to the last bit
+    assert summary(run_dir)["param_fingerprints"] == summary(uninterrupted(stage))["param_fingerprints"]
     resumed = [e for e in events(run_dir) if e["event"] == "resumed"]
     assert resumed and resumed[0]["step"] == 8 and resumed[0]["recomputed_steps"] >= 2
     assert summary(run_dir)["restarts"] == 1 and 0 < summary(run_dir)["goodput"] < 1
@@ -93,7 +78,7 @@ def test_sigkill_and_auto_resume_is_bit_exact(tmp_path, reference, stage):
     assert "s this attempt (" in describe_run(run_dir)
 
 
-def test_random_kills_during_steps_and_saves_never_corrupt(tmp_path, reference):
+def test_random_kills_during_steps_and_saves_never_corrupt(tmp_path, uninterrupted):
     """Kill everything at random moments while a checkpoint is taken every step (staging, copying,
     hashing, manifest, rename and pointer updates are all in flight); every restart must pick a
     verified checkpoint, and the finished run must equal the uninterrupted one."""
@@ -117,8 +102,8 @@ def test_random_kills_during_steps_and_saves_never_corrupt(tmp_path, reference):
         process.wait()
         kills += 1
     complete(run_dir, *overrides)
-    assert losses(run_dir) == losses(reference[2])
-    assert summary(run_dir)["param_fingerprints"] == summary(reference[2])["param_fingerprints"]
+    assert losses(run_dir) == losses(uninterrupted())
+    assert summary(run_dir)["param_fingerprints"] == summary(uninterrupted())["param_fingerprints"]
     for event in events(run_dir):
         if event["event"] == "checkpoint_set_aside":
             assert "partial save" in event["reason"], event  # only uncommitted saves are ever set aside
@@ -129,7 +114,7 @@ def _starts(run_dir: Path) -> int:
     return sum(e["event"] == "start" for e in events(run_dir))
 
 
-def test_corrupted_newest_checkpoint_falls_back(tmp_path, reference):
+def test_corrupted_newest_checkpoint_falls_back(tmp_path, uninterrupted):
     """One flipped bit in a shard of the newest checkpoint (store.verify's unit tests cover truncated,
     deleted and re-manifested files: the fall-back path after a failed verify is the same)."""
     run_dir = tmp_path / "run"
@@ -148,10 +133,10 @@ def test_corrupted_newest_checkpoint_falls_back(tmp_path, reference):
     assert "set aside" in result.stderr and "resumed from step-00000008" in result.stderr
     aside = list((run_dir / "checkpoints" / "set-aside").iterdir())
     assert len(aside) == 1 and aside[0].name.startswith("step-00000012")
-    assert losses(run_dir) == losses(reference[2])
+    assert losses(run_dir) == losses(uninterrupted())
 
 
-def test_preemption_signal_checkpoints_and_requeues(tmp_path, reference):
+def test_preemption_signal_checkpoints_and_requeues(tmp_path, uninterrupted):
     run_dir = tmp_path / "run"
     process = start_orch("run", "recipes/tiny-pretrain.yaml", *BASE, "distributed.zero_stage=2", "--run-dir", str(run_dir))
     wait_for_step(run_dir, 6)
@@ -166,15 +151,15 @@ def test_preemption_signal_checkpoints_and_requeues(tmp_path, reference):
     assert "run the same command again to resume" in stderr
 
     complete(run_dir, "distributed.zero_stage=2")
-    assert losses(run_dir) == losses(reference[2])
+    assert losses(run_dir) == losses(uninterrupted())
 
 
-def test_a_complete_run_is_not_launched_again(tmp_path, reference):
+def test_a_complete_run_is_not_launched_again(tmp_path, uninterrupted):
     """The same command again on the finished run: said so, exit 0, and no rank started (no start
     event, rank log, energy record or rewritten plan). Raising train.steps resumes it instead;
     lowering it below the checkpoint's step is refused, as nothing would train."""
     run_dir = tmp_path / "run"
-    shutil.copytree(reference[2], run_dir)
+    shutil.copytree(uninterrupted(), run_dir)
     before = _files(run_dir)
     args = ["recipes/tiny-pretrain.yaml", *BASE, "distributed.zero_stage=2", "--run-dir", str(run_dir)]
     result = orch("run", *args)
@@ -201,16 +186,16 @@ def _files(run_dir: Path) -> dict[str, bytes]:
     return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file() and p.name != "attempt.lock"}
 
 
-def test_unsafe_recipe_change_is_refused_before_launch(tmp_path, reference):
+def test_unsafe_recipe_change_is_refused_before_launch(tmp_path, uninterrupted):
     run_dir = tmp_path / "run"
-    shutil.copytree(reference[2], run_dir)
+    shutil.copytree(uninterrupted(), run_dir)
     result = orch("run", "recipes/tiny-pretrain.yaml", *BASE, "distributed.zero_stage=2", "model.hidden_size=64", "--run-dir", str(run_dir))
     assert result.returncode == 1
     assert "cannot resume step 12" in result.stderr and "model.hidden_size: 128 -> 64" in result.stderr and "--fresh" in result.stderr
-    assert losses(run_dir) == losses(reference[2])  # nothing trained
+    assert losses(run_dir) == losses(uninterrupted())  # nothing trained
 
 
-def test_elastic_resume_at_another_world_size(tmp_path, reference):
+def test_elastic_resume_at_another_world_size(tmp_path, uninterrupted):
     """Saved by 2 ranks, resumed by 1 through DeepSpeed's universal checkpoint: the data position
     carries over (the same samples per step, none repeated or skipped) and training continues from
     the same weights, so the losses follow the uninterrupted run's (to reduction-order rounding)."""
@@ -226,7 +211,7 @@ def test_elastic_resume_at_another_world_size(tmp_path, reference):
     (elastic,) = [e for e in events(run_dir) if e["event"] == "elastic_resume"]
     assert (elastic["from_world_size"], elastic["to_world_size"]) == (2, 1)
     assert elastic["consumed_samples"] == 8 * 16  # exactly the samples of steps 1-8, at any world size
-    ours, theirs = losses(run_dir), losses(reference[2])
+    ours, theirs = losses(run_dir), losses(uninterrupted())
     assert ours[:8] == theirs[:8]
     assert [s for s, _ in ours] == list(range(1, STEPS + 1))
     assert all(abs(a - b) < 1e-3 for (_, a), (_, b) in zip(ours[8:], theirs[8:])), (ours[8:], theirs[8:])

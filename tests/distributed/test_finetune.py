@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers.processes import kill_run, orch, start_orch, wait_for_rows
+from tests.helpers.processes import kill_run, losses, orch, start_orch, wait_for_rows
 from tests.helpers.mfu import assert_mfu_matches_plan
 
 pytestmark = pytest.mark.distributed
@@ -22,10 +22,6 @@ def ok(*args: str) -> str:
     result = orch(*args)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
-
-
-def losses(run_dir: Path) -> list[tuple[int, float]]:
-    return [(r["step"], r["loss"]) for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())]
 
 
 @pytest.fixture(scope="module")

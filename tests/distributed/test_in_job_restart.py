@@ -1,9 +1,8 @@
-"""In-job restarts (issue 31) with real processes: a rank SIGKILLed, or one raising mid-step, is
-restarted by its node launcher within the same `orch run`, which then finishes bit-exact with an
-uninterrupted run; with its restarts used up, `orch run` ends with one line naming the failure, and
-the committed checkpoints are untouched."""
+"""In-job restarts (issue 31) with real processes: a rank SIGKILLed, raising mid-step or hung (found by
+the node launcher's watchdog) is restarted by its node launcher within the same `orch run`, which then
+finishes bit-exact with an uninterrupted run; with its restarts used up, `orch run` ends with one line
+naming the failure, and the committed checkpoints are untouched."""
 
-import json
 import os
 import re
 import signal
@@ -13,20 +12,13 @@ import pytest
 
 from orchestrator.rundir.checkpoint_records import read_summary
 from orchestrator.rundir.layout import RunDir
-from orchestrator.rundir.rows import AttemptFailed, Resumed
+from orchestrator.rundir.rows import AttemptFailed, Hang, Resumed
 from orchestrator.shared.checkpoint import store
-from tests.helpers.processes import kill_run, orch, start_orch, wait_for_rows
-from tests.helpers.project import FAST, TINY
+from tests.helpers.cluster import left_running, naming
+from tests.helpers.processes import kill_run, losses, orch, start_orch, wait_for_rows
+from tests.helpers.project import FAST, SHORT_RUN, TINY
 
 pytestmark = pytest.mark.distributed
-
-STEPS = 12
-BASE = [*FAST, f"train.steps={STEPS}", "checkpoint.interval_steps=4"]
-"""test_checkpointing.py's ZeRO-2 runs, so one uninterrupted run could serve both modules."""
-
-
-def losses(run_dir: Path) -> list[tuple[int, float]]:
-    return [(r["step"], r["loss"]) for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())]
 
 
 def failures(run_dir: Path) -> list[AttemptFailed]:
@@ -34,16 +26,7 @@ def failures(run_dir: Path) -> list[AttemptFailed]:
 
 
 def run(run_dir: Path, *overrides: str):
-    return orch("run", str(TINY), *BASE, *overrides, "--run-dir", str(run_dir))
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
-    """The same recipe trained without a fault."""
-    run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
-    result = run(run_dir)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return run_dir
+    return orch("run", str(TINY), *SHORT_RUN, *overrides, "--run-dir", str(run_dir))
 
 
 def rank_pids(run_dir: Path) -> dict[int, int]:
@@ -52,9 +35,9 @@ def rank_pids(run_dir: Path) -> dict[int, int]:
     return {int(rank): int(pid) for rank, pid in re.findall(r"rank (\d+) \(pid (\d+)\)", started)}
 
 
-def test_a_sigkilled_rank_is_restarted_in_the_same_run_bit_exact(tmp_path, reference):
+def test_a_sigkilled_rank_is_restarted_in_the_same_run_bit_exact(tmp_path, uninterrupted):
     run_dir = tmp_path / "run"
-    process = start_orch("run", str(TINY), *BASE, "--run-dir", str(run_dir))
+    process = start_orch("run", str(TINY), *SHORT_RUN, "--run-dir", str(run_dir))
     try:
         wait_for_rows(process, run_dir, 6)
         os.kill(rank_pids(run_dir)[1], signal.SIGKILL)  # as the OOM killer or a device fault would
@@ -63,7 +46,7 @@ def test_a_sigkilled_rank_is_restarted_in_the_same_run_bit_exact(tmp_path, refer
         if process.poll() is None:
             kill_run(run_dir)
     assert process.returncode == 0, out + err
-    assert losses(run_dir) == losses(reference)  # every step's loss, to the last bit
+    assert losses(run_dir) == losses(uninterrupted())  # every step's loss, to the last bit
     (failed,) = failures(run_dir)
     assert (failed.failure, failed.ranks, failed.restarting, failed.restarts, failed.detail) == ("crash", [1], True, 1, "rank 1 killed by SIGKILL")
     assert "attempt 1 failed: crash (rank 1 killed by SIGKILL" in err
@@ -73,15 +56,38 @@ def test_a_sigkilled_rank_is_restarted_in_the_same_run_bit_exact(tmp_path, refer
     assert spent.productive_s + sum(spent.by_cause().values()) == pytest.approx(spent.wall_s)
 
 
-def test_a_rank_raising_mid_step_is_restarted_bit_exact(tmp_path, reference, monkeypatch):
+def test_a_raising_rank_then_a_stopped_one_then_one_stopped_in_a_save_are_each_found_and_restarted_bit_exact(
+        tmp_path, uninterrupted, monkeypatch):
+    """Three faults, each firing once, in one run: rank 1 raises in step 3 (before any checkpoint: the
+    ranks start over), then stops (SIGSTOP, as a stuck collective or a wedged device leaves it) in step
+    6 and again in the checkpoint save of step 8. The watchdog ends each hung attempt after its 5 s
+    timeout with every rank's stacks written and the stopped one named (without it the run would wait
+    for the process group's timeout, every device idle), the launcher restarts the attempt, and the
+    run ends bit-exact with its restarts (3) used up exactly, no process left behind."""
     run_dir = tmp_path / "run"
-    monkeypatch.setenv("ORCH_INJECT_FAULTS", "raise@6:rank1")
-    result = run(run_dir)
+    monkeypatch.setenv("ORCH_INJECT_FAULTS", "raise@3:rank1,stop@6:rank1,stop@8:save:rank1")
+    result = run(run_dir, "fault_tolerance.timeouts.setup_s=300", "fault_tolerance.timeouts.step_s=5",
+                 "fault_tolerance.timeouts.checkpoint_s=5")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert losses(run_dir) == losses(reference)
-    (failed,) = failures(run_dir)
-    assert (failed.failure, failed.ranks, failed.restarting, failed.evidence) == ("crash", [1], True, "logs/rank-1.log")
-    assert "injected fault" in (run_dir / failed.evidence).read_text()
+    assert losses(run_dir) == losses(uninterrupted())
+
+    crashed, hung, hung_saving = failures(run_dir)
+    assert [(f.failure, f.ranks, f.restarting, f.restarts) for f in (crashed, hung, hung_saving)] == [
+        ("crash", [1], True, 1), ("hang", [1], True, 2), ("hang", [1], True, 3)]
+    assert crashed.evidence == "logs/rank-1.log" and "injected fault" in (run_dir / crashed.evidence).read_text()
+    assert (hung.evidence, hung_saving.evidence) == ("hangs/2", "hangs/3")
+
+    in_step, in_save = [e for e in RunDir(run_dir).history() if isinstance(e, Hang)]
+    assert (in_step.node, in_step.attempt, in_step.phase, in_step.step, in_step.timeout_s) == (0, 2, "step", 6, 5)
+    assert (in_save.attempt, in_save.phase, in_save.step) == (3, "checkpoint", 8)
+    assert in_step.stopped_ranks == in_save.stopped_ranks == [1] and in_step.stacks == "hangs/2"
+    stacks = {rank: (run_dir / "hangs" / "2" / f"rank-{rank}.txt").read_text() for rank in (0, 1)}
+    assert "rank 1: in step 6 for" in stacks[1] and "stopped (state T)" in stacks[1]
+    assert all("loop.py" in text for text in stacks.values()), stacks  # each rank's Python stack, in the training loop
+    assert "hang: rank(s) 1 stopped reporting in step 6 (timeout 5 s); stacks in hangs/2" in result.stdout + result.stderr
+    assert "killing rank(s) 0, 1: they hung" in (run_dir / "logs" / "launcher.log").read_text()
+    assert read_summary(RunDir(run_dir)).ledger.badput.hang_s == 10  # the step's and the save's timeouts, waited for
+    assert not left_running(naming(str(run_dir)))  # the CLI, the launcher and every rank it forked have ended
 
 
 def test_restarts_used_up_end_the_run_with_one_line_and_its_checkpoints_intact(tmp_path, monkeypatch):
@@ -90,7 +96,7 @@ def test_restarts_used_up_end_the_run_with_one_line_and_its_checkpoints_intact(t
     rank 1 passes before it raises."""
     run_dir = tmp_path / "run"
     monkeypatch.setenv("ORCH_INJECT_FAULTS", "raise@4:rank1:always")
-    result = orch("run", str(TINY), *FAST, f"train.steps={STEPS}", "checkpoint.interval_steps=2", "checkpoint.async_save=false",
+    result = orch("run", str(TINY), *FAST, "train.steps=12", "checkpoint.interval_steps=2", "checkpoint.async_save=false",
                   "fault_tolerance.max_restarts=1", "--run-dir", str(run_dir))
     assert result.returncode != 0
     errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error:")]
@@ -103,19 +109,3 @@ def test_restarts_used_up_end_the_run_with_one_line_and_its_checkpoints_intact(t
     assert [c.name for c in checkpoints] == ["step-00000002"] and store.verify(checkpoints[0]).ok
     status = orch("status", str(run_dir))
     assert "FAILED" in status.stdout and "failures 2 crash (1 restarted in the job)" in status.stdout
-
-
-@pytest.mark.parametrize("fault", ["stop@6:rank1", "stop@8:save:rank1"])  # mid-step; during the checkpoint save of step 8
-def test_a_hung_rank_is_found_and_the_attempt_restarted_bit_exact(tmp_path, reference, monkeypatch, fault):
-    """A rank that stops (SIGSTOP, as a stuck collective or a wedged device leaves it): the watchdog
-    ends the attempt after its step timeout, and the launcher restarts it (the fault fires once)."""
-    run_dir = tmp_path / "run"
-    monkeypatch.setenv("ORCH_INJECT_FAULTS", fault)
-    result = run(run_dir, "fault_tolerance.timeouts.setup_s=300", "fault_tolerance.timeouts.step_s=5",
-                 "fault_tolerance.timeouts.checkpoint_s=5")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert losses(run_dir) == losses(reference)
-    (failed,) = failures(run_dir)
-    assert (failed.failure, failed.ranks, failed.restarting, failed.evidence) == ("hang", [1], True, "hangs/1")
-    assert (run_dir / "hangs" / "1" / "rank-1.txt").exists()
-    assert read_summary(RunDir(run_dir)).ledger.badput.hang_s == 5  # the step or checkpoint timeout, waited for

@@ -4,6 +4,7 @@ kill what it started."""
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,11 @@ def start_orch(*args: str) -> subprocess.Popen:
         [sys.executable, "-m", "orchestrator", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, start_new_session=True,
     )
+
+
+def losses(run_dir: Path) -> list[tuple[int, float]]:
+    """Each logged step and its loss, for comparing two runs to the last bit."""
+    return [(r["step"], r["loss"]) for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())]
 
 
 def wait_for_rows(process: subprocess.Popen, run_dir: Path, count: int, timeout_s: float = 240) -> None:

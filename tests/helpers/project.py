@@ -13,3 +13,6 @@ FAST = ["data.max_bytes=1500000", "train.schedule.warmup_steps=2", "train.eval_i
 # every gate runs, on fewer probes.
 LIGHT_GATES = ["gates.memorisation.prefixes=4", "gates.content.unconditioned=4", "gates.content.samples_per_prompt=1",
                "gates.robustness.texts=8", "gates.evaluation.limit=30", "gates.quality.eval_sequences=16"]
+# Twelve steps with a checkpoint every four: the run the recovery tests (kills, restarts, rollbacks) fault and
+# then compare, loss for loss, with the same run trained without a fault (conftest's `uninterrupted`).
+SHORT_RUN = [*FAST, "train.steps=12", "checkpoint.interval_steps=4"]

@@ -15,7 +15,7 @@ import pytest
 from orchestrator.rundir.checkpoint_records import read_summary
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.rows import AttemptFailed, Hang, NodeUnhealthy, SlurmStart
-from tests.helpers.processes import orch
+from tests.helpers.processes import losses, orch
 from tests.helpers.project import FAST, ROOT
 
 pytestmark = pytest.mark.integration
@@ -50,10 +50,6 @@ def submit(run_dir: Path, *extra: str) -> str:
     result = orch("submit", *TWO_NODES, *extra, "--run-dir", str(run_dir))
     assert result.returncode == 0, result.stdout + result.stderr
     return json.loads((run_dir / "slurm.json").read_text())["job_ids"][-1]
-
-
-def losses(run_dir: Path) -> list[tuple[int, float]]:
-    return [(r["step"], r["loss"]) for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())]
 
 
 @pytest.fixture(scope="module")
