@@ -7,7 +7,11 @@ when healthy). The checks: free space where the checkpoints go and in /dev/shm; 
 GPUs this node shows and their health (`nvidia-smi`: uncorrected ECC errors, temperature, as
 `orch doctor` checks them); and the recipe's own `fault_tolerance.node_health_check`, a command
 (a site's node health check script, say) that fails the node by a non-zero exit or by running past
-its timeout. The all-reduce bandwidth between nodes is `orch doctor`'s probe, not repeated here.
+its timeout. Last, when the allocation has two nodes or more, the nodes join one process group and
+time one all-reduce across the allocation and each node's links to its ring neighbours
+(`orchestrator.slurm.link_check`): a node whose links are both slow against the others is named.
+`orch doctor`'s probe measures the bandwidth itself, before a job; this check only finds the node
+that lags its peers.
 """
 
 from __future__ import annotations
@@ -19,10 +23,14 @@ import shlex
 import shutil
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 from orchestrator.rundir.layout import RunDir
+from orchestrator.errors import SlurmError
 from orchestrator.rundir.records import PlanRecord, read_plan, read_recipe
+from orchestrator.slurm.client import slurm
+from orchestrator.slurm.link_check import SLOW_LINK_VARIABLE, LinkCheck, check_links, injected_delay_s, link_port
 from orchestrator.slurm.probe import gpu_health
 
 MiB = 2**20
@@ -84,12 +92,32 @@ def _hook(command: str) -> list[str]:
     return []
 
 
+def _links(node: str, plan: PlanRecord) -> list[str]:
+    """The link check, when this step runs on two nodes or more, with this node's place in it from srun's variables."""
+    nodes = int(os.environ.get("SLURM_NTASKS", "1"))
+    if nodes < 2:
+        return []
+    try:
+        delay_s = injected_delay_s(os.environ.get(SLOW_LINK_VARIABLE), node)
+    except ValueError as exc:
+        return [str(exc)]
+    try:
+        first = slurm("scontrol", "show", "hostnames", os.environ["SLURM_STEP_NODELIST"]).split()[0]
+    except SlurmError as exc:  # the others wait for this node in vain, and blame nobody for it
+        print(f"preflight on {node}: link check skipped: {exc}", file=sys.stderr, flush=True)
+        return []
+    return check_links(LinkCheck(rank=int(os.environ["SLURM_PROCID"]), nodes=nodes, node=node, store_host=first,
+                                 port=link_port(int(os.environ["SLURM_JOB_ID"])), cuda=plan.topology.device == "cuda", delay_s=delay_s))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--run-dir", type=Path, required=True)
     run = RunDir(parser.parse_args().run_dir)
     node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
-    problems = node_problems(read_plan(run), read_recipe(run).fault_tolerance.node_health_check)
+    plan = read_plan(run)
+    problems = node_problems(plan, read_recipe(run).fault_tolerance.node_health_check)
+    problems += _links(node, plan)
     print(json.dumps({"node": node, "problems": problems}), flush=True)
 
 

@@ -1,0 +1,102 @@
+"""The preflight's link check (`orchestrator.slurm.link_check`): its verdict from the links' times,
+and three real processes on loopback, as three nodes, finding the one whose links were slowed."""
+
+from __future__ import annotations
+
+import multiprocessing
+from dataclasses import replace
+from types import SimpleNamespace
+
+import pytest
+
+from orchestrator.shared.env import free_port
+from orchestrator.slurm import batch
+from orchestrator.slurm.preflight import _links
+from orchestrator.slurm.link_check import SLOW_LINK_VARIABLE, LinkCheck, _unreachable, check_links, injected_delay_s, link_port, slow_nodes
+
+NODES = 3
+SLOWED = 1
+DELAY_S = 0.1
+
+
+def test_the_node_both_of_whose_links_are_slow_is_named_and_no_other():
+    assert list(slow_nodes([0.002, 0.002, 0.002, 0.002])) == []
+    assert list(slow_nodes([0.003, 0.150, 0.160, 0.002, 0.003])) == [2]  # node 2 sits between links 1 and 2
+    assert list(slow_nodes([0.150, 0.002, 0.002, 0.160])) == [0]  # the ring closes: node 0's links are 3 and 0
+    assert list(slow_nodes([0.002, 0.150, 0.002, 0.002])) == []  # one slow link: either end may be at fault
+    assert list(slow_nodes([0.150, 0.002, 0.160])) == [0]  # three nodes: each is timed against the one link it is not on
+    assert slow_nodes([0.150, 0.002, 0.160])[0].startswith("160.0 ms and 150.0 ms")  # the link before it, then the one after
+
+
+def test_noise_on_tiny_times_and_two_nodes_name_nobody():
+    assert slow_nodes([0.0001, 0.0008, 0.0009, 0.0001]) == {}  # 8x the median, but under the absolute floor
+    assert slow_nodes([0.5, 0.001]) == {}  # two nodes: neither can be told apart from its only neighbour
+
+
+def _node(rank: int, rounds: list[list[LinkCheck]], out) -> None:
+    out.put((rank, [check_links(check) for check in rounds[rank]]))
+
+
+@pytest.fixture(scope="module")
+def rounds() -> list[dict[int, list[str]]]:
+    """Each node's problems from two rounds of the check in the same three processes (forked, so
+    torch is imported once): all healthy, then node 1 slowed."""
+    import torch.distributed  # noqa: F401  (imported before the fork, not by each process)
+
+    ports = [free_port(), free_port()]
+    plans = [[LinkCheck(rank=rank, nodes=NODES, node=f"node{rank}", store_host="127.0.0.1", port=port, join_timeout_s=30,
+                        delay_s=DELAY_S if slowed and rank == SLOWED else 0.0) for port, slowed in zip(ports, (False, True))]
+             for rank in range(NODES)]
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    processes = [context.Process(target=_node, args=(rank, plans, out)) for rank in range(NODES)]
+    for process in processes:
+        process.start()
+    try:
+        answers = dict(out.get(timeout=120) for _ in processes)
+    finally:
+        for process in processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+    return [{rank: answers[rank][i] for rank in range(NODES)} for i in range(2)]
+
+
+def test_healthy_links_name_nobody(rounds):
+    assert rounds[0] == {0: [], 1: [], 2: []}
+
+
+def test_the_slowed_node_and_only_it_has_the_problem(rounds):
+    slowed = rounds[1]
+    assert [rank for rank, problems in slowed.items() if problems] == [SLOWED]
+    assert slowed[SLOWED][0].startswith("slow links to its ring neighbours node0 and node2: ")
+
+
+def test_the_slow_link_is_injected_on_the_named_node_only():
+    assert injected_delay_s("node2:0.5", "node2") == 0.5
+    assert injected_delay_s("node2:0.5", "node1") == 0.0
+    assert injected_delay_s(None, "node1") == 0.0
+    for bad in ("node2", "node2:fast", ":1", "node2:-1"):
+        with pytest.raises(ValueError, match="NODE:SECONDS"):
+            injected_delay_s(bad, "node2")
+
+
+def test_a_malformed_injection_is_a_problem_of_the_node_not_a_traceback(monkeypatch):
+    monkeypatch.setenv("SLURM_NTASKS", "3")
+    monkeypatch.setenv(SLOW_LINK_VARIABLE, "node2")
+    assert _links("node2", SimpleNamespace(topology=SimpleNamespace(device="cpu"))) == [
+        f"{SLOW_LINK_VARIABLE}: 'node2' is not NODE:SECONDS"]
+
+
+def test_the_stores_port_never_is_the_ranks_rendezvous_port(monkeypatch):
+    monkeypatch.setattr(batch, "slurm", lambda *args: "node0 node1")
+    ranks = {batch.rendezvous(job, "node[0-1]")[1] for job in range(40000)}
+    assert not ranks & {link_port(job) for job in range(40000)}
+
+
+def test_a_node_that_cannot_reach_the_stores_host_has_the_problem_and_a_silent_store_blames_nobody():
+    check = LinkCheck(rank=1, nodes=3, node="node1", store_host="127.0.0.1", port=free_port(), join_timeout_s=1)
+    assert _unreachable(check, RuntimeError("timed out")) == []  # the host answers, nothing listens: its own node is late
+    assert _unreachable(replace(check, rank=0), RuntimeError("address in use")) == []  # the store's own node cannot host it
+    gone = replace(check, store_host="no-such-node.invalid")  # unreachable without waiting for a connect timeout
+    assert _unreachable(gone, RuntimeError("timed out"))[0].startswith("cannot reach no-such-node.invalid, the first node")
