@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from orchestrator.rundir.rows import BaseEvent
+    from orchestrator.rundir.base_event import BaseEvent
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the package (and the tests' helpers) import from a checkout without installing

@@ -53,7 +53,8 @@ from common import DEFAULT_RECIPE, FAST, REPO, last_lines, machine, orch_argv, p
 from failures import young_daly, young_daly_interval
 from orchestrator.rundir.checkpoint_records import read_summary
 from orchestrator.rundir.layout import RunDir
-from orchestrator.rundir.rows import AttemptFailed, Checkpoint, Hang, LossRolledBack, Resumed, Start, StartedOver
+from orchestrator.rundir.recovery_events import AttemptFailed, Hang, LossRolledBack
+from orchestrator.rundir.rows import Checkpoint, Resumed, Start, StartedOver
 from orchestrator.shared.faults import VARIABLE
 from tests.helpers.processes import kill_run
 

@@ -38,8 +38,9 @@ from orchestrator.rundir.bill import EnergyBill
 from orchestrator.rundir.checkpoint_records import RunSummary, write_summary
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import ElasticRecord, PlanRecord, read_elastic, read_provenance
-from orchestrator.rundir.rows import (BaseEvent, Checkpoint, CheckpointSetAside, Completed, ElasticResume, LossNotRecovered, LossRolledBack,
-                                      Preempted, RecipeChangedOnResume, ReplicasDiverged, Resumed, Start, StartedOver, StoppedOverBudget)
+from orchestrator.rundir.base_event import BaseEvent
+from orchestrator.rundir.recovery_events import LossNotRecovered, LossRolledBack
+from orchestrator.rundir.rows import Checkpoint, CheckpointSetAside, Completed, ElasticResume, Preempted, RecipeChangedOnResume, ReplicasDiverged, Resumed, Start, StartedOver, StoppedOverBudget
 
 MEMORY_STAGE_ROOT = Path("/dev/shm")
 

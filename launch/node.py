@@ -42,7 +42,7 @@ from orchestrator.rundir import events
 from orchestrator.rundir.entry import ATTACHED_FLAG, FORWARDED_SIGNALS
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import read_recipe
-from orchestrator.rundir.rows import AttemptStarted
+from orchestrator.rundir.recovery_events import AttemptStarted
 
 
 def main() -> None:
@@ -85,7 +85,7 @@ def run_node(args: argparse.Namespace) -> int:
         signal.signal(signum, forward)
     if args.attached:
         threading.Thread(target=_stop_when_cli_ends, name="cli-watch", daemon=True).start()
-    restarts = Restarts(run, read_recipe(run).fault_tolerance, single_node=args.nnodes == 1)
+    restarts = Restarts(run, read_recipe(run).fault_tolerance, args.node_rank, args.nnodes)
     while True:
         attempt = restarts.begin()
         if args.node_rank == 0:  # one per attempt: where the goodput ledger's start-up (or restart) begins

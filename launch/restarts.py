@@ -14,7 +14,8 @@ Slurm batch step applies the same one across nodes): `fault_tolerance.max_restar
 `restart_window_minutes`, counted from the run's own `attempt_failed` events, so an `orch run`
 started again later counts what the run already used in the window; no restart for `nan`, for a
 second failure in a row before any step, or with `fault_tolerance.enabled: false`. A launcher of
-one node among several records nothing and exits as before: the batch step restarts those.
+one node among several restarts nothing: it records what its own ranks did (a `ranks_failed` event;
+its watchdog's `hang` event says a hang) and exits, and the batch step decides for the whole job.
 Every attempt that ends on a fault gets one `attempt_failed` event, with its class: `crash` (a
 rank's non-zero exit or a signal), `hang` (EXIT_HANG, the watchdog's), `oom` (a rank's EXIT_OOM, or
 a SIGKILL while the kernel's OOM-kill counter rose), `nan` (EXIT_NAN: rolling back did not cure
@@ -36,7 +37,8 @@ from orchestrator.errors import EXIT_HANG, EXIT_NAN, EXIT_OOM
 from orchestrator.recovery.spec import FaultToleranceSpec
 from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir
-from orchestrator.rundir.rows import AttemptFailed, BaseEvent, FailureClass, Hang
+from orchestrator.rundir.base_event import BaseEvent
+from orchestrator.rundir.recovery_events import AttemptFailed, FailureClass, Hang, RanksFailed
 from orchestrator.shared.restarts import CLEAN_EXITS, next_attempt, no_restart, restarts_in_window, trained_a_step
 
 
@@ -52,8 +54,8 @@ class Fault:
 class Restarts:
     """One node launcher's attempts: `begin` before its ranks start, `after` once they have all ended."""
 
-    def __init__(self, run: RunDir, spec: FaultToleranceSpec, single_node: bool):
-        self.run, self.spec, self.single_node = run, spec, single_node
+    def __init__(self, run: RunDir, spec: FaultToleranceSpec, node: int, nodes: int):
+        self.run, self.spec, self.node, self.single_node = run, spec, node, nodes == 1
         self.number = 0
         self.since = 0.0
         self.oom_kills: int | None = None
@@ -69,10 +71,17 @@ class Restarts:
     def after(self, code: int, ranks: list[Rank], first: int) -> bool:
         """Whether to start another attempt, after one whose launcher exit code is `code`; a fault
         is recorded (an `attempt_failed` event) and said in the launcher's log."""
-        if code in CLEAN_EXITS or not self.single_node:
+        if code in CLEAN_EXITS:
             return False
         history = [e for e in self.run.history() if (e.time or 0) >= self.since]
         fault = classify(code, failed_ranks(ranks, first, self.run), self._oom_killed(), _last(history, Hang), self.run)
+        if not self.single_node:
+            if fault.failure != "hang":
+                quiet = _last_written_ns(self.run.rank_log(fault.ranks[0])) / 1e9 if fault.ranks else None
+                events.append(self.run.events, RanksFailed(node=self.node, attempt=self.number, failure=fault.failure, detail=fault.detail,
+                                                           ranks=fault.ranks, evidence=fault.evidence,
+                                                           quiet_since=quiet if quiet is not None and math.isfinite(quiet) else None))
+            return False
         idle = not trained_a_step(self.run, history)
         used = restarts_in_window(self.run.history(), self.spec)
         reason = no_restart(self.spec, fault.failure, idle, self.idle_failure, used)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import statistics
 
-from orchestrator.rundir.rows import Straggler
+from orchestrator.rundir.recovery_events import Straggler
 
 BACKWARD_PER_FORWARD = 2.0
 

@@ -32,7 +32,7 @@ from orchestrator.recovery.spec import TimeoutsSpec
 from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import read_recipe
-from orchestrator.rundir.rows import Hang, phase_of_step
+from orchestrator.rundir.recovery_events import Hang, phase_of_step
 
 NODE_LOCAL_ROOT = Path("/dev/shm")
 """Memory-backed and on this node; $TMPDIR where it is missing."""

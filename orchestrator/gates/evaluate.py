@@ -30,7 +30,7 @@ from orchestrator.gates.robustness import robustness_gate
 from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir, rank_state_owner
 from orchestrator.rundir.records import read_data, read_plan, read_recipe
-from orchestrator.rundir.rows import MetricRow, parse_metric_row
+from orchestrator.rundir.metric_rows import MetricRow, parse_metric_row
 
 def evaluate_gates(run_dir: Path, step: int | None = None) -> GateReport:
     from orchestrator.checkpoint.export import choose_checkpoint, load_checkpoint_model

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from orchestrator.rundir.rows import BaseEvent
+from orchestrator.rundir.base_event import BaseEvent
 
 R = TypeVar("R")
 

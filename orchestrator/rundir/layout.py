@@ -18,7 +18,9 @@ from pydantic import ValidationError
 from orchestrator.errors import DamagedRun
 from orchestrator.shared.filetree import write_file
 from orchestrator.rundir import events
-from orchestrator.rundir.rows import BaseEvent, MetricRow, SeriesPoint, parse_event, parse_metric_row, parse_series_point
+from orchestrator.rundir.base_event import BaseEvent
+from orchestrator.rundir.metric_rows import MetricRow, parse_metric_row, parse_series_point, SeriesPoint
+from orchestrator.rundir.rows import parse_event
 
 RECIPE_FILE = "recipe.yaml"
 PLAN_FILE = "plan.json"

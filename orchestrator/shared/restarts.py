@@ -20,7 +20,9 @@ import time
 from orchestrator.errors import EXIT_BUDGET, EXIT_HANG, EXIT_NAN, EXIT_OOM, EXIT_REQUEUE
 from orchestrator.recovery.spec import FaultToleranceSpec
 from orchestrator.rundir.layout import RunDir
-from orchestrator.rundir.rows import AttemptFailed, BaseEvent, FailureClass, Hang, Start
+from orchestrator.rundir.base_event import BaseEvent
+from orchestrator.rundir.recovery_events import AttemptFailed, FailureClass, Hang
+from orchestrator.rundir.rows import Start
 
 CLEAN_EXITS = (0, EXIT_REQUEUE, EXIT_BUDGET)
 """Ranks that stopped as asked or as the recipe says: no fault."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import subprocess
@@ -30,7 +31,9 @@ from orchestrator.rundir.entry import FORWARDED_SIGNALS, module_argv, node_argv
 from orchestrator.rundir.layout import RunDir
 from orchestrator.recovery.spec import FaultToleranceSpec
 from orchestrator.rundir.records import PlanRecord, read_plan, read_recipe
-from orchestrator.rundir.rows import AttemptFailed, CancelRequested, Hang, NodeUnhealthy, SlurmEnd, SlurmRequeued, SlurmSignal, SlurmStart, StopRequested
+from orchestrator.rundir.base_event import BaseEvent
+from orchestrator.rundir.recovery_events import AttemptFailed, FailureClass, Hang, NodeUnhealthy, RanksFailed
+from orchestrator.rundir.rows import CancelRequested, SlurmEnd, SlurmRequeued, SlurmSignal, SlurmStart, StopRequested
 from orchestrator.shared.restarts import CLEAN_EXITS, FAILURE_OF_EXIT, next_attempt, no_restart, restarts_in_window, trained_a_step
 from orchestrator.slurm.client import slurm
 
@@ -199,8 +202,9 @@ class Allocation:
 
 
 def twice_named(run: RunDir, hosts: list[str]) -> dict[str, list[str]]:
-    """Nodes of this step named by the run's failures twice or more (their hung ranks): a node that
-    keeps failing its ranks is taken for a bad one, though it passed the health check."""
+    """Nodes of this step named by the run's failures twice or more (where the ranks that hung or
+    failed first ran): a node that keeps failing its ranks is taken for a bad one, though it passed
+    the health check."""
     named = Counter(node for e in run.history() if isinstance(e, AttemptFailed) for node in e.nodes or [])
     return {node: [f"named in {named[node]} failures"] for node in hosts if named[node] >= 2}
 
@@ -212,23 +216,42 @@ def restart_across_nodes(run: RunDir, spec: FaultToleranceSpec, attempt: int, co
     round in the same allocation, starts the ranks again from the newest verified checkpoint.
     Returns that, and whether the attempt failed before training a step."""
     history = [e for e in run.history() if (e.time or 0) >= since]
+    culprit = what_failed(history, code)
+    idle = not trained_a_step(run, history)
+    used = restarts_in_window(run.history(), spec)
+    reason = no_restart(spec, culprit.failure, idle, idle_before, used)
+    event = events.append(run.events, AttemptFailed(
+        attempt=attempt, failure=culprit.failure, detail=culprit.detail, ranks=culprit.ranks,
+        nodes=sorted({hosts[r // procs_per_node] for r in culprit.ranks}), restarting=reason is None, restarts=used + (reason is None),
+        max_restarts=spec.max_restarts if spec.enabled else 0, evidence=culprit.evidence, no_restart=reason))
+    _say(event.describe() + ("" if reason else ": a new srun step in this allocation"))
+    return reason is None, idle
+
+
+class Culprit(NamedTuple):
+    failure: FailureClass
+    detail: str
+    ranks: list[int]
+    evidence: str
+    """Relative to the run directory."""
+
+
+def what_failed(history: list[BaseEvent], code: int) -> Culprit:
+    """What ended an attempt of several nodes, from the events its node launchers wrote: on a hang,
+    every node's watchdog fires, and the ranks furthest behind stopped first; on a crash, every
+    node's ranks fail once one rank is gone, and the node whose failed rank went quiet first is the
+    one it started on. With neither (a launcher that died itself), only srun's exit code."""
     hangs = [e for e in history if isinstance(e, Hang)]
-    failure = "hang" if hangs else FAILURE_OF_EXIT.get(code, "crash")
     if hangs:
         detail = "; ".join(f"node {h.node}: rank(s) {', '.join(map(str, h.stopped_ranks or [])) or '?'} stopped reporting in {h.phase} "
                            f"of step {h.step}" for h in hangs)
-    else:
-        detail = f"a node launcher exited {code} (the node-<name>.out logs say which rank)"
-    idle = not trained_a_step(run, history)
-    used = restarts_in_window(run.history(), spec)
-    reason = no_restart(spec, failure, idle, idle_before, used)
-    ranks = sorted({r for h in _stopped_first(hangs) for r in h.stopped_ranks or []})
-    event = events.append(run.events, AttemptFailed(
-        attempt=attempt, failure=failure, detail=detail, ranks=ranks, nodes=sorted({hosts[r // procs_per_node] for r in ranks}),
-        restarting=reason is None, restarts=used + (reason is None), max_restarts=spec.max_restarts if spec.enabled else 0,
-        evidence=hangs[0].stacks if hangs else "logs", no_restart=reason))
-    _say(event.describe() + ("" if reason else ": a new srun step in this allocation"))
-    return reason is None, idle
+        return Culprit("hang", detail, sorted({r for h in _stopped_first(hangs) for r in h.stopped_ranks or []}), hangs[0].stacks or "hangs")
+    failed = [e for e in history if isinstance(e, RanksFailed)]
+    if failed:
+        first = min(failed, key=lambda e: (math.inf if e.quiet_since is None else e.quiet_since, e.node or 0))
+        return Culprit(first.failure or FAILURE_OF_EXIT.get(code, "crash"), f"node {first.node}: {first.detail}", first.ranks or [],
+                       first.evidence or "logs")
+    return Culprit(FAILURE_OF_EXIT.get(code, "crash"), f"a node launcher exited {code} (the node-<name>.out logs say which rank)", [], "logs")
 
 
 def _stopped_first(hangs: list[Hang]) -> list[Hang]:

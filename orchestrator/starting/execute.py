@@ -24,7 +24,10 @@ from orchestrator.recipe.schema import Recipe
 from orchestrator.rundir.checkpoint_records import RunSummary, read_summary
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import write_data, write_provenance
-from orchestrator.rundir.rows import AttemptFailed, BaseEvent, MetricRow, StoppedOverBudget
+from orchestrator.rundir.base_event import BaseEvent
+from orchestrator.rundir.metric_rows import MetricRow
+from orchestrator.rundir.recovery_events import AttemptFailed
+from orchestrator.rundir.rows import StoppedOverBudget
 from orchestrator.shared.checkpoint import store
 
 POLL_S = 0.5

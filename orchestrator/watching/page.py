@@ -14,7 +14,8 @@ from pathlib import Path
 from orchestrator.gates.outcome import newest_report
 from orchestrator.rundir.bill import read_bill
 from orchestrator.rundir.layout import RunDir
-from orchestrator.rundir.rows import Checkpoint, MetricRow
+from orchestrator.rundir.metric_rows import MetricRow
+from orchestrator.rundir.rows import Checkpoint
 from orchestrator.shared.goodput import GoodputLedger
 
 WIDTH, HEIGHT, PAD = 640, 260, 44

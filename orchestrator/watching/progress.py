@@ -8,7 +8,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from orchestrator.rundir.checkpoint_records import RunSummary
-from orchestrator.rundir.rows import BaseEvent, MetricRow, as_event
+from orchestrator.rundir.base_event import BaseEvent
+from orchestrator.rundir.metric_rows import MetricRow
+from orchestrator.rundir.rows import as_event
 
 
 class ProgressView:

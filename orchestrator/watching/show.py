@@ -13,7 +13,7 @@ from orchestrator.rundir.layout import RELEASE_MANIFEST, RunDir, damaged
 from orchestrator.shared.data.prepared import TextManifest
 from orchestrator.data.summary import curation_line, source_lines
 from orchestrator.rundir.records import DataRecord, read_data, read_plan, read_tracking
-from orchestrator.rundir.rows import AttemptFailed
+from orchestrator.rundir.recovery_events import AttemptFailed
 from orchestrator.watching.status import run_status
 
 

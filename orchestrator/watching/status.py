@@ -14,7 +14,9 @@ from orchestrator.rundir.bill import read_bill
 from orchestrator.rundir.checkpoint_records import read_summary
 from orchestrator.rundir.layout import RunDir, damaged
 from orchestrator.rundir.records import read_jobs, read_recipe
-from orchestrator.rundir.rows import AttemptFailed, BaseEvent, Completed, Preempted, Pruned, Start, StoppedOverBudget, Straggler
+from orchestrator.rundir.base_event import BaseEvent
+from orchestrator.rundir.recovery_events import AttemptFailed, Straggler
+from orchestrator.rundir.rows import Completed, Preempted, Pruned, Start, StoppedOverBudget
 from orchestrator.shared.goodput import GoodputLedger, ledger
 from orchestrator.slurm.client import Job, job_table
 

@@ -12,7 +12,8 @@ import pytest
 
 from orchestrator.rundir.checkpoint_records import read_summary
 from orchestrator.rundir.layout import RunDir
-from orchestrator.rundir.rows import AttemptFailed, Hang, Resumed
+from orchestrator.rundir.recovery_events import AttemptFailed, Hang
+from orchestrator.rundir.rows import Resumed
 from orchestrator.shared.checkpoint import store
 from tests.helpers.cluster import left_running, naming
 from tests.helpers.processes import kill_run, losses, orch, start_orch, wait_for_rows

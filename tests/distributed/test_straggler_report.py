@@ -6,7 +6,7 @@ machine is."""
 import pytest
 
 from orchestrator.rundir.layout import RunDir
-from orchestrator.rundir.rows import Straggler
+from orchestrator.rundir.recovery_events import Straggler
 from tests.helpers.processes import orch
 from tests.helpers.project import FAST
 

@@ -14,7 +14,8 @@ import pytest
 
 from orchestrator.rundir.checkpoint_records import read_summary
 from orchestrator.rundir.layout import RunDir
-from orchestrator.rundir.rows import AttemptFailed, Hang, NodeUnhealthy, SlurmStart
+from orchestrator.rundir.recovery_events import AttemptFailed, Hang, NodeUnhealthy
+from orchestrator.rundir.rows import SlurmStart
 from tests.helpers.processes import losses, orch
 from tests.helpers.project import FAST, ROOT
 

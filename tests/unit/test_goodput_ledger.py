@@ -7,8 +7,8 @@ import time
 import pytest
 
 from orchestrator.rundir.checkpoint_records import RunSummary
-from orchestrator.rundir.rows import (AttemptFailed, AttemptStarted, Checkpoint, Completed, EngineBuilt, Hang, LossRolledBack, Preempted, Resumed,
-                                      SlurmRequeued, SlurmStart, Start)
+from orchestrator.rundir.recovery_events import AttemptFailed, AttemptStarted, Hang, LossRolledBack
+from orchestrator.rundir.rows import Checkpoint, Completed, EngineBuilt, Preempted, Resumed, SlurmRequeued, SlurmStart, Start
 from orchestrator.shared.goodput import CAUSES, GoodputLedger, energy_by_cause, ledger
 
 

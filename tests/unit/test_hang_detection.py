@@ -4,7 +4,6 @@ the attempt number, and the stacks of real processes (one SIGSTOPped) taken by p
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,8 @@ from orchestrator.recipe.loader import load_recipe
 from orchestrator.recovery.spec import TimeoutsSpec
 from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir
-from orchestrator.rundir.rows import AttemptFailed, Hang, Start
+from orchestrator.rundir.recovery_events import AttemptFailed, Hang
+from orchestrator.rundir.rows import Start
 from tests.helpers.project import ROOT, TINY
 
 

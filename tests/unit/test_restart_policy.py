@@ -18,7 +18,8 @@ from orchestrator.errors import EXIT_HANG, EXIT_NAN, EXIT_OOM
 from orchestrator.recovery.spec import FaultToleranceSpec
 from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir
-from orchestrator.rundir.rows import AttemptFailed, Hang, Start
+from orchestrator.rundir.recovery_events import AttemptFailed, Hang, RanksFailed
+from orchestrator.rundir.rows import Start
 from tests.unit.test_status import fake_run
 
 
@@ -82,7 +83,7 @@ def test_restarts_up_to_the_limit_within_the_window_counted_from_the_runs_record
     # An earlier `orch run` used one restart within the window, and one long before it.
     events.append_row(run.events, AttemptFailed(attempt=1, failure="crash", restarting=True, restarts=1, time=time.time() - 3600).line())
     events.append(run.events, AttemptFailed(attempt=2, failure="crash", restarting=True, restarts=1))
-    restarts = Restarts(run, spec, single_node=True)
+    restarts = Restarts(run, spec, node=0, nodes=1)
     first = _fail(restarts)
     assert (first.restarting, first.restarts, first.max_restarts, first.attempt) == (True, 2, 2, 3)
     last = _fail(restarts)
@@ -91,7 +92,7 @@ def test_restarts_up_to_the_limit_within_the_window_counted_from_the_runs_record
 
 
 def test_a_failure_before_the_first_step_twice_in_a_row_is_not_restarted(run):
-    restarts = Restarts(run, FaultToleranceSpec(max_restarts=5), single_node=True)
+    restarts = Restarts(run, FaultToleranceSpec(max_restarts=5), node=0, nodes=1)
     assert _fail(restarts, trained=True).restarting
     assert _fail(restarts, trained=False).restarting  # the first such failure may be a passing one
     last = _fail(restarts, trained=False)
@@ -103,14 +104,28 @@ def test_a_failure_before_the_first_step_twice_in_a_row_is_not_restarted(run):
     (1, FaultToleranceSpec(enabled=False)),
 ])
 def test_never_restarted(run, code, spec):
-    failed = _fail(Restarts(run, spec, single_node=True), code)
+    failed = _fail(Restarts(run, spec, node=0, nodes=1), code)
     assert failed.restarting is False and failed.no_restart
 
 
 @pytest.mark.parametrize("code", [0, 3, 75])  # finished, over its energy budget, stopped on a signal
-def test_clean_ends_and_several_nodes_record_nothing(run, code):
-    assert not Restarts(run, FaultToleranceSpec(), single_node=True).after(code, [Ended(code)], 0)
-    assert not Restarts(run, FaultToleranceSpec(), single_node=False).after(1, [Ended(1)], 0)
+def test_clean_ends_record_nothing(run, code):
+    assert not Restarts(run, FaultToleranceSpec(), node=0, nodes=1).after(code, [Ended(code)], 0)
+    assert not Restarts(run, FaultToleranceSpec(), node=1, nodes=2).after(code, [Ended(code)], 1)
+    assert not any(isinstance(e, (AttemptFailed, RanksFailed)) for e in run.history())
+
+
+def test_a_launcher_of_one_node_among_several_records_its_own_failed_rank_and_restarts_nothing(run):
+    """The batch step restarts a job of several nodes; it learns from this event which node's rank failed first."""
+    log = run.rank_log(3)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("step 6\n")
+    restarts = Restarts(run, FaultToleranceSpec(), node=1, nodes=2)
+    restarts.begin()
+    assert not restarts.after(1, [Ended(0, killed=True), Ended(-signal.SIGKILL)], 2)
+    (failed,) = [e for e in run.history() if isinstance(e, RanksFailed)]
+    assert (failed.node, failed.attempt, failed.failure, failed.ranks, failed.detail) == (1, 1, "crash", [3], "rank 3 killed by SIGKILL")
+    assert failed.evidence == "logs/rank-3.log" and failed.quiet_since == pytest.approx(log.stat().st_mtime)
     assert not any(isinstance(e, AttemptFailed) for e in run.history())
 
 
@@ -135,7 +150,7 @@ def test_a_rank_out_of_memory_exits_with_its_own_code():
 
 
 def test_status_and_show_name_the_failures(run):
-    restarts = Restarts(run, FaultToleranceSpec(max_restarts=1), single_node=True)
+    restarts = Restarts(run, FaultToleranceSpec(max_restarts=1), node=0, nodes=1)
     _fail(restarts, code=-signal.SIGKILL)
     status = CliRunner().invoke(app, ["status", str(run.path)]).output
     assert "RESTARTING" in status and "failures 1 crash (1 restarted in the job)" in status

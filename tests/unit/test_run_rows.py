@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from orchestrator.cli import app
 from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir
-from orchestrator.rundir.rows import (KINDS, Checkpoint, EngineBuilt, OtherEvent, Resumed, Start, as_event, parse_metric_row,
-                                      parse_series_point)
+from orchestrator.rundir.metric_rows import parse_metric_row, parse_series_point
+from orchestrator.rundir.rows import as_event, Checkpoint, EngineBuilt, KINDS, OtherEvent, Resumed, Start
 from orchestrator.shared.tracking.mirror import Mirror
 from orchestrator.tracking.spec import TrackingSpec
 from tests.helpers.sinks import Recording
@@ -58,6 +58,8 @@ EVERY_FIELD = {
                            "rolled_back_to": 4},
     "node_unhealthy": {"job_id": 41, "problems": {"n2": ["node_health_check exited 1: GPU 3 missing"]}, "excluded": True, "replaced": False},
     "attempt_started": {"attempt": 2},
+    "ranks_failed": {"node": 1, "attempt": 2, "failure": "crash", "detail": "rank 3 killed by SIGKILL", "ranks": [3],
+                     "evidence": "logs/rank-3.log", "quiet_since": 1765000000.5},
     "straggler": {"step": 40, "ranks": [1], "ratio": 1.5, "window_steps": 20, "per_rank": [[0.01, 0.05, 0.21], [0.21, 0.05, 0.01]]},
 }
 """A value for every field of every kind: a kind added to `rows.KINDS` needs its line here."""

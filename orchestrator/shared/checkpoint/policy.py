@@ -13,7 +13,8 @@ import os
 import time
 
 from orchestrator.checkpoint.spec import CheckpointSpec
-from orchestrator.rundir.rows import BaseEvent, Checkpoint, SlurmStart
+from orchestrator.rundir.base_event import BaseEvent
+from orchestrator.rundir.rows import Checkpoint, SlurmStart
 
 FIRST_AUTO_INTERVAL_S = 60.0
 """With `auto`, the first checkpoint comes early, to measure the stall the interval is computed from."""

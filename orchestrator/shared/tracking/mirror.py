@@ -23,8 +23,9 @@ from orchestrator.rundir import events
 from orchestrator.rundir.checkpoint_records import RunSummary, read_summary
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import PlanRecord, read_tracking, write_tracking
-from orchestrator.rundir.rows import (AttemptFailed, BaseEvent, Checkpoint, Completed, EnergyBudgetExceeded, Hang, LossNotRecovered, LossRolledBack,
-                                      NodeUnhealthy, Preempted, Resumed, StoppedOverBudget, Straggler, TrackingFailed, as_event)
+from orchestrator.rundir.base_event import BaseEvent
+from orchestrator.rundir.recovery_events import AttemptFailed, Hang, LossNotRecovered, LossRolledBack, NodeUnhealthy, Straggler
+from orchestrator.rundir.rows import as_event, Checkpoint, Completed, EnergyBudgetExceeded, Preempted, Resumed, StoppedOverBudget, TrackingFailed
 from orchestrator.shared.tracking.sinks import RunIdentity, Sink, make_sinks
 from orchestrator.tracking.spec import TrackingSpec
 
