@@ -123,6 +123,10 @@ def check_links(check: LinkCheck) -> list[str]:
         _note(check, f"link check skipped: node rank(s) {', '.join(map(str, absent))} did not join within {check.join_timeout_s:.0f} s")
         return []
     names = [store.get(f"node/{r}").decode() for r in range(check.nodes)]
+    if check.cuda:
+        import torch
+
+        torch.cuda.set_device(0)  # the step runs one task per node: its first GPU carries the node's links
     dist.init_process_group("nccl" if check.cuda else "gloo", store=dist.PrefixStore("links", store), rank=check.rank,
                             world_size=check.nodes, timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
     try:
@@ -161,8 +165,6 @@ def _timed(check: LinkCheck) -> list[float]:
     import torch.distributed as dist
 
     device = "cuda" if check.cuda else "cpu"
-    if check.cuda:
-        torch.cuda.set_device(0)
     sync = torch.cuda.synchronize if check.cuda else (lambda: None)
     buffer = torch.ones(BUFFER_BYTES // 4, device=device)
     dist.all_reduce(buffer)  # the first collective sets the connections up
@@ -213,4 +215,5 @@ def _round_trip(buffer, peer: int, first: bool, delay_s: float, sync) -> float:
 
 
 def _note(check: LinkCheck, message: str) -> None:
+    """A line of the job's log (the check's standard error)."""
     print(f"preflight on {check.node}: {message}", file=sys.stderr, flush=True)

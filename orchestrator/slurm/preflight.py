@@ -2,16 +2,20 @@
 `srun --ntasks-per-node=1 python -m orchestrator.slurm.preflight --run-dir DIR`.
 
 A bad node found here costs seconds; found by a hang an hour into the job, it costs that hour on
-every device of the allocation. Each node prints one JSON line, its name and its problems (none
-when healthy). The checks: free space where the checkpoints go and in /dev/shm; on GPU plans, the
-GPUs this node shows and their health (`nvidia-smi`: uncorrected ECC errors, temperature, as
-`orch doctor` checks them); and the recipe's own `fault_tolerance.node_health_check`, a command
-(a site's node health check script, say) that fails the node by a non-zero exit or by running past
-its timeout. Last, when the allocation has two nodes or more, the nodes join one process group and
-time one all-reduce across the allocation and each node's links to its ring neighbours
+every device of the allocation. The checks: free space where the checkpoints go and in /dev/shm; on
+GPU plans, the GPUs this node shows and their health (`nvidia-smi`: uncorrected ECC errors,
+temperature, as `orch doctor` checks them); the recipe's own `fault_tolerance.node_health_check`, a
+command (a site's node health check script, say) that fails the node by a non-zero exit or by
+running past its timeout; and last, when the allocation has two nodes or more, one all-reduce across
+the allocation and each node's links to its ring neighbours, timed in one process group
 (`orchestrator.slurm.link_check`): a node whose links are both slow against the others is named.
-`orch doctor`'s probe measures the bandwidth itself, before a job; this check only finds the node
-that lags its peers.
+`orch doctor`'s probe measures the interconnect's bandwidth before a job; this check finds the node
+that lags its peers in this allocation.
+
+Each node prints one JSON line, its name and its problems (none when healthy), after its own checks,
+and a second one with the link check's problems added when that check finds any: the batch step
+keeps each node's last line, so a node whose link check never returns (NCCL's watchdog ends the
+process when a peer stops mid-check; the step may time out) is judged by its own checks.
 """
 
 from __future__ import annotations
@@ -99,15 +103,25 @@ def _links(node: str, plan: PlanRecord) -> list[str]:
         return []
     try:
         delay_s = injected_delay_s(os.environ.get(SLOW_LINK_VARIABLE), node)
-    except ValueError as exc:
-        return [str(exc)]
+    except ValueError as exc:  # set for every node alike: failing them all for it would leave the whole allocation out
+        _say(node, f"{exc}: ignored")
+        delay_s = 0.0
     try:
         first = slurm("scontrol", "show", "hostnames", os.environ["SLURM_STEP_NODELIST"]).split()[0]
     except SlurmError as exc:  # the others wait for this node in vain, and blame nobody for it
-        print(f"preflight on {node}: link check skipped: {exc}", file=sys.stderr, flush=True)
+        _say(node, f"link check skipped: {exc}")
         return []
     return check_links(LinkCheck(rank=int(os.environ["SLURM_PROCID"]), nodes=nodes, node=node, store_host=first,
                                  port=link_port(int(os.environ["SLURM_JOB_ID"])), cuda=plan.topology.device == "cuda", delay_s=delay_s))
+
+
+def _say(node: str, message: str) -> None:
+    """A line of the job's log: the batch step reads the check's standard output, and leaves its standard error there."""
+    print(f"preflight on {node}: {message}", file=sys.stderr, flush=True)
+
+
+def _answer(node: str, problems: list[str]) -> None:
+    print(json.dumps({"node": node, "problems": problems}), flush=True)
 
 
 def main() -> None:
@@ -117,8 +131,10 @@ def main() -> None:
     node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
     plan = read_plan(run)
     problems = node_problems(plan, read_recipe(run).fault_tolerance.node_health_check)
-    problems += _links(node, plan)
-    print(json.dumps({"node": node, "problems": problems}), flush=True)
+    _answer(node, problems)  # what the node is judged by should the link check never return
+    links = _links(node, plan)
+    if links:
+        _answer(node, problems + links)
 
 
 if __name__ == "__main__":

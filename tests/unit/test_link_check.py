@@ -3,15 +3,16 @@ and three real processes on loopback, as three nodes, finding the one whose link
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
 
+from orchestrator.errors import SlurmError
 from orchestrator.shared.env import free_port
-from orchestrator.slurm import batch
-from orchestrator.slurm.preflight import _links
+from orchestrator.slurm import batch, preflight
 from orchestrator.slurm.link_check import SLOW_LINK_VARIABLE, LinkCheck, _unreachable, check_links, injected_delay_s, link_port, slow_nodes
 
 NODES = 3
@@ -81,11 +82,32 @@ def test_the_slow_link_is_injected_on_the_named_node_only():
             injected_delay_s(bad, "node2")
 
 
-def test_a_malformed_injection_is_a_problem_of_the_node_not_a_traceback(monkeypatch):
+def test_a_malformed_injection_is_said_and_ignored_not_a_problem_of_every_node(monkeypatch, capsys):
+    def no_scheduler(*args):
+        raise SlurmError("scontrol: no answer")
+
+    monkeypatch.setattr(preflight, "slurm", no_scheduler)
     monkeypatch.setenv("SLURM_NTASKS", "3")
+    monkeypatch.setenv("SLURM_STEP_NODELIST", "node[0-2]")
     monkeypatch.setenv(SLOW_LINK_VARIABLE, "node2")
-    assert _links("node2", SimpleNamespace(topology=SimpleNamespace(device="cpu"))) == [
-        f"{SLOW_LINK_VARIABLE}: 'node2' is not NODE:SECONDS"]
+    assert preflight._links("node2", SimpleNamespace(topology=SimpleNamespace(device="cpu"))) == []
+    assert capsys.readouterr().err.splitlines() == [
+        f"preflight on node2: {SLOW_LINK_VARIABLE}: 'node2' is not NODE:SECONDS: ignored",
+        "preflight on node2: link check skipped: scontrol: no answer"]
+
+
+@pytest.mark.parametrize("links", [[], ["slow links to its ring neighbours a and c: ..."]])
+def test_a_node_answers_after_its_own_checks_and_again_when_its_links_are_slow(monkeypatch, capsys, links):
+    """The batch step keeps a node's last line: the first stands should the link check never return."""
+    monkeypatch.setattr("sys.argv", ["preflight", "--run-dir", "run"])
+    monkeypatch.setenv("SLURMD_NODENAME", "b")
+    monkeypatch.setattr(preflight, "read_plan", lambda run: None)
+    monkeypatch.setattr(preflight, "read_recipe", lambda run: SimpleNamespace(fault_tolerance=SimpleNamespace(node_health_check=None)))
+    monkeypatch.setattr(preflight, "node_problems", lambda plan, hook: ["/dev/shm: 1 MiB free"])
+    monkeypatch.setattr(preflight, "_links", lambda node, plan: links)
+    preflight.main()
+    answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert answers == [{"node": "b", "problems": ["/dev/shm: 1 MiB free"]}] + ([{"node": "b", "problems": ["/dev/shm: 1 MiB free", *links]}] if links else [])
 
 
 def test_the_stores_port_never_is_the_ranks_rendezvous_port(monkeypatch):
