@@ -17,7 +17,7 @@ from orchestrator.slurm.link_check import SLOW_LINK_VARIABLE, LinkCheck, _unreac
 
 NODES = 3
 SLOWED = 1
-DELAY_S = 0.1
+DELAY_S = 0.15
 
 
 def test_the_node_both_of_whose_links_are_slow_is_named_and_no_other():
