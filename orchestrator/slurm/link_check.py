@@ -115,30 +115,42 @@ def check_links(check: LinkCheck) -> list[str]:
                               wait_for_workers=False)
     except (RuntimeError, ValueError) as exc:
         return _unreachable(check, exc)
-    store.set(f"node/{check.rank}", check.node)
-    try:
-        store.wait([f"node/{r}" for r in range(check.nodes)])
-    except (RuntimeError, ValueError):
-        absent = [r for r in range(check.nodes) if not store.check([f"node/{r}"])]
-        _note(check, f"link check skipped: node rank(s) {', '.join(map(str, absent))} did not join within {check.join_timeout_s:.0f} s")
+    names = _joined(store, check)
+    if names is None:
         return []
-    names = [store.get(f"node/{r}").decode() for r in range(check.nodes)]
-    if check.cuda:
-        import torch
-
-        torch.cuda.set_device(0)  # the step runs one task per node: its first GPU carries the node's links
-    dist.init_process_group("nccl" if check.cuda else "gloo", store=dist.PrefixStore("links", store), rank=check.rank,
-                            world_size=check.nodes, timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
     try:
+        if check.cuda:
+            import torch
+
+            torch.cuda.set_device(0)  # the step runs one task per node: its first GPU carries the node's links
+        dist.init_process_group("nccl" if check.cuda else "gloo", store=dist.PrefixStore("links", store), rank=check.rank,
+                                world_size=check.nodes, timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
         link_s = _timed(check)
     except (RuntimeError, ValueError) as exc:
         _note(check, f"link check stopped: {exc}")
         return []
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()
     verdict = slow_nodes(link_s)
     mine = verdict.get(check.rank)
     return [f"slow links to its ring neighbours {names[check.rank - 1]} and {names[(check.rank + 1) % check.nodes]}: {mine}"] if mine else []
+
+
+def _joined(store, check: LinkCheck) -> list[str] | None:
+    """Every node's name, by rank, once all have joined; None, said in the log, when one did not in time."""
+    keys = [f"node/{r}" for r in range(check.nodes)]
+    try:
+        store.set(keys[check.rank], check.node)
+        store.wait(keys)
+        return [store.get(key).decode() for key in keys]
+    except (RuntimeError, ValueError):
+        try:
+            absent = ", ".join(str(r) for r, key in enumerate(keys) if not store.check([key]))
+        except (RuntimeError, ValueError):
+            absent = "?"  # the first node gave up waiting first, and its store closed
+        _note(check, f"link check skipped: node rank(s) {absent} did not join within {check.join_timeout_s:.0f} s")
+        return None
 
 
 def _unreachable(check: LinkCheck, exc: Exception) -> list[str]:

@@ -122,3 +122,15 @@ def test_a_node_that_cannot_reach_the_stores_host_has_the_problem_and_a_silent_s
     assert _unreachable(replace(check, rank=0), RuntimeError("address in use")) == []  # the store's own node cannot host it
     gone = replace(check, store_host="no-such-node.invalid")  # unreachable without waiting for a connect timeout
     assert _unreachable(gone, RuntimeError("timed out"))[0].startswith("cannot reach no-such-node.invalid, the first node")
+
+
+def test_a_group_that_cannot_form_blames_nobody(rounds, capfd):
+    """The first node waiting for one that never joins; a node whose connection the first node's host
+    refuses (its check never listened). Real stores, one-second timeouts; after `rounds`, so that the
+    processes it forks never inherit a store's threads."""
+    alone = LinkCheck(rank=0, nodes=2, node="node0", store_host="127.0.0.1", port=free_port(), join_timeout_s=1)
+    assert check_links(alone) == []
+    assert check_links(replace(alone, rank=1, node="node1", port=free_port())) == []
+    said = capfd.readouterr().err
+    assert "preflight on node0: link check skipped: node rank(s) 1 did not join within 1 s" in said
+    assert "preflight on node1: link check skipped: nothing listened on 127.0.0.1:" in said
