@@ -10,14 +10,16 @@ once, a ping-pong of `BUFFER_BYTES` between each node and the next one in the ri
 whose links are slower than `SLOW_RATIO` x the median of the links that do not touch it, and slower
 than `SLOW_FLOOR_S` (so that noise on a fast network's tiny times fails nobody), is named. One slow
 link alone names nobody: either of its ends may be at fault. Fewer than three nodes: the all-reduce
-is timed and reported, but no node can be told apart from its only neighbour.
+is timed, but no node can be told apart from its only neighbour. The first node says the
+all-reduce's time and bus bandwidth, and the links' median and slowest, in the job's log.
 
 Joining: the first node of the allocation (the batch step's own node) hosts the store, at a port
 derived from the job id outside the range the ranks' rendezvous takes (`link_port`). The choices
 when the group cannot form within `JOIN_TIMEOUT_S`:
 - a node that cannot reach the store's host at all (no route, no answer, its name does not
   resolve) has the problem itself: the batch step's srun, on that host, reached every node, so a
-  healthy node can reach it too;
+  healthy node can reach it too (a firewall that drops, rather than refuses, connections to a port
+  nothing listens on makes a late first node look unreachable: every node would be named);
 - a node whose connection is refused until the timeout (the host answers, the store never
   listened: the first node's preflight is late, did not start or failed) blames nobody: that node
   answers for itself, and blaming the others would leave every node out;
