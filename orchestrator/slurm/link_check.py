@@ -47,7 +47,9 @@ BUFFER_BYTES = 4 * 2**20
 PING_PONGS = 5
 """Round trips timed per link; the median counts, so one descheduled round trip names nobody."""
 SLOW_RATIO = 4.0
-SLOW_FLOOR_S = 0.02
+SLOW_FLOOR_S = 0.05
+"""A round trip of 4 MiB: well under 1 ms on a healthy InfiniBand link, 7 ms at 10 Gb/s, past 60 ms on a
+NIC fallen back to 1 Gb/s; and above what loopback links of a loaded machine take (5-18 ms seen)."""
 JOIN_TIMEOUT_S = 60.0
 """How long a node waits for the others to join: the nodes' local checks (the recipe's own health
 check may take minutes) end at different times."""
