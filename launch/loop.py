@@ -40,7 +40,8 @@ from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import ElasticRecord, PlanRecord, read_elastic, read_provenance
 from orchestrator.rundir.base_event import BaseEvent
 from orchestrator.rundir.recovery_events import LossNotRecovered, LossRolledBack
-from orchestrator.rundir.rows import Checkpoint, CheckpointSetAside, Completed, ElasticResume, Preempted, RecipeChangedOnResume, ReplicasDiverged, Resumed, Start, StartedOver, StoppedOverBudget
+from orchestrator.rundir.rows import (Checkpoint, CheckpointSetAside, Completed, ElasticResume, Preempted, RecipeChangedOnResume,
+                                      ReplicasDiverged, Resumed, Start, StartedOver, StoppedOverBudget)
 
 MEMORY_STAGE_ROOT = Path("/dev/shm")
 

@@ -19,7 +19,7 @@ from orchestrator.errors import DamagedRun
 from orchestrator.shared.filetree import write_file
 from orchestrator.rundir import events
 from orchestrator.rundir.base_event import BaseEvent
-from orchestrator.rundir.metric_rows import MetricRow, parse_metric_row, parse_series_point, SeriesPoint
+from orchestrator.rundir.metric_rows import MetricRow, SeriesPoint, parse_metric_row, parse_series_point
 from orchestrator.rundir.rows import parse_event
 
 RECIPE_FILE = "recipe.yaml"

@@ -26,10 +26,10 @@ from typing import Iterable, Sequence
 from pydantic import BaseModel, ConfigDict, computed_field, model_validator
 
 from orchestrator.rundir.base_event import BaseEvent
-
 from orchestrator.rundir.recovery_events import AttemptFailed, AttemptStarted, Hang, LossNotRecovered, LossRolledBack
-
-from orchestrator.rundir.rows import Checkpoint, CheckpointSetAside, Completed, ElasticResume, EngineBuilt, Preempted, RecipeChangedOnResume, ReplicasDiverged, Resumed, SlurmRequeued, SlurmStart, Start, StartedOver, StoppedOverBudget
+from orchestrator.rundir.rows import (Checkpoint, CheckpointSetAside, Completed, ElasticResume, EngineBuilt, Preempted,
+                                      RecipeChangedOnResume, ReplicasDiverged, Resumed, SlurmRequeued, SlurmStart, Start, StartedOver,
+                                      StoppedOverBudget)
 
 LAUNCHES = (AttemptStarted, SlurmStart)
 """Where an attempt's clock starts: its node launcher began it, or its Slurm job started."""

@@ -109,14 +109,14 @@ def test_checkpoint_goodput_under_failures(tmp_path):
 
 
 def test_fault_campaign_recovers_every_kind_bit_exact(tmp_path):
-    """Three kinds keep the script from rotting within the suite's time; raise and a hang in a save are
-    recovered bit-exact by tests/distributed/test_in_job_restart.py."""
-    result, printed = run_bench("faults", tmp_path, "--kinds", "crash,hang,nan")
-    assert set(result["kinds"]) == {"crash", "hang", "nan"}
-    for name, kind in result["kinds"].items():
-        assert (kind["runs"], kind["recovered"], kind["bit_exact"]) == (1, 1, 1), (name, kind["details"])
-        assert positive(kind["first_new_step_s"]["median"]) and kind["detected_s"]["median"] <= kind["first_new_step_s"]["median"]
-    assert result["kinds"]["hang"]["failure_classes"] == ["hang"] and result["kinds"]["crash"]["failure_classes"] == ["crash"]
+    """One kind (a hang) and the goodput run's crashes keep the script from rotting within the suite's
+    time; every kind is recovered bit-exact by tests/distributed/test_in_job_restart.py and
+    test_loss_rollback.py."""
+    result, printed = run_bench("faults", tmp_path, "--kinds", "hang")
+    (hang,) = result["kinds"].values()
+    assert (hang["runs"], hang["recovered"], hang["bit_exact"]) == (1, 1, 1), hang["details"]
+    assert positive(hang["first_new_step_s"]["median"]) and hang["detected_s"]["median"] <= hang["first_new_step_s"]["median"]
+    assert hang["failure_classes"] == ["hang"]
     goodput = result["goodput"]
     assert goodput["run"]["recovered"] and goodput["run"]["bit_exact"] and len(goodput["run"]["recoveries"]) >= 1
     assert 0 < goodput["run"]["goodput"] <= 1 and positive(goodput["young_daly"]["restart_cost_s"])

@@ -15,7 +15,7 @@ from orchestrator.cli import app
 from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.metric_rows import parse_metric_row, parse_series_point
-from orchestrator.rundir.rows import as_event, Checkpoint, EngineBuilt, KINDS, OtherEvent, Resumed, Start
+from orchestrator.rundir.rows import Checkpoint, EngineBuilt, KINDS, OtherEvent, Resumed, Start, as_event
 from orchestrator.shared.tracking.mirror import Mirror
 from orchestrator.tracking.spec import TrackingSpec
 from tests.helpers.sinks import Recording

@@ -25,7 +25,8 @@ from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import PlanRecord, read_tracking, write_tracking
 from orchestrator.rundir.base_event import BaseEvent
 from orchestrator.rundir.recovery_events import AttemptFailed, Hang, LossNotRecovered, LossRolledBack, NodeUnhealthy, Straggler
-from orchestrator.rundir.rows import as_event, Checkpoint, Completed, EnergyBudgetExceeded, Preempted, Resumed, StoppedOverBudget, TrackingFailed
+from orchestrator.rundir.rows import (Checkpoint, Completed, EnergyBudgetExceeded, Preempted, Resumed, StoppedOverBudget, TrackingFailed,
+                                      as_event)
 from orchestrator.shared.tracking.sinks import RunIdentity, Sink, make_sinks
 from orchestrator.tracking.spec import TrackingSpec
 
