@@ -113,11 +113,17 @@ phase is billed as `restart`, as the ledger counts it."""
 def energy_by_cause(spent: GoodputLedger, phases_kwh: dict[str, float], recomputed_kwh: float) -> GoodputLedger:
     """The ledger with its energy by cause, from the bill: `productive` is the train phase less the
     recomputed training (`failures_kwh.recomputed`), batch fetch included (data wait has no phase of its
-    own); `other` is what the remaining phases hold (idle, ...). A hang's wait has none either: a hung
-    rank's energy is in the phase it hung in."""
+    own); `other` is what the remaining phases hold (idle, ...). A hang's wait has no phase either: the
+    monitors of the ranks still running go on sampling in the phase it hung in, so the bill counts it in
+    the hung attempt's training after its last save, the recomputed energy; it is taken out of that at
+    the training's mean power (`hang_s` x the train phase's kWh over its seconds), since the devices of
+    a job that waits on one stopped rank go on drawing about what they drew training."""
     energy = {cause: phases_kwh.get(phase, 0.0) for cause, phase in ENERGY_OF_CAUSE.items()}
     train = phases_kwh.get("train", 0.0)
-    energy |= {"productive": max(0.0, train - recomputed_kwh), "recomputed": min(train, recomputed_kwh),
+    recomputed = min(train, recomputed_kwh)
+    train_s = spent.productive_s + spent.badput.recomputed_s + spent.badput.hang_s + spent.badput.data_s
+    hang = min(recomputed, train * spent.badput.hang_s / train_s) if train_s > 0 else 0.0
+    energy |= {"productive": max(0.0, train - recomputed_kwh), "recomputed": recomputed - hang, "hang": hang,
                "other": sum(kwh for phase, kwh in phases_kwh.items() if phase not in {"train", *ENERGY_OF_CAUSE.values()})}
     return spent.model_copy(update={"energy_kwh": energy})
 
