@@ -9,9 +9,9 @@ import psutil
 import pytest
 
 from orchestrator.shared.checkpoint import store
-from tests.helpers.processes import kill_run, orch, start_orch
+from tests.helpers.processes import kill_run, losses, orch, start_orch
 from tests.helpers.project import FAST, LIGHT_GATES
-from tests.distributed.test_checkpointing import events, losses, summary, wait_for_step
+from tests.distributed.test_checkpointing import events, summary, wait_for_step
 
 pytestmark = pytest.mark.distributed
 
@@ -61,18 +61,23 @@ def test_a_horovod_checkpoint_is_gated_on_its_whole_state(reference):
     assert quality["value"] == pytest.approx(summary(reference)["final_val_loss"], rel=0.1)
 
 
-def test_horovod_sigkill_and_resume_is_bit_exact(tmp_path, reference):
+def test_horovod_sigkill_and_resume_is_bit_exact_through_a_rollback_and_an_in_job_restart(tmp_path, reference, monkeypatch):
+    """Killed after step 10, then run again: it resumes at step 8, rolls a NaN at step 10 back to that
+    checkpoint, and is restarted in the job (a new rendezvous round) when rank 1 raises at step 11."""
     run_dir = tmp_path / "run"
     process = start_orch("run", "recipes/tiny-pretrain.yaml", *BASE, *HOROVOD, "--run-dir", str(run_dir))
     wait_for_step(run_dir, 10)
     kill_run(run_dir)
     process.wait()
+    monkeypatch.setenv("ORCH_INJECT_FAULTS", "nan@10,raise@11:rank1")
     complete(run_dir, *HOROVOD)
 
     assert losses(run_dir) == losses(reference)  # every per-step loss, to the last bit
     assert summary(run_dir)["param_fingerprints"] == summary(reference)["param_fingerprints"]
-    (resumed,) = [e for e in events(run_dir) if e["event"] == "resumed"]
-    assert resumed["step"] == 8
+    history = events(run_dir)
+    assert [e["step"] for e in history if e["event"] == "resumed"] == [8, 8]
+    assert [(e["step"], e["checkpoint_step"]) for e in history if e["event"] == "loss_rolled_back"] == [(10, 8)]
+    assert [(e["failure"], e["ranks"], e["restarting"]) for e in history if e["event"] == "attempt_failed"] == [("crash", [1], True)]
 
 
 def test_horovod_preemption_checkpoints_and_resumes(tmp_path, reference):
