@@ -1,6 +1,6 @@
 """The preflight's last check: one all-reduce across the allocation, and each node's links to its
 ring neighbours timed against the other links (`orchestrator.slurm.preflight` runs it on every
-node after the local checks, when the allocation has two nodes or more).
+node after the local checks, when the allocation has `MIN_NODES` or more).
 
 A node whose network port is degraded (a NIC renegotiated to a lower speed, a flapping cable, a
 misrouted interface) passes every local check and then slows every collective of the job. Here the
@@ -9,8 +9,7 @@ will use; gloo on CPU plans) and time, in up to three phases so that no node ser
 once, a ping-pong of `BUFFER_BYTES` between each node and the next one in the ring. A node both of
 whose links are slower than `SLOW_RATIO` x the median of the links that do not touch it, and slower
 than `SLOW_FLOOR_S` (so that noise on a fast network's tiny times fails nobody), is named. One slow
-link alone names nobody: either of its ends may be at fault. Fewer than three nodes: the all-reduce
-is timed, but no node can be told apart from its only neighbour. The first node says the
+link alone names nobody: either of its ends may be at fault. The first node says the
 all-reduce's time and bus bandwidth, and the links' median and slowest, in the job's log.
 
 Joining: the first node of the allocation (the batch step's own node) hosts the store, at a port
@@ -46,6 +45,10 @@ SLOW_LINK_VARIABLE = "ORCH_PREFLIGHT_SLOW_LINK"
 BUFFER_BYTES = 4 * 2**20
 PING_PONGS = 5
 """Round trips timed per link; the median counts, so one descheduled round trip names nobody."""
+MIN_NODES = 3
+"""With two, neither node can be told apart from its only neighbour, and the ranks' own rendezvous
+finds one that cannot be reached: the check's torch import and process group would cost every
+two-node job seconds for a figure only."""
 SLOW_RATIO = 4.0
 SLOW_FLOOR_S = 0.05
 """A round trip of 4 MiB: well under 1 ms on a healthy InfiniBand link, 7 ms at 10 Gb/s, past 60 ms on a

@@ -6,7 +6,7 @@ every device of the allocation. The checks: free space where the checkpoints go 
 GPU plans, the GPUs this node shows and their health (`nvidia-smi`: uncorrected ECC errors,
 temperature, as `orch doctor` checks them); the recipe's own `fault_tolerance.node_health_check`, a
 command (a site's node health check script, say) that fails the node by a non-zero exit or by
-running past its timeout; and last, when the allocation has two nodes or more, one all-reduce across
+running past its timeout; and last, when the allocation has three nodes or more, one all-reduce across
 the allocation and each node's links to its ring neighbours, timed in one process group
 (`orchestrator.slurm.link_check`): a node whose links are both slow against the others is named.
 `orch doctor`'s probe measures the interconnect's bandwidth before a job; this check finds the node
@@ -34,7 +34,7 @@ from orchestrator.rundir.layout import RunDir
 from orchestrator.errors import SlurmError
 from orchestrator.rundir.records import PlanRecord, read_plan, read_recipe
 from orchestrator.slurm.client import slurm
-from orchestrator.slurm.link_check import SLOW_LINK_VARIABLE, LinkCheck, check_links, injected_delay_s, link_port
+from orchestrator.slurm.link_check import MIN_NODES, SLOW_LINK_VARIABLE, LinkCheck, check_links, injected_delay_s, link_port
 from orchestrator.slurm.probe import gpu_health
 
 MiB = 2**20
@@ -97,9 +97,10 @@ def _hook(command: str) -> list[str]:
 
 
 def _links(node: str, plan: PlanRecord) -> list[str]:
-    """The link check, when this step runs on two nodes or more, with this node's place in it from srun's variables."""
+    """The link check, when this step runs on three nodes or more (`MIN_NODES`), with this node's place in
+    it from srun's variables."""
     nodes = int(os.environ.get("SLURM_NTASKS", "1"))
-    if nodes < 2:
+    if nodes < MIN_NODES:
         return []
     try:
         delay_s = injected_delay_s(os.environ.get(SLOW_LINK_VARIABLE), node)
