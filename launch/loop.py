@@ -19,7 +19,6 @@ from launch.energy.monitor import Monitor
 from launch.engines import Engine
 from launch.faults import Faults
 from launch.loss_guard import BadLoss, LossGuard, data_position
-from launch.memory import PeakTracker
 from launch.signals import StopFlag
 from launch.stragglers import StragglerWatch
 from orchestrator.shared.checkpoint import store
@@ -39,6 +38,7 @@ from orchestrator.rundir.checkpoint_records import RunSummary, write_summary
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import ElasticRecord, PlanRecord, read_elastic, read_provenance
 from orchestrator.rundir.base_event import BaseEvent
+from orchestrator.rundir.memory_phases import MemoryPhases
 from orchestrator.rundir.recovery_events import LossNotRecovered, LossRolledBack
 from orchestrator.rundir.rows import (Checkpoint, CheckpointSetAside, Completed, ElasticResume, Preempted, RecipeChangedOnResume,
                                       ReplicasDiverged, Resumed, Start, StartedOver, StoppedOverBudget)
@@ -86,7 +86,6 @@ class Trainer:
         )
         history = run.history()
         self.policy = SavePolicy(spec, train.steps, job_deadline(history), last_stall(history))
-        self.step_memory = PeakTracker(plan.topology.device)
         self.faults = _injected_faults(engine.rank, run)
         self.guard = LossGuard(recipe.fault_tolerance.max_loss_spike)
         recovery = recipe.fault_tolerance
@@ -165,13 +164,13 @@ class Trainer:
         progress.report("step", step)
         self.monitor.phase("train", step)
         lr = self.engine.lr
-        self.step_memory.lap()
+        self.engine.memory.begin()
         tic = time.perf_counter()
         loss_factor = self.faults.fire(step)  # a `slow` rank's wait counts as its data wait
         batch = [self.train_data.rows(i) for i in self.stream.step_indices()]
         fetched = time.perf_counter()
         local_loss = self.engine.train_step(batch, loss_factor=loss_factor)
-        peak_memory = self.step_memory.lap()
+        peak_memory = self.engine.memory.stretch_bytes
         (loss,) = self.engine.mean_across_ranks([local_loss])
         problem = self.guard.check(step, loss)  # the mean: every rank decides alike
         if problem:
@@ -221,17 +220,25 @@ class Trainer:
         self.log(row)
 
     def check_replicas(self, step: int) -> str:
-        digests = self.engine.gather(self.engine.fingerprint())
+        digests = self.engine.gather(self.fingerprint())
         if len(set(digests)) > 1:
             self.event(ReplicasDiverged(step=step, digests=digests))
             raise SystemExit(f"step {step}: the ranks' parameters differ (digests {digests}); the last checkpoint is intact")
         return digests[0]
 
+    def fingerprint(self) -> str:
+        self.engine.memory.begin()
+        fingerprint = self.engine.fingerprint()
+        self.engine.memory.end("fingerprint")
+        return fingerprint
+
     def evaluate(self, step: int) -> float:
         progress.report("evaluation", step)
         self.monitor.phase("eval")
         micro = self.plan.batch.micro_batch_size
+        self.engine.memory.begin()
         losses = [self.engine.eval_loss(take(self.val_rows, i, i + micro)) for i in range(0, count(self.val_rows), micro)]
+        self.engine.memory.end("evaluation")
         (mean,) = self.engine.mean_across_ranks([float(np.mean(losses))])
         self.monitor.phase("train", step)
         return mean
@@ -247,6 +254,8 @@ class Trainer:
                 "zero_stage": self.recipe.distributed.zero_stage, "tokens": step * self.tokens_per_step,
                 "libraries": provenance.libraries if (provenance := read_provenance(self.run)) else {}}
 
+        memory: list = []
+
         def write_shards(base: Path, tag: str) -> None:
             (base / tag).mkdir(parents=True, exist_ok=True)  # on every rank: some engines write from rank 0 alone
             self.engine.save_shards(base, tag)
@@ -254,9 +263,13 @@ class Trainer:
             if self.is_logger and self.run.metrics.exists():
                 (base / tag / self.run.metrics.name).write_bytes(self.run.metrics.read_bytes())
             self.monitor.flush()  # every rank's record is current before rank 0 settles the bill
-            self.engine.barrier()
+            self.engine.memory.end("checkpoint_save")
+            # The barrier every save needs, as a gather of every rank's peaks so far: no collective more.
+            memory[:] = self.engine.gather(self.engine.memory.record())
 
+        self.engine.memory.begin()
         self.policy.saved(self.saver.save(step, write_shards, meta))
+        self.record_memory(step, memory)
         self.account.settle(step)
 
     def _committed(self, report: SaveReport) -> None:
@@ -296,6 +309,7 @@ class Trainer:
         """The checkpoint's shards, RNG states, data position and metrics; returns its rank state and
         the metric rows it dropped (rank 0's count)."""
         checkpoint = self.root / found.tag
+        self.engine.memory.begin()
         if found.elastic:
             # Another world size: shards from the universal conversion, the global data position from
             # rank 0's state, and RNG states reseeded (per-rank streams cannot be carried over).
@@ -306,6 +320,7 @@ class Trainer:
             state = rank_state.read(checkpoint, self.engine.rank)
             self.engine.load_shards(self.root, found.tag)
             rank_state.restore_rng(state)
+        self.engine.memory.end("resume")
         self.stream.load_state_dict(state.data)
         recomputed = self._metrics_from(checkpoint)
         self.engine.barrier()
@@ -338,10 +353,12 @@ class Trainer:
     def _start_over(self) -> int:
         """Step 0 again: the engine built afresh as at the start (from the seed), the data and RNG states
         where the first step found them. Returns the metric rows dropped."""
+        peaks = self.engine.memory
         self.engine = None  # the old engine's memory goes before the new one takes its own
         gc.collect()
         seed_everything(self.recipe.train.seed)
         self.engine = self.rebuild()
+        self.engine.memory.keep(peaks)
         rank_state.restore_rng(self.initial)
         self.stream.load_state_dict(self.initial.data)
         return self._metrics_from(None)
@@ -391,14 +408,20 @@ class Trainer:
         if self.is_logger:
             events.append_row(self.run.metrics, row)
 
+    def record_memory(self, step: int, ranks: list) -> None:
+        """Every rank's peak per phase so far (gathered by the caller), at each checkpoint and at the end."""
+        self.event(MemoryPhases.of(step, ranks))
+
     def finish(self) -> None:
         self.monitor.phase("idle")
         self.monitor.flush()
-        fingerprints = self.engine.gather(self.engine.fingerprint())
+        fingerprint = self.fingerprint()
+        fingerprints, memory = zip(*self.engine.gather((fingerprint, self.engine.memory.record())))  # one gather for both
         bill = self.account.settle()
         if not self.is_logger:
             return
         rows = self.run.metric_rows()
+        self.record_memory(rows[-1]["step"], list(memory))
         history = self.run.history()
         starts = [e.time for e in history if isinstance(e, Start)]
         now = time.time()
@@ -423,7 +446,7 @@ class Trainer:
             tokens_per_s=float(np.median(steady)),
             mfu=float(np.median([r["mfu"] for r in rows[1:] if r["mfu"]] or [0.0])),
             checkpoint_stall_s=[e.stall_s for e in checkpoints],
-            param_fingerprints=fingerprints,
+            param_fingerprints=list(fingerprints),
             checkpoint=str(self.root / store.tag_for(last["step"])),
             energy=_energy_summary(bill),
         )

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Protocol
 
-from launch.memory import StartupMemory
+from launch.memory import PhasePeaks, StartupMemory
 from orchestrator.shared.model.inputs import Rows
 
 if TYPE_CHECKING:
@@ -34,6 +34,9 @@ class Engine(Protocol):
     lr: float
     grad_norm: float | None
     startup_memory: StartupMemory
+    memory: PhasePeaks
+    """This rank's peak memory per phase: the engine ends construction, set-up, and in `train_step` each
+    micro-batch's forward and backward passes and each optimizer step; the training loop the rest."""
     forward_s: float
     """The last `train_step`'s forward passes: this rank's own compute, before any gradient collective
     (the straggler report sets it against its peers')."""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from launch.engines import process_group_timeout_s, settled
 from launch.engines.replica import parameter_digest
-from launch.memory import PeakTracker, StartupMemory, return_freed_memory
+from launch.memory import PhasePeaks, return_freed_memory
 from launch.rank_state import state_owner
 from orchestrator.shared.backend_imports import import_deepspeed, import_muon_uncompiled
 from orchestrator.shared.model.architectures import Sizes
@@ -83,9 +83,9 @@ class Engine:
         self.partitioned = recipe.distributed.partitioned_construction
         if recipe.distributed.zero_stage == 3 and plan.topology.device == "cpu":
             return_freed_memory()
-        peaks = PeakTracker()
+        self.memory = PhasePeaks(plan.topology.device)
         model = self._build(recipe, plan.model.sizes, config, get_accelerator().current_device_name())
-        construction = peaks.lap()
+        self.memory.end("construction")
         schedule = partial(lr_multiplier, recipe.train)
         self.engine, _, _, _ = deepspeed.initialize(
             model=model,
@@ -93,7 +93,8 @@ class Engine:
             config=config,
             lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
         )
-        self.startup_memory = StartupMemory(peaks.before_bytes, construction, peaks.lap())
+        self.memory.end("setup")
+        self.startup_memory = self.memory.startup()
         self.device = get_accelerator().current_device_name()
         self.dtype = next(self.engine.module.parameters()).dtype  # the compute dtype attention masks must match
         self.zero_stage = recipe.distributed.zero_stage
@@ -134,7 +135,9 @@ class Engine:
             if loss_factor is not None:
                 loss = loss * loss_factor
             self.engine.backward(loss)
-            self.engine.step()
+            self.memory.end("forward_backward")
+            self.engine.step()  # at the accumulation boundary, the optimizer's step; before it, nothing
+            self.memory.end("optimizer_step")
             total += loss.detach().float()
         return float(total) / len(micro_batches)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from launch.engines import process_group_timeout_s, settled
 from launch.engines.replica import parameter_digest
-from launch.memory import PeakTracker, StartupMemory
+from launch.memory import PhasePeaks
 from launch.rank_state import state_owner
 from orchestrator.shared.model.build import build_model, import_model_code
 from orchestrator.shared.model.inputs import Rows, model_inputs
@@ -135,11 +135,11 @@ class Engine:
             torch.cuda.set_device(self.device)
         torch.manual_seed(recipe.train.seed)
         import_model_code(recipe.model, plan.model.sizes)
-        peaks = PeakTracker()
+        self.memory = PhasePeaks(plan.topology.device)
         # fp32 weights whatever the precision: autocast computes in 16 bits from them.
         self.model = build_model(recipe.model, plan.model.sizes, device=str(self.device),
                                  activation_checkpointing=recipe.train.activation_checkpointing)
-        construction = peaks.lap()
+        self.memory.end("construction")
         opt = config.optimizer
         optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=opt.lr, betas=opt.betas, eps=opt.eps,
                                       weight_decay=opt.weight_decay)
@@ -154,7 +154,8 @@ class Engine:
             backward_passes_per_step=config.backward_passes_per_step,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, partial(lr_multiplier, recipe.train))
-        self.startup_memory = StartupMemory(peaks.before_bytes, construction, peaks.lap())
+        self.memory.end("setup")
+        self.startup_memory = self.memory.startup()
         precision = config.precision
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
@@ -190,6 +191,7 @@ class Engine:
                 loss = loss * loss_factor
             self.scaler.scale(loss / len(micro_batches)).backward()
             total += loss.detach().float()
+        self.memory.end("forward_backward")
         self.optimizer.synchronize()
         self.scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip or math.inf)
@@ -199,6 +201,7 @@ class Engine:
         self.scaler.update()
         self.optimizer.zero_grad()
         self.scheduler.step()
+        self.memory.end("optimizer_step")
         return float(total) / len(micro_batches)
 
     def eval_loss(self, rows: Rows) -> float:

@@ -3,11 +3,12 @@
 Plots are inline SVG drawn here (no plotting library, no scripts, nothing fetched), so the file
 opens anywhere, offline: loss and validation loss, learning rate, throughput, each node's energy
 over time, checkpoint stalls; then the goodput ledger (where the wall time went), the energy bill's
-totals and the latest gate table.
+totals, each rank's peak memory per phase beside the plan's estimate, and the latest gate table.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import html
 from pathlib import Path
 
@@ -16,7 +17,9 @@ from orchestrator.rundir.bill import read_bill
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.metric_rows import MetricRow
 from orchestrator.rundir.rows import Checkpoint
+from orchestrator.rundir.records import read_plan
 from orchestrator.shared.goodput import GoodputLedger
+from orchestrator.watching.phase_memory import latest_memory, memory_table, planned_bytes
 
 WIDTH, HEIGHT, PAD = 640, 260, 44
 LEFT, RIGHT = 72, 130  # room for tick labels, and for the legend
@@ -110,9 +113,13 @@ def render_run_page(run_dir: Path) -> str:
         svg_chart("Energy per node", _energy_series(run), "seconds since the first point", "Wh (cumulative)"),
         svg_chart("Checkpoint stalls", {"stall": stalls}, "step", "seconds training was blocked", lines=False),
     ]
-    sections = [f"<h1>{html.escape(status.name)}</h1>", f"<p>{html.escape(status.line())}</p>", '<div class="charts">', *charts, "</div>"]
+    sections = [f"<h1>{html.escape(status.name)}</h1>", f"<p>{html.escape(dataclasses.replace(status, memory=()).line())}</p>", '<div class="charts">', *charts, "</div>"]
     if status.ledger and status.ledger.wall_s:
         sections += ["<h2>Goodput</h2>", _ledger_table(status.ledger)]
+    memory = latest_memory(history)
+    if memory:
+        header, *table = memory_table(memory, planned_bytes(read_plan(run) if run.plan.exists() else None))
+        sections += [f"<h2>Peak memory per phase (step {memory.step}, {memory.growth_bytes()[0]})</h2>", html_table(header, table)]
     bill = read_bill(run)
     if bill:
         t = bill.totals

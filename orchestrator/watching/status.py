@@ -13,12 +13,13 @@ from orchestrator.gates.outcome import newest_report
 from orchestrator.rundir.bill import read_bill
 from orchestrator.rundir.checkpoint_records import read_summary
 from orchestrator.rundir.layout import RunDir, damaged
-from orchestrator.rundir.records import read_jobs, read_recipe
+from orchestrator.rundir.records import read_jobs, read_plan, read_recipe
 from orchestrator.rundir.base_event import BaseEvent
 from orchestrator.rundir.recovery_events import AttemptFailed, Straggler
 from orchestrator.rundir.rows import Completed, Preempted, Pruned, Start, StoppedOverBudget
 from orchestrator.shared.goodput import GoodputLedger, ledger
 from orchestrator.slurm.client import Job, job_table
+from orchestrator.watching.phase_memory import latest_memory, memory_lines, planned_bytes
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ class RunStatus:
     """Where the wall time went: the summary's for a completed run, else from the history so far."""
     stragglers: str = ""
     """The run's latest straggler report, while it names a rank."""
+    memory: tuple[str, ...] = ()
+    """Each rank's peak memory per phase, as of the latest `memory_phases` event, beside the plan's estimate."""
 
     @property
     def finished(self) -> bool:
@@ -62,6 +65,7 @@ class RunStatus:
         if self.chain:
             line += "\n  jobs: " + " -> ".join(f"{kind} {job} {state}" for kind, job, state in self.chain)
         line += f"\n  {self.stragglers}" if self.stragglers else ""
+        line += "".join(f"\n  {'  ' if i else ''}{text}" for i, text in enumerate(self.memory))
         return line + (f"\n  {self.ledger.describe()}" if self.ledger and self.ledger.wall_s else "")
 
 
@@ -106,7 +110,16 @@ def local_status(path: Path) -> RunStatus:
         failures=describe_failures(history),
         ledger=run_ledger(run, history, rows, state),
         stragglers=latest_stragglers(history),
+        memory=run_memory(run, history),
     )
+
+
+def run_memory(run: RunDir, history: list[BaseEvent]) -> tuple[str, ...]:
+    """The latest per-phase memory table, beside the plan's estimate per device; () before the first is written."""
+    latest = latest_memory(history)
+    if latest is None:
+        return ()
+    return tuple(memory_lines(latest, planned_bytes(read_plan(run) if run.plan.exists() else None)))
 
 
 def run_ledger(run: RunDir, history: list[BaseEvent], rows: list[dict], state: str) -> GoodputLedger | None:

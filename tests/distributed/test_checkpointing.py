@@ -14,6 +14,7 @@ import pytest
 from orchestrator.errors import ResumeError
 from orchestrator.starting.local import LocalRunRequest, plan_local_run
 from orchestrator.rundir.layout import RunDir
+from orchestrator.rundir.memory_phases import PHASES
 from orchestrator.watching.show import describe_run
 from tests.helpers.processes import kill_run, losses, orch, start_orch
 from tests.helpers.project import SHORT_RUN, TINY
@@ -76,6 +77,20 @@ def test_sigkill_and_auto_resume_is_bit_exact(tmp_path, uninterrupted, stage):
     assert attempt_s > 0 and total_s - attempt_s == pytest.approx(last - first, abs=1e-3)
     assert f"{attempt_s:.0f}s this attempt ({total_s:.0f}s since the first of 2 attempts)" in output
     assert "s this attempt (" in describe_run(run_dir)
+    assert_every_phase_recorded(run_dir)
+
+
+def assert_every_phase_recorded(run_dir: Path) -> None:
+    """Issue 32: each rank's peak memory in every phase, the killed attempt's as of its checkpoints, the
+    resumed one's (construction to the closing fingerprint, the resume and an evaluation included) at
+    the end, and `orch status` shows it."""
+    memory = [e for e in events(run_dir) if e["event"] == "memory_phases"]
+    assert [e["step"] for e in memory][:2] == [4, 8] and memory[-1]["step"] == STEPS
+    assert "resume" not in memory[1]["host_peak_bytes"]  # the first attempt's, kept after the kill
+    last = memory[-1]["host_peak_bytes"]
+    assert list(last) == list(PHASES) and all(len(peaks) == 2 and all(p > 0 for p in peaks) for peaks in last.values()), last
+    status = orch("status", str(run_dir)).stdout
+    assert "peak memory per phase" in status and "fwd/bwd" in status and "rank 1" in status, status
 
 
 def test_random_kills_during_steps_and_saves_never_corrupt(tmp_path, uninterrupted):

@@ -36,9 +36,9 @@ def fake_trainer(clock: Clock, logged: list[dict], log_interval: int, steps: int
 
     trainer = object.__new__(loop.Trainer)
     trainer.recipe = SimpleNamespace(train=SimpleNamespace(log_interval=log_interval, eval_interval=steps, steps=steps, replica_check_interval=0))
-    trainer.engine = SimpleNamespace(lr=0.1, grad_norm=1.0, train_step=compute, mean_across_ranks=lambda values: values)
+    trainer.engine = SimpleNamespace(lr=0.1, grad_norm=1.0, train_step=compute, mean_across_ranks=lambda values: values,
+                                     memory=SimpleNamespace(begin=lambda: None, stretch_bytes=0))
     trainer.monitor = SimpleNamespace(phase=lambda *args: None)
-    trainer.step_memory = SimpleNamespace(lap=lambda: None)
     trainer.stream = SimpleNamespace(step_indices=lambda: [0, 1], last_step_sources=lambda: None)
     trainer.train_data = SimpleNamespace(rows=fetch)
     trainer.faults = SimpleNamespace(fire=lambda step: 1.0)

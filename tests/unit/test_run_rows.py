@@ -60,6 +60,8 @@ EVERY_FIELD = {
     "attempt_started": {"attempt": 2},
     "ranks_failed": {"node": 1, "attempt": 2, "failure": "crash", "detail": "rank 3 killed by SIGKILL", "ranks": [3],
                      "evidence": "logs/rank-3.log", "quiet_since": 1765000000.5},
+    "memory_phases": {"step": 8, "host_before_bytes": [300, 310], "host_peak_bytes": {"setup": [900, 950], "resume": [None, 990]},
+                      "device_peak_bytes": {"forward_backward": [4000, 4100]}},
     "straggler": {"step": 40, "ranks": [1], "ratio": 1.5, "window_steps": 20, "per_rank": [[0.01, 0.05, 0.21], [0.21, 0.05, 0.01]]},
 }
 """A value for every field of every kind: a kind added to `rows.KINDS` needs its line here."""
