@@ -119,7 +119,7 @@ def render_run_page(run_dir: Path) -> str:
     memory = latest_memory(history)
     if memory:
         header, *table = memory_table(memory, planned_bytes(read_plan(run) if run.plan.exists() else None))
-        sections += [f"<h2>Peak memory per phase (step {memory.step}, {memory.growth_bytes()[0]})</h2>", html_table(header, table)]
+        sections += [f"<h2>Peak memory per phase (step {memory.step}, {memory.figures()[0]})</h2>", html_table(header, table)]
     bill = read_bill(run)
     if bill:
         t = bill.totals

@@ -89,6 +89,7 @@ def assert_every_phase_recorded(run_dir: Path) -> None:
     assert "resume" not in memory[1]["host_peak_bytes"]  # the first attempt's, kept after the kill
     last = memory[-1]["host_peak_bytes"]
     assert list(last) == list(PHASES) and all(len(peaks) == 2 and all(p > 0 for p in peaks) for peaks in last.values()), last
+    assert list(memory[-1]["host_grown_bytes"]) == list(PHASES)
     status = orch("status", str(run_dir)).stdout
     assert "peak memory per phase" in status and "fwd/bwd" in status and "rank 1" in status, status
 

@@ -61,7 +61,8 @@ EVERY_FIELD = {
     "ranks_failed": {"node": 1, "attempt": 2, "failure": "crash", "detail": "rank 3 killed by SIGKILL", "ranks": [3],
                      "evidence": "logs/rank-3.log", "quiet_since": 1765000000.5},
     "memory_phases": {"step": 8, "host_before_bytes": [300, 310], "host_peak_bytes": {"setup": [900, 950], "resume": [None, 990]},
-                      "device_peak_bytes": {"forward_backward": [4000, 4100]}},
+                      "host_grown_bytes": {"setup": [500, 520], "resume": [None, 90]}, "device_peak_bytes": {"forward_backward": [4000, 4100]},
+                      "device_grown_bytes": {"forward_backward": [1000, 1100]}},
     "straggler": {"step": 40, "ranks": [1], "ratio": 1.5, "window_steps": 20, "per_rank": [[0.01, 0.05, 0.21], [0.21, 0.05, 0.01]]},
 }
 """A value for every field of every kind: a kind added to `rows.KINDS` needs its line here."""
