@@ -254,8 +254,6 @@ class Trainer:
                 "zero_stage": self.recipe.distributed.zero_stage, "tokens": step * self.tokens_per_step,
                 "libraries": provenance.libraries if (provenance := read_provenance(self.run)) else {}}
 
-        memory: list = []
-
         def write_shards(base: Path, tag: str) -> None:
             (base / tag).mkdir(parents=True, exist_ok=True)  # on every rank: some engines write from rank 0 alone
             self.engine.save_shards(base, tag)
@@ -265,11 +263,11 @@ class Trainer:
             self.monitor.flush()  # every rank's record is current before rank 0 settles the bill
             self.engine.memory.end("checkpoint_save")
             # The barrier every save needs, as a gather of every rank's peaks so far: no collective more.
-            memory[:] = self.engine.gather(self.engine.memory.record())
+            # Recorded before the commit's `checkpoint` event, which ends a stopping run's history.
+            self.record_memory(step, self.engine.gather(self.engine.memory.record()))
 
         self.engine.memory.begin()
         self.policy.saved(self.saver.save(step, write_shards, meta))
-        self.record_memory(step, memory)
         self.account.settle(step)
 
     def _committed(self, report: SaveReport) -> None:
