@@ -40,15 +40,16 @@ def _node(rank: int, rounds: list[list[LinkCheck]], out) -> None:
 
 @pytest.fixture(scope="module")
 def rounds() -> list[dict[int, list[str]]]:
-    """Each node's problems from two rounds of the check in the same three processes (forked, so
-    torch is imported once): all healthy, then node 1 slowed."""
-    import torch.distributed  # noqa: F401  (imported before the fork, not by each process)
-
+    """Each node's problems from two rounds of the check in the same three processes: all healthy,
+    then node 1 slowed. They are forked from a fork server that imported torch once: forked from
+    pytest itself, after other tests ran torch's OpenMP thread pool, a child could hang in its first
+    parallel region (GNU OpenMP does not survive a fork)."""
     ports = [free_port(), free_port()]
     plans = [[LinkCheck(rank=rank, nodes=NODES, node=f"node{rank}", store_host="127.0.0.1", port=port, join_timeout_s=30,
                         delay_s=DELAY_S if slowed and rank == SLOWED else 0.0) for port, slowed in zip(ports, (False, True))]
              for rank in range(NODES)]
-    context = multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch.distributed", "orchestrator.slurm.link_check"])
     out = context.Queue()
     processes = [context.Process(target=_node, args=(rank, plans, out)) for rank in range(NODES)]
     for process in processes:
