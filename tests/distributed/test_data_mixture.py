@@ -16,7 +16,7 @@ from tests.helpers.pii import builtin_documents
 
 pytestmark = pytest.mark.distributed
 
-STEPS = 120
+STEPS = 60
 
 
 def test_three_to_one_holds_per_step_and_survives_a_kill_and_another_world_size(tmp_path):
@@ -26,10 +26,10 @@ def test_three_to_one_holds_per_step_and_survives_a_kill_and_another_world_size(
         (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in part))
     mixture = ["data.builtin=null", "data.max_bytes=null",
                f'data.sources=[{{path: {tmp_path / "code.jsonl"}, weight: 3}}, {{path: {tmp_path / "more.jsonl"}, weight: 1}}]']
-    args = ["recipes/tiny-pretrain.yaml", *FAST, *mixture, f"train.steps={STEPS}", "checkpoint.interval_steps=20", "--run-dir", str(tmp_path / "run")]
+    args = ["recipes/tiny-pretrain.yaml", *FAST, *mixture, f"train.steps={STEPS}", "checkpoint.interval_steps=10", "--run-dir", str(tmp_path / "run")]
     run_dir = tmp_path / "run"
     first = start_orch("run", *args)
-    wait_for_rows(first, run_dir, 40)
+    wait_for_rows(first, run_dir, 20)
     kill_run(run_dir)
     first.wait()
     resumed = orch("run", *args, "distributed.procs_per_node=1")  # the same global batch on one rank
