@@ -121,9 +121,10 @@ def main() -> None:
     add_job(run, os.environ["SLURM_JOB_ID"], "train")
     judge = Judge.of(trial, spec)
     step = run_job_step(run, stop_when=judge.observe)
-    if judge.pruned_at is None and (step.requeued or step.code == EXIT_REQUEUE or step.stopped_by_scheduler):
+    if judge.pruned_at is None and (step.requeued or step.code == EXIT_REQUEUE or (step.stopped_by_scheduler and step.code != 0)):
         # Requeued, or stopped by a cancel (after a checkpoint, or killed still starting up, before the
         # ranks could take the signal): the trial is unfinished and resumes at this slot's next start.
+        # A cancel that came as the ranks finished (exit 0) found the trial complete.
         how = "after a checkpoint" if step.requeued or step.code == EXIT_REQUEUE else f"by the scheduler (exit {step.code}) before its ranks could checkpoint"
         print(f"trial {slot}: stopped {how}; it resumes when its slot runs again", flush=True)
         sys.exit(step.code)

@@ -101,11 +101,12 @@ def test_a_sweep_directory_name_its_trials_cannot_take_is_refused_at_the_start(t
     assert not (tmp_path / name).exists()
 
 
-@pytest.mark.parametrize("signalled, state", [(True, "RUNNING"), (False, "FAIL")])
-def test_an_array_task_cancelled_before_its_ranks_could_checkpoint_leaves_its_trial_unfinished(tmp_path, monkeypatch, signalled, state):
+@pytest.mark.parametrize("code, signalled, state", [(143, True, "RUNNING"), (143, False, "FAIL"), (0, True, "COMPLETE")])
+def test_an_array_task_cancelled_before_its_ranks_could_checkpoint_leaves_its_trial_unfinished(tmp_path, monkeypatch, code, signalled, state):
     """`scancel` while a trial's ranks were still starting killed them (exit 143, no checkpoint, no 75):
     the trial was told FAIL and never ran again. Stopped by the scheduler, it resumes; a step that
-    failed of itself still fails the trial."""
+    failed of itself still fails the trial; one the cancel reached as its ranks finished (exit 0: the
+    trial trained to its end) is complete, not run again (CI once ran such a trial twice)."""
     import orchestrator.slurm.batch as batch
     from orchestrator.sweep import trial as trial_task
     from orchestrator.sweep.study import slot_trials
@@ -115,10 +116,11 @@ def test_an_array_task_cancelled_before_its_ranks_could_checkpoint_leaves_its_tr
     write_plan(sweep.trial(1))
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
     monkeypatch.setenv("SLURM_JOB_ID", "99")
-    monkeypatch.setattr(batch, "run_job_step", lambda run, stop_when: batch.JobStep(143, False, signalled))
+    (sweep.trial(1) / "metrics.jsonl").write_text('{"step": 4, "loss": 6.9, "val_loss": 6.8}\n')
+    monkeypatch.setattr(batch, "run_job_step", lambda run, stop_when: batch.JobStep(code, False, signalled))
     monkeypatch.setattr("sys.argv", ["trial", "--sweep-dir", str(sweep.path)])
     with pytest.raises(SystemExit) as ended:
         trial_task.main()
-    assert ended.value.code == 143
+    assert ended.value.code == code
     recipe = load_recipe(SWEEP).recipe
     assert slot_trials(open_study(sweep, recipe.sweep, recipe.name)).get(1).state.name == state
