@@ -71,20 +71,27 @@ def tiny_base(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def uninterrupted(tmp_path_factory) -> Callable[..., Path]:
-    """`SHORT_RUN` trained without a fault, once a session for each ZeRO stage asked for (the tiny
-    recipe's own stage 2 is the one most tests compare with)."""
-    runs: dict[int, Path] = {}
+def trained_once(tmp_path_factory) -> Callable[..., Path]:
+    """The tiny recipe trained with the given overrides, once a session for each set asked for: the
+    tests that compare a killed, faulted or exported run with the same run trained without a fault
+    share one."""
+    runs: dict[tuple[str, ...], Path] = {}
 
-    def trained(stage: int = 2) -> Path:
-        if stage not in runs:
-            run_dir = tmp_path_factory.mktemp(f"uninterrupted-zero{stage}") / "run"
-            result = orch("run", "recipes/tiny-pretrain.yaml", *SHORT_RUN, f"distributed.zero_stage={stage}", "--run-dir", str(run_dir))
+    def trained(*overrides: str) -> Path:
+        if overrides not in runs:
+            run_dir = tmp_path_factory.mktemp("trained") / "run"
+            result = orch("run", "recipes/tiny-pretrain.yaml", *overrides, "--run-dir", str(run_dir))
             assert result.returncode == 0, result.stdout + result.stderr
-            runs[stage] = run_dir
-        return runs[stage]
+            runs[overrides] = run_dir
+        return runs[overrides]
 
     return trained
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(trained_once) -> Callable[..., Path]:
+    """`SHORT_RUN` trained without a fault, at a ZeRO stage (the tiny recipe's own 2 by default)."""
+    return lambda stage=2: trained_once(*SHORT_RUN, f"distributed.zero_stage={stage}")
 
 
 @pytest.fixture(scope="session")

@@ -20,19 +20,9 @@ OVERRIDES = [*FAST, f"train.steps={STEPS}", "checkpoint.interval_steps=3", "trai
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Trains each ZeRO stage once per module, on first use."""
-    trained: dict[int, Path] = {}
-
-    def get(stage: int) -> Path:
-        if stage not in trained:
-            run_dir = tmp_path_factory.mktemp(f"zero{stage}") / "run"
-            result = orch("run", "recipes/tiny-pretrain.yaml", *OVERRIDES, f"distributed.zero_stage={stage}", "--run-dir", str(run_dir))
-            assert result.returncode == 0, result.stdout + result.stderr
-            trained[stage] = run_dir
-        return trained[stage]
-
-    return get
+def runs(trained_once):
+    """Each ZeRO stage trained once, on first use."""
+    return lambda stage: trained_once(*OVERRIDES, f"distributed.zero_stage={stage}")
 
 
 def row(listing: str, tag: str) -> str:
