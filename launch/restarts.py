@@ -77,10 +77,9 @@ class Restarts:
         fault = classify(code, failed_ranks(ranks, first, self.run), self._oom_killed(), _last(history, Hang), self.run)
         if not self.single_node:
             if fault.failure != "hang":
-                quiet = _last_written_ns(self.run.rank_log(fault.ranks[0])) / 1e9 if fault.ranks else None
-                events.append(self.run.events, RanksFailed(node=self.node, attempt=self.number, failure=fault.failure, detail=fault.detail,
-                                                           ranks=fault.ranks, evidence=fault.evidence,
-                                                           quiet_since=quiet if quiet is not None and math.isfinite(quiet) else None))
+                events.append(self.run.events, RanksFailed(
+                    node=self.node, attempt=self.number, failure=fault.failure, detail=fault.detail, ranks=fault.ranks,
+                    evidence=fault.evidence, quiet_since=_quiet_since(self.run.rank_log(fault.ranks[0])) if fault.ranks else None))
             return False
         idle = not trained_a_step(self.run, history)
         used = restarts_in_window(self.run.history(), self.spec)
@@ -141,6 +140,12 @@ def _last_written_ns(log: Path) -> float:
         return log.stat().st_mtime_ns
     except OSError:
         return math.inf
+
+
+def _quiet_since(log: Path) -> float | None:
+    """When the log was last written, in seconds since the epoch; None when it cannot be read."""
+    written_ns = _last_written_ns(log)
+    return written_ns / 1e9 if math.isfinite(written_ns) else None
 
 
 def oom_kill_count(cgroup_root: Path = Path("/sys/fs/cgroup"), proc: Path = Path("/proc")) -> int | None:
