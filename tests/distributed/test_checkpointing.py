@@ -16,7 +16,7 @@ from orchestrator.starting.local import LocalRunRequest, plan_local_run
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.memory_phases import PHASES
 from orchestrator.watching.show import describe_run
-from tests.helpers.processes import kill_run, losses, orch, start_orch
+from tests.helpers.processes import frozen_at_last_save, kill_run, losses, orch, start_orch
 from tests.helpers.project import SHORT_RUN, TINY
 from tests.helpers.mfu import assert_mfu_matches_plan
 
@@ -54,7 +54,8 @@ def test_sigkill_and_auto_resume_is_bit_exact(tmp_path, uninterrupted, stage):
     """Killed at step 10 in the middle of appending to events.jsonl and metrics.jsonl (the half lines
     such a kill leaves are written after it): the resumed run skips them and ends bit-exact."""
     run_dir = tmp_path / "run"
-    process = start_orch("run", "recipes/tiny-pretrain.yaml", *BASE, f"distributed.zero_stage={stage}", "--run-dir", str(run_dir))
+    process = start_orch("run", "recipes/tiny-pretrain.yaml", *BASE, f"distributed.zero_stage={stage}", "--run-dir", str(run_dir),
+                         faults=frozen_at_last_save(STEPS))
     wait_for_step(run_dir, 10)
     kill_run(run_dir)
     process.wait()
@@ -216,7 +217,8 @@ def test_elastic_resume_at_another_world_size(tmp_path, uninterrupted):
     carries over (the same samples per step, none repeated or skipped) and training continues from
     the same weights, so the losses follow the uninterrupted run's (to reduction-order rounding)."""
     run_dir = tmp_path / "run"
-    process = start_orch("run", "recipes/tiny-pretrain.yaml", *BASE, "distributed.zero_stage=2", "--run-dir", str(run_dir))
+    process = start_orch("run", "recipes/tiny-pretrain.yaml", *BASE, "distributed.zero_stage=2", "--run-dir", str(run_dir),
+                         faults=frozen_at_last_save(STEPS))
     wait_for_step(run_dir, 9)
     kill_run(run_dir)
     process.wait()

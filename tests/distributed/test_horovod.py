@@ -9,7 +9,7 @@ import psutil
 import pytest
 
 from orchestrator.shared.checkpoint import store
-from tests.helpers.processes import kill_run, losses, orch, start_orch
+from tests.helpers.processes import frozen_at_last_save, kill_run, losses, orch, start_orch
 from tests.helpers.project import FAST, LIGHT_GATES
 from tests.distributed.test_checkpointing import events, summary, wait_for_step
 
@@ -67,7 +67,7 @@ def test_horovod_sigkill_and_resume_is_bit_exact_through_a_rollback_and_an_in_jo
     10 back to a checkpoint, and is restarted in the job (a new rendezvous round) when rank 1 raises at
     step 11."""
     run_dir = tmp_path / "run"
-    process = start_orch("run", "recipes/tiny-pretrain.yaml", *BASE, *HOROVOD, "--run-dir", str(run_dir))
+    process = start_orch("run", "recipes/tiny-pretrain.yaml", *BASE, *HOROVOD, "--run-dir", str(run_dir), faults=frozen_at_last_save(STEPS))
     wait_for_step(run_dir, 10)
     kill_run(run_dir)
     process.wait()
@@ -127,7 +127,7 @@ def test_horovod_checkpoint_resumes_at_another_world_size(tmp_path, reference):
     """Saved by 2 ranks, resumed by 1: Horovod's state is whole in every checkpoint, so nothing is
     converted; the data position carries over and the losses follow the uninterrupted run's."""
     run_dir = tmp_path / "run"
-    process = start_orch("run", "recipes/tiny-pretrain.yaml", *BASE, *HOROVOD, "--run-dir", str(run_dir))
+    process = start_orch("run", "recipes/tiny-pretrain.yaml", *BASE, *HOROVOD, "--run-dir", str(run_dir), faults=frozen_at_last_save(STEPS))
     wait_for_step(run_dir, 9)
     kill_run(run_dir)
     process.wait()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,12 +20,21 @@ def orch(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     )
 
 
-def start_orch(*args: str) -> subprocess.Popen:
-    """`orch` in the background, in its own session, for tests that signal or kill it mid-run."""
+def start_orch(*args: str, faults: str | None = None) -> subprocess.Popen:
+    """`orch` in the background, in its own session, for tests that signal or kill it mid-run;
+    `faults`: the run's `ORCH_INJECT_FAULTS` (this process's own environment is left as it is)."""
+    env = os.environ | ({"ORCH_INJECT_FAULTS": faults} if faults else {})
     return subprocess.Popen(
         [sys.executable, "-m", "orchestrator", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, start_new_session=True,
+        text=True, start_new_session=True, env=env,
     )
+
+
+def frozen_at_last_save(steps: int) -> str:
+    """The faults that freeze every rank (SIGSTOP) as the last checkpoint save of a `steps`-step run
+    starts: a test that kills the run once it logged an earlier step cannot find it ended first, however
+    loaded the machine (CI once saw a 12-step run finish between its step 10 and the kill)."""
+    return f"stop@{steps}:save"
 
 
 def losses(run_dir: Path) -> list[tuple[int, float]]:
