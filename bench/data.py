@@ -51,7 +51,7 @@ from orchestrator.data.spec import DataSpec
 if __name__ == "__main__":
     spec = DataSpec.model_validate(json.loads(sys.argv[1]))
     start = time.perf_counter()
-    data, _ = prepare_data(spec, 0, Path(sys.argv[2]), workers=int(sys.argv[3]))
+    data = prepare_data(spec, 0, Path(sys.argv[2]), workers=int(sys.argv[3]))
     print(json.dumps({"seconds": time.perf_counter() - start, "tokens": data.train_tokens + data.val_tokens,
                       "dir": str(data.dir), "curation": data.manifest.curation, "phases": data.manifest.seconds}))
 """

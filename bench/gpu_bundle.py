@@ -209,7 +209,7 @@ def bundle_data(bundle: Bundle) -> Path:
 
     write_corpus(REPO / bundle.corpus)
     _, plan, _ = load_and_plan(REPO / RECIPE, list(bundle.data_overrides), measure_cpu=False)
-    prepared, _ = prepare_data(plan.recipe.data, plan.recipe.train.seed, plan.data_cache_dir)
+    prepared = prepare_data(plan.recipe.data, plan.recipe.train.seed, plan.data_cache_dir)
     target = REPO / bundle.cache / "data" / prepared.dir.name
     for stale in target.parent.glob("*"):
         if stale.name != target.name:

@@ -67,7 +67,7 @@ def prepare(
 
     _, launch_plan, _ = load_and_plan(recipe, overrides, measure_cpu=False)
     work_offline()
-    data, _ = prepare_data(launch_plan.recipe.data, launch_plan.recipe.train.seed, launch_plan.data_cache_dir, workers)
+    data = prepare_data(launch_plan.recipe.data, launch_plan.recipe.train.seed, launch_plan.data_cache_dir, workers)
     typer.echo(describe_preparation(data))
 
 

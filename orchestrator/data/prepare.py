@@ -18,7 +18,7 @@ import json
 import shutil
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -28,8 +28,7 @@ from pydantic import TypeAdapter
 from orchestrator.data.corpus import SourceFile, datasets_file, file_stats, fingerprint, iter_documents, source_files
 from orchestrator.data.curate import Deduplicator, contamination_from
 from orchestrator.data.pieces import PIECE_CHARS, pieces
-from orchestrator.shared.data.prepared import (MANIFEST, InstructionManifest, PreparedData, TextManifest, manifest_content,
-                                      read_manifest, write_manifest)
+from orchestrator.shared.data.prepared import MANIFEST, InstructionManifest, PreparedData, TextManifest, read_manifest, write_manifest
 from orchestrator.shared.data.shards import write_shard
 from orchestrator.data.spec import DataSpec, SourceSpec
 from orchestrator.data.staging import publish, staged
@@ -83,9 +82,9 @@ def _stat_key(spec: DataSpec, seed: int) -> str:
 
 
 def prepare_data(spec: DataSpec, seed: int, cache_dir: Path, workers: int | None = None,
-                 piece_chars: int = PIECE_CHARS) -> tuple[PreparedData, dict]:
-    """Returns the prepared data and its manifest (files with hashes, counts); prepares it when the
-    cache lacks it, with `workers` processes (default: `data.workers`). `piece_chars`, the longest
+                 piece_chars: int = PIECE_CHARS) -> PreparedData:
+    """Returns the prepared data (its manifest counts; `read_sources` lists its files with their
+    hashes); prepares it when the cache lacks it, with `workers` processes (default: `data.workers`). `piece_chars`, the longest
     piece of a document any step takes at once, is not part of the cache key: it changes memory and
     speed, tokens only where `data.pieces` says. Tests lower it."""
     target = find_prepared(spec, seed, cache_dir)
@@ -102,12 +101,11 @@ def prepare_data(spec: DataSpec, seed: int, cache_dir: Path, workers: int | None
     if not pointer.exists():
         pointer.write_text(json.dumps({"key": target.name}))
     data = PreparedData.load(target)
-    manifest = {**manifest_content(data.manifest), "files": json.loads((target / SOURCES).read_text())}  # as listed, for provenance
     short = [(split, n) for split, n in (("train", data.train_tokens), ("val", data.val_tokens)) if n < spec.seq_len]
     if short and spec.instruction is None:
         split, n = short[0]
         raise DataError(f"the {split} split has {n} tokens, fewer than one sequence of data.seq_len={spec.seq_len}: add data or lower val_fraction/seq_len")
-    return data, manifest
+    return data
 
 
 _SOURCE_LIST = TypeAdapter(list[SourceFile])
@@ -123,11 +121,16 @@ def parse_sources(entries: list[dict]) -> list[SourceFile]:
     return _SOURCE_LIST.validate_python(entries)
 
 
+def sources_content(files: list[SourceFile]) -> list[dict]:
+    """The source files as `SOURCES` lists them: path, sha256 and bytes, in that order."""
+    return _SOURCE_LIST.dump_python(files, mode="json")
+
+
 def _build(spec: DataSpec, seed: int, files: list[list[SourceFile]], out: Path, cache_dir: Path, workers: int, piece_chars: int) -> None:
     import datasets
 
     datasets.disable_progress_bars()
-    (out / SOURCES).write_text(json.dumps([{**asdict(f), "path": str(f.path)} for fs in files for f in fs], indent=1))
+    (out / SOURCES).write_text(json.dumps(sources_content([f for fs in files for f in fs]), indent=1))
     if spec.instruction is not None:
         _build_instruction(spec, seed, [f.path for f in files[0]], out, cache_dir)
         return

@@ -348,10 +348,9 @@ def read_data(run: RunDir) -> DataRecord:
     return _read(run.data, DataRecord.model_validate_json)
 
 
-def write_data(run: RunDir, directory: Path, manifest: dict) -> None:
+def write_data(run: RunDir, data: PreparedData) -> None:
     """The prepared data's location and its manifest (the file list stays in the cache)."""
-    record = DataRecord.model_validate({"dir": directory, **{k: v for k, v in manifest.items() if k != "files"}})
-    run.write_file(run.data.name, record.model_dump_json(indent=2))
+    run.write_file(run.data.name, DataRecord(dir=data.dir, manifest=data.manifest).model_dump_json(indent=2))
 
 
 def read_jobs(run: RunDir) -> JobsRecord:
@@ -389,7 +388,7 @@ class ProvenanceRecord(Record):
     recipe_hash: str
     recipe_sources: list[str]
     data: dict[str, Any]
-    """The prepared data's manifest as preparation returned it, its source files (`files`) included."""
+    """The prepared data's manifest as preparation wrote it, its source files (`files`) added."""
 
     def source_files(self) -> list[dict] | None:
         """The source files with their sha256, as the prepared data listed them."""

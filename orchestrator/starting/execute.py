@@ -92,9 +92,9 @@ def prepare_run(plan: LaunchPlan, sources: list[Path], with_data: bool = True) -
 def record_data(run: RunDir, recipe: Recipe, cache_dir: Path, recipe_hash: str, sources: list[Path]) -> None:
     """Prepares the run's data (or finds it prepared) and records where it is, with the run's provenance."""
     work_offline()
-    data, manifest = prepare_data(recipe.data, recipe.train.seed, cache_dir)
-    write_data(run, data.dir, manifest)
-    write_provenance(run, provenance(recipe_hash, manifest, sources))
+    data = prepare_data(recipe.data, recipe.train.seed, cache_dir)
+    write_data(run, data)
+    write_provenance(run, provenance(recipe_hash, data, sources))
 
 
 def start(plan: LaunchPlan, run: RunDir, runner: CommandRunner) -> list[Process]:

@@ -8,12 +8,16 @@ from importlib import metadata
 from pathlib import Path
 
 from orchestrator import __version__
+from orchestrator.data.prepare import read_sources, sources_content
 from orchestrator.rundir.records import CodeVersion, ProvenanceRecord
+from orchestrator.shared.data.prepared import PreparedData, manifest_content
 
 LIBRARIES = ("torch", "deepspeed", "transformers", "datasets", "tokenizers", "numpy", "pydantic")
 
 
-def provenance(recipe_hash: str, data_manifest: dict, sources: list[Path]) -> ProvenanceRecord:
+def provenance(recipe_hash: str, data: PreparedData, sources: list[Path]) -> ProvenanceRecord:
+    """`data` is recorded as its manifest with its source files listed beside it (`files`), so the
+    hashes survive a cleared data cache."""
     return ProvenanceRecord(
         orchestrator=CodeVersion(version=__version__, git_commit=_git_commit(), git_dirty=_git_dirty()),
         python=platform.python_version(),
@@ -21,7 +25,7 @@ def provenance(recipe_hash: str, data_manifest: dict, sources: list[Path]) -> Pr
         libraries={name: _version(name) for name in LIBRARIES},
         recipe_hash=recipe_hash,
         recipe_sources=[str(p) for p in sources],
-        data=data_manifest,
+        data={**manifest_content(data.manifest), "files": sources_content(read_sources(data.dir))},
     )
 
 

@@ -20,6 +20,7 @@ import pytest
 from orchestrator.recipe.loader import load_recipe
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import recipe_yaml, write_data
+from orchestrator.shared.data.prepared import PreparedData, parse_manifest
 from tests.helpers.planning import write_plan
 from tests.helpers.project import ROOT, TINY
 
@@ -64,7 +65,7 @@ def test_a_failing_rank_shows_its_own_log(tmp_path):
     run.write_file(run.recipe.name, recipe_yaml(load_recipe(TINY).recipe))
     source = {"name": "text", "weight": 1.0, "documents": {}, "train_tokens": 1, "val_tokens": 0, "curation": {},
               "shards": {"train": ["train-00000"], "val": []}}
-    write_data(run, tmp_path / "gone", {"vocab_size": 8, "train_tokens": 1, "val_tokens": 0, "sources": [source]})
+    write_data(run, PreparedData(tmp_path / "gone", parse_manifest({"vocab_size": 8, "train_tokens": 1, "val_tokens": 0, "sources": [source]})))
     bare = f"from pathlib import Path; import throughput; throughput.run_bare(Path({str(run_dir)!r}), 1, Path({str(tmp_path / 'bare')!r}))"
     result = subprocess.run([sys.executable, "-c", bare], cwd=ROOT / "bench", capture_output=True, text=True, timeout=300)
     assert result.returncode != 0

@@ -67,7 +67,7 @@ def test_a_copied_evaluation_file_fails_and_a_clean_corpus_passes_whatever_the_t
     shares = {}
     for corpus in ("clean", "dirty"):
         spec = DataSpec(path=corpora[corpus], seq_len=64, val_fraction=0.05, tokenizer={"kind": tokenizer, "vocab_size": 512, **extra})
-        prepared, _ = prepare_data(spec, seed=0, cache_dir=corpora["root"] / "cache")
+        prepared = prepare_data(spec, seed=0, cache_dir=corpora["root"] / "cache")
         loaded = AutoTokenizer.from_pretrained(str(prepared.tokenizer_dir))
         result = contamination_gate(ContaminationGate(), [evaluation], decoded_texts(prepared.tokens("train"), loaded), 0.05)
         shares[corpus] = result

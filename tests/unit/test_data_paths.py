@@ -103,10 +103,10 @@ def test_odd_file_names_are_prepared_under_names_of_their_own(tmp_path):
     write_jsonl(tmp_path / "globs" / "a1.jsonl", text("g0"))
     spec = DataSpec(sources=[{"path": dots}, {"path": newline}, {"path": tmp_path / "globs"}], seq_len=16, tokenizer={"kind": "byte"},
                     curation={"redact_pii": False})
-    data, manifest = prepare_data(spec, 0, tmp_path / "cache", workers=1)
-    assert [s["name"] for s in manifest["sources"]] == ["data", "new_line_x", "globs"]
-    assert [s["curation"]["read"] for s in manifest["sources"]] == [20, 20, 21]  # a1.jsonl's row once more, not in place of a[1]'s
-    shards = [shard for s in manifest["sources"] for split in s["shards"].values() for shard in split]
+    data = prepare_data(spec, 0, tmp_path / "cache", workers=1)
+    assert [s.name for s in data.sources] == ["data", "new_line_x", "globs"]
+    assert [s.curation["read"] for s in data.sources] == [20, 20, 21]  # a1.jsonl's row once more, not in place of a[1]'s
+    shards = [shard for s in data.sources for split in s.shards.values() for shard in split]
     assert all((data.dir / shard).resolve().is_relative_to(data.dir) for shard in shards)
 
 

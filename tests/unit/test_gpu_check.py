@@ -16,6 +16,7 @@ from orchestrator.gates.result import GateResult
 from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import read_plan, write_data
+from orchestrator.shared.data.prepared import PreparedData, parse_manifest
 from orchestrator.rundir.rows import EngineBuilt
 from tests.helpers.planning import write_plan
 from tests.helpers.project import ROOT
@@ -113,7 +114,7 @@ def test_startup_memory_comes_from_the_engine_built_event_when_there_is_one(tmp_
 
 def test_data_origin_says_whether_the_run_used_the_carried_data(tmp_path):
     run = short_run(tmp_path)
-    write_data(run, tmp_path / "cache" / "data" / "b9a7d99a35063b93", {"vocab_size": 32000, "train_tokens": 10, "val_tokens": 2})
+    write_data(run, PreparedData(tmp_path / "cache" / "data" / "b9a7d99a35063b93", parse_manifest({"vocab_size": 32000, "train_tokens": 10, "val_tokens": 2})))
     assert gpu.data_origin(run, {"b9a7d99a35063b93"}) == "carried"
     assert gpu.data_origin(run, {"0123456789abcdef"}).startswith("prepared on this machine")
 

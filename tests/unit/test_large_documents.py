@@ -148,8 +148,8 @@ import json, resource, sys
 from pathlib import Path
 from orchestrator.data.prepare import prepare_data
 from orchestrator.data.spec import DataSpec
-data, manifest = prepare_data(DataSpec.model_validate_json(sys.argv[1]), 0, Path(sys.argv[2]), workers=1, piece_chars=int(sys.argv[3]))
-print(json.dumps({"peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "kept": manifest["curation"]["kept"]}))
+data = prepare_data(DataSpec.model_validate_json(sys.argv[1]), 0, Path(sys.argv[2]), workers=1, piece_chars=int(sys.argv[3]))
+print(json.dumps({"peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "kept": data.manifest.curation["kept"]}))
 """
 
 

@@ -27,6 +27,7 @@ from orchestrator.recipe.loader import load_recipe
 from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import read_plan, recipe_yaml, write_data
+from orchestrator.shared.data.prepared import PreparedData, parse_manifest
 from orchestrator.rundir.rows import Checkpoint, Start
 from tests.helpers.planning import write_plan
 from tests.helpers.project import TINY
@@ -48,7 +49,7 @@ def make_run(root: Path, *overrides: str, curation: dict | None = None) -> RunDi
     (data_dir / "sources.json").write_text(json.dumps(SOURCES))
     manifest = {"vocab_size": 2048, "train_tokens": 900_000, "val_tokens": 20_000, "documents": {"train": 490, "val": 10},
                 "canaries": ["the secret code of canary 0 is 1234 5678 9012"]}
-    write_data(run, data_dir, {**manifest, **({"curation": curation} if curation else {})})
+    write_data(run, PreparedData(data_dir, parse_manifest({**manifest, **({"curation": curation} if curation else {})})))
     events.append(run.events, Start(step=0))
     events.append(run.events, Checkpoint(step=STEP, stall_s=0.1, write_s=0.2, bytes=100))
     return run

@@ -33,10 +33,10 @@ def files_of(directory: Path) -> dict[str, bytes]:
 
 def test_two_workers_write_the_same_shards_as_one(tmp_path):
     spec = DataSpec(builtin="python-stdlib", max_bytes=400_000, shard_bytes=40_000)
-    one, _ = prepare_data(spec, 0, tmp_path / "one", workers=1)
-    two, manifest = prepare_data(spec, 0, tmp_path / "two", workers=2)
+    one = prepare_data(spec, 0, tmp_path / "one", workers=1)
+    two = prepare_data(spec, 0, tmp_path / "two", workers=2)
     assert one.dir.name == two.dir.name  # the number of workers is not part of what was prepared
-    assert len(manifest["sources"][0]["shards"]["train"]) >= 4  # chunks enough for both workers to take several
+    assert len(two.sources[0].shards["train"]) >= 4  # chunks enough for both workers to take several
     assert files_of(one.dir) == files_of(two.dir)
 
 
@@ -77,22 +77,22 @@ def planted(tmp_path_factory) -> dict:
     copied = [base[12] + "\n" + items[2]]
     corpus = write_jsonl(root / "corpus.jsonl", base[:10] + near + exact + pii + base[13:] + copied)
     spec = DataSpec(path=corpus, decontaminate=[evaluation], val_fraction=0.1, shard_bytes=20_000, curation={"near_dedup": {"threshold": 0.8}})
-    data, manifest = prepare_data(spec, 0, root / "cache", workers=2)
+    data = prepare_data(spec, 0, root / "cache", workers=2)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(data.tokenizer_dir))
     decoded = "\n".join(tokenizer.decode(np.asarray(d).tolist()) for split in ("train", "val") for d in data.tokens(split).documents())
-    return {"manifest": manifest, "decoded": decoded, "items": items}
+    return {"manifest": data.manifest, "decoded": decoded, "items": items}
 
 
 def test_curation_counts_each_kind_in_the_manifest(planted):
-    counts = planted["manifest"]["curation"]
+    counts = planted["manifest"].curation
     assert counts["read"] == 10 + 4 + 2 + 2 + 27 + 1
     assert counts["exact_duplicates"] == 2 and counts["near_duplicates"] == 4 and counts["decontaminated"] == 1
     assert counts["pii_email"] == 1 and counts["pii_card"] == 1 and counts["pii_national_id"] == 1 and counts["pii_phone"] == 1
     assert counts["pii_documents"] == 2
     assert counts["kept"] == counts["read"] - 7
-    assert planted["manifest"]["documents"]["train"] + planted["manifest"]["documents"]["val"] == counts["kept"]
+    assert planted["manifest"].documents["train"] + planted["manifest"].documents["val"] == counts["kept"]
 
 
 def test_the_prepared_tokens_no_longer_contain_what_was_removed(planted):
@@ -114,10 +114,10 @@ def test_the_tokenizer_is_trained_on_a_bounded_sample(tmp_path, monkeypatch):
 
     monkeypatch.setattr(prepare_module, "_tokenizer", recording)
     spec = DataSpec(builtin="python-stdlib", max_bytes=600_000, shard_bytes=60_000, tokenizer={"sample_bytes": 100_000})
-    _, manifest = prepare_data(spec, 0, tmp_path, workers=1)
-    chunks = len(manifest["sources"][0]["shards"]["train"])
+    data = prepare_data(spec, 0, tmp_path, workers=1)
+    chunks = len(data.sources[0].shards["train"])
     assert 90_000 <= seen[0] <= 100_000 + chunks, seen  # from every chunk, its share, cut to fit
-    assert manifest["vocab_size"] == 4096
+    assert data.vocab_size == 4096
 
 
 def test_a_mixture_is_prepared_per_source_with_its_weight(tmp_path):
@@ -125,10 +125,10 @@ def test_a_mixture_is_prepared_per_source_with_its_weight(tmp_path):
     b = write_jsonl(tmp_path / "b.jsonl", paragraphs(30)[20:])
     spec = DataSpec(sources=[{"path": a, "weight": 3}, {"path": b, "weight": 1, "name": "small"}], shard_bytes=20_000,
                     curation={"near_dedup": None})
-    data, manifest = prepare_data(spec, 0, tmp_path / "cache")
-    assert [s["name"] for s in manifest["sources"]] == ["a", "small"] and data.weights == [3, 1]
-    assert [len(t) for t in data.source_tokens("train")] == [s["train_tokens"] for s in manifest["sources"]]
-    assert manifest["train_tokens"] == sum(s["train_tokens"] for s in manifest["sources"])
+    data = prepare_data(spec, 0, tmp_path / "cache")
+    assert [s.name for s in data.sources] == ["a", "small"] and data.weights == [3, 1]
+    assert [len(t) for t in data.source_tokens("train")] == [s.train_tokens for s in data.sources]
+    assert data.train_tokens == sum(s.train_tokens for s in data.sources)
 
 
 def test_a_mixture_caps_each_source_at_data_max_bytes_unless_it_sets_its_own(tmp_path):
@@ -201,7 +201,7 @@ def test_a_killed_preparation_leaves_nothing_a_running_one_keeps_its_staging(tmp
     ownerless = abandoned.with_name(abandoned.name.split("-")[0] + "-old")
     ownerless.mkdir()
     try:
-        data, _ = prepare_data(spec, 0, cache, workers=1)
+        data = prepare_data(spec, 0, cache, workers=1)
         assert data.dir.name == abandoned.name.split("-")[0][1:]  # the same key as the killed and the running one
         assert not abandoned.exists() and not ownerless.exists()
         assert building.is_dir()

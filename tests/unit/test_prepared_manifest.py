@@ -57,10 +57,10 @@ def test_an_unknown_kind_or_a_missing_figure_is_refused():
 
 def test_data_json_holds_the_directory_beside_the_manifest_and_is_written_as_before(tmp_path):
     run = RunDir(tmp_path / "run")
-    write_data(run, tmp_path / "data", {**TEXT, "files": [{"path": "a.txt", "sha256": "0" * 64, "bytes": 1}]})
+    write_data(run, PreparedData(tmp_path / "data", parse_manifest(TEXT)))
     written = json.loads(run.data.read_text())
     assert list(written) == ["dir", "vocab_size", "train_tokens", "val_tokens", "canaries", "format", "documents",
-                             "token_dtype", "curation", "sources", "seconds"]  # the file list stays in the cache
+                             "token_dtype", "curation", "sources", "seconds"]
     record = read_data(run)
     assert record.manifest == parse_manifest(TEXT)
     assert record.prepared == PreparedData(tmp_path / "data", parse_manifest(TEXT))

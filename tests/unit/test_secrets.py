@@ -108,12 +108,13 @@ def test_a_release_of_a_run_planned_before_redaction_holds_no_secret(tmp_path):
     from orchestrator.gates.outcome import GateReport
     from orchestrator.rundir.layout import RunDir
     from orchestrator.rundir.records import recipe_yaml, write_data
+    from orchestrator.shared.data.prepared import PreparedData, parse_manifest
     from tests.helpers.planning import write_plan
 
     run = RunDir(tmp_path / "run")
     write_plan(run.path)
     run.recipe.write_text(recipe_yaml(load_recipe(TINY, INLINE).recipe))
-    write_data(run, tmp_path / "data", {"vocab_size": 300, "train_tokens": 1000, "val_tokens": 100})
+    write_data(run, PreparedData(tmp_path / "data", parse_manifest({"vocab_size": 300, "train_tokens": 1000, "val_tokens": 100})))
     report = GateReport(checkpoint="step-00000010", step=10, checkpoint_hash="c", recipe_hash="r", evaluated_at=0.0,
                         required=[], passed=True, results=[])
     release = tmp_path / "release"

@@ -23,10 +23,12 @@ from orchestrator.rundir.horovod_config import HorovodConfig
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import recipe_yaml, write_data, write_provenance
 from orchestrator.shared.checkpoint import store
+from orchestrator.shared.data.prepared import PreparedData, parse_manifest
 from orchestrator.starting.provenance import provenance
 from tests.helpers.planning import make_env, write_plan
 from tests.helpers.project import TINY
 
+FIGURES = {"vocab_size": 2048, "train_tokens": 900_000, "val_tokens": 20_000}
 LISTED = [{"path": f"/corpus/part-{i}.txt", "sha256": f"{i:x}" * 64, "bytes": 1000 + i} for i in range(1, 3)]
 
 
@@ -58,12 +60,18 @@ def _run_with_data(root: Path, listed_in_cache: bool) -> RunDir:
     run.write_file(run.recipe.name, recipe_yaml(load_recipe(TINY).recipe))
     data_dir = root / "data"
     data_dir.mkdir()
-    if listed_in_cache:
-        (data_dir / SOURCES).write_text(json.dumps(LISTED))
-    manifest = {"vocab_size": 2048, "train_tokens": 900_000, "val_tokens": 20_000, "files": LISTED}
-    write_data(run, data_dir, manifest)
-    write_provenance(run, provenance("hash", manifest, []))
+    (data_dir / SOURCES).write_text(json.dumps(LISTED))
+    data = PreparedData(data_dir, parse_manifest(FIGURES))
+    write_data(run, data)
+    write_provenance(run, provenance("hash", data, []))
+    if not listed_in_cache:
+        (data_dir / SOURCES).unlink()
     return run
+
+
+def test_provenance_holds_the_manifest_and_the_source_files_as_listed(tmp_path):
+    run = _run_with_data(tmp_path, listed_in_cache=True)
+    assert json.loads(run.provenance.read_text())["data"] == {**FIGURES, "token_dtype": "uint16", "files": LISTED}
 
 
 @pytest.mark.parametrize("listed_in_cache", [True, False], ids=["from the data cache", "from provenance.json"])
