@@ -25,6 +25,7 @@ from orchestrator.shared.checkpoint import store
 from orchestrator.shared.checkpoint.policy import SavePolicy, job_deadline, last_stall
 from orchestrator.shared.checkpoint.resume import compatibility
 from orchestrator.shared.checkpoint.saver import CheckpointSaver, SaveReport
+from orchestrator.shared.checkpoint.upload import uploader_for
 from orchestrator.shared.data.prepared import PreparedData
 from orchestrator.shared.data.stream import open_split, open_stream, validation_indices
 from orchestrator.shared import goodput
@@ -83,6 +84,7 @@ class Trainer:
         self.saver = CheckpointSaver(
             self.root, engine.rank, world, spec.keep_last, spec.keep_every, spec.commit_timeout_s,
             memory_stage if spec.async_save and MEMORY_STAGE_ROOT.is_dir() else None, self._committed, engine.shard_owner,
+            uploader_for(spec.remote, engine.rank, self.event),
         )
         history = run.history()
         self.policy = SavePolicy(spec, train.steps, job_deadline(history), last_stall(history))

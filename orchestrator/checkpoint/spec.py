@@ -1,13 +1,62 @@
-"""The `checkpoint` section: where checkpoints go, how often they are taken, and which are kept."""
+"""The `checkpoint` section: where checkpoints go, how often they are taken, and which are kept,
+on the run directory's filesystem and, with `remote`, on object storage too."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
+from orchestrator.slurm.spec import ENV_NAME, _matching
 from orchestrator.spec import RuleViolation, Spec
+
+_URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>.+)")
+_CREDENTIAL_WORDS = ("key", "secret", "token", "password", "credential", "profile")
+
+
+class RemoteSpec(Spec):
+    """`checkpoint.remote`: a copy of each committed checkpoint under `url` (any fsspec URL, one prefix
+    per run: `<url>/step-00001000/`), uploaded in the background; `checkpoint.remote: s3://b/run-a`
+    is short for `checkpoint.remote.url`. Credentials come from the environment only: `env` names
+    the variables the store needs (checked before a run starts, passed on by name, never written
+    down); `options` are fsspec's storage options (`endpoint_url` for a store other than AWS)."""
+
+    url: str
+    env: list[Annotated[str, _matching(ENV_NAME, "an environment variable's name", "AWS_ACCESS_KEY_ID")]] = Field(default_factory=list)
+    options: dict[str, Union[str, int, float, bool]] = Field(default_factory=dict)
+    keep_last: Optional[int] = Field(None, ge=1)
+    """None: every checkpoint stays on the store (besides `keep_every`'s)."""
+    keep_every: Optional[int] = Field(None, gt=0)
+    timeout_s: float = Field(600, gt=0)
+    """The longest the run's end (or a stop) waits for its last upload; past it the run ends and says so."""
+    retries: int = Field(4, ge=0)
+    """Further tries of a failed upload, 2, 4, 8... seconds apart."""
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        from fsspec.registry import known_implementations, registry
+
+        match = _URL.fullmatch(url)
+        if not match:
+            raise ValueError("is not a URL: give one such as s3://bucket/run-name (file:///path for a local directory)")
+        scheme = match["scheme"].lower()
+        if scheme not in known_implementations and scheme not in registry:
+            raise ValueError(f"{scheme}:// is no storage fsspec knows (e.g. s3, gs, az, file)")
+        if "@" in match["rest"].split("/", 1)[0]:
+            raise ValueError("holds credentials: give them by environment variable name in checkpoint.remote.env")
+        return url.rstrip("/")
+
+    @field_validator("options")
+    @classmethod
+    def _no_credentials(cls, options: dict) -> dict:
+        secret = sorted(name for name in options if any(word in name.lower() for word in _CREDENTIAL_WORDS))
+        if secret:
+            raise ValueError(f"{', '.join(secret)}: credentials go by environment variable name in checkpoint.remote.env, "
+                             "never into the recipe (it is written to the run directory)")
+        return options
 
 
 class CheckpointSpec(Spec):
@@ -25,6 +74,20 @@ class CheckpointSpec(Spec):
     keep_every: Optional[int] = Field(None, gt=0)
     async_save: bool = True
     commit_timeout_s: float = Field(600, gt=0)
+    remote: Optional[RemoteSpec] = None
+
+    @field_validator("remote", mode="before")
+    @classmethod
+    def _url_alone(cls, value: object) -> object:
+        return {"url": value} if isinstance(value, str) else value
+
+    @model_serializer(mode="wrap")
+    def _without_unset_remote(self, handler) -> dict:
+        """A recipe without `remote` reads, hashes and records exactly as before the field existed."""
+        data = handler(self)
+        if self.remote is None:
+            data.pop("remote", None)
+        return data
 
     @model_validator(mode="after")
     def _auto_needs_mtbf(self) -> "CheckpointSpec":

@@ -1,6 +1,6 @@
 """The events of `events.jsonl`, typed: one discriminated union on the `event` name of every kind,
-each listed here with its fields, but for recovery's (`orchestrator.rundir.recovery_events`) and the
-memory per phase (`orchestrator.rundir.memory_phases`). The
+each listed here with its fields, but for recovery's (`orchestrator.rundir.recovery_events`), the remote checkpoint tier's
+(`orchestrator.rundir.remote_events`) and the memory per phase (`orchestrator.rundir.memory_phases`). The
 rows of `metrics.jsonl` and `energy/series.jsonl` are in `orchestrator.rundir.metric_rows`.
 
 Writers build an event (`Resumed(checkpoint=..., step=..., recomputed_steps=...)`) and append it
@@ -25,6 +25,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 
 from orchestrator.rundir.base_event import BaseEvent
 from orchestrator.rundir.memory_phases import MemoryPhases
+from orchestrator.rundir.remote_events import CheckpointUploaded, CheckpointUploadFailed
 from orchestrator.rundir.recovery_events import (AttemptFailed, AttemptStarted, Hang, LossNotRecovered, LossRolledBack, NodeUnhealthy,
                                                  RanksFailed, Straggler)
 
@@ -248,7 +249,7 @@ Event = Annotated[Union[
     Start, EngineBuilt, Checkpoint, CheckpointSetAside, Resumed, ElasticResume, StartedOver, RecipeChangedOnResume, Preempted,
     ReplicasDiverged, Completed, EnergyBudgetWarning, EnergyBudgetExceeded, StoppedOverBudget, TrackingFailed, SlurmSubmitted,
     SlurmStart, SlurmSignal, SlurmRequeued, SlurmEnd, CancelRequested, StopRequested, Pruned, Hang, AttemptFailed, LossRolledBack,
-    LossNotRecovered, NodeUnhealthy, AttemptStarted, Straggler, RanksFailed, MemoryPhases,
+    LossNotRecovered, NodeUnhealthy, AttemptStarted, Straggler, RanksFailed, MemoryPhases, CheckpointUploaded, CheckpointUploadFailed,
 ], Field(discriminator="event")]
 
 KINDS: dict[str, type[BaseEvent]] = {cls.model_fields["event"].default: cls for cls in get_args(get_args(Event)[0])}

@@ -64,6 +64,9 @@ EVERY_FIELD = {
                       "host_grown_bytes": {"setup": [500, 520], "resume": [None, 90]}, "device_peak_bytes": {"forward_backward": [4000, 4100]},
                       "device_grown_bytes": {"forward_backward": [1000, 1100]}},
     "straggler": {"step": 40, "ranks": [1], "ratio": 1.5, "window_steps": 20, "per_rank": [[0.01, 0.05, 0.21], [0.21, 0.05, 0.01]]},
+    "checkpoint_uploaded": {"step": 8, "url": "s3://bucket/run", "bytes": 17123100, "upload_s": 0.4, "tries": 1,
+                            "removed": ["step-00000004"], "prune_error": None},
+    "checkpoint_upload_failed": {"step": 8, "url": "s3://bucket/run", "reason": "ConnectionError: unreachable", "tries": 5},
 }
 """A value for every field of every kind: a kind added to `rows.KINDS` needs its line here."""
 

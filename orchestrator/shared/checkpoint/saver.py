@@ -4,7 +4,8 @@ Every rank writes its shards into a staging directory, fsyncs and hashes the fil
 reports them in a per-rank file list; rank 0 gathers the lists (with a timeout), commits the
 manifest and renames the directory into place. With `async_save` the engine writes to host
 memory (`/dev/shm`) and only that blocks training; copying to the checkpoint directory, hashing
-and the commit happen on a background thread, with at most one save in flight.
+and the commit happen on a background thread, with at most one save in flight. With a remote tier
+(`checkpoint.remote`), rank 0 hands each committed checkpoint to its uploader.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from orchestrator.shared.checkpoint.upload import NullUploader, Uploader
 from orchestrator.shared.checkpoint.store import (
     RANK_MANIFEST, STAGING_PREFIX, commit, describe_files, prune, tag_for, wait_for_rank_manifests, write_durably,
 )
@@ -33,13 +35,14 @@ class SaveReport:
 class CheckpointSaver:
     def __init__(self, root: Path, rank: int, world_size: int, keep_last: int, keep_every: int | None,
                  commit_timeout_s: float, memory_stage: Path | None, on_committed: Callable[[SaveReport], None],
-                 owner_of: Callable[[str], int]):
+                 owner_of: Callable[[str], int], uploader: Uploader = NullUploader()):
         """`owner_of` says which rank wrote a staged file (the engine knows its library's naming):
-        each rank hashes and reports its own files."""
+        each rank hashes and reports its own files. `uploader` copies each committed checkpoint to the
+        remote tier (rank 0's; the others' do nothing)."""
         self.root, self.rank, self.world = root, rank, world_size
         self.keep_last, self.keep_every, self.timeout = keep_last, keep_every, commit_timeout_s
         self.memory_stage = memory_stage
-        self.on_committed, self.owner_of = on_committed, owner_of
+        self.on_committed, self.owner_of, self.uploader = on_committed, owner_of, uploader
         self._inflight: threading.Thread | None = None
         self._error: BaseException | None = None
         root.mkdir(parents=True, exist_ok=True)
@@ -60,8 +63,9 @@ class CheckpointSaver:
         return time.perf_counter() - tic
 
     def close(self) -> None:
-        """Wait for the last save and remove this run's host-memory staging area."""
+        """Wait for the last save (and, within its bound, its upload) and remove this run's host-memory staging area."""
         self.wait()
+        self.uploader.close()
         if self.memory_stage is None or not self.memory_stage.exists():
             return
         # Each rank already deleted the files it staged; what lies at the top is DeepSpeed's copy of
@@ -113,8 +117,9 @@ class CheckpointSaver:
             return
         files = wait_for_rank_manifests(staging, self.world, self.timeout)
         final = commit(self.root, staging, step, files, meta)
-        prune(self.root, self.keep_last, self.keep_every, protect=final)
+        prune(self.root, self.keep_last, self.keep_every, protect={final, *self.uploader.in_use()})
         size = sum(entry.bytes for entry in files.values())
         write_s = time.perf_counter() - tic
         blocked = stall + (write_s if source == staging else 0.0)  # a synchronous commit blocks training too
         self.on_committed(SaveReport(step, blocked, size, write_s, str(final)))
+        self.uploader.submit(final)  # after its `checkpoint` event: the upload's events follow it

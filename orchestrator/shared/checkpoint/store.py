@@ -214,13 +214,14 @@ def find_resumable(root: Path, events: list[CheckpointSetAside]) -> Path | None:
     return None
 
 
-def prune(root: Path, keep_last: int, keep_every: int | None, protect: Path) -> list[Path]:
+def prune(root: Path, keep_last: int, keep_every: int | None, protect: Path | set[Path]) -> list[Path]:
     """Delete committed checkpoints beyond the newest `keep_last`, keeping every `keep_every`-th step.
-    Called only after `protect` (the checkpoint just committed and so verified) is in place, so the
-    only verified checkpoint is never deleted."""
+    Called only after `protect` (the checkpoint just committed and so verified, and any a background
+    upload still reads) is in place, so the only verified checkpoint is never deleted."""
+    protected = protect if isinstance(protect, set) else {protect}
     removed = []
     for checkpoint in committed(root)[keep_last:]:
-        if checkpoint == protect or (keep_every and step_of(checkpoint.name) % keep_every == 0):
+        if checkpoint in protected or (keep_every and step_of(checkpoint.name) % keep_every == 0):
             continue
         shutil.rmtree(checkpoint)
         removed.append(checkpoint)

@@ -1,0 +1,141 @@
+"""The remote checkpoint tier against a real S3 endpoint on loopback (moto's server): upload with the
+marker written last, retention on the store, and downloads verified before they get a name."""
+
+import json
+
+import pytest
+
+from orchestrator.checkpoint.spec import CheckpointSpec, RemoteSpec
+from orchestrator.errors import CheckpointError
+from orchestrator.shared.checkpoint import store
+from orchestrator.shared.checkpoint.remote import MARKER, RemoteTier
+from orchestrator.shared.checkpoint.upload import BackgroundUploader
+from tests.helpers.object_store import CREDENTIALS, object_store
+
+
+@pytest.fixture(scope="module")
+def s3():
+    with object_store() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def tier(s3, request):
+    bucket = s3.bucket(request.node.name.replace("_", "-")[:50].strip("-").lower())
+    return RemoteTier(f"{bucket}/run-a", s3.options())
+
+
+def make_checkpoint(root, step, payload=b"weights"):
+    staging = root / f"{store.STAGING_PREFIX}{store.tag_for(step)}"
+    (staging / "sub").mkdir(parents=True)
+    (staging / "shard.pt").write_bytes(payload * 1000 + bytes([step]))
+    (staging / "sub" / "rank.pt").write_bytes(bytes([step]) * 10)
+    files = store.describe_files(staging, ["shard.pt", "sub/rank.pt"])
+    return store.commit(root, staging, step, files, {"world_size": 2})
+
+
+def test_no_remote_leaves_the_recorded_section_as_it_was():
+    assert "remote" not in CheckpointSpec().model_dump(mode="json")
+    spec = CheckpointSpec(remote="s3://bucket/run-a/")
+    assert spec.remote.url == "s3://bucket/run-a" and spec.model_dump(mode="json")["remote"]["url"] == "s3://bucket/run-a"
+
+
+@pytest.mark.parametrize("remote, says", [
+    ("bucket/run", "is not a URL"),
+    ("nosuchstore://bucket/run", "nosuchstore:// is no storage fsspec knows"),
+    ("s3://AKIA:secret@bucket/run", "credentials"),
+    ({"url": "s3://b/r", "options": {"secret": "x"}}, "credentials go by environment variable name"),
+    ({"url": "s3://b/r", "env": ["AWS KEY"]}, "an environment variable's name"),
+])
+def test_a_remote_the_run_could_not_use_is_refused(remote, says):
+    with pytest.raises(ValueError, match=says):
+        CheckpointSpec(remote=remote)
+
+
+def test_an_upload_commits_last_and_downloads_verified(tier, tmp_path):
+    checkpoint = make_checkpoint(tmp_path / "local", 4)
+    sent = tier.upload(checkpoint)
+    assert sent == sum(e.bytes for e in store.read_manifest(checkpoint).files.values())
+    assert tier.committed_tags() == ["step-00000004"]
+    marker = json.loads(tier.fs.cat_file(f"{tier.root}/step-00000004/{MARKER}"))
+    assert marker["content_hash"] == store.content_hash(store.read_manifest(checkpoint))
+    fetched, refused = tier.fetch_newest(tmp_path / "fresh")
+    assert refused == [] and fetched.path == tmp_path / "fresh" / "step-00000004" and fetched.bytes == sent
+    assert store.verify(fetched.path).ok and (fetched.path / "sub" / "rank.pt").read_bytes() == bytes([4]) * 10
+
+
+def test_a_half_uploaded_checkpoint_is_never_taken(tier, tmp_path):
+    tier.upload(make_checkpoint(tmp_path / "local", 4))
+    newer = make_checkpoint(tmp_path / "local", 8)
+    tier.upload(newer)
+    tier.fs.rm_file(f"{tier.root}/step-00000008/{MARKER}")  # killed before its marker
+    assert tier.tags() == ["step-00000008", "step-00000004"] and tier.committed_tags() == ["step-00000004"]
+    fetched, refused = tier.fetch_newest(tmp_path / "fresh")
+    assert fetched.path.name == "step-00000004" and refused == []
+    assert not (tmp_path / "fresh" / "step-00000008").exists()
+
+
+@pytest.mark.parametrize("tamper, reason", [
+    ("flip", "shard.pt does not match its content hash"),
+    ("grow", "shard.pt is 7002 bytes on the store, the manifest says 7001"),
+    ("manifest", "its manifest is not the one its upload committed"),
+])
+def test_a_tampered_remote_checkpoint_is_refused_in_one_line(tier, tmp_path, tamper, reason):
+    checkpoint = make_checkpoint(tmp_path / "local", 4)
+    tier.upload(checkpoint)
+    shard = f"{tier.root}/step-00000004/shard.pt"
+    data = bytearray(tier.fs.cat_file(shard))
+    if tamper == "flip":
+        data[0] ^= 0xFF
+        tier.fs.pipe_file(shard, bytes(data))
+    elif tamper == "grow":
+        tier.fs.pipe_file(shard, bytes(data) + b"!")
+    else:
+        manifest = json.loads((checkpoint / store.MANIFEST).read_text())
+        manifest["files"]["shard.pt"]["xxh3_128"] = "0" * 32
+        tier.fs.pipe_file(f"{tier.root}/step-00000004/{store.MANIFEST}", json.dumps(manifest).encode())
+    root = tmp_path / "fresh"
+    with pytest.raises(CheckpointError) as refused:
+        tier.fetch(tier.committed_tags()[0], root)
+    line = str(refused.value)
+    assert "\n" not in line and reason in line and line.startswith(f"{tier.url}/step-00000004")
+    assert list(root.iterdir()) == []  # nothing of it stays, nothing of it was unpickled
+    assert tier.fetch_newest(root) == (None, [line])
+
+
+def test_retention_on_the_store_is_its_own(tier, tmp_path):
+    local = tmp_path / "local"
+    for step in (2, 4, 6, 8):
+        tier.upload(make_checkpoint(local, step))
+    tier.upload(make_checkpoint(local, 9))
+    tier.fs.rm_file(f"{tier.root}/step-00000009/{MARKER}")  # an interrupted upload, older than the next commit
+    tier.upload(make_checkpoint(local, 10))
+    removed = tier.prune(keep_last=2, keep_every=4, protect="step-00000010")
+    assert sorted(removed) == ["step-00000002", "step-00000006", "step-00000009"]
+    assert tier.tags() == ["step-00000010", "step-00000008", "step-00000004"]
+
+
+def test_the_background_uploader_reports_and_supersedes(s3, tmp_path):
+    url = s3.bucket("uploader") + "/run-a"
+    events = []
+    uploader = BackgroundUploader(RemoteSpec(url=url, options=s3.options(), keep_last=1), events.append)
+    local = tmp_path / "local"
+    for step in (2, 4, 6):
+        uploader.submit(make_checkpoint(local, step))
+    uploader.close()
+    uploaded = [e for e in events if e.event == "checkpoint_uploaded"]
+    assert uploaded[-1].step == 6 and uploaded[-1].tries == 1 and uploaded[-1].bytes > 7000
+    assert all(e.reason.startswith("superseded by") for e in events if e.event == "checkpoint_upload_failed")
+    assert {e.step for e in events} == {2, 4, 6}
+    assert RemoteTier(url, s3.options()).committed_tags() == ["step-00000006"]
+
+
+def test_an_upload_that_keeps_failing_is_reported_and_never_marked(s3, tmp_path):
+    events = []
+    spec = RemoteSpec(url="s3://no-such-bucket/run-a", options=s3.options(), retries=2)
+    uploader = BackgroundUploader(spec, events.append, backoff_s=0.01)
+    uploader.submit(make_checkpoint(tmp_path, 4))
+    uploader.close()
+    (failed,) = events
+    assert failed.event == "checkpoint_upload_failed" and failed.tries == 3 and failed.step == 4
+    assert "\n" not in failed.reason and not any(value in failed.reason for value in CREDENTIALS.values() if len(value) > 9)
