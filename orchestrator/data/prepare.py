@@ -28,7 +28,8 @@ from pydantic import TypeAdapter
 from orchestrator.data.corpus import SourceFile, datasets_file, file_stats, fingerprint, iter_documents, source_files
 from orchestrator.data.curate import Deduplicator, contamination_from
 from orchestrator.data.pieces import PIECE_CHARS, pieces
-from orchestrator.shared.data.prepared import MANIFEST, InstructionManifest, PreparedData, TextManifest, read_manifest, write_manifest
+from orchestrator.shared.data.prepared import (MANIFEST, InstructionManifest, InstructionSplit, PreparedData, SourceManifest, TextManifest,
+                                               read_manifest, write_manifest)
 from orchestrator.shared.data.shards import write_shard
 from orchestrator.data.spec import DataSpec, SourceSpec
 from orchestrator.data.staging import publish, staged
@@ -151,20 +152,21 @@ def _build(spec: DataSpec, seed: int, files: list[list[SourceFile]], out: Path, 
         sources = [source.tokenize(pool, out, tokenizer.eos_token_id, dtype, piece_chars) for source in curated]
         clock.append(time.perf_counter())
     if canaries:
-        name = f"sources/{sources[0]['name']}/train-canaries"
+        first = sources[0]
+        name = f"sources/{first.name}/train-canaries"
         repeated = [np.asarray(tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]) for c in canaries
                     for _ in range(spec.canaries.repeats)]
-        sources[0]["train_tokens"] += write_shard(out / name, repeated, dtype)
-        sources[0]["shards"]["train"].append(name)
+        sources[0] = first.model_copy(update={"train_tokens": first.train_tokens + write_shard(out / name, repeated, dtype),
+                                              "shards": {**first.shards, "train": [*first.shards["train"], name]}})
     shutil.rmtree(scratch)
     write_manifest(out, TextManifest(
         format=FORMAT,
-        documents={split: sum(s["documents"][split] for s in sources) for split in ("train", "val")},
-        train_tokens=sum(s["train_tokens"] for s in sources),
-        val_tokens=sum(s["val_tokens"] for s in sources),
+        documents={split: sum(s.documents[split] for s in sources) for split in ("train", "val")},
+        train_tokens=sum(s.train_tokens for s in sources),
+        val_tokens=sum(s.val_tokens for s in sources),
         vocab_size=len(tokenizer),
         token_dtype=dtype,
-        curation=dict(sum((Counter(s["curation"]) for s in sources), Counter())),
+        curation=dict(sum((Counter(s.curation) for s in sources), Counter())),
         sources=sources,
         canaries=canaries,
         seconds={"workers": workers, **{phase: round(b - a, 3) for phase, a, b in zip(("curate", "tokenizer", "tokenize"), clock, clock[1:])}},
@@ -213,7 +215,7 @@ class CuratedSource:
                     yield from pieces(text[:left], piece_chars)
                     left -= min(left, len(text))
 
-    def tokenize(self, pool: Workers, out: Path, eos: int, dtype: str, piece_chars: int) -> dict:
+    def tokenize(self, pool: Workers, out: Path, eos: int, dtype: str, piece_chars: int) -> SourceManifest:
         """The source's shards, one per chunk and split, and its entry in the manifest."""
         name = self.spec.label
         (out / "sources" / name).mkdir(parents=True)
@@ -229,8 +231,8 @@ class CuratedSource:
             for split, (docs, n) in counts.items():
                 documents[split] += docs
                 tokens[split] += n
-        return {"name": name, "weight": self.spec.weight, "documents": {s: documents[s] for s in shards},
-                "train_tokens": tokens["train"], "val_tokens": tokens["val"], "curation": dict(self.counts), "shards": shards}
+        return SourceManifest(name=name, weight=self.spec.weight, documents={s: documents[s] for s in shards}, train_tokens=tokens["train"],
+                              val_tokens=tokens["val"], curation=dict(self.counts), shards=shards)
 
 
 def _curate_source(index: int, source: SourceSpec, files: list[Path], spec: DataSpec, contamination, pool: Workers,
@@ -281,15 +283,15 @@ def _build_instruction(spec: DataSpec, seed: int, files: list[Path], out: Path, 
         for name, array in packed.items():
             np.save(out / f"{split}.{name}.npy", array)
         write_shard(out / split, [np.asarray(ids) for ids, _ in pairs], dtype)  # each example ends with end-of-text
-        counts[split] = {"examples": len(pairs), "rows": int(len(packed["input_ids"])), "tokens": sum(len(ids) for ids, _ in pairs),
-                         "response_tokens": int((packed["labels"] != -100).sum())}
+        counts[split] = InstructionSplit(examples=len(pairs), rows=int(len(packed["input_ids"])), tokens=sum(len(ids) for ids, _ in pairs),
+                                         response_tokens=int((packed["labels"] != -100).sum()))
     write_manifest(out, InstructionManifest(
         kind="instruction",
-        documents={split: c["examples"] for split, c in counts.items()},
+        documents={split: c.examples for split, c in counts.items()},
         instruction=counts,
         truncated_examples=truncated,
-        train_tokens=counts["train"]["tokens"],
-        val_tokens=counts["val"]["tokens"],
+        train_tokens=counts["train"].tokens,
+        val_tokens=counts["val"].tokens,
         vocab_size=len(tokenizer),
         token_dtype=dtype,
         seq_len=spec.seq_len,

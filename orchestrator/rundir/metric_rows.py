@@ -61,6 +61,11 @@ class SeriesPoint(BaseModel):
             raise ValueError("a node without its kwh")
         return self
 
+    @property
+    def kwh_by_node(self) -> dict[str, float]:
+        """Each node's energy so far (IT kWh), the one figure every node has."""
+        return {node: figures["kwh"] for node, figures in self.nodes.items()}
+
 
 _METRIC_ROW = TypeAdapter(MetricRow)
 

@@ -191,7 +191,7 @@ def _attempt(attempt: list[BaseEvent], next_start: float | None, end: float, par
         elif isinstance(event, STOPS):
             break
     stop = _stop_of(attempt[1:])
-    clean = isinstance(stop, CLEAN_STOPS) and stop.get("saved", True) is not False
+    clean = isinstance(stop, CLEAN_STOPS) and getattr(stop, "saved", None) is not False  # `completed` has no `saved`
     if next_start is None:  # the newest attempt: a fault's restart runs until now
         if stop is None or clean:
             return

@@ -87,8 +87,8 @@ def _energy_series(run: RunDir) -> Series:
     start = points[0].time if points else 0.0
     series: Series = {}
     for point in points:
-        for node, figures in point.nodes.items():
-            series.setdefault(node, []).append((point.time - start, figures["kwh"] * 1000))
+        for node, kwh in point.kwh_by_node.items():
+            series.setdefault(node, []).append((point.time - start, kwh * 1000))
     return series
 
 
