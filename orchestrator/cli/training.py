@@ -141,7 +141,9 @@ def run(
     recipe: Annotated[Optional[str], typer.Argument(help="Recipe YAML file (default: the built-in tiny recipe).", show_default=False)] = None,
     overrides: OverridesArg = None,
     run_dir: RunDirOpt = None,
-    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this directory from its newest verified checkpoint.")] = None,
+    resume: Annotated[Optional[str], typer.Option(
+        "--resume", help="Continue the run in this directory from its newest verified checkpoint; or, given a URL (s3://bucket/run), "
+                         "from the newest checkpoint committed there, downloaded and verified when the run directory has none.")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Set an existing run directory aside and start over.")] = False,
     dry_run: DryRunOpt = False,
     detach: Annotated[bool, typer.Option("--detach", help="Start training and return; it trains on without this command (follow with `orch status -f`).")] = False,
@@ -158,8 +160,9 @@ def run(
     if recipe is None or "=" in recipe:
         overrides = ([recipe] if recipe else []) + overrides
         recipe = str(DEFAULT_RECIPE)
-    request = LocalRunRequest(recipe=Path(recipe), overrides=overrides, run_dir=run_dir, resume=resume, fresh=fresh, dry_run=dry_run,
-                              detach=detach, stop_if_complete=True)
+    url = resume if resume and "://" in resume else None
+    request = LocalRunRequest(recipe=Path(recipe), overrides=overrides, run_dir=run_dir, resume=Path(resume) if resume and not url else None,
+                              resume_url=url, fresh=fresh, dry_run=dry_run, detach=detach, stop_if_complete=True)
     loaded, launch_plan, attempt = plan_local_run(request, typer.echo)
     with attempt:
         run_directory = prepare_run(launch_plan, list(loaded.sources))

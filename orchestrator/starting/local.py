@@ -5,12 +5,14 @@ attempt's hold on its run directory."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from orchestrator.starting.attempt import Attempt, hold_attempt
+from orchestrator.starting.remote_resume import check_remote_env, fetch_remote_checkpoint
 from orchestrator.shared.checkpoint.resume import ResumePoint, check_resume, check_run_dir, set_run_aside
 from orchestrator.errors import DamagedRun, OrchestratorError, ResumeError
 from orchestrator.plan.load import load_and_plan
@@ -42,6 +44,8 @@ class LocalRunRequest:
     run_dir: Path | None = None
     resume: Path | None = None
     """`--resume DIR`: continue that run; it must hold a committed checkpoint."""
+    resume_url: str | None = None
+    """`--resume URL`: continue from the newest checkpoint committed there, when the run directory has none."""
     fresh: bool = False
     """Set an existing run aside and start over."""
     dry_run: bool = False
@@ -60,8 +64,10 @@ def plan_local_run(request: LocalRunRequest, say: Callable[[str], None]) -> tupl
     resume, dry_run = request.resume, request.dry_run
     if resume is not None and not resume.is_dir():
         raise ResumeError(f"--resume {resume}: no such run directory")
-    if resume is not None and dry_run:
+    if (resume is not None or request.resume_url) and dry_run:
         raise ResumeError("--dry-run always starts over in a directory of its own; it cannot --resume")
+    if request.resume_url and request.fresh:
+        raise ResumeError(f"--fresh starts over; it cannot --resume {request.resume_url}")
     loaded, plan, _ = load_and_plan(request.recipe, request.overrides, run_dir=resume or request.run_dir, dry_run=dry_run,
                                     detach=request.detach)
     check_run_dir(plan.run_dir, request.fresh)
@@ -72,6 +78,9 @@ def plan_local_run(request: LocalRunRequest, say: Callable[[str], None]) -> tupl
             say(_start_over(plan.run_dir, dry_run))
             attempt.close()
             attempt = hold_attempt(plan.run_dir)
+        check_remote_env(plan.recipe.checkpoint.remote, os.environ)
+        if not (request.fresh or dry_run):
+            fetch_remote_checkpoint(plan.recipe.checkpoint.remote, request.resume_url, plan.checkpoint_dir, say)
         loaded, plan = _plan_resume(request, loaded, plan, say)
     except BaseException:
         attempt.close()

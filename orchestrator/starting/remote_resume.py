@@ -1,0 +1,49 @@
+"""`orch run`'s look at the remote checkpoint tier before it plans a resume: on a machine whose run
+directory has no checkpoint that verifies (a fresh machine, an empty node-local disk), the newest
+checkpoint committed on the store (`--resume URL`, else `checkpoint.remote`) is downloaded into the
+run's checkpoint directory and verified there; the ranks then resume from it as from any local one
+(verifying it again before they unpickle it). Local checkpoints come first: the store is read only
+when there is none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Callable
+
+from orchestrator.checkpoint.spec import RemoteSpec
+from orchestrator.errors import ResumeError
+from orchestrator.shared.checkpoint import store
+
+
+def check_remote_env(spec: RemoteSpec | None, environ: Mapping[str, str]) -> None:
+    """The store's credentials come from this environment, by the names `checkpoint.remote.env` lists:
+    a missing one fails here, before anything starts, not in rank 0's first upload."""
+    missing = [name for name in (spec.env if spec else []) if not environ.get(name)]
+    if missing:
+        raise ResumeError(f"checkpoint.remote.env names {', '.join(missing)}, not set here: export it before orch run "
+                          "(the value is read from the environment and written nowhere)")
+
+
+def fetch_remote_checkpoint(spec: RemoteSpec | None, url: str | None, checkpoint_dir: Path, say: Callable[[str], None]) -> None:
+    """Download the store's newest verified checkpoint when `checkpoint_dir` has none that verifies.
+    `url`: `--resume URL` (then the store must hold one); else the recipe's `checkpoint.remote`."""
+    where = url or (spec.url if spec else None)
+    if where is None or store.newest_verified(checkpoint_dir)[0] is not None:
+        return
+    from orchestrator.shared.checkpoint.remote import RemoteTier
+
+    try:
+        fetched, refused = RemoteTier(where, spec.options if spec else {}).fetch_newest(checkpoint_dir)
+    except Exception as exc:  # the store's client raises its own kinds (connection, permission, no such bucket)
+        raise ResumeError(f"cannot read checkpoints from {where}: {type(exc).__name__}: {' '.join(str(exc).split())}") from None
+    for line in refused:
+        say(line)
+    if fetched:
+        say(f"fetched {fetched.path.name} from {where}: {fetched.bytes / 1e6:.1f} MB in {fetched.seconds:.1f} s, verified")
+    elif refused:
+        raise ResumeError(f"no checkpoint on {where} verifies (see above); nothing was started. "
+                          "Pass --fresh to start over (the store's checkpoints are replaced as the run saves)")
+    elif url:
+        raise ResumeError(f"--resume {url}: no committed checkpoint there (a checkpoint counts once its upload wrote its marker)")
