@@ -2,14 +2,16 @@
 marker written last, retention on the store, and downloads verified before they get a name."""
 
 import json
+import re
 
 import pytest
 
 from orchestrator.checkpoint.spec import CheckpointSpec, RemoteSpec
-from orchestrator.errors import CheckpointError
+from orchestrator.errors import CheckpointError, ResumeError
 from orchestrator.shared.checkpoint import store
 from orchestrator.shared.checkpoint.remote import MARKER, RemoteTier
 from orchestrator.shared.checkpoint.upload import BackgroundUploader
+from orchestrator.starting.remote_resume import check_remote_env, fetch_remote_checkpoint
 from tests.helpers.object_store import CREDENTIALS, object_store
 
 
@@ -21,7 +23,7 @@ def s3():
 
 @pytest.fixture
 def tier(s3, request):
-    bucket = s3.bucket(request.node.name.replace("_", "-")[:50].strip("-").lower())
+    bucket = s3.bucket(re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:50].strip("-"))
     return RemoteTier(f"{bucket}/run-a", s3.options())
 
 
@@ -139,3 +141,30 @@ def test_an_upload_that_keeps_failing_is_reported_and_never_marked(s3, tmp_path)
     (failed,) = events
     assert failed.event == "checkpoint_upload_failed" and failed.tries == 3 and failed.step == 4
     assert "\n" not in failed.reason and not any(value in failed.reason for value in CREDENTIALS.values() if len(value) > 9)
+
+
+def test_orch_run_takes_the_store_only_when_local_has_nothing_and_says_why_not(tier, tmp_path):
+    spec = RemoteSpec(url=tier.url, options={"endpoint_url": tier.fs.endpoint_url})
+    said = []
+    with pytest.raises(ResumeError, match=f"--resume {tier.url}: no committed checkpoint there"):
+        fetch_remote_checkpoint(spec, tier.url, tmp_path / "run" / "checkpoints", said.append)
+    fetch_remote_checkpoint(spec, None, tmp_path / "run" / "checkpoints", said.append)  # the recipe's store, empty: a fresh start
+    tier.upload(make_checkpoint(tmp_path / "elsewhere", 8))
+    local = tmp_path / "run" / "checkpoints"
+    make_checkpoint(local, 4)
+    fetch_remote_checkpoint(spec, tier.url, local, said.append)
+    assert said == [] and [p.name for p in store.committed(local)] == ["step-00000004"]  # local first
+    fetch_remote_checkpoint(spec, tier.url, tmp_path / "fresh", said.append)
+    assert said[0].startswith(f"fetched step-00000008 from {tier.url}") and store.verify(tmp_path / "fresh" / "step-00000008").ok
+    tier.fs.pipe_file(f"{tier.root}/step-00000008/shard.pt", b"x" * 7001)
+    with pytest.raises(ResumeError, match="no checkpoint on .* verifies"):
+        fetch_remote_checkpoint(spec, None, tmp_path / "empty", said.append)
+    assert "shard.pt does not match its content hash" in said[-1]
+
+
+def test_the_credentials_named_must_be_set_before_a_run_starts():
+    spec = RemoteSpec(url="s3://b/r", env=["AWS_ACCESS_KEY_ID", "ORCH_TEST_UNSET_SECRET"])
+    with pytest.raises(ResumeError, match="checkpoint.remote.env names ORCH_TEST_UNSET_SECRET, not set here"):
+        check_remote_env(spec, {"AWS_ACCESS_KEY_ID": "x"})
+    check_remote_env(spec, {"AWS_ACCESS_KEY_ID": "x", "ORCH_TEST_UNSET_SECRET": "y"})
+    check_remote_env(None, {})
