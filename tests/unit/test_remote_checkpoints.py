@@ -168,3 +168,9 @@ def test_the_credentials_named_must_be_set_before_a_run_starts():
         check_remote_env(spec, {"AWS_ACCESS_KEY_ID": "x"})
     check_remote_env(spec, {"AWS_ACCESS_KEY_ID": "x", "ORCH_TEST_UNSET_SECRET": "y"})
     check_remote_env(None, {})
+
+
+def test_local_retention_leaves_alone_what_an_upload_still_reads(tmp_path):
+    old, uploading, newest = (make_checkpoint(tmp_path, step) for step in (2, 4, 6))
+    removed = store.prune(tmp_path, keep_last=1, keep_every=None, protect={newest, uploading})
+    assert removed == [old] and [p.name for p in store.committed(tmp_path)] == ["step-00000006", "step-00000004"]
