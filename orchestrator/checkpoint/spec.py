@@ -29,8 +29,10 @@ class RemoteSpec(Spec):
     keep_last: Optional[int] = Field(None, ge=1)
     """None: every checkpoint stays on the store (besides `keep_every`'s)."""
     keep_every: Optional[int] = Field(None, gt=0)
-    timeout_s: float = Field(600, gt=0)
-    """The longest the run's end (or a stop) waits for its last upload; past it the run ends and says so."""
+    timeout_s: float = Field(240, gt=0)
+    """The longest the run's end (or a stop) waits for its last upload; past it the run ends and says so.
+    The ranks wait in their checkpoint phase meanwhile: keep it under the watchdog's timeout for that
+    phase (`fault_tolerance.timeouts.checkpoint_s`; with `auto`, at least 300 s)."""
     retries: int = Field(4, ge=0)
     """Further tries of a failed upload, 2, 4, 8... seconds apart."""
 
