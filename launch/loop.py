@@ -19,6 +19,7 @@ from launch.energy.monitor import Monitor
 from launch.engines import Engine
 from launch.faults import Faults
 from launch.loss_guard import BadLoss, LossGuard, data_position
+from launch.peak_flops import peak_flops_per_device
 from launch.signals import StopFlag
 from launch.stragglers import StragglerWatch
 from orchestrator.shared.checkpoint import store
@@ -29,7 +30,6 @@ from orchestrator.shared.checkpoint.upload import uploader_for
 from orchestrator.shared.data.prepared import PreparedData
 from orchestrator.shared.data.stream import open_split, open_stream, validation_indices
 from orchestrator.shared import goodput
-from orchestrator.shared.env import matmul_rate
 from orchestrator.errors import EXIT_BUDGET, EXIT_NAN, EXIT_REQUEUE
 from orchestrator.shared.model.inputs import count, take
 from orchestrator.recipe.schema import Recipe
@@ -75,7 +75,10 @@ class Trainer:
         )
         self.tokens_per_step = batch.tokens_per_step
         self.flops_per_step = plan.estimate.flops_per_token * self.tokens_per_step
-        self.peak_flops_per_device = self._peak_flops_per_device(plan.estimate.peak_flops_per_device, plan.topology.device)
+        # MFU's denominator per rank (`launch.peak_flops`); the `start` event records it, so every row's
+        # MFU can be recomputed from the run directory.
+        self.peak_flops_per_device = peak_flops_per_device(plan.estimate.peak_flops_per_device, plan.topology.device,
+                                                           engine.mean_across_ranks)
         self.peak_flops = self.peak_flops_per_device * world
         self.is_logger = engine.rank == 0
         spec = recipe.checkpoint
@@ -99,15 +102,6 @@ class Trainer:
         self.unlogged = {"compute_s": 0.0, "data_s": 0.0}
         """The steps' compute and batch fetch since the last logged row: the next row carries them, so the
         goodput ledger counts every step whatever `train.log_interval`."""
-
-    def _peak_flops_per_device(self, planned: float, device: str) -> float:
-        """MFU's denominator, per rank. GPUs: the datasheet peak the plan used. CPUs: measured here, by every
-        rank at once with its own threads, since the planner's quick probe on a busy machine can be far off.
-        The `start` event records it, so every row's MFU can be recomputed from the run directory."""
-        if device != "cpu":
-            return planned
-        (mean,) = self.engine.mean_across_ranks([measure_matmul_flops()])
-        return mean
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -465,14 +459,6 @@ def _energy_summary(bill: EnergyBill | None) -> dict | None:
     if not bill:
         return None
     return {key: getattr(bill.totals, key) for key in ("kwh", "facility_kwh", "kgco2e", "coverage", "j_per_token")}
-
-
-def measure_matmul_flops(size: int = 1024) -> float:
-    """fp32 matmul FLOP/s this process achieves with its thread budget."""
-    import torch
-
-    a = torch.randn(size, size, generator=torch.Generator().manual_seed(0))
-    return matmul_rate(lambda: a @ a, size, seconds=0.5)
 
 
 def seed_everything(seed: int) -> None:

@@ -32,6 +32,7 @@ import threading
 import time
 from pathlib import Path
 
+from launch import rank_errors
 from launch.engines import ENGINES, backend_module
 from launch.launcher_log import say
 from launch.restarts import Restarts
@@ -43,6 +44,11 @@ from orchestrator.rundir.entry import ATTACHED_FLAG, FORWARDED_SIGNALS
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import read_recipe
 from orchestrator.rundir.recovery_events import AttemptStarted
+
+
+POLL_S = 0.05
+"""How often the launcher looks at its ranks: a crash waits half of it on average to be noticed, of a
+restart that takes about 1 s; each look costs a wait and a read of each rank's progress record."""
 
 
 def main() -> None:
@@ -72,6 +78,9 @@ def run_node(args: argparse.Namespace) -> int:
     """The node's attempts: the first, then, after a fault, as many restarts as `launch.restarts` allows."""
     backend = backend_module(args.backend)
     run = RunDir(args.run_dir)
+    # For the launcher itself as for its ranks (which inherit its environment): a forking launcher's
+    # preload loads DeepSpeed's CPU op, which must come from where the ranks find it, not be built afresh.
+    os.environ.update(toolchain_env(os.environ))
     say(f"node {args.node_rank} of {args.nnodes} ({args.backend}, {args.nproc} rank(s) here), rendezvous {args.master_addr}:{args.master_port}")
     first = args.node_rank * args.nproc
     ranks: list[Rank] = []
@@ -90,19 +99,22 @@ def run_node(args: argparse.Namespace) -> int:
         attempt = restarts.begin()
         if args.node_rank == 0:  # one per attempt: where the goodput ledger's start-up (or restart) begins
             events.append(run.events, AttemptStarted(attempt=attempt))
-        code = _attempt(args, backend, first, ranks, stop)
+        code = _attempt(args, backend, first, ranks, stop, restarts.rank_env)
         if stop or not restarts.after(code, ranks, first):
             return code
         say(f"restarting: the ranks start again and resume from the newest verified checkpoint (same rendezvous port {args.master_port})")
 
 
-def _attempt(args: argparse.Namespace, backend, first: int, ranks: list[Rank], stop: list[int]) -> int:
-    """Start this node's ranks (into `ranks`) and wait for their end; the launcher's exit code for it."""
+def _attempt(args: argparse.Namespace, backend, first: int, ranks: list[Rank], stop: list[int], carried_env: dict[str, str]) -> int:
+    """Start this node's ranks (into `ranks`), with what earlier attempts hand them (`carried_env`), and
+    wait for their end; the launcher's exit code for it."""
     if stop:  # asked to stop between two attempts: the checkpoints stand, as after a preemption
         return EXIT_REQUEUE
     with backend.node_services(args.nnodes, args.nproc, args.node_rank, args.master_port), \
             watching(args.run_dir, args.node_rank, first) as watchdog:
-        ranks[:] = start_ranks(args.run_dir, backend, [{**_rank_env(args, backend, local), **watchdog.rank_env} for local in range(args.nproc)])
+        rank_errors.clear(RunDir(args.run_dir), range(first, first + args.nproc))
+        ranks[:] = start_ranks(args.run_dir, backend, [{**_rank_env(args, backend, local), **watchdog.rank_env, **carried_env}
+                                                       for local in range(args.nproc)])
         if stop:  # the signal came while they started
             _forward(ranks, first, stop[0])
         return _wait(ranks, first, watchdog)
@@ -139,7 +151,6 @@ def _rank_env(args: argparse.Namespace, backend, local: int) -> dict[str, str]:
         "NODE_RANK": str(args.node_rank),
         "MASTER_ADDR": args.master_addr,
         "MASTER_PORT": str(args.master_port),
-        **toolchain_env(os.environ),
         **backend.rank_env(args.nnodes, args.nproc, args.node_rank, local, args.master_addr, args.master_port),
     }
 
@@ -178,7 +189,7 @@ def _wait(ranks: list[Rank], first: int, watchdog: Watchdog | NoWatchdog) -> int
         if watchdog.check(ranks):
             _kill(ranks, first, "they hung (a stopped rank's process too: SIGKILL needs no answer)")
             return EXIT_HANG
-        time.sleep(0.2)
+        time.sleep(POLL_S)
 
 
 def _kill(ranks: list[Rank], first: int, why: str) -> None:

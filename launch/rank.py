@@ -14,7 +14,7 @@ import socket
 import sys
 from pathlib import Path
 
-from launch import progress
+from launch import progress, rank_errors
 from launch.energy.account import start_energy
 from launch.engines import Engine, backend_module
 from launch.loop import Trainer, seed_everything
@@ -40,6 +40,11 @@ def main() -> None:
 def run_rank(path: Path) -> None:
     run = RunDir(path)
     rank, local_rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    with rank_errors.recorded(run, rank):  # when an exception ends it: which rank a crash started on
+        _run_rank(run, rank, local_rank, world)
+
+
+def _run_rank(run: RunDir, rank: int, local_rank: int, world: int) -> None:
     progress.start_reporting(rank)  # first: set-up is timed by the launcher's watchdog too
     _redirect_output(run.rank_log(rank))
     print(f"rank {rank}/{world} on host {socket.gethostname()} node {os.environ.get('SLURMD_NODENAME', socket.gethostname())}", flush=True)

@@ -4,7 +4,8 @@ whether the node launcher starts another one by itself.
 A fault ends the attempt with every rank of the node down (`launch.node._wait` kills the peers of a
 rank that failed; the watchdog ends all of them on a hang). When this launcher runs the whole job
 (`--nnodes 1`), it forks the ranks again from itself, whose libraries stay imported, so a restart
-costs the ranks' own set-up and not the imports; they resume from the newest verified checkpoint
+costs the ranks' own set-up and not the imports (nor the CPU peak for MFU: the ranks get the one the
+attempt before measured, `launch.peak_flops`); they resume from the newest verified checkpoint
 by themselves (`launch.loop.Trainer.resume`), as a new `orch run` would, in a new rendezvous round
 on the same port: torch's store listens through libuv, which binds with SO_REUSEADDR, so the port of
 the killed attempt's store is free again at once (no TIME_WAIT wait; every restart in the tests rebinds it).
@@ -32,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launch.launcher_log import say
+from launch.peak_flops import reuse_env
+from launch.rank_errors import failed_at_ns
 from launch.spawn import Rank
 from orchestrator.errors import EXIT_HANG, EXIT_NAN, EXIT_OOM
 from orchestrator.recovery.spec import FaultToleranceSpec
@@ -61,6 +64,8 @@ class Restarts:
         self.oom_kills: int | None = None
         self.idle_failure = False
         """The previous attempt of this launcher failed before training a step."""
+        self.rank_env: dict[str, str] = {}
+        """What this launcher's next attempt's ranks get from the attempts before it (`launch.peak_flops`)."""
 
     def begin(self) -> int:
         """The attempt's number in the run (1 for its first), from the run's records."""
@@ -74,12 +79,13 @@ class Restarts:
         if code in CLEAN_EXITS:
             return False
         history = [e for e in self.run.history() if (e.time or 0) >= self.since]
+        self.rank_env = reuse_env(history) or self.rank_env
         fault = classify(code, failed_ranks(ranks, first, self.run), self._oom_killed(), _last(history, Hang), self.run)
         if not self.single_node:
             if fault.failure != "hang":
                 events.append(self.run.events, RanksFailed(
                     node=self.node, attempt=self.number, failure=fault.failure, detail=fault.detail, ranks=fault.ranks,
-                    evidence=fault.evidence, quiet_since=_quiet_since(self.run.rank_log(fault.ranks[0])) if fault.ranks else None))
+                    evidence=fault.evidence, quiet_since=_failed_since(self.run, fault.ranks[0]) if fault.ranks else None))
             return False
         idle = not trained_a_step(self.run, history)
         used = restarts_in_window(self.run.history(), self.spec)
@@ -126,26 +132,19 @@ def failed_ranks(ranks: list[Rank], first: int, run: RunDir) -> dict[int, int]:
     """Each rank that failed by itself, by global rank, with its exit code, the one that failed first
     first; the peers the launcher killed after it are left out (when all were killed, as by the
     watchdog, all are in). Peers often fail by themselves too, before the launcher's next poll: their
-    collective reports the closed connection. They print that after the first rank's process ended,
-    so the first is the rank whose log went quiet first (torchelastic names the earliest error as the
-    root cause in the same way)."""
+    collective reports the closed connection, after the first rank's exception ended its process. So
+    the first is the rank whose fatal exception came first, or whose log went quiet first where a rank
+    recorded none (`launch.rank_errors`; torchelastic names the earliest error as the root cause too)."""
     codes = {first + local: rank.poll() for local, rank in enumerate(ranks)}
     failed = {r: c for r, c in codes.items() if c is not None and c not in CLEAN_EXITS}
     chosen = {r: c for r, c in failed.items() if not ranks[r - first].killed} or failed
-    return dict(sorted(chosen.items(), key=lambda item: (_last_written_ns(run.rank_log(item[0])), item[0])))
+    return dict(sorted(chosen.items(), key=lambda item: (failed_at_ns(run, item[0]), item[0])))
 
 
-def _last_written_ns(log: Path) -> float:
-    try:
-        return log.stat().st_mtime_ns
-    except OSError:
-        return math.inf
-
-
-def _quiet_since(log: Path) -> float | None:
-    """When the log was last written, in seconds since the epoch; None when it cannot be read."""
-    written_ns = _last_written_ns(log)
-    return written_ns / 1e9 if math.isfinite(written_ns) else None
+def _failed_since(run: RunDir, rank: int) -> float | None:
+    """When the rank failed (`failed_at_ns`), in seconds since the epoch; None when nothing says."""
+    failed_ns = failed_at_ns(run, rank)
+    return failed_ns / 1e9 if math.isfinite(failed_ns) else None
 
 
 def oom_kill_count(cgroup_root: Path = Path("/sys/fs/cgroup"), proc: Path = Path("/proc")) -> int | None:

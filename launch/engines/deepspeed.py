@@ -7,7 +7,9 @@ Its ranks need nothing beyond torch's standard variables, and its nodes serve no
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import re
 import time
 import warnings
@@ -65,7 +67,21 @@ def preload(recipe: Recipe, plan: PlanRecord):
     # call, 40 lines a step in each rank's log under ZeRO-3, about DeepSpeed's code, not the user's.
     warnings.filterwarnings("ignore", r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated", FutureWarning)
     import_model_code(recipe.model, plan.model.sizes)
+    if plan.topology.device == "cpu":
+        _load_shared_memory_op()
     return deepspeed
+
+
+def _load_shared_memory_op() -> None:
+    """DeepSpeed's shared-memory collectives for CPU ranks, probed and loaded as `init_distributed` would
+    (cached there after this): the probe (compiler subprocesses, one per op) and the load took each rank
+    0.3 to 1.5 s of a restart on 2 busy cores; a node launcher that forks its ranks pays it once for all
+    of them and every restart. CPU ranks only: the probe queries GPUs, which a GPU rank must not do
+    before it has chosen its device."""
+    from deepspeed.comm.torch import build_shm_op
+
+    with contextlib.redirect_stdout(io.StringIO()):  # its "built successfully": each rank prints it anyway
+        build_shm_op()
 
 
 class Engine:

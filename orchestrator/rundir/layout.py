@@ -97,6 +97,11 @@ class RunDir:
     def rank_logs(self) -> list[Path]:
         return sorted(self.logs.glob("rank-*.log"))
 
+    def rank_error(self, rank: int) -> Path:
+        """The traceback of the rank's fatal exception in the current attempt, written as it was raised
+        (`launch.rank_errors`): its time names the rank a crash started on."""
+        return self.logs / f"rank-{rank}.error"
+
     @property
     def node_output_pattern(self) -> str:
         """srun's --output pattern: one file per node (`%N` is the node's name)."""

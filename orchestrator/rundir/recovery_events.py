@@ -76,7 +76,7 @@ class RanksFailed(BaseEvent):
     """A node launcher of a job of several nodes saw its own ranks fail by themselves (not the peers it
     killed after them); it restarts nothing, the Slurm batch step decides for the whole job. Every
     node's ranks fail once one rank is gone (their collectives see the closed connection), so the
-    batch step names the node whose failed rank's log went quiet first, `quiet_since`."""
+    batch step names the node whose failed rank failed first, `quiet_since`."""
     event: Literal["ranks_failed"] = "ranks_failed"
     node: Optional[int] = None
     attempt: Optional[int] = None
@@ -85,7 +85,8 @@ class RanksFailed(BaseEvent):
     ranks: Optional[list[int]] = None
     evidence: Optional[str] = None
     quiet_since: Optional[float] = None
-    """When the log of the rank that failed first was last written (seconds since the epoch)."""
+    """When the rank that failed first failed (seconds since the epoch): its fatal exception's record
+    (`launch.rank_errors`), else when its log was last written."""
 
 
 class LossRolledBack(BaseEvent):
