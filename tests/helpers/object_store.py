@@ -4,6 +4,7 @@ environment the way a run gets its real ones (by name, `checkpoint.remote.env`).
 
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ def object_store() -> Iterator[ObjectStore]:
     (the ranks a test starts inherit them), both undone afterwards."""
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per request in the tests' output
     saved = {name: os.environ.get(name) for name in CREDENTIALS}
     os.environ.update(CREDENTIALS)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
