@@ -79,8 +79,6 @@ def plan_local_run(request: LocalRunRequest, say: Callable[[str], None]) -> tupl
             attempt.close()
             attempt = hold_attempt(plan.run_dir)
         check_remote_env(plan.recipe.checkpoint.remote, os.environ)
-        if not (request.fresh or dry_run):
-            fetch_remote_checkpoint(plan.recipe.checkpoint.remote, request.resume_url, plan.checkpoint_dir, say)
         loaded, plan = _plan_resume(request, loaded, plan, say)
     except BaseException:
         attempt.close()
@@ -106,11 +104,15 @@ def _is_dry_run(run_dir: Path) -> bool:
 def _plan_resume(
     request: LocalRunRequest, loaded: LoadedRecipe, plan: LaunchPlan, say: Callable[[str], None],
 ) -> tuple[LoadedRecipe, LaunchPlan]:
-    """Check that the newest verified checkpoint can continue under this recipe, converting it for another world size."""
+    """Check that the newest verified checkpoint (the run directory's; with none there, the store's newest,
+    downloaded) can continue under this recipe, converting it for another world size."""
     from orchestrator.checkpoint.elastic import prepare_elastic_resume
 
     world = plan.topology.world_size
     point = check_resume(plan.checkpoint_dir, plan.recipe.model_dump(mode="json"), world)
+    if point.manifest is None and not (request.fresh or request.dry_run) and fetch_remote_checkpoint(
+            plan.recipe.checkpoint.remote, request.resume_url, plan.checkpoint_dir, say):  # none here: the store's newest
+        point = check_resume(plan.checkpoint_dir, plan.recipe.model_dump(mode="json"), world)
     manifest = point.manifest
     if request.resume is not None and manifest is None:
         raise ResumeError(f"--resume {request.resume}: it has no committed checkpoint to continue from")

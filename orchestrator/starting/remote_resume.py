@@ -14,7 +14,6 @@ from typing import Callable
 
 from orchestrator.checkpoint.spec import RemoteSpec
 from orchestrator.errors import ResumeError
-from orchestrator.shared.checkpoint import store
 
 
 def check_remote_env(spec: RemoteSpec | None, environ: Mapping[str, str]) -> None:
@@ -26,12 +25,13 @@ def check_remote_env(spec: RemoteSpec | None, environ: Mapping[str, str]) -> Non
                           "(the value is read from the environment and written nowhere)")
 
 
-def fetch_remote_checkpoint(spec: RemoteSpec | None, url: str | None, checkpoint_dir: Path, say: Callable[[str], None]) -> None:
-    """Download the store's newest verified checkpoint when `checkpoint_dir` has none that verifies.
-    `url`: `--resume URL` (then the store must hold one); else the recipe's `checkpoint.remote`."""
+def fetch_remote_checkpoint(spec: RemoteSpec | None, url: str | None, checkpoint_dir: Path, say: Callable[[str], None]) -> bool:
+    """Download the store's newest verified checkpoint into `checkpoint_dir`, called when it has none that
+    verifies; whether one came. `url`: `--resume URL` (then the store must hold one); else the recipe's
+    `checkpoint.remote` (none there: a fresh start)."""
     where = url or (spec.url if spec else None)
-    if where is None or store.newest_verified(checkpoint_dir)[0] is not None:
-        return
+    if where is None:
+        return False
     from orchestrator.shared.checkpoint.remote import RemoteTier
 
     try:
@@ -42,8 +42,10 @@ def fetch_remote_checkpoint(spec: RemoteSpec | None, url: str | None, checkpoint
         say(line)
     if fetched:
         say(f"fetched {fetched.path.name} from {where}: {fetched.bytes / 1e6:.1f} MB in {fetched.seconds:.1f} s, verified")
-    elif refused:
+        return True
+    if refused:
         raise ResumeError(f"no checkpoint on {where} verifies (see above); nothing was started. "
                           "Pass --fresh to start over (the store's checkpoints are replaced as the run saves)")
-    elif url:
+    if url:
         raise ResumeError(f"--resume {url}: no committed checkpoint there (a checkpoint counts once its upload wrote its marker)")
+    return False

@@ -11,7 +11,11 @@ from orchestrator.errors import CheckpointError, ResumeError
 from orchestrator.shared.checkpoint import store
 from orchestrator.shared.checkpoint.remote import MARKER, RemoteTier
 from orchestrator.shared.checkpoint.upload import BackgroundUploader
+from orchestrator.recipe.loader import load_recipe
+from orchestrator.starting.local import LocalRunRequest, plan_local_run
 from orchestrator.starting.remote_resume import check_remote_env, fetch_remote_checkpoint
+from tests.helpers.planning import write_plan
+from tests.helpers.project import TINY
 from tests.helpers.object_store import CREDENTIALS, object_store
 
 
@@ -148,18 +152,37 @@ def test_orch_run_takes_the_store_only_when_local_has_nothing_and_says_why_not(t
     said = []
     with pytest.raises(ResumeError, match=f"--resume {tier.url}: no committed checkpoint there"):
         fetch_remote_checkpoint(spec, tier.url, tmp_path / "run" / "checkpoints", said.append)
-    fetch_remote_checkpoint(spec, None, tmp_path / "run" / "checkpoints", said.append)  # the recipe's store, empty: a fresh start
+    assert not fetch_remote_checkpoint(spec, None, tmp_path / "run" / "checkpoints", said.append)  # the recipe's store, empty: a fresh start
     tier.upload(make_checkpoint(tmp_path / "elsewhere", 8))
-    local = tmp_path / "run" / "checkpoints"
-    make_checkpoint(local, 4)
-    fetch_remote_checkpoint(spec, tier.url, local, said.append)
-    assert said == [] and [p.name for p in store.committed(local)] == ["step-00000004"]  # local first
-    fetch_remote_checkpoint(spec, tier.url, tmp_path / "fresh", said.append)
+    assert fetch_remote_checkpoint(spec, tier.url, tmp_path / "fresh", said.append)
     assert said[0].startswith(f"fetched step-00000008 from {tier.url}") and store.verify(tmp_path / "fresh" / "step-00000008").ok
     tier.fs.pipe_file(f"{tier.root}/step-00000008/shard.pt", b"x" * 7001)
     with pytest.raises(ResumeError, match="no checkpoint on .* verifies"):
         fetch_remote_checkpoint(spec, None, tmp_path / "empty", said.append)
     assert "shard.pt does not match its content hash" in said[-1]
+
+
+def test_orch_run_resumes_a_local_checkpoint_first_and_the_stores_newest_on_an_empty_run_directory(tier, tmp_path):
+    overrides = [f"checkpoint.remote.url={tier.url}", f"checkpoint.remote.options.endpoint_url={tier.fs.endpoint_url}"]
+    loaded = load_recipe(TINY, overrides)
+
+    def saved(root, step):  # a checkpoint of this very recipe, as the ranks commit one
+        staging = root / f"{store.STAGING_PREFIX}{store.tag_for(step)}"
+        staging.mkdir(parents=True)
+        (staging / "shard.pt").write_bytes(bytes([step]) * 100)
+        meta = {"recipe": loaded.recipe.model_dump(mode="json"), "recipe_hash": loaded.hash, "world_size": 2}
+        return store.commit(root, staging, step, store.describe_files(staging, ["shard.pt"]), meta)
+
+    tier.upload(saved(tmp_path / "elsewhere", 8))
+    for run_dir, expected in ((tmp_path / "has-step-4", 4), (tmp_path / "empty", 8)):
+        if expected == 4:
+            write_plan(run_dir)
+            saved(run_dir / "checkpoints", 4)
+        said = []
+        _, plan, attempt = plan_local_run(LocalRunRequest(recipe=TINY, overrides=overrides, run_dir=run_dir), said.append)
+        attempt.close()
+        assert f"resuming after step {expected}" in said[-1]
+        assert any(line.startswith(f"fetched step-00000008 from {tier.url}") for line in said) == (expected == 8)
 
 
 def test_the_credentials_named_must_be_set_before_a_run_starts():
