@@ -4,8 +4,11 @@ Sizes run smallest first with partitioned construction and activation checkpoint
 model larger than one rank is meant to run) until one fails; the largest that trained is run
 again without partitioned construction, and without activation checkpointing, side by side. Per
 run: parameters, each rank's start-up peak (resident memory while the model was built, and while
-the engine set up) against the whole model's fp32 bytes, the peak of a step, seconds per step.
-The memory figures are what the ranks measured (the run's `engine_built` event and metrics rows).
+the engine set up) against the whole model's fp32 bytes, the peak of a step, seconds per step, and
+the largest rank's peak in every phase of the run (construction to the closing fingerprint, above
+the rank's memory before its model was built) with the plan's per-device estimate set against the
+step's peak (the larger of forward/backward and the optimizer step). The memory figures are what the
+ranks measured (the run's `engine_built` and last `memory_phases` events, and its metrics rows).
 Nothing is asserted.
 
 Run it from the repository root, on an otherwise idle machine (a size that does not fit is ended
@@ -28,6 +31,7 @@ from common import DEFAULT_RECIPE, REPO, RESULTS, last_lines, machine, orch_argv
 
 from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.records import read_plan
+from orchestrator.rundir.memory_phases import MemoryPhases
 from orchestrator.rundir.rows import EngineBuilt
 
 SHAPES = {
@@ -67,8 +71,11 @@ def measure(size: str, variant: str, seq_len: int, work: Path) -> dict:
     with log.open("w") as out:
         code = subprocess.run(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
     run = RunDir(run_dir)
-    num_params = read_plan(run).model.num_params if run.plan.exists() else 0  # none when planning itself failed
-    built = next((e for e in run.history() if isinstance(e, EngineBuilt)), None)
+    plan = read_plan(run) if run.plan.exists() else None  # none when planning itself failed
+    num_params = plan.model.num_params if plan else 0
+    history = run.history()
+    built = next((e for e in history if isinstance(e, EngineBuilt)), None)
+    phases = [e for e in history if isinstance(e, MemoryPhases)]
     rows = run.metric_rows()
     result = {
         "size": size, "variant": variant, "num_params": num_params, "trained": code == 0 and len(rows) == STEPS,
@@ -77,6 +84,12 @@ def measure(size: str, variant: str, seq_len: int, work: Path) -> dict:
     if built:
         result["construction_growth_bytes"] = max(p - b for p, b in zip(built.construction_peak_bytes, built.rss_before_bytes))
         result["startup_growth_bytes"] = max(p - b for p, b in zip(built.peak_rss_bytes, built.rss_before_bytes))
+    if phases:
+        _, peaks, _ = phases[-1].figures()
+        result["phase_peak_bytes"] = {phase: max(p for p in per_rank if p is not None) for phase, per_rank in peaks.items()}
+        step_peak = max(result["phase_peak_bytes"].get(p, 0) for p in ("forward_backward", "optimizer_step"))
+        result["planned_bytes"] = plan.memory_per_device.total_bytes
+        result["planned_over_step_peak"] = result["planned_bytes"] / step_peak if step_peak else None
     if rows:
         result["step_peak_bytes"] = max(r["peak_memory_bytes"] for r in rows)
         result["s_per_step"] = sum(r["step_s"] for r in rows[1:] or rows) / len(rows[1:] or rows)
@@ -97,6 +110,10 @@ def print_row(r: dict) -> None:
     print(f"{r['num_params'] / 1e9:>7.2f}B  {r['variant']:<28}{gib(r.get('construction_growth_bytes')):>9}{ratio:>7}"
           f"{gib(r.get('startup_growth_bytes')):>9}{gib(r.get('step_peak_bytes')):>9}"
           f"{r.get('s_per_step', float('nan')):>9.1f}  {'trained' if r['trained'] else 'FAILED (exit %d)' % r['exit_code']}", flush=True)
+    if "phase_peak_bytes" in r:
+        phases = "  ".join(f"{phase} {gib(peak)}" for phase, peak in r["phase_peak_bytes"].items())
+        print(f"{'':>9} GiB per phase, the largest rank: {phases}; plan {gib(r['planned_bytes'])} "
+              f"= {r['planned_over_step_peak']:.2f}x the step's peak", flush=True)
 
 
 def main() -> None:

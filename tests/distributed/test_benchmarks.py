@@ -144,6 +144,8 @@ def test_scale(tmp_path):
     for run in result["runs"]:
         assert run["trained"], run.get("log_tail")
         assert positive(run["num_params"]) and positive(run["step_peak_bytes"]) and positive(run["startup_growth_bytes"])
+        assert {"construction", "setup", "forward_backward", "optimizer_step", "fingerprint"} <= set(run["phase_peak_bytes"])
+        assert positive(run["planned_over_step_peak"])
 
 
 def test_sweep_overhead(tmp_path):
