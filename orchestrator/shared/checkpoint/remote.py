@@ -1,8 +1,8 @@
 """The remote checkpoint tier: committed checkpoints copied to object storage (`checkpoint.remote`,
 any fsspec URL), and back.
 
-A checkpoint's files go to `<url>/<tag>/`; its bytes are hashed as they are sent and compared with
-the manifest, the sizes listed back from the store, and only then is the commit marker written,
+A checkpoint's files go to `<url>/<tag>/`, each hashed and compared with the manifest right before it
+is sent; then the sizes are listed back from the store, and only then is the commit marker written,
 last, holding the manifest's content hash. A reader takes only a tag with a marker (a half-uploaded
 checkpoint has none), checks the manifest against the marker, the listed sizes against the
 manifest, then downloads into a staging directory and verifies every file's hash there
@@ -27,12 +27,12 @@ import xxhash
 from orchestrator.errors import CheckpointError
 from orchestrator.rundir.checkpoint_records import MANIFEST, MAX_MANIFEST_BYTES, CheckpointManifest, read_manifest
 from orchestrator.shared.checkpoint import store
+from orchestrator.shared.filetree import digest_file
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
 MARKER = "COMMITTED"
-_CHUNK = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -102,24 +102,18 @@ class RemoteTier:
         tag = checkpoint.name
         self.remove(tag)  # an earlier copy of this tag is never taken mixed with this one
         for name, entry in manifest.files.items():
-            digest = self._send(checkpoint / name, self._path(tag, name))
-            if digest != entry.xxh3_128:
+            # Checked right before it goes (a committed file is never written again), then sent by the
+            # store's own put: s3fs sends a large file's parts concurrently, which a stream through
+            # one writer would not.
+            if digest_file(checkpoint, name, xxhash.xxh3_128(), entry.bytes) != entry.xxh3_128:
                 raise CheckpointError(f"{tag}/{name} changed on local disk since its commit: not uploaded")
+            self.fs.put_file(str(checkpoint / name), self._path(tag, name))
         self.fs.put_file(str(checkpoint / MANIFEST), self._path(tag, MANIFEST))
         problem = self._listing_problem(tag, manifest)
         if problem:
             raise CheckpointError(f"{self.url}/{tag}: {problem} after the upload: not marked committed")
         self.fs.pipe_file(self._path(tag, MARKER), json.dumps({"step": manifest.step, "content_hash": store.content_hash(manifest)}).encode())
         return sum(entry.bytes for entry in manifest.files.values())
-
-    def _send(self, source: Path, target: str) -> str:
-        """Stream one file to the store, hashing the bytes sent (one local read for both)."""
-        digest = xxhash.xxh3_128()
-        with open(source, "rb") as local, self.fs.open(target, "wb") as remote:
-            while block := local.read(_CHUNK):
-                digest.update(block)
-                remote.write(block)
-        return digest.hexdigest()
 
     def remove(self, tag: str) -> None:
         """Delete a tag, its marker first: a reader sees it whole and committed, or not committed."""
