@@ -8,7 +8,7 @@ that exists and credentials in the environment), on `recipes/tiny-pretrain.yaml`
   step time, and so the extra blocking per save as a share of step time at a save every 100 steps
   (goal: within 1%);
 - throughput: the last remote run's final checkpoint sent again by the uploader's own path
-  (`RemoteTier.upload`: streamed, hashed, listed back, marker) against a raw s3fs `put_file` of the
+  (`RemoteTier.upload`: each file hashed then put, listed back, marker) against a raw s3fs `put_file` of the
   same files to another prefix of the same store (goal: >= 0.8);
 - resume: `orch run --resume URL` on an empty run directory: process start -> checkpoint fetched and
   verified -> `resumed` event -> first new metrics row.
