@@ -148,6 +148,18 @@ def test_scale(tmp_path):
         assert positive(run["planned_over_step_peak"])
 
 
+def test_remote_checkpoint(tmp_path):
+    """Against moto's S3 server on loopback, which the bench starts and stops itself."""
+    result, printed = run_bench("remote_checkpoint", tmp_path)
+    assert set(result["stall_per_save_s"]) == {"local", "remote"} and all(positive(v) for v in result["stall_per_save_s"].values())
+    local, remote = result["runs"]["local"], result["runs"]["remote"]
+    assert not any(run["uploads"] for run in local) and all(run["uploads"] and not run["upload_failures"] for run in remote)
+    assert positive(result["throughput"]["ratio"])
+    resume = result["resume_from_empty_machine"]
+    assert 0 < resume["checkpoint_fetched_s"] <= resume["resumed_event_s"] <= resume["first_step_s"]
+    assert "stall per save" in printed
+
+
 def test_sweep_overhead(tmp_path):
     result, _ = run_bench("sweep", tmp_path)
     for pruning in ("none", "median"):
