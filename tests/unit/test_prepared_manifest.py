@@ -12,7 +12,7 @@ from orchestrator.shared.data.prepared import (InstructionManifest, PreparedData
                                         write_manifest)
 from orchestrator.errors import DamagedRun
 from orchestrator.rundir.layout import RunDir
-from orchestrator.rundir.records import DataRecord, read_data, write_data
+from orchestrator.rundir.records import read_data, write_data
 
 WRITTEN_BY_D92F83D = Path(__file__).parent / "run_fixtures" / "written-by-d92f83d"
 
