@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from orchestrator.starting.attempt import Attempt, hold_attempt
-from orchestrator.starting.remote_resume import check_remote_env, fetch_remote_checkpoint
+from orchestrator.starting.remote_resume import check_remote_env, fetch_remote_checkpoint, upload_if_newer
 from orchestrator.shared.checkpoint.resume import ResumePoint, check_resume, check_run_dir, set_run_aside
 from orchestrator.errors import DamagedRun, OrchestratorError, ResumeError
 from orchestrator.plan.load import load_and_plan
@@ -110,9 +110,12 @@ def _plan_resume(
 
     world = plan.topology.world_size
     point = check_resume(plan.checkpoint_dir, plan.recipe.model_dump(mode="json"), world)
+    remote = plan.recipe.checkpoint.remote
     if point.manifest is None and not (request.fresh or request.dry_run) and fetch_remote_checkpoint(
-            plan.recipe.checkpoint.remote, request.resume_url, plan.checkpoint_dir, say):  # none here: the store's newest
+            remote, request.resume_url, plan.checkpoint_dir, say):  # none here: the store's newest
         point = check_resume(plan.checkpoint_dir, plan.recipe.model_dump(mode="json"), world)
+    elif point.manifest is not None:  # the store may lack it (its upload was killed)
+        upload_if_newer(remote, point.checkpoint, RunDir(plan.run_dir).events, say)
     manifest = point.manifest
     if request.resume is not None and manifest is None:
         raise ResumeError(f"--resume {request.resume}: it has no committed checkpoint to continue from")

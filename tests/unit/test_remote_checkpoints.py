@@ -12,7 +12,9 @@ from orchestrator.shared.checkpoint import store
 from orchestrator.shared.checkpoint.remote import MARKER, RemoteTier
 from orchestrator.shared.checkpoint.upload import BackgroundUploader
 from orchestrator.recipe.loader import load_recipe
-from orchestrator.starting.local import LocalRunRequest, plan_local_run
+from orchestrator.rundir.checkpoint_records import RunSummary, write_summary
+from orchestrator.rundir.layout import RunDir
+from orchestrator.starting.local import LocalRunRequest, RunComplete, plan_local_run
 from orchestrator.starting.remote_resume import check_remote_env, fetch_remote_checkpoint
 from tests.helpers.planning import write_plan
 from tests.helpers.project import TINY
@@ -162,27 +164,56 @@ def test_orch_run_takes_the_store_only_when_local_has_nothing_and_says_why_not(t
     assert "shard.pt does not match its content hash" in said[-1]
 
 
+def remote_overrides(tier):
+    return [f"checkpoint.remote.url={tier.url}", f"checkpoint.remote.options.endpoint_url={tier.fs.endpoint_url}"]
+
+
+def saved(loaded, root, step):
+    """A checkpoint of this very recipe, as the ranks commit one."""
+    staging = root / f"{store.STAGING_PREFIX}{store.tag_for(step)}"
+    staging.mkdir(parents=True)
+    (staging / "shard.pt").write_bytes(bytes([step]) * 100)
+    meta = {"recipe": loaded.recipe.model_dump(mode="json"), "recipe_hash": loaded.hash, "world_size": 2}
+    return store.commit(root, staging, step, store.describe_files(staging, ["shard.pt"]), meta)
+
+
 def test_orch_run_resumes_a_local_checkpoint_first_and_the_stores_newest_on_an_empty_run_directory(tier, tmp_path):
-    overrides = [f"checkpoint.remote.url={tier.url}", f"checkpoint.remote.options.endpoint_url={tier.fs.endpoint_url}"]
+    overrides = remote_overrides(tier)
     loaded = load_recipe(TINY, overrides)
-
-    def saved(root, step):  # a checkpoint of this very recipe, as the ranks commit one
-        staging = root / f"{store.STAGING_PREFIX}{store.tag_for(step)}"
-        staging.mkdir(parents=True)
-        (staging / "shard.pt").write_bytes(bytes([step]) * 100)
-        meta = {"recipe": loaded.recipe.model_dump(mode="json"), "recipe_hash": loaded.hash, "world_size": 2}
-        return store.commit(root, staging, step, store.describe_files(staging, ["shard.pt"]), meta)
-
-    tier.upload(saved(tmp_path / "elsewhere", 8))
+    tier.upload(saved(loaded, tmp_path / "elsewhere", 8))
     for run_dir, expected in ((tmp_path / "has-step-4", 4), (tmp_path / "empty", 8)):
         if expected == 4:
             write_plan(run_dir)
-            saved(run_dir / "checkpoints", 4)
+            saved(loaded, run_dir / "checkpoints", 4)
         said = []
         _, plan, attempt = plan_local_run(LocalRunRequest(recipe=TINY, overrides=overrides, run_dir=run_dir), said.append)
         attempt.close()
         assert f"resuming after step {expected}" in said[-1]
         assert any(line.startswith(f"fetched step-00000008 from {tier.url}") for line in said) == (expected == 8)
+
+
+def test_a_complete_run_whose_last_upload_was_killed_uploads_it_before_saying_so(tier, tmp_path):
+    """The final checkpoint's upload died with the run: `orch run` launches nothing for a complete run,
+    so it sends the checkpoint itself, marker last, before it reports the run complete."""
+    overrides = remote_overrides(tier)
+    loaded = load_recipe(TINY, overrides)
+    steps, run_dir = loaded.recipe.train.steps, tmp_path / "run"
+    write_plan(run_dir)
+    tier.upload(saved(loaded, run_dir / "checkpoints", 2))
+    saved(loaded, run_dir / "checkpoints", steps)
+    tier.fs.pipe_file(f"{tier.root}/{store.tag_for(steps)}/shard.pt", b"half")  # where the kill left it: no marker
+    write_summary(RunDir(run_dir), RunSummary(status="completed", steps=steps))
+    said = []
+    with pytest.raises(RunComplete):
+        plan_local_run(LocalRunRequest(recipe=TINY, overrides=overrides, run_dir=run_dir, stop_if_complete=True), said.append)
+    assert tier.committed_tags()[0] == store.tag_for(steps)
+    assert tier.fetch(store.tag_for(steps), tmp_path / "fresh").bytes == 100
+    (uploaded,) = [e for e in RunDir(run_dir).history() if e.event == "checkpoint_uploaded"]
+    assert uploaded.step == steps and said[-2] == uploaded.describe() and "complete" in said[-1]
+    said.clear()
+    with pytest.raises(RunComplete):  # the store has it now: nothing more is sent
+        plan_local_run(LocalRunRequest(recipe=TINY, overrides=overrides, run_dir=run_dir, stop_if_complete=True), said.append)
+    assert len(said) == 1 and len([e for e in RunDir(run_dir).history() if e.event == "checkpoint_uploaded"]) == 1
 
 
 def test_the_credentials_named_must_be_set_before_a_run_starts():
