@@ -20,8 +20,9 @@ class RemoteSpec(Spec):
     """`checkpoint.remote`: a copy of each committed checkpoint under `url` (any fsspec URL, one prefix
     per run: `<url>/step-00001000/`), uploaded in the background; `checkpoint.remote: s3://b/run-a`
     is short for `checkpoint.remote.url`. Credentials come from the environment only: `env` names
-    the variables the store's client reads (`orch run` checks they are set before anything starts;
-    their values are never written down); `options` are fsspec's storage options (`endpoint_url`
+    the variables the store's client reads (`orch run` and `orch submit` check they are set before
+    anything starts, and a Slurm job's script checks them again, as `slurm.pass_env`'s; their values
+    are never written down); `options` are fsspec's storage options (`endpoint_url`
     for a store other than AWS), and may not name a credential."""
 
     url: str

@@ -13,6 +13,7 @@ from orchestrator.shared.env import EnvSnapshot, GpuInfo
 from orchestrator.data.prepare import prepared_manifest
 from orchestrator.errors import SlurmError
 from orchestrator.starting.execute import prepare_run
+from orchestrator.starting.remote_resume import check_remote_env
 from orchestrator.plan.planner import LaunchPlan
 from orchestrator.rundir import events
 from orchestrator.rundir.layout import RunDir
@@ -78,6 +79,7 @@ def submit_chain(plan: LaunchPlan, python: str, sources: list[Path], main: tuple
     `sbatch --test-only` before anything is written or submitted. A job whose predecessor fails is
     cancelled by Slurm (`--kill-on-invalid-dep`), so a failed gate ends the chain: no release runs."""
     check_pass_env(plan.recipe.slurm, os.environ)
+    check_remote_env(plan.recipe.checkpoint.remote, os.environ, "orch submit")
     _refuse_live_jobs(RunDir(plan.run_dir), main[0])
     unprepared = prepared_manifest(plan.recipe.data, plan.recipe.train.seed, plan.data_cache_dir) is None
     jobs = [("prepare", render_prepare_sbatch(plan, plan.recipe.slurm, python, sources))] if unprepared else []

@@ -20,12 +20,13 @@ from orchestrator.rundir.base_event import BaseEvent
 from orchestrator.shared.checkpoint import store
 
 
-def check_remote_env(spec: RemoteSpec | None, environ: Mapping[str, str]) -> None:
-    """The store's credentials come from this environment, by the names `checkpoint.remote.env` lists:
-    a missing one fails here, before anything starts, not in rank 0's first upload."""
+def check_remote_env(spec: RemoteSpec | None, environ: Mapping[str, str], command: str = "orch run") -> None:
+    """The store's credentials come from this environment (a Slurm job inherits it from `orch submit`'s),
+    by the names `checkpoint.remote.env` lists: a missing one fails here, before anything starts or is
+    submitted, not in rank 0's first upload."""
     missing = [name for name in (spec.env if spec else []) if not environ.get(name)]
     if missing:
-        raise ResumeError(f"checkpoint.remote.env names {', '.join(missing)}, not set here: export it before orch run "
+        raise ResumeError(f"checkpoint.remote.env names {', '.join(missing)}, not set here: export it before {command} "
                           "(the value is read from the environment and written nowhere)")
 
 

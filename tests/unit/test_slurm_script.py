@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.errors import RecipeError, SlurmError
+from orchestrator.errors import RecipeError, ResumeError, SlurmError
 from orchestrator.plan.planner import make_plan
 from orchestrator.recipe.loader import load_recipe
 from orchestrator.slurm.batch import node_command
 from orchestrator.slurm.script import render_sbatch
-from orchestrator.slurm.submit import check_pass_env, cluster_env, signal_grace_s
+from orchestrator.slurm.submit import check_pass_env, cluster_env, signal_grace_s, submit_chain
 from orchestrator.rundir.rows import CancelRequested, SlurmStart
 from tests.helpers.planning import make_env, tiny_plan_record
 from tests.helpers.processes import orch
@@ -156,6 +156,24 @@ def test_pass_env_must_be_set_where_orch_submit_runs():
     check_pass_env(spec, {"WANDB_API_KEY": "x", "HF_TOKEN": "y"})
     with pytest.raises(SlurmError, match="HF_TOKEN, not set here"):
         check_pass_env(spec, {"WANDB_API_KEY": "x"})
+
+
+def test_the_object_stores_credentials_reach_the_job_by_name_and_must_be_set_where_orch_submit_runs(tmp_path, monkeypatch):
+    remote = ["checkpoint.remote.url=s3://bucket/run-a", "checkpoint.remote.env=[AWS_ACCESS_KEY_ID, WANDB_API_KEY]"]
+    plan, script = render(tmp_path, [*CASES["full"], *remote])
+    _, without = render(tmp_path, CASES["full"])
+    checks = [line for line in script.splitlines() if line.startswith(': "${')]
+    assert checks == [': "${WANDB_API_KEY:?is not set in the job: export it where orch submit runs (slurm.pass_env)}"',
+                      ': "${AWS_ACCESS_KEY_ID:?is not set in the job: export it where orch submit runs (checkpoint.remote.env)}"']
+    assert script.replace(checks[1] + "\n", "").replace(plan.recipe_hash, "H") == without.replace(render(tmp_path, CASES["full"])[0].recipe_hash, "H")
+    monkeypatch.setenv("WANDB_API_KEY", "x")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    with pytest.raises(ResumeError, match="checkpoint.remote.env names AWS_ACCESS_KEY_ID, not set here: export it before orch submit"):
+        submit_chain(plan, "/opt/venvs/train/bin/python", [], ("train", script), [])  # before sbatch is asked anything
+    result = orch("submit", str(TINY), *remote, "--skip-doctor", "--run-dir", str(tmp_path / "run"))
+    assert result.returncode != 0 and result.stderr.strip().splitlines() == [
+        "error: checkpoint.remote.env names AWS_ACCESS_KEY_ID, not set here: export it before orch submit "
+        "(the value is read from the environment and written nowhere)"]
 
 
 def test_a_cancelled_job_is_not_requeued_after_its_checkpoint(tmp_path):
