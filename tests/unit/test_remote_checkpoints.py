@@ -2,7 +2,12 @@
 marker written last, retention on the store, and downloads verified before they get a name."""
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -15,9 +20,9 @@ from orchestrator.recipe.loader import load_recipe
 from orchestrator.rundir.checkpoint_records import RunSummary, write_summary
 from orchestrator.rundir.layout import RunDir
 from orchestrator.starting.local import LocalRunRequest, RunComplete, plan_local_run
-from orchestrator.starting.remote_resume import check_remote_env, fetch_remote_checkpoint
+from orchestrator.starting.remote_resume import check_remote_env, fetch_remote_checkpoint, upload_if_newer
 from tests.helpers.planning import write_plan
-from tests.helpers.project import TINY
+from tests.helpers.project import ROOT, TINY
 from tests.helpers.object_store import CREDENTIALS, object_store
 
 
@@ -228,3 +233,50 @@ def test_local_retention_leaves_alone_what_an_upload_still_reads(tmp_path):
     old, uploading, newest = (make_checkpoint(tmp_path, step) for step in (2, 4, 6))
     removed = store.prune(tmp_path, keep_last=1, keep_every=None, protect={newest, uploading})
     assert removed == [old] and [p.name for p in store.committed(tmp_path)] == ["step-00000006", "step-00000004"]
+
+
+STALLED_UPLOAD = """
+import sys, threading
+from pathlib import Path
+import s3fs
+from orchestrator.checkpoint.spec import RemoteSpec
+from orchestrator.shared.checkpoint.upload import BackgroundUploader
+
+put, sent = s3fs.S3FileSystem.put_file, []
+def stalled(self, lpath, rpath, **kwargs):  # the network stalls after the first file: the test kills here
+    if sent:
+        threading.Event().wait()
+    put(self, lpath, rpath, **kwargs)
+    sent.append(rpath)
+s3fs.S3FileSystem.put_file = stalled
+uploader = BackgroundUploader(RemoteSpec(url=sys.argv[1], options={"endpoint_url": sys.argv[2]}), print)
+uploader.submit(Path(sys.argv[3]))
+uploader.close()
+"""
+
+
+def test_an_upload_sigkilled_midway_leaves_no_marker_and_a_resume_takes_the_one_before(tier, tmp_path):
+    """Rank 0's uploader in a process of its own, SIGKILLed once the checkpoint's first file is on the
+    store: the tag is there without its marker, no resume takes it, and the next orch run sends it whole."""
+    local = tmp_path / "local"
+    tier.upload(make_checkpoint(local, 4))
+    newer = make_checkpoint(local, 8)
+    endpoint = tier.fs.endpoint_url
+    uploader = subprocess.Popen([sys.executable, "-c", STALLED_UPLOAD, tier.url, endpoint, str(newer)], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    give_up = time.monotonic() + 120  # a hang guard, not a timing: the first file lands in about a second
+    try:
+        while "shard.pt" not in tier._sizes("step-00000008"):
+            assert uploader.poll() is None, uploader.communicate()[0].decode()
+            assert time.monotonic() < give_up, "the uploader sent no file"
+            time.sleep(0.05)
+    finally:
+        os.kill(uploader.pid, signal.SIGKILL)
+        uploader.wait()
+    assert tier.tags() == ["step-00000008", "step-00000004"] and tier.committed_tags() == ["step-00000004"]
+    spec = RemoteSpec(url=tier.url, options={"endpoint_url": endpoint})
+    said = []
+    assert fetch_remote_checkpoint(spec, None, tmp_path / "fresh", said.append)
+    assert said[0].startswith(f"fetched step-00000004 from {tier.url}") and [p.name for p in store.committed(tmp_path / "fresh")] == ["step-00000004"]
+    upload_if_newer(spec, newer, tmp_path / "events.jsonl", said.append)
+    assert tier.committed_tags() == ["step-00000008", "step-00000004"] and store.verify(tier.fetch("step-00000008", tmp_path / "again").path).ok
