@@ -79,6 +79,12 @@ class CheckpointSpec(Spec):
     async_save: bool = True
     commit_timeout_s: float = Field(600, gt=0)
     remote: Optional[RemoteSpec] = None
+    local_dir: Optional[Path] = None
+    """The fast local tier: node-local storage (/dev/shm, an NVMe path) that holds the run's newest
+    `keep_last` checkpoints (1: the newest only) in `<local_dir>/<run dir's name>-<hash of its path>/`,
+    while the older ones live on the store (`remote`, required with it). A resume takes the newest
+    there first, else the store's newest, downloaded there. One node only: the other nodes' shards
+    are not on this one."""
 
     @field_validator("remote", mode="before")
     @classmethod
@@ -87,10 +93,11 @@ class CheckpointSpec(Spec):
 
     @model_serializer(mode="wrap")
     def _without_unset_remote(self, handler) -> dict:
-        """A recipe without `remote` reads, hashes and records exactly as before the field existed."""
+        """A recipe without `remote` (or `local_dir`) reads, hashes and records exactly as before the field existed."""
         data = handler(self)
-        if self.remote is None:
-            data.pop("remote", None)
+        for name in ("remote", "local_dir"):
+            if getattr(self, name) is None:
+                data.pop(name, None)
         return data
 
     @model_validator(mode="after")
@@ -99,4 +106,16 @@ class CheckpointSpec(Spec):
             raise RuleViolation("mtbf_hours", "`interval_steps: auto` needs `mtbf_hours`, the expected time between failures")
         if isinstance(self.interval_steps, int) and self.interval_steps < 1:
             raise RuleViolation("interval_steps", "interval_steps must be at least 1, or `auto`")
+        if self.local_dir is not None:
+            self._check_local_tier()
         return self
+
+    def _check_local_tier(self) -> None:
+        if self.remote is None:
+            raise RuleViolation("local_dir", "local_dir keeps only the newest checkpoint, the older ones live on the store: "
+                                             "set checkpoint.remote too")
+        if self.dir is not None:
+            raise RuleViolation("local_dir", "give checkpoint.dir or checkpoint.local_dir, not both (local_dir is where checkpoints go)")
+        if self.keep_every is not None:
+            raise RuleViolation("keep_every", "with local_dir the older checkpoints live on the store: "
+                                              "keep every n-th step there (checkpoint.remote.keep_every)")

@@ -9,11 +9,13 @@ then the estimates (model size, memory, time, energy) are derived from the check
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.backends.registry import BACKENDS
+from orchestrator.checkpoint.spec import CheckpointSpec
 from orchestrator.energy.forecast import EnergyRequest, plan_forecast
 from orchestrator.shared.energy.grid import Intensity, IntensityError, resolve_intensity
 from orchestrator.shared.energy.hardware import cpu_power
@@ -181,6 +183,9 @@ def check_recipe(loaded: LoadedRecipe, env: EnvSnapshot) -> Checked:
     intensity = _intensity(loaded, env, problems)
     base = _base_model(loaded, problems)
     _check_gate_files(loaded, env, problems)
+    if loaded.recipe.checkpoint.local_dir and topology.nodes > 1:
+        problems.append(loaded.problem("checkpoint.local_dir", f"is node-local, and a run on {topology.nodes} nodes commits "
+                                       "each checkpoint from every node's shards: give a checkpoint.dir every node sees"))
     if problems:
         raise RecipeError(problems)
     return Checked(loaded.recipe, topology, batch, intensity, base)
@@ -227,12 +232,20 @@ def make_plan(
         estimate=time,
         energy=energy,
         backend_files=backend.config_files(recipe, batch, model.sizes, model.num_params, load_universal),
-        checkpoint_dir=recipe.checkpoint.dir or RunDir(run_dir).default_checkpoints,
+        checkpoint_dir=_checkpoint_dir(recipe.checkpoint, run_dir),
         data_cache_dir=env.cache_dir / "data",
         commands=[_local_process(backend.name, backend.process_env(topology), env, topology, run_dir)],
         warnings=_memory_warnings(recipe, memory, host_memory) + [secret.warning() for secret in secrets],
     )
     return LaunchPlan(recipe=recipe, contract=record, cache_dir=env.cache_dir)
+
+
+def _checkpoint_dir(spec: CheckpointSpec, run_dir: Path) -> Path:
+    """`checkpoint.dir`; under `checkpoint.local_dir` (node-local, shared by every run on the node) a
+    folder of the run's own, named for its run directory's path; else the run directory's `checkpoints/`."""
+    if spec.local_dir is not None:
+        return spec.local_dir.absolute() / f"{run_dir.name}-{hashlib.sha256(str(run_dir).encode()).hexdigest()[:12]}"
+    return spec.dir or RunDir(run_dir).default_checkpoints
 
 
 def _model_plan(recipe: Recipe, base: BaseModel | None) -> ModelPlan:
@@ -361,4 +374,5 @@ def _dry_run_recipe(recipe: Recipe, batch: Batch) -> Recipe:
     data["train"]["schedule"]["warmup_steps"] = min(recipe.train.schedule.warmup_steps, steps - 1)
     data["distributed"].update(nodes=1, procs_per_node=1)
     data["checkpoint"].pop("remote", None)  # a smoke test's checkpoints never reach the run's store
+    data["checkpoint"].pop("local_dir", None)  # nor the run's node-local tier
     return Recipe.model_validate(data)

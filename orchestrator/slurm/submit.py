@@ -80,6 +80,9 @@ def submit_chain(plan: LaunchPlan, python: str, sources: list[Path], main: tuple
     cancelled by Slurm (`--kill-on-invalid-dep`), so a failed gate ends the chain: no release runs."""
     check_pass_env(plan.recipe.slurm, os.environ)
     check_remote_env(plan.recipe.checkpoint.remote, os.environ, "orch submit")
+    if plan.recipe.checkpoint.local_dir:
+        raise SlurmError("checkpoint.local_dir is for orch run: a requeued job may land on another node, and the batch step "
+                         "does not fetch from the store yet; give a checkpoint.dir on the shared filesystem")
     _refuse_live_jobs(RunDir(plan.run_dir), main[0])
     unprepared = prepared_manifest(plan.recipe.data, plan.recipe.train.seed, plan.data_cache_dir) is None
     jobs = [("prepare", render_prepare_sbatch(plan, plan.recipe.slurm, python, sources))] if unprepared else []

@@ -78,6 +78,8 @@ def plan_local_run(request: LocalRunRequest, say: Callable[[str], None]) -> tupl
             say(_start_over(plan.run_dir, dry_run))
             attempt.close()
             attempt = hold_attempt(plan.run_dir)
+        if request.fresh and plan.recipe.checkpoint.local_dir and plan.checkpoint_dir.exists():
+            say(f"set aside its node-local checkpoints as {set_run_aside(plan.checkpoint_dir)}")  # else the new run resumes them
         check_remote_env(plan.recipe.checkpoint.remote, os.environ)
         loaded, plan = _plan_resume(request, loaded, plan, say)
     except BaseException:

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from orchestrator.checkpoint.spec import CheckpointSpec, RemoteSpec
-from orchestrator.errors import CheckpointError, ResumeError
+from orchestrator.errors import CheckpointError, RecipeError, ResumeError, SlurmError
 from orchestrator.shared.checkpoint import store
 from orchestrator.shared.checkpoint.remote import MARKER, RemoteTier
 from orchestrator.shared.checkpoint.upload import BackgroundUploader
@@ -21,7 +21,9 @@ from orchestrator.rundir.checkpoint_records import RunSummary, write_summary
 from orchestrator.rundir.layout import RunDir
 from orchestrator.starting.local import LocalRunRequest, RunComplete, plan_local_run
 from orchestrator.starting.remote_resume import check_remote_env, fetch_remote_checkpoint, upload_if_newer
-from tests.helpers.planning import write_plan
+from orchestrator.plan.planner import make_plan
+from orchestrator.slurm.submit import submit_chain
+from tests.helpers.planning import make_env, write_plan
 from tests.helpers.project import ROOT, TINY
 from tests.helpers.object_store import CREDENTIALS, object_store
 
@@ -48,7 +50,7 @@ def make_checkpoint(root, step, payload=b"weights"):
 
 
 def test_no_remote_leaves_the_recorded_section_as_it_was():
-    assert "remote" not in CheckpointSpec().model_dump(mode="json")
+    assert not {"remote", "local_dir"} & set(CheckpointSpec().model_dump(mode="json"))
     spec = CheckpointSpec(remote="s3://bucket/run-a/")
     assert spec.remote.url == "s3://bucket/run-a" and spec.model_dump(mode="json")["remote"]["url"] == "s3://bucket/run-a"
 
@@ -280,3 +282,35 @@ def test_an_upload_sigkilled_midway_leaves_no_marker_and_a_resume_takes_the_one_
     assert said[0].startswith(f"fetched step-00000004 from {tier.url}") and [p.name for p in store.committed(tmp_path / "fresh")] == ["step-00000004"]
     upload_if_newer(spec, newer, tmp_path / "events.jsonl", said.append)
     assert tier.committed_tags() == ["step-00000008", "step-00000004"] and store.verify(tier.fetch("step-00000008", tmp_path / "again").path).ok
+
+
+@pytest.mark.parametrize("section, says", [
+    ({"local_dir": "/dev/shm/runs"}, "set checkpoint.remote too"),
+    ({"local_dir": "/dev/shm/runs", "remote": "s3://b/r", "dir": "/scratch/c"}, "not both"),
+    ({"local_dir": "/dev/shm/runs", "remote": "s3://b/r", "keep_every": 100}, "checkpoint.remote.keep_every"),
+])
+def test_a_local_tier_the_run_could_lose_checkpoints_in_is_refused(section, says):
+    with pytest.raises(ValueError, match=says):
+        CheckpointSpec(**section)
+
+
+def test_the_local_tier_holds_a_runs_own_checkpoints_and_takes_the_stores_newest_when_empty(tier, tmp_path):
+    shm = tmp_path / "shm"
+    overrides = [*remote_overrides(tier), f"checkpoint.local_dir={shm}", "checkpoint.keep_last=1"]
+    loaded = load_recipe(TINY, overrides)
+    tier.upload(saved(loaded, tmp_path / "elsewhere", 8))
+    said = []
+    _, plan, attempt = plan_local_run(LocalRunRequest(recipe=TINY, overrides=overrides, run_dir=tmp_path / "run"), said.append)
+    attempt.close()
+    assert plan.checkpoint_dir.parent == shm and plan.checkpoint_dir.name.startswith("run-")
+    assert [p.name for p in store.committed(plan.checkpoint_dir)] == ["step-00000008"] and "resuming after step 8" in said[-1]
+    other = make_plan(loaded, make_env(tmp_path), run_dir=tmp_path / "b" / "run")
+    assert other.checkpoint_dir.parent == shm and other.checkpoint_dir != plan.checkpoint_dir
+    said.clear()  # --fresh: the old run's node-local checkpoints go aside with it, or the new run would resume them
+    _, fresh, attempt = plan_local_run(LocalRunRequest(recipe=TINY, overrides=overrides, run_dir=tmp_path / "run", fresh=True), said.append)
+    attempt.close()
+    assert "set aside its node-local checkpoints" in said[1] and store.committed(fresh.checkpoint_dir) == []
+    with pytest.raises(RecipeError, match="checkpoint.local_dir: is node-local, and a run on 2 nodes"):
+        make_plan(load_recipe(TINY, [*overrides, "distributed.nodes=2"]), make_env(tmp_path))
+    with pytest.raises(SlurmError, match="checkpoint.local_dir is for orch run"):
+        submit_chain(plan, "python", [], ("train", ""), [])
