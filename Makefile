@@ -13,15 +13,13 @@ horovod: setup
 demo: setup
 	.venv/bin/orch run
 
-# Tiers in the order that fails fastest: seconds of unit tests before minutes of real processes. Two
-# pytest-xdist workers run the unit tier and then the distributed and integration tiers, the latter in
-# groups (tests/conftest.py: a module's tests together, the users of one trained session run together,
-# the Slurm tests on one worker, which starts the cluster); the tests marked `alone` time or meter
-# their runs and go last, one at a time.
+# Tiers in the order that fails fastest: seconds of unit tests before minutes of real processes. The unit
+# tier runs in two workers (pytest-xdist: its tests share nothing but the data cache, which is safe for
+# concurrent use); the distributed and integration tiers one test at a time, since several of them
+# measure time and energy on the machine and the integration tests share one Slurm cluster.
 test: setup horovod
 	.venv/bin/python -m pytest -q -p no:cacheprovider -n 2 tests/unit
-	.venv/bin/python -m pytest -q -p no:cacheprovider --durations=25 -n 2 --dist loadgroup -m "not alone" tests/distributed tests/integration
-	.venv/bin/python -m pytest -q -p no:cacheprovider --durations=25 -m alone tests/distributed tests/integration
+	.venv/bin/python -m pytest -q -p no:cacheprovider --durations=25 tests/distributed tests/integration
 
 # The three headline benchmarks (bench/README.md has every benchmark and what it measures), each with
 # its own defaults; `make bench BENCH_ARGS=--smoke` runs them for a few steps, as the test suite does.

@@ -44,7 +44,8 @@ PRESENT_LARGE = {"pandas", "grpcio", "pillow", "tensorboard", "hf-xet", "pygment
 LEFT_OUT = {"wandb": "20 MB, imported only with tracking.wandb.enabled",
             "mlflow-skinny": "8 MB with its needs, imported only by orch release's registry and tracking.mlflow",
             "sqlalchemy": "5 MB, for MLflow's registry and optuna's storage", "alembic": "for MLflow's registry and optuna's storage",
-            "optuna": "imported only by orch sweep"}
+            "optuna": "imported only by orch sweep",
+            "s3fs": "16 MB with botocore, aiobotocore and their needs, imported only with checkpoint.remote"}
 """Runtime dependencies not carried at all, with the reason: what the check does not run, left out to keep the
 bundle under 60 MiB; gpu-check.sh installs the project without them."""
 GPU_PYTHON = "3.12.3"

@@ -15,32 +15,6 @@ from tests.helpers.processes import orch
 from tests.helpers.project import ROOT, SHORT_RUN
 
 
-SHARED_RUNS = {"trained_once": "shared-runs", "uninterrupted": "shared-runs", "demo": "demo"}
-"""Session fixtures that train: the tests using one run in one worker, which trains it once."""
-SLURM_MODULES = {"test_slurm_submit", "test_slurm_sweeps_and_chains", "test_benchmark_slurm"}
-"""They share one local Slurm cluster, which one worker starts and stops."""
-
-
-@pytest.hookimpl(wrapper=True)  # the marks set before any plugin's hook reads them
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> Iterator[None]:
-    """The groups `make test` hands to its two workers (`--dist loadgroup`): a module's tests together
-    (its module fixtures are built once), with every module that uses the same trained session fixture,
-    and the Slurm tests together. Tests marked `alone` (they time or meter their runs) run after, one at
-    a time."""
-    groups: dict[str, str] = {}
-    for item in items:
-        module = item.module.__name__.rpartition(".")[2]
-        shared = [SHARED_RUNS[name] for name in item.fixturenames if name in SHARED_RUNS]
-        if module in SLURM_MODULES:
-            groups[module] = "slurm"
-        elif shared:
-            groups[module] = shared[0]
-        groups.setdefault(module, module)
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(groups[item.module.__name__.rpartition(".")[2]]))
-    yield
-
-
 @pytest.fixture(scope="session", autouse=True)
 def data_cache() -> Path:
     """Token files are prepared once per machine and shared by every test that trains."""

@@ -109,7 +109,6 @@ def test_checkpoint_goodput_under_failures(tmp_path):
     assert 0 < run["measured"]["goodput"] <= 1 and positive(run["measured_over_expected_goodput_over_this_run"])
 
 
-@pytest.mark.alone  # a hang is told from a slow step by a 5 s timeout
 def test_fault_campaign_recovers_every_kind_bit_exact(tmp_path):
     """One kind (a hang) and the goodput run's crashes keep the script from rotting within the suite's
     time; every kind is recovered bit-exact by tests/distributed/test_in_job_restart.py and

@@ -22,7 +22,7 @@ from orchestrator.energy.spec import CarbonSpec
 from tests.helpers.processes import kill_run, orch, start_orch, wait_for_rows
 from tests.helpers.project import FAST, ROOT
 
-pytestmark = [pytest.mark.distributed, pytest.mark.alone]
+pytestmark = pytest.mark.distributed
 
 RUN = ["recipes/tiny-pretrain.yaml", *FAST, "energy.interval_s=0.25"]
 

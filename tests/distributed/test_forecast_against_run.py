@@ -9,7 +9,7 @@ from orchestrator.rundir.layout import RunDir
 from orchestrator.rundir.checkpoint_records import read_summary
 from orchestrator.rundir.records import read_plan
 
-pytestmark = [pytest.mark.distributed, pytest.mark.alone]
+pytestmark = pytest.mark.distributed
 
 
 def test_the_default_recipes_forecast_lands_within_2x_of_its_measured_time_and_energy(demo, data_cache):

@@ -19,7 +19,7 @@ from tests.helpers.cluster import left_running, naming
 from tests.helpers.processes import kill_run, losses, orch, start_orch, wait_for_rows
 from tests.helpers.project import FAST, SHORT_RUN, TINY
 
-pytestmark = [pytest.mark.distributed, pytest.mark.alone]
+pytestmark = pytest.mark.distributed
 
 
 def failures(run_dir: Path) -> list[AttemptFailed]:

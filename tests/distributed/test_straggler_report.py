@@ -10,7 +10,7 @@ from orchestrator.rundir.recovery_events import Straggler
 from tests.helpers.processes import orch
 from tests.helpers.project import FAST
 
-pytestmark = [pytest.mark.distributed, pytest.mark.alone]
+pytestmark = pytest.mark.distributed
 
 
 def test_a_rank_slow_to_fetch_its_batches_is_named_a_straggler(tmp_path, monkeypatch):
