@@ -14,7 +14,6 @@ fsspec (and s3fs, for s3://) is imported here only: the CLI's light commands nev
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import xxhash
+from pydantic import BaseModel, ConfigDict
 
 from orchestrator.errors import CheckpointError
 from orchestrator.rundir.checkpoint_records import MANIFEST, MAX_MANIFEST_BYTES, CheckpointManifest, read_manifest
@@ -33,6 +33,15 @@ if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
 MARKER = "COMMITTED"
+
+
+class CommitMarker(BaseModel):
+    """What `MARKER` holds: the checkpoint's step and its manifest's content hash, so a reader takes
+    only the manifest the upload committed."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    step: int
+    content_hash: str
 
 
 @dataclass(frozen=True)
@@ -112,7 +121,7 @@ class RemoteTier:
         problem = self._listing_problem(tag, manifest)
         if problem:
             raise CheckpointError(f"{self.url}/{tag}: {problem} after the upload: not marked committed")
-        self.fs.pipe_file(self._path(tag, MARKER), json.dumps({"step": manifest.step, "content_hash": store.content_hash(manifest)}).encode())
+        self.fs.pipe_file(self._path(tag, MARKER), CommitMarker(step=manifest.step, content_hash=store.content_hash(manifest)).model_dump_json().encode())
         return sum(entry.bytes for entry in manifest.files.values())
 
     def remove(self, tag: str) -> None:
@@ -177,8 +186,8 @@ class RemoteTier:
         (staging / MANIFEST).write_bytes(content)
         try:
             manifest = read_manifest(staging)
-            committed_hash = json.loads(marker)["content_hash"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            committed_hash = CommitMarker.model_validate_json(marker).content_hash
+        except (OSError, ValueError) as exc:
             raise CheckpointError(f"{where}: unreadable manifest or marker ({exc}): not taken") from None
         if store.content_hash(manifest) != committed_hash:
             raise CheckpointError(f"{where} does not verify (its manifest is not the one its upload committed): not taken")
