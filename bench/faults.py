@@ -29,7 +29,7 @@ ends `step_s` (that step's own time in the final metrics) after back.
 
 Run it from the repository root (about 20 minutes on an idle 2-core machine with the defaults):
 
-    python bench/faults.py [--repeats 4] [--steps 60] [--interval 10] [--goodput-steps 300] [--failure-every 100]
+    python bench/faults.py [--repeats 4] [--steps 60] [--interval 10] [--goodput-steps 1000] [--failure-every 100]
     python bench/faults.py --smoke --out /tmp/faults.json     # every kind once, a few steps (the test suite's)
 """
 
@@ -98,7 +98,8 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--interval", type=int, default=10, help="steps between checkpoints in those runs")
     parser.add_argument("--hang-timeout-s", type=float, default=5.0,
                         help="fault_tolerance.timeouts.step_s and checkpoint_s of the hang kinds' runs")
-    parser.add_argument("--goodput-steps", type=int, default=300, help="optimizer steps of the goodput run (and of its reference)")
+    parser.add_argument("--goodput-steps", type=int, default=1000,
+                        help="optimizer steps of the goodput run (and of its reference): long enough that its one start-up is not most of its badput")
     parser.add_argument("--failure-every", type=int, default=100, help="steps between crashes in the goodput run, on average")
     parser.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE)
     parser.add_argument("--scratch", type=Path, default=None, help="where the run directories go; default the system temp dir")
