@@ -141,7 +141,9 @@ def ledger(history: Sequence[BaseEvent], rows: Sequence[dict], end: float) -> Go
     first = timed[starts[0]]
     launches = [e.time for e in timed[: starts[0]] if isinstance(e, LAUNCHES)]
     began = min(launches, default=first.time)
-    parts = dict(_rows(rows), checkpoint_s=sum(e.stall_s for e in timed if isinstance(e, Checkpoint)),
+    # A first attempt that resumed (a checkpoint fetched from object storage, or copied in) trained
+    # none of the rows before its start here: their time is not this directory's wall.
+    parts = dict(_rows(rows, since=first.step or 0), checkpoint_s=sum(e.stall_s for e in timed if isinstance(e, Checkpoint)),
                  recomputed_s=0.0, restart_s=0.0, hang_s=0.0)
     before_first = _stop_of(timed[: starts[0]])  # attempts that failed in their set-up
     parts["startup_s"] = (before_first.time if before_first else first.time) - began
@@ -157,11 +159,11 @@ def ledger(history: Sequence[BaseEvent], rows: Sequence[dict], end: float) -> Go
     return GoodputLedger(wall_s=wall_s, productive_s=productive_s, badput=Badput(**parts, other_s=other_s))
 
 
-def _rows(rows: Sequence[dict]) -> dict[str, float]:
-    """Productive compute, batch fetch and evaluation over the metric rows of the steps that count."""
+def _rows(rows: Sequence[dict], since: int) -> dict[str, float]:
+    """Productive compute, batch fetch and evaluation over the metric rows of the steps after `since`."""
     productive = data = evaluation = 0.0
-    previous = 0
-    for row in rows:
+    previous = since
+    for row in (r for r in rows if r["step"] > since):
         covered = max(1, row["step"] - previous)
         previous = row["step"]
         if "compute_s" in row:

@@ -51,6 +51,16 @@ def test_each_cause_is_counted_and_the_parts_add_up_to_the_wall_time():
     assert spent.goodput == pytest.approx(8 / 50)
 
 
+def test_a_run_resumed_in_a_new_directory_counts_only_the_steps_it_trained():
+    """A run directory whose first attempt resumed a checkpoint trained elsewhere (fetched from object
+    storage) holds that run's rows up to it: counting them read 227% goodput on the README's example."""
+    history = [at(0, AttemptStarted(attempt=1)), at(5, Resumed(checkpoint="step-00000150", step=150, recomputed_steps=0)),
+               at(6, Start(step=150)), at(16, Completed(step=200))]
+    rows = [row(step, compute_s=0.2, data_s=0.0) for step in range(1, 201)]
+    spent = ledger(history, rows, end=16)
+    assert spent.productive_s == pytest.approx(50 * 0.2) and spent.goodput == pytest.approx(10 / 16)
+
+
 def test_rows_logged_every_few_steps_count_every_step():
     """Before the ledger, goodput summed the logged rows' `step_s` alone: a log interval of 5 counted a
     fifth of the steps. Rows written before `compute_s` count their `step_s` once per step they cover."""
