@@ -25,8 +25,8 @@ MEASURED_ENV = "ORCH_MEASURED_PEAK_FLOPS"
 
 
 def reuse_env(history: list[BaseEvent]) -> dict[str, str]:
-    """What the launcher adds to the next attempt's ranks: the peak its last attempt's `start` event
-    recorded; nothing when that attempt failed before its start."""
+    """What the launcher adds to the next attempt's ranks: the peak the newest `start` event of `history`
+    (this launcher's attempts) recorded; nothing when none started."""
     start = next((e for e in reversed(history) if isinstance(e, Start)), None)
     if start is None or not start.peak_flops_per_device:
         return {}
